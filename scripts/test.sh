@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need into .venv and runs them.
+#   bash scripts/test.sh [pytest arguments...]
+# Fails on a lint error, on a failing test, and when no test ran (pytest exit 5).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+# compat: the flat layout's twisted/plugins/ must be on sys.path for twistd.
+.venv/bin/python -m pip install -q --config-settings editable_mode=compat -e '.[test]'
+
+.venv/bin/ruff check .
+.venv/bin/python -m pytest -q "$@"

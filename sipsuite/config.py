@@ -1,0 +1,512 @@
+"""The one loader and validator for sipsuite's TOML configuration.
+
+Every key lives in the schema below: each section is a frozen dataclass whose
+fields carry their default (written as it would be in TOML) and a validator
+that turns the TOML value into what the code uses.  ``conf/sipsuite.toml``
+documents the same keys with the same defaults, and a test checks that the
+two agree.
+
+A wrong key or value stops start-up with a :class:`ConfigError` whose message
+is one line naming the file, the dotted key and what was expected::
+
+    conf/x.toml: proxy.listen[1]: expected 'udp:HOST:PORT' or 'tcp:HOST:PORT', got 'foo'
+
+Adding a section is a dataclass with one :func:`setting` per key, plus one
+field in :class:`Config` naming it with :func:`section`.  This module imports
+nothing else from sipsuite: every other layer may import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ListenSpec",
+    "LogConfig",
+    "ProxyConfig",
+    "TimersConfig",
+    "default_config_path",
+    "load_config",
+    "parse_listen",
+]
+
+#: The documented configuration file in a source checkout (and so in an
+#: editable install): ``<repo>/conf/sipsuite.toml``.
+PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "sipsuite.toml"
+
+#: Where ``twistd ... --config`` looks first, relative to the working directory.
+DEFAULT_CONFIG = Path("conf") / "sipsuite.toml"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``str()`` is one line naming the key."""
+
+
+class _Invalid(Exception):
+    """Raised by validators: *expected* describes a good value, *where* is a
+    suffix of the dotted key such as ``[1]`` for a list item."""
+
+    def __init__(self, expected: str, got: object, where: str = "") -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.got = got
+        self.where = where
+
+
+Validator = Callable[[Any], Any]
+
+
+def _show(value: object) -> str:
+    """A TOML-ish rendering of a value for error messages, kept short."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---------------------------------------------------------------------------
+# Validators: TOML value in, typed value out, _Invalid on a bad value.
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("a string", value)
+    return value
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("true or false", value)
+    return value
+
+
+def positive_float(value: Any) -> float:
+    """Seconds: a TOML integer or float above zero."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise _Invalid("a number of seconds above 0", value)
+    return float(value)
+
+
+def one_of(*choices: str) -> Validator:
+    expected = "one of " + ", ".join(repr(c) for c in choices)
+
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise _Invalid(expected, value)
+        return value
+
+    return check
+
+
+def list_of(item: Validator, *, non_empty: bool = False, unique: bool = False) -> Validator:
+    """A TOML array whose items each pass *item*; errors name the index."""
+
+    def check(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise _Invalid("a list [...]", value)
+        if non_empty and not value:
+            raise _Invalid("a list with at least one entry", value)
+        out = []
+        for i, v in enumerate(value):
+            try:
+                converted = item(v)
+            except _Invalid as e:
+                raise _Invalid(e.expected, e.got, f"[{i}]{e.where}") from None
+            if unique and converted in out:
+                raise _Invalid("each entry only once", v, f"[{i}]")
+            out.append(converted)
+        return out
+
+    return check
+
+
+def _is_ip(text: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
+
+
+# RFC 3261 hostname: labels of letters, digits and '-'; the last one starts with a letter.
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?"
+)
+
+
+def _host(text: str) -> str | None:
+    """A SIP host (RFC 3261 25.1): hostname, IPv4, or IPv6 in brackets.
+
+    Returns it lowercased (IPv6 normalised and bracketed), None if invalid.
+    """
+    if text.startswith("[") and text.endswith("]") and _is_ip(text[1:-1], 6):
+        return f"[{ipaddress.ip_address(text[1:-1])}]"
+    if _is_ip(text, 4) or _HOSTNAME.fullmatch(text):
+        return text.lower()
+    return None
+
+
+def domain(value: Any) -> str:
+    """A domain this proxy is responsible for: a hostname or IP address.
+
+    Stored lowercased; IPv6 (written bare or in brackets) without brackets and
+    in its compressed form, as ListenSpec.host has it.
+    """
+    expected = "a domain name or IP address such as 'example.com'"
+    if not isinstance(value, str):
+        raise _Invalid(expected, value)
+    host = _host(f"[{value}]" if _is_ip(value, 6) else value)
+    if host is None:
+        raise _Invalid(expected, value)
+    return host.strip("[]")
+
+
+def host_port(value: Any) -> str:
+    """'' (derive it), or HOST or HOST:PORT to put in Via and Record-Route."""
+    expected = "'' or 'HOST' or 'HOST:PORT' (IPv6 in brackets)"
+    if not isinstance(value, str):
+        raise _Invalid(expected, value)
+    if value == "":
+        return value
+    m = re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]+)(?::(\d{1,5}))?", value)
+    if not m or _host(m.group(1)) is None or (m.group(2) and not 0 < int(m.group(2)) < 65536):
+        raise _Invalid(expected, value)
+    return value
+
+
+def ip_network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address or network ('192.0.2.0/24'); host bits are masked off."""
+    expected = "an IP address or network such as '192.0.2.0/24'"
+    if not isinstance(value, str):
+        raise _Invalid(expected, value)
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise _Invalid(expected, value) from None
+
+
+_DOTTED_NAME = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+
+
+def import_spec(value: Any) -> str:
+    """'package.module:ClassName' (checked for syntax only: importing is the
+    proxy's business, when it builds its routing object)."""
+    expected = "'package.module:ClassName'"
+    if not isinstance(value, str) or not re.fullmatch(f"{_DOTTED_NAME}:{_DOTTED_NAME}", value):
+        raise _Invalid(expected, value)
+    return value
+
+
+def header_value(value: Any) -> str:
+    """Text for a header value: printable ASCII, no CR/LF ('' allowed)."""
+    if not isinstance(value, str) or not re.fullmatch(r"[\x20-\x7e]*", value):
+        raise _Invalid("printable ASCII text on one line", value)
+    return value.strip()
+
+
+# sip:/sips: URIs as they may be written in a config file; the full parser
+# lives in sipsuite.sip.uri, which this module must not import (layering).
+_SIP_URI = re.compile(
+    r"sips?:"
+    r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+(?::[A-Za-z0-9\-_.!~*'()&=+$,%]*)?@)?"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)"
+    r"(?::(?P<port>\d{1,5}))?"
+    r"(?:;[A-Za-z0-9\-_.!~*'()&+$\[\]/:%]+(?:=[A-Za-z0-9\-_.!~*'()&+$\[\]/:%]*)?)*",
+    re.IGNORECASE,
+)
+
+
+def sip_uri(value: Any) -> str:
+    expected = "a 'sip:' or 'sips:' URI such as 'sip:bob@192.0.2.10:5060'"
+    if not isinstance(value, str):
+        raise _Invalid(expected, value)
+    m = _SIP_URI.fullmatch(value)
+    if (
+        not m
+        or _host(m.group("host")) is None
+        or (m.group("port") and not 0 < int(m.group("port")) < 65536)
+    ):
+        raise _Invalid(expected, value)
+    return value
+
+
+_SIP_USER = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+")
+
+
+def sip_user(value: str) -> str:
+    if not _SIP_USER.fullmatch(value):
+        raise _Invalid("a SIP user part such as 'bob' or '+4930123'", value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ListenSpec:
+    """One socket to listen on.  *host* is an IP address (IPv6 without brackets)."""
+
+    transport: str  # 'udp' | 'tcp'
+    host: str
+    port: int  # 0: the operating system picks one
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+LISTEN_TRANSPORTS = ("udp", "tcp")
+_LISTEN = re.compile(
+    r"(?P<transport>[A-Za-z]+):(?:\[(?P<ip6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})"
+)
+
+
+def parse_listen(value: Any) -> ListenSpec:
+    """'udp:HOST:PORT' or 'tcp:HOST:PORT'; HOST an IP address, IPv6 as '[::1]'.
+
+    Raises ValueError (the message says what was expected) on anything else.
+    """
+    try:
+        return _listen(value)
+    except _Invalid as e:
+        raise ValueError(f"expected {e.expected}, got {_show(e.got)}") from None
+
+
+def _listen(value: Any) -> ListenSpec:
+    expected = (
+        "'udp:HOST:PORT' or 'tcp:HOST:PORT' with HOST an IP address"
+        " (IPv6 in brackets, as 'tcp:[::1]:5060') and PORT 0..65535"
+    )
+    m = _LISTEN.fullmatch(value) if isinstance(value, str) else None
+    if (
+        not m
+        or m.group("transport").lower() not in LISTEN_TRANSPORTS
+        or int(m.group("port")) > 65535
+    ):
+        raise _Invalid(expected, value)
+    if m.group("ip6") is not None:
+        if not _is_ip(m.group("ip6"), 6):
+            raise _Invalid(expected, value)
+        host = str(ipaddress.ip_address(m.group("ip6")))
+    elif _is_ip(m.group("host"), 4):
+        host = str(ipaddress.ip_address(m.group("host")))
+    else:
+        raise _Invalid(expected, value)
+    return ListenSpec(m.group("transport").lower(), host, int(m.group("port")))
+
+
+_LISTEN_LIST = list_of(_listen, non_empty=True, unique=True)
+
+
+# ---------------------------------------------------------------------------
+# The schema.
+
+
+def setting(default: Any, validator: Validator) -> Any:
+    """A key of a section: *default* is written as in TOML and goes through
+    *validator* like any value read from a file."""
+    return field(metadata={"default": default, "validator": validator})
+
+
+def section(name: str, cls: type) -> Any:
+    """A [name] table whose keys are the fields of dataclass *cls*."""
+    return field(metadata={"section": name, "cls": cls})
+
+
+def table(name: str, key: Callable[[str], str], value: Validator) -> Any:
+    """A [name] table of free keys (each through *key*) and their values."""
+    return field(metadata={"section": name, "key": key, "value": value})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyConfig:
+    listen: list[ListenSpec] = setting(["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"], _LISTEN_LIST)
+    domains: list[str] = setting([], list_of(domain, unique=True))
+    advertise: str = setting("", host_port)
+    trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = setting([], list_of(ip_network))
+    routing: str = setting("sipsuite.proxy.routing:DefaultRouting", import_spec)
+    record_route: bool = setting(True, boolean)
+    tcp_idle_timeout: float = setting(600.0, positive_float)
+    dns_timeout: float = setting(3.0, positive_float)
+    server_header: str = setting("sipsuite", header_value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimersConfig:
+    t1: float = setting(0.5, positive_float)
+    t2: float = setting(4.0, positive_float)
+    t4: float = setting(5.0, positive_float)
+    timer_c: float = setting(180.0, positive_float)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    level: str = setting("info", one_of("debug", "info", "warn", "error"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """A validated configuration; build it with :func:`load_config`."""
+
+    proxy: ProxyConfig = section("proxy", ProxyConfig)
+    timers: TimersConfig = section("timers", TimersConfig)
+    location_static: dict[str, list[str]] = table(
+        "location.static", sip_user, list_of(sip_uri, non_empty=True)
+    )
+    log: LogConfig = section("log", LogConfig)
+    path: str | None = None  # the file it came from; None for the built-in defaults
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+
+
+def default_config_path() -> str | None:
+    """The file ``--config`` means when not given.
+
+    ``conf/sipsuite.toml`` in the working directory if there is one, else the
+    documented defaults file of the source checkout this package runs from
+    (an editable install), else None: the built-in defaults, which are the
+    same values.
+    """
+    if DEFAULT_CONFIG.is_file():
+        return str(DEFAULT_CONFIG)
+    if PACKAGED_CONFIG.is_file():
+        return str(PACKAGED_CONFIG)
+    return None
+
+
+def _sections() -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(Config) if "section" in f.metadata]
+
+
+def _suggest(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return "expected one of " + ", ".join(known)
+
+
+def load_config(path: str | None, *, listen: list[str] | None = None) -> Config:
+    """Read and validate *path* (None: the built-in defaults).
+
+    *listen*, when given, replaces ``proxy.listen`` (the ``--listen`` option).
+    Raises ConfigError with a one-line message on any problem.
+    """
+    doc: dict[str, Any] = {}
+    where = path if path is not None else "<defaults>"
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+    _check_unknown_sections(doc, where)
+    values: dict[str, Any] = {}
+    for f in _sections():
+        name = f.metadata["section"]
+        raw = _lookup(doc, name, where)
+        if "cls" in f.metadata:
+            values[f.name] = _build_section(f.metadata["cls"], name, raw, where)
+        else:
+            values[f.name] = _build_table(f.metadata, name, raw, where)
+
+    if listen is not None:
+        try:
+            specs = _LISTEN_LIST(list(listen))
+        except _Invalid as e:
+            raise ConfigError(f"--listen: expected {e.expected}, got {_show(e.got)}") from None
+        values["proxy"] = dataclasses.replace(values["proxy"], listen=specs)
+
+    config = Config(**values, path=path)
+    _check_consistency(config, where)
+    return config
+
+
+def _check_unknown_sections(doc: Mapping[str, Any], where: str) -> None:
+    names = [f.metadata["section"] for f in _sections()]
+    prefixes = {n.rsplit(".", i)[0] for n in names for i in range(1, n.count(".") + 1)}
+
+    def walk(table_: Mapping[str, Any], prefix: str) -> None:
+        for key, value in table_.items():
+            dotted = prefix + key
+            if dotted in names:
+                continue
+            if dotted in prefixes:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{where}: {dotted}: expected a table, got {_show(value)}")
+                walk(value, dotted + ".")
+                continue
+            known = sorted(n for n in names + sorted(prefixes) if n.startswith(prefix))
+            raise ConfigError(f"{where}: {dotted}: unknown section; {_suggest(dotted, known)}")
+
+    walk(doc, "")
+
+
+def _lookup(doc: Mapping[str, Any], dotted: str, where: str) -> Mapping[str, Any]:
+    node: Any = doc
+    for part in dotted.split("."):
+        node = node.get(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {dotted}: expected a table [{dotted}], got {_show(node)}")
+    return node
+
+
+def _build_section(cls: type, name: str, raw: Mapping[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{where}: {name}.{key}: unknown key; {_suggest(key, list(fields))}")
+    values = {}
+    for key, f in fields.items():
+        value = raw.get(key, f.metadata["default"])
+        try:
+            values[key] = f.metadata["validator"](value)
+        except _Invalid as e:
+            raise ConfigError(
+                f"{where}: {name}.{key}{e.where}: expected {e.expected}, got {_show(e.got)}"
+            ) from None
+    return cls(**values)
+
+
+def _build_table(
+    meta: Mapping[str, Any], name: str, raw: Mapping[str, Any], where: str
+) -> dict[str, Any]:
+    out = {}
+    for key, value in raw.items():
+        dotted = f"{name}.{_toml_key(key)}"
+        try:
+            meta["key"](key)
+        except _Invalid as e:
+            raise ConfigError(f"{where}: {dotted}: expected {e.expected} as the key") from None
+        try:
+            out[key] = meta["value"](value)
+        except _Invalid as e:
+            raise ConfigError(
+                f"{where}: {dotted}{e.where}: expected {e.expected}, got {_show(e.got)}"
+            ) from None
+    return out
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else '"' + key.replace('"', '\\"') + '"'
+
+
+def _check_consistency(config: Config, where: str) -> None:
+    """Rules across keys."""
+    t = config.timers
+    if t.t2 < t.t1:
+        raise ConfigError(
+            f"{where}: timers.t2: expected a value not below timers.t1 ({t.t1:g}), got {t.t2:g}"
+        )

@@ -1,0 +1,202 @@
+"""The response context of a stateful proxy (RFC 3261 16.7): the branches a
+request was forked to, their answers, and the choice of what goes upstream.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sipsuite.sip.message import Request, Response, make_cancel, make_response
+
+if TYPE_CHECKING:
+    from sipsuite.proxy.core import ClientTx, ProxyCore, ServerTx
+    from sipsuite.proxy.resolver import Target
+    from sipsuite.proxy.routing import RequestContext
+    from sipsuite.sip.uri import URI
+
+
+class Branch:
+    """One target of a (possibly forked) request."""
+
+    __slots__ = (
+        "ctx", "uri", "request", "targets", "target_index", "client",
+        "sent", "provisional", "response", "done", "cancel_wanted",
+        "cancel_sent", "guard",
+    )
+
+    def __init__(self, ctx: ProxyContext, uri: URI, request: Request) -> None:
+        self.ctx = ctx
+        self.uri = uri
+        self.request = request  # the request as it leaves, without our Via
+        self.targets: list[Target] = []
+        self.target_index = 0
+        self.client: ClientTx | None = None
+        self.sent: Request | None = None  # as sent, with our Via
+        self.provisional = False
+        self.response: Response | None = None
+        self.done = False
+        self.cancel_wanted = False
+        self.cancel_sent = False
+        self.guard: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Branch {self.uri} done={self.done}>"
+
+
+def _rank(status: int) -> tuple[int, int]:
+    """Order for picking the best final answer (RFC 3261 16.7 step 6):
+    6xx wins, then the lowest class; within a class the authentication
+    challenges and answers the caller can act on come first."""
+    cls = status // 100
+    if cls == 6:
+        return (0, 0)
+    prefer = 0 if status in (401, 407, 415, 420, 484) else 1
+    return (cls, prefer)
+
+
+class ProxyContext:
+    """Stateful forwarding of one server transaction to its branches."""
+
+    __slots__ = (
+        "core", "rctx", "server", "branches", "final_sent", "cancelled",
+        "best", "answered", "failure_hook_ran", "pending_routing",
+    )
+
+    def __init__(self, core: ProxyCore, rctx: RequestContext, server: ServerTx) -> None:
+        self.core = core
+        self.rctx = rctx
+        self.server = server
+        self.branches: list[Branch] = []
+        self.final_sent = False
+        self.cancelled = False
+        self.best: Response | None = None
+        self.answered = False
+        self.failure_hook_ran = 0
+        # A failure_route is running (maybe awaiting): don't pick an answer yet.
+        self.pending_routing = False
+
+    @property
+    def request(self) -> Request:
+        return self.rctx.request
+
+    @property
+    def is_invite(self) -> bool:
+        return self.rctx.request.method == "INVITE"
+
+    # -- responses from branches -----------------------------------------------
+    def on_response(self, branch: Branch, resp: Response) -> None:
+        if branch.done:
+            # Late answers from a branch we gave up on (timer C, CANCEL
+            # guard): the caller already has its answer from us.
+            if 200 <= resp.status < 300 and self.is_invite:
+                self._forward(resp)
+            return
+        self.core.call_hook("reply_route", self.rctx, branch, resp)
+        status = resp.status
+        if status < 200:
+            branch.provisional = True
+            if branch.cancel_wanted and not branch.cancel_sent:
+                self.send_cancel(branch)
+            if status > 100 and not self.final_sent:
+                self._forward(resp)
+            return
+        branch.done = True
+        branch.response = resp
+        self.core.branch_finished(branch)
+        if status < 300:
+            self.answered = True
+            self._forward(resp)
+            self.final_sent = True
+            self.cancel_pending(reason="SIP;cause=200;text=\"Call completed elsewhere\"")
+            return
+        if self.best is None or _rank(status) < _rank(self.best.status):
+            self.best = resp
+        if status >= 600:
+            # 6xx ends the search (16.7 step 5): no new branches either.
+            self.cancel_pending(reason=None)
+        self.check_complete()
+
+    def branch_failed(self, branch: Branch, status: int, reason: str | None = None) -> None:
+        """A branch ended without an answer from downstream: timer B/C/F,
+        nothing to send to, a transport error. Acts as if the status came
+        back (RFC 3261 16.7 step 2 and 16.8)."""
+        if branch.done:
+            return
+        base = branch.sent if branch.sent is not None else branch.request
+        resp = make_response(base, status, reason, to_tag=self.core.to_tag)
+        if branch.sent is None:
+            # No Via of ours was added, so there is none to pop on the way up;
+            # add a placeholder the forwarder removes.
+            resp.add_header("Via", "SIP/2.0/UDP 0.0.0.0;branch=z9hG4bKlocal", top=True)
+        self.on_response(branch, resp)
+
+    def check_complete(self) -> None:
+        if self.final_sent or self.pending_routing:
+            return
+        if any(not b.done for b in self.branches):
+            return
+        best = self.best
+        if best is None:
+            return
+        if self.cancelled and best.status == 408:
+            best = self._local(487, "Request Terminated")
+        if best.status < 600 and not self.cancelled and self.failure_hook_ran != len(self.branches):
+            # Once per round of branches: new branches started here end in
+            # another round, which gets its own failure_route call.
+            self.failure_hook_ran = len(self.branches)
+            if self.core.run_failure_route(self, best):
+                return
+        if self.final_sent:
+            return
+        if best.status == 503:
+            # 16.7 step 6: a 503 from downstream means that server is
+            # overloaded, not that we are: don't make the caller back off us.
+            best = self._local(500, "Server Error")
+        self.final_sent = True
+        self._forward(best)
+
+    def _local(self, status: int, reason: str) -> Response:
+        resp = make_response(self.request, status, reason, to_tag=self.core.to_tag)
+        resp.add_header("Via", "SIP/2.0/UDP 0.0.0.0;branch=z9hG4bKlocal", top=True)
+        return resp
+
+    def _forward(self, resp: Response) -> None:
+        # Our own Via is on top of every answer a branch gets (16.7 step 3).
+        resp.pop_first_value("via")
+        self.core.send_upstream(self.server, resp)
+
+    # -- cancellation -----------------------------------------------------------
+    def cancel(self) -> None:
+        """The caller CANCELed (16.10)."""
+        self.cancelled = True
+        if not self.branches and not self.final_sent:
+            # Routing is still deciding (an async lookup): answer now; a
+            # relay() that comes later sees cancelled and does nothing.
+            self.final_sent = True
+            self._forward(self._local(487, "Request Terminated"))
+            return
+        self.cancel_pending(reason=None)
+
+    def cancel_pending(self, reason: str | None) -> None:
+        if not self.is_invite:
+            return
+        for branch in self.branches:
+            if branch.done or branch.cancel_wanted:
+                continue
+            branch.cancel_wanted = True
+            if branch.provisional:
+                self.send_cancel(branch, reason)
+            else:
+                # 9.1: no CANCEL before a provisional answer; it goes out
+                # when one arrives, and the guard ends the branch otherwise.
+                self.core.arm_cancel_guard(branch)
+
+    def send_cancel(self, branch: Branch, reason: str | None = None) -> None:
+        if branch.sent is None or branch.client is None:
+            return
+        branch.cancel_sent = True
+        cancel = make_cancel(branch.sent)
+        if reason:
+            cancel.add_header("Reason", reason, top=False)
+        self.core.send_cancel(branch, cancel)
+        self.core.arm_cancel_guard(branch)

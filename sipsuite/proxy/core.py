@@ -1,0 +1,730 @@
+"""The transaction-stateful proxy core (RFC 3261 section 16).
+
+Messages come in from the transports; requests are validated (16.3),
+their Route set preprocessed (16.4) and handed to the routing class; what
+the routing decides is carried out here: answers, and branches forwarded
+through client transactions (16.6) whose answers the response context
+(``context.py``) weighs (16.7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import ipaddress
+import secrets
+import socket
+from typing import Any
+
+from twisted.internet import defer
+
+from sipsuite.log import get_logger
+from sipsuite.proxy.context import Branch, ProxyContext
+from sipsuite.proxy.location import LocationStore, StaticLocationStore
+from sipsuite.proxy.resolver import Resolver, Target
+from sipsuite.proxy.routing import RequestContext, Routing, load_routing
+from sipsuite.proxy.transport import (
+    Listener,
+    Source,
+    TransportLayer,
+    bracket,
+    is_ip,
+    strip_brackets,
+)
+from sipsuite.sip.headers import Via
+from sipsuite.sip.message import REASONS, Request, Response, make_response
+from sipsuite.sip.transaction import (
+    Arm,
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    Disarm,
+    PassUp,
+    Send,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+    Terminated,
+    Timeout,
+    TimerSettings,
+    cancel_target_key,
+    client_key,
+    new_branch,
+    server_key,
+)
+from sipsuite.sip.uri import URI
+
+log = get_logger("sipsuite.proxy.core")
+
+SUPPORTED_SCHEMES = ("sip", "sips", "tel")
+# Our branches: cookie + tag + loop hash + '.' + random (16.6 step 8), so a
+# request that comes back to us unchanged is recognised as a loop (16.3 step 4).
+BRANCH_TAG = "z9hG4bKsps"
+
+
+class _TxHolder:
+    """Timers and table entry around one sans-IO transaction."""
+
+    __slots__ = ("tx", "key", "timers", "alive")
+
+    def __init__(self, tx: Any, key: tuple) -> None:
+        self.tx = tx
+        self.key = key
+        self.timers: dict[str, Any] = {}
+        self.alive = True
+
+
+class ServerTx(_TxHolder):
+    __slots__ = ("source", "context", "rctx", "via")
+
+    def __init__(self, tx: Any, key: tuple, source: Source, via: Via) -> None:
+        super().__init__(tx, key)
+        self.source = source
+        self.via = via
+        self.context: ProxyContext | None = None
+        self.rctx: RequestContext | None = None
+
+
+class ClientTx(_TxHolder):
+    __slots__ = ("branch", "target", "listener", "is_cancel")
+
+    def __init__(self, tx: Any, key: tuple, branch: Branch, target: Target, listener: Listener) -> None:
+        super().__init__(tx, key)
+        self.branch = branch
+        self.target = target
+        self.listener = listener
+        self.is_cancel = False
+
+
+class ProxyCore:
+    def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None,
+                 location: LocationStore | None = None) -> None:
+        self.config = config
+        self.clock = reactor
+        p = config.proxy
+        self.timers = TimerSettings(
+            t1=config.timers.t1, t2=config.timers.t2, t4=config.timers.t4,
+            timer_c=config.timers.timer_c,
+        )
+        self.transport = TransportLayer(reactor, self.receive, p.tcp_idle_timeout)
+        self.resolver = resolver or Resolver(reactor, timeout=p.dns_timeout)
+        self.location: LocationStore = location or StaticLocationStore(config.location_static)
+        self.domains = {d.lower() for d in p.domains}
+        self.trusted = list(p.trusted)
+        self.addresses: set[str] = set()
+        self.ports: set[int] = set()
+        self.server_txs: dict[tuple, ServerTx] = {}
+        self.client_txs: dict[tuple, ClientTx] = {}
+        # One To tag for every answer this proxy makes itself; ACKs to them
+        # are matched by branch, never by tag.
+        self.to_tag = "sps" + secrets.token_hex(6)
+        self.server_header = p.server_header
+        self.stats: dict[str, int] = {}
+        routing_cls = load_routing(p.routing)
+        self.routing: Routing = routing_cls(self)
+
+    # -- set-up ------------------------------------------------------------------
+    def start(self) -> None:
+        p = self.config.proxy
+        for spec in p.listen:
+            advertise = p.advertise or spec.host
+            if advertise in ("0.0.0.0", "::"):
+                advertise = _guess_address(spec.host)
+            listener = Listener(spec.transport, spec.host, spec.port, advertise)
+            self.transport.listen(listener)
+            self.ports.add(listener.port)
+            self.addresses.add(advertise.lower())
+            if spec.host in ("0.0.0.0", "::"):
+                self.addresses.update(_local_addresses())
+            else:
+                self.addresses.add(spec.host.lower())
+            log.info("listening on {l} (advertised as {a})", l=listener, a=listener.sent_by())
+
+    def stop(self) -> list[Any]:
+        for holder in list(self.server_txs.values()) + list(self.client_txs.values()):
+            self._cancel_timers(holder)
+        return self.transport.stop()
+
+    # -- who we are ---------------------------------------------------------------
+    def is_myself(self, host: str, port: int | None) -> bool:
+        h = strip_brackets(host).lower()
+        if h not in self.addresses and h not in self.domains:
+            return False
+        if port is None:
+            return 5060 in self.ports or 5061 in self.ports or h in self.domains
+        return port in self.ports
+
+    def is_local_domain(self, host: str) -> bool:
+        h = strip_brackets(host).lower()
+        return h in self.domains or h in self.addresses
+
+    def is_trusted(self, host: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+    def count(self, name: str) -> None:
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+    # -- input ---------------------------------------------------------------------
+    def receive(self, msg: Request | Response, source: Source) -> None:
+        if isinstance(msg, Response):
+            self.receive_response(msg, source)
+        else:
+            self.receive_request(msg, source)
+
+    def receive_request(self, req: Request, source: Source) -> None:
+        self.count("requests")
+        via = self._mark_via(req, source)
+        method = req.method
+        if method == "ACK":
+            holder = self.server_txs.get(server_key(req))
+            if holder is not None and holder.tx.state in ("completed", "confirmed"):
+                self._run(holder, holder.tx.receive(req, self.clock.seconds()))
+                return
+            self._route(req, source, None)
+            return
+        key = server_key(req)
+        holder = self.server_txs.get(key)
+        if holder is not None:
+            # A retransmission: the transaction re-sends its last answer.
+            self.count("retransmissions")
+            self._run(holder, holder.tx.receive(req, self.clock.seconds()))
+            return
+        reliable = source.transport != "udp"
+        if method == "INVITE":
+            tx: Any = ServerInviteTransaction(req, reliable, self.timers)
+        else:
+            tx = ServerNonInviteTransaction(req, reliable, self.timers)
+        holder = ServerTx(tx, key, source, via)
+        self.server_txs[key] = holder
+        if method == "INVITE":
+            # 16.2: a stateful proxy answers 100 at once so the caller stops
+            # retransmitting while we route.
+            self._send_response(holder, make_response(req, 100, "Trying"))
+        if method == "CANCEL":
+            self._cancel(req, holder)
+            return
+        self._route(req, source, holder)
+
+    def _mark_via(self, req: Request, source: Source) -> Via:
+        """RFC 3261 18.2.1 received and RFC 3581 rport on the top Via."""
+        via = req.top_via
+        if source.transport != "udp" and via.rport is None:
+            return via
+        changed = False
+        if strip_brackets(via.host) != source.host:
+            via.params["received"] = source.host
+            changed = True
+        if via.rport is not None and via.rport != str(source.port):
+            via.params["rport"] = str(source.port)
+            changed = True
+        if changed:
+            req.pop_first_value("via")
+            req.add_header("Via", _via_text(via), top=True)
+        return via
+
+    # -- 16.3 validation, 16.4 route preprocessing, then the routing class --------
+    def _route(self, req: Request, source: Source, holder: ServerTx | None) -> None:
+        error = self._validate(req)
+        if error is not None:
+            status, reason, headers = error
+            if holder is not None:
+                self._reply_tx(holder, req, status, reason, headers)
+            return
+        loose = self._preprocess_routes(req)
+        rctx = RequestContext(self, req, source, loose)
+        if holder is not None:
+            holder.rctx = rctx
+        try:
+            result = self.routing.request_route(rctx)
+        except Exception:  # noqa: BLE001 - a script bug must not kill the proxy
+            log.failure("request_route failed for {m} {u}", m=req.method, u=req.uri)
+            self._routing_failed(rctx)
+            return
+        if inspect.iscoroutine(result):
+            d = defer.ensureDeferred(result)
+            d.addCallbacks(lambda _: self._routing_done(rctx), lambda f: self._routing_error(rctx, f))
+        else:
+            self._routing_done(rctx)
+
+    def _routing_error(self, rctx: RequestContext, failure: Any) -> None:
+        log.failure("request_route failed for {m} {u}", failure, m=rctx.request.method, u=rctx.request.uri)
+        self._routing_failed(rctx)
+
+    def _routing_failed(self, rctx: RequestContext) -> None:
+        if not rctx.handled:
+            rctx.reply(500, "Server Internal Error")
+
+    def _routing_done(self, rctx: RequestContext) -> None:
+        if not rctx.handled and rctx.request.method != "ACK":
+            log.warn("routing ended without an answer for {m} {u}; answering 500",
+                     m=rctx.request.method, u=rctx.request.uri)
+            rctx.reply(500, "Server Internal Error")
+
+    def _validate(self, req: Request) -> tuple[int, str, list[tuple[str, str]]] | None:
+        if req.uri.scheme not in SUPPORTED_SCHEMES:
+            return (416, "Unsupported URI Scheme", [])
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            return (483, "Too Many Hops", [])
+        if req.method != "ACK" and self._is_loop(req):
+            return (482, "Loop Detected", [])
+        if req.method not in ("ACK", "CANCEL"):
+            tags = req.header_all("proxy-require")
+            if tags:
+                return (420, "Bad Extension", [("Unsupported", ", ".join(tags))])
+        return None
+
+    def _loop_hash(self, req: Request) -> str:
+        # 16.6 step 8: the fields that differ between a spiral and a loop.
+        parts = (
+            str(req.uri), req.from_tag or "", req.to_tag or "", req.call_id,
+            str(req.cseq.number), ",".join(req.header_all("route")),
+            ",".join(req.header_all("proxy-require")), req.header("proxy-authorization") or "",
+        )
+        return hashlib.blake2s("\x00".join(parts).encode("utf-8", "surrogateescape"),
+                               digest_size=5).hexdigest()
+
+    def _is_loop(self, req: Request) -> bool:
+        ours = [v for v in req.vias if (v.branch or "").startswith(BRANCH_TAG)
+                and self.is_myself(v.host, v.port)]
+        if not ours:
+            return False
+        prefix = BRANCH_TAG + self._loop_hash(req)
+        return any((v.branch or "").startswith(prefix) for v in ours)
+
+    def _preprocess_routes(self, req: Request) -> bool:
+        uri = req.uri
+        routes = req.routes
+        if routes and uri.scheme in ("sip", "sips") and not uri.user and self.is_myself(uri.host, uri.port):
+            # 16.4: a strict router upstream put our Record-Route in the
+            # Request-URI; the real target is the last Route value.
+            last = routes[-1]
+            req.uri = last.uri
+            _remove_last_value(req, "route")
+            routes = req.routes
+        removed = False
+        while routes and self.is_myself(routes[0].uri.host, routes[0].uri.port):
+            # Our own Route entry (two of them after double record-routing).
+            req.pop_first_value("route")
+            routes = req.routes
+            removed = True
+        return removed
+
+    # -- actions requested by the routing ---------------------------------------
+    def reply(self, rctx: RequestContext, status: int, reason: str | None,
+              headers: list[tuple[str, str]]) -> None:
+        req = rctx.request
+        holder = self.server_txs.get(server_key(req)) if req.method != "ACK" else None
+        if holder is None:
+            return
+        ctx = holder.context
+        if ctx is not None and ctx.pending_routing:
+            # Answer from failure_route: it replaces the best response.
+            ctx.final_sent = True
+        self._reply_tx(holder, req, status, reason, headers)
+
+    def _reply_tx(self, holder: ServerTx, req: Request, status: int, reason: str | None,
+                  headers: list[tuple[str, str]]) -> None:
+        tag = self.to_tag if status > 100 and req.to_tag is None else None
+        resp = make_response(req, status, reason or REASONS.get(status, ""), to_tag=tag,
+                             headers=[*headers, ("Server", self.server_header)])
+        self._send_response(holder, resp)
+        log.info("{m} {u} from {s} answered {st} {r} (call-id {c})", m=req.method, u=req.uri,
+                 s=holder.source, st=status, r=resp.reason, c=req.call_id)
+
+    def relay(self, rctx: RequestContext, targets: list[URI]) -> None:
+        req = rctx.request
+        if req.method == "ACK":
+            for uri in targets:
+                self._forward_stateless(rctx, uri)
+            return
+        holder = self.server_txs.get(server_key(req))
+        if holder is None:
+            return
+        ctx = holder.context
+        if ctx is None:
+            ctx = holder.context = ProxyContext(self, rctx, holder)
+            rctx.proxy_ctx = ctx
+        if ctx.cancelled or ctx.final_sent:
+            return
+        for uri in targets:
+            self._start_branch(ctx, uri)
+
+    def call_hook(self, name: str, *args: Any) -> None:
+        try:
+            result = getattr(self.routing, name)(*args)
+            if inspect.iscoroutine(result):
+                defer.ensureDeferred(result).addErrback(
+                    lambda f: log.failure("{n} failed", f, n=name))
+        except Exception:  # noqa: BLE001
+            log.failure("{n} failed", n=name)
+
+    def run_failure_route(self, ctx: ProxyContext, best: Response) -> bool:
+        """Give failure_route its chance; True when it started new branches,
+        answered itself, or is still running (it calls check_complete again)."""
+        before = len(ctx.branches)
+        ctx.pending_routing = True
+        try:
+            result = self.routing.failure_route(ctx.rctx, best)
+        except Exception:  # noqa: BLE001
+            log.failure("failure_route failed")
+            result = None
+        if inspect.iscoroutine(result):
+            d = defer.ensureDeferred(result)
+            d.addErrback(lambda f: log.failure("failure_route failed", f))
+            if not d.called:
+                def done(_: Any) -> None:
+                    ctx.pending_routing = False
+                    ctx.check_complete()
+
+                d.addBoth(done)
+                return True
+        ctx.pending_routing = False
+        return len(ctx.branches) > before or ctx.final_sent
+
+    # -- branches -------------------------------------------------------------------
+    def _build_forward(self, req: Request, uri: URI) -> Request:
+        """16.6 steps 1-3, 7: copy, retarget, Max-Forwards, strict routes."""
+        out = req.copy()
+        if uri is not req.uri:
+            out.uri = uri
+        mf = req.max_forwards
+        out.set_header("Max-Forwards", str(mf - 1 if mf is not None else 70))
+        routes = out.routes
+        if routes and "lr" not in routes[0].uri.params:
+            # 16.6 step 6/7: the next hop is a strict router: it wants its
+            # own URI as Request-URI and the real target at the end of Route.
+            out.add_header("Route", f"<{out.uri}>", top=False)
+            out.uri = routes[0].uri
+            out.pop_first_value("route")
+        return out
+
+    def _next_hop(self, req: Request) -> URI:
+        routes = req.routes
+        return routes[0].uri if routes else req.uri
+
+    def _start_branch(self, ctx: ProxyContext, uri: URI) -> None:
+        req = self._build_forward(ctx.request, uri)
+        branch = Branch(ctx, uri, req)
+        ctx.branches.append(branch)
+        self.call_hook("branch_route", ctx.rctx, branch)
+        self._resolve(branch.request, lambda targets: self._branch_targets(branch, targets))
+
+    def _resolve(self, req: Request, then: Any) -> None:
+        hop = self._next_hop(req)
+        if hop.scheme not in ("sip", "sips"):
+            then([])
+            return
+        host = hop.params.get("maddr") or hop.host
+        transport = (hop.params.get("transport") or "").lower() or None
+        secure = hop.scheme == "sips"
+        if is_ip(host) and not secure:
+            then([Target(transport or "udp", strip_brackets(host), hop.port or 5060)])
+            return
+        d = self.resolver.resolve(host, hop.port, transport, secure)
+        d.addCallback(then)
+        d.addErrback(lambda f: (log.failure("resolving {h}", f, h=host), then([])))
+
+    def _branch_targets(self, branch: Branch, targets: list[Target]) -> None:
+        branch.targets = [t for t in targets if t.transport in ("udp", "tcp")]
+        if branch.done:
+            return
+        if branch.ctx.cancelled or branch.cancel_wanted:
+            branch.ctx.branch_failed(branch, 487, "Request Terminated")
+            return
+        self._try_target(branch)
+
+    def _try_target(self, branch: Branch) -> None:
+        ctx = branch.ctx
+        while branch.target_index < len(branch.targets):
+            target = branch.targets[branch.target_index]
+            branch.target_index += 1
+            listener = self.transport.pick_listener(target.transport, target.host, ctx.server.source.listener)
+            if listener is None:
+                continue
+            self._send_branch(branch, target, listener)
+            return
+        ctx.branch_failed(branch, 503, "Service Unavailable")
+
+    def _send_branch(self, branch: Branch, target: Target, listener: Listener) -> None:
+        ctx = branch.ctx
+        req = branch.request.copy()
+        rctx = ctx.rctx
+        if rctx.vars.get("record_route"):
+            inbound = ctx.server.source.listener
+            if inbound is not listener:
+                req.add_header("Record-Route", _rr(inbound), top=True)
+            req.add_header("Record-Route", _rr(listener), top=True)
+        branch_id = f"{BRANCH_TAG}{self._loop_hash(ctx.request)}.{new_branch()[7:]}"
+        req.add_header("Via", f"SIP/2.0/{listener.transport.upper()} {listener.sent_by()};branch={branch_id}",
+                       top=True)
+        branch.sent = req
+        reliable = target.transport != "udp"
+        if req.method == "INVITE":
+            tx: Any = ClientInviteTransaction(req, reliable, self.timers, use_timer_c=True)
+        else:
+            tx = ClientNonInviteTransaction(req, reliable, self.timers)
+        key = (branch_id, req.method)
+        holder = ClientTx(tx, key, branch, target, listener)
+        branch.client = holder
+        self.client_txs[key] = holder
+        self._run(holder, tx.start(self.clock.seconds()))
+
+    def branch_finished(self, branch: Branch) -> None:
+        """Nothing to do yet; hook for statistics and logging."""
+
+    def send_cancel(self, branch: Branch, cancel: Request) -> None:
+        parent = branch.client
+        if parent is None:
+            return
+        tx = ClientNonInviteTransaction(cancel, parent.target.transport != "udp", self.timers)
+        key = (cancel.top_via.branch, "CANCEL")
+        holder = ClientTx(tx, key, branch, parent.target, parent.listener)
+        holder.is_cancel = True
+        self.client_txs[key] = holder
+        self._run(holder, tx.start(self.clock.seconds()))
+
+    def arm_cancel_guard(self, branch: Branch) -> None:
+        """9.1: give up on a CANCELed branch 64*T1 after the CANCEL if no
+        final answer comes (the transaction's timer B is the backstop)."""
+        holder = branch.client
+        if holder is not None and holder.alive:
+            self._run(holder, holder.tx.mark_cancelled(self.clock.seconds()))
+
+    # -- CANCEL (16.10) ----------------------------------------------------------
+    def _cancel(self, cancel: Request, holder: ServerTx) -> None:
+        target = self.server_txs.get(cancel_target_key(cancel))
+        if target is None or target.tx.state != "proceeding":
+            self._reply_tx(holder, cancel, 481, "Call/Transaction Does Not Exist", [])
+            return
+        self._reply_tx(holder, cancel, 200, "OK", [])
+        ctx = target.context
+        if ctx is None:
+            # Routing has not relayed yet (async lookup in flight).
+            if target.rctx is not None:
+                ctx = target.context = ProxyContext(self, target.rctx, target)
+                target.rctx.proxy_ctx = ctx
+            else:
+                return
+        ctx.cancel()
+
+    # -- responses --------------------------------------------------------------
+    def receive_response(self, resp: Response, source: Source) -> None:
+        self.count("responses")
+        holder = self.client_txs.get(client_key(resp))
+        if holder is None:
+            self._forward_response_stateless(resp)
+            return
+        self._run(holder, holder.tx.receive(resp, self.clock.seconds()))
+
+    def _forward_response_stateless(self, resp: Response) -> None:
+        """16.11 / 18.1.2: answers to nothing we know are sent on only when
+        the top Via is ours, and never to broadcast or multicast."""
+        vias = resp.vias
+        top = vias[0]
+        if not (top.branch or "").startswith(BRANCH_TAG) or not self.is_myself(top.host, top.port):
+            self.count("drop.response.foreign")
+            return
+        if len(vias) < 2:
+            return
+        nxt = vias[1]
+        host = nxt.received or strip_brackets(nxt.host)
+        if not _unicast(host):
+            self.count("drop.response.broadcast")
+            return
+        port = int(nxt.rport) if nxt.rport else (nxt.port or 5060)
+        resp.pop_first_value("via")
+        transport = nxt.transport.lower()
+        listener = self.transport.pick_listener(transport, host, None)
+        if listener is None or not is_ip(host):
+            return
+        self.transport.send(resp.to_bytes(), transport, host, port, listener)
+
+    def _forward_stateless(self, rctx: RequestContext, uri: URI) -> None:
+        """ACK for a 2xx (16.11): no transaction, a branch derived from the
+        incoming one so retransmissions keep it."""
+        req = self._build_forward(rctx.request, uri)
+
+        def send(targets: list[Target]) -> None:
+            for target in targets:
+                if target.transport not in ("udp", "tcp"):
+                    continue
+                listener = self.transport.pick_listener(target.transport, target.host, rctx.source.listener)
+                if listener is None:
+                    continue
+                seed = (rctx.request.top_via.branch or "") + str(rctx.request.uri)
+                branch = BRANCH_TAG + "0" + hashlib.blake2s(seed.encode("utf-8", "surrogateescape"),
+                                                            digest_size=8).hexdigest()
+                out = req.copy()
+                out.add_header("Via", f"SIP/2.0/{listener.transport.upper()} {listener.sent_by()};branch={branch}",
+                               top=True)
+                self.transport.send(out.to_bytes(), target.transport, target.host, target.port, listener)
+                return
+
+        self._resolve(req, send)
+
+    # -- sending upstream -----------------------------------------------------------
+    def send_upstream(self, holder: ServerTx, resp: Response) -> None:
+        if not holder.alive:
+            return
+        self._send_response(holder, resp)
+        if resp.status >= 200:
+            req = holder.tx.request
+            log.info("{m} {u} from {s} -> {st} {r} (call-id {c})", m=req.method, u=req.uri,
+                     s=holder.source, st=resp.status, r=resp.reason, c=req.call_id)
+
+    def _send_response(self, holder: ServerTx, resp: Response) -> None:
+        self._run(holder, holder.tx.send(resp, self.clock.seconds()))
+
+    def _wire_response(self, holder: ServerTx, data: bytes) -> None:
+        src = holder.source
+        via = holder.via
+        if src.transport == "udp":
+            port = src.port if via.rport is not None else (via.port or 5060)
+            maddr = via.maddr
+            host = maddr if maddr and is_ip(maddr) else src.host
+            self.transport.send(data, "udp", host, port, src.listener)
+            return
+        conn = src.connection
+        if conn is not None and not conn.closed:
+            self.transport.send_on(data, conn)
+            return
+        # 18.2.2: the connection is gone; open one to the sent-by.
+        self.transport.send(data, src.transport, via.received or src.host, via.port or 5060, src.listener)
+
+    # -- transaction driver --------------------------------------------------------
+    def _run(self, holder: Any, actions: list[Any]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                data = action.msg.to_bytes()
+                if isinstance(holder, ServerTx):
+                    self._wire_response(holder, data)
+                else:
+                    t = holder.target
+                    ok = self.transport.send(data, t.transport, t.host, t.port, holder.listener)
+                    if not ok:
+                        self._client_transport_error(holder)
+            elif kind is Arm:
+                old = holder.timers.get(action.timer)
+                if old is not None and old.active():
+                    old.cancel()
+                holder.timers[action.timer] = self.clock.callLater(action.delay, self._fire, holder, action.timer)
+            elif kind is Disarm:
+                old = holder.timers.pop(action.timer, None)
+                if old is not None and old.active():
+                    old.cancel()
+            elif kind is PassUp:
+                if isinstance(holder, ClientTx):
+                    if not holder.is_cancel:
+                        holder.branch.ctx.on_response(holder.branch, action.msg)
+                else:
+                    # An ACK matching an accepted INVITE (RFC 2543 peer): route it.
+                    self._route(action.msg, holder.source, None)
+            elif kind is Timeout:
+                self._timeout(holder, action.timer)
+            elif kind is Terminated:
+                self._terminate(holder)
+
+    def _fire(self, holder: Any, name: str) -> None:
+        holder.timers.pop(name, None)
+        if holder.alive:
+            self._run(holder, holder.tx.timer(name, self.clock.seconds()))
+
+    def _cancel_timers(self, holder: Any) -> None:
+        for call in holder.timers.values():
+            if call.active():
+                call.cancel()
+        holder.timers.clear()
+
+    def _terminate(self, holder: Any) -> None:
+        holder.alive = False
+        self._cancel_timers(holder)
+        table = self.server_txs if isinstance(holder, ServerTx) else self.client_txs
+        if table.get(holder.key) is holder:
+            del table[holder.key]
+
+    def _timeout(self, holder: Any, timer: str) -> None:
+        if isinstance(holder, ServerTx):
+            return  # H: no ACK came; nothing to tell anybody.
+        if holder.is_cancel:
+            return
+        branch = holder.branch
+        if timer == "C":
+            self.count("timer_c")
+            if branch.provisional:
+                branch.ctx.send_cancel(branch)
+            else:
+                # Nothing answered: the transaction goes, as if 408 came (16.8).
+                self._terminate(holder)
+            branch.ctx.branch_failed(branch, 408, "Request Timeout")
+            return
+        status = 487 if branch.cancel_wanted else 408
+        branch.ctx.branch_failed(branch, status, REASONS.get(status))
+
+    def _client_transport_error(self, holder: ClientTx) -> None:
+        if holder.is_cancel or not holder.alive:
+            return
+        self._terminate(holder)
+        branch = holder.branch
+        if branch.done:
+            return
+        self.count("transport_errors")
+        # RFC 3263 4.3: try the next address of the same next hop.
+        self._try_target(branch)
+
+
+def _via_text(via: Via) -> str:
+    params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in via.params.items())
+    port = f":{via.port}" if via.port is not None else ""
+    return f"{via.protocol}/{via.transport} {via.host}{port}{params}"
+
+
+def _rr(listener: Listener) -> str:
+    transport = "" if listener.transport == "udp" else f";transport={listener.transport}"
+    return f"<sip:{bracket(listener.advertise)}:{listener.port}{transport};lr>"
+
+
+def _remove_last_value(req: Request, name: str) -> None:
+    values = req.header_all(name)
+    req.remove_header(name)
+    for value in values[:-1]:
+        req.add_header(name, value, top=False)
+
+
+def _unicast(host: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(strip_brackets(host))
+    except ValueError:
+        return True
+    if addr.is_multicast:
+        return False
+    return not (addr.version == 4 and str(addr).endswith(".255"))
+
+
+def _guess_address(wildcard: str) -> str:
+    """The address other hosts most likely reach us on, for Via and
+    Record-Route when listening on a wildcard and none is configured."""
+    family = socket.AF_INET6 if wildcard == "::" else socket.AF_INET
+    probe = "2001:db8::1" if family == socket.AF_INET6 else "192.0.2.1"
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))  # no packet is sent: connect() only picks a route
+            return str(s.getsockname()[0])
+    except OSError:
+        return "::1" if family == socket.AF_INET6 else "127.0.0.1"
+
+
+def _local_addresses() -> set[str]:
+    found = {"127.0.0.1", "::1"}
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            found.add(str(info[4][0]).lower())
+    except OSError:
+        pass
+    found.add(_guess_address("0.0.0.0"))
+    return found

@@ -1,0 +1,41 @@
+"""Wiring: a validated Config becomes the proxy's MultiService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+
+from sipsuite.config import Config
+from sipsuite.proxy.core import ProxyCore
+
+
+class ProxyService(service.Service):
+    """Starts the listeners when twistd starts the application, so a port
+    that is taken fails start-up with the address named."""
+
+    def __init__(self, config: Config, reactor: Any | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self.core = ProxyCore(config, reactor)
+
+    def startService(self) -> None:
+        super().startService()
+        self.core.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        from twisted.internet import defer
+
+        return defer.DeferredList(self.core.stop())
+
+
+def make_proxy_service(config: Config) -> service.MultiService:
+    """Build the proxy's services (transports, core, routing) from config."""
+    top = service.MultiService()
+    ProxyService(config).setServiceParent(top)
+    return top

@@ -1,0 +1,345 @@
+"""UDP and TCP transports: bytes in from the network, parsed messages out to
+the core; bytes out to a (transport, host, port) destination.
+
+The core never touches sockets. It hands every received message to
+``handler(message, source)`` and sends with ``TransportLayer.send``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IReactorTime
+
+from sipsuite.log import get_logger
+from sipsuite.sip.message import (
+    KeepAlive,
+    ParseError,
+    Request,
+    Response,
+    StreamParser,
+    parse_datagram,
+)
+
+log = get_logger("sipsuite.proxy.transport")
+
+# RFC 3261 18.1.1: a request within 200 bytes of the path MTU must not go over
+# UDP unreliably fragmented; we only warn-and-send, since switching a call to
+# TCP behind the caller's back breaks phones that do not listen on TCP.
+MAX_UDP = 65507
+
+
+def strip_brackets(host: str) -> str:
+    if host.startswith("["):
+        return host[1:-1]
+    return host
+
+
+def bracket(host: str) -> str:
+    """IPv6 literals carry brackets in Via, Record-Route and URIs."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(strip_brackets(host))
+    except ValueError:
+        return False
+    return True
+
+
+class Listener:
+    """One configured listening socket, and the address it advertises."""
+
+    __slots__ = ("transport", "host", "port", "advertise", "family", "port_obj")
+
+    def __init__(self, transport: str, host: str, port: int, advertise: str) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.advertise = advertise
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.port_obj: Any = None
+
+    def sent_by(self) -> str:
+        return f"{bracket(self.advertise)}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"{self.transport}:{bracket(self.host)}:{self.port}"
+
+
+class Source:
+    """Where a message came from: enough to answer it the way RFC 3261 18.2.2
+    and RFC 3581 ask, and to reuse its TCP connection."""
+
+    __slots__ = ("transport", "host", "port", "listener", "connection")
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int,
+        listener: Listener,
+        connection: SIPStreamProtocol | None = None,
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.listener = listener
+        self.connection = connection
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{bracket(self.host)}:{self.port}"
+
+
+Handler = Callable[[Request | Response, Source], None]
+
+
+class SIPDatagramProtocol(protocol.DatagramProtocol):
+    def __init__(self, layer: TransportLayer, listener: Listener) -> None:
+        self.layer = layer
+        self.listener = listener
+
+    def datagramReceived(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        host, port = addr[0], addr[1]
+        if len(data) <= 4 and not data.strip():
+            # CRLF keep-alives from phones behind NAT (RFC 5626 allows them on UDP too).
+            return
+        try:
+            msg = parse_datagram(data)
+        except ParseError as err:
+            self.layer.stats_drop("parse")
+            self.layer.answer_parse_error(err, data, host, port, self)
+            return
+        source = Source("udp", host, port, self.listener)
+        try:
+            self.layer.handler(msg, source)
+        except Exception:  # noqa: BLE001 - one bad message must never stop the socket
+            log.failure("unhandled error processing a message from {src}", src=source)
+
+    def send(self, data: bytes, host: str, port: int) -> bool:
+        transport = self.transport
+        if transport is None:
+            return False
+        try:
+            transport.write(data, (host, port))
+        except OSError as exc:
+            log.warn("udp send to {h}:{p} failed: {e}", h=host, p=port, e=exc)
+            return False
+        return True
+
+
+class SIPStreamProtocol(protocol.Protocol):
+    """One TCP connection, inbound or outbound; both carry requests and
+    responses in either direction (RFC 3261 18.3)."""
+
+    def __init__(self, layer: TransportLayer, listener: Listener) -> None:
+        self.layer = layer
+        self.listener = listener
+        self.parser = StreamParser()
+        self.peer: tuple[str, int] = ("", 0)
+        self.idle_call: Any = None
+        self.pending: list[bytes] = []
+        self.connected_ok = False
+        self.closed = False
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer = (peer.host, peer.port)
+        self.connected_ok = True
+        self.layer.connection_up(self)
+        for data in self.pending:
+            self.transport.write(data)
+        self.pending.clear()
+        self.touch()
+
+    def touch(self) -> None:
+        timeout = self.layer.tcp_idle_timeout
+        if self.idle_call is not None and self.idle_call.active():
+            self.idle_call.reset(timeout)
+        else:
+            self.idle_call = self.layer.clock.callLater(timeout, self.idle_timeout)
+
+    def idle_timeout(self) -> None:
+        log.debug("closing idle tcp connection to {p}", p=self.peer)
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.touch()
+        for item in self.parser.feed(data):
+            if isinstance(item, KeepAlive):
+                # RFC 5626 3.5.1: a double-CRLF ping is answered with one CRLF.
+                self.transport.write(b"\r\n")
+                continue
+            if isinstance(item, ParseError):
+                self.layer.stats_drop("parse")
+                reply = item.response_bytes()
+                if reply is not None:
+                    self.transport.write(reply)
+                # Framing is lost after a malformed message: the stream cannot
+                # be resynchronised (RFC 4475 3.1.2.3).
+                self.transport.loseConnection()
+                return
+            source = Source("tcp", self.peer[0], self.peer[1], self.listener, self)
+            try:
+                self.layer.handler(item, source)
+            except Exception:  # noqa: BLE001
+                log.failure("unhandled error processing a message from {src}", src=source)
+
+    def send(self, data: bytes) -> bool:
+        if self.closed:
+            return False
+        if not self.connected_ok:
+            self.pending.append(data)
+            return True
+        self.transport.write(data)
+        self.touch()
+        return True
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed = True
+        if self.idle_call is not None and self.idle_call.active():
+            self.idle_call.cancel()
+        self.layer.connection_down(self)
+
+
+class _InboundFactory(protocol.ServerFactory):
+    def __init__(self, layer: TransportLayer, listener: Listener) -> None:
+        self.layer = layer
+        self.listener = listener
+
+    def buildProtocol(self, addr: Any) -> SIPStreamProtocol:
+        return SIPStreamProtocol(self.layer, self.listener)
+
+
+class _OutboundFactory(protocol.ClientFactory):
+    def __init__(self, proto: SIPStreamProtocol) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> SIPStreamProtocol:
+        return self.proto
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.proto.closed = True
+        self.proto.layer.connection_failed(self.proto)
+
+
+class TransportLayer:
+    """Owns the listeners and the TCP connection table."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        handler: Handler,
+        tcp_idle_timeout: float = 600.0,
+    ) -> None:
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.handler = handler
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.listeners: list[Listener] = []
+        self.udp: dict[Listener, SIPDatagramProtocol] = {}
+        # (host, port) -> connection; inbound and outbound alike, so responses
+        # and in-dialog requests go back over the connection the peer opened.
+        self.connections: dict[tuple[str, int], SIPStreamProtocol] = {}
+        self.drops: dict[str, int] = {}
+        self.on_connection_failed: Callable[[str, int], None] | None = None
+
+    # -- set-up --------------------------------------------------------------
+    def listen(self, listener: Listener) -> None:
+        if listener.transport == "udp":
+            proto = SIPDatagramProtocol(self, listener)
+            listener.port_obj = self.reactor.listenUDP(
+                listener.port, proto, interface=listener.host, maxPacketSize=MAX_UDP
+            )
+            if listener.port == 0:
+                listener.port = listener.port_obj.getHost().port
+            self.udp[listener] = proto
+        elif listener.transport == "tcp":
+            listener.port_obj = self.reactor.listenTCP(
+                listener.port, _InboundFactory(self, listener), interface=listener.host
+            )
+            if listener.port == 0:
+                listener.port = listener.port_obj.getHost().port
+        else:
+            raise ValueError(f"unsupported transport {listener.transport}")
+        self.listeners.append(listener)
+
+    def stop(self) -> list[Any]:
+        results = []
+        for listener in self.listeners:
+            if listener.port_obj is not None:
+                results.append(listener.port_obj.stopListening())
+        for conn in list(self.connections.values()):
+            conn.transport.loseConnection()
+        return results
+
+    # -- choosing an outgoing socket ----------------------------------------
+    def pick_listener(self, transport: str, host: str, prefer: Listener | None) -> Listener | None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if prefer is not None and prefer.transport == transport and prefer.family == family:
+            return prefer
+        for listener in self.listeners:
+            if listener.transport == transport and listener.family == family:
+                return listener
+        return None
+
+    # -- sending ---------------------------------------------------------------
+    def send(self, data: bytes, transport: str, host: str, port: int, listener: Listener) -> bool:
+        host = strip_brackets(host)
+        if transport == "udp":
+            proto = self.udp.get(listener)
+            if proto is None:
+                return False
+            return proto.send(data, host, port)
+        conn = self.connections.get((host, port))
+        if conn is None or conn.closed:
+            conn = self.connect(host, port, listener)
+        return conn.send(data)
+
+    def send_on(self, data: bytes, conn: SIPStreamProtocol) -> bool:
+        return conn.send(data)
+
+    def connect(self, host: str, port: int, listener: Listener) -> SIPStreamProtocol:
+        proto = SIPStreamProtocol(self, listener)
+        proto.peer = (host, port)
+        self.connections[(host, port)] = proto
+        self.reactor.connectTCP(host, port, _OutboundFactory(proto), timeout=10)
+        return proto
+
+    def connection_up(self, conn: SIPStreamProtocol) -> None:
+        self.connections[conn.peer] = conn
+
+    def connection_down(self, conn: SIPStreamProtocol) -> None:
+        if self.connections.get(conn.peer) is conn:
+            del self.connections[conn.peer]
+
+    def connection_failed(self, conn: SIPStreamProtocol) -> None:
+        self.connection_down(conn)
+        if self.on_connection_failed is not None:
+            self.on_connection_failed(conn.peer[0], conn.peer[1])
+
+    # -- malformed input -------------------------------------------------------
+    def stats_drop(self, cause: str) -> None:
+        self.drops[cause] = self.drops.get(cause, 0) + 1
+
+    def answer_parse_error(
+        self, err: ParseError, data: bytes, host: str, port: int, proto: SIPDatagramProtocol
+    ) -> None:
+        reply = err.response_bytes()
+        log.info("malformed message from udp:{h}:{p}: {s} {r}", h=host, p=port, s=err.status, r=err.reason)
+        if reply is None:
+            return
+        # Answer where RFC 3261 18.2.2 / RFC 3581 would: the source address,
+        # at the rport (source port) when asked, else the Via sent-by port.
+        via = err.source_via
+        dest_port = port
+        if via is not None and via.rport is None:
+            dest_port = via.port or 5060
+        proto.send(reply, host, dest_port)

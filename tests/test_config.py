@@ -1,0 +1,371 @@
+"""sipsuite.config: defaults, the documented file, validation and its messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from sipsuite import config as config_module
+from sipsuite.config import (
+    PACKAGED_CONFIG,
+    Config,
+    ConfigError,
+    ListenSpec,
+    default_config_path,
+    load_config,
+    parse_listen,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTED = ROOT / "conf" / "sipsuite.toml"
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "x.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def error_of(tmp_path: Path, text: str, **kwargs: object) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(path + ": ")
+    return message[len(path) + 2 :]
+
+
+# --- defaults and the documented file ---------------------------------------
+
+
+def test_defaults() -> None:
+    c = load_config(None)
+    assert c.path is None
+    assert c.proxy.listen == [
+        ListenSpec("udp", "0.0.0.0", 5060),
+        ListenSpec("tcp", "0.0.0.0", 5060),
+    ]
+    assert c.proxy.domains == []
+    assert c.proxy.advertise == ""
+    assert c.proxy.trusted == []
+    assert c.proxy.routing == "sipsuite.proxy.routing:DefaultRouting"
+    assert c.proxy.record_route is True
+    assert c.proxy.tcp_idle_timeout == 600.0
+    assert c.proxy.dns_timeout == 3.0
+    assert c.proxy.server_header == "sipsuite"
+    assert (c.timers.t1, c.timers.t2, c.timers.t4, c.timers.timer_c) == (0.5, 4.0, 5.0, 180.0)
+    assert c.location_static == {}
+    assert c.log.level == "info"
+
+
+def test_documented_file_is_the_defaults() -> None:
+    c = load_config(str(DOCUMENTED))
+    assert c.path == str(DOCUMENTED)
+    assert dataclasses.replace(c, path=None) == load_config(None)
+
+
+def schema_keys() -> list[tuple[str, str]]:
+    keys = []
+    for f in dataclasses.fields(Config):
+        if "cls" in f.metadata:
+            keys += [(f.metadata["section"], k.name) for k in dataclasses.fields(f.metadata["cls"])]
+    return keys
+
+
+@pytest.mark.parametrize(("section", "key"), schema_keys())
+def test_documented_file_sets_every_key_with_a_comment(section: str, key: str) -> None:
+    """Each key is written out (not commented) in its section, after a comment."""
+    text = DOCUMENTED.read_text()
+    doc = tomllib.loads(text)
+    assert key in doc[section], f"{section}.{key} missing from {DOCUMENTED}"
+    body = text.split(f"[{section}]\n", 1)[1].split("\n[", 1)[0]
+    m = re.search(rf"((?:^#.*\n)+)^{key} = ", body, re.MULTILINE)
+    assert m, f"{section}.{key} has no comment above it"
+
+
+def test_documented_file_shows_the_examples() -> None:
+    text = DOCUMENTED.read_text()
+    assert '#   bob = ["sip:bob@192.0.2.10:5060"]' in text
+    assert 'domains = ["example.com"' in text
+
+
+def test_default_config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert default_config_path() == str(PACKAGED_CONFIG)  # source checkout
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "sipsuite.toml").write_text("")
+    assert default_config_path() == os.path.join("conf", "sipsuite.toml")
+    monkeypatch.setattr(config_module, "PACKAGED_CONFIG", tmp_path / "absent.toml")
+    monkeypatch.chdir(ROOT / "tests")
+    assert default_config_path() is None  # an installed wheel: built-in defaults
+
+
+def test_overrides(tmp_path: Path) -> None:
+    c = load_config(
+        write(
+            tmp_path,
+            """
+[proxy]
+listen = ["udp:127.0.0.1:5070", "TCP:[::1]:0"]
+domains = ["Example.COM", "192.0.2.1", "2001:DB8::1", "[::1]"]
+advertise = "[2001:db8::2]:5080"
+trusted = ["192.0.2.0/24", "10.1.2.3/8", "2001:db8::/32", "198.51.100.7"]
+routing = "mypkg.routes:MyRouting"
+record_route = false
+tcp_idle_timeout = 30
+dns_timeout = 0.5
+server_header = ""
+
+[timers]
+t1 = 1
+t2 = 8
+t4 = 2.5
+timer_c = 60
+
+[location.static]
+bob = ["sip:bob@192.0.2.10:5060"]
+"+4930123" = ["sip:+4930123@gw.example.net;transport=tcp", "sips:x@[2001:db8::1]:5061"]
+
+[log]
+level = "debug"
+""",
+        )
+    )
+    assert c.proxy.listen == [ListenSpec("udp", "127.0.0.1", 5070), ListenSpec("tcp", "::1", 0)]
+    assert c.proxy.domains == ["example.com", "192.0.2.1", "2001:db8::1", "::1"]
+    assert c.proxy.advertise == "[2001:db8::2]:5080"
+    assert c.proxy.trusted == [
+        ipaddress.ip_network("192.0.2.0/24"),
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("2001:db8::/32"),
+        ipaddress.ip_network("198.51.100.7/32"),
+    ]
+    assert ipaddress.ip_address("192.0.2.77") in c.proxy.trusted[0]
+    assert c.proxy.routing == "mypkg.routes:MyRouting"
+    assert c.proxy.record_route is False
+    assert c.proxy.tcp_idle_timeout == 30.0 and isinstance(c.proxy.tcp_idle_timeout, float)
+    assert c.proxy.dns_timeout == 0.5
+    assert c.proxy.server_header == ""
+    assert (c.timers.t1, c.timers.t2, c.timers.t4, c.timers.timer_c) == (1.0, 8.0, 2.5, 60.0)
+    assert c.location_static == {
+        "bob": ["sip:bob@192.0.2.10:5060"],
+        "+4930123": ["sip:+4930123@gw.example.net;transport=tcp", "sips:x@[2001:db8::1]:5061"],
+    }
+    assert c.log.level == "debug"
+
+
+def test_partial_file_keeps_other_defaults(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, '[proxy]\ndomains = ["example.com"]\n'))
+    assert c.proxy.domains == ["example.com"]
+    assert dataclasses.replace(c, path=None, proxy=load_config(None).proxy) == load_config(None)
+
+
+def test_dotted_keys_at_top_level(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, 'proxy.domains = ["a.example"]\nlog.level = "warn"\n'))
+    assert c.proxy.domains == ["a.example"] and c.log.level == "warn"
+
+
+def test_config_is_frozen() -> None:
+    c = load_config(None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.proxy.record_route = False  # type: ignore[misc]
+
+
+# --- listen URIs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "spec", "canonical"),
+    [
+        ("udp:0.0.0.0:5060", ListenSpec("udp", "0.0.0.0", 5060), "udp:0.0.0.0:5060"),
+        ("tcp:127.0.0.1:0", ListenSpec("tcp", "127.0.0.1", 0), "tcp:127.0.0.1:0"),
+        ("tcp:[::1]:5060", ListenSpec("tcp", "::1", 5060), "tcp:[::1]:5060"),
+        ("udp:[::]:5062", ListenSpec("udp", "::", 5062), "udp:[::]:5062"),
+        (
+            "UDP:[2001:DB8:0::1]:65535",
+            ListenSpec("udp", "2001:db8::1", 65535),
+            "udp:[2001:db8::1]:65535",
+        ),
+    ],
+)
+def test_parse_listen(text: str, spec: ListenSpec, canonical: str) -> None:
+    assert parse_listen(text) == spec
+    assert str(spec) == canonical
+    assert parse_listen(str(spec)) == spec
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "foo",
+        "udp:0.0.0.0",  # no port
+        "sctp:0.0.0.0:5060",
+        "tls:0.0.0.0:5061",  # not yet
+        "udp:0.0.0.0:65536",
+        "udp:0.0.0.0:-1",
+        "tcp:::1:5060",  # IPv6 needs brackets
+        "tcp:[127.0.0.1]:5060",
+        "udp:localhost:5060",  # an address is needed to bind
+        "udp:300.1.1.1:5060",
+        "udp: 0.0.0.0:5060",
+        "",
+    ],
+)
+def test_parse_listen_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="expected 'udp:HOST:PORT' or 'tcp:HOST:PORT'"):
+        parse_listen(text)
+
+
+def test_listen_error_names_the_item(tmp_path: Path) -> None:
+    message = error_of(tmp_path, '[proxy]\nlisten = ["udp:0.0.0.0:5060", "foo"]\n')
+    assert message.startswith("proxy.listen[1]: expected 'udp:HOST:PORT' or 'tcp:HOST:PORT'")
+    assert message.endswith(", got 'foo'")
+
+
+def test_listen_must_not_be_empty_or_repeat(tmp_path: Path) -> None:
+    assert error_of(tmp_path, "[proxy]\nlisten = []\n") == (
+        "proxy.listen: expected a list with at least one entry, got []"
+    )
+    assert error_of(tmp_path, '[proxy]\nlisten = ["udp:[::1]:5060", "udp:[0::1]:5060"]\n') == (
+        "proxy.listen[1]: expected each entry only once, got 'udp:[0::1]:5060'"
+    )
+
+
+def test_listen_override(tmp_path: Path) -> None:
+    path = write(tmp_path, '[proxy]\nlisten = ["udp:0.0.0.0:5060"]\ndomains = ["a.example"]\n')
+    c = load_config(path, listen=["tcp:[::1]:5070", "udp:127.0.0.1:0"])
+    assert c.proxy.listen == [ListenSpec("tcp", "::1", 5070), ListenSpec("udp", "127.0.0.1", 0)]
+    assert c.proxy.domains == ["a.example"]
+    assert load_config(None, listen=["udp:127.0.0.1:5999"]).proxy.listen == [
+        ListenSpec("udp", "127.0.0.1", 5999)
+    ]
+    assert load_config(path, listen=None).proxy.listen == [ListenSpec("udp", "0.0.0.0", 5060)]
+
+
+def test_listen_override_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, listen=["udp:127.0.0.1:5060", "bogus"])
+    assert str(info.value).startswith("--listen: expected 'udp:HOST:PORT' or 'tcp:HOST:PORT'")
+    assert str(info.value).endswith("got 'bogus'")
+
+
+# --- each key is type-checked, and the message names it ------------------------------
+
+BAD_VALUES = [
+    ("proxy", "listen", '"udp:0.0.0.0:5060"', "a list [...]"),
+    ("proxy", "listen", "[5060]", "'udp:HOST:PORT'"),
+    ("proxy", "domains", '"example.com"', "a list [...]"),
+    ("proxy", "domains", '["exa mple.com"]', "a domain name or IP address"),
+    ("proxy", "domains", '["sip:example.com"]', "a domain name or IP address"),
+    ("proxy", "domains", "[1]", "a domain name or IP address"),
+    ("proxy", "advertise", "5060", "'' or 'HOST' or 'HOST:PORT'"),
+    ("proxy", "advertise", '"2001:db8::1"', "'' or 'HOST' or 'HOST:PORT'"),
+    ("proxy", "advertise", '"proxy.example.com:70000"', "'' or 'HOST' or 'HOST:PORT'"),
+    ("proxy", "trusted", '"192.0.2.0/24"', "a list [...]"),
+    ("proxy", "trusted", '["192.0.2.0/33"]', "an IP address or network"),
+    ("proxy", "trusted", '["example.com"]', "an IP address or network"),
+    ("proxy", "routing", '"DefaultRouting"', "'package.module:ClassName'"),
+    ("proxy", "routing", "1", "'package.module:ClassName'"),
+    ("proxy", "record_route", '"yes"', "true or false"),
+    ("proxy", "record_route", "1", "true or false"),
+    ("proxy", "tcp_idle_timeout", "0", "a number of seconds above 0"),
+    ("proxy", "tcp_idle_timeout", '"600"', "a number of seconds above 0"),
+    ("proxy", "dns_timeout", "-1.0", "a number of seconds above 0"),
+    ("proxy", "dns_timeout", "true", "a number of seconds above 0"),
+    ("proxy", "server_header", "1", "printable ASCII text on one line"),
+    ("proxy", "server_header", '"a\\r\\nX-Evil: 1"', "printable ASCII text on one line"),
+    ("timers", "t1", "0", "a number of seconds above 0"),
+    ("timers", "t2", '"4s"', "a number of seconds above 0"),
+    ("timers", "t4", "[]", "a number of seconds above 0"),
+    ("timers", "timer_c", "nan", "a number of seconds above 0"),
+    ("log", "level", '"trace"', "one of 'debug', 'info', 'warn', 'error'"),
+    ("log", "level", "3", "one of 'debug', 'info', 'warn', 'error'"),
+]
+
+
+@pytest.mark.parametrize(("section", "key", "value", "expected"), BAD_VALUES)
+def test_bad_value_names_key(
+    tmp_path: Path, section: str, key: str, value: str, expected: str
+) -> None:
+    message = error_of(tmp_path, f"[{section}]\n{key} = {value}\n")
+    assert message.startswith(f"{section}.{key}")
+    assert f": expected {expected}" in message
+    assert ", got " in message
+
+
+def test_every_key_has_a_bad_value_test() -> None:
+    assert {(s, k) for s, k, _, _ in BAD_VALUES} == set(schema_keys())
+
+
+def test_bad_value_message_exact(tmp_path: Path) -> None:
+    assert error_of(tmp_path, '[proxy]\nrecord_route = "yes"\n') == (
+        "proxy.record_route: expected true or false, got 'yes'"
+    )
+    assert error_of(tmp_path, "[timers]\nt1 = -2\n") == (
+        "timers.t1: expected a number of seconds above 0, got -2"
+    )
+
+
+def test_t2_not_below_t1(tmp_path: Path) -> None:
+    assert error_of(tmp_path, "[timers]\nt1 = 5\n") == (
+        "timers.t2: expected a value not below timers.t1 (5), got 4"
+    )
+
+
+def test_location_static(tmp_path: Path) -> None:
+    assert error_of(tmp_path, '[location.static]\nbob = "sip:bob@192.0.2.10"\n') == (
+        "location.static.bob: expected a list [...], got 'sip:bob@192.0.2.10'"
+    )
+    assert error_of(tmp_path, "[location.static]\nbob = []\n") == (
+        "location.static.bob: expected a list with at least one entry, got []"
+    )
+    message = error_of(tmp_path, '[location.static]\nbob = ["sip:bob@a.example", "http://x"]\n')
+    assert message.startswith("location.static.bob[1]: expected a 'sip:' or 'sips:' URI")
+    for bad in ["bob@192.0.2.10", "sip:bob@", "sip:bob@[::1", "sip:bob@host:99999", "tel:+1555"]:
+        message = error_of(tmp_path, f'[location.static]\nbob = ["{bad}"]\n')
+        assert message.startswith("location.static.bob[0]: expected a 'sip:' or 'sips:' URI")
+    assert error_of(tmp_path, '[location.static]\n"bob smith" = ["sip:b@h"]\n') == (
+        "location.static.\"bob smith\": expected a SIP user part such as 'bob' or '+4930123'"
+        " as the key"
+    )
+
+
+# --- unknown names, wrong shapes, unreadable files ------------------------------
+
+
+def test_unknown_key_names_the_key(tmp_path: Path) -> None:
+    assert error_of(tmp_path, '[proxy]\nlisten = ["udp:0.0.0.0:5060"]\nlisen = []\n') == (
+        "proxy.lisen: unknown key; did you mean 'listen'?"
+    )
+    message = error_of(tmp_path, "[timers]\nfoo = 1\n")
+    assert message == "timers.foo: unknown key; expected one of t1, t2, t4, timer_c"
+
+
+def test_unknown_section(tmp_path: Path) -> None:
+    assert error_of(tmp_path, "[proxxy]\n") == "proxxy: unknown section; did you mean 'proxy'?"
+    assert error_of(tmp_path, "[location.dynamic]\n") == (
+        "location.dynamic: unknown section; did you mean 'location.static'?"
+    )
+    assert error_of(tmp_path, "[zzz]\n").startswith("zzz: unknown section; expected one of ")
+
+
+def test_section_must_be_a_table(tmp_path: Path) -> None:
+    assert error_of(tmp_path, "proxy = 1\n") == "proxy: expected a table [proxy], got 1"
+    assert error_of(tmp_path, "location = 1\n") == "location: expected a table, got 1"
+
+
+def test_not_toml(tmp_path: Path) -> None:
+    assert error_of(tmp_path, "[proxy\n").startswith("not valid TOML: ")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: cannot read: No such file")):
+        load_config(path)

@@ -1,0 +1,182 @@
+"""The twistd plugins: listed, built from a config, and a bad config stops
+start-up with one line and exit status 2.
+
+These run twistd as a subprocess of the installed package (an editable
+install, as the README and scripts/test.sh do), from a scratch directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.plugin import getPlugins
+
+from sipsuite import log
+
+TWISTD = [
+    sys.executable,
+    "-c",
+    "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
+]
+
+
+def twistd(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TWISTD, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def makers() -> dict[str, IServiceMaker]:
+    return {p.tapname: p for p in getPlugins(IServiceMaker)}
+
+
+def test_twistd_help_lists_plugins(tmp_path: Path) -> None:
+    result = twistd("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.split()[:1] == ["sip-proxy"] for line in lines), result.stdout
+    assert any(line.split()[:1] == ["sipsuite"] for line in lines), result.stdout
+
+
+@pytest.mark.parametrize("tapname", ["sipsuite", "sip-proxy"])
+def test_bad_config_one_line_exit_2(tmp_path: Path, tapname: str) -> None:
+    (tmp_path / "bad.toml").write_text('[proxy]\nlisten = ["udp:0.0.0.0:5060", "foo"]\n')
+    result = twistd("-n", "--pidfile=", tapname, "--config", "bad.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(
+        f"{tapname}: bad.toml: proxy.listen[1]: expected 'udp:HOST:PORT'"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_key_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("[timers]\ntimer_d = 1\n")
+    result = twistd("-n", "--pidfile=", "sipsuite", "--config", "bad.toml", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        2,
+        "sipsuite: bad.toml: timers.timer_d: unknown key; did you mean 'timer_c'?\n",
+    )
+
+
+def test_bad_listen_option_one_line(tmp_path: Path) -> None:
+    result = twistd(
+        "-n",
+        "--pidfile=",
+        "sipsuite",
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--listen",
+        "nope",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(
+        "sipsuite: --listen: expected "
+    )
+
+
+def test_missing_config_one_line(tmp_path: Path) -> None:
+    result = twistd("-n", "--pidfile=", "sip-proxy", "-c", "nowhere.toml", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        2,
+        "sip-proxy: nowhere.toml: cannot read: No such file or directory\n",
+    )
+
+
+def test_twistd_runs_and_stops(tmp_path: Path) -> None:
+    """The README's `twistd -n sipsuite` starts (on a free port) and stops on SIGTERM."""
+    proc = subprocess.Popen(
+        [
+            *TWISTD,
+            "-n",
+            "--pidfile=",
+            "sipsuite",
+            "--listen",
+            "udp:127.0.0.1:0",
+            "--listen",
+            "tcp:127.0.0.1:0",
+        ],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = []
+        deadline = time.monotonic() + 30
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        while time.monotonic() < deadline and not any("reactor class" in line for line in output):
+            line = proc.stdout.readline()
+            if line:
+                output.append(line)
+            elif proc.poll() is not None:
+                break
+            else:
+                time.sleep(0.05)
+        text = "".join(output)
+        assert proc.poll() is None, text
+        assert "sipsuite: configuration " in text and "conf/sipsuite.toml" in text
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        # Twisted re-raises the signal after a clean shutdown, so -SIGTERM here.
+        assert proc.returncode in (0, -signal.SIGTERM), text + rest
+        assert "Server Shut Down." in rest
+        assert "Traceback" not in text + rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_plugins_found_in_process() -> None:
+    found = makers()
+    assert {"sip-proxy", "sipsuite"} <= set(found)
+
+
+@pytest.mark.parametrize("tapname", ["sipsuite", "sip-proxy"])
+def test_make_service(tmp_path: Path, tapname: str) -> None:
+    maker = makers()[tapname]
+    (tmp_path / "c.toml").write_text('[log]\nlevel = "debug"\n')
+    options = maker.options()
+    options.parseOptions(["--config", str(tmp_path / "c.toml"), "--listen", "udp:127.0.0.1:0"])
+    assert options["listen"] == ["udp:127.0.0.1:0"]
+    before = log.get_level()
+    try:
+        service = maker.makeService(options)
+        assert isinstance(service, MultiService)
+        assert log.get_level() == "debug"
+    finally:
+        log.set_level(before)
+
+
+def test_make_service_bad_config_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    maker = makers()["sipsuite"]
+    (tmp_path / "c.toml").write_text('[log]\nlevel = "loud"\n')
+    options = maker.options()
+    options.parseOptions(["-c", str(tmp_path / "c.toml")])
+    with pytest.raises(SystemExit) as info:
+        maker.makeService(options)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"sipsuite: {tmp_path / 'c.toml'}: log.level: expected one of 'debug', 'info', 'warn', 'error', got 'loud'\n"
+    )
