@@ -59,7 +59,7 @@ class ProxyContext:
 
     __slots__ = (
         "core", "rctx", "server", "branches", "final_sent", "cancelled",
-        "best", "answered", "failure_hook_ran", "pending_routing",
+        "best", "best_local", "answered", "failure_hook_ran", "pending_routing",
     )
 
     def __init__(self, core: ProxyCore, rctx: RequestContext, server: ServerTx) -> None:
@@ -70,6 +70,8 @@ class ProxyContext:
         self.final_sent = False
         self.cancelled = False
         self.best: Response | None = None
+        # The best answer was made here (no route, timeout), not downstream.
+        self.best_local = False
         self.answered = False
         self.failure_hook_ran = 0
         # A failure_route is running (maybe awaiting): don't pick an answer yet.
@@ -92,6 +94,9 @@ class ProxyContext:
                 self._forward(resp)
             return
         self.core.call_hook("reply_route", self.rctx, branch, resp)
+        self._handle(branch, resp, local=False)
+
+    def _handle(self, branch: Branch, resp: Response, local: bool) -> None:
         status = resp.status
         if status < 200:
             branch.provisional = True
@@ -111,6 +116,7 @@ class ProxyContext:
             return
         if self.best is None or _rank(status) < _rank(self.best.status):
             self.best = resp
+            self.best_local = local
         if status >= 600:
             # 6xx ends the search (16.7 step 5): no new branches either.
             self.cancel_pending(reason=None)
@@ -128,7 +134,7 @@ class ProxyContext:
             # No Via of ours was added, so there is none to pop on the way up;
             # add a placeholder the forwarder removes.
             resp.add_header("Via", "SIP/2.0/UDP 0.0.0.0;branch=z9hG4bKlocal", top=True)
-        self.on_response(branch, resp)
+        self._handle(branch, resp, local=True)
 
     def check_complete(self) -> None:
         if self.final_sent or self.pending_routing:
@@ -148,7 +154,7 @@ class ProxyContext:
                 return
         if self.final_sent:
             return
-        if best.status == 503:
+        if best.status == 503 and not self.best_local:
             # 16.7 step 6: a 503 from downstream means that server is
             # overloaded, not that we are: don't make the caller back off us.
             best = self._local(500, "Server Error")

@@ -207,7 +207,8 @@ class Resolver:
             dest = port if port is not None else DEFAULT_PORT[chosen]
             return defer.succeed([Target(chosen, h, dest) for h in hosts])
 
-        if not name:
+        if not name or name == "invalid" or name.endswith(".invalid"):
+            # RFC 6761 6.4: .invalid never resolves, so never ask DNS for it.
             return defer.succeed([])
 
         key: _Key = (name, port, tport, secure)

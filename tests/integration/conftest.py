@@ -1,0 +1,60 @@
+"""Fixtures for the integration tests (real proxy process, sipp, raw UDP peers).
+
+The helpers live in ``procs.py`` beside this file; this folder is put on
+sys.path here so ``import procs`` works under any pytest import mode.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import procs  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sipp_bin() -> str:
+    """sipp's path. A missing sipp FAILS the tests that need it (never a skip)."""
+    try:
+        return procs.sipp_binary()
+    except RuntimeError as e:
+        problem = str(e)
+    pytest.fail(problem, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    path = procs.shared_dir()
+    if not path.is_dir():
+        pytest.fail(f"shared folder not found at {path} (set SIPSUITE_SHARED)", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def proxy_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.ProxyFactory]:
+    """``start(name, port=..., **write_config kwargs)`` -> a running ProxyProcess,
+    stopped (SIGTERM, then SIGKILL) at the end of the module. A proxy that does
+    not come up fails the test with its log."""
+    started: list[procs.ProxyProcess] = []
+
+    def start(name: str, *, port: int | None = None, **config: object) -> procs.ProxyProcess:
+        workdir = tmp_path_factory.mktemp(name)
+        port = port or procs.free_port()
+        cfg = procs.write_config(workdir / "sipsuite.toml", port=port, **config)  # type: ignore[arg-type]
+        try:
+            proxy = procs.start_proxy(workdir, cfg, port)
+        except procs.ProxyStartError as e:
+            problem = str(e)
+        else:
+            started.append(proxy)
+            return proxy
+        pytest.fail(problem, pytrace=False)
+
+    yield start
+    for proxy in started:
+        proxy.stop()
