@@ -448,7 +448,7 @@ def _check_unknown_sections(doc: Mapping[str, Any], where: str) -> None:
                     raise ConfigError(f"{where}: {dotted}: expected a table, got {_show(value)}")
                 walk(value, dotted + ".")
                 continue
-            known = sorted(n for n in names + sorted(prefixes) if n.startswith(prefix))
+            known = sorted(n for n in [*names, *prefixes] if n.startswith(prefix))
             raise ConfigError(f"{where}: {dotted}: unknown section; {_suggest(dotted, known)}")
 
     walk(doc, "")

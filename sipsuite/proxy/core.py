@@ -10,19 +10,17 @@ through client transactions (16.6) whose answers the response context
 from __future__ import annotations
 
 import hashlib
-import inspect
 import ipaddress
 import secrets
 import socket
 from typing import Any
 
-from twisted.internet import defer
-
 from sipsuite.log import get_logger
 from sipsuite.proxy.context import Branch, ProxyContext
 from sipsuite.proxy.location import LocationStore, StaticLocationStore
 from sipsuite.proxy.resolver import Resolver, Target
-from sipsuite.proxy.routing import RequestContext, Routing, load_routing
+from sipsuite.proxy.routing import RequestContext, Routing, drive, load_routing
+from sipsuite.proxy.timers import TimerHeap
 from sipsuite.proxy.transport import (
     Listener,
     Source,
@@ -99,6 +97,7 @@ class ProxyCore:
                  location: LocationStore | None = None) -> None:
         self.config = config
         self.clock = reactor
+        self.timer_heap = TimerHeap(reactor)
         p = config.proxy
         self.timers = TimerSettings(
             t1=config.timers.t1, t2=config.timers.t2, t4=config.timers.t4,
@@ -141,6 +140,7 @@ class ProxyCore:
     def stop(self) -> list[Any]:
         for holder in list(self.server_txs.values()) + list(self.client_txs.values()):
             self._cancel_timers(holder)
+        self.timer_heap.stop()
         return self.transport.stop()
 
     # -- who we are ---------------------------------------------------------------
@@ -244,11 +244,7 @@ class ProxyCore:
             log.failure("request_route failed for {m} {u}", m=req.method, u=req.uri)
             self._routing_failed(rctx)
             return
-        if inspect.iscoroutine(result):
-            d = defer.ensureDeferred(result)
-            d.addCallbacks(lambda _: self._routing_done(rctx), lambda f: self._routing_error(rctx, f))
-        else:
-            self._routing_done(rctx)
+        drive(result, lambda: self._routing_done(rctx), lambda f: self._routing_error(rctx, f))
 
     def _routing_error(self, rctx: RequestContext, failure: Any) -> None:
         log.failure("request_route failed for {m} {u}", failure, m=rctx.request.method, u=rctx.request.uri)
@@ -355,35 +351,41 @@ class ProxyCore:
             self._start_branch(ctx, uri)
 
     def call_hook(self, name: str, *args: Any) -> None:
+        def failed(f: Any) -> None:
+            log.failure("{n} failed", f, n=name)
+
         try:
             result = getattr(self.routing, name)(*args)
-            if inspect.iscoroutine(result):
-                defer.ensureDeferred(result).addErrback(
-                    lambda f: log.failure("{n} failed", f, n=name))
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a script bug must not kill the proxy
             log.failure("{n} failed", n=name)
+            return
+        drive(result, lambda: None, failed)
 
     def run_failure_route(self, ctx: ProxyContext, best: Response) -> bool:
         """Give failure_route its chance; True when it started new branches,
         answered itself, or is still running (it calls check_complete again)."""
         before = len(ctx.branches)
         ctx.pending_routing = True
+        state = {"sync": True}
+
+        def done() -> None:
+            ctx.pending_routing = False
+            if not state["sync"]:
+                ctx.check_complete()
+
+        def failed(f: Any) -> None:
+            log.failure("failure_route failed", f)
+            done()
+
         try:
             result = self.routing.failure_route(ctx.rctx, best)
         except Exception:  # noqa: BLE001
             log.failure("failure_route failed")
             result = None
-        if inspect.iscoroutine(result):
-            d = defer.ensureDeferred(result)
-            d.addErrback(lambda f: log.failure("failure_route failed", f))
-            if not d.called:
-                def done(_: Any) -> None:
-                    ctx.pending_routing = False
-                    ctx.check_complete()
-
-                d.addBoth(done)
-                return True
-        ctx.pending_routing = False
+        drive(result, done, failed)
+        if ctx.pending_routing:
+            state["sync"] = False
+            return True
         return len(ctx.branches) > before or ctx.final_sent
 
     # -- branches -------------------------------------------------------------------
@@ -613,7 +615,7 @@ class ProxyCore:
                 old = holder.timers.get(action.timer)
                 if old is not None and old.active():
                     old.cancel()
-                holder.timers[action.timer] = self.clock.callLater(action.delay, self._fire, holder, action.timer)
+                holder.timers[action.timer] = self.timer_heap.call_later(action.delay, self._fire, holder, action.timer)
             elif kind is Disarm:
                 old = holder.timers.pop(action.timer, None)
                 if old is not None and old.active():
@@ -644,6 +646,13 @@ class ProxyCore:
     def _terminate(self, holder: Any) -> None:
         holder.alive = False
         self._cancel_timers(holder)
+        # Break the obvious cycles so reference counting frees a finished
+        # call at once instead of leaving it to a full garbage collection.
+        if isinstance(holder, ServerTx):
+            holder.context = None
+            holder.rctx = None
+        elif holder.branch.client is holder:
+            holder.branch.client = None
         table = self.server_txs if isinstance(holder, ServerTx) else self.client_txs
         if table.get(holder.key) is holder:
             del table[holder.key]
@@ -654,6 +663,8 @@ class ProxyCore:
         if holder.is_cancel:
             return
         branch = holder.branch
+        log.info("timer {t} fired for {m} to {u} (call-id {c})", t=timer, m=holder.tx.request.method,
+                 u=branch.uri, c=holder.tx.request.call_id)
         if timer == "C":
             self.count("timer_c")
             if branch.provisional:

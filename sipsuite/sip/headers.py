@@ -261,9 +261,7 @@ class NameAddr:
         if text[0] == '"':
             end = _quote_end(text, 0)
             display = text[: end + 1]
-            lt = end + 1
-            while lt < len(text) and text[lt] in _WS:
-                lt += 1
+            lt = len(text) - len(text[end + 1 :].lstrip(_WS))
             if lt >= len(text) or text[lt] != "<":
                 raise ValueError(f"quoted display name without <URI>: {text!r}")
         else:

@@ -158,11 +158,26 @@ def _split_all(values: list[str], key: str) -> list[str]:
     """Every comma-separated value of the given lines; an empty one is an error."""
     out: list[str] = []
     for value in values:
+        if "," not in value:
+            # Line values arrive stripped; most lines hold a single value.
+            if not value:
+                raise ValueError(f"empty {key}")
+            out.append(value)
+            continue
         for v in split_values(value):
             if not v:
                 raise ValueError(f"empty element in {key}")
             out.append(v)
     return out
+
+
+def _split_lenient(value: str) -> list[str]:
+    # For headers nobody validated: an unbalanced quote must not make a plain
+    # read fail, so the whole value then counts as one element.
+    try:
+        return split_values(value)
+    except ValueError:
+        return [value]
 
 
 def _first(entries: list[Entry], key: str) -> str | None:
@@ -238,7 +253,13 @@ _TYPED: dict[str, Callable[[list[str]], Any]] = {
 
 
 class Message:
-    """Base of Request and Response."""
+    """Base of Request and Response.
+
+    Typed values (``top_via``, ``to``, ``routes`` ...) are parsed snapshots:
+    editing one changes nothing on the wire.  Change a header through
+    ``set_header`` / ``add_header`` / ``pop_first_value`` (e.g. copy the top
+    Via, add ``received``, pop the old value, add the new one on top).
+    """
 
     __slots__ = ("_headers", "_cache", "body", "version")
 
@@ -330,7 +351,7 @@ class Message:
         key = canonical_name(name)
         if key in MULTI_VALUE:
             return [v for k, _r, value in self._headers if k == key
-                    for v in split_values(value) if v]
+                    for v in _split_lenient(value) if v]
         return [value for k, _r, value in self._headers if k == key]
 
     def has_header(self, name: str) -> bool:
@@ -384,7 +405,7 @@ class Message:
         for i, (k, raw, value) in enumerate(headers):
             if k != key:
                 continue
-            values = split_values(value)
+            values = _split_lenient(value)
             first = values[0]
             rest = [v for v in values[1:] if v]
             if rest:
@@ -452,6 +473,8 @@ class Message:
 
 
 class Request(Message):
+    """``Request(method, uri, [(name, value), ...], body)``; ``uri`` may be replaced."""
+
     __slots__ = ("method", "uri")
 
     method: str
@@ -486,6 +509,8 @@ class Request(Message):
 
 
 class Response(Message):
+    """``Response(status, reason=None, [(name, value), ...], body)``; reason from REASONS."""
+
     __slots__ = ("status", "reason")
 
     status: int

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from sipsuite.sip.headers import TOKEN_CHARS, Via, canonical_name, split_values
+from sipsuite.sip.headers import _NAME_CACHE, TOKEN_CHARS, Via, canonical_name, split_values
 from sipsuite.sip.message import (
     Entry,
     KeepAlive,
@@ -127,19 +127,23 @@ def parse_head(head: str) -> tuple[Request | Response, int | None]:
 
     entries: list[Entry] = []
     append = entries.append
+    name_cache_get = _NAME_CACHE.get
     tracked: dict[str, list[str]] = {}
     for raw in lines:
         colon = raw.find(":")
         if colon <= 0:
             raise ParseError(status, "Bad Request - malformed header line")
-        try:
-            key = canonical_name(raw[:colon])
-        except ValueError:
-            raise ParseError(status, "Bad Request - malformed header name") from None
-        value = raw[colon + 1 :]
-        if folded and "\r\n" in value:
-            value = _FOLD.sub(" ", value)
-        value = value.strip(" \t")
+        name = raw[:colon]
+        key = name_cache_get(name)
+        if key is None:
+            try:
+                key = canonical_name(name)
+            except ValueError:
+                raise ParseError(status, "Bad Request - malformed header name") from None
+        if folded and "\r\n" in raw:
+            value = _FOLD.sub(" ", raw[colon + 1 :]).strip(" \t")
+        else:
+            value = raw[colon + 1 :].strip(" \t")
         append((key, raw, value))
         if key in _TRACKED:
             seen = tracked.get(key)
@@ -192,9 +196,16 @@ def parse_head(head: str) -> tuple[Request | Response, int | None]:
 
 def _recover(err: ParseError, head: str) -> None:
     """Salvage Via/From/To/Call-ID/CSeq lines so the caller can answer."""
-    if not err.status:
+    if not err.status or head.startswith("ACK "):
+        # An ACK is never answered (RFC 3261 17.1.1.3): no lines, no response.
         return
-    lines = _unfold(head.split("\r\n")[1:], 0) if "\r\n" in head else []
+    lines: list[str] = []
+    for line in head.split("\r\n")[1:]:
+        if line[:1] in (" ", "\t"):
+            if lines:
+                lines[-1] = f"{lines[-1]}\r\n{line}"
+        else:
+            lines.append(line)
     vias: list[Entry] = []
     others: dict[str, Entry] = {}
     for raw in lines:

@@ -143,11 +143,46 @@ class URI:
         uri.scheme = scheme
         uri.password = None
         uri.headers = None
-        uri.port = None
         if scheme in _SIP_SCHEMES:
             uri.opaque = ""
-            _parse_sip(uri, rest)
+            # Neither user, password, params nor headers may contain a bare
+            # '@' (RFC 3261 25.1), so the first '@' ends the userinfo even
+            # when the user part carries ';' or '?' (RFC 4475 semiuri, intmeth).
+            at = rest.find("@")
+            if at >= 0:
+                user, colon, password = rest[:at].partition(":")
+                if not user or user.strip(_USER_CHARS):
+                    raise ValueError(f"bad user part in {text!r}")
+                if "%" in user:
+                    _check_escapes(user)
+                if colon:
+                    _check_chars(password, _PASSWORD_CHARS, "password")
+                    uri.password = password
+                uri.user = user
+                rest = rest[at + 1 :]
+            else:
+                uri.user = None
+            qmark = rest.find("?")
+            if qmark >= 0:
+                headers = rest[qmark + 1 :]
+                if not headers:
+                    raise ValueError("empty URI headers")
+                _check_chars(headers, _HEADERS_CHARS, "URI headers")
+                uri.headers = headers
+                rest = rest[:qmark]
+            semi = rest.find(";")
+            if semi >= 0:
+                uri.params = _parse_uri_params(rest[semi + 1 :])
+                rest = rest[:semi]
+            else:
+                uri.params = {}
+            if ":" in rest or not rest or rest.strip(_HOST_CHARS):
+                uri.host, uri.port = parse_host_port(rest)
+            else:
+                uri.host = rest.lower()
+                uri.port = None
         elif scheme == "tel":
+            uri.port = None
             uri.opaque = rest
             uri.host = ""
             number, semi, ptext = rest.partition(";")
@@ -157,6 +192,7 @@ class URI:
             uri.user = number
             uri.params = _parse_uri_params(ptext) if semi else {}
         else:
+            uri.port = None
             uri.opaque = rest
             uri.user = None
             uri.host = ""
@@ -269,37 +305,3 @@ def _normalise_escapes(text: str) -> str:
             out.append("%" + chunk[:2].upper() + chunk[2:])
     return "".join(out)
 
-
-def _parse_sip(uri: URI, rest: str) -> None:
-    # Neither user, password, params nor headers may contain a bare '@'
-    # (RFC 3261 25.1), so the first '@' ends the userinfo even when the user
-    # part carries ';' or '?' (RFC 4475 semiuri, intmeth).
-    at = rest.find("@")
-    if at >= 0:
-        userinfo = rest[:at]
-        rest = rest[at + 1 :]
-        user, colon, password = userinfo.partition(":")
-        if not user:
-            raise ValueError("empty user part in SIP URI")
-        _check_chars(user, _USER_CHARS, "user part")
-        if colon:
-            _check_chars(password, _PASSWORD_CHARS, "password")
-            uri.password = password
-        uri.user = user
-    else:
-        uri.user = None
-    qmark = rest.find("?")
-    if qmark >= 0:
-        headers = rest[qmark + 1 :]
-        if not headers:
-            raise ValueError("empty URI headers")
-        _check_chars(headers, _HEADERS_CHARS, "URI headers")
-        uri.headers = headers
-        rest = rest[:qmark]
-    semi = rest.find(";")
-    if semi >= 0:
-        uri.params = _parse_uri_params(rest[semi + 1 :])
-        rest = rest[:semi]
-    else:
-        uri.params = {}
-    uri.host, uri.port = parse_host_port(rest)

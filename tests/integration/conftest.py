@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,10 +43,10 @@ def proxy_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Pr
     not come up fails the test with its log."""
     started: list[procs.ProxyProcess] = []
 
-    def start(name: str, *, port: int | None = None, **config: object) -> procs.ProxyProcess:
+    def start(name: str, *, port: int | None = None, **config: Any) -> procs.ProxyProcess:
         workdir = tmp_path_factory.mktemp(name)
         port = port or procs.free_port()
-        cfg = procs.write_config(workdir / "sipsuite.toml", port=port, **config)  # type: ignore[arg-type]
+        cfg = procs.write_config(workdir / "sipsuite.toml", port=port, **config)
         try:
             proxy = procs.start_proxy(workdir, cfg, port)
         except procs.ProxyStartError as e:

@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 REPO = Path(__file__).resolve().parents[2]
 LOCALHOST = "127.0.0.1"
@@ -406,6 +406,7 @@ def build_ack_for(invite: bytes | SipMessage, response: SipMessage) -> bytes:
 # --------------------------------------------------------------------------- raw UDP
 
 Address = tuple[str, int]
+Transport = Literal["udp", "tcp"]
 
 
 @dataclass
@@ -868,7 +869,7 @@ class SippProcess:
         calls: int,
         timeout_s: float,
         remote: Address | None = None,
-        transport: Literal["udp", "tcp"] = "udp",
+        transport: Transport = "udp",
         service: str | None = None,
         rate: float | None = None,
         duration_ms: int | None = None,
@@ -933,9 +934,9 @@ class SippProcess:
         return result
 
 
-def run_sipp(scenario: Path, **kwargs: object) -> SippResult:
+def run_sipp(scenario: Path, **kwargs: Any) -> SippResult:
     """Run sipp in the foreground (see SippProcess for the arguments)."""
-    return SippProcess(scenario, **kwargs).wait()  # type: ignore[arg-type]
+    return SippProcess(scenario, **kwargs).wait()
 
 
 @dataclass

@@ -36,6 +36,7 @@ from procs import (
     Received,
     SipMessage,
     SippProcess,
+    Transport,
     UdpEndpoint,
     build_ack_for,
     build_request,
@@ -97,13 +98,14 @@ def topo(proxy_factory: ProxyFactory) -> Iterator[Topology]:
 
 
 def start_uas(
-    scenario: Path, workdir: Path, port: int, calls: int, transport: str = "udp", service: str = "bob"
+    scenario: Path, workdir: Path, port: int, calls: int, transport: Transport = "udp",
+    service: str = "bob",
 ) -> SippProcess:
     uas = SippProcess(
         scenario, name="uas", workdir=workdir, local_port=port, calls=calls, timeout_s=40,
-        transport=transport, service=service, trace_msg=True,  # type: ignore[arg-type]
+        transport=transport, service=service, trace_msg=True,
     )
-    if not procs.wait_bound(port, "tcp" if transport == "tcp" else "udp", 5.0):
+    if not procs.wait_bound(port, transport, 5.0):
         uas.kill()
         pytest.fail(f"sipp UAS did not bind {transport} port {port}\n{uas.wait().summary()}")
     return uas
@@ -181,7 +183,9 @@ def test_options_to_the_proxy_itself(topo: Topology) -> None:
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_calls_through_the_proxy(sipp_bin: str, topo: Topology, tmp_path: Path, transport: str) -> None:
+def test_calls_through_the_proxy(
+    sipp_bin: str, topo: Topology, tmp_path: Path, transport: Transport
+) -> None:
     """200 calls at 50 calls/s, call_uac.xml -> proxy -> uas_answer.xml: all succeed,
     and INVITE, ACK and BYE all reach the callee THROUGH the proxy (its Via on top of
     the caller's; ACK/BYE follow the Record-Route, the proxy's Route value removed)."""
@@ -192,7 +196,7 @@ def test_calls_through_the_proxy(sipp_bin: str, topo: Topology, tmp_path: Path, 
     uac = run_sipp(
         sipp_dir() / "call_uac.xml", name="uac", workdir=tmp_path, remote=topo.proxy.address,
         local_port=caller_port, calls=CALLS, rate=RATE, duration_ms=100, timeout_s=40,
-        transport=transport, service=user, trace_msg=True,  # type: ignore[arg-type]
+        transport=transport, service=user, trace_msg=True,
     )
     res = uas.wait()
     diag = f"\n{uac.summary()}\n{res.summary()}\n{topo.diag()}"
