@@ -169,6 +169,13 @@ class ProxyContext:
     def _forward(self, resp: Response) -> None:
         # Our own Via is on top of every answer a branch gets (16.7 step 3).
         resp.pop_first_value("via")
+        if not resp.has_header("via"):
+            # A broken UAS answered with only our Via (it built the answer
+            # from the CANCEL, say). 16.7 would drop it, leaving the caller
+            # without a final answer and this transaction pending forever;
+            # the caller's Vias are known, so restore them instead.
+            for via in self.request.header_all("via"):
+                resp.add_header("Via", via, top=False)
         self.core.send_upstream(self.server, resp)
 
     # -- cancellation -----------------------------------------------------------

@@ -266,6 +266,29 @@ def test_cancel_through_the_proxy(sipp_bin: str, topo: Topology, tmp_path: Path)
     assert not problems, "\n".join(problems[:15]) + diag
 
 
+def test_cancel_487_built_from_the_cancel_reaches_the_caller(
+    sipp_bin: str, topo: Topology, tmp_path: Path
+) -> None:
+    """shared/sipp/cancel_uas.xml answers the INVITE with a 487 copied from the
+    CANCEL's Via, i.e. with only the proxy's Via. Dropping it (RFC 3261 16.7
+    step 3) would leave the caller with no final answer; the proxy restores the
+    caller's Vias from the INVITE, so every caller still gets its 487."""
+    calls = 5
+    uas = start_uas(sipp_dir() / "cancel_uas.xml", tmp_path, topo.cancel_port, calls,
+                    service="carol")
+    caller_port = procs.free_port()
+    uac = run_sipp(
+        sipp_dir() / "cancel_uac.xml", name="uac", workdir=tmp_path, remote=topo.proxy.address,
+        local_port=caller_port, calls=calls, rate=10, timeout_s=30, service="carol",
+        trace_msg=True,
+    )
+    res = uas.wait()
+    diag = f"\n{uac.summary()}\n{res.summary()}\n{topo.diag()}"
+    assert (uac.rc, uac.successful, uac.failed) == (0, calls, 0), "caller side failed" + diag
+    problems = caller_response_problems(uac.messages_path, caller_port)
+    assert not problems, "\n".join(problems[:15]) + diag
+
+
 def test_timer_c_fires_after_ringing(topo: Topology) -> None:
     """Callee sends 180 and then nothing, not even to the CANCEL: TIMER_C s after
     the 180 the proxy CANCELs the branch (RFC 3261 16.8: a provisional was
