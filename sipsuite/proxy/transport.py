@@ -14,8 +14,9 @@ from typing import Any
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import LogLevel
 
-from sipsuite.log import get_logger
+from sipsuite.log import enabled, get_logger
 from sipsuite.sip.message import (
     KeepAlive,
     ParseError,
@@ -68,6 +69,13 @@ def _grow_buffers(sock: socket.socket, size: int) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, size)
             except OSError:
                 log.warn("could not set UDP socket buffers to {n} bytes", n=size)
+
+
+def _log_wire(what: str, transport: str, host: str, port: int, data: bytes) -> None:
+    """Whole messages at debug level, as sngrep would show them."""
+    text = data.decode("utf-8", "backslashreplace")
+    log.debug("{what} {t}:{h}:{p} ({n} bytes):\n{text}", what=what, t=transport, h=bracket(host),
+              p=port, n=len(data), text=text)
 
 
 class Listener:
@@ -124,6 +132,8 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: tuple[Any, ...]) -> None:
         host, port = addr[0], addr[1]
+        if enabled(LogLevel.debug):
+            _log_wire("received from", "udp", host, port, data)
         if len(data) <= 4 and not data.strip():
             # CRLF keep-alives from phones behind NAT (RFC 5626 allows them on UDP too).
             return
@@ -143,6 +153,8 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
         transport = self.transport
         if transport is None:
             return False
+        if enabled(LogLevel.debug):
+            _log_wire("sending to", "udp", host, port, data)
         try:
             transport.write(data, (host, port))
         except OSError as exc:
@@ -188,6 +200,8 @@ class SIPStreamProtocol(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.touch()
+        if enabled(LogLevel.debug):
+            _log_wire("received from", "tcp", self.peer[0], self.peer[1], data)
         for item in self.parser.feed(data):
             if isinstance(item, KeepAlive):
                 # RFC 5626 3.5.1: a double-CRLF ping is answered with one CRLF.
@@ -211,6 +225,8 @@ class SIPStreamProtocol(protocol.Protocol):
     def send(self, data: bytes) -> bool:
         if self.closed:
             return False
+        if enabled(LogLevel.debug):
+            _log_wire("sending to", "tcp", self.peer[0], self.peer[1], data)
         if not self.connected_ok:
             self.pending.append(data)
             return True

@@ -4,12 +4,16 @@ Nothing here imports sipsuite: the tests drive the proxy from the outside, the
 way a phone or sipp does, so a bug in the package cannot hide itself in the
 test harness.
 
-- ports: ``free_port`` (free for UDP and TCP at once on 127.0.0.1);
+- ports: ``free_port`` (free for UDP and TCP at once on 127.0.0.1 or ::1);
+  ``bracket`` / ``hostport`` write an IPv6 literal the way SIP does ([::1]:5060);
 - the proxy: ``write_config`` (TOML), ``start_proxy`` -> ``ProxyProcess``
-  (own process group, waits for an OPTIONS answer, SIGTERM then SIGKILL);
-- raw SIP over UDP: ``SipMessage`` (a small independent parser),
-  ``build_request`` / ``build_response``, ``UdpEndpoint``, ``RawCallee``
-  (a threaded callee whose behaviour each test sets), ``options_ping``;
+  (own process group, waits for an OPTIONS answer, SIGTERM then SIGKILL;
+  ``listen=`` for other sockets than udp/tcp 127.0.0.1, IPv6 included);
+- raw SIP: ``SipMessage`` (a small independent parser), ``build_request`` /
+  ``build_response``; over UDP ``UdpEndpoint``; over TCP ``TcpEndpoint`` (a
+  client connection) and ``TcpServerEndpoint`` (a listener), both framing the
+  stream by Content-Length; ``RawCallee`` (a threaded callee on UDP or TCP,
+  IPv4 or IPv6, whose behaviour each test sets); ``options_ping``, ``tcp_exchange``;
 - sipp: ``SippProcess`` / ``run_sipp`` (always bounded: ``-m``, ``-timeout``,
   an outer wall-clock limit) -> ``SippResult`` with exit code, call counts from
   the ``-trace_stat`` csv and the error/screen logs for assertion messages;
@@ -39,6 +43,7 @@ from typing import Any, Literal
 
 REPO = Path(__file__).resolve().parents[2]
 LOCALHOST = "127.0.0.1"
+LOCALHOST6 = "::1"
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 
@@ -52,6 +57,24 @@ def sipp_dir() -> Path:
     return shared_dir() / "sipp"
 
 
+# --------------------------------------------------------------------------- addresses
+
+
+def family(host: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 literal (bare or in brackets), else AF_INET."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def bracket(host: str) -> str:
+    """An IPv6 literal in brackets, as SIP URIs and Via sent-by write it."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def hostport(host: str, port: int) -> str:
+    """'127.0.0.1:5060' / '[::1]:5060'."""
+    return f"{bracket(host)}:{port}"
+
+
 # --------------------------------------------------------------------------- ports
 
 _handed_out: set[int] = set()
@@ -59,7 +82,8 @@ _port_lock = threading.Lock()
 
 
 def free_port(kind: Literal["udp", "tcp", "both"] = "both", host: str = LOCALHOST) -> int:
-    """A port the OS calls free on ``host`` (for UDP and TCP alike with "both").
+    """A port the OS calls free on ``host`` (for UDP and TCP alike with "both");
+    ``host`` may be an IPv6 address (``LOCALHOST6``).
 
     Ports are never handed out twice by one test process, so two fixtures asking
     in a row cannot get the same number before either has bound it.
@@ -67,14 +91,14 @@ def free_port(kind: Literal["udp", "tcp", "both"] = "both", host: str = LOCALHOS
     with _port_lock:
         for _ in range(200):
             first_type = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
-            with socket.socket(socket.AF_INET, first_type) as s:
+            with socket.socket(family(host), first_type) as s:
                 s.bind((host, 0))
                 port = s.getsockname()[1]
                 if port in _handed_out:
                     continue
                 if kind == "both":
                     try:
-                        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                        with socket.socket(family(host), socket.SOCK_STREAM) as t:
                             t.bind((host, port))
                     except OSError:
                         continue
@@ -141,6 +165,11 @@ def toml_dumps(tables: Mapping[str, Mapping[str, TomlValue]]) -> str:
     return "\n".join(out)
 
 
+def default_listen(port: int, host: str = LOCALHOST) -> list[str]:
+    """UDP and TCP on one address and port, as the proxy's ``listen`` writes them."""
+    return [f"udp:{hostport(host, port)}", f"tcp:{hostport(host, port)}"]
+
+
 def write_config(
     path: Path,
     *,
@@ -152,11 +181,13 @@ def write_config(
     dns_timeout: float = 1.0,
     log_level: str = "info",
     extra_proxy: Mapping[str, TomlValue] | None = None,
+    listen: Sequence[str] | None = None,
 ) -> Path:
-    """Write a proxy config listening on UDP and TCP ``127.0.0.1:port``."""
+    """Write a proxy config listening on UDP and TCP ``127.0.0.1:port``, or on
+    ``listen`` ("udp:[::1]:5060", ...) when given."""
     tables: dict[str, dict[str, TomlValue]] = {
         "proxy": {
-            "listen": [f"udp:{LOCALHOST}:{port}", f"tcp:{LOCALHOST}:{port}"],
+            "listen": list(listen) if listen is not None else default_listen(port),
             "domains": list(domains),
             "trusted": list(trusted),
             "dns_timeout": dns_timeout,
@@ -753,9 +784,14 @@ ProxyFactory = Callable[..., ProxyProcess]
 
 
 def proxy_command(config: Path, port: int, log: Path, plugin: str = "sipsuite") -> list[str]:
-    """twist (``python -m twisted``): foreground, no pid file, logs as text to ``log``."""
+    """twistd, as an operator runs it: foreground, no pid file, log to ``log``.
+
+    Not ``python -m twisted`` (twist): it filters every event below its own
+    --log-level, so [log] level = "debug" would not show. twisted.scripts.twistd
+    has no __main__, hence -c."""
     return [
-        sys.executable, "-m", "twisted", f"--log-file={log}", "--log-format=text",
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+        "--nodaemon", "--pidfile=", f"--logfile={log}",
         plugin, "--config", str(config),
         "--listen", f"udp:{LOCALHOST}:{port}", "--listen", f"tcp:{LOCALHOST}:{port}",
     ]
