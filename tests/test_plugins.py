@@ -180,3 +180,21 @@ def test_make_service_bad_config_exits_2(
         err
         == f"sipsuite: {tmp_path / 'c.toml'}: log.level: expected one of 'debug', 'info', 'warn', 'error', got 'loud'\n"
     )
+
+
+def test_port_in_use_one_line_exit_2(tmp_path: Path) -> None:
+    """A listen address another process holds stops start-up with one line
+    naming it, not a traceback, and a non-zero exit."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        result = twistd(
+            "-n", "--pidfile=", "--logfile=-", "sipsuite", "--listen", f"udp:127.0.0.1:{port}",
+            cwd=tmp_path,
+        )
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert f"sipsuite: cannot listen on 127.0.0.1:{port}: Address already in use" in out, out
+    assert "Traceback" not in out, out

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import sys
 from typing import Any
 
 from twisted.application import service
+from twisted.internet.error import CannotListenError
 
 from sipsuite.config import Config
 from sipsuite.proxy.core import ProxyCore
@@ -26,7 +28,15 @@ class ProxyService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self.core.start()
+        try:
+            self.core.start()
+        except CannotListenError as exc:
+            # One line naming the address, not a traceback: the usual cause is
+            # another SIP server (or a second sipsuite) on the port.
+            reason = getattr(exc.socketError, "strerror", None) or exc.socketError
+            sys.stderr.write(f"sipsuite: cannot listen on {exc.interface or '*'}:{exc.port}: {reason}\n")
+            sys.stderr.flush()
+            raise SystemExit(2) from None
         # Everything built so far lives as long as the process: keep it out
         # of every future collection, whose pauses grow with what they scan.
         gc.collect()
