@@ -38,17 +38,19 @@ def shared() -> Path:
 
 @pytest.fixture(scope="module")
 def proxy_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.ProxyFactory]:
-    """``start(name, port=..., **write_config kwargs)`` -> a running ProxyProcess,
+    """``start(name, port=..., listen=[...], **write_config kwargs)`` -> a running ProxyProcess,
     stopped (SIGTERM, then SIGKILL) at the end of the module. A proxy that does
     not come up fails the test with its log."""
     started: list[procs.ProxyProcess] = []
 
-    def start(name: str, *, port: int | None = None, **config: Any) -> procs.ProxyProcess:
+    def start(
+        name: str, *, port: int | None = None, listen: list[str] | None = None, **config: Any
+    ) -> procs.ProxyProcess:
         workdir = tmp_path_factory.mktemp(name)
         port = port or procs.free_port()
-        cfg = procs.write_config(workdir / "sipsuite.toml", port=port, **config)
+        cfg = procs.write_config(workdir / "sipsuite.toml", port=port, listen=listen, **config)
         try:
-            proxy = procs.start_proxy(workdir, cfg, port)
+            proxy = procs.start_proxy(workdir, cfg, port, listen=listen)
         except procs.ProxyStartError as e:
             problem = str(e)
         else:

@@ -347,6 +347,23 @@ def via_sent_by(via: str) -> str:
     return m.group(1).lower() if m else ""
 
 
+def via_transport(via: str) -> str:
+    """'SIP/2.0/TCP host;...' -> 'TCP'."""
+    m = re.match(r"\s*SIP\s*/\s*2\.0\s*/\s*(\w+)", via, re.I)
+    return m.group(1).upper() if m else ""
+
+
+def uri_of(name_addr: str) -> str:
+    """The URI of a name-addr ('"Bob" <sip:b@h;lr>;p=1' -> 'sip:b@h;lr') or of a
+    bare addr-spec (its header parameters cut off)."""
+    m = re.search(r"<([^>]*)>", name_addr)
+    return m.group(1) if m else name_addr.split(";", 1)[0].strip()
+
+
+def is_final(msg: SipMessage) -> bool:
+    return msg.is_response and msg.status >= 200
+
+
 def new_branch() -> str:
     return "z9hG4bK" + uuid.uuid4().hex[:16]
 
@@ -417,6 +434,25 @@ def build_response(
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+SDP_OFFER = (
+    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=audio 9 RTP/AVP 0\r\n"
+)
+
+
+def build_invite(
+    ruri: str, *, sent_by: str, transport: str = "UDP", extra: Sequence[tuple[str, str]] = (),
+    **kwargs: Any,
+) -> bytes:
+    """An INVITE with a Contact at ``sent_by`` and a small SDP offer (other
+    keywords as for build_request)."""
+    contact = f"sip:alice@{sent_by}" + (";transport=tcp" if transport.upper() == "TCP" else "")
+    return build_request(
+        "INVITE", ruri, sent_by=sent_by, transport=transport, contact=contact,
+        extra=[("Content-Type", "application/sdp"), *extra], body=SDP_OFFER, **kwargs,
+    )
+
+
 def build_ack_for(invite: bytes | SipMessage, response: SipMessage) -> bytes:
     """Hop-by-hop ACK for a non-2xx final (RFC 3261 17.1.1.3): same R-URI, top Via,
     From, Call-ID, CSeq number as the INVITE; To of the response."""
@@ -434,7 +470,32 @@ def build_ack_for(invite: bytes | SipMessage, response: SipMessage) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-# --------------------------------------------------------------------------- raw UDP
+def build_ack_for_2xx(
+    invite: bytes | SipMessage, response: SipMessage, *, sent_by: str, transport: str = "UDP"
+) -> bytes:
+    """End-to-end ACK for a 2xx (RFC 3261 13.2.2.4, 12.1.2): to the response's
+    Contact, with the route set its Record-Route gives (reversed), a new branch."""
+    inv = invite if isinstance(invite, SipMessage) else SipMessage.parse(invite)
+    lines = [
+        f"ACK {uri_of(response.header('contact') or inv.request_uri)} SIP/2.0",
+        f"Via: SIP/2.0/{transport} {sent_by};branch={new_branch()};rport",
+        "Max-Forwards: 70",
+        f"From: {inv.header('from')}",
+        f"To: {response.header('to')}",
+        f"Call-ID: {inv.call_id}",
+        f"CSeq: {inv.cseq[0]} ACK",
+    ]
+    lines += [f"Route: {r}" for r in reversed(response.header_values("record-route"))]
+    lines.append("Content-Length: 0")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def statuses(seen: Iterable[Received]) -> list[int]:
+    """The status codes among ``seen``, in order (for assertion messages)."""
+    return [r.msg.status for r in seen if r.msg.is_response]
+
+
+# --------------------------------------------------------------------------- raw UDP and TCP
 
 Address = tuple[str, int]
 Transport = Literal["udp", "tcp"]
@@ -447,49 +508,16 @@ class Received:
     addr: Address
 
 
-class UdpEndpoint:
-    """A UDP socket that speaks SIP messages (one per datagram)."""
-
-    def __init__(self, host: str = LOCALHOST, port: int = 0) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
-        self.sock.setblocking(False)
-
-    @property
-    def address(self) -> Address:
-        host, port = self.sock.getsockname()[:2]
-        return host, port
-
-    @property
-    def sent_by(self) -> str:
-        host, port = self.address
-        return f"{host}:{port}"
-
-    def send(self, data: bytes, dest: Address) -> None:
-        self.sock.sendto(data, dest)
+class _Receiver:
+    """``recv_until`` and ``collect`` on top of a ``recv(timeout)``."""
 
     def recv(self, timeout: float) -> Received | None:
-        """The next datagram that parses as SIP, or None after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            ready, _, _ = select.select([self.sock], [], [], left)
-            if not ready:
-                return None
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except (BlockingIOError, ConnectionRefusedError):
-                continue
-            with contextlib.suppress(ValueError):
-                return Received(time.monotonic(), SipMessage.parse(data), addr[:2])
+        raise NotImplementedError
 
     def recv_until(
         self, pred: Callable[[SipMessage], bool], timeout: float, seen: list[Received] | None = None
     ) -> Received | None:
-        """Receive until ``pred`` holds (None on timeout); every datagram goes to ``seen``."""
+        """Receive until ``pred`` holds (None on timeout); every message goes to ``seen``."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             got = self.recv(left)
@@ -511,6 +539,48 @@ class UdpEndpoint:
             out.append(got)
         return out
 
+
+class UdpEndpoint(_Receiver):
+    """A UDP socket that speaks SIP messages (one per datagram); IPv4 or IPv6
+    after ``host``."""
+
+    def __init__(self, host: str = LOCALHOST, port: int = 0) -> None:
+        self.sock = socket.socket(family(host), socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.setblocking(False)
+        bound_host, bound_port = self.sock.getsockname()[:2]
+        self.local: Address = (bound_host, bound_port)
+
+    @property
+    def address(self) -> Address:
+        """Where the socket is bound (still known once it is closed)."""
+        return self.local
+
+    @property
+    def sent_by(self) -> str:
+        return hostport(*self.address)
+
+    def send(self, data: bytes, dest: Address) -> None:
+        self.sock.sendto(data, dest)
+
+    def recv(self, timeout: float) -> Received | None:
+        """The next datagram that parses as SIP, or None after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if not ready:
+                return None
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (BlockingIOError, ConnectionRefusedError):
+                continue
+            with contextlib.suppress(ValueError):
+                return Received(time.monotonic(), SipMessage.parse(data), addr[:2])
+
     def close(self) -> None:
         self.sock.close()
 
@@ -521,12 +591,191 @@ class UdpEndpoint:
         self.close()
 
 
+class StreamFramer:
+    """Splits a SIP byte stream (TCP) into messages by Content-Length (RFC 3261
+    18.3); CRLF keep-alives between messages are skipped."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, data: bytes) -> list[SipMessage]:
+        self.buf += data
+        out: list[SipMessage] = []
+        while True:
+            self.buf = self.buf.lstrip(b"\r\n")
+            head, found, rest = self.buf.partition(b"\r\n\r\n")
+            if not found:
+                return out
+            m = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d+)", head)
+            length = int(m.group(1)) if m else 0
+            if len(rest) < length:
+                return out
+            with contextlib.suppress(ValueError):
+                out.append(SipMessage.parse(head + b"\r\n\r\n" + rest[:length]))
+            self.buf = rest[length:]
+
+
+class TcpEndpoint(_Receiver):
+    """A TCP client connection that speaks SIP; ``closed_at`` records when the
+    peer closed it (``recv`` saw EOF)."""
+
+    def __init__(self, dest: Address, timeout: float = 2.0) -> None:
+        self.sock = socket.create_connection(dest, timeout=timeout)
+        self.sock.setblocking(False)
+        self.peer: Address = (dest[0], dest[1])
+        self.framer = StreamFramer()
+        self.queue: list[Received] = []
+        self.late: list[Received] = []
+        self.closed_at: float | None = None
+        host, port = self.sock.getsockname()[:2]
+        self.local: Address = (host, port)
+
+    @property
+    def address(self) -> Address:
+        """Our end of the connection (still known once it is closed)."""
+        return self.local
+
+    @property
+    def sent_by(self) -> str:
+        return hostport(*self.address)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self, timeout: float) -> Received | None:
+        """The next message on the connection; None after ``timeout`` s or at EOF."""
+        deadline = time.monotonic() + timeout
+        while not self.queue:
+            left = deadline - time.monotonic()
+            if self.closed_at is not None or left <= 0:
+                return None
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if not ready:
+                return None
+            try:
+                chunk = self.sock.recv(65535)
+            except BlockingIOError:
+                continue
+            except OSError:  # reset by the peer: closed all the same
+                chunk = b""
+            now = time.monotonic()
+            if not chunk:
+                self.closed_at = now
+                return None
+            self.queue += [Received(now, m, self.peer) for m in self.framer.feed(chunk)]
+        return self.queue.pop(0)
+
+    def wait_closed(self, timeout: float) -> float | None:
+        """When the peer closed the connection (time.monotonic()), or None if it
+        is still open after ``timeout`` s; messages read meanwhile go to ``late``."""
+        deadline = time.monotonic() + timeout
+        while self.closed_at is None and (left := deadline - time.monotonic()) > 0:
+            got = self.recv(left)
+            if got is not None:
+                self.late.append(got)
+        return self.closed_at
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> TcpEndpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TcpServerEndpoint(_Receiver):
+    """A listening TCP socket that speaks SIP on every connection accepted:
+    ``recv`` gives messages from any of them (``addr`` = the peer), ``send``
+    writes on the connection of a peer. ``accepted`` lists every peer that
+    connected, in order."""
+
+    def __init__(self, host: str = LOCALHOST, port: int = 0) -> None:
+        self.sock = socket.socket(family(host), socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(16)
+        self.sock.setblocking(False)
+        self.conns: dict[Address, socket.socket] = {}
+        self.framers: dict[Address, StreamFramer] = {}
+        self.accepted: list[Address] = []
+        self.queue: list[Received] = []
+        bound_host, bound_port = self.sock.getsockname()[:2]
+        self.local: Address = (bound_host, bound_port)
+
+    @property
+    def address(self) -> Address:
+        """Where the socket listens (still known once it is closed)."""
+        return self.local
+
+    @property
+    def sent_by(self) -> str:
+        return hostport(*self.address)
+
+    def send(self, data: bytes, dest: Address) -> None:
+        conn = self.conns.get(dest)
+        if conn is None:
+            raise ConnectionError(f"no connection from {dest} (have {list(self.conns)})")
+        conn.setblocking(True)
+        try:
+            conn.sendall(data)
+        finally:
+            conn.setblocking(False)
+
+    def recv(self, timeout: float) -> Received | None:
+        deadline = time.monotonic() + timeout
+        while not self.queue:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.sock, *self.conns.values()], [], [], left)
+            if not ready:
+                return None
+            for s in ready:
+                if s is self.sock:
+                    with contextlib.suppress(BlockingIOError):
+                        conn, addr = self.sock.accept()
+                        conn.setblocking(False)
+                        peer = (addr[0], addr[1])
+                        self.conns[peer] = conn
+                        self.framers[peer] = StreamFramer()
+                        self.accepted.append(peer)
+                    continue
+                peer = next(p for p, c in self.conns.items() if c is s)
+                try:
+                    chunk = s.recv(65535)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    s.close()
+                    del self.conns[peer]
+                    continue
+                now = time.monotonic()
+                self.queue += [Received(now, m, peer) for m in self.framers[peer].feed(chunk)]
+        return self.queue.pop(0)
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+        self.conns.clear()
+        self.sock.close()
+
+    def __enter__(self) -> TcpServerEndpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def options_ping(host: str, port: int, timeout: float = 1.0) -> SipMessage | None:
-    """OPTIONS sip:host:port over UDP from an ephemeral port; the final answer or None."""
-    with UdpEndpoint() as ep:
-        req = build_request(
-            "OPTIONS", f"sip:{host}:{port}", sent_by=ep.sent_by, to_uri=f"sip:{host}:{port}"
-        )
+    """OPTIONS sip:host:port over UDP from an ephemeral port (IPv6 when ``host``
+    is); the final answer or None."""
+    with UdpEndpoint(LOCALHOST6 if family(host) == socket.AF_INET6 else LOCALHOST) as ep:
+        uri = f"sip:{hostport(host, port)}"
+        req = build_request("OPTIONS", uri, sent_by=ep.sent_by, to_uri=uri)
         deadline = time.monotonic() + timeout
         ep.send(req, (host, port))
         got = ep.recv_until(lambda m: m.is_response and m.status >= 200, max(0.0, deadline - time.monotonic()))
@@ -535,30 +784,10 @@ def options_ping(host: str, port: int, timeout: float = 1.0) -> SipMessage | Non
 
 def tcp_exchange(dest: Address, data: bytes, timeout: float = 2.0) -> SipMessage | None:
     """Send one request over a new TCP connection; the first final response, or None."""
-    with socket.create_connection(dest, timeout=timeout) as s:
-        s.sendall(data)
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            s.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = s.recv(65535)
-            except TimeoutError:
-                return None
-            if not chunk:
-                return None
-            buf += chunk
-            while b"\r\n\r\n" in buf:
-                head, _, rest = buf.partition(b"\r\n\r\n")
-                m = re.search(rb"(?im)^(?:content-length|l)\s*:\s*(\d+)", head)
-                length = int(m.group(1)) if m else 0
-                if len(rest) < length:
-                    break
-                msg = SipMessage.parse(head + b"\r\n\r\n" + rest[:length])
-                buf = rest[length:]
-                if msg.is_response and msg.status >= 200:
-                    return msg
-    return None
+    with TcpEndpoint(dest, timeout=timeout) as conn:
+        conn.send(data)
+        got = conn.recv_until(lambda m: m.is_response and m.status >= 200, timeout)
+        return got.msg if got else None
 
 
 @dataclass
@@ -569,26 +798,43 @@ class CalleeBehaviour:
     final: int | None = None  # None: never answers finally
     final_delay: float = 0.0
     answer_cancel: bool = False  # 200 to CANCEL and 487 to the INVITE
+    # Answer like a UA making a dialog: 18x and 2xx carry a Contact and a copy
+    # of the INVITE's Record-Route values (RFC 3261 12.1.1).
+    dialog: bool = False
 
 
 _REASONS = {100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK",
-            486: "Busy Here", 487: "Request Terminated", 603: "Decline"}
+            404: "Not Found", 486: "Busy Here", 487: "Request Terminated", 603: "Decline"}
 
 
 class RawCallee:
-    """A UDP user agent on 127.0.0.1 run by a thread, for callee behaviour sipp
-    cannot easily give (never answering, counting retransmissions exactly).
+    """A user agent run by a thread, for callee behaviour sipp cannot easily
+    give (never answering, counting retransmissions exactly). UDP on 127.0.0.1
+    by default; ``host`` may be another loopback address or ``LOCALHOST6``, and
+    ``transport="tcp"`` makes it listen on TCP and answer on the connection
+    each request came in on.
 
-    Every datagram received is recorded in ``received`` (with arrival time).
+    Every message received is recorded in ``received`` (with arrival time).
     INVITE retransmissions (same top branch) get the last response again,
     like an RFC 3261 server transaction, and are counted all the same.
     """
 
-    def __init__(self, port: int = 0, behaviour: CalleeBehaviour | None = None) -> None:
-        self.ep = UdpEndpoint(LOCALHOST, port)
-        self.port = self.ep.address[1]
+    def __init__(
+        self,
+        port: int = 0,
+        behaviour: CalleeBehaviour | None = None,
+        *,
+        host: str = LOCALHOST,
+        transport: Transport = "udp",
+    ) -> None:
+        self.transport = transport
+        self.ep: UdpEndpoint | TcpServerEndpoint = (
+            TcpServerEndpoint(host, port) if transport == "tcp" else UdpEndpoint(host, port)
+        )
+        self.host, self.port = self.ep.address
         self.behaviour = behaviour or CalleeBehaviour()
         self.received: list[Received] = []
+        self.errors: list[str] = []  # sends that failed (a TCP connection gone)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._pending: list[tuple[float, bytes, Address, str]] = []
@@ -604,6 +850,16 @@ class RawCallee:
             self._pending.clear()
             self._last_response.clear()
             self._tags.clear()
+            self.errors.clear()
+
+    @property
+    def sent_by(self) -> str:
+        return hostport(self.host, self.port)
+
+    def uri(self, user: str) -> str:
+        """sip:user@host:port (;transport=tcp on TCP): a binding that reaches us."""
+        tport = ";transport=tcp" if self.transport == "tcp" else ""
+        return f"sip:{user}@{self.sent_by}{tport}"
 
     def messages(self, method: str | None = None) -> list[Received]:
         with self._lock:
@@ -625,7 +881,10 @@ class RawCallee:
 
     # -- the thread ---------------------------------------------------------------
     def _send(self, data: bytes, addr: Address, key: str | None = None) -> None:
-        self.ep.send(data, addr)
+        try:
+            self.ep.send(data, addr)
+        except OSError as e:
+            self.errors.append(f"send to {addr}: {e}")
         if key:
             self._last_response[key] = (data, addr)
 
@@ -661,12 +920,18 @@ class RawCallee:
                     self._send(data, dest)
                 return
             tag = self._tags.setdefault(str(branch), new_tag())
+            dialog: list[tuple[str, str]] = []
+            if b.dialog:
+                dialog = [("Contact", f"<{self.uri('callee')}>")]
+                dialog += [("Record-Route", v) for v in msg.header_lines("record-route")]
             for code in b.provisional:
                 reason = _REASONS.get(code, "Whatever")
-                resp = build_response(msg, code, reason, to_tag=tag if code > 100 else None)
+                resp = build_response(msg, code, reason, to_tag=tag if code > 100 else None,
+                                      extra=dialog if code > 100 else ())
                 self._send(resp, addr, key)
             if b.final is not None:
-                final = build_response(msg, b.final, _REASONS.get(b.final, "Whatever"), to_tag=tag)
+                final = build_response(msg, b.final, _REASONS.get(b.final, "Whatever"), to_tag=tag,
+                                       extra=dialog if b.final < 300 else ())
                 self._pending.append((time.monotonic() + b.final_delay, final, addr, key))
         elif msg.method == "CANCEL":
             if b.answer_cancel:
@@ -719,10 +984,16 @@ class ProxyProcess:
     out_path: Path
     command: list[str]
     proc: subprocess.Popen[bytes] | None = None
+    host: str = LOCALHOST  # the address of its first UDP listener (pinged at start)
 
     @property
     def address(self) -> Address:
-        return LOCALHOST, self.port
+        return self.host, self.port
+
+    @property
+    def hostport(self) -> str:
+        """'127.0.0.1:5060' / '[::1]:5060': the proxy as Via, Record-Route, URIs write it."""
+        return hostport(self.host, self.port)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -756,11 +1027,11 @@ class ProxyProcess:
         while time.monotonic() < deadline:
             if not self.alive():
                 raise ProxyStartError("proxy exited during start-up\n" + self.diagnostics())
-            if options_ping(LOCALHOST, self.port, timeout=0.3) is not None:
+            if options_ping(self.host, self.port, timeout=0.3) is not None:
                 return
         self.stop()
         raise ProxyStartError(
-            f"proxy did not answer OPTIONS on udp:{LOCALHOST}:{self.port} within {ready_timeout} s\n"
+            f"proxy did not answer OPTIONS on udp:{self.hostport} within {ready_timeout} s\n"
             + self.diagnostics()
         )
 
@@ -783,7 +1054,9 @@ class ProxyProcess:
 ProxyFactory = Callable[..., ProxyProcess]
 
 
-def proxy_command(config: Path, port: int, log: Path, plugin: str = "sipsuite") -> list[str]:
+def proxy_command(
+    config: Path, port: int, log: Path, plugin: str = "sipsuite", listen: Sequence[str] | None = None
+) -> list[str]:
     """twistd, as an operator runs it: foreground, no pid file, log to ``log``.
 
     Not ``python -m twisted`` (twist): it filters every event below its own
@@ -793,19 +1066,38 @@ def proxy_command(config: Path, port: int, log: Path, plugin: str = "sipsuite") 
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
         "--nodaemon", "--pidfile=", f"--logfile={log}",
         plugin, "--config", str(config),
-        "--listen", f"udp:{LOCALHOST}:{port}", "--listen", f"tcp:{LOCALHOST}:{port}",
+        *(arg for spec in (listen or default_listen(port)) for arg in ("--listen", spec)),
     ]
 
 
+def _first_udp_host(listen: Sequence[str] | None) -> str:
+    """The host of the first "udp:HOST:PORT" of ``listen`` (brackets removed)."""
+    for spec in listen or ():
+        transport, _, rest = spec.partition(":")
+        if transport.lower() == "udp":
+            return rest.rsplit(":", 1)[0].strip("[]")
+    return LOCALHOST
+
+
 def start_proxy(
-    workdir: Path, config: Path, port: int, *, plugin: str = "sipsuite", ready_timeout: float = 15.0
+    workdir: Path,
+    config: Path,
+    port: int,
+    *,
+    plugin: str = "sipsuite",
+    ready_timeout: float = 15.0,
+    listen: Sequence[str] | None = None,
 ) -> ProxyProcess:
-    """Start the proxy (raises ProxyStartError with its log when it does not come up)."""
+    """Start the proxy (raises ProxyStartError with its log when it does not come up).
+
+    ``listen`` ("udp:[::1]:PORT", ...) replaces the default UDP and TCP on
+    127.0.0.1:``port``; it must name a UDP socket, which the start-up ping uses."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "proxy.log"
     proxy = ProxyProcess(
         port=port, workdir=workdir, config_path=config, log_path=log,
-        out_path=workdir / "proxy.out", command=proxy_command(config, port, log, plugin),
+        out_path=workdir / "proxy.out", command=proxy_command(config, port, log, plugin, listen),
+        host=_first_udp_host(listen),
     )
     proxy.start(ready_timeout)
     return proxy

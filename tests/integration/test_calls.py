@@ -19,7 +19,6 @@ On failure the assertion shows sipp's error log and screen and the proxy log tai
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -39,12 +38,16 @@ from procs import (
     Transport,
     UdpEndpoint,
     build_ack_for,
+    build_invite,
     build_request,
+    is_final,
     parse_sipp_messages,
     run_sipp,
     sipp_dir,
+    statuses,
     via_branch,
     via_sent_by,
+    via_transport,
 )
 
 CALLS = 200
@@ -131,26 +134,8 @@ def received_by_method(path: Path) -> dict[str, list[SipMessage]]:
     return out
 
 
-def via_transport(via: str) -> str:
-    m = re.match(r"\s*SIP\s*/\s*2\.0\s*/\s*(\w+)", via, re.I)
-    return m.group(1).upper() if m else ""
-
-
-def final_response(msg: SipMessage) -> bool:
-    return msg.is_response and msg.status >= 200
-
-
 def invite(ep: UdpEndpoint, user: str) -> bytes:
-    return build_request(
-        "INVITE", f"sip:{user}@{DOMAIN}", sent_by=ep.sent_by, contact=f"sip:alice@{ep.sent_by}",
-        extra=[("Content-Type", "application/sdp")],
-        body=b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-        b"m=audio 9 RTP/AVP 0\r\n",
-    )
-
-
-def statuses(seen: list[Received]) -> list[int]:
-    return [r.msg.status for r in seen if r.msg.is_response]
+    return build_invite(f"sip:{user}@{DOMAIN}", sent_by=ep.sent_by)
 
 
 # --------------------------------------------------------------------------- tests
@@ -300,7 +285,7 @@ def test_timer_c_fires_after_ringing(topo: Topology) -> None:
         req = invite(caller, "ring")
         sent = time.monotonic()
         caller.send(req, topo.proxy.address)
-        final = caller.recv_until(final_response, TIMER_C + 8, seen)
+        final = caller.recv_until(is_final, TIMER_C + 8, seen)
         if final is not None:
             caller.send(build_ack_for(req, final.msg), topo.proxy.address)
     diag = f"\ncaller saw {statuses(seen)}\n{topo.diag()}"
@@ -333,7 +318,7 @@ def test_timer_c_fires_without_provisional(topo: Topology) -> None:
         req = invite(caller, "silent")
         sent = time.monotonic()
         caller.send(req, topo.proxy.address)
-        final = caller.recv_until(final_response, TIMER_C + 8, seen)
+        final = caller.recv_until(is_final, TIMER_C + 8, seen)
         if final is not None:
             caller.send(build_ack_for(req, final.msg), topo.proxy.address)
     diag = f"\ncaller saw {statuses(seen)}\n{topo.diag()}"
@@ -372,7 +357,7 @@ def test_unreachable_next_hop(topo: Topology, user: str) -> None:
         req = invite(caller, user)
         sent = time.monotonic()
         caller.send(req, topo.proxy.address)
-        final = caller.recv_until(final_response, 8.0, seen)
+        final = caller.recv_until(is_final, 8.0, seen)
         if final is not None:
             caller.send(build_ack_for(req, final.msg), topo.proxy.address)
     diag = f"\ncaller saw {statuses(seen)}\n{topo.diag()}"
@@ -397,8 +382,8 @@ def test_invite_retransmissions_are_absorbed(topo: Topology) -> None:
         for _ in range(3):
             caller.send(req, topo.proxy.address)
             seen += caller.collect(0.25)
-        final = next((r for r in seen if final_response(r.msg)), None)
-        final = final or caller.recv_until(final_response, 4.0, seen)
+        final = next((r for r in seen if is_final(r.msg)), None)
+        final = final or caller.recv_until(is_final, 4.0, seen)
         if final is not None:
             caller.send(req, topo.proxy.address)  # a late retransmission
             seen += caller.collect(0.3)
