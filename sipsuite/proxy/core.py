@@ -302,7 +302,12 @@ class ProxyCore:
             req.uri = last.uri
             _remove_last_value(req, "route")
             routes = req.routes
-        removed = False
+            # Kamailio's loose_route() is true here too: the request was
+            # routed to us, so it is forwarded like a loose-routed one.
+            strict = True
+        else:
+            strict = False
+        removed = strict
         while routes and self.is_myself(routes[0].uri.host, routes[0].uri.port):
             # Our own Route entry (two of them after double record-routing).
             req.pop_first_value("route")
@@ -649,10 +654,15 @@ class ProxyCore:
         # Break the obvious cycles so reference counting frees a finished
         # call at once instead of leaving it to a full garbage collection.
         if isinstance(holder, ServerTx):
+            ctx = holder.context
             holder.context = None
             holder.rctx = None
-        elif holder.branch.client is holder:
-            holder.branch.client = None
+        else:
+            ctx = holder.branch.ctx
+            if holder.branch.client is holder:
+                holder.branch.client = None
+        if ctx is not None:
+            _release_if_done(ctx)
         table = self.server_txs if isinstance(holder, ServerTx) else self.client_txs
         if table.get(holder.key) is holder:
             del table[holder.key]
@@ -687,6 +697,17 @@ class ProxyCore:
         self.count("transport_errors")
         # RFC 3263 4.3: try the next address of the same next hop.
         self._try_target(branch)
+
+
+def _release_if_done(ctx: ProxyContext) -> None:
+    """Once the server transaction and every branch's client transaction
+    are gone, cut the context's back-references: its branches and request
+    context point at it, and those cycles would otherwise wait for a full
+    garbage collection, whose pause grows with every call still alive."""
+    if ctx.server.alive or any(b.client is not None for b in ctx.branches):
+        return
+    ctx.branches = []
+    ctx.rctx.proxy_ctx = None
 
 
 def _via_text(via: Via) -> str:
