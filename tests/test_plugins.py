@@ -121,7 +121,7 @@ def test_twistd_runs_and_stops(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)
-        while time.monotonic() < deadline and not any("reactor class" in line for line in output):
+        while time.monotonic() < deadline and not any("sip proxy ready" in line for line in output):
             line = proc.stdout.readline()
             if line:
                 output.append(line)
@@ -132,7 +132,12 @@ def test_twistd_runs_and_stops(tmp_path: Path) -> None:
         text = "".join(output)
         assert proc.poll() is None, text
         assert "sipsuite: configuration " in text and "conf/sipsuite.toml" in text
+        # Only once the reactor runs are twistd's signal handlers in place;
+        # a SIGTERM before that kills it without a clean shutdown.
         proc.send_signal(signal.SIGTERM)
+        # communicate() reads a single pipe with a plain read(), which on the
+        # non-blocking fd returns whatever happens to be there already.
+        os.set_blocking(proc.stdout.fileno(), True)
         rest, _ = proc.communicate(timeout=30)
         # Twisted re-raises the signal after a clean shutdown, so -SIGTERM here.
         assert proc.returncode in (0, -signal.SIGTERM), text + rest

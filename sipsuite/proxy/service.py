@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import sys
 from typing import Any
 
@@ -10,7 +9,11 @@ from twisted.application import service
 from twisted.internet.error import CannotListenError
 
 from sipsuite.config import Config
+from sipsuite.gcpolicy import GCPolicy
+from sipsuite.log import get_logger
 from sipsuite.proxy.core import ProxyCore
+
+log = get_logger("sipsuite.proxy.service")
 
 
 class ProxyService(service.Service):
@@ -25,6 +28,7 @@ class ProxyService(service.Service):
         self.config = config
         self.reactor = reactor
         self.core = ProxyCore(config, reactor)
+        self.gc = GCPolicy(reactor)
 
     def startService(self) -> None:
         super().startService()
@@ -37,16 +41,15 @@ class ProxyService(service.Service):
             sys.stderr.write(f"sipsuite: cannot listen on {exc.interface or '*'}:{exc.port}: {reason}\n")
             sys.stderr.flush()
             raise SystemExit(2) from None
-        # Everything built so far lives as long as the process: keep it out
-        # of every future collection, whose pauses grow with what they scan.
-        gc.collect()
-        gc.freeze()
-        # Fewer young collections: most per-message objects die by refcount
-        # before one runs, so fewer survive into the expensive generations.
-        gc.set_threshold(50_000, 20, 20)
+        self.gc.start()
+        # Logged once the reactor runs (and twistd's signal handlers are in
+        # place): the moment the proxy really serves.
+        self.reactor.callWhenRunning(
+            lambda: log.info("sip proxy ready on {n} listener(s)", n=len(self.core.transport.listeners)))
 
     def stopService(self) -> Any:
         super().stopService()
+        self.gc.stop()
         from twisted.internet import defer
 
         return defer.DeferredList(self.core.stop())

@@ -156,8 +156,14 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
         if enabled(LogLevel.debug):
             _log_wire("sending to", "udp", host, port, data)
         try:
-            transport.write(data, (host, port))
-        except OSError as exc:
+            # Straight to the socket: Port.write re-validates the address
+            # family on every datagram, and our destinations are always IP
+            # literals of the listener's family (pick_listener saw to that).
+            transport.socket.sendto(data, (host, port))
+        except InterruptedError:
+            return self.send(data, host, port)
+        except (OSError, AttributeError) as exc:
+            self.layer.stats_drop("send")
             log.warn("udp send to {h}:{p} failed: {e}", h=host, p=port, e=exc)
             return False
         return True
