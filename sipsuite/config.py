@@ -185,6 +185,25 @@ def host_port(value: Any) -> str:
     return value
 
 
+def dns_server(value: Any) -> tuple[str, int]:
+    """A DNS server to ask: 'IP' or 'IP:PORT' ('[v6]:PORT'); port 53 by default."""
+    expected = "a DNS server 'IP' or 'IP:PORT' (IPv6 as '[::1]:53')"
+    if not isinstance(value, str):
+        raise _Invalid(expected, value)
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d{1,5}))?|([^:\[\]]+)(?::(\d{1,5}))?|([0-9a-fA-F:]+)", value)
+    if not m:
+        raise _Invalid(expected, value)
+    host = m.group(1) or m.group(3) or m.group(5)
+    port = int(m.group(2) or m.group(4) or 53)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise _Invalid(expected, value) from None
+    if not 0 < port < 65536:
+        raise _Invalid(expected, value)
+    return (host, port)
+
+
 def ip_network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """An address or network ('192.0.2.0/24'); host bits are masked off."""
     expected = "an IP address or network such as '192.0.2.0/24'"
@@ -336,6 +355,7 @@ class ProxyConfig:
     record_route: bool = setting(True, boolean)
     tcp_idle_timeout: float = setting(600.0, positive_float)
     dns_timeout: float = setting(3.0, positive_float)
+    dns_servers: list[tuple[str, int]] = setting([], list_of(dns_server))
     server_header: str = setting("sipsuite", header_value)
 
 

@@ -59,6 +59,7 @@ def test_defaults() -> None:
     assert c.proxy.record_route is True
     assert c.proxy.tcp_idle_timeout == 600.0
     assert c.proxy.dns_timeout == 3.0
+    assert c.proxy.dns_servers == []
     assert c.proxy.server_header == "sipsuite"
     assert (c.timers.t1, c.timers.t2, c.timers.t4, c.timers.timer_c) == (0.5, 4.0, 5.0, 180.0)
     assert c.location_static == {}
@@ -279,6 +280,8 @@ BAD_VALUES = [
     ("proxy", "tcp_idle_timeout", '"600"', "a number of seconds above 0"),
     ("proxy", "dns_timeout", "-1.0", "a number of seconds above 0"),
     ("proxy", "dns_timeout", "true", "a number of seconds above 0"),
+    ("proxy", "dns_servers", '["ns.example.com"]', "a DNS server 'IP' or 'IP:PORT'"),
+    ("proxy", "dns_servers", '["127.0.0.1:0"]', "a DNS server 'IP' or 'IP:PORT'"),
     ("proxy", "server_header", "1", "printable ASCII text on one line"),
     ("proxy", "server_header", '"a\\r\\nX-Evil: 1"', "printable ASCII text on one line"),
     ("timers", "t1", "0", "a number of seconds above 0"),

@@ -25,7 +25,6 @@ from sipsuite.proxy.transport import (
     Listener,
     Source,
     TransportLayer,
-    bracket,
     is_ip,
     strip_brackets,
 )
@@ -104,7 +103,14 @@ class ProxyCore:
             timer_c=config.timers.timer_c,
         )
         self.transport = TransportLayer(reactor, self.receive, p.tcp_idle_timeout)
-        self.resolver = resolver or Resolver(reactor, timeout=p.dns_timeout)
+        if resolver is None:
+            dns = None
+            if p.dns_servers:
+                from twisted.names import client
+
+                dns = client.Resolver(servers=list(p.dns_servers), reactor=reactor)
+            resolver = Resolver(reactor, timeout=p.dns_timeout, resolver=dns)
+        self.resolver = resolver
         self.location: LocationStore = location or StaticLocationStore(config.location_static)
         self.domains = {d.lower() for d in p.domains}
         self.trusted = list(p.trusted)
@@ -124,12 +130,15 @@ class ProxyCore:
     def start(self) -> None:
         p = self.config.proxy
         for spec in p.listen:
-            advertise = p.advertise or spec.host
+            adv_host, adv_port = _split_advertise(p.advertise)
+            advertise = adv_host or spec.host
             if advertise in ("0.0.0.0", "::"):
                 advertise = _guess_address(spec.host)
-            listener = Listener(spec.transport, spec.host, spec.port, advertise)
+            listener = Listener(spec.transport, spec.host, spec.port, advertise, adv_port)
             self.transport.listen(listener)
             self.ports.add(listener.port)
+            if adv_port:
+                self.ports.add(adv_port)
             self.addresses.add(advertise.lower())
             if spec.host in ("0.0.0.0", "::"):
                 self.addresses.update(_local_addresses())
@@ -331,8 +340,10 @@ class ProxyCore:
     def _reply_tx(self, holder: ServerTx, req: Request, status: int, reason: str | None,
                   headers: list[tuple[str, str]]) -> None:
         tag = self.to_tag if status > 100 and req.to_tag is None else None
+        if self.server_header:
+            headers = [*headers, ("Server", self.server_header)]
         resp = make_response(req, status, reason or REASONS.get(status, ""), to_tag=tag,
-                             headers=[*headers, ("Server", self.server_header)])
+                             headers=headers)
         self._send_response(holder, resp)
         log.info("{m} {u} from {s} answered {st} {r} (call-id {c})", m=req.method, u=req.uri,
                  s=holder.source, st=status, r=resp.reason, c=req.call_id)
@@ -710,6 +721,17 @@ def _release_if_done(ctx: ProxyContext) -> None:
     ctx.rctx.proxy_ctx = None
 
 
+def _split_advertise(value: str) -> tuple[str, int | None]:
+    """'' | 'HOST' | 'HOST:PORT' | '[v6]' | '[v6]:PORT' (validated by the config)."""
+    if not value:
+        return "", None
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else None
+    host, sep, port = value.partition(":")
+    return host, int(port) if sep else None
+
+
 def _via_text(via: Via) -> str:
     params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in via.params.items())
     port = f":{via.port}" if via.port is not None else ""
@@ -718,7 +740,7 @@ def _via_text(via: Via) -> str:
 
 def _rr(listener: Listener) -> str:
     transport = "" if listener.transport == "udp" else f";transport={listener.transport}"
-    return f"<sip:{bracket(listener.advertise)}:{listener.port}{transport};lr>"
+    return f"<sip:{listener.sent_by()}{transport};lr>"
 
 
 def _remove_last_value(req: Request, name: str) -> None:

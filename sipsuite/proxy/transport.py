@@ -81,18 +81,21 @@ def _log_wire(what: str, transport: str, host: str, port: int, data: bytes) -> N
 class Listener:
     """One configured listening socket, and the address it advertises."""
 
-    __slots__ = ("transport", "host", "port", "advertise", "family", "port_obj")
+    __slots__ = ("transport", "host", "port", "advertise", "advertise_port", "family", "port_obj")
 
-    def __init__(self, transport: str, host: str, port: int, advertise: str) -> None:
+    def __init__(self, transport: str, host: str, port: int, advertise: str,
+                 advertise_port: int | None = None) -> None:
         self.transport = transport
         self.host = host
         self.port = port
         self.advertise = advertise
+        # Behind a port-mapping NAT the port peers reach may differ too.
+        self.advertise_port = advertise_port
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.port_obj: Any = None
 
     def sent_by(self) -> str:
-        return f"{bracket(self.advertise)}:{self.port}"
+        return f"{bracket(self.advertise)}:{self.advertise_port or self.port}"
 
     def __repr__(self) -> str:
         return f"{self.transport}:{bracket(self.host)}:{self.port}"
