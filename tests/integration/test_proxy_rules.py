@@ -469,6 +469,21 @@ def test_fork_603_cancels_the_ringing_branch(net: Net) -> None:
     assert cancels, "the ringing branch got no CANCEL" + diag
 
 
+def test_fork_every_2xx_is_forwarded(net: Net) -> None:
+    """Both branches answer 200 (two dialogs): the caller gets both 200s, the
+    second after the first, not swallowed (16.7 step 5: every 2xx goes up;
+    the caller ACKs and BYEs the one it does not want)."""
+    net.fork_a.reset(CalleeBehaviour(provisional=(180,), final=200, final_delay=0.1, dialog=True))
+    net.fork_b.reset(CalleeBehaviour(provisional=(180,), final=200, final_delay=0.1, dialog=True))
+    with UdpEndpoint() as caller:
+        ex = exchange(caller, net.proxy, build_invite(f"sip:fork@{DOMAIN}", sent_by=caller.sent_by),
+                      linger=1.0)
+    diag = ex.describe() + net.diag()
+    oks = [m for m in ex.finals if m.status == 200]
+    tags = {m.header("To") for m in oks}
+    assert len(tags) == 2, f"caller got 200s from {len(tags)} dialog(s): {tags}" + diag
+
+
 # --------------------------------------------------------------------------- 7. strict routing
 
 
