@@ -12,10 +12,17 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import secrets
-import socket
 from typing import Any
 
 from sipsuite.log import get_logger
+from sipsuite.proxy.addresses import (
+    guess_address,
+    is_unicast,
+    local_addresses,
+    record_route_value,
+    split_advertise,
+    via_text,
+)
 from sipsuite.proxy.context import Branch, ProxyContext
 from sipsuite.proxy.location import LocationStore, StaticLocationStore
 from sipsuite.proxy.resolver import Resolver, Target
@@ -28,19 +35,14 @@ from sipsuite.proxy.transport import (
     is_ip,
     strip_brackets,
 )
+from sipsuite.proxy.txlayer import ClientTx, ServerTx, TransactionDriver
 from sipsuite.sip.headers import Via
 from sipsuite.sip.message import REASONS, Request, Response, make_response
 from sipsuite.sip.transaction import (
-    Arm,
     ClientInviteTransaction,
     ClientNonInviteTransaction,
-    Disarm,
-    PassUp,
-    Send,
     ServerInviteTransaction,
     ServerNonInviteTransaction,
-    Terminated,
-    Timeout,
     TimerSettings,
     cancel_target_key,
     client_key,
@@ -57,41 +59,7 @@ SUPPORTED_SCHEMES = ("sip", "sips", "tel")
 BRANCH_TAG = "z9hG4bKsps"
 
 
-class _TxHolder:
-    """Timers and table entry around one sans-IO transaction."""
-
-    __slots__ = ("tx", "key", "timers", "alive")
-
-    def __init__(self, tx: Any, key: tuple) -> None:
-        self.tx = tx
-        self.key = key
-        self.timers: dict[str, Any] = {}
-        self.alive = True
-
-
-class ServerTx(_TxHolder):
-    __slots__ = ("source", "context", "rctx", "via")
-
-    def __init__(self, tx: Any, key: tuple, source: Source, via: Via) -> None:
-        super().__init__(tx, key)
-        self.source = source
-        self.via = via
-        self.context: ProxyContext | None = None
-        self.rctx: RequestContext | None = None
-
-
-class ClientTx(_TxHolder):
-    __slots__ = ("branch", "target", "listener", "is_cancel")
-
-    def __init__(self, tx: Any, key: tuple, branch: Branch, target: Target, listener: Listener) -> None:
-        super().__init__(tx, key)
-        self.branch = branch
-        self.target = target
-        self.listener = listener
-        self.is_cancel = False
-
-
-class ProxyCore:
+class ProxyCore(TransactionDriver):
     def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None,
                  location: LocationStore | None = None) -> None:
         self.config = config
@@ -130,10 +98,10 @@ class ProxyCore:
     def start(self) -> None:
         p = self.config.proxy
         for spec in p.listen:
-            adv_host, adv_port = _split_advertise(p.advertise)
+            adv_host, adv_port = split_advertise(p.advertise)
             advertise = adv_host or spec.host
             if advertise in ("0.0.0.0", "::"):
-                advertise = _guess_address(spec.host)
+                advertise = guess_address(spec.host)
             listener = Listener(spec.transport, spec.host, spec.port, advertise, adv_port)
             self.transport.listen(listener)
             self.ports.add(listener.port)
@@ -141,7 +109,7 @@ class ProxyCore:
                 self.ports.add(adv_port)
             self.addresses.add(advertise.lower())
             if spec.host in ("0.0.0.0", "::"):
-                self.addresses.update(_local_addresses())
+                self.addresses.update(local_addresses())
             else:
                 self.addresses.add(spec.host.lower())
             log.info("listening on {l} (advertised as {a})", l=listener, a=listener.sent_by())
@@ -232,7 +200,7 @@ class ProxyCore:
             changed = True
         if changed:
             req.pop_first_value("via")
-            req.add_header("Via", _via_text(via), top=True)
+            req.add_header("Via", via_text(via), top=True)
         return via
 
     # -- 16.3 validation, 16.4 route preprocessing, then the routing class --------
@@ -475,8 +443,8 @@ class ProxyCore:
         if rctx.vars.get("record_route"):
             inbound = ctx.server.source.listener
             if inbound is not listener:
-                req.add_header("Record-Route", _rr(inbound), top=True)
-            req.add_header("Record-Route", _rr(listener), top=True)
+                req.add_header("Record-Route", record_route_value(inbound), top=True)
+            req.add_header("Record-Route", record_route_value(listener), top=True)
         branch_id = f"{BRANCH_TAG}{self._loop_hash(ctx.request)}.{new_branch()[7:]}"
         req.add_header("Via", f"SIP/2.0/{listener.transport.upper()} {listener.sent_by()};branch={branch_id}",
                        top=True)
@@ -551,7 +519,7 @@ class ProxyCore:
             return
         nxt = vias[1]
         host = nxt.received or strip_brackets(nxt.host)
-        if not _unicast(host):
+        if not is_unicast(host):
             self.count("drop.response.broadcast")
             return
         port = int(nxt.rport) if nxt.rport else (nxt.port or 5060)
@@ -614,70 +582,6 @@ class ProxyCore:
         # 18.2.2: the connection is gone; open one to the sent-by.
         self.transport.send(data, src.transport, via.received or src.host, via.port or 5060, src.listener)
 
-    # -- transaction driver --------------------------------------------------------
-    def _run(self, holder: Any, actions: list[Any]) -> None:
-        for action in actions:
-            kind = type(action)
-            if kind is Send:
-                data = action.msg.to_bytes()
-                if isinstance(holder, ServerTx):
-                    self._wire_response(holder, data)
-                else:
-                    t = holder.target
-                    ok = self.transport.send(data, t.transport, t.host, t.port, holder.listener)
-                    if not ok:
-                        self._client_transport_error(holder)
-            elif kind is Arm:
-                old = holder.timers.get(action.timer)
-                if old is not None and old.active():
-                    old.cancel()
-                holder.timers[action.timer] = self.timer_heap.call_later(action.delay, self._fire, holder, action.timer)
-            elif kind is Disarm:
-                old = holder.timers.pop(action.timer, None)
-                if old is not None and old.active():
-                    old.cancel()
-            elif kind is PassUp:
-                if isinstance(holder, ClientTx):
-                    if not holder.is_cancel:
-                        holder.branch.ctx.on_response(holder.branch, action.msg)
-                else:
-                    # An ACK matching an accepted INVITE (RFC 2543 peer): route it.
-                    self._route(action.msg, holder.source, None)
-            elif kind is Timeout:
-                self._timeout(holder, action.timer)
-            elif kind is Terminated:
-                self._terminate(holder)
-
-    def _fire(self, holder: Any, name: str) -> None:
-        holder.timers.pop(name, None)
-        if holder.alive:
-            self._run(holder, holder.tx.timer(name, self.clock.seconds()))
-
-    def _cancel_timers(self, holder: Any) -> None:
-        for call in holder.timers.values():
-            if call.active():
-                call.cancel()
-        holder.timers.clear()
-
-    def _terminate(self, holder: Any) -> None:
-        holder.alive = False
-        self._cancel_timers(holder)
-        # Break the obvious cycles so reference counting frees a finished
-        # call at once instead of leaving it to a full garbage collection.
-        if isinstance(holder, ServerTx):
-            ctx = holder.context
-            holder.context = None
-            holder.rctx = None
-        else:
-            ctx = holder.branch.ctx
-            if holder.branch.client is holder:
-                holder.branch.client = None
-        if ctx is not None:
-            _release_if_done(ctx)
-        table = self.server_txs if isinstance(holder, ServerTx) else self.client_txs
-        if table.get(holder.key) is holder:
-            del table[holder.key]
-
     def _timeout(self, holder: Any, timer: str) -> None:
         if isinstance(holder, ServerTx):
             return  # H: no ACK came; nothing to tell anybody.
@@ -709,76 +613,8 @@ class ProxyCore:
         # RFC 3263 4.3: try the next address of the same next hop.
         self._try_target(branch)
 
-
-def _release_if_done(ctx: ProxyContext) -> None:
-    """Once the server transaction and every branch's client transaction
-    are gone, cut the context's back-references: its branches and request
-    context point at it, and those cycles would otherwise wait for a full
-    garbage collection, whose pause grows with every call still alive."""
-    if ctx.server.alive or any(b.client is not None for b in ctx.branches):
-        return
-    ctx.branches = []
-    ctx.rctx.proxy_ctx = None
-
-
-def _split_advertise(value: str) -> tuple[str, int | None]:
-    """'' | 'HOST' | 'HOST:PORT' | '[v6]' | '[v6]:PORT' (validated by the config)."""
-    if not value:
-        return "", None
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else None
-    host, sep, port = value.partition(":")
-    return host, int(port) if sep else None
-
-
-def _via_text(via: Via) -> str:
-    params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in via.params.items())
-    port = f":{via.port}" if via.port is not None else ""
-    return f"{via.protocol}/{via.transport} {via.host}{port}{params}"
-
-
-def _rr(listener: Listener) -> str:
-    transport = "" if listener.transport == "udp" else f";transport={listener.transport}"
-    return f"<sip:{listener.sent_by()}{transport};lr>"
-
-
 def _remove_last_value(req: Request, name: str) -> None:
     values = req.header_all(name)
     req.remove_header(name)
     for value in values[:-1]:
         req.add_header(name, value, top=False)
-
-
-def _unicast(host: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(strip_brackets(host))
-    except ValueError:
-        return True
-    if addr.is_multicast:
-        return False
-    return not (addr.version == 4 and str(addr).endswith(".255"))
-
-
-def _guess_address(wildcard: str) -> str:
-    """The address other hosts most likely reach us on, for Via and
-    Record-Route when listening on a wildcard and none is configured."""
-    family = socket.AF_INET6 if wildcard == "::" else socket.AF_INET
-    probe = "2001:db8::1" if family == socket.AF_INET6 else "192.0.2.1"
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect((probe, 9))  # no packet is sent: connect() only picks a route
-            return str(s.getsockname()[0])
-    except OSError:
-        return "::1" if family == socket.AF_INET6 else "127.0.0.1"
-
-
-def _local_addresses() -> set[str]:
-    found = {"127.0.0.1", "::1"}
-    try:
-        for info in socket.getaddrinfo(socket.gethostname(), None):
-            found.add(str(info[4][0]).lower())
-    except OSError:
-        pass
-    found.add(_guess_address("0.0.0.0"))
-    return found
