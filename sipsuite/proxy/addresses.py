@@ -33,13 +33,18 @@ def record_route_value(listener: Listener) -> str:
 
 
 def is_unicast(host: str) -> bool:
+    """False for the limited broadcast and multicast addresses a forged Via
+    could aim our responses at (RFC 4475 3.3.10). A subnet's directed
+    broadcast cannot be told from a host without the netmask, and a
+    x.y.z.255 host is legal in wider subnets: those are left to the router,
+    which does not forward directed broadcasts by default."""
     try:
         addr = ipaddress.ip_address(strip_brackets(host))
     except ValueError:
         return True
-    if addr.is_multicast:
+    if addr.is_multicast or addr.is_unspecified:
         return False
-    return not (addr.version == 4 and str(addr).endswith(".255"))
+    return not (addr.version == 4 and addr == ipaddress.IPv4Address("255.255.255.255"))
 
 
 def guess_address(wildcard: str) -> str:
