@@ -1,7 +1,8 @@
 """Fixtures for the integration tests (real proxy process, sipp, raw UDP peers).
 
-The helpers live in ``procs.py`` beside this file; this folder is put on
-sys.path here so ``import procs`` works under any pytest import mode.
+The helpers live in the modules beside this file (common, sipmsg, endpoints,
+proxyproc, sipp), gathered in ``procs.py``; this folder is put on sys.path here
+so ``import procs`` works under any pytest import mode.
 """
 
 from __future__ import annotations

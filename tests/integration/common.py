@@ -1,0 +1,141 @@
+"""Shared by the integration-test helpers: where things are, loopback addresses, ports.
+
+- paths: ``REPO``, ``SCENARIOS``, ``shared_dir`` / ``sipp_dir``;
+- addresses: ``LOCALHOST`` / ``LOCALHOST6``, ``family``, ``bracket`` / ``hostport``
+  (an IPv6 literal the way SIP writes it, [::1]:5060), ``Address``, ``Transport``;
+- ports: ``free_port`` (free for UDP and TCP at once on 127.0.0.1 or ::1),
+  ``port_bound`` / ``wait_bound``;
+- ``tail`` (the end of a log file for assertion messages), ``unique``.
+
+Nothing here imports sipsuite (see procs.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+REPO = Path(__file__).resolve().parents[2]
+LOCALHOST = "127.0.0.1"
+LOCALHOST6 = "::1"
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+
+def shared_dir() -> Path:
+    """The read-only shared/ folder: $SIPSUITE_SHARED, else ../shared beside the repo."""
+    env = os.environ.get("SIPSUITE_SHARED")
+    return Path(env) if env else (REPO / ".." / "shared").resolve()
+
+
+def sipp_dir() -> Path:
+    return shared_dir() / "sipp"
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+def family(host: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 literal (bare or in brackets), else AF_INET."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def bracket(host: str) -> str:
+    """An IPv6 literal in brackets, as SIP URIs and Via sent-by write it."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def hostport(host: str, port: int) -> str:
+    """'127.0.0.1:5060' / '[::1]:5060'."""
+    return f"{bracket(host)}:{port}"
+
+
+Address = tuple[str, int]
+Transport = Literal["udp", "tcp"]
+
+
+# --------------------------------------------------------------------------- ports
+
+_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+
+
+def free_port(kind: Literal["udp", "tcp", "both"] = "both", host: str = LOCALHOST) -> int:
+    """A port the OS calls free on ``host`` (for UDP and TCP alike with "both");
+    ``host`` may be an IPv6 address (``LOCALHOST6``).
+
+    Ports are never handed out twice by one test process, so two fixtures asking
+    in a row cannot get the same number before either has bound it.
+    """
+    with _port_lock:
+        for _ in range(200):
+            first_type = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+            with socket.socket(family(host), first_type) as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+                if port in _handed_out:
+                    continue
+                if kind == "both":
+                    try:
+                        with socket.socket(family(host), socket.SOCK_STREAM) as t:
+                            t.bind((host, port))
+                    except OSError:
+                        continue
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free {kind} port found on {host}")
+
+
+def port_bound(port: int, kind: Literal["udp", "tcp"]) -> bool:
+    """Whether something on this host has bound UDP ``port`` / listens on TCP ``port``
+    (read from /proc/net, so probing never steals the port)."""
+    for table in (f"/proc/net/{kind}", f"/proc/net/{kind}6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            if int(local.rsplit(":", 1)[1], 16) == port and (kind == "udp" or state == "0A"):
+                return True
+    return False
+
+
+def wait_bound(port: int, kind: Literal["udp", "tcp"], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_bound(port, kind):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# --------------------------------------------------------------------------- files
+
+# Twisted's own chatter (one DNS query = a UDP port opened and closed) buries the
+# proxy's lines in a log tail; diagnostics leave it out.
+_NOISE = re.compile(
+    r"Starting protocol|Stopping protocol|DNSDatagramProtocol starting|\(UDP Port \d+ Closed\)"
+)
+
+
+def tail(path: Path, lines: int, drop_noise: bool = False) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        return f"<{path}: {e}>"
+    kept = [ln for ln in text.splitlines() if not (drop_noise and _NOISE.search(ln))]
+    return "\n".join(kept[-lines:])
+
+
+_counter = itertools.count(1)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{next(_counter)}"
