@@ -139,6 +139,12 @@ class DefaultRouting(Routing):
             self.within_dialog(ctx)
             return
 
+        # Initial requests: drop pre-loaded Route headers (kamailio.cfg's
+        # remove_hf("Route")). Honouring them would let anyone relay through
+        # us to any host by naming a local user in the Request-URI.
+        if req.has_header("route"):
+            req.remove_header("route")
+
         if method == "REGISTER":
             # The registrar arrives with its own issue; until then say so
             # rather than pretend the binding was stored.

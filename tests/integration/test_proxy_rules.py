@@ -564,6 +564,22 @@ def test_untrusted_relay_is_403(net: Net, outsider: RawCallee) -> None:
     assert not got, f"relayed anyway:\n{show(got)}" + diag
 
 
+def test_preloaded_route_is_not_followed(net: Net, outsider: RawCallee) -> None:
+    """An initial request for a local user with a pre-loaded Route to some
+    other host goes to the user's binding, not to that host: the default
+    routing drops pre-loaded Routes like kamailio.cfg's remove_hf("Route"),
+    else anyone could relay through the proxy by naming a local user."""
+    outsider.reset()
+    net.one.reset()
+    with UdpEndpoint() as caller:
+        req = message(caller, f"sip:one@{DOMAIN}", extra=[("Route", f"<sip:{outsider.sent_by};lr>")])
+        ex = exchange(caller, net.proxy, req)
+    diag = ex.describe() + net.diag()
+    assert net.one.wait_for("MESSAGE", 1, timeout=2.0), "the local user got nothing" + diag
+    got = nothing_arrives(outsider)
+    assert not got, f"followed the pre-loaded Route:\n{show(got)}" + diag
+
+
 def test_trusted_relay_is_forwarded(trusted_proxy: ProxyProcess, outsider: RawCallee) -> None:
     """The same request from a trusted network (trusted = ["127.0.0.0/8"]) is
     forwarded to the Request-URI's host and port; the callee's 200 comes back."""
