@@ -7,9 +7,18 @@ long form, the key every lookup in :mod:`sipsuite.sip.message` uses.
 
 from __future__ import annotations
 
+import re
 import string
 
-from sipsuite.sip.uri import URI, parse_host_port
+from sipsuite.sip.uri import (
+    PORTS,
+    SIP_URI_BASE,
+    SIP_URI_PATTERN,
+    URI,
+    parse_host_port,
+    port_number,
+    uri_from_match,
+)
 
 __all__ = [
     "COMPACT", "MULTI_VALUE", "CSeq", "NameAddr", "Via", "canonical_name",
@@ -21,6 +30,40 @@ TOKEN_CHARS = string.ascii_letters + string.digits + "-.!%*_+`'~"
 # (RFC 5118 4.5: received=[2001:db8::9:255] must be accepted).
 _GEN_VALUE_CHARS = TOKEN_CHARS + "[]:"
 _WS = " \t"
+
+# Fast paths.  Each regex accepts only a common, plain shape of its header
+# (no LWS around separators, no quoted parameter values, no escapes ...) and
+# only text the general parser accepts too, splitting it at the same places;
+# so a match builds exactly the object the general parser would, and any
+# other text (odd but valid, or invalid) goes to the general parser, which
+# gives the verdict.  The character classes below are TOKEN_CHARS and
+# _GEN_VALUE_CHARS.  Runs are possessive where the character ending a run
+# cannot belong to it (see uri.SIP_URI_PATTERN).
+_TOKEN_RE = r"[A-Za-z0-9\-.!%*_+`'~]"
+_GEN_VALUE_RE = r"[A-Za-z0-9\-.!%*_+`'~\[\]:]"
+# Group: ';params' (possibly empty) of a header (Via, name-addr).
+_PARAMS_RE = rf"((?:;{_TOKEN_RE}++(?:={_GEN_VALUE_RE}++)?)*)"
+_HOST_PORT_RE = r"([A-Za-z0-9\-.]++|\[[0-9A-Fa-f.]*+:[0-9A-Fa-f:.]*+\])(?::([0-9]{1,5}))?"
+# 'SIP/2.0/UDP host:port;params': transport, host, port, params.
+_VIA_FAST = re.compile(rf"SIP/2\.0/([A-Za-z]++) {_HOST_PORT_RE}{_PARAMS_RE}")
+# '"display" <sip-uri>;params' / 'token display <sip-uri>' / '<sip-uri>':
+# quoted display, token display, URI text, its 5 SIP_URI_PATTERN groups, params.
+_NAME_ADDR_FAST = re.compile(
+    rf'(?:("[^"\\]*+")[ \t]*|({_TOKEN_RE}+(?:[ \t]+{_TOKEN_RE}+)*)[ \t]*)?'
+    rf"<({SIP_URI_PATTERN})>{_PARAMS_RE}"
+)
+# Bare addr-spec 'sip:user@host;tag=x': URI text, its 4 SIP_URI_BASE groups,
+# header params (RFC 3261 20.10: after a bare URI they are header params).
+_ADDR_SPEC_FAST = re.compile(rf"({SIP_URI_BASE}){_PARAMS_RE}")
+
+
+def _fast_params(text: str) -> dict[str, str | None]:
+    """Params of a _PARAMS_RE match: names and values already validated."""
+    params: dict[str, str | None] = {}
+    for item in text[1:].split(";"):
+        name, eq, value = item.partition("=")
+        params[name.lower()] = value if eq else None
+    return params
 
 COMPACT: dict[str, str] = {
     "i": "call-id", "m": "contact", "e": "content-encoding", "l": "content-length",
@@ -151,7 +194,9 @@ def format_params(params: dict[str, str | None]) -> str:
 class Via:
     """One Via value: ``SIP/2.0/UDP host:port;branch=...``."""
 
-    __slots__ = ("protocol", "transport", "host", "port", "params")
+    # _src: the ';params' text of a value parsed with lazy_params, which
+    # ``params`` is built from on first use (see __getattr__).
+    __slots__ = ("protocol", "transport", "host", "port", "params", "_src")
 
     def __init__(
         self,
@@ -167,8 +212,48 @@ class Via:
         self.port = port
         self.params: dict[str, str | None] = {} if params is None else params
 
+    def __getattr__(self, name: str) -> object:
+        # Only called for a slot never set: ``params`` of a value parsed with
+        # lazy_params, already validated by the fast path.
+        if name == "params":
+            try:
+                ptext = self._src
+            except AttributeError:
+                raise AttributeError(name) from None
+            params = self.params = _fast_params(ptext) if ptext else {}
+            return params
+        raise AttributeError(name)
+
     @classmethod
-    def parse(cls, text: str) -> Via:
+    def parse(cls, text: str, *, lazy_params: bool = False) -> Via:
+        """Parse one Via value; raises ValueError.
+
+        ``lazy_params``: when the value takes the fast path, build the
+        params dict on first use only.  The parser uses it for the Vias
+        below the top one: a proxy forwarding a response reads only the
+        top Via, and the params are most of the cost.  Validation is the
+        same either way.
+        """
+        m = _VIA_FAST.fullmatch(text)
+        if m is not None:
+            transport, host, port_text, ptext = m.groups()
+            # (PORTS.get first: a hit, the usual case, skips a call.)
+            port = None if port_text is None else PORTS.get(port_text) or port_number(port_text)
+            if port is not None or port_text is None:
+                via = cls.__new__(cls)
+                via.protocol = "SIP/2.0"
+                via.transport = transport.upper()
+                via.host = host.lower()
+                via.port = port
+                if lazy_params:
+                    via._src = ptext
+                else:
+                    via.params = _fast_params(ptext) if ptext else {}
+                return via
+        return cls._parse_general(text)
+
+    @classmethod
+    def _parse_general(cls, text: str) -> Via:
         semi = text.find(";")
         head = text if semi < 0 else text[:semi]
         parts = head.split("/", 2)
@@ -238,7 +323,9 @@ class Via:
 class NameAddr:
     """name-addr / addr-spec with header parameters (RFC 3261 20.10)."""
 
-    __slots__ = ("display", "uri", "params", "angle")
+    # _src: for a value taken by the fast path, its regex match, which
+    # ``uri`` is built from on first use (see __getattr__).
+    __slots__ = ("display", "uri", "params", "angle", "_src")
 
     def __init__(
         self,
@@ -252,9 +339,57 @@ class NameAddr:
         self.params: dict[str, str | None] = {} if params is None else params
         self.angle = angle
 
+    def __getattr__(self, name: str) -> object:
+        # Only called for a slot never set: ``uri`` of a value the fast path
+        # validated but did not build.  A proxy reads the URIs of Route, but
+        # rarely those of From, To, Contact or Record-Route, so the URI is
+        # built on first read; from then on it is a plain slot again.
+        if name == "uri":
+            try:
+                m = self._src
+            except AttributeError:
+                raise AttributeError(name) from None
+            if m.re is _NAME_ADDR_FAST:
+                uri = uri_from_match(*m.group(3, 4, 5, 6, 7, 8))
+            else:  # _ADDR_SPEC_FAST: no URI params, they are the header's
+                uri = uri_from_match(*m.group(1, 2, 3, 4, 5), "")
+            if uri is None:  # the fast path checked the port already
+                raise AssertionError(f"unbuildable URI {m.group()!r}")
+            self.uri = uri
+            return uri
+        raise AttributeError(name)
+
     @classmethod
     def parse(cls, text: str) -> NameAddr:
         text = text.strip(_WS)
+        m = _NAME_ADDR_FAST.fullmatch(text)
+        if m is not None:
+            # (Only the groups needed now: the URI's are read if it is built.)
+            quoted, tokens, port, ptext = m.group(1, 2, 7, 9)
+            # The port range is the one check the pattern leaves to code.
+            if port is None or len(port) < 5 or int(port) <= 65535:
+                addr = cls.__new__(cls)
+                addr.display = quoted if quoted is not None else tokens
+                addr.angle = True
+                addr.params = _fast_params(ptext) if ptext else {}
+                addr._src = m
+                return addr
+        elif text[:3] == "sip":
+            m = _ADDR_SPEC_FAST.fullmatch(text)
+            # A ',' in a bare addr-spec needs <> (the user class allows it).
+            if m is not None and "," not in m.group(1):
+                port, ptext = m.group(5, 6)
+                if port is None or len(port) < 5 or int(port) <= 65535:
+                    addr = cls.__new__(cls)
+                    addr.display = None
+                    addr.angle = False
+                    addr.params = _fast_params(ptext) if ptext else {}
+                    addr._src = m
+                    return addr
+        return cls._parse_general(text)
+
+    @classmethod
+    def _parse_general(cls, text: str) -> NameAddr:
         if not text:
             raise ValueError("empty address")
         display: str | None
@@ -354,6 +489,17 @@ class CSeq:
 
     @classmethod
     def parse(cls, text: str) -> CSeq:
+        # Fast path for '<digits> <letters>', checked with str methods
+        # (cheaper than a regex here); anything else takes the general path.
+        num, sp, method = text.partition(" ")
+        if (sp and num.isdigit() and len(num) <= 10 and num.isascii()
+                and method.isalpha() and method.isascii()):
+            number = int(num)
+            if number <= 0xFFFFFFFF:
+                cseq = cls.__new__(cls)
+                cseq.number = number
+                cseq.method = method
+                return cseq
         parts = text.split()
         if len(parts) != 2:
             raise ValueError(f"bad CSeq {text!r}")

@@ -137,6 +137,11 @@ class ParseError(Exception):
 
 
 Entry = tuple[str, str, str]  # (canonical name, raw line(s) as received, unfolded value)
+_CRLF = "\r\n"
+# Key in Message._cache under which the parser notes the value of the one
+# Content-Length line it saw.  Being the header's key, any change of that
+# header drops the note like it drops a typed view (see to_bytes).
+_LENGTH_KEY = "content-length"
 
 
 def _entry(name: str, value: str) -> Entry:
@@ -192,7 +197,14 @@ def _first(entries: list[Entry], key: str) -> str | None:
 # and returns what is cached under the header's key.
 
 def parse_vias(values: list[str]) -> list[Via]:
-    return [Via.parse(v) for v in _split_all(values, "via")]
+    # One value per line, the usual way with several Vias, needs no split.
+    items = values if all(values) and "," not in "".join(values) else _split_all(values, "via")
+    if not items:
+        return []
+    # Below the top Via, params are built on first read (see Via.parse).
+    vias = [Via.parse(items[0])]
+    vias += [Via.parse(v, lazy_params=True) for v in items[1:]]
+    return vias
 
 
 def parse_addr(values: list[str]) -> NameAddr:
@@ -202,6 +214,10 @@ def parse_addr(values: list[str]) -> NameAddr:
 
 
 def parse_addr_list(values: list[str]) -> list[NameAddr]:
+    if len(values) == 1:
+        value = values[0]
+        if value and "," not in value:  # one line, one value: the usual case
+            return [NameAddr.parse(value)]
     return [NameAddr.parse(v) for v in _split_all(values, "address list")]
 
 
@@ -226,7 +242,15 @@ def parse_call_id(values: list[str]) -> str:
     return values[0]
 
 
+# Max-Forwards as it is usually written (no leading zeros) -> its value:
+# one dict hit instead of the checks and int() below.
+_MAX_FORWARDS = {str(n): n for n in range(256)}
+
+
 def parse_max_forwards(value: str) -> int:
+    number = _MAX_FORWARDS.get(value)
+    if number is not None:
+        return number
     if not value.isdigit() or not value.isascii() or len(value.lstrip("0")) > 3:
         raise ValueError(f"bad Max-Forwards {value!r}")
     number = int(value)
@@ -277,6 +301,9 @@ class Message:
     # --- typed views -------------------------------------------------------
 
     def _typed(self, key: str) -> Any:
+        # The parser fills the cache for what it validated; the properties
+        # below try it first (a hit costs one dict lookup) and come here
+        # for the rest.
         value = self._cache.get(key, _MISSING)
         if value is _MISSING:
             value = self._cache[key] = _TYPED[key](_line_values(self._headers, key))
@@ -284,54 +311,89 @@ class Message:
 
     @property
     def vias(self) -> list[Via]:
-        return self._typed("via")  # type: ignore[no-any-return]
+        try:
+            return self._cache["via"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._typed("via")  # type: ignore[no-any-return]
 
     @property
     def top_via(self) -> Via:
-        vias = self._typed("via")
+        try:
+            vias = self._cache["via"]
+        except KeyError:
+            vias = self._typed("via")
         if not vias:
             raise ValueError("no Via header")
         return vias[0]  # type: ignore[no-any-return]
 
     @property
     def cseq(self) -> CSeq:
-        return self._typed("cseq")  # type: ignore[no-any-return]
+        try:
+            return self._cache["cseq"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._typed("cseq")  # type: ignore[no-any-return]
 
     @property
     def call_id(self) -> str:
-        return self._typed("call-id")  # type: ignore[no-any-return]
+        try:
+            return self._cache["call-id"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._typed("call-id")  # type: ignore[no-any-return]
 
     @property
     def from_(self) -> NameAddr:
-        return self._typed("from")  # type: ignore[no-any-return]
+        try:
+            return self._cache["from"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._typed("from")  # type: ignore[no-any-return]
 
     @property
     def to(self) -> NameAddr:
-        return self._typed("to")  # type: ignore[no-any-return]
+        try:
+            return self._cache["to"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._typed("to")  # type: ignore[no-any-return]
 
     @property
     def from_tag(self) -> str | None:
-        if "from" not in self._cache and _first(self._headers, "from") is None:
-            return None
-        return self.from_.tag
+        try:
+            addr = self._cache["from"]
+        except KeyError:
+            if _first(self._headers, "from") is None:
+                return None
+            addr = self._typed("from")
+        return addr.params.get("tag")  # type: ignore[no-any-return]
 
     @property
     def to_tag(self) -> str | None:
-        if "to" not in self._cache and _first(self._headers, "to") is None:
-            return None
-        return self.to.tag
+        try:
+            addr = self._cache["to"]
+        except KeyError:
+            if _first(self._headers, "to") is None:
+                return None
+            addr = self._typed("to")
+        return addr.params.get("tag")  # type: ignore[no-any-return]
 
     @property
     def max_forwards(self) -> int | None:
-        return self._typed("max-forwards")  # type: ignore[no-any-return]
+        try:
+            return self._cache["max-forwards"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._typed("max-forwards")  # type: ignore[no-any-return]
 
     @property
     def routes(self) -> list[NameAddr]:
-        return self._typed("route")  # type: ignore[no-any-return]
+        try:
+            return self._cache["route"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._typed("route")  # type: ignore[no-any-return]
 
     @property
     def record_routes(self) -> list[NameAddr]:
-        return self._typed("record-route")  # type: ignore[no-any-return]
+        try:
+            return self._cache["record-route"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._typed("record-route")  # type: ignore[no-any-return]
 
     @property
     def contacts(self) -> list[NameAddr]:
@@ -443,8 +505,33 @@ class Message:
     def to_bytes(self) -> bytes:
         body = self.body
         length = len(body)
-        lines = [self.start_line()]
-        append = lines.append
+        headers = self._headers
+        if self._cache.get(_LENGTH_KEY) == str(length):
+            # The parser vouched for exactly one Content-Length line and its
+            # value, and no header change dropped that since; the body did
+            # not change its length: every line goes out as it is.
+            lines: tuple[str, ...] | list[str] = [e[1] for e in headers]
+            return f"{self.start_line()}\r\n{_CRLF.join(lines)}\r\n\r\n".encode(
+                "utf-8", "surrogateescape") + body
+        # One Content-Length line, the usual case: the raw lines are joined
+        # as they are (zip/count/join run in C), that line rewritten if it
+        # does not match the body.
+        keys, lines, values = zip(*headers, strict=True) if headers else ((), (), ())
+        if keys.count("content-length") == 1:
+            i = keys.index("content-length")
+            value = values[i]
+            if value != str(length) and not (value.isdigit() and int(value) == length):
+                fixed = list(lines)
+                fixed[i] = f"{_written_name(lines[i])}: {length}"
+                lines = tuple(fixed)
+        else:
+            lines = tuple(self._lines_fixing_length(length))
+        return f"{self.start_line()}\r\n{_CRLF.join(lines)}\r\n\r\n".encode(
+            "utf-8", "surrogateescape") + body
+
+    def _lines_fixing_length(self, length: int) -> list[str]:
+        """Raw lines with exactly one, correct, Content-Length (none or several)."""
+        lines: list[str] = []
         have_length = False
         for key, raw, value in self._headers:
             if key == "content-length":
@@ -453,18 +540,19 @@ class Message:
                 have_length = True
                 if value != str(length) and not (value.isdigit() and int(value) == length):
                     raw = f"{_written_name(raw)}: {length}"
-            append(raw)
+            lines.append(raw)
         if not have_length:
-            append(f"Content-Length: {length}")
-        append("\r\n")
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+            lines.append(f"Content-Length: {length}")
+        return lines
 
     __bytes__ = to_bytes
 
     def _copy_base(self, new: Message) -> None:
         new._headers = list(self._headers)
         # Cached views are mutable objects; a copy re-parses rather than shares.
-        new._cache = {}
+        # The Content-Length note (a str) holds for the copied lines as well.
+        length = self._cache.get(_LENGTH_KEY)
+        new._cache = {} if length is None else {_LENGTH_KEY: length}
         new.body = self.body
         new.version = self.version
 

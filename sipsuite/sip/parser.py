@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import re
 
-from sipsuite.sip.headers import _NAME_CACHE, TOKEN_CHARS, Via, canonical_name, split_values
+from sipsuite.sip.headers import TOKEN_CHARS, CSeq, NameAddr, Via, canonical_name, split_values
 from sipsuite.sip.message import (
+    _LENGTH_KEY,
     Entry,
     KeepAlive,
     ParseError,
     Request,
     Response,
-    parse_addr,
     parse_addr_list,
-    parse_call_id,
     parse_contacts,
-    parse_cseq,
     parse_max_forwards,
     parse_vias,
 )
@@ -39,7 +37,7 @@ _SINGLE = frozenset((
     "content-type", "expires",
 ))
 _REQUIRED = ("via", "from", "to", "call-id", "cseq")
-_TRACKED = _SINGLE | {"via", "contact", "route", "record-route"}
+_REQUIRED_SET = frozenset(_REQUIRED)
 _PRETTY = {
     "via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq",
     "max-forwards": "Max-Forwards", "content-length": "Content-Length",
@@ -47,6 +45,11 @@ _PRETTY = {
     "route": "Route", "record-route": "Record-Route",
 }
 _SIP_SCHEMES = ("sip", "sips")
+# Methods known to be tokens: a set hit skips the character check.
+_METHODS = frozenset((
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE",
+    "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "INFO", "PUBLISH",
+))
 
 
 def _request_line(start: str) -> Request:
@@ -59,7 +62,7 @@ def _request_line(start: str) -> Request:
         if version[:4].upper() == "SIP/":
             raise ParseError(505, "Version Not Supported")
         raise ParseError(400, "Bad Request - malformed Request-Line")
-    if method.strip(TOKEN_CHARS):
+    if method not in _METHODS and method.strip(TOKEN_CHARS):
         raise ParseError(400, "Bad Request - malformed method")
     try:
         uri = URI.parse(uri_text)
@@ -76,15 +79,19 @@ def _request_line(start: str) -> Request:
     return req
 
 
+# Every valid status code text (3 ASCII digits, 100..699) -> its number.
+_STATUS_CODES = {str(n): n for n in range(100, 700)}
+
+
 def _status_line(start: str) -> Response:
     parts = start.split(" ", 2)
-    if len(parts) < 2 or parts[0].upper() != "SIP/2.0":
+    if len(parts) < 2 or (parts[0] != "SIP/2.0" and parts[0].upper() != "SIP/2.0"):
         raise ParseError(0, "malformed Status-Line")
-    code = parts[1]
-    if len(code) != 3 or not code.isdigit() or not code.isascii() or code[0] not in "123456":
+    code = _STATUS_CODES.get(parts[1])
+    if code is None:
         raise ParseError(0, "bad status code")
     resp = Response.__new__(Response)
-    resp.status = int(code)
+    resp.status = code
     # A missing SP before an empty reason is tolerated.
     resp.reason = parts[2] if len(parts) == 3 else ""
     resp.version = "SIP/2.0"
@@ -104,94 +111,210 @@ def _unfold(lines: list[str], status: int) -> list[str]:
     return merged
 
 
+# Content-Length texts seen -> value (int() of a str is costly, and a peer
+# sends the same few lengths); bounded against endless novel values.
+_LENGTHS: dict[str, int] = {}
+_LENGTHS_MAX = 1024
+
+
 def _parse_content_length(value: str, status: int) -> int:
+    length = _LENGTHS.get(value)
+    if length is not None:
+        return length
     if not value.isdigit() or not value.isascii() or len(value.lstrip("0")) > 9:
         raise ParseError(status, "Bad Request - malformed Content-Length")
-    return int(value)
+    length = int(value)
+    if len(_LENGTHS) >= _LENGTHS_MAX:
+        _LENGTHS.clear()
+    _LENGTHS[value] = length
+    return length
+
+
+# Header names as they stand before the colon of a line ('Via', 'TO ', 'v'),
+# mapped to the canonical key: one dict hit per line replaces validation
+# and lowercasing.  Separate from headers._NAME_CACHE, which also holds
+# names given with leading whitespace: only the parser fills this one, and
+# never with such a name, so a continuation line (folding) can never hit.
+# Bounded like headers._NAME_CACHE.
+_LINE_NAMES: dict[str, str] = {}
+_LINE_NAMES_MAX = 4096
+
+
+def _line_name(raw: str, status: int) -> str:
+    """Canonical key of a header line's name (cache miss); ParseError if bad."""
+    colon = raw.find(":")
+    if colon <= 0:
+        raise ParseError(status, "Bad Request - malformed header line")
+    try:
+        key = canonical_name(raw[:colon])
+    except ValueError:
+        raise ParseError(status, "Bad Request - malformed header name") from None
+    if len(_LINE_NAMES) >= _LINE_NAMES_MAX:
+        _LINE_NAMES.clear()
+    _LINE_NAMES[raw[:colon]] = key
+    return key
+
+
+# What the two line splitters return: the entries; the first value of every
+# header name; the values of each name that has more than one line (None if
+# there is none, the usual case apart from Via).
+_Split = tuple[list[Entry], dict[str, str], dict[str, list[str]] | None]
+
+
+def _entries_folded(lines: list[str], status: int) -> _Split:
+    """Header lines of a head with folded lines (rare): unfold, then split."""
+    entries: list[Entry] = []
+    first: dict[str, str] = {}
+    more: dict[str, list[str]] = {}
+    for raw in _unfold(lines, status):
+        colon = raw.find(":")
+        key = _line_name(raw, status)
+        value = raw[colon + 1 :]
+        if "\r\n" in value:
+            value = _FOLD.sub(" ", value)
+        value = value.strip(" \t")
+        entries.append((key, raw, value))
+        if key not in first:
+            first[key] = value
+        elif key in more:
+            more[key].append(value)
+        else:
+            more[key] = [first[key], value]
+    return entries, first, more or None
+
+
+def _entries_plain(lines: list[str], status: int, head: str) -> _Split | None:
+    """Header lines of a head without folding: the hot loop, one pass.
+
+    None when the head turns out to be folded after all (the caller then
+    takes _entries_folded); that is only looked for on a name-cache miss,
+    since a continuation line never hits the cache.
+    """
+    entries: list[Entry] = []
+    append = entries.append
+    names_get = _LINE_NAMES.get
+    first: dict[str, str] = {}
+    more: dict[str, list[str]] | None = None
+    for raw in lines:
+        name, colon, value = raw.partition(":")
+        key = names_get(name)
+        if key is None or not colon:
+            if "\r\n " in head or "\r\n\t" in head:
+                return None
+            key = _line_name(raw, status)
+        value = value.strip(" \t")
+        append((key, raw, value))
+        # Every name, not just the validated ones: one dict store is cheaper
+        # than testing membership first, and repeats are rare.
+        if key not in first:
+            first[key] = value
+        elif more is None:
+            more = {key: [first[key], value]}
+        elif key in more:
+            more[key].append(value)
+        else:
+            more[key] = [first[key], value]
+    return entries, first, more
+
+
+def _addr_list(first: dict[str, str], more: dict[str, list[str]] | None, key: str) -> list[NameAddr]:
+    """Route / Record-Route values (the header is present), validated."""
+    return parse_addr_list(more[key] if more is not None and key in more else [first[key]])
 
 
 def parse_head(head: str) -> tuple[Request | Response, int | None]:
     """Start line + header lines (no final blank line) -> (message, Content-Length)."""
     is_response = head[:4].upper() == "SIP/"
     status = 0 if is_response else 400
-    crlf = head.count("\r\n")
-    if head.count("\r") != crlf or head.count("\n") != crlf:
-        raise ParseError(status, "Bad Request - bare CR or LF")
     lines = head.split("\r\n")
+    # A CR or LF left over once the head is split on CRLF is a bare one.
+    # (Joining and two memchr scans beat counting CR, LF and CRLF.)
+    rest = "".join(lines)
+    if "\r" in rest or "\n" in rest:
+        raise ParseError(status, "Bad Request - bare CR or LF")
     msg: Request | Response = _status_line(lines[0]) if is_response else _request_line(lines[0])
-    folded = "\r\n " in head or "\r\n\t" in head
-    if folded:
-        lines = _unfold(lines[1:], status)
-    else:
-        del lines[0]
+    del lines[0]
 
-    entries: list[Entry] = []
-    append = entries.append
-    name_cache_get = _NAME_CACHE.get
-    tracked: dict[str, list[str]] = {}
-    for raw in lines:
-        colon = raw.find(":")
-        if colon <= 0:
-            raise ParseError(status, "Bad Request - malformed header line")
-        name = raw[:colon]
-        key = name_cache_get(name)
-        if key is None:
-            try:
-                key = canonical_name(name)
-            except ValueError:
-                raise ParseError(status, "Bad Request - malformed header name") from None
-        if folded and "\r\n" in raw:
-            value = _FOLD.sub(" ", raw[colon + 1 :]).strip(" \t")
-        else:
-            value = raw[colon + 1 :].strip(" \t")
-        append((key, raw, value))
-        if key in _TRACKED:
-            seen = tracked.get(key)
-            if seen is None:
-                tracked[key] = [value]
-            else:
-                seen.append(value)
+    split = _entries_plain(lines, status, head)
+    entries, first, more = _entries_folded(lines, status) if split is None else split
     msg._headers = entries
     cache: dict[str, object] = {}
     msg._cache = cache
 
-    for key, values in tracked.items():
-        if len(values) > 1 and key in _SINGLE:
-            raise ParseError(status, f"Bad Request - duplicate {_PRETTY[key]}")
-    for key in _REQUIRED:
-        if key not in tracked:
-            raise ParseError(status, f"Bad Request - missing {_PRETTY[key]}")
+    if more is not None and not _SINGLE.isdisjoint(more):
+        for key in first:  # in order of appearance: which error is reported
+            if key in more and key in _SINGLE:
+                raise ParseError(status, f"Bad Request - duplicate {_PRETTY[key]}")
+    if not first.keys() >= _REQUIRED_SET:
+        for key in _REQUIRED:
+            if key not in first:
+                raise ParseError(status, f"Bad Request - missing {_PRETTY[key]}")
 
+    # The mandatory and validated headers, in a fixed order (which error a
+    # message with several bad headers gets).  Single values, the usual
+    # case, go straight to the type's parser; lists take the general helper.
     key = "via"
     try:
-        cache["via"] = parse_vias(tracked["via"])
+        value = first["via"]
+        if more is not None and "via" in more:
+            cache["via"] = parse_vias(more["via"])
+        elif value and "," not in value:
+            cache["via"] = [Via.parse(value)]
+        else:
+            cache["via"] = parse_vias([value])
         key = "from"
-        cache["from"] = parse_addr(tracked["from"])
+        cache["from"] = NameAddr.parse(first["from"])
         key = "to"
-        cache["to"] = parse_addr(tracked["to"])
+        cache["to"] = NameAddr.parse(first["to"])
         key = "call-id"
-        cache["call-id"] = parse_call_id(tracked["call-id"])
+        value = first["call-id"]
+        if not value:
+            raise ValueError("empty Call-ID")
+        cache["call-id"] = value
         key = "cseq"
-        cseq = cache["cseq"] = parse_cseq(tracked["cseq"])
+        cseq = cache["cseq"] = CSeq.parse(first["cseq"])
         if not is_response:
             key = "max-forwards"
-            mf = tracked.get("max-forwards")
-            cache["max-forwards"] = None if mf is None else parse_max_forwards(mf[0])
-            for key in ("contact", "route", "record-route"):
-                values = tracked.get(key)
-                if values is None:
-                    cache[key] = ([], False) if key == "contact" else []
-                elif key == "contact":
-                    cache[key] = parse_contacts(values)
-                else:
-                    cache[key] = parse_addr_list(values)
+            value = first.get("max-forwards")
+            cache["max-forwards"] = None if value is None else parse_max_forwards(value)
+            key = "contact"
+            value = first.get("contact")
+            if value is None:
+                cache["contact"] = ([], False)
+            elif more is not None and "contact" in more:
+                cache["contact"] = parse_contacts(more["contact"])
+            elif value and value != "*" and "," not in value:
+                cache["contact"] = ([NameAddr.parse(value)], False)
+            else:
+                cache["contact"] = parse_contacts([value])
+            key = "route"
+            cache["route"] = _addr_list(first, more, "route") if "route" in first else []
+            key = "record-route"
+            cache["record-route"] = (
+                _addr_list(first, more, "record-route") if "record-route" in first else [])
+        else:
+            # Not validated in responses (parsed on first read), but what is
+            # absent is known now and saves a scan of the lines later.
+            if "max-forwards" not in first:
+                cache["max-forwards"] = None
+            if "contact" not in first:
+                cache["contact"] = ([], False)
+            if "route" not in first:
+                cache["route"] = []
+            if "record-route" not in first:
+                cache["record-route"] = []
     except ValueError:
         raise ParseError(status, f"Bad Request - malformed {_PRETTY[key]}") from None
 
     if not is_response and cseq.method != msg.method:  # type: ignore[union-attr]
         raise ParseError(400, "Bad Request - CSeq method does not match")
-    cl = tracked.get("content-length")
-    return msg, None if cl is None else _parse_content_length(cl[0], status)
+    cl = first.get("content-length")
+    if cl is None:
+        return msg, None
+    # Exactly one such line (a second is an error above): to_bytes may send
+    # the lines as they are while the body keeps this length.
+    cache[_LENGTH_KEY] = cl
+    return msg, _parse_content_length(cl, status)
 
 
 def _recover(err: ParseError, head: str) -> None:
@@ -246,6 +369,12 @@ def _lenient_via(text: str) -> Via | None:
         return None
 
 
+def _status_for(data: bytes, start: int) -> int:
+    """The ParseError status for a message starting at ``start``: 0 (drop) for
+    a response, 400 for anything else."""
+    return 0 if data[start : start + 4].upper() == b"SIP/" else 400
+
+
 def parse_datagram(data: bytes) -> Request | Response:
     """Parse one UDP datagram (RFC 3261 18.3); raises ParseError."""
     n = len(data)
@@ -254,7 +383,6 @@ def parse_datagram(data: bytes) -> Request | Response:
         i += 2
     if i >= n:
         raise ParseError(0, "empty datagram")
-    status = 0 if data[i : i + 4].upper() == b"SIP/" else 400
     end = data.find(b"\r\n\r\n", i)
     if end >= 0:
         body_start = end + 4
@@ -264,7 +392,7 @@ def parse_datagram(data: bytes) -> Request | Response:
         end = body_start = n - 2
     else:
         head = data[i:].decode("utf-8", "surrogateescape")
-        err = ParseError(status, "Bad Request - truncated header section")
+        err = ParseError(_status_for(data, i), "Bad Request - truncated header section")
         _recover(err, head)
         raise err
     head = data[i:end].decode("utf-8", "surrogateescape")
@@ -273,7 +401,7 @@ def parse_datagram(data: bytes) -> Request | Response:
         if length is None:
             msg.body = data[body_start:]
         elif length > n - body_start:
-            raise ParseError(status, "Bad Request - Content-Length larger than message")
+            raise ParseError(_status_for(data, i), "Bad Request - Content-Length larger than message")
         else:
             # Octets after Content-Length are ignored (RFC 4475 dblreq).
             msg.body = data[body_start : body_start + length]
