@@ -138,9 +138,10 @@ class ParseError(Exception):
 
 Entry = tuple[str, str, str]  # (canonical name, raw line(s) as received, unfolded value)
 _CRLF = "\r\n"
-# Key in Message._cache under which the parser notes the value of the one
-# Content-Length line it saw.  Being the header's key, any change of that
-# header drops the note like it drops a typed view (see to_bytes).
+# Key in Message._cache under which the parser notes the value (str) of the
+# one Content-Length line it saw, so that to_bytes can skip looking for it.
+# Being the header's key, any change of that header drops the note the way
+# it drops a typed view; a copy keeps it (same lines).
 _LENGTH_KEY = "content-length"
 
 
@@ -508,10 +509,9 @@ class Message:
         headers = self._headers
         if self._cache.get(_LENGTH_KEY) == str(length):
             # The parser vouched for exactly one Content-Length line and its
-            # value, and no header change dropped that since; the body did
-            # not change its length: every line goes out as it is.
-            lines: tuple[str, ...] | list[str] = [e[1] for e in headers]
-            return f"{self.start_line()}\r\n{_CRLF.join(lines)}\r\n\r\n".encode(
+            # value, no change of that header dropped the note since, and
+            # the body kept its length: every line goes out as it is.
+            return f"{self.start_line()}\r\n{_CRLF.join([e[1] for e in headers])}\r\n\r\n".encode(
                 "utf-8", "surrogateescape") + body
         # One Content-Length line, the usual case: the raw lines are joined
         # as they are (zip/count/join run in C), that line rewritten if it

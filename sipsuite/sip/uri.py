@@ -33,8 +33,8 @@ _SIP_SCHEMES = frozenset(("sip", "sips"))
 
 # The common sip/sips URI, as a regex fragment that headers.py embeds in its
 # name-addr patterns too.  Deliberately narrower than RFC 3261: lowercase
-# scheme, no password, no '%' escapes (so no escape check is needed), no ';',
-# '?' in the user part, no '?headers'; a URI outside it takes the general path
+# scheme, no password, no '%' escapes (so no escape check is needed), no ';'
+# or '?' in the user part, no '?headers'; a URI outside it takes the general path
 # in URI.parse, which then decides.  Within it every character class is a
 # subset of the general parser's, and '@', ':', ';', '=' cannot occur inside
 # a component, so the groups split the text exactly where URI.parse would.
