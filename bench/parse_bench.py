@@ -22,7 +22,9 @@ ratio is the figure to read, not the absolute times.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -161,7 +163,9 @@ def workloads(parse: Parse) -> tuple[Callable[[bytes], object], ...]:
 def baseline(rev: str) -> Parse:
     """parse_datagram of sipsuite/sip as of git revision ``rev``, as a private
     package (imports rewritten) so that it loads beside the working tree's."""
-    pkg = Path(tempfile.mkdtemp(prefix="parse_bench_")) / "baseline_sip"
+    tmp = tempfile.mkdtemp(prefix="parse_bench_")
+    atexit.register(shutil.rmtree, tmp, True)  # once imported, the files can go
+    pkg = Path(tmp) / "baseline_sip"
     pkg.mkdir()
     for name in ("__init__", "uri", "headers", "message", "parser"):
         text = subprocess.run(
