@@ -4,7 +4,7 @@ request was forked to, their answers, and the choice of what goes upstream.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sipsuite.sip.message import Request, Response, make_cancel, make_response
 
@@ -21,7 +21,7 @@ class Branch:
     __slots__ = (
         "ctx", "uri", "request", "targets", "target_index", "client",
         "sent", "provisional", "response", "done", "cancel_wanted",
-        "cancel_sent", "guard",
+        "cancel_sent",
     )
 
     def __init__(self, ctx: ProxyContext, uri: URI, request: Request) -> None:
@@ -37,7 +37,6 @@ class Branch:
         self.done = False
         self.cancel_wanted = False
         self.cancel_sent = False
-        self.guard: Any = None
 
     def __repr__(self) -> str:
         return f"<Branch {self.uri} done={self.done}>"
@@ -59,7 +58,7 @@ class ProxyContext:
 
     __slots__ = (
         "core", "rctx", "server", "branches", "final_sent", "cancelled",
-        "best", "best_local", "answered", "failure_hook_ran", "pending_routing",
+        "best", "best_local", "failure_hook_ran", "pending_routing",
     )
 
     def __init__(self, core: ProxyCore, rctx: RequestContext, server: ServerTx) -> None:
@@ -72,7 +71,6 @@ class ProxyContext:
         self.best: Response | None = None
         # The best answer was made here (no route, timeout), not downstream.
         self.best_local = False
-        self.answered = False
         self.failure_hook_ran = 0
         # A failure_route is running (maybe awaiting): don't pick an answer yet.
         self.pending_routing = False
@@ -107,9 +105,7 @@ class ProxyContext:
             return
         branch.done = True
         branch.response = resp
-        self.core.branch_finished(branch)
         if status < 300:
-            self.answered = True
             self._forward(resp)
             self.final_sent = True
             self.cancel_pending(reason="SIP;cause=200;text=\"Call completed elsewhere\"")

@@ -460,9 +460,6 @@ class ProxyCore(TransactionDriver):
         self.client_txs[key] = holder
         self._run(holder, tx.start(self.clock.seconds()))
 
-    def branch_finished(self, branch: Branch) -> None:
-        """Nothing to do yet; hook for statistics and logging."""
-
     def send_cancel(self, branch: Branch, cancel: Request) -> None:
         parent = branch.client
         if parent is None:
