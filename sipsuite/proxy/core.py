@@ -71,6 +71,7 @@ class ProxyCore(TransactionDriver):
             timer_c=config.timers.timer_c,
         )
         self.transport = TransportLayer(reactor, self.receive, p.tcp_idle_timeout)
+        self.transport.on_connection_failed = self._tcp_connect_failed
         if resolver is None:
             dns = None
             if p.dns_servers:
@@ -598,6 +599,14 @@ class ProxyCore(TransactionDriver):
             return
         status = 487 if branch.cancel_wanted else 408
         branch.ctx.branch_failed(branch, status, REASONS.get(status))
+
+    def _tcp_connect_failed(self, host: str, port: int) -> None:
+        """A TCP next hop refused or timed out the connection: every branch
+        waiting on it fails over now instead of waiting for timer B/F."""
+        for holder in list(self.client_txs.values()):
+            t = holder.target
+            if holder.alive and t.transport == "tcp" and t.host == host and t.port == port:
+                self._client_transport_error(holder)
 
     def _client_transport_error(self, holder: ClientTx) -> None:
         if holder.is_cancel or not holder.alive:

@@ -84,6 +84,7 @@ def topo(proxy_factory: ProxyFactory) -> Iterator[Topology]:
         "silent": [f"sip:silent@{LOCALHOST}:{silent.port}"],
         "busy": [f"sip:busy@{LOCALHOST}:{busy.port}"],
         "closed": [f"sip:closed@{LOCALHOST}:{ports['closed']}"],
+        "closedtcp": [f"sip:closed@{LOCALHOST}:{ports['closed']};transport=tcp"],
         "nohost": ["sip:nohost@nohost.invalid"],
     }
     try:
@@ -341,6 +342,8 @@ UNREACHABLE = {
     # branch stays silent and timer C (2 s) ends it: no provisional -> 408 (16.8).
     # 503 would be right too if the proxy saw the ICMP error (transport error, 18.4).
     "closed": (408, 503),
+    # TCP says so at once (connection refused): a transport error -> 503 (18.4).
+    "closedtcp": (503,),
     # DNS failure = transport error: the branch behaves as if it got 503 (RFC 3261
     # 16.7/18.4, RFC 3263), which goes upstream as is; only a 503 received FROM
     # downstream is turned into 500 (16.7 step 6: that server is busy, not us).
