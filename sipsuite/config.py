@@ -99,6 +99,66 @@ def positive_float(value: Any) -> float:
     return float(value)
 
 
+def non_negative_float(value: Any) -> float:
+    """Seconds, where 0 switches the feature off."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise _Invalid("a number of seconds, 0 or more", value)
+    return float(value)
+
+
+def int_range(low: int, high: int) -> Validator:
+    expected = f"a whole number from {low} to {high}"
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _Invalid(expected, value)
+        return value
+
+    return check
+
+
+def redis_url(value: Any) -> str:
+    """'' (in-memory stores) or redis://[:PASSWORD@]HOST[:PORT][/DB]."""
+    expected = "'' or 'redis://[:PASSWORD@]HOST[:PORT][/DB]'"
+    if not isinstance(value, str):
+        raise _Invalid(expected, value)
+    if value and not re.fullmatch(
+        r"redis://(?::[^@/]*@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(?::\d{1,5})?(?:/\d{1,2})?/?", value
+    ):
+        raise _Invalid(expected, value)
+    return value
+
+
+def tcp_listen_or_off(value: Any) -> str:
+    """'' (off) or 'tcp:HOST:PORT' with HOST an IP address."""
+    expected = "'' or 'tcp:HOST:PORT' with HOST an IP address (IPv6 in brackets)"
+    if not isinstance(value, str):
+        raise _Invalid(expected, value)
+    if value == "":
+        return value
+    try:
+        spec = _listen(value)
+    except _Invalid:
+        raise _Invalid(expected, value) from None
+    if spec.transport != "tcp":
+        raise _Invalid(expected, value)
+    return value
+
+
+def digest_algorithm(value: Any) -> str:
+    names = {"md5": "MD5", "sha-256": "SHA-256"}
+    if not isinstance(value, str) or value.lower() not in names:
+        raise _Invalid("'MD5' or 'SHA-256'", value)
+    return names[value.lower()]
+
+
+def realm(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[\x21\x23-\x5b\x5d-\x7e]+", value):
+        raise _Invalid("a non-empty realm of printable ASCII without spaces, quotes or backslashes",
+                       value)
+    return value
+
+
 def one_of(*choices: str) -> Validator:
     expected = "one of " + ", ".join(repr(c) for c in choices)
 
@@ -368,6 +428,49 @@ class TimersConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FeaturesConfig:
+    auth: bool = setting(False, boolean)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfig:
+    realm: str = setting("sipsuite", realm)
+    secret: str = setting("", header_value)
+    nonce_expires: float = setting(30.0, positive_float)
+    algorithms: list[str] = setting(["MD5"], list_of(digest_algorithm, non_empty=True, unique=True))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrarConfig:
+    default_expires: int = setting(3600, int_range(1, 2**31 - 1))
+    min_expires: int = setting(60, int_range(0, 2**31 - 1))
+    max_expires: int = setting(7200, int_range(1, 2**31 - 1))
+    max_contacts: int = setting(0, int_range(0, 10000))
+    max_contacts_policy: str = setting("reject", one_of("reject", "drop_oldest"))
+    serial_forking: bool = setting(False, boolean)
+    retry_after: int = setting(5, int_range(1, 3600))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatConfig:
+    keepalive_interval: float = setting(20.0, non_negative_float)
+    keepalive_method: str = setting("crlf", one_of("crlf", "options"))
+    keepalive_timeout: float = setting(120.0, positive_float)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisConfig:
+    url: str = setting("", redis_url)
+    timeout: float = setting(1.0, positive_float)
+    prefix: str = setting("sipsuite:", header_value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManagementConfig:
+    listen: str = setting("tcp:127.0.0.1:7060", tcp_listen_or_off)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: str = setting("info", one_of("debug", "info", "warn", "error"))
 
@@ -381,6 +484,12 @@ class Config:
     location_static: dict[str, list[str]] = table(
         "location.static", sip_user, list_of(sip_uri, non_empty=True)
     )
+    features: FeaturesConfig = section("features", FeaturesConfig)
+    auth: AuthConfig = section("auth", AuthConfig)
+    registrar: RegistrarConfig = section("registrar", RegistrarConfig)
+    nat: NatConfig = section("nat", NatConfig)
+    redis: RedisConfig = section("redis", RedisConfig)
+    management: ManagementConfig = section("management", ManagementConfig)
     log: LogConfig = section("log", LogConfig)
     path: str | None = None  # the file it came from; None for the built-in defaults
 
@@ -415,10 +524,13 @@ def _suggest(name: str, known: Sequence[str]) -> str:
     return "expected one of " + ", ".join(known)
 
 
-def load_config(path: str | None, *, listen: list[str] | None = None) -> Config:
+def load_config(
+    path: str | None, *, listen: list[str] | None = None, redis: str | None = None
+) -> Config:
     """Read and validate *path* (None: the built-in defaults).
 
-    *listen*, when given, replaces ``proxy.listen`` (the ``--listen`` option).
+    *listen*, when given, replaces ``proxy.listen`` (the ``--listen`` option),
+    and *redis* ``redis.url`` (``--redis``).
     Raises ConfigError with a one-line message on any problem.
     """
     doc: dict[str, Any] = {}
@@ -448,6 +560,13 @@ def load_config(path: str | None, *, listen: list[str] | None = None) -> Config:
         except _Invalid as e:
             raise ConfigError(f"--listen: expected {e.expected}, got {_show(e.got)}") from None
         values["proxy"] = dataclasses.replace(values["proxy"], listen=specs)
+
+    if redis is not None:
+        try:
+            url = redis_url(redis)
+        except _Invalid as e:
+            raise ConfigError(f"--redis: expected {e.expected}, got {_show(e.got)}") from None
+        values["redis"] = dataclasses.replace(values["redis"], url=url)
 
     config = Config(**values, path=path)
     _check_consistency(config, where)
@@ -529,4 +648,15 @@ def _check_consistency(config: Config, where: str) -> None:
     if t.t2 < t.t1:
         raise ConfigError(
             f"{where}: timers.t2: expected a value not below timers.t1 ({t.t1:g}), got {t.t2:g}"
+        )
+    r = config.registrar
+    if r.max_expires < r.min_expires:
+        raise ConfigError(
+            f"{where}: registrar.max_expires: expected a value not below registrar.min_expires"
+            f" ({r.min_expires}), got {r.max_expires}"
+        )
+    if not r.min_expires <= r.default_expires <= r.max_expires:
+        raise ConfigError(
+            f"{where}: registrar.default_expires: expected a value from registrar.min_expires"
+            f" ({r.min_expires}) to registrar.max_expires ({r.max_expires}), got {r.default_expires}"
         )

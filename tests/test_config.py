@@ -288,6 +288,29 @@ BAD_VALUES = [
     ("timers", "t2", '"4s"', "a number of seconds above 0"),
     ("timers", "t4", "[]", "a number of seconds above 0"),
     ("timers", "timer_c", "nan", "a number of seconds above 0"),
+    ("features", "auth", '"on"', "true or false"),
+    ("auth", "realm", '"my realm"', "a non-empty realm"),
+    ("auth", "realm", '""', "a non-empty realm"),
+    ("auth", "secret", '"a\\nb"', "printable ASCII text on one line"),
+    ("auth", "nonce_expires", "0", "a number of seconds above 0"),
+    ("auth", "algorithms", '["SHA-1"]', "'MD5' or 'SHA-256'"),
+    ("auth", "algorithms", "[]", "a list with at least one entry"),
+    ("registrar", "default_expires", "0", "a whole number from 1 to"),
+    ("registrar", "min_expires", "-1", "a whole number from 0 to"),
+    ("registrar", "max_expires", "1.5", "a whole number from 1 to"),
+    ("registrar", "max_contacts", "-1", "a whole number from 0 to 10000"),
+    ("registrar", "max_contacts_policy", '"drop"', "one of 'reject', 'drop_oldest'"),
+    ("registrar", "serial_forking", '"no"', "true or false"),
+    ("registrar", "retry_after", "0", "a whole number from 1 to 3600"),
+    ("nat", "keepalive_interval", "-5", "a number of seconds, 0 or more"),
+    ("nat", "keepalive_method", '"stun"', "one of 'crlf', 'options'"),
+    ("nat", "keepalive_timeout", "0", "a number of seconds above 0"),
+    ("redis", "url", '"http://127.0.0.1:6379"', "'' or 'redis://"),
+    ("redis", "url", '"redis://127.0.0.1:6379/x"', "'' or 'redis://"),
+    ("redis", "timeout", "0", "a number of seconds above 0"),
+    ("redis", "prefix", "1", "printable ASCII text on one line"),
+    ("management", "listen", '"udp:127.0.0.1:7060"', "'' or 'tcp:HOST:PORT'"),
+    ("management", "listen", '"tcp:localhost:7060"', "'' or 'tcp:HOST:PORT'"),
     ("log", "level", '"trace"', "one of 'debug', 'info', 'warn', 'error'"),
     ("log", "level", "3", "one of 'debug', 'info', 'warn', 'error'"),
 ]
@@ -313,6 +336,26 @@ def test_bad_value_message_exact(tmp_path: Path) -> None:
     )
     assert error_of(tmp_path, "[timers]\nt1 = -2\n") == (
         "timers.t1: expected a number of seconds above 0, got -2"
+    )
+
+
+def test_registrar_expiry_bounds_consistent(tmp_path: Path) -> None:
+    assert error_of(tmp_path, "[registrar]\nmin_expires = 100\nmax_expires = 50\n") == (
+        "registrar.max_expires: expected a value not below registrar.min_expires (100), got 50"
+    )
+    assert error_of(tmp_path, "[registrar]\ndefault_expires = 10\n") == (
+        "registrar.default_expires: expected a value from registrar.min_expires (60) to"
+        " registrar.max_expires (7200), got 10"
+    )
+
+
+def test_redis_option_overrides_url(tmp_path: Path) -> None:
+    path = write(tmp_path, '[redis]\nurl = "redis://10.0.0.1:6379/0"\n')
+    assert load_config(path, redis="redis://127.0.0.1:7000/2").redis.url == "redis://127.0.0.1:7000/2"
+    with pytest.raises(ConfigError) as info:
+        load_config(path, redis="127.0.0.1:7000")
+    assert str(info.value) == (
+        "--redis: expected '' or 'redis://[:PASSWORD@]HOST[:PORT][/DB]', got '127.0.0.1:7000'"
     )
 
 

@@ -23,10 +23,21 @@ from sipsuite.proxy.addresses import (
     split_advertise,
     via_text,
 )
+from sipsuite.proxy.auth import Authenticator
 from sipsuite.proxy.context import Branch, ProxyContext
-from sipsuite.proxy.location import LocationStore, StaticLocationStore
+from sipsuite.proxy.keepalive import KEEPALIVE_BRANCH, NatKeepalive
+from sipsuite.proxy.location import (
+    Binding,
+    LocationStore,
+    MemoryLocationStore,
+    MemorySubscriberStore,
+    StaticLocationStore,
+    SubscriberStore,
+    current,
+)
+from sipsuite.proxy.registrar import Registrar
 from sipsuite.proxy.resolver import Resolver, Target
-from sipsuite.proxy.routing import RequestContext, Routing, drive, load_routing
+from sipsuite.proxy.routing import Destination, RequestContext, Routing, drive, load_routing
 from sipsuite.proxy.timers import TimerHeap
 from sipsuite.proxy.transport import (
     Listener,
@@ -61,7 +72,8 @@ BRANCH_TAG = "z9hG4bKsps"
 
 class ProxyCore(TransactionDriver):
     def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None,
-                 location: LocationStore | None = None) -> None:
+                 location: LocationStore | None = None,
+                 subscribers: SubscriberStore | None = None) -> None:
         self.config = config
         self.clock = reactor
         self.timer_heap = TimerHeap(reactor)
@@ -80,7 +92,16 @@ class ProxyCore(TransactionDriver):
                 dns = client.Resolver(servers=list(p.dns_servers), reactor=reactor)
             resolver = Resolver(reactor, timeout=p.dns_timeout, resolver=dns)
         self.resolver = resolver
-        self.location: LocationStore = location or StaticLocationStore(config.location_static)
+        self.location: LocationStore = location if location is not None else MemoryLocationStore()
+        self.subscribers: SubscriberStore = (
+            subscribers if subscribers is not None else MemorySubscriberStore()
+        )
+        # [location.static] entries live beside the store, never in it: they
+        # are config, and must not be written to a Redis that other nodes share.
+        self.static = StaticLocationStore(config.location_static) if config.location_static else None
+        self.registrar = Registrar(self.location, config.registrar)
+        self.auth = Authenticator(self.subscribers, config.auth)
+        self.keepalive = NatKeepalive(self, config.nat, self.registrar.clock)
         self.domains = {d.lower() for d in p.domains}
         self.trusted = list(p.trusted)
         self.addresses: set[str] = set()
@@ -114,8 +135,10 @@ class ProxyCore(TransactionDriver):
             else:
                 self.addresses.add(spec.host.lower())
             log.info("listening on {l} (advertised as {a})", l=listener, a=listener.sent_by())
+        self.keepalive.start()
 
     def stop(self) -> list[Any]:
+        self.keepalive.stop()
         for holder in list(self.server_txs.values()) + list(self.client_txs.values()):
             self._cancel_timers(holder)
         self.timer_heap.stop()
@@ -142,6 +165,14 @@ class ProxyCore(TransactionDriver):
         except ValueError:
             return False
         return any(addr in net for net in self.trusted)
+
+    async def lookup(self, user: str) -> list[Binding]:
+        found = await self.location.lookup(user)
+        if self.static is not None:
+            fixed = await self.static.lookup(user)
+            if fixed:
+                return current(fixed + found, self.registrar.clock())
+        return found
 
     def count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
@@ -317,11 +348,14 @@ class ProxyCore(TransactionDriver):
         log.info("{m} {u} from {s} answered {st} {r} (call-id {c})", m=req.method, u=req.uri,
                  s=holder.source, st=status, r=resp.reason, c=req.call_id)
 
-    def relay(self, rctx: RequestContext, targets: list[URI]) -> None:
+    def relay(self, rctx: RequestContext, targets: list[URI | Destination]) -> None:
         req = rctx.request
         if req.method == "ACK":
-            for uri in targets:
-                self._forward_stateless(rctx, uri)
+            for target in targets:
+                if isinstance(target, Destination):
+                    self._forward_stateless(rctx, target.uri, target.route, target.dst)
+                else:
+                    self._forward_stateless(rctx, target)
             return
         holder = self.server_txs.get(server_key(req))
         if holder is None:
@@ -332,8 +366,11 @@ class ProxyCore(TransactionDriver):
             rctx.proxy_ctx = ctx
         if ctx.cancelled or ctx.final_sent:
             return
-        for uri in targets:
-            self._start_branch(ctx, uri)
+        for target in targets:
+            if isinstance(target, Destination):
+                self._start_branch(ctx, target.uri, target.route, target.dst)
+            else:
+                self._start_branch(ctx, target)
 
     def call_hook(self, name: str, *args: Any) -> None:
         def failed(f: Any) -> None:
@@ -374,11 +411,15 @@ class ProxyCore(TransactionDriver):
         return len(ctx.branches) > before or ctx.final_sent
 
     # -- branches -------------------------------------------------------------------
-    def _build_forward(self, req: Request, uri: URI) -> Request:
-        """16.6 steps 1-3, 7: copy, retarget, Max-Forwards, strict routes."""
+    def _build_forward(self, req: Request, uri: URI, route: list[str] | None = None) -> Request:
+        """16.6 steps 1-3, 7: copy, retarget, Max-Forwards, strict routes;
+        ``route`` (a registered Path, RFC 3327) goes in front of any Route."""
         out = req.copy()
         if uri is not req.uri:
             out.uri = uri
+        if route:
+            for value in reversed(route):
+                out.add_header("Route", value, top=True)
         mf = req.max_forwards
         out.set_header("Max-Forwards", str(mf - 1 if mf is not None else 70))
         routes = out.routes
@@ -394,14 +435,19 @@ class ProxyCore(TransactionDriver):
         routes = req.routes
         return routes[0].uri if routes else req.uri
 
-    def _start_branch(self, ctx: ProxyContext, uri: URI) -> None:
-        req = self._build_forward(ctx.request, uri)
+    def _start_branch(self, ctx: ProxyContext, uri: URI, route: list[str] | None = None,
+                      dst: Target | None = None) -> None:
+        req = self._build_forward(ctx.request, uri, route)
         branch = Branch(ctx, uri, req)
         ctx.branches.append(branch)
         self.call_hook("branch_route", ctx.rctx, branch)
-        self._resolve(branch.request, lambda targets: self._branch_targets(branch, targets))
+        self._resolve(branch.request, lambda targets: self._branch_targets(branch, targets), dst)
 
-    def _resolve(self, req: Request, then: Any) -> None:
+    def _resolve(self, req: Request, then: Any, dst: Target | None = None) -> None:
+        if dst is not None:
+            # A fixed destination (Kamailio's $du): a NAT'ed phone's source address.
+            then([dst])
+            return
         hop = self._next_hop(req)
         if hop.scheme not in ("sip", "sips"):
             then([])
@@ -501,6 +547,9 @@ class ProxyCore(TransactionDriver):
         self.count("responses")
         holder = self.client_txs.get(client_key(resp))
         if holder is None:
+            if (resp.top_via.branch or "").startswith(KEEPALIVE_BRANCH):
+                self.keepalive.response(resp)
+                return
             self._forward_response_stateless(resp)
             return
         self._run(holder, holder.tx.receive(resp, self.clock.seconds()))
@@ -528,10 +577,11 @@ class ProxyCore(TransactionDriver):
             return
         self.transport.send(resp.to_bytes(), transport, host, port, listener)
 
-    def _forward_stateless(self, rctx: RequestContext, uri: URI) -> None:
+    def _forward_stateless(self, rctx: RequestContext, uri: URI, route: list[str] | None = None,
+                           dst: Target | None = None) -> None:
         """ACK for a 2xx (16.11): no transaction, a branch derived from the
         incoming one so retransmissions keep it."""
-        req = self._build_forward(rctx.request, uri)
+        req = self._build_forward(rctx.request, uri, route)
 
         def send(targets: list[Target]) -> None:
             for target in targets:
@@ -549,7 +599,7 @@ class ProxyCore(TransactionDriver):
                 self.transport.send(out.to_bytes(), target.transport, target.host, target.port, listener)
                 return
 
-        self._resolve(req, send)
+        self._resolve(req, send, dst)
 
     # -- sending upstream -----------------------------------------------------------
     def send_upstream(self, holder: ServerTx, resp: Response) -> None:

@@ -21,6 +21,8 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from sipsuite.log import get_logger
+from sipsuite.proxy.location import Binding, StoreUnavailable
+from sipsuite.proxy.resolver import Target
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.uri import URI
 
@@ -71,23 +73,43 @@ class RequestContext:
     def source_trusted(self) -> bool:
         return self.core.is_trusted(self.source.host)
 
-    async def lookup(self, user: str) -> list[Any]:
-        return await self.core.location.lookup(user)
+    async def lookup(self, user: str) -> list[Binding]:
+        """The user's bindings: static ones from the config, then registered
+        ones, highest q first. Raises StoreUnavailable when the store (Redis)
+        cannot answer in time."""
+        return await self.core.lookup(user)
 
     # -- actions ---------------------------------------------------------------
+    async def register(self) -> None:
+        """Store the REGISTER's bindings and answer it (Kamailio's save("location"))."""
+        self.handled = True
+        await self.core.registrar.register(self)
+
+    async def auth_check(self, user: str, *, proxy: bool) -> bool:
+        """Kamailio's auth_check: True when the request has valid digest
+        credentials for ``user``; otherwise it has been answered (401/407
+        challenge or 403) and the hook should return."""
+        ok = await self.core.auth.check(self, user, proxy=proxy)
+        if not ok:
+            self.handled = True
+        return ok
+
+    def consume_credentials(self, *, proxy: bool) -> None:
+        self.core.auth.consume(self, proxy=proxy)
+
     def reply(self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:
         """Answer the request from here (Kamailio's sl_send_reply / t_reply)."""
         self.handled = True
         self.core.reply(self, status, reason, headers or [])
 
-    def relay(self, targets: list[URI | str] | None = None) -> None:
+    def relay(self, targets: list[URI | str | Destination] | None = None) -> None:
         """Forward to every target in parallel (one branch each); ``None``
         forwards to the Request-URI (or the pre-loaded Route)."""
         self.handled = True
-        uris: list[URI] = []
+        out: list[URI | Destination] = []
         for target in targets or [self.request.uri]:
-            uris.append(URI.parse(target) if isinstance(target, str) else target)
-        self.core.relay(self, uris)
+            out.append(URI.parse(target) if isinstance(target, str) else target)
+        self.core.relay(self, out)
 
     def record_route(self) -> None:
         self.vars["record_route"] = True
@@ -95,6 +117,41 @@ class RequestContext:
     def drop(self) -> None:
         """Neither answer nor forward (Kamailio's ``drop`` / ``exit``)."""
         self.handled = True
+
+
+class Destination:
+    """A branch target with more than a Request-URI: a route set to put in
+    front (a registered Path) and a fixed next hop (Kamailio's ``$du``: the
+    address a NAT'ed phone registered from)."""
+
+    __slots__ = ("uri", "route", "dst")
+
+    def __init__(self, uri: URI, route: list[str] | None = None, dst: Target | None = None) -> None:
+        self.uri = uri
+        self.route = route or []
+        self.dst = dst
+
+    @classmethod
+    def of(cls, binding: Binding) -> Destination:
+        """Where a request for ``binding`` goes: through its Path if it has
+        one (the edge proxy there knows the way), else to the address it
+        registered from when it is behind NAT, else to its Contact."""
+        dst = None
+        if binding.nat and not binding.path and binding.received:
+            dst = parse_address(binding.received)
+        return cls(binding.uri, list(binding.path), dst)
+
+    def __repr__(self) -> str:
+        return f"<Destination {self.uri} route={self.route} dst={self.dst}>"
+
+
+def parse_address(text: str) -> Target | None:
+    """'udp:192.0.2.1:5060' / 'tcp:[2001:db8::1]:5060' -> Target."""
+    transport, _, rest = text.partition(":")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or transport not in ("udp", "tcp", "tls"):
+        return None
+    return Target(transport, host.strip("[]"), int(port))
 
 
 class Routing:
@@ -122,7 +179,9 @@ class Routing:
 
 
 class DefaultRouting(Routing):
-    """The shape of the default kamailio.cfg, without its optional features."""
+    """The shape of the default kamailio.cfg: keep-alives, in-dialog
+    routing, authentication (``[features] auth``), the registrar, and the
+    location lookup with parallel (or serial) forking."""
 
     async def request_route(self, ctx: RequestContext) -> None:
         req = ctx.request
@@ -139,23 +198,26 @@ class DefaultRouting(Routing):
             self.within_dialog(ctx)
             return
 
+        local_ruri = uri.scheme in ("sip", "sips") and ctx.is_local_domain(uri)
+        if not await self.authenticate(ctx, local_ruri):
+            return
+
         # Initial requests: drop pre-loaded Route headers (kamailio.cfg's
         # remove_hf("Route")). Honouring them would let anyone relay through
         # us to any host by naming a local user in the Request-URI.
         if req.has_header("route"):
             req.remove_header("route")
 
-        if method == "REGISTER":
-            # The registrar arrives with its own issue; until then say so
-            # rather than pretend the binding was stored.
-            ctx.reply(501, "Not Implemented (no registrar)")
+        if method == "REGISTER" and local_ruri:
+            await ctx.register()
             return
 
         if self.config.proxy.record_route and method in DIALOG_CREATING:
             ctx.record_route()
 
-        if uri.scheme not in ("sip", "sips") or not ctx.is_local_domain(uri):
-            if ctx.source_trusted():
+        if not local_ruri:
+            # Callers authenticated above (or trusted) may call out.
+            if ctx.source_trusted() or ctx.vars.get("authenticated"):
                 ctx.relay()
             else:
                 ctx.reply(403, "Not relaying")
@@ -164,12 +226,77 @@ class DefaultRouting(Routing):
         if not uri.user:
             ctx.reply(484, "Address Incomplete")
             return
+        await self.location(ctx, uri.user_unescaped)
 
-        bindings = await ctx.lookup(uri.user_unescaped)
+    async def authenticate(self, ctx: RequestContext, local_ruri: bool) -> bool:
+        """kamailio.cfg's route[AUTH]; False when the request was answered."""
+        if not self.config.features.auth:
+            return True
+        req = ctx.request
+        if req.method == "REGISTER":
+            to = req.to.uri
+            if not await ctx.auth_check(to.user_unescaped if to.user else "", proxy=False):
+                return False
+            ctx.vars["authenticated"] = True
+            return True
+        if req.method in ("ACK", "CANCEL"):
+            # Neither can be challenged (RFC 3261 22.1): they ride on the
+            # INVITE's authentication.
+            return True
+        if ctx.source_trusted():
+            return True
+        from_uri = req.from_.uri
+        from_local = from_uri.scheme in ("sip", "sips") and ctx.is_local_domain(from_uri)
+        if from_local:
+            user = from_uri.user_unescaped if from_uri.user else ""
+            if not await ctx.auth_check(user, proxy=True):
+                return False
+            ctx.consume_credentials(proxy=True)
+            ctx.vars["authenticated"] = True
+        elif not local_ruri:
+            ctx.reply(403, "Not relaying")
+            return False
+        return True
+
+    async def location(self, ctx: RequestContext, user: str) -> None:
+        """kamailio.cfg's route[LOCATION]: fork to the user's bindings."""
+        try:
+            bindings = await ctx.lookup(user)
+        except StoreUnavailable as e:
+            log.warn("lookup of {u} failed: location store unavailable: {e}", u=user, e=e)
+            ctx.reply(503, "Location Store Unavailable", [("Retry-After", "5")])
+            return
         if not bindings:
             ctx.reply(404, "Not Found")
             return
-        ctx.relay([b.contact for b in bindings])
+        ctx.vars["location"] = True
+        if self.config.registrar.serial_forking:
+            groups: list[list[Binding]] = []
+            for b in bindings:  # highest q first
+                if groups and groups[-1][0].q == b.q:
+                    groups[-1].append(b)
+                else:
+                    groups.append([b])
+            ctx.vars["serial"] = groups[1:]
+            bindings = groups[0]
+        ctx.relay([Destination.of(b) for b in bindings])
+
+    def failure_route(self, ctx: RequestContext, response: Response) -> Any:
+        if not ctx.vars.get("location"):
+            return
+        pctx = ctx.proxy_ctx
+        if pctx is not None and pctx.cancelled:
+            return
+        groups = ctx.vars.get("serial")
+        if groups and response.status < 600:
+            ctx.relay([Destination.of(b) for b in groups.pop(0)])
+            return
+        if pctx is not None and pctx.best_local and not any(b.provisional for b in pctx.branches):
+            # No binding answered at all, not even 100 (timeouts, refused
+            # connections, unresolvable hosts): the user is registered but
+            # not reachable now (RFC 3261 21.4.18). A phone that rang and
+            # was not picked up keeps its 408.
+            ctx.reply(480, "Temporarily Unavailable")
 
     def within_dialog(self, ctx: RequestContext) -> None:
         req = ctx.request

@@ -11,7 +11,9 @@ from twisted.internet.error import CannotListenError
 from sipsuite.config import Config
 from sipsuite.gcpolicy import GCPolicy
 from sipsuite.log import get_logger
+from sipsuite.management import ManagementService, RpcRegistry, register_store_methods
 from sipsuite.proxy.core import ProxyCore
+from sipsuite.proxy.location import MemoryLocationStore, MemorySubscriberStore
 
 log = get_logger("sipsuite.proxy.service")
 
@@ -27,11 +29,35 @@ class ProxyService(service.Service):
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
-        self.core = ProxyCore(config, reactor)
+        self.redis: Any = None
+        location, subscribers = self._stores()
+        self.core = ProxyCore(config, reactor, location=location, subscribers=subscribers)
         self.gc = GCPolicy(reactor)
+
+    def _stores(self) -> tuple[Any, Any]:
+        """In-memory stores, or Redis ones when ``[redis] url`` (or --redis) names a server."""
+        cfg = self.config.redis
+        if not cfg.url:
+            return MemoryLocationStore(), MemorySubscriberStore()
+        from sipsuite.proxy.redisstore import (
+            RedisConnection,
+            RedisLocationStore,
+            RedisSubscriberStore,
+        )
+
+        self.redis = RedisConnection(cfg.url, cfg.timeout, self.reactor)
+        return (
+            RedisLocationStore(self.redis, prefix=cfg.prefix),
+            RedisSubscriberStore(self.redis, prefix=cfg.prefix),
+        )
 
     def startService(self) -> None:
         super().startService()
+        if self.redis is not None:
+            # Connects in the background: the proxy serves everything that
+            # needs no Redis even while Redis is down, and reconnects by itself.
+            self.redis.start()
+            log.info("location and subscribers in Redis at {u}", u=self.config.redis.url)
         try:
             self.core.start()
         except CannotListenError as exc:
@@ -52,11 +78,20 @@ class ProxyService(service.Service):
         self.gc.stop()
         from twisted.internet import defer
 
-        return defer.DeferredList(self.core.stop())
+        waits = self.core.stop()
+        if self.redis is not None:
+            waits.append(self.redis.stop())
+        return defer.DeferredList(waits)
 
 
 def make_proxy_service(config: Config) -> service.MultiService:
-    """Build the proxy's services (transports, core, routing) from config."""
+    """Build the proxy's services (transports, core, routing, management) from config."""
     top = service.MultiService()
-    ProxyService(config).setServiceParent(top)
+    proxy = ProxyService(config)
+    proxy.setServiceParent(top)
+    if config.management.listen:
+        registry = RpcRegistry()
+        core = proxy.core
+        register_store_methods(registry, core.location, core.subscribers, config.auth.realm)
+        ManagementService(config.management.listen, registry).setServiceParent(top)
     return top

@@ -301,6 +301,37 @@ class URI:
             return f"{self.scheme}:{self.host}"
         return f"{self.scheme}:{_normalise_escapes(self.user)}@{self.host}"
 
+    def equivalent(self, other: URI) -> bool:
+        """RFC 3261 19.1.4 comparison: the registrar's test for "the same
+        contact". Escapes are decoded, host and scheme compared without case;
+        user, ttl, method, maddr and transport must agree wherever either URI
+        has them, any other parameter only where both have it."""
+        if self.scheme != other.scheme:
+            return False
+        if self.scheme not in _SIP_SCHEMES:
+            return str(self).lower() == str(other).lower()
+        if (
+            self.user_unescaped != other.user_unescaped
+            or self.password != other.password
+            or self.host.lower() != other.host.lower()
+            or self.port != other.port
+        ):
+            return False
+        mine = {k.lower(): v for k, v in self.params.items()}
+        theirs = {k.lower(): v for k, v in other.params.items()}
+        for name in ("user", "ttl", "method", "maddr", "transport"):
+            a, b = mine.get(name), theirs.get(name)
+            if (a is None) != (b is None) or (a is not None and a.lower() != (b or "").lower()):
+                return False
+        for name in mine.keys() & theirs.keys():
+            a, b = mine[name], theirs[name]
+            if (a or "").lower() != (b or "").lower():
+                return False
+        def hdrs(uri: URI) -> set[str]:
+            return {unquote(h) for h in (uri.headers or "").split("&") if h}
+
+        return hdrs(self) == hdrs(other)
+
     def copy(self) -> URI:
         new = URI.__new__(URI)
         new.scheme = self.scheme

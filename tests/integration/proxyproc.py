@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import LOCALHOST, REPO, Address, hostport, tail
+from common import LOCALHOST, REPO, Address, free_port, hostport, tail
 from endpoints import options_ping
 
 # --------------------------------------------------------------------------- config (TOML)
@@ -69,10 +69,15 @@ def write_config(
     log_level: str = "info",
     extra_proxy: Mapping[str, TomlValue] | None = None,
     listen: Sequence[str] | None = None,
+    tables: Mapping[str, Mapping[str, TomlValue]] | None = None,
+    management_port: int | None = None,
 ) -> Path:
     """Write a proxy config listening on UDP and TCP ``127.0.0.1:port``, or on
-    ``listen`` ("udp:[::1]:5060", ...) when given."""
-    tables: dict[str, dict[str, TomlValue]] = {
+    ``listen`` ("udp:[::1]:5060", ...) when given. ``tables`` adds or extends
+    sections ({"features": {"auth": True}}); the management interface gets
+    ``management_port`` (else a free one), never the shared default 7060."""
+    extra_tables = tables
+    doc: dict[str, dict[str, TomlValue]] = {
         "proxy": {
             "listen": list(listen) if listen is not None else default_listen(port),
             "domains": list(domains),
@@ -83,9 +88,20 @@ def write_config(
         "timers": {"timer_c": timer_c},
         "location.static": {user: list(uris) for user, uris in (static or {}).items()},
         "log": {"level": log_level},
+        "management": {"listen": f"tcp:{LOCALHOST}:{management_port or free_port('tcp')}"},
     }
-    path.write_text(toml_dumps(tables))
+    for name, items in (extra_tables or {}).items():
+        doc.setdefault(name, {}).update(items)
+    path.write_text(toml_dumps(doc))
     return path
+
+
+def management_url(config: Path) -> str:
+    """The http:// URL of the management interface ``config`` sets."""
+    import tomllib
+
+    listen = tomllib.loads(config.read_text())["management"]["listen"]
+    return "http://" + listen.removeprefix("tcp:") + "/"
 
 
 # --------------------------------------------------------------------------- the proxy
@@ -119,6 +135,14 @@ class ProxyProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def management_url(self) -> str:
+        return management_url(self.config_path)
+
+    def ctl(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+        """Run the real ``sipsuite-ctl`` against this proxy."""
+        return run_ctl("--url", self.management_url, *args, timeout=timeout)
 
     def log_text(self) -> str:
         try:
@@ -223,3 +247,15 @@ def start_proxy(
     )
     proxy.start(ready_timeout)
     return proxy
+
+
+def ctl_command() -> list[str]:
+    """The installed ``sipsuite-ctl`` console script beside this Python."""
+    script = Path(sys.executable).with_name("sipsuite-ctl")
+    if not script.exists():
+        raise RuntimeError(f"sipsuite-ctl not installed beside {sys.executable} (pip install -e .)")
+    return [str(script)]
+
+
+def run_ctl(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ctl_command(), *args], capture_output=True, text=True, timeout=timeout)

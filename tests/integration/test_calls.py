@@ -310,9 +310,10 @@ def test_timer_c_fires_after_ringing(topo: Topology) -> None:
 
 def test_timer_c_fires_without_provisional(topo: Topology) -> None:
     """Callee never answers at all: the caller gets 100 Trying at once (RFC 3261
-    17.2.1) and 408 when timer C fires (16.8: no provisional -> as if 408 arrived;
-    timer C is 2 s, far shorter than timer B's 32 s); no CANCEL goes to a branch
-    that never answered (RFC 3261 9.1)."""
+    17.2.1) and, when timer C fires (2 s, far shorter than timer B's 32 s), 480:
+    the branch failed as if 408 arrived (16.8), and as no binding of the user
+    answered anything the default routing says Temporarily Unavailable; no
+    CANCEL goes to a branch that never answered (RFC 3261 9.1)."""
     topo.silent.reset(CalleeBehaviour(provisional=(), final=None))
     seen: list[Received] = []
     with UdpEndpoint() as caller:
@@ -324,8 +325,8 @@ def test_timer_c_fires_without_provisional(topo: Topology) -> None:
             caller.send(build_ack_for(req, final.msg), topo.proxy.address)
     diag = f"\ncaller saw {statuses(seen)}\n{topo.diag()}"
     assert final is not None, f"no final response within {TIMER_C + 8} s" + diag
-    assert final.msg.status == 408, f"expected 408, got {final.msg.start_line}" + diag
-    assert TIMER_C - 0.3 <= final.at - sent <= TIMER_C + 3, f"408 after {final.at - sent:.2f} s" + diag
+    assert final.msg.status == 480, f"expected 480, got {final.msg.start_line}" + diag
+    assert TIMER_C - 0.3 <= final.at - sent <= TIMER_C + 3, f"480 after {final.at - sent:.2f} s" + diag
     trying = [r.at - sent for r in seen if r.msg.status == 100]
     assert trying and trying[0] < 0.5, f"no 100 Trying within 0.5 s: {trying}" + diag
     invites = topo.silent.messages("INVITE")
@@ -336,18 +337,19 @@ def test_timer_c_fires_without_provisional(topo: Topology) -> None:
     assert not topo.silent.messages("CANCEL"), "CANCEL sent to a branch with no provisional" + diag
 
 
-# user -> the finals accepted, and why
+# user -> the finals accepted, and why. Each is a binding of a local user that
+# answers nothing at all, so the default routing's failure_route turns the
+# branch's failure into 480 Temporarily Unavailable (the user is known but not
+# reachable now); what the branch itself failed with is in the comments.
 UNREACHABLE = {
     # Linux reports no ICMP port-unreachable on an unconnected UDP socket, so the
-    # branch stays silent and timer C (2 s) ends it: no provisional -> 408 (16.8).
-    # 503 would be right too if the proxy saw the ICMP error (transport error, 18.4).
-    "closed": (408, 503),
+    # branch stays silent and timer C (2 s) ends it as if 408 came (16.8).
+    "closed": (480,),
     # TCP says so at once (connection refused): a transport error -> 503 (18.4).
-    "closedtcp": (503,),
+    "closedtcp": (480,),
     # DNS failure = transport error: the branch behaves as if it got 503 (RFC 3261
-    # 16.7/18.4, RFC 3263), which goes upstream as is; only a 503 received FROM
-    # downstream is turned into 500 (16.7 step 6: that server is busy, not us).
-    "nohost": (503,),
+    # 16.7/18.4, RFC 3263).
+    "nohost": (480,),
 }
 
 

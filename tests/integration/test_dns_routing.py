@@ -60,8 +60,11 @@ def test_srv_then_a_record_give_the_next_hop(dns_topo: tuple[ProxyProcess, RawCa
     assert ("_sip._udp.gw.test", 33) in server.queries and ("pbx.gw.test", 1) in server.queries
 
 
-def test_unknown_name_gives_503(dns_topo: tuple[ProxyProcess, RawCallee, DnsServer]) -> None:
+def test_unknown_name_gives_480(dns_topo: tuple[ProxyProcess, RawCallee, DnsServer]) -> None:
+    """The user's only binding names a host that does not exist: its branch
+    fails as with 503 (RFC 3263), and as no binding answered anything the
+    default routing answers 480 Temporarily Unavailable."""
     proxy, _, server = dns_topo
     status = _call(proxy, "nxdomain")
-    assert status == 503, f"got {status}; DNS queries {server.queries}\n{proxy.diagnostics()}"
+    assert status == 480, f"got {status}; DNS queries {server.queries}\n{proxy.diagnostics()}"
     assert any(name.endswith("nowhere.test") for name, _ in server.queries)

@@ -33,6 +33,14 @@ class Options(usage.Options):
         ],
     ]
 
+    optParameters.append([
+        "redis",
+        None,
+        None,
+        "Keep registrations and subscribers in Redis: redis://[:PASSWORD@]HOST[:PORT][/DB]"
+        " (overrides [redis] url)",
+    ])
+
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
@@ -58,7 +66,7 @@ class SipsuiteServiceMaker:
 
         path = options["config"] or default_config_path()
         try:
-            config = load_config(path, listen=options["listen"] or None)
+            config = load_config(path, listen=options["listen"] or None, redis=options["redis"])
         except ConfigError as e:
             # One line, no traceback, no usage text: the key and what it wants.
             sys.stderr.write(f"{self.tapname}: {e}\n")
