@@ -56,8 +56,9 @@ class Binding:
         return URI.parse(self.contact)
 
     def remaining(self, now: float) -> int | None:
-        """Seconds left, rounded down, None for a permanent binding."""
-        return None if self.expires is None else max(0, int(self.expires - now))
+        """Whole seconds left (rounded, so a binding just stored for 3600 s
+        says 3600), None for a permanent binding."""
+        return None if self.expires is None else max(0, round(self.expires - now))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
