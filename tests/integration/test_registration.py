@@ -405,3 +405,53 @@ def test_ctl_user_and_ul_commands_against_the_proxy(proxies: Proxies) -> None:
     assert not re.search(r"^test\s", ctl_ok(proxy, "user", "list"), re.M)
     bad = proxy.ctl("user", "frobnicate")
     assert bad.returncode == 2 and "usage" in bad.stderr.lower()
+
+
+# --------------------------------------------------------------------------- NAT keep-alives
+
+
+def _nat_register(phone: UdpEndpoint, proxy: ProxyProcess, user: str) -> None:
+    ok = transact(phone, proxy, register_req(phone, proxy, user, contact=f"sip:{user}@10.9.8.7:5060"))
+    assert ok.status == 200, ok.start_line
+
+
+def test_options_keepalives_and_removal_when_unanswered(proxy_factory: ProxyFactory) -> None:
+    """[nat] keepalive_method = "options": a NAT'ed binding gets OPTIONS at its
+    source address every interval; while it answers it stays, once it stops
+    answering it is removed after keepalive_timeout."""
+    proxy = proxy_factory("natping", tables={"nat": {
+        "keepalive_interval": 0.5, "keepalive_method": "options", "keepalive_timeout": 2.5}})
+    with UdpEndpoint() as phone:
+        _nat_register(phone, proxy, "pinged")
+        answered = 0
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            got = phone.recv_until(lambda m: not m.is_response and m.method == "OPTIONS", 2.0)
+            assert got is not None, "no keep-alive OPTIONS reached the phone\n" + proxy.diagnostics()
+            assert got.msg.request_uri == "sip:pinged@10.9.8.7:5060"
+            phone.send(procs.build_response(got.msg, 200, "OK", to_tag="ka"), got.addr)
+            answered += 1
+        assert answered >= 4
+        assert len(bindings(proxy, "pinged")) == 1, "an answering phone lost its binding"
+        # Silence from now on: gone within the timeout plus a round or two.
+        deadline = time.monotonic() + 6.0
+        while bindings(proxy, "pinged") and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert bindings(proxy, "pinged") == [], "unanswered binding kept\n" + proxy.diagnostics()
+
+
+def test_crlf_keepalives(proxy_factory: ProxyFactory) -> None:
+    """The default keep-alive: a CRLF datagram at the NAT'ed phone's source address;
+    bindings that are not behind NAT get none."""
+    proxy = proxy_factory("crlfping", tables={"nat": {"keepalive_interval": 0.5}})
+    with UdpEndpoint() as phone, UdpEndpoint() as direct:
+        _nat_register(phone, proxy, "crlf")
+        ok = transact(direct, proxy, register_req(direct, proxy, "direct"))
+        assert ok.status == 200
+        # (settimeout makes the sockets blocking, bounded.)
+        phone.sock.settimeout(3.0)
+        direct.sock.settimeout(1.5)
+        data, _ = phone.sock.recvfrom(100)
+        assert data.strip(b"\r\n") == b"" and data, f"keep-alive was {data!r}"
+        with pytest.raises(TimeoutError):
+            direct.sock.recvfrom(100)
