@@ -8,9 +8,16 @@ Unit tests of timers should use ``twisted.internet.task.Clock`` instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+# tests/ on sys.path, so `import redisproc` works under any pytest import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import redisproc  # noqa: E402
 
 
 @pytest.fixture
@@ -19,3 +26,46 @@ def reactor() -> Iterator[object]:
     from twisted.internet import reactor as installed
 
     yield installed
+
+
+# ---------------------------------------------------------------------------
+# Redis: a real redis-server on a loopback port chosen at run time (tests/redisproc.py).
+
+
+def _redis_server(**kwargs: object) -> redisproc.RedisServer:
+    """A started RedisServer; a missing redis-server FAILS the test (never a skip)."""
+    try:
+        server = redisproc.RedisServer(**kwargs)  # type: ignore[arg-type]
+    except redisproc.RedisServerMissing as e:
+        pytest.fail(str(e), pytrace=False)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[redisproc.RedisServer]:
+    """One redis-server for the session. Tests must leave it running: they use
+    their own DB numbers (or flush them), and stop only servers of their own."""
+    server = _redis_server()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def make_redis_server() -> Iterator[Callable[..., redisproc.RedisServer]]:
+    """Starts redis-servers a test may stop, kill, pause and restart
+    (``make_redis_server(appendonly=True)``); all closed after the test."""
+    servers: list[redisproc.RedisServer] = []
+
+    def make(**kwargs: object) -> redisproc.RedisServer:
+        server = _redis_server(**kwargs)
+        servers.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.close()

@@ -1,0 +1,523 @@
+"""Location and subscriber stores in Redis, shared by every proxy node.
+
+:class:`RedisLocationStore` and :class:`RedisSubscriberStore` implement the
+``LocationStore`` and ``SubscriberStore`` protocols of
+:mod:`sipsuite.proxy.location` with the same behaviour as the in-memory
+stores (``tests/proxy/test_stores.py`` runs one suite against both). Both use
+one :class:`RedisConnection`: a lazy, reconnecting txredisapi connection, so
+the proxy starts while Redis is down and carries on when it comes back.
+
+Every store call is bounded by the connection's ``timeout``: past it, or when
+Redis is down or answers with an error, the call raises
+:class:`~sipsuite.proxy.location.StoreUnavailable` and never a txredisapi or
+Twisted connection error.
+
+Key layout (``PREFIX`` is the ``prefix`` argument, ``"sipsuite:"`` by
+default; AORs and users are written UTF-8, lone surrogates from ``%FF``-style
+escapes byte for byte; a name that is "index" or starts with ':' gets one more
+':' in front, so no AOR or user is ever an index key)::
+
+    PREFIX loc:<aor>     string: JSON list of Binding.to_dict(), highest q
+                         first, expired bindings pruned at each write. Expires
+                         (PXAT) at the latest expiry of its bindings, never if
+                         one is permanent; deleted when no binding is left.
+                         Readers still drop bindings that expired inside a live
+                         key (location.current).
+    PREFIX loc:index     sorted set: every AOR, scored by its key's expiry in
+                         epoch milliseconds (+inf: permanent). aors() runs
+                         ZREMRANGEBYSCORE -inf now (drops expired AORs), then
+                         ZRANGEBYSCORE (now +inf: never KEYS or SCAN.
+    PREFIX sub:<user>    hash: "realm" -> realm, "ha1:<ALGORITHM>" -> hex HA1
+                         for each digest algorithm ("ha1:MD5", "ha1:SHA-256").
+    PREFIX sub:index     set: every user that has a PREFIX sub:<user> hash.
+
+Writes that touch two keys run as one Lua script, so another node never sees
+one without the other. An AOR is changed by optimistic concurrency: read the
+key, run the caller's ``change`` on the decoded bindings, then a script writes
+the result only if the key still holds what was read, else the read and
+``change`` are repeated (after a short random pause, at most MAX_ATTEMPTS
+times). Two nodes taking REGISTERs for one AOR at once thus never lose a
+binding; one node's own updates of an AOR are queued, so only nodes race. This needs a single Redis (or a primary with replicas),
+not Redis Cluster: the index and the AOR keys are in different hash slots.
+
+Expiry uses both clocks: the store's ``clock`` decides which bindings are
+current, Redis's own clock deletes keys at PXAT. They must agree (both wall
+clock epoch seconds); a test clock must start at ``time.time()``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import txredisapi
+from twisted.internet import defer, task
+from twisted.internet import error as neterror
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from sipsuite.log import get_logger
+from sipsuite.proxy.location import Binding, StoreUnavailable, Subscriber, current
+from sipsuite.sip.uri import URI
+
+T = TypeVar("T")
+
+log = get_logger("sipsuite.proxy.redisstore")
+
+DEFAULT_PORT = 6379
+DEFAULT_PREFIX = "sipsuite:"
+
+# How often update() re-reads an AOR another node changed meanwhile before giving
+# up. Updates from this node are queued per AOR, so only other nodes compete.
+MAX_ATTEMPTS = 20
+# The pause after a lost race: random, up to BACKOFF_FIRST, doubling up to BACKOFF_MAX.
+BACKOFF_FIRST = 0.001
+BACKOFF_MAX = 0.05
+
+
+# ---------------------------------------------------------------------------
+# Where Redis is.
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    host: str
+    port: int = DEFAULT_PORT
+    db: int = 0
+    password: str | None = None
+
+
+_URL = re.compile(
+    r"redis://"
+    r"(?::(?P<password>[^@/]*)@)?"
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]+))"
+    r"(?::(?P<port>\d{1,5}))?"
+    r"(?:/(?P<db>\d{1,2}))?/?"  # "/", "/3" and "/3/" as the config validator allows
+)
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """``redis://[:PASSWORD@]HOST[:PORT][/DB]``, what ``[redis] url`` accepts.
+
+    The password is taken as written (no percent-decoding), like the config
+    validator; IPv6 hosts go in brackets. Raises ValueError naming the URL."""
+    match = _URL.fullmatch(url) if isinstance(url, str) else None
+    if match is None:
+        raise ValueError(f"bad Redis URL {url!r}: expected redis://[:PASSWORD@]HOST[:PORT][/DB]")
+    port = int(match["port"]) if match["port"] else DEFAULT_PORT
+    if not 0 < port < 65536:
+        raise ValueError(f"bad Redis URL {url!r}: port {port} is not 1-65535")
+    return RedisAddress(
+        host=match["ipv6"] or match["host"],
+        port=port,
+        db=int(match["db"]) if match["db"] else 0,
+        password=match["password"] or None,  # redis://:@host means no password too
+    )
+
+
+# ---------------------------------------------------------------------------
+# The connection both stores share.
+
+
+class _Factory(txredisapi.RedisFactory):
+    """txredisapi's factory, minus giving up for good.
+
+    txredisapi stops reconnecting when AUTH or SELECT fails on a new
+    connection, which a Redis that is merely slow (the reply timeout), still
+    loading or getting its password changed causes too. We keep retrying with
+    the factory's backoff; store calls raise StoreUnavailable meanwhile."""
+
+    def stopTrying(self) -> defer.Deferred[Any]:
+        # Called only from connectionMade on an AUTH/SELECT failure (we never use
+        # quit() or shutdown()); the connection is dropped and retried with backoff.
+        return defer.succeed(None)
+
+    def connectionError(self, why: str) -> None:
+        # txredisapi errbacks a Deferred nobody holds with a lazy connection,
+        # which would only turn up as "Unhandled error in Deferred".
+        log.warn("Redis {host}: {why}; retrying", host=self.uuid, why=why)
+
+
+def _unavailable(failure: Failure) -> Failure:
+    """Turn a Redis or connection error into StoreUnavailable; pass others on."""
+    if failure.check(
+        txredisapi.RedisError,
+        neterror.ConnectError,
+        neterror.ConnectionLost,
+        neterror.ConnectionDone,
+    ):
+        raise StoreUnavailable(f"Redis: {failure.getErrorMessage()}")
+    return failure
+
+
+class RedisConnection:
+    """One lazy, reconnecting connection to Redis, shared by the stores.
+
+    ``start()`` returns at once, whether Redis is up or not; the connection is
+    made (and remade, with exponential backoff up to ``max_delay`` seconds)
+    in the background. ``timeout`` bounds every store call; the reply timeout
+    of each command is the same, and a connection whose reply is that late is
+    dropped and remade, so a hung Redis does not keep a dead connection."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 1.0,
+        reactor: IReactorTime | None = None,
+        *,
+        max_delay: float = 10.0,
+        connect_timeout: float | None = None,
+    ) -> None:
+        self.address = parse_redis_url(url)
+        if not timeout > 0:
+            raise ValueError(f"Redis timeout must be above 0 seconds, got {timeout!r}")
+        if not max_delay > 0:
+            raise ValueError(f"Redis max_delay must be above 0 seconds, got {max_delay!r}")
+        if reactor is None:
+            from twisted.internet import reactor as installed
+
+            reactor = installed  # type: ignore[assignment]
+        self.timeout = timeout
+        self.reactor = reactor
+        self.max_delay = max_delay
+        # A connection attempt may take longer than one call may wait: the call
+        # fails at its timeout, the attempt goes on for the next calls.
+        self.connect_timeout = connect_timeout if connect_timeout is not None else max(timeout, 3.0)
+        self._factory: _Factory | None = None
+
+    def __repr__(self) -> str:
+        a = self.address
+        return f"<RedisConnection {a.host}:{a.port}/{a.db} {'up' if self.connected else 'down'}>"
+
+    @property
+    def connected(self) -> bool:
+        """Whether a usable connection is open now."""
+        return self._factory is not None and self._factory.size > 0
+
+    def start(self) -> defer.Deferred[None]:
+        """Start connecting; fires at once (Redis may well be down)."""
+        if self._factory is None:
+            a = self.address
+            factory = _Factory(
+                f"{a.host}:{a.port}",
+                a.db or None,  # db 0 needs no SELECT
+                1,  # one connection: commands are pipelined on it
+                isLazy=True,
+                handler=txredisapi.ConnectionHandler,
+                charset=None,  # bytes in and out: keys may hold any user part
+                password=a.password,
+                replyTimeout=self.timeout,
+                convertNumbers=False,  # "0123" stays a string
+            )
+            factory.reconnect = True
+            factory.maxDelay = self.max_delay
+            factory.initialDelay = min(factory.initialDelay, self.max_delay)
+            factory.startConnecting(
+                HostnameEndpoint(self.reactor, a.host, a.port, timeout=self.connect_timeout)
+            )
+            self._factory = factory
+        return defer.succeed(None)
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop reconnecting and close the connection; fires once it is closed."""
+        factory, self._factory = self._factory, None
+        if factory is None:
+            return defer.succeed(None)
+        d: defer.Deferred[Any] = factory.disconnect()
+        d.addErrback(lambda f: log.warn("closing Redis connection: {e}", e=f.getErrorMessage()))
+        return d.addCallback(lambda _: None)
+
+    def command(self, *args: bytes | str | int) -> defer.Deferred[Any]:
+        """One Redis command: its reply (bulk strings as bytes), or a failure
+        with StoreUnavailable. Not bounded by itself: see :meth:`bounded`."""
+        if self._factory is None:
+            return defer.fail(StoreUnavailable("Redis connection not started"))
+        return self._factory.handler.execute_command(*args).addErrback(_unavailable)
+
+    def eval(self, script: str, keys: list[bytes], args: list[bytes | str]) -> defer.Deferred[Any]:
+        """Run a Lua script (EVALSHA, falling back to EVAL the first time)."""
+        if self._factory is None:
+            return defer.fail(StoreUnavailable("Redis connection not started"))
+        return self._factory.handler.eval(script, keys, args).addErrback(_unavailable)
+
+    def bounded(self, coro: Coroutine[Any, Any, T]) -> defer.Deferred[T]:
+        """Run ``coro`` (which awaits Deferreds from this connection) within
+        ``timeout``: past it, the Deferred it awaits is cancelled and the
+        result is StoreUnavailable. Exceptions of its own pass through."""
+        d = defer.Deferred.fromCoroutine(coro)
+        d.addTimeout(self.timeout, self.reactor)
+
+        def timed_out(failure: Failure) -> Failure | NoReturn:
+            if failure.check(defer.TimeoutError):
+                raise StoreUnavailable(f"Redis did not answer within {self.timeout:g} s")
+            return failure
+
+        return d.addErrback(timed_out)
+
+
+# ---------------------------------------------------------------------------
+# Encoding.
+
+
+def _b(text: str) -> bytes:
+    # surrogateescape: an AOR unescaped from "%FF" holds a lone surrogate, which
+    # goes to Redis as the original byte (and comes back as the same str).
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _s(data: bytes | str) -> str:
+    return data if isinstance(data, str) else data.decode("utf-8", "surrogateescape")
+
+
+def _name(name: str) -> bytes:
+    """The key suffix of an AOR or user: itself, but a ':' before "index" and
+    before a name starting with ':', so that no name is the index's key and
+    still no two names share a key."""
+    return b":" + _b(name) if name == "index" or name.startswith(":") else _b(name)
+
+
+def _decode_bindings(raw: bytes | None, aor: str) -> list[Binding]:
+    if raw is None:
+        return []
+    try:
+        return [Binding.from_dict(item) for item in json.loads(raw)]
+    except (ValueError, TypeError, AttributeError) as e:
+        # Not ours (someone wrote the key by hand): treat the AOR as empty, so
+        # the next REGISTER overwrites it instead of failing forever.
+        log.warn("AOR {aor}: unreadable bindings in Redis ignored: {e}", aor=aor, e=e)
+        return []
+
+
+def _encode_bindings(bindings: list[Binding]) -> tuple[bytes, str, str]:
+    """(JSON value, PXAT in ms or "" for none, index score) for a live list."""
+    if not bindings:
+        return b"", "", ""
+    value = json.dumps([b.to_dict() for b in bindings], separators=(",", ":")).encode()
+    ends = [b.expires for b in bindings]
+    if any(e is None for e in ends):
+        return value, "", "+inf"
+    last = max(e for e in ends if e is not None)
+    if not math.isfinite(last):
+        return value, "", "+inf"
+    # PXAT rounded up, so Redis never deletes the key before its last binding
+    # expires; the score keeps the exact expiry, as current() compares it.
+    return value, str(math.ceil(last * 1000)), repr(last * 1000)
+
+
+def _ms(now: float) -> str:
+    return repr(now * 1000)
+
+
+# ---------------------------------------------------------------------------
+# Lua scripts: each runs atomically, so the key and its index never disagree.
+
+# KEYS: AOR key, index. ARGV: value read ("" = none), new value ("" = delete),
+# PXAT ms ("" = permanent), index score, AOR. Returns 1 if written, 0 if the key
+# changed since it was read (the caller re-reads and tries again).
+_SET_AOR = """
+local held = redis.call('GET', KEYS[1])
+if held == false then held = '' end
+if held ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[5])
+elseif ARGV[3] == '' then
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('ZADD', KEYS[2], '+inf', ARGV[5])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+end
+return 1
+"""
+
+# KEYS: index. ARGV: now in ms. Drops the AORs expired by now, lists the others.
+_LIVE_AORS = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+"""
+
+# KEYS: subscriber hash, index. ARGV: user, then field, value pairs.
+_ADD_SUBSCRIBER = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+_REPLACE_SUBSCRIBER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: subscriber hash, index. ARGV: user.
+_REMOVE_SUBSCRIBER = """
+local n = redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return n
+"""
+
+
+# ---------------------------------------------------------------------------
+# The stores.
+
+
+class RedisLocationStore:
+    """The ``LocationStore`` of every proxy node, in Redis."""
+
+    def __init__(
+        self,
+        conn: RedisConnection,
+        clock: Callable[[], float] = time.time,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        self.conn = conn
+        self.clock = clock
+        self._prefix = _b(prefix) + b"loc:"
+        self._index = self._prefix + b"index"
+        # This node's updates of one AOR run one after another: racing against
+        # ourselves would only burn retries (see update()).
+        self._locks: dict[str, defer.DeferredLock] = {}
+
+    def _key(self, aor: str) -> bytes:
+        return self._prefix + _name(aor)
+
+    async def lookup(self, aor: str) -> list[Binding]:
+        return await self.conn.bounded(self._lookup(aor))
+
+    async def _lookup(self, aor: str) -> list[Binding]:
+        raw = await self.conn.command("GET", self._key(aor))
+        return current(_decode_bindings(raw, aor), self.clock())
+
+    async def update(self, aor: str, change: Callable[[list[Binding], float], T]) -> T:
+        return await self.conn.bounded(self._update_queued(aor, change))
+
+    async def _update_queued(self, aor: str, change: Callable[[list[Binding], float], T]) -> T:
+        lock = self._locks.get(aor)
+        if lock is None:
+            lock = self._locks[aor] = defer.DeferredLock()
+        await lock.acquire()  # cancelled (timeout) while waiting: never acquired
+        try:
+            return await self._update(aor, change)
+        finally:
+            lock.release()  # hands it to the next waiter, if any
+            if not lock.locked and self._locks.get(aor) is lock:
+                del self._locks[aor]
+
+    async def _update(self, aor: str, change: Callable[[list[Binding], float], T]) -> T:
+        key = self._key(aor)
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt:
+                # Lost a race. Retrying at once would keep losing to a node that
+                # works through a queue of updates to this AOR in lockstep with
+                # us; a random, growing pause lets each of us win in turn.
+                pause = random.uniform(0, min(BACKOFF_FIRST * 2 ** (attempt - 1), BACKOFF_MAX))
+                await task.deferLater(self.conn.reactor, pause)
+            raw = await self.conn.command("GET", key)
+            now = self.clock()
+            work = current(_decode_bindings(raw, aor), now)
+            result = change(work, now)  # raises: nothing written
+            value, pxat, score = _encode_bindings(current(work, now))
+            if value == (raw or b""):
+                return result  # nothing to change: what was read is what would be written
+            won = await self.conn.eval(
+                _SET_AOR, [key, self._index], [raw or b"", value, pxat, score, _b(aor)]
+            )
+            if won:
+                return result
+        raise StoreUnavailable(f"AOR {aor!r} kept changing under us ({MAX_ATTEMPTS} tries)")
+
+    async def remove(self, aor: str, contact: str | None = None) -> int:
+        target = None if contact is None else URI.parse(contact)
+
+        def drop(bindings: list[Binding], now: float) -> int:
+            before = len(bindings)
+            if target is None:
+                bindings.clear()
+            else:
+                bindings[:] = [b for b in bindings if not b.uri.equivalent(target)]
+            return before - len(bindings)
+
+        return await self.update(aor, drop)
+
+    async def aors(self) -> list[str]:
+        return await self.conn.bounded(self._aors())
+
+    async def _aors(self) -> list[str]:
+        members = await self.conn.eval(_LIVE_AORS, [self._index], [_ms(self.clock())])
+        return sorted(_s(m) for m in members)
+
+
+class RedisSubscriberStore:
+    """The ``SubscriberStore`` of every proxy node, in Redis."""
+
+    def __init__(self, conn: RedisConnection, prefix: str = DEFAULT_PREFIX) -> None:
+        self.conn = conn
+        self._prefix = _b(prefix) + b"sub:"
+        self._index = self._prefix + b"index"
+
+    def _key(self, user: str) -> bytes:
+        return self._prefix + _name(user)
+
+    @staticmethod
+    def _fields(sub: Subscriber) -> list[bytes | str]:
+        fields: list[bytes | str] = ["realm", _b(sub.realm)]
+        for alg, ha1 in sub.ha1.items():
+            fields += [b"ha1:" + _b(alg), _b(ha1)]
+        return fields
+
+    @staticmethod
+    def _decode(user: str, reply: list[bytes]) -> Subscriber | None:
+        if not reply:
+            return None
+        fields = {_s(k): _s(v) for k, v in zip(reply[::2], reply[1::2], strict=True)}
+        ha1 = {k[4:]: v for k, v in fields.items() if k.startswith("ha1:")}
+        return Subscriber(user, fields.get("realm", ""), ha1)
+
+    async def get(self, user: str) -> Subscriber | None:
+        return await self.conn.bounded(self._get(user))
+
+    async def _get(self, user: str) -> Subscriber | None:
+        return self._decode(user, await self.conn.command("HGETALL", self._key(user)))
+
+    async def add(self, sub: Subscriber) -> bool:
+        return await self.conn.bounded(self._write(_ADD_SUBSCRIBER, sub))
+
+    async def replace(self, sub: Subscriber) -> bool:
+        return await self.conn.bounded(self._write(_REPLACE_SUBSCRIBER, sub))
+
+    async def _write(self, script: str, sub: Subscriber) -> bool:
+        keys = [self._key(sub.user), self._index]
+        return bool(await self.conn.eval(script, keys, [_b(sub.user), *self._fields(sub)]))
+
+    async def remove(self, user: str) -> bool:
+        return await self.conn.bounded(self._remove(user))
+
+    async def _remove(self, user: str) -> bool:
+        keys = [self._key(user), self._index]
+        return bool(await self.conn.eval(_REMOVE_SUBSCRIBER, keys, [_b(user)]))
+
+    async def list(self) -> list[Subscriber]:
+        return await self.conn.bounded(self._list())
+
+    async def _list(self) -> list[Subscriber]:
+        users = sorted(_s(u) for u in await self.conn.command("SMEMBERS", self._index))
+        # All HGETALLs at once: they are pipelined on the connection.
+        pending = [self.conn.command("HGETALL", self._key(u)) for u in users]
+        try:
+            replies = await defer.gatherResults(pending, consumeErrors=True)
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
+        subs = (self._decode(u, r) for u, r in zip(users, replies, strict=True))
+        # A user removed between SMEMBERS and HGETALL is simply not listed.
+        return [s for s in subs if s is not None]
