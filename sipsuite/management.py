@@ -322,8 +322,16 @@ class RpcResource(resource.Resource):
         return server.NOT_DONE_YET
 
 
+class _Site(server.Site):
+    def log(self, request: server.Request) -> None:
+        # An access-log line per call, at info, would flood the proxy's log
+        # during provisioning; the calls that change something log themselves.
+        log.debug("management {m} {p} from {c}", m=request.method, p=request.uri,
+                  c=request.getClientAddress())
+
+
 def make_site(registry: RpcRegistry) -> server.Site:
-    site = server.Site(RpcResource(registry))
+    site = _Site(RpcResource(registry))
     site.requestFactory = _BoundedRequest
     site.displayTracebacks = False
     return site

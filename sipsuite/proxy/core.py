@@ -102,6 +102,7 @@ class ProxyCore(TransactionDriver):
         self.registrar = Registrar(self.location, config.registrar)
         self.auth = Authenticator(self.subscribers, config.auth)
         self.keepalive = NatKeepalive(self, config.nat, self.registrar.clock)
+        self.registrar.on_nat = self.keepalive.track
         self.domains = {d.lower() for d in p.domains}
         self.trusted = list(p.trusted)
         self.addresses: set[str] = set()

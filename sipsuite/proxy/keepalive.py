@@ -45,6 +45,15 @@ class NatKeepalive:
         self.sent = 0
         self.removed = 0
         self.running = False
+        # AORs with a NAT'ed binding taken by this node: the registrar adds
+        # them as it stores such bindings, so a round costs a lookup per
+        # NAT'ed AOR, not per AOR in the store. None until the first round,
+        # which finds those stored before this process started.
+        self.tracked: set[str] | None = None
+
+    def track(self, aor: str) -> None:
+        if self.tracked is not None:
+            self.tracked.add(aor)
 
     def start(self) -> None:
         if self.cfg.keepalive_interval <= 0:
@@ -76,11 +85,19 @@ class NatKeepalive:
         now = self.clock()
         self.pending.clear()
         try:
-            aors = await store.aors()
+            if self.tracked is None:
+                aors = await store.aors()
+                self.tracked = set()
+            else:
+                aors = sorted(self.tracked)
             for aor in aors:
-                for b in await store.lookup(aor):
-                    if b.nat and b.received and b.socket in mine:
-                        await self.ping(aor, b, now)
+                ours = [b for b in await store.lookup(aor) if b.nat and b.received and b.socket in mine]
+                if not ours:
+                    self.tracked.discard(aor)
+                    continue
+                self.tracked.add(aor)
+                for b in ours:
+                    await self.ping(aor, b, now)
         except StoreUnavailable as e:
             log.warn("keep-alives skipped: location store unavailable: {e}", e=e)
 

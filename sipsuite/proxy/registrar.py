@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
@@ -243,6 +244,8 @@ class Registrar:
         self.store = store
         self.cfg = cfg
         self.clock = clock
+        # Told of every AOR that got a binding from behind NAT (keep-alives).
+        self.on_nat: Callable[[str], None] | None = None
 
     async def register(self, ctx: RequestContext) -> None:
         req = ctx.request
@@ -266,6 +269,8 @@ class Registrar:
             log.warn("REGISTER for {aor}: location store unavailable: {e}", aor=reg.aor, e=e)
             ctx.reply(500, "Location Store Unavailable", [("Retry-After", str(cfg.retry_after))])
             return
+        if reg.nat and reg.contacts and self.on_nat is not None:
+            self.on_nat(reg.aor)
         now = self.clock()
         headers = [("Contact", v) for v in contact_values(bindings, now)]
         supported = {v.strip().lower() for h in req.header_all("supported") for v in split_values(h)}
