@@ -32,11 +32,14 @@ escapes byte for byte; a name that is "index" or starts with ':' gets one more
     PREFIX sub:index     set: every user that has a PREFIX sub:<user> hash.
 
 Writes that touch two keys run as one Lua script, so another node never sees
-one without the other. An AOR is changed by optimistic concurrency: read the
-key, run the caller's ``change`` on the decoded bindings, then a script writes
-the result only if the key still holds what was read, else the read and
-``change`` are repeated (after a short random pause, at most MAX_ATTEMPTS
-times). Two nodes taking REGISTERs for one AOR at once thus never lose a
+one without the other. An AOR is changed by optimistic concurrency: run the
+caller's ``change`` on the bindings the key is believed to hold (what this
+node last read or wrote there; nothing for an AOR it has not seen), then a
+script writes the result only if the key still holds exactly that, and
+otherwise answers with what it does hold, on which ``change`` runs again
+(after a short random pause from the second retry on, at most MAX_ATTEMPTS
+times). A REGISTER thus costs one round trip when this node saw the AOR last
+or the AOR is new, two otherwise. Two nodes taking REGISTERs for one AOR at once thus never lose a
 binding; one node's own updates of an AOR are queued, so only nodes race. This needs a single Redis (or a primary with replicas),
 not Redis Cluster: the index and the AOR keys are in different hash slots.
 
@@ -80,6 +83,8 @@ MAX_ATTEMPTS = 20
 # The pause after a lost race: random, up to BACKOFF_FIRST, doubling up to BACKOFF_MAX.
 BACKOFF_FIRST = 0.001
 BACKOFF_MAX = 0.05
+# AOR values remembered for the next update's first try (see RedisLocationStore).
+KNOWN_MAX = 100_000
 
 
 # ---------------------------------------------------------------------------
@@ -234,18 +239,38 @@ class RedisConnection:
         d.addErrback(lambda f: log.warn("closing Redis connection: {e}", e=f.getErrorMessage()))
         return d.addCallback(lambda _: None)
 
+    def _target(self) -> Any:
+        """The connected protocol when there is one, else the handler (which
+        waits for the connection). Going to the protocol straight skips the
+        handler's pool machinery: an inlineCallbacks generator and a queue
+        round per command, which cost more than the command itself."""
+        factory = self._factory
+        assert factory is not None
+        for conn in factory.pool:
+            if conn.connected:
+                return conn
+        return factory.handler
+
     def command(self, *args: bytes | str | int) -> defer.Deferred[Any]:
         """One Redis command: its reply (bulk strings as bytes), or a failure
         with StoreUnavailable. Not bounded by itself: see :meth:`bounded`."""
         if self._factory is None:
             return defer.fail(StoreUnavailable("Redis connection not started"))
-        return self._factory.handler.execute_command(*args).addErrback(_unavailable)
+        try:
+            d = self._target().execute_command(*args)
+        except Exception as e:  # noqa: BLE001 - the protocol raises when the connection just went
+            return defer.fail(StoreUnavailable(f"Redis: {e}"))
+        return d.addErrback(_unavailable)
 
     def eval(self, script: str, keys: list[bytes], args: list[bytes | str]) -> defer.Deferred[Any]:
         """Run a Lua script (EVALSHA, falling back to EVAL the first time)."""
         if self._factory is None:
             return defer.fail(StoreUnavailable("Redis connection not started"))
-        return self._factory.handler.eval(script, keys, args).addErrback(_unavailable)
+        try:
+            d = self._target().eval(script, keys, args)
+        except Exception as e:  # noqa: BLE001
+            return defer.fail(StoreUnavailable(f"Redis: {e}"))
+        return d.addErrback(_unavailable)
 
     def bounded(self, coro: Coroutine[Any, Any, T]) -> defer.Deferred[T]:
         """Run ``coro`` (which awaits Deferreds from this connection) within
@@ -318,13 +343,14 @@ def _ms(now: float) -> str:
 # ---------------------------------------------------------------------------
 # Lua scripts: each runs atomically, so the key and its index never disagree.
 
-# KEYS: AOR key, index. ARGV: value read ("" = none), new value ("" = delete),
-# PXAT ms ("" = permanent), index score, AOR. Returns 1 if written, 0 if the key
-# changed since it was read (the caller re-reads and tries again).
+# KEYS: AOR key, index. ARGV: value expected ("" = none), new value ("" =
+# delete), PXAT ms ("" = permanent), index score, AOR. Returns {1} if written,
+# else {0, what the key holds}: the caller applies its change to that and
+# tries again, without a GET of its own.
 _SET_AOR = """
 local held = redis.call('GET', KEYS[1])
 if held == false then held = '' end
-if held ~= ARGV[1] then return 0 end
+if held ~= ARGV[1] then return {0, held} end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[5])
@@ -335,7 +361,7 @@ else
   redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 end
-return 1
+return {1}
 """
 
 # KEYS: index. ARGV: now in ms. Drops the AORs expired by now, lists the others.
@@ -388,6 +414,10 @@ class RedisLocationStore:
         # This node's updates of one AOR run one after another: racing against
         # ourselves would only burn retries (see update()).
         self._locks: dict[str, defer.DeferredLock] = {}
+        # The value each AOR held when this node last read or wrote it: an
+        # update first assumes it still does (nothing: the AOR is new), which
+        # saves a GET per REGISTER; the script says so when it does not.
+        self._known: dict[str, bytes] = {}
 
     def _key(self, aor: str) -> bytes:
         return self._prefix + _name(aor)
@@ -397,7 +427,15 @@ class RedisLocationStore:
 
     async def _lookup(self, aor: str) -> list[Binding]:
         raw = await self.conn.command("GET", self._key(aor))
+        self._remember(aor, raw or b"")
         return current(_decode_bindings(raw, aor), self.clock())
+
+    def _remember(self, aor: str, raw: bytes) -> None:
+        known = self._known
+        if len(known) >= KNOWN_MAX and aor not in known:
+            # Bounded: forgetting costs one retry of the next update, no more.
+            known.clear()
+        known[aor] = raw
 
     async def update(self, aor: str, change: Callable[[list[Binding], float], T]) -> T:
         return await self.conn.bounded(self._update_queued(aor, change))
@@ -416,25 +454,32 @@ class RedisLocationStore:
 
     async def _update(self, aor: str, change: Callable[[list[Binding], float], T]) -> T:
         key = self._key(aor)
+        raw = self._known.get(aor, b"")
+        confirmed = False  # raw came from Redis during this update
         for attempt in range(MAX_ATTEMPTS):
-            if attempt:
-                # Lost a race. Retrying at once would keep losing to a node that
-                # works through a queue of updates to this AOR in lockstep with
-                # us; a random, growing pause lets each of us win in turn.
-                pause = random.uniform(0, min(BACKOFF_FIRST * 2 ** (attempt - 1), BACKOFF_MAX))
+            if attempt > 1:
+                # Lost a race twice. Retrying at once would keep losing to a
+                # node that works through a queue of updates to this AOR in
+                # lockstep with us; a random, growing pause lets each win in turn.
+                pause = random.uniform(0, min(BACKOFF_FIRST * 2 ** (attempt - 2), BACKOFF_MAX))
                 await task.deferLater(self.conn.reactor, pause)
-            raw = await self.conn.command("GET", key)
             now = self.clock()
-            work = current(_decode_bindings(raw, aor), now)
+            work = current(_decode_bindings(raw or None, aor), now)
             result = change(work, now)  # raises: nothing written
             value, pxat, score = _encode_bindings(current(work, now))
-            if value == (raw or b""):
-                return result  # nothing to change: what was read is what would be written
-            won = await self.conn.eval(
-                _SET_AOR, [key, self._index], [raw or b"", value, pxat, score, _b(aor)]
+            if confirmed and value == raw:
+                return result  # nothing to change: what Redis holds is what would be written
+            reply = await self.conn.eval(
+                _SET_AOR, [key, self._index], [raw, value, pxat, score, _b(aor)]
             )
-            if won:
+            if reply and int(reply[0]) == 1:
+                self._remember(aor, value)
                 return result
+            raw = reply[1] if len(reply) > 1 and reply[1] else b""
+            if isinstance(raw, str):
+                raw = _b(raw)
+            self._remember(aor, raw)
+            confirmed = True
         raise StoreUnavailable(f"AOR {aor!r} kept changing under us ({MAX_ATTEMPTS} tries)")
 
     async def remove(self, aor: str, contact: str | None = None) -> int:
