@@ -203,3 +203,52 @@ def test_port_in_use_one_line_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2, out
     assert f"sipsuite: cannot listen on 127.0.0.1:{port}: Address already in use" in out, out
     assert "Traceback" not in out, out
+
+
+def test_bad_redis_option_one_line(tmp_path: Path) -> None:
+    result = twistd("-n", "--pidfile=", "sip-proxy", "--redis", "127.0.0.1:6379", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        2,
+        "sip-proxy: --redis: expected '' or 'redis://[:PASSWORD@]HOST[:PORT][/DB]',"
+        " got '127.0.0.1:6379'\n",
+    )
+
+
+def _free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_sip_proxy_with_redis_option_serves_management(tmp_path: Path, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """`twistd -n sip-proxy --redis URL` keeps subscribers and bindings in that
+    Redis, and serves the management interface sipsuite-ctl talks to."""
+    port = _free_tcp_port()
+    (tmp_path / "p.toml").write_text(f'[management]\nlisten = "tcp:127.0.0.1:{port}"\n')
+    redis_server.call("FLUSHDB", db=7)
+    proc = subprocess.Popen(
+        [*TWISTD, "-n", "--pidfile=", "sip-proxy", "--config", "p.toml",
+         "--listen", "udp:127.0.0.1:0", "--redis", redis_server.url(7)],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ctl = [str(Path(sys.executable).with_name("sipsuite-ctl")), "--url", f"http://127.0.0.1:{port}"]
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            added = subprocess.run([*ctl, "user", "add", "test", "testpasswd"],
+                                   capture_output=True, text=True, timeout=20)
+            if added.returncode == 0 or time.monotonic() > deadline or proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert added.returncode == 0, added.stderr
+        assert redis_server.call("EXISTS", "sipsuite:sub:test", db=7) == 1
+        ul = subprocess.run([*ctl, "ul", "add", "test", "sip:test@192.0.2.5:5060"],
+                            capture_output=True, text=True, timeout=20)
+        assert ul.returncode == 0, ul.stderr
+        assert redis_server.call("EXISTS", "sipsuite:loc:test", db=7) == 1
+    finally:
+        proc.terminate()
+        proc.wait(30)

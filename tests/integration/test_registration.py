@@ -455,3 +455,41 @@ def test_crlf_keepalives(proxy_factory: ProxyFactory) -> None:
         assert data.strip(b"\r\n") == b"" and data, f"keep-alive was {data!r}"
         with pytest.raises(TimeoutError):
             direct.sock.recvfrom(100)
+
+
+# --------------------------------------------------------------------------- forking
+
+
+@pytest.mark.parametrize("serial", [False, True])
+def test_forking_parallel_or_serial_by_q(proxy_factory: ProxyFactory, serial: bool) -> None:
+    """Two bindings, q=1.0 and q=0.5, both busy. Parallel (the default): both get
+    the INVITE at once. [registrar] serial_forking: the q=0.5 one only after the
+    q=1.0 one has answered 486. Either way the caller gets 486."""
+    proxy = proxy_factory(f"fork{int(serial)}", tables={"registrar": {"serial_forking": serial}})
+    high, low = RawCallee(), RawCallee()
+    try:
+        for callee in (high, low):
+            callee.reset(CalleeBehaviour(provisional=(), final=486, final_delay=0.5))
+        with UdpEndpoint() as ep:
+            req = build_request(
+                "REGISTER", f"sip:{DOMAIN}", sent_by=ep.sent_by, from_uri=f"sip:two@{DOMAIN}",
+                to_uri=f"sip:two@{DOMAIN}", extra=[
+                    ("Contact", f"<sip:two@{LOCALHOST}:{high.port}>;q=1.0"),
+                    ("Contact", f"<sip:two@{LOCALHOST}:{low.port}>;q=0.5")])
+            assert transact(ep, proxy, req).status == 200
+            inv = build_request("INVITE", f"sip:two@{DOMAIN}", sent_by=ep.sent_by,
+                                contact=f"sip:c@{ep.sent_by}")
+            final = transact(ep, proxy, inv, wait=8)
+            ep.send(build_ack_for(inv, final), proxy.address)
+        assert final.status == 486, final.start_line
+        a = high.wait_for("INVITE", 1, timeout=3)
+        b = low.wait_for("INVITE", 1, timeout=3)
+        assert a and b, f"INVITEs: high {len(a)}, low {len(b)}\n{proxy.diagnostics()}"
+        gap = b[0].at - a[0].at
+        if serial:
+            assert gap >= 0.4, f"low-q binding tried {gap:.2f} s after the high-q one"
+        else:
+            assert abs(gap) < 0.3, f"parallel fork {gap:.2f} s apart"
+    finally:
+        high.close()
+        low.close()
