@@ -184,6 +184,11 @@ def test_contact_values_carry_remaining_expires() -> None:
 def test_nat_detection_like_nathelper_19() -> None:
     assert is_private("10.1.2.3") and is_private("192.168.0.1") and is_private("100.64.0.1")
     assert not is_private("127.0.0.1") and not is_private("192.0.2.1")
+    for host in ("172.16.0.1", "172.31.255.1", "169.254.1.1", "fd00::1", "[fe80::1]"):
+        assert is_private(host), host
+    for host in ("172.32.0.1", "100.63.0.1", "100.128.0.1", "8.8.8.8", "2001:db8::1",
+                 "example.com", "10.example.com"):
+        assert not is_private(host), host
     same = register("Contact: <sip:a@127.0.0.1:5070>")
     assert not behind_nat(same, source())
     private = register("Contact: <sip:a@192.168.1.20:5060>")
