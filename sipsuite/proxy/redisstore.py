@@ -68,6 +68,7 @@ from twisted.python.failure import Failure
 
 from sipsuite.log import get_logger
 from sipsuite.proxy.location import Binding, StoreUnavailable, Subscriber, current
+from sipsuite.proxy.redisproto import LeanRedisProtocol
 from sipsuite.sip.uri import URI
 
 T = TypeVar("T")
@@ -138,6 +139,8 @@ class _Factory(txredisapi.RedisFactory):
     connection, which a Redis that is merely slow (the reply timeout), still
     loading or getting its password changed causes too. We keep retrying with
     the factory's backoff; store calls raise StoreUnavailable meanwhile."""
+
+    protocol = LeanRedisProtocol
 
     def stopTrying(self) -> defer.Deferred[Any]:
         # Called only from connectionMade on an AUTH/SELECT failure (we never use
@@ -239,6 +242,18 @@ class RedisConnection:
         d.addErrback(lambda f: log.warn("closing Redis connection: {e}", e=f.getErrorMessage()))
         return d.addCallback(lambda _: None)
 
+    def _drop_connections(self) -> None:
+        """A reply later than the timeout: the server hangs or the link is
+        dead. Drop the connection (its waiting commands fail at once) and let
+        the factory make a new one with its backoff."""
+        factory = self._factory
+        if factory is None:
+            return
+        for conn in list(factory.pool):
+            transport = conn.transport
+            if transport is not None:
+                transport.abortConnection()
+
     def _target(self) -> Any:
         """The connected protocol when there is one, else the handler (which
         waits for the connection). Going to the protocol straight skips the
@@ -281,6 +296,7 @@ class RedisConnection:
 
         def timed_out(failure: Failure) -> Failure | NoReturn:
             if failure.check(defer.TimeoutError):
+                self._drop_connections()
                 raise StoreUnavailable(f"Redis did not answer within {self.timeout:g} s")
             return failure
 

@@ -687,7 +687,12 @@ async def test_hung_redis_raises_store_unavailable_in_time(
             await assert_unavailable({"get": calls["get"]}, timeout)
         finally:
             server.resume()
-        assert contacts(await eventually(lambda: loc.lookup("alice"), reactor)) == ["sip:a@h"]
+        # What was stored survives. The update that timed out may or may not
+        # have been applied: its command had reached the hung server, which
+        # runs it when it wakes; no client can know (the caller got
+        # StoreUnavailable, and a phone registers again anyway).
+        after = contacts(await eventually(lambda: loc.lookup("alice"), reactor))
+        assert after in (["sip:a@h"], ["sip:a@h", "sip:a@h2"]), after
     finally:
         await conn.stop()
 
