@@ -26,9 +26,11 @@ log = get_logger("sipsuite.proxy.auth")
 
 
 class Authenticator:
-    def __init__(self, subscribers: SubscriberStore, cfg: AuthConfig, clock: Any = time.time) -> None:
+    def __init__(self, subscribers: SubscriberStore, cfg: AuthConfig, clock: Any = time.time,
+                 retry_after: int = 5) -> None:
         self.subscribers = subscribers
         self.cfg = cfg
+        self.retry_after = str(retry_after)
         self.realm = cfg.realm
         self.clock = clock
         secret = cfg.secret.encode() if cfg.secret else secrets.token_bytes(32)
@@ -74,7 +76,7 @@ class Authenticator:
             sub = await self.subscribers.get(creds.username)
         except StoreUnavailable as e:
             log.warn("auth of {u}: subscriber store unavailable: {e}", u=creds.username, e=e)
-            ctx.reply(500, "Subscriber Store Unavailable", [("Retry-After", "5")])
+            ctx.reply(500, "Subscriber Store Unavailable", [("Retry-After", self.retry_after)])
             return False
         ha1 = sub.ha1.get(creds.algorithm) if sub is not None and sub.realm == self.realm else None
         if ha1 is None or not digest.verify(creds, ctx.request.method, ha1):

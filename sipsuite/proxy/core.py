@@ -100,7 +100,8 @@ class ProxyCore(TransactionDriver):
         # are config, and must not be written to a Redis that other nodes share.
         self.static = StaticLocationStore(config.location_static) if config.location_static else None
         self.registrar = Registrar(self.location, config.registrar)
-        self.auth = Authenticator(self.subscribers, config.auth)
+        self.auth = Authenticator(self.subscribers, config.auth,
+                                  retry_after=config.registrar.retry_after)
         self.keepalive = NatKeepalive(self, config.nat, self.registrar.clock)
         self.registrar.on_nat = self.keepalive.track
         self.domains = {d.lower() for d in p.domains}

@@ -264,7 +264,8 @@ class DefaultRouting(Routing):
             bindings = await ctx.lookup(user)
         except StoreUnavailable as e:
             log.warn("lookup of {u} failed: location store unavailable: {e}", u=user, e=e)
-            ctx.reply(503, "Location Store Unavailable", [("Retry-After", "5")])
+            ctx.reply(503, "Location Store Unavailable",
+                      [("Retry-After", str(self.config.registrar.retry_after))])
             return
         if not bindings:
             ctx.reply(404, "Not Found")

@@ -124,7 +124,8 @@ def test_redis_stopped_during_register_load(proxy_factory: ProxyFactory, redis: 
         ep.send(inv, proxy.address)
         got = ep.recv_until(is_final, TIMEOUT * 4 + 2)
         call_wait = time.monotonic() - t0
-        assert got is not None and got.msg.status in (500, 503), got
+        assert got is not None and got.msg.status == 503, got
+        assert got.msg.header_values("retry-after") == ["7"], got.msg
         ep.send(build_ack_for(inv, got.msg), proxy.address)
         # Everything that needs no Redis still works.
         pong = procs.options_ping(LOCALHOST, proxy.port, timeout=2.0)
@@ -145,8 +146,8 @@ def test_redis_stopped_during_register_load(proxy_factory: ProxyFactory, redis: 
     diag = f"\nduring the outage {during}\nafter {after}\n{proxy.diagnostics()}"
     assert all(status == 500 for status, _, _ in during), "REGISTER during the outage" + diag
     assert all(ra == ["7"] for _, _, ra in during), "500 without Retry-After: 7" + diag
-    assert max(w for _, w, _ in during) <= TIMEOUT * 3 + 0.5, "answers were slow" + diag
-    assert call_wait <= TIMEOUT * 3 + 0.5, f"call waited {call_wait:.2f} s" + diag
+    assert max(w for _, w, _ in during) <= TIMEOUT + 0.4, "answers were slow" + diag
+    assert call_wait <= TIMEOUT + 0.4, f"call waited {call_wait:.2f} s" + diag
     assert after and after[-1] == 200, "no recovery without a restart" + diag
     stored = {key.decode().rsplit(":", 1)[-1] for key in redis.call(  # type: ignore[attr-defined]
         "ZRANGE", "sipsuite:loc:index", "0", "-1", db=3)}
@@ -166,7 +167,7 @@ def test_redis_hung_answers_within_timeout(proxy_factory: ProxyFactory, redis: o
         finally:
             redis.resume()  # type: ignore[attr-defined]
         assert resp is not None and resp.status == 500, resp
-        assert waited <= TIMEOUT * 3 + 0.5, f"waited {waited:.2f} s for a hung Redis"
+        assert waited <= TIMEOUT + 0.4, f"waited {waited:.2f} s for a hung Redis"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             resp = register(ep, proxy, "again")
