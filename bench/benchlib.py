@@ -349,20 +349,11 @@ class Proxy:
     meter: CpuMeter
 
 
-@contextmanager
-def sipsuite_proxy(workdir: Path, uas_port: int) -> Iterator[Proxy]:
-    port = free_udp_port()
+def start_twistd(workdir: Path, conf_text: str, port: int) -> subprocess.Popen[bytes]:
+    """``twistd sip-proxy`` with ``conf_text`` as its config, in its own process
+    group, once it answers OPTIONS on udp ``port`` (RuntimeError otherwise)."""
     conf = workdir / "sipsuite.toml"
-    conf.write_text(
-        "[proxy]\n"
-        f'listen = ["udp:{HOST}:{port}"]\n'
-        'domains = ["bench.test"]\n'
-        "[location.static]\n"
-        f'bob = ["sip:bob@{HOST}:{uas_port}"]\n'
-        "[log]\n"
-        # warn: a log line per message would be part of the measured CPU otherwise.
-        'level = "warn"\n'
-    )
+    conf.write_text(conf_text)
     log = workdir / "proxy.log"
     # twistd, run in this very interpreter.  Not `python -m twisted`: that is `twist`,
     # which rejects twistd's --nodaemon/--pidfile/--logfile (exit status 64), and
@@ -384,13 +375,31 @@ def sipsuite_proxy(workdir: Path, uas_port: int) -> Iterator[Proxy]:
     )  # fmt: skip
     stderr.close()
     try:
-        try:
-            wait_ready(proc, port, is_200, 70, 30.0, log)
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}\nstderr:\n{tail(workdir / 'proxy.stderr')}") from None
-        # The twistd python process itself: `python -m twisted` neither forks nor
-        # daemonizes with --nodaemon, so its group is just this one process.
-        yield Proxy("sipsuite", proc, port, log, CpuMeter(proc.pid))
+        # An OPTIONS to the proxy itself is answered "200 Keepalive" (before any auth).
+        wait_ready(proc, port, is_200, 70, 30.0, log)
+    except RuntimeError as e:
+        kill_group(proc)
+        raise RuntimeError(f"{e}\nstderr:\n{tail(workdir / 'proxy.stderr')}") from None
+    return proc
+
+
+@contextmanager
+def sipsuite_proxy(workdir: Path, uas_port: int) -> Iterator[Proxy]:
+    port = free_udp_port()
+    proc = start_twistd(workdir, (
+        "[proxy]\n"
+        f'listen = ["udp:{HOST}:{port}"]\n'
+        'domains = ["bench.test"]\n'
+        "[location.static]\n"
+        f'bob = ["sip:bob@{HOST}:{uas_port}"]\n'
+        "[management]\n"
+        'listen = ""\n'
+        "[log]\n"
+        # warn: a log line per message would be part of the measured CPU otherwise.
+        'level = "warn"\n'
+    ), port)
+    try:
+        yield Proxy("sipsuite", proc, port, workdir / "proxy.log", CpuMeter(proc.pid))
     finally:
         kill_group(proc)
 

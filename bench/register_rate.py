@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -70,7 +69,6 @@ from benchlib import (
     CLK_TCK,
     FAIL_KEYS,
     HOST,
-    REPO,
     CpuMeter,
     free_udp_port,
     is_200,
@@ -78,6 +76,7 @@ from benchlib import (
     read_stat,
     scenario_screen,
     start_sipp,
+    start_twistd,
     stat_int,
     stat_ms,
     summarize_sipp_errors,
@@ -295,8 +294,7 @@ def provision(mgmt_port: int, pop: Population, numbers: Sequence[int]) -> tuple[
 def sipsuite_registrar(workdir: Path, redis_url: str) -> Iterator[Server]:
     port = free_udp_port()
     mgmt = free_tcp_port()
-    conf = workdir / "sipsuite.toml"
-    conf.write_text(
+    proc = start_twistd(workdir, (
         "[proxy]\n"
         f'listen = ["udp:{HOST}:{port}"]\n'
         f'domains = ["{HOST}"]\n'
@@ -311,26 +309,10 @@ def sipsuite_registrar(workdir: Path, redis_url: str) -> Iterator[Server]:
         "[log]\n"
         # warn: a log line per message would be part of the measured CPU otherwise.
         'level = "warn"\n'
-    )
-    log = workdir / "proxy.log"
-    # As benchlib.sipsuite_proxy starts it: twistd in this interpreter, --nodaemon, so
-    # the PID started is the one running the reactor (and its group is just it).
-    cmd = [
-        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-        "--nodaemon", "--pidfile=", f"--logfile={log}",
-        "sip-proxy", "--config", str(conf),
-    ]  # fmt: skip
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    stderr = workdir / "proxy.stderr"
-    proc = popen_logged(cmd, stderr, REPO, env)
+    ), port)
     try:
-        try:
-            # An OPTIONS to the proxy itself is answered "200 Keepalive" before auth.
-            wait_ready(proc, port, is_200, 70, 30.0, log)
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}\nstderr:\n{tail(stderr)}") from None
-        yield Server("sipsuite", proc, port, log, CpuMeter(proc.pid), SIPSUITE_MARKERS, mgmt)
+        yield Server("sipsuite", proc, port, workdir / "proxy.log", CpuMeter(proc.pid),
+                     SIPSUITE_MARKERS, mgmt)
     finally:
         kill_group(proc)
 
