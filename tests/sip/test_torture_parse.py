@@ -21,11 +21,11 @@ RFC4475 = SHARED / "conformance" / "rfc4475"
 RFC5118 = SHARED / "conformance" / "rfc5118"
 
 
-
 @pytest.fixture(autouse=True)
 def _corpus_present() -> None:
     if not RFC4475.is_dir():
         pytest.fail(f"no torture corpus at {SHARED} (set SIPSUITE_SHARED)", pytrace=False)
+
 
 PARSES = "parses"
 
