@@ -90,6 +90,7 @@ class NatKeepalive:
                 self.tracked = set()
             else:
                 aors = sorted(self.tracked)
+            seen: set[tuple[str, str]] = set()
             for aor in aors:
                 ours = [b for b in await store.lookup(aor) if b.nat and b.received and b.socket in mine]
                 if not ours:
@@ -97,7 +98,10 @@ class NatKeepalive:
                     continue
                 self.tracked.add(aor)
                 for b in ours:
+                    seen.add((aor, b.contact))
                     await self.ping(aor, b, now)
+            # Forget bindings that went (expired, unregistered) since the last round.
+            self.answered = {k: v for k, v in self.answered.items() if k in seen}
         except StoreUnavailable as e:
             log.warn("keep-alives skipped: location store unavailable: {e}", e=e)
 
