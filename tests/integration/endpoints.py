@@ -291,12 +291,16 @@ class TcpServerEndpoint(_Receiver):
         self.close()
 
 
-def options_ping(host: str, port: int, timeout: float = 1.0) -> SipMessage | None:
+def options_ping(
+    host: str, port: int, timeout: float = 1.0, max_forwards: int = 70
+) -> SipMessage | None:
     """OPTIONS sip:host:port over UDP from an ephemeral port (IPv6 when ``host``
-    is); the final answer or None."""
+    is); the final answer or None. ``max_forwards=0`` gets a 483 from any
+    proxy whose script runs at all (Kamailio's readiness check)."""
     with UdpEndpoint(LOCALHOST6 if family(host) == socket.AF_INET6 else LOCALHOST) as ep:
         uri = f"sip:{hostport(host, port)}"
-        req = build_request("OPTIONS", uri, sent_by=ep.sent_by, to_uri=uri)
+        req = build_request("OPTIONS", uri, sent_by=ep.sent_by, to_uri=uri,
+                            max_forwards=max_forwards)
         deadline = time.monotonic() + timeout
         ep.send(req, (host, port))
         got = ep.recv_until(lambda m: m.is_response and m.status >= 200, max(0.0, deadline - time.monotonic()))
