@@ -249,6 +249,7 @@ class ProxyCore(TransactionDriver):
         rctx = RequestContext(self, req, source, loose)
         if holder is not None:
             holder.rctx = rctx
+            rctx.tx_key = holder.key
         try:
             result = self.routing.request_route(rctx)
         except Exception:  # noqa: BLE001 - a script bug must not kill the proxy
@@ -330,7 +331,10 @@ class ProxyCore(TransactionDriver):
     def reply(self, rctx: RequestContext, status: int, reason: str | None,
               headers: list[tuple[str, str]]) -> None:
         req = rctx.request
-        holder = self.server_txs.get(server_key(req)) if req.method != "ACK" else None
+        if req.method == "ACK":
+            return
+        key = rctx.tx_key
+        holder = self.server_txs.get(key if key is not None else server_key(req))
         if holder is None:
             return
         ctx = holder.context
@@ -359,7 +363,8 @@ class ProxyCore(TransactionDriver):
                 else:
                     self._forward_stateless(rctx, target)
             return
-        holder = self.server_txs.get(server_key(req))
+        key = rctx.tx_key
+        holder = self.server_txs.get(key if key is not None else server_key(req))
         if holder is None:
             return
         ctx = holder.context

@@ -41,7 +41,8 @@ DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 class RequestContext:
     """What a routing hook sees of one incoming request and can do with it."""
 
-    __slots__ = ("core", "request", "source", "proxy_ctx", "loose_routed", "handled", "vars")
+    __slots__ = ("core", "request", "source", "proxy_ctx", "loose_routed", "handled", "vars",
+                 "tx_key")
 
     def __init__(self, core: ProxyCore, request: Request, source: Any, loose_routed: bool) -> None:
         self.core = core
@@ -52,6 +53,9 @@ class RequestContext:
         self.proxy_ctx: ProxyContext | None = None
         self.handled = False
         self.vars: dict[str, Any] = {}
+        # The server transaction's key, once known: saves computing it again
+        # for every reply and relay (it parses the top Via).
+        self.tx_key: tuple | None = None
 
     # -- facts -----------------------------------------------------------------
     @property
