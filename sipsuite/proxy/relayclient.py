@@ -1,0 +1,776 @@
+"""The proxy's client of its media relays: the RTPProxy control protocol over
+UDP (one socket per address family for every relay) or a unix stream socket,
+what Kamailio's ``rtpproxy`` module does with ``rtpproxy_sock``.
+
+Behaviour, and why:
+
+* **Retransmission.** A UDP command is resent, byte for byte with the same
+  cookie, every ``retransmit_interval`` until a reply carrying that cookie
+  arrives or ``command_timeout`` has passed (Kamailio's ``rtpproxy_retr`` /
+  ``rtpproxy_tout``).  The same cookie lets the relay answer a repeat from its
+  reply cache instead of creating a second session.  Replies are matched by
+  cookie *and* source address; late and duplicate ones are counted and dropped.
+* **Unix sockets** carry no cookie: one connection per command, write it, read
+  one reply, close (Kamailio's stream mode; see ``rtpproxy_protocol``).
+* **Relay health.** A relay that lets a command time out (or refuses the
+  connection) is taken out for ``disable_time`` and checked again with V/VF
+  when that has passed; relays that are up are pinged every ``ping_interval``.
+  A relay is up when it answers ``V`` with ``20040107`` and ``VF 20050322``
+  with ``1``, the checks Kamailio makes before using one.
+* **Selection.** The first command of a call goes to the up relay with the
+  highest weighted rendezvous-hash score for its Call-ID (``weight / -ln(h)``):
+  over many calls each relay gets its weight's share, like weighted random
+  choice, but one Call-ID maps to the same relay from every proxy node and
+  across restarts, so a call whose entry here is gone (idle, evicted, another
+  node) still usually finds its relay.  When that relay does not answer (or
+  has no ports left / is overloaded / draining) the next one in score order
+  is tried.
+* **Stickiness.** Once a relay took a call, every later command of that call
+  (by Call-ID, without Kamailio's ``;branch`` suffix) goes to that relay and
+  nowhere else: the media state lives there.  If it is down, the command
+  fails (logged) and the caller connects the call without relaying.  The
+  entry is forgotten after D, after ``call_idle_time`` without commands, or
+  when ``max_calls`` newer calls push it out.
+
+Every public command returns a Deferred (the routing trampoline can await
+only Deferreds).  Failures are :class:`RelayUnavailable` (no answer, nothing
+up, or the call's relay down) and :class:`RelayError` (the relay answered an
+``E<n>`` code, or an unusable reply).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import itertools
+import math
+import os
+import secrets
+import socket
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from twisted.application import service
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.python.failure import Failure
+
+from sipsuite import rtpproxy_protocol as rp
+from sipsuite.log import get_logger
+
+__all__ = [
+    "DEFAULT_CONTROL_PORT", "REQUIRED_CAPABILITY", "RelayAddress", "RelayClient", "RelayError",
+    "RelaySpec", "RelayUnavailable", "parse_relay_uri",
+]
+
+log = get_logger("sipsuite.proxy.relayclient")
+
+#: rtpproxy's default control port (CPORT), for a ``udp:HOST`` without one.
+DEFAULT_CONTROL_PORT = 22222
+#: The one VF capability a relay must have (Kamailio's REP_CPROTOVER).
+REQUIRED_CAPABILITY = "20050322"
+
+# E-codes that say "this relay cannot take a new session now" rather than
+# "this command is wrong": a new call may still find room on another relay.
+_CAPACITY_CODES = frozenset({
+    rp.ErrorCode.LSTFAIL_1, rp.ErrorCode.LSTFAIL_2, rp.ErrorCode.OVERLOAD,
+    rp.ErrorCode.SLOWSHTDN,
+})
+# Float noise on the deadline must not buy one extra retransmission.
+_EPSILON = 1e-6
+
+T = TypeVar("T")
+
+
+class RelayUnavailable(Exception):
+    """No relay answered: timeout, connection refused, none up, or the call's
+    own relay is down.  The call goes on without relaying."""
+
+
+class RelayError(Exception):
+    """The relay answered, but with an error: ``code`` is the ``E<n>`` number
+    (see ``rtpproxy_protocol.ErrorCode``), or None for a reply that makes no
+    sense (no port in a U reply)."""
+
+    def __init__(self, code: int | None, message: str, relay: str = "") -> None:
+        super().__init__(f"{relay}: {message}" if relay else message)
+        self.code = code
+        self.relay = relay
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySpec:
+    """One configured relay: ``udp:HOST:PORT`` / ``udp:[V6]:PORT`` / ``unix:PATH``
+    and its share of new calls (0: takes no new calls, keeps its current ones)."""
+
+    uri: str
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RelayAddress:
+    scheme: str  # "udp" or "unix"
+    host: str = ""  # IP literal, no brackets, in ipaddress's canonical form
+    port: int = 0
+    path: str = ""
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+
+def parse_relay_uri(uri: str) -> RelayAddress:
+    """``udp:HOST[:PORT]``, ``udp6:[V6][:PORT]`` or ``unix:PATH``; ValueError
+    naming what is wrong otherwise.  HOST must be an IP literal: a relay's
+    address is configuration, and a DNS lookup per command (or a stale one)
+    would be a failure mode with no benefit."""
+    scheme, sep, rest = uri.partition(":")
+    scheme = scheme.lower()
+    if not sep or not rest:
+        raise ValueError(f"relay {uri!r}: expected udp:HOST:PORT or unix:PATH")
+    if scheme == "unix":
+        return RelayAddress("unix", path=rest)
+    if scheme not in ("udp", "udp6"):
+        raise ValueError(f"relay {uri!r}: scheme must be udp, udp6 or unix")
+    if rest.startswith("["):
+        host, bracket, after = rest[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ValueError(f"relay {uri!r}: malformed [IPv6] address")
+        port_text = after[1:] if after else None
+    elif rest.count(":") > 1:
+        raise ValueError(f"relay {uri!r}: write an IPv6 address in brackets, [addr]:port")
+    else:
+        host, colon, port_text_ = rest.partition(":")
+        port_text = port_text_ if colon else None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"relay {uri!r}: {host!r} is not an IP address") from None
+    if rest.startswith("[") and ip.version != 6:
+        raise ValueError(f"relay {uri!r}: brackets are for IPv6 addresses")
+    if scheme == "udp6" and ip.version != 6:
+        raise ValueError(f"relay {uri!r}: udp6 needs an IPv6 address")
+    port = DEFAULT_CONTROL_PORT
+    if port_text is not None:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"relay {uri!r}: port {port_text!r} is not 1..65535")
+        port = int(port_text)
+    return RelayAddress("udp", str(ip), port)
+
+
+class _NoAnswer(Exception):
+    """Internal: the relay said nothing usable in time (timeout, refused,
+    closed); turned into RelayUnavailable after marking the relay down."""
+
+
+class _Relay:
+    __slots__ = ("spec", "address", "hash_prefix", "up", "down_until", "last_error", "sent",
+                 "retransmits", "timeouts", "errors", "calls", "capable", "checking", "recheck")
+
+    def __init__(self, spec: RelaySpec) -> None:
+        self.spec = spec
+        self.address = parse_relay_uri(spec.uri)
+        self.hash_prefix = spec.uri.encode("utf-8") + b"\0"
+        # Optimistic until a check says otherwise: start-up checks every relay
+        # at once, and a relay that is really away costs one timeout and a
+        # failover, not a window in which every call goes unrelayed.
+        self.up = True
+        self.down_until: float | None = None
+        self.last_error = ""
+        self.sent = 0
+        self.retransmits = 0
+        self.timeouts = 0
+        self.errors = 0
+        self.calls = 0
+        self.capable = False  # VF 20050322 answered 1 since the relay last came up
+        self.checking = False
+        self.recheck: Any = None  # IDelayedCall of the check after disable_time
+
+    @property
+    def uri(self) -> str:
+        return self.spec.uri
+
+    @property
+    def stream(self) -> bool:
+        return self.address.scheme == "unix"
+
+    @property
+    def media_host(self) -> str | None:
+        # Where a U/L reply without an address says the media is: the relay's
+        # own control host, as good a guess as any for a relay on another
+        # host; a unix-socket relay is on this host and the caller fills in
+        # the address the SIP message arrived on (Kamailio's rcv.dst_ip).
+        return self.address.host or None
+
+    def sent_from(self, addr: tuple[Any, ...]) -> bool:
+        # The relay answers from the address the command reached: a reply
+        # from anywhere else is someone guessing cookies.
+        if addr[1] != self.address.port:
+            return False
+        host = addr[0]
+        if host == self.address.host:
+            return True
+        try:
+            return ipaddress.ip_address(host) == ipaddress.ip_address(self.address.host)
+        except ValueError:
+            return False
+
+
+class _Pending:
+    __slots__ = ("relay", "data", "deferred", "deadline", "timer")
+
+    def __init__(self, relay: _Relay, data: bytes, deferred: Deferred[rp.Reply],
+                 deadline: float) -> None:
+        self.relay = relay
+        self.data = data
+        self.deferred = deferred
+        self.deadline = deadline
+        self.timer: Any = None
+
+
+class _ControlSocket(protocol.DatagramProtocol):
+    def __init__(self, client: RelayClient) -> None:
+        self.client = client
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.client._datagram(datagram, addr)
+
+
+class _StreamExchange(protocol.Protocol):
+    """One command over one stream connection: write it, read one reply, close."""
+
+    def __init__(self, data: bytes, done: Deferred[bytes]) -> None:
+        self.data = data
+        self.done = done
+        self.buffer = b""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        # Every reply ends in a newline; Kamailio takes what one read returns,
+        # waiting for the newline is the same thing without the short-read risk.
+        if self.buffer.endswith(b"\n") and not self.done.called:
+            self.done.callback(self.buffer)
+            assert self.transport is not None
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self.done.called:
+            return
+        if self.buffer:  # a relay that closes instead of ending with a newline
+            self.done.callback(self.buffer)
+        else:
+            self.done.errback(_NoAnswer("connection closed without a reply"))
+
+
+class _StreamFactory(protocol.ClientFactory):
+    def __init__(self, data: bytes, done: Deferred[bytes]) -> None:
+        self.data = data
+        self.done = done
+        self.exchange: _StreamExchange | None = None
+
+    def buildProtocol(self, addr: Any) -> _StreamExchange:
+        self.exchange = _StreamExchange(self.data, self.done)
+        return self.exchange
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.done.called:
+            self.done.errback(_NoAnswer(f"cannot connect: {reason.getErrorMessage()}"))
+
+
+def _call_key(call_id: str) -> str:
+    # Kamailio may append ";<via branch>" to the Call-ID it sends; a Call-ID
+    # itself never holds ";" (RFC 3261 word), so what precedes it is the call.
+    return call_id.partition(";")[0]
+
+
+class RelayClient(service.Service):
+    """Drives one or more relays; a Service so the proxy's MultiService starts
+    the pings and closes the sockets.  Commands work without start-up too
+    (sockets open on first use), only the periodic pings need it."""
+
+    def __init__(self, relays: Sequence[RelaySpec], *, command_timeout: float = 1.0,
+                 retransmit_interval: float = 0.25, disable_time: float = 60.0,
+                 ping_interval: float = 10.0, call_idle_time: float = 4 * 3600.0,
+                 max_calls: int = 200_000, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        if not relays:
+            raise ValueError("at least one relay is needed")
+        for name, value in (("command_timeout", command_timeout),
+                            ("retransmit_interval", retransmit_interval),
+                            ("disable_time", disable_time), ("call_idle_time", call_idle_time)):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, not {value!r}")
+        if ping_interval < 0:
+            raise ValueError(f"ping_interval must be 0 (off) or positive, not {ping_interval!r}")
+        if max_calls < 1:
+            raise ValueError(f"max_calls must be positive, not {max_calls!r}")
+        self._relays: list[_Relay] = []
+        for spec in relays:
+            if isinstance(spec.weight, bool) or not isinstance(spec.weight, int) or spec.weight < 0:
+                raise ValueError(f"relay {spec.uri!r}: weight must be an integer >= 0")
+            if any(r.uri == spec.uri for r in self._relays):
+                raise ValueError(f"relay {spec.uri!r} named twice")
+            self._relays.append(_Relay(spec))
+        self._by_uri = {r.uri: r for r in self._relays}
+        self.reactor = reactor
+        self.command_timeout = float(command_timeout)
+        self.retransmit_interval = float(retransmit_interval)
+        self.disable_time = float(disable_time)
+        self.ping_interval = float(ping_interval)
+        self.call_idle_time = float(call_idle_time)
+        self.max_calls = max_calls
+        # Kamailio's "<pid>_<counter>" cookies, with the counter starting at a
+        # random point: two proxies with the same pid (containers: pid 1)
+        # sharing a relay must not hit each other's entries in its reply cache.
+        self._pid = os.getpid()
+        self._counter = itertools.count(secrets.randbits(32))
+        self._pending: dict[str, _Pending] = {}
+        self._sockets: dict[int, Any] = {}  # address family -> IListeningPort
+        self._streams: set[tuple[Any, _StreamFactory]] = set()
+        # call key -> (relay, last command time), least recently used first.
+        self._calls: OrderedDict[str, tuple[_Relay, float]] = OrderedDict()
+        self._loop: Any = None
+        self._stopped = False
+        self.stray_replies = 0  # late, duplicate or foreign replies dropped
+
+    # -- service ---------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopped = False
+        if self.ping_interval > 0:
+            from twisted.internet import task
+
+            self._loop = task.LoopingCall(self._tick)
+            self._loop.clock = self.reactor
+            self._loop.start(self.ping_interval, now=True).addErrback(
+                lambda f: log.failure("relay ping loop stopped", f))
+        else:
+            self._tick()  # still learn at start-up which relays are there
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self._stopped = True
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        for relay in self._relays:
+            if relay.recheck is not None and relay.recheck.active():
+                relay.recheck.cancel()
+            relay.recheck = None
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if p.timer is not None and p.timer.active():
+                p.timer.cancel()
+            p.deferred.errback(_NoAnswer("relay client stopped"))
+        for connector, _factory in list(self._streams):
+            connector.disconnect()
+        sockets, self._sockets = self._sockets, {}
+        return gatherResults([maybeDeferred(port.stopListening) for port in sockets.values()])
+
+    # -- public commands ---------------------------------------------------------
+
+    def offer(self, call_id: str, from_tag: str, to_tag: str | None, address: str,
+              port: int | str, *, modifiers: str = "",
+              media_index: int | None = 1) -> Deferred[tuple[str | None, int]]:
+        """U: the relay's (address, port) for the stream whose SDP this is.
+        The address is None only for a unix-socket relay that named none: use
+        the address the SIP message arrived on then."""
+        ftag, ttag = rp.media_tag(from_tag, media_index), _opt_tag(to_tag, media_index)
+
+        def build(cookie: str) -> bytes:
+            return rp.build_update(cookie, call_id, address, port, ftag, ttag,
+                                   modifiers=modifiers)
+
+        return self._run(self._update("U", call_id, build))
+
+    def answer(self, call_id: str, from_tag: str, to_tag: str | None, address: str,
+               port: int | str, *, modifiers: str = "",
+               media_index: int | None = 1) -> Deferred[tuple[str | None, int]]:
+        """L: as offer, for the answer; a relay without the session answers
+        port 0, raised as RelayError(ErrorCode.SESUNKN)."""
+        ftag, ttag = rp.media_tag(from_tag, media_index), _opt_tag(to_tag, media_index)
+
+        def build(cookie: str) -> bytes:
+            return rp.build_lookup(cookie, call_id, address, port, ftag, ttag,
+                                   modifiers=modifiers)
+
+        return self._run(self._update("L", call_id, build))
+
+    def delete(self, call_id: str, from_tag: str, to_tag: str | None = None) -> Deferred[bool]:
+        """D (plain tags: every media stream of the call).  True when deleted,
+        False when the relay had no such session (E50: a call that never got
+        an offer, or one the relay already timed out); other E-codes raise."""
+        return self._run(self._delete(call_id, from_tag, to_tag))
+
+    def query(self, call_id: str, from_tag: str, to_tag: str | None = None, *,
+              stats: Sequence[str] = (), media_index: int | None = 1) -> Deferred[dict[str, float]]:
+        """Q: the session's counters by name (rtpproxy_protocol.DEFAULT_QUERY
+        unless ``stats`` names others)."""
+        ftag, ttag = rp.media_tag(from_tag, media_index), _opt_tag(to_tag, media_index)
+
+        def build(cookie: str) -> bytes:
+            return rp.build_query(cookie, call_id, ftag, ttag, stats=stats)
+
+        async def run() -> dict[str, float]:
+            _relay, reply = await self._for_call(call_id, "Q", build)
+            return rp.parse_query_reply(reply.body, tuple(stats) or rp.DEFAULT_QUERY)
+
+        return self._run(run())
+
+    def version(self, relay: str) -> Deferred[str]:
+        """V to the relay with this URI, up or down: its reply (``20040107``)."""
+        target = self._relay(relay)
+
+        async def run() -> str:
+            return (await self._send(target, rp.build_version)).body
+
+        return self._run(run())
+
+    def check(self, relay: str) -> Deferred[bool]:
+        """Run the V/VF check on one relay now; it is up afterwards iff True."""
+        return self._run(self._check(self._relay(relay)))
+
+    def candidates(self, call_id: str) -> list[str]:
+        """The up relays a new call with this Call-ID would try, in order."""
+        return [r.uri for r in self._order(_call_key(call_id))]
+
+    def relay_of(self, call_id: str) -> str | None:
+        """The relay this client holds the call on, if any."""
+        entry = self._calls.get(_call_key(call_id))
+        return entry[0].uri if entry is not None else None
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per relay, for management: up/down, weight, counters, last error."""
+        now = self.reactor.seconds()
+        return [{
+            "uri": r.uri,
+            "weight": r.spec.weight,
+            "up": r.up,
+            "down_for": 0.0 if r.up or r.down_until is None else max(0.0, r.down_until - now),
+            "last_error": r.last_error,
+            "sent": r.sent,
+            "retransmits": r.retransmits,
+            "timeouts": r.timeouts,
+            "errors": r.errors,
+            "calls": r.calls,
+        } for r in self._relays]
+
+    # -- routing of commands -----------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> Deferred[T]:
+        return Deferred.fromCoroutine(coro)
+
+    def _relay(self, uri: str) -> _Relay:
+        try:
+            return self._by_uri[uri]
+        except KeyError:
+            raise ValueError(f"no relay {uri!r} configured") from None
+
+    async def _update(self, verb: str, call_id: str,
+                      build: Callable[[str], bytes]) -> tuple[str | None, int]:
+        relay, reply = await self._for_call(call_id, verb, build)
+        if reply.port is None or reply.port == 0:
+            if verb == "L" and reply.port == 0:
+                raise RelayError(rp.ErrorCode.SESUNKN, "no session for this answer", relay.uri)
+            raise RelayError(None, f"unusable {verb} reply {reply.body!r}", relay.uri)
+        return reply.address or relay.media_host, reply.port
+
+    async def _delete(self, call_id: str, from_tag: str, to_tag: str | None) -> bool:
+        def build(cookie: str) -> bytes:
+            return rp.build_delete(cookie, call_id, from_tag, to_tag)
+
+        try:
+            await self._for_call(call_id, "D", build)
+        except RelayError as e:
+            if e.code == rp.ErrorCode.SESUNKN:
+                return False
+            raise
+        finally:
+            # Whatever the outcome the proxy is done with the call; the relay
+            # ends a session it still holds on its media timeout.
+            self._forget(_call_key(call_id))
+        return True
+
+    async def _for_call(self, call_id: str, verb: str,
+                        build: Callable[[str], bytes]) -> tuple[_Relay, rp.Reply]:
+        if self._stopped:
+            raise RelayUnavailable("relay client stopped")
+        key = _call_key(call_id)
+        now = self.reactor.seconds()
+        entry = self._calls.get(key)
+        if entry is not None and now - entry[1] > self.call_idle_time:
+            self._forget(key)
+            entry = None
+        if entry is not None:
+            relay = entry[0]
+            self._calls[key] = (relay, now)
+            self._calls.move_to_end(key)
+            if not relay.up:
+                log.warn("call {call_id}: its relay {relay} is down, {verb} not sent",
+                         call_id=call_id, relay=relay.uri, verb=verb)
+                raise RelayUnavailable(f"relay {relay.uri} of call {call_id} is down")
+            return relay, await self._send(relay, build)
+        order = self._order(key)
+        if not order:
+            raise RelayUnavailable("no relay is up (with a weight above 0)")
+        failure: Exception | None = None
+        for relay in order:
+            if not relay.up:  # went down while an earlier try waited
+                continue
+            try:
+                reply = await self._send(relay, build)
+            except RelayUnavailable as e:
+                failure = e
+                continue
+            except RelayError as e:
+                if e.code in _CAPACITY_CODES:
+                    failure = e
+                    continue
+                raise
+            if verb != "D":
+                self._remember(key, relay, now)
+            return relay, reply
+        if isinstance(failure, RelayError):
+            raise failure
+        raise RelayUnavailable(f"no relay answered {verb}: {failure}")
+
+    def _order(self, key: str) -> list[_Relay]:
+        data = key.encode("utf-8", "surrogateescape")
+        scored: list[tuple[float, _Relay]] = []
+        for relay in self._relays:
+            if not relay.up or relay.spec.weight <= 0:
+                continue
+            digest = hashlib.blake2b(relay.hash_prefix + data, digest_size=8).digest()
+            # 53 bits -> a float strictly inside (0, 1), so log() is finite and < 0.
+            h = ((int.from_bytes(digest, "big") >> 11) + 0.5) / 2.0**53
+            scored.append((relay.spec.weight / -math.log(h), relay))
+        scored.sort(key=lambda item: item[0], reverse=True)
+        return [relay for _score, relay in scored]
+
+    def _remember(self, key: str, relay: _Relay, now: float) -> None:
+        old = self._calls.get(key)
+        if old is None:
+            relay.calls += 1
+            while len(self._calls) >= self.max_calls:
+                _key, (evicted, _t) = self._calls.popitem(last=False)
+                evicted.calls -= 1
+        self._calls[key] = (relay, now)
+        self._calls.move_to_end(key)
+
+    def _forget(self, key: str) -> None:
+        entry = self._calls.pop(key, None)
+        if entry is not None:
+            entry[0].calls -= 1
+
+    def _purge_idle(self) -> None:
+        limit = self.reactor.seconds() - self.call_idle_time
+        while self._calls:
+            key, (_relay, last) = next(iter(self._calls.items()))
+            if last >= limit:
+                break
+            self._forget(key)
+
+    # -- one command to one relay ------------------------------------------------
+
+    def _next_cookie(self) -> str:
+        return f"{self._pid}_{next(self._counter)}"
+
+    async def _send(self, relay: _Relay, build: Callable[[str], bytes]) -> rp.Reply:
+        if self._stopped:
+            raise RelayUnavailable("relay client stopped")
+        cookie = "" if relay.stream else self._next_cookie()
+        data = build(cookie)
+        relay.sent += 1
+        try:
+            if relay.stream:
+                reply = rp.parse_reply(await self._exchange_stream(relay, data), datagram=False)
+            else:
+                reply = await self._exchange_datagram(relay, cookie, data)
+        except _NoAnswer as e:
+            if self._stopped:
+                raise RelayUnavailable("relay client stopped") from None
+            relay.timeouts += 1
+            self._mark_down(relay, str(e))
+            raise RelayUnavailable(f"relay {relay.uri}: {e}") from None
+        if reply.error is not None:
+            relay.errors += 1
+            verb = data.split(None, 2)[1 if cookie else 0].decode("latin-1")
+            relay.last_error = f"E{reply.error} to {verb}"
+            raise RelayError(reply.error, f"answered E{reply.error}", relay.uri)
+        return reply
+
+    def _socket_for(self, relay: _Relay) -> Any:
+        family = relay.address.family
+        port = self._sockets.get(family)
+        if port is None:
+            # Wildcard bind: the kernel picks the source address per relay;
+            # replies from anyone but the relay are dropped by sent_from().
+            interface = "::" if family == socket.AF_INET6 else "0.0.0.0"
+            port = self.reactor.listenUDP(0, _ControlSocket(self), interface=interface)
+            self._sockets[family] = port
+        return port
+
+    def _exchange_datagram(self, relay: _Relay, cookie: str, data: bytes) -> Deferred[rp.Reply]:
+        port = self._socket_for(relay)
+        now = self.reactor.seconds()
+
+        def cancel(_: Deferred[rp.Reply]) -> None:
+            p = self._pending.pop(cookie, None)
+            if p is not None and p.timer is not None and p.timer.active():
+                p.timer.cancel()
+
+        d: Deferred[rp.Reply] = Deferred(cancel)
+        pending = _Pending(relay, data, d, now + self.command_timeout)
+        self._pending[cookie] = pending
+        self._transmit(port, pending)
+        pending.timer = self.reactor.callLater(
+            min(self.retransmit_interval, self.command_timeout), self._retransmit, cookie)
+        return d
+
+    def _transmit(self, port: Any, pending: _Pending) -> None:
+        addr = pending.relay.address
+        try:
+            port.write(pending.data, (addr.host, addr.port))
+        except OSError as e:
+            # No route, buffer full...: like a lost datagram, the next
+            # retransmission or the timeout settles it.
+            log.debug("relay {relay}: send failed: {error}", relay=pending.relay.uri, error=e)
+
+    def _retransmit(self, cookie: str) -> None:
+        pending = self._pending.get(cookie)
+        if pending is None:
+            return
+        remaining = pending.deadline - self.reactor.seconds()
+        if remaining <= _EPSILON:
+            del self._pending[cookie]
+            pending.deferred.errback(
+                _NoAnswer(f"no reply within {self.command_timeout:g}s"))
+            return
+        port = self._sockets.get(pending.relay.address.family)
+        if port is not None:
+            pending.relay.retransmits += 1
+            self._transmit(port, pending)
+        pending.timer = self.reactor.callLater(
+            min(self.retransmit_interval, remaining), self._retransmit, cookie)
+
+    def _datagram(self, data: bytes, addr: Any) -> None:
+        reply = rp.parse_reply(data)
+        pending = self._pending.get(reply.cookie)
+        if pending is None or not pending.relay.sent_from(addr):
+            self.stray_replies += 1
+            return
+        del self._pending[reply.cookie]
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+        pending.deferred.callback(reply)
+
+    def _exchange_stream(self, relay: _Relay, data: bytes) -> Deferred[bytes]:
+        done: Deferred[bytes] = Deferred()
+        factory = _StreamFactory(data, done)
+        connector = self.reactor.connectUNIX(relay.address.path, factory,
+                                             timeout=max(1, math.ceil(self.command_timeout)))
+        entry = (connector, factory)
+        self._streams.add(entry)
+
+        def expire() -> None:
+            if done.called:
+                return
+            done.errback(_NoAnswer(f"no reply within {self.command_timeout:g}s"))
+            exchange = factory.exchange
+            if exchange is not None and exchange.transport is not None:
+                exchange.transport.abortConnection()
+            else:
+                connector.stopConnecting()
+
+        timer = self.reactor.callLater(self.command_timeout, expire)
+
+        def finished(result: Any) -> Any:
+            self._streams.discard(entry)
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return done.addBoth(finished)
+
+    # -- relay health ------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._purge_idle()
+        for relay in self._relays:
+            # Down relays have their own check, disable_time after they failed.
+            if relay.up and not relay.checking:
+                self._background_check(relay)
+
+    def _background_check(self, relay: _Relay) -> None:
+        Deferred.fromCoroutine(self._check(relay)).addErrback(
+            lambda f: log.failure("relay {relay}: check failed", f, relay=relay.uri))
+
+    def _recheck(self, relay: _Relay) -> None:
+        relay.recheck = None
+        if not relay.checking and not self._stopped:
+            self._background_check(relay)
+
+    async def _check(self, relay: _Relay) -> bool:
+        if relay.checking:
+            return relay.up
+        relay.checking = True
+        try:
+            reply = await self._send(relay, rp.build_version)
+            if reply.fields[:1] != (rp.BASE_VERSION,):
+                self._mark_down(relay, f"V answered {reply.body!r}, not {rp.BASE_VERSION}")
+                return False
+            if not relay.capable:
+                reply = await self._send(
+                    relay, lambda cookie: rp.build_capability_check(cookie, REQUIRED_CAPABILITY))
+                if reply.number != 1:
+                    self._mark_down(relay, f"VF {REQUIRED_CAPABILITY} answered {reply.body!r}")
+                    return False
+                relay.capable = True
+        except RelayUnavailable:
+            return False  # _send marked it down
+        except RelayError as e:
+            self._mark_down(relay, f"check answered E{e.code}")
+            return False
+        finally:
+            relay.checking = False
+        self._mark_up(relay)
+        return True
+
+    def _mark_down(self, relay: _Relay, reason: str) -> None:
+        was_up = relay.up
+        relay.up = False
+        relay.capable = False
+        relay.last_error = reason
+        relay.down_until = self.reactor.seconds() + self.disable_time
+        if relay.recheck is not None and relay.recheck.active():
+            relay.recheck.cancel()
+        relay.recheck = None
+        if not self._stopped:
+            relay.recheck = self.reactor.callLater(self.disable_time, self._recheck, relay)
+        if was_up:
+            log.warn("relay {relay} is down for {seconds:g}s: {reason}",
+                     relay=relay.uri, seconds=self.disable_time, reason=reason)
+
+    def _mark_up(self, relay: _Relay) -> None:
+        if relay.recheck is not None and relay.recheck.active():
+            relay.recheck.cancel()
+        relay.recheck = None
+        relay.down_until = None
+        if not relay.up:
+            relay.up = True
+            log.info("relay {relay} is up again", relay=relay.uri)
+
+
+def _opt_tag(tag: str | None, media_index: int | None) -> str | None:
+    return None if tag is None else rp.media_tag(tag, media_index)
+
