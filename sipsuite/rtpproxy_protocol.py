@@ -568,7 +568,8 @@ def format_capability(cookie: str, supported: bool) -> bytes:
 
 def format_port(cookie: str, port: int, address: str | None = None) -> bytes:
     """U/L reply: ``PORT ADDRESS`` for IPv4, ``PORT ADDRESS 6`` for IPv6, ``PORT``
-    without an address (Kamailio then keeps the SDP's).  L of an unknown session
+    without an address (Kamailio then uses the address the SIP message arrived
+    on, force_rtp_proxy's msg->rcv.dst_ip).  L of an unknown session
     answers ``format_port(cookie, 0)``, which Kamailio reads as failure."""
     if address is None:
         return format_reply(cookie, str(int(port)))
