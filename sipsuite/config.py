@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -31,12 +32,15 @@ from typing import Any
 __all__ = [
     "Config",
     "ConfigError",
+    "ControlSpec",
     "ListenSpec",
     "LogConfig",
     "ProxyConfig",
+    "RelayConfig",
     "TimersConfig",
     "default_config_path",
     "load_config",
+    "parse_control",
     "parse_listen",
 ]
 
@@ -385,6 +389,99 @@ def _listen(value: Any) -> ListenSpec:
 _LISTEN_LIST = list_of(_listen, non_empty=True, unique=True)
 
 
+@dataclass(frozen=True, slots=True)
+class ControlSpec:
+    """A control socket of the RTP relay: ``udp`` (host an IP address, IPv6
+    without brackets, and a port) or ``unix`` (a filesystem path)."""
+
+    transport: str  # 'udp' | 'unix'
+    host: str = ""
+    port: int = 0  # udp; 0: the operating system picks one
+    path: str = ""  # unix
+
+    def __str__(self) -> str:
+        if self.transport == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"udp:{host}:{self.port}"
+
+
+_CONTROL_EXPECTED = (
+    "'udp:HOST:PORT' with HOST a specific IP address (IPv6 in brackets, not 0.0.0.0 or ::)"
+    " and PORT 0..65535, or 'unix:PATH'"
+)
+
+
+def _control(value: Any) -> ControlSpec:
+    if isinstance(value, str) and value[:5].lower() == "unix:":
+        path = value[5:]
+        # sun_path holds 108 bytes with the NUL on Linux: longer paths cannot bind.
+        if not path or "\0" in path or len(os.fsencode(path)) > 107:
+            raise _Invalid(_CONTROL_EXPECTED, value)
+        return ControlSpec("unix", path=path)
+    try:
+        spec = _listen(value)
+    except _Invalid:
+        raise _Invalid(_CONTROL_EXPECTED, value) from None
+    # Replies must leave from the address the command reached: a wildcard
+    # socket would let the kernel pick another source on a multi-homed host.
+    if spec.transport != "udp" or ipaddress.ip_address(spec.host).is_unspecified:
+        raise _Invalid(_CONTROL_EXPECTED, value)
+    return ControlSpec("udp", spec.host, spec.port)
+
+
+def parse_control(value: Any) -> ControlSpec:
+    """'udp:HOST:PORT' ('udp:[::1]:7722') or 'unix:PATH'; ValueError otherwise."""
+    try:
+        return _control(value)
+    except _Invalid as e:
+        raise ValueError(f"expected {e.expected}, got {_show(e.got)}") from None
+
+
+_CONTROL_LIST = list_of(_control, non_empty=True, unique=True)
+
+
+def media_address(value: Any) -> str:
+    """An IP address to bind relay ports on and announce in SDP (normalised)."""
+    expected = "an IP address such as '192.0.2.1' or '2001:db8::1'"
+    if not isinstance(value, str):
+        raise _Invalid(expected, value)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise _Invalid(expected, value) from None
+
+
+def _media_addresses(value: Any) -> list[str]:
+    addresses: list[str] = list_of(media_address, non_empty=True, unique=True)(value)
+    if len(addresses) > 2:
+        raise _Invalid("one address, or two (internal, external) for bridging", value)
+    if len(addresses) == 2:
+        for i, address in enumerate(addresses):
+            # Bridging hands each party the address of its own side: a
+            # wildcard says nothing a phone could send to.
+            if ipaddress.ip_address(address).is_unspecified:
+                raise _Invalid("a specific address when bridging (not 0.0.0.0 or ::)",
+                               value[i], f"[{i}]")
+    return addresses
+
+
+def port_range(value: Any) -> tuple[int, int]:
+    """'LOW-HIGH' holding at least one RTP/RTCP pair (an even port and the next)."""
+    expected = (
+        "'LOW-HIGH' with 1 <= LOW < HIGH <= 65535, holding at least one even port"
+        " and the odd one after it"
+    )
+    m = re.fullmatch(r"(\d{1,5})-(\d{1,5})", value) if isinstance(value, str) else None
+    if not m:
+        raise _Invalid(expected, value)
+    low, high = int(m.group(1)), int(m.group(2))
+    first_even = low + (low & 1)
+    if not 1 <= low < high <= 65535 or first_even + 1 > high:
+        raise _Invalid(expected, value)
+    return low, high
+
+
 # ---------------------------------------------------------------------------
 # The schema.
 
@@ -466,6 +563,17 @@ class RedisConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RelayConfig:
+    control: list[ControlSpec] = setting(["udp:127.0.0.1:7722"], _CONTROL_LIST)
+    media_addresses: list[str] = setting(["0.0.0.0"], _media_addresses)
+    ports: tuple[int, int] = setting("35000-65000", port_range)
+    learn_window: float = setting(3.0, positive_float)
+    media_timeout: float = setting(60.0, positive_float)
+    hold_timeout: float = setting(3600.0, positive_float)
+    drain_time: float = setting(30.0, non_negative_float)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ManagementConfig:
     listen: str = setting("tcp:127.0.0.1:7060", tcp_listen_or_off)
 
@@ -489,6 +597,7 @@ class Config:
     registrar: RegistrarConfig = section("registrar", RegistrarConfig)
     nat: NatConfig = section("nat", NatConfig)
     redis: RedisConfig = section("redis", RedisConfig)
+    relay: RelayConfig = section("relay", RelayConfig)
     management: ManagementConfig = section("management", ManagementConfig)
     log: LogConfig = section("log", LogConfig)
     path: str | None = None  # the file it came from; None for the built-in defaults
@@ -525,12 +634,20 @@ def _suggest(name: str, known: Sequence[str]) -> str:
 
 
 def load_config(
-    path: str | None, *, listen: list[str] | None = None, redis: str | None = None
+    path: str | None,
+    *,
+    listen: list[str] | None = None,
+    redis: str | None = None,
+    control: list[str] | None = None,
+    media_addresses: list[str] | None = None,
+    ports: str | None = None,
 ) -> Config:
     """Read and validate *path* (None: the built-in defaults).
 
     *listen*, when given, replaces ``proxy.listen`` (the ``--listen`` option),
-    and *redis* ``redis.url`` (``--redis``).
+    *redis* ``redis.url`` (``--redis``), *control* ``relay.control``
+    (``--control``), *media_addresses* ``relay.media_addresses``
+    (``--media-address``) and *ports* ``relay.ports`` (``--ports``).
     Raises ConfigError with a one-line message on any problem.
     """
     doc: dict[str, Any] = {}
@@ -567,6 +684,22 @@ def load_config(
         except _Invalid as e:
             raise ConfigError(f"--redis: expected {e.expected}, got {_show(e.got)}") from None
         values["redis"] = dataclasses.replace(values["redis"], url=url)
+
+    relay_overrides = {}
+    for option, key, raw_value, check in (
+        ("--control", "control", control, _CONTROL_LIST),
+        ("--media-address", "media_addresses", media_addresses, _media_addresses),
+        ("--ports", "ports", ports, port_range),
+    ):
+        if raw_value is None:
+            continue
+        try:
+            relay_overrides[key] = check(list(raw_value) if isinstance(raw_value, list)
+                                         else raw_value)
+        except _Invalid as e:
+            raise ConfigError(f"{option}: expected {e.expected}, got {_show(e.got)}") from None
+    if relay_overrides:
+        values["relay"] = dataclasses.replace(values["relay"], **relay_overrides)
 
     config = Config(**values, path=path)
     _check_consistency(config, where)
@@ -659,4 +792,10 @@ def _check_consistency(config: Config, where: str) -> None:
         raise ConfigError(
             f"{where}: registrar.default_expires: expected a value from registrar.min_expires"
             f" ({r.min_expires}) to registrar.max_expires ({r.max_expires}), got {r.default_expires}"
+        )
+    relay = config.relay
+    if relay.hold_timeout < relay.media_timeout:
+        raise ConfigError(
+            f"{where}: relay.hold_timeout: expected a value not below relay.media_timeout"
+            f" ({relay.media_timeout:g}), got {relay.hold_timeout:g}"
         )

@@ -180,6 +180,44 @@ def show_json(result: Any, args: argparse.Namespace) -> str:
     return json.dumps(result, indent=2, ensure_ascii=False)
 
 
+def _leg_text(leg: dict[str, Any]) -> str:
+    """A party as "relay-port <- source": where it sends to, and from where."""
+    port = leg.get("port")
+    source = leg.get("latched") or leg.get("signalled")
+    shown = "-" if port is None else str(port)
+    if source:
+        shown += f" <- {source}"
+        if not leg.get("latched"):
+            shown += " (sdp)"
+    return shown
+
+
+def show_relay_sessions(result: Any, args: argparse.Namespace) -> str:
+    if not result:
+        return "no relayed sessions"
+    rows = [
+        (s["call_id"], s["from_tag"], s.get("to_tag"), _leg_text(s["caller"]),
+         _leg_text(s["callee"]), s["caller"]["packets"] + s["caller"]["rtcp_packets"],
+         s["callee"]["packets"] + s["callee"]["rtcp_packets"], s["dropped"],
+         f"{s['idle']:.0f}" + (" hold" if s.get("on_hold") else ""))
+        for s in result
+    ]
+    return table(("CALL-ID", "FROM-TAG", "TO-TAG", "CALLER", "CALLEE", "PKTS-A>B", "PKTS-B>A",
+                  "DROPPED", "IDLE-S"), rows)
+
+
+def show_relay_stats(result: Any, args: argparse.Namespace) -> str:
+    rows: list[tuple[str, Any]] = []
+    for key, value in result.items():
+        if isinstance(value, dict):
+            if not value:
+                rows.append((key, 0))
+            rows.extend((f"{key}.{k}", v) for k, v in sorted(value.items()))
+        else:
+            rows.append((key, str(value).lower() if isinstance(value, bool) else value))
+    return table(("COUNTER", "VALUE"), rows)
+
+
 # ---------------------------------------------------------------------------
 # The command table.
 
@@ -283,6 +321,12 @@ COMMANDS: list[Command] = [
     Command(("ul", "rm"), "ul.rm", "remove one contact of an AOR, or all its bindings",
             (Arg("aor", metavar="AOR"), Arg("contact", optional=True, metavar="CONTACT")),
             show=show_ul_rm),
+    Command(("relay", "sessions"), "relay.sessions",
+            "the sessions the RTP relay carries, with ports, sources and packet counts",
+            (Arg("call_id", "only this call", optional=True, metavar="CALL-ID"),),
+            show=show_relay_sessions, group_help="the RTP relay (media)"),
+    Command(("relay", "stats"), "relay.stats",
+            "RTP relay totals: sessions, packets, drops by cause, ports", show=show_relay_stats),
 ]
 
 

@@ -5,13 +5,32 @@ from __future__ import annotations
 from twisted.application import service
 
 from sipsuite.config import Config
+from sipsuite.management import ManagementService, RpcRegistry
 from sipsuite.proxy.service import make_proxy_service
+from sipsuite.rtprelay.service import make_relay_service
+
+
+def _management_registry(parent: service.MultiService) -> RpcRegistry | None:
+    """The registry of the management interface the proxy serves, if any."""
+    for child in parent:
+        if isinstance(child, ManagementService):
+            return child.registry
+    return None
 
 
 def make_suite_service(config: Config) -> service.MultiService:
-    """The proxy (and, once it exists, the RTP relay) in one MultiService."""
+    """The proxy and the RTP relay in one MultiService.
+
+    One management interface serves both: the relay's methods go on the
+    proxy's registry (``[management] listen = ""`` turns it off for both).
+    The relay is the child named "rtp-relay", its RelayService named "relay"
+    inside, for the proxy to reach in-process.
+    """
     top = service.MultiService()
     proxy = make_proxy_service(config)
     proxy.setName("sip-proxy")
     proxy.setServiceParent(top)
+    relay = make_relay_service(config, _management_registry(proxy), serve_management=False)
+    relay.setName("rtp-relay")
+    relay.setServiceParent(top)
     return top

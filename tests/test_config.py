@@ -16,9 +16,11 @@ from sipsuite.config import (
     PACKAGED_CONFIG,
     Config,
     ConfigError,
+    ControlSpec,
     ListenSpec,
     default_config_path,
     load_config,
+    parse_control,
     parse_listen,
 )
 
@@ -311,6 +313,25 @@ BAD_VALUES = [
     ("redis", "prefix", "1", "printable ASCII text on one line"),
     ("management", "listen", '"udp:127.0.0.1:7060"', "'' or 'tcp:HOST:PORT'"),
     ("management", "listen", '"tcp:localhost:7060"', "'' or 'tcp:HOST:PORT'"),
+    ("relay", "control", '"udp:127.0.0.1:7722"', "a list [...]"),
+    ("relay", "control", "[]", "a list with at least one entry"),
+    ("relay", "control", '["udp:0.0.0.0:7722"]', "'udp:HOST:PORT' with HOST a specific IP"),
+    ("relay", "control", '["tcp:127.0.0.1:7722"]', "'udp:HOST:PORT' with HOST a specific IP"),
+    ("relay", "control", '["unix:"]', "'udp:HOST:PORT' with HOST a specific IP"),
+    ("relay", "media_addresses", '"10.0.0.1"', "a list [...]"),
+    ("relay", "media_addresses", '["relay.example.com"]', "an IP address such as"),
+    ("relay", "media_addresses", '["10.0.0.1", "10.0.0.2", "10.0.0.3"]',
+     "one address, or two (internal, external) for bridging"),
+    ("relay", "media_addresses", '["10.0.0.1", "0.0.0.0"]', "a specific address when bridging"),
+    ("relay", "ports", '"35000"', "'LOW-HIGH' with 1 <= LOW < HIGH <= 65535"),
+    ("relay", "ports", '"40000-30000"', "'LOW-HIGH' with 1 <= LOW < HIGH <= 65535"),
+    ("relay", "ports", '"35001-35002"', "'LOW-HIGH' with 1 <= LOW < HIGH <= 65535"),
+    ("relay", "ports", '"60000-70000"', "'LOW-HIGH' with 1 <= LOW < HIGH <= 65535"),
+    ("relay", "ports", "[35000, 65000]", "'LOW-HIGH' with 1 <= LOW < HIGH <= 65535"),
+    ("relay", "learn_window", "0", "a number of seconds above 0"),
+    ("relay", "media_timeout", '"60"', "a number of seconds above 0"),
+    ("relay", "hold_timeout", "-1", "a number of seconds above 0"),
+    ("relay", "drain_time", "-1", "a number of seconds, 0 or more"),
     ("log", "level", '"trace"', "one of 'debug', 'info', 'warn', 'error'"),
     ("log", "level", "3", "one of 'debug', 'info', 'warn', 'error'"),
 ]
@@ -415,3 +436,75 @@ def test_missing_file(tmp_path: Path) -> None:
     path = str(tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match=re.escape(f"{path}: cannot read: No such file")):
         load_config(path)
+
+
+# --- [relay] ---------------------------------------------------------------------------
+
+
+def test_relay_defaults() -> None:
+    r = load_config(None).relay
+    assert r.control == [ControlSpec("udp", "127.0.0.1", 7722)]
+    assert r.media_addresses == ["0.0.0.0"]
+    assert r.ports == (35000, 65000)
+    assert (r.learn_window, r.media_timeout, r.hold_timeout, r.drain_time) == (
+        3.0, 60.0, 3600.0, 30.0)
+
+
+def test_relay_values(tmp_path: Path) -> None:
+    r = load_config(write(tmp_path, """
+[relay]
+control = ["udp:[::1]:7722", "UDP:127.0.0.2:0", "unix:/run/sipsuite/relay.sock"]
+media_addresses = ["10.0.0.5", "2001:DB8::5"]
+ports = "35001-35003"
+drain_time = 0
+""")).relay
+    assert r.control == [
+        ControlSpec("udp", "::1", 7722),
+        ControlSpec("udp", "127.0.0.2", 0),
+        ControlSpec("unix", path="/run/sipsuite/relay.sock"),
+    ]
+    assert [str(c) for c in r.control] == [
+        "udp:[::1]:7722", "udp:127.0.0.2:0", "unix:/run/sipsuite/relay.sock"]
+    assert r.media_addresses == ["10.0.0.5", "2001:db8::5"]
+    assert r.ports == (35001, 35003)  # one pair: 35002/35003
+    assert r.drain_time == 0.0
+
+
+@pytest.mark.parametrize("text", ["udp:[::]:7722", "udp:127.0.0.1", "unix:", "udp6:[::1]:1",
+                                  "udp:localhost:7722", "unix:" + "x" * 120, 7722])
+def test_parse_control_rejects(text: object) -> None:
+    with pytest.raises(ValueError, match="expected 'udp:HOST:PORT' with HOST a specific IP"):
+        parse_control(text)
+
+
+def test_relay_option_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, '[relay]\nports = "40000-40099"\n')
+    r = load_config(path, control=["udp:127.0.0.1:9000", "unix:/tmp/r.sock"],
+                    media_addresses=["192.0.2.1", "192.0.2.2"], ports="50000-50999").relay
+    assert r.control == [ControlSpec("udp", "127.0.0.1", 9000),
+                         ControlSpec("unix", path="/tmp/r.sock")]
+    assert r.media_addresses == ["192.0.2.1", "192.0.2.2"]
+    assert r.ports == (50000, 50999)
+    assert load_config(path).relay.ports == (40000, 40099)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"ports": "1-2-3"}, "--ports: expected 'LOW-HIGH' with 1 <= LOW < HIGH <= 65535"),
+    ({"control": ["udp:0.0.0.0:7722"]}, "--control: expected 'udp:HOST:PORT' with HOST a"),
+    ({"control": []}, "--control: expected a list with at least one entry"),
+    ({"media_addresses": ["nope"]}, "--media-address: expected an IP address"),
+])
+def test_relay_option_errors(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, **kwargs)  # type: ignore[arg-type]
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_relay_consistency(tmp_path: Path) -> None:
+    assert error_of(tmp_path, "[relay]\nmedia_timeout = 100\nhold_timeout = 50\n") == (
+        "relay.hold_timeout: expected a value not below relay.media_timeout (100), got 50"
+    )
+    # A control port inside the media range is allowed: the relay skips the
+    # pair it falls in, as it skips any port another program holds.
+    c = load_config(write(tmp_path, '[relay]\ncontrol = ["udp:127.0.0.1:40000"]\n'))
+    assert c.relay.control[0].port == 40000

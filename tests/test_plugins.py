@@ -48,6 +48,7 @@ def test_twistd_help_lists_plugins(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert any(line.split()[:1] == ["sip-proxy"] for line in lines), result.stdout
     assert any(line.split()[:1] == ["sipsuite"] for line in lines), result.stdout
+    assert any(line.split()[:1] == ["rtp-relay"] for line in lines), result.stdout
 
 
 @pytest.mark.parametrize("tapname", ["sipsuite", "sip-proxy"])
@@ -109,6 +110,10 @@ def test_twistd_runs_and_stops(tmp_path: Path) -> None:
             "udp:127.0.0.1:0",
             "--listen",
             "tcp:127.0.0.1:0",
+            # The in-process relay's control socket: a free port, not the
+            # default 7722 another sipsuite on this host may hold.
+            "--control",
+            f"udp:127.0.0.1:{_free_udp_port()}",
         ],
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,
@@ -151,7 +156,65 @@ def test_twistd_runs_and_stops(tmp_path: Path) -> None:
 
 def test_plugins_found_in_process() -> None:
     found = makers()
-    assert {"sip-proxy", "sipsuite"} <= set(found)
+    assert {"sip-proxy", "sipsuite", "rtp-relay"} <= set(found)
+
+
+@pytest.mark.parametrize("tapname", ["rtp-relay", "sipsuite"])
+def test_bad_ports_option_one_line_exit_2(tmp_path: Path, tapname: str) -> None:
+    result = twistd("-n", "--pidfile=", tapname, "--ports", "40000-30000", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"{tapname}: --ports: expected 'LOW-HIGH' with ")
+    assert result.stderr.endswith(", got '40000-30000'\n")
+
+
+def test_bad_control_and_media_options_one_line_exit_2(tmp_path: Path) -> None:
+    result = twistd("-n", "--pidfile=", "rtp-relay", "--control", "udp:0.0.0.0:7722",
+                    cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("rtp-relay: --control: expected 'udp:HOST:PORT' with HOST")
+    result = twistd("-n", "--pidfile=", "rtp-relay", "--media-address", "relay.example.com",
+                    cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        2,
+        "rtp-relay: --media-address: expected an IP address such as '192.0.2.1' or"
+        " '2001:db8::1', got 'relay.example.com'\n",
+    )
+
+
+def test_rtp_relay_has_no_proxy_options(tmp_path: Path) -> None:
+    result = twistd("-n", "--pidfile=", "rtp-relay", "--listen", "udp:127.0.0.1:0", cwd=tmp_path)
+    assert result.returncode != 0 and "--listen" in result.stderr + result.stdout
+
+
+def test_relay_control_port_in_use_one_line_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    (tmp_path / "r.toml").write_text('[management]\nlisten = ""\n')
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        result = twistd(
+            "-n", "--pidfile=", "--logfile=-", "rtp-relay", "-c", "r.toml",
+            "--control", f"udp:127.0.0.1:{port}", cwd=tmp_path,
+        )
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert f"sipsuite: cannot listen on relay control udp:127.0.0.1:{port}: Address already in use" \
+        in out, out
+    assert "Traceback" not in out, out
+
+
+def test_make_relay_service(tmp_path: Path) -> None:
+    maker = makers()["rtp-relay"]
+    options = maker.options()
+    options.parseOptions(["--control", "udp:127.0.0.1:0", "--control", "unix:/tmp/x.sock",
+                          "--media-address", "127.0.0.1", "--ports", "30000-30099"])
+    service = maker.makeService(options)
+    relay = service.getServiceNamed("relay")
+    assert [str(c) for c in relay.config.control] == ["udp:127.0.0.1:0", "unix:/tmp/x.sock"]
+    assert relay.config.media_addresses == ["127.0.0.1"]
+    assert relay.config.ports == (30000, 30099)
 
 
 @pytest.mark.parametrize("tapname", ["sipsuite", "sip-proxy"])
@@ -212,6 +275,14 @@ def test_bad_redis_option_one_line(tmp_path: Path) -> None:
         "sip-proxy: --redis: expected '' or 'redis://[:PASSWORD@]HOST[:PORT][/DB]',"
         " got '127.0.0.1:6379'\n",
     )
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _free_tcp_port() -> int:

@@ -43,7 +43,8 @@ Every U/L opens the window on both legs, because each both sets one party's
 address (its media may move) and hands the other party a relay port in the
 SDP it is about to receive (it starts or restarts sending now).
 
-RTCP latches separately, on its own source, by the same rules; before an RTCP
+RTCP latches separately, on its own source, by the same rules, except that
+once RTP is latched RTCP is learnt only from the RTP host; before an RTCP
 source is learnt, and as the trusted source to learn from, it is derived from
 RTP: the latched RTP address with port + 1 (as RTPProxy's guess_addr does),
 else the signalled one + 1.  RTCP from the latched RTP host carrying the
@@ -411,13 +412,19 @@ class Session:
         follows_rtp = (
             rtp is not None and src[0] == rtp[0] and (src[1] == rtp[1] + 1 or ssrc == leg.ssrc)
         )
+        # Once the party's RTP source is known, its RTCP is learnt only from
+        # that host: phones often start RTCP seconds after RTP, and without
+        # this whoever sprays RTCP at the relay early in a call would win the
+        # RTCP latch (RTP Bleed for RTCP: the party's reports go to them).
+        learning = leg.learning(now)
+        may_learn = learning and (rtp is None or src[0] == rtp[0])
         if latched is None:
-            if follows_rtp or leg.learning(now):
+            if follows_rtp or may_learn:
                 leg._latch_rtcp(src)
                 return None
-            return DROP_LEARNING_CLOSED
+            return DROP_BLEED if learning else DROP_LEARNING_CLOSED
         if follows_rtp or (
-            leg.learning(now)
+            may_learn
             and (leg.rtcp_latched_round < leg.round or (src == expected and latched != expected))
         ):
             leg._latch_rtcp(src)

@@ -89,6 +89,9 @@ def write_config(
         "location.static": {user: list(uris) for user, uris in (static or {}).items()},
         "log": {"level": log_level},
         "management": {"listen": f"tcp:{LOCALHOST}:{management_port or free_port('tcp')}"},
+        # `twistd sipsuite` runs the RTP relay too: its control socket on a
+        # free port as well, never the shared default 7722.
+        "relay": {"control": [f"udp:{LOCALHOST}:{free_port('udp')}"]},
     }
     for name, items in (extra_tables or {}).items():
         doc.setdefault(name, {}).update(items)

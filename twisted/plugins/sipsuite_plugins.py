@@ -1,4 +1,4 @@
-"""twistd plugins: ``twistd -n sip-proxy`` and ``twistd -n sipsuite``.
+"""twistd plugins: ``twistd -n sip-proxy``, ``twistd -n rtp-relay`` and ``twistd -n sipsuite``.
 
 Options only; the wiring lives in sipsuite/proxy/service.py and
 sipsuite/service.py.  This module is imported whenever Twisted lists its
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from sipsuite.config import Config
 
 
-class Options(usage.Options):
+class ConfigOptions(usage.Options):
     optParameters = [
         [
             "config",
@@ -33,13 +33,19 @@ class Options(usage.Options):
         ],
     ]
 
-    optParameters.append([
-        "redis",
-        None,
-        None,
-        "Keep registrations and subscribers in Redis: redis://[:PASSWORD@]HOST[:PORT][/DB]"
-        " (overrides [redis] url)",
-    ])
+
+class Options(ConfigOptions):
+    """sip-proxy's options."""
+
+    optParameters = [
+        [
+            "redis",
+            None,
+            None,
+            "Keep registrations and subscribers in Redis: redis://[:PASSWORD@]HOST[:PORT][/DB]"
+            " (overrides [redis] url)",
+        ],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,21 +58,59 @@ class Options(usage.Options):
     opt_l = opt_listen
 
 
+class RelayOptions(ConfigOptions):
+    """rtp-relay's options."""
+
+    optParameters = [
+        [
+            "ports",
+            None,
+            None,
+            "Relay media on UDP ports LOW-HIGH, e.g. 35000-65000 (overrides [relay] ports)",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["control"] = []
+        self["media-address"] = []
+
+    def opt_control(self, uri: str) -> None:
+        """Control socket URI: udp:HOST:PORT, udp:[::1]:7722, unix:PATH (repeatable)"""
+        self["control"].append(uri)
+
+    def opt_media_address(self, address: str) -> None:
+        """Relay media on ADDR; twice to bridge: internal, then external (repeatable)"""
+        self["media-address"].append(address)
+
+
+class SuiteOptions(Options, RelayOptions):
+    """sipsuite's options: the proxy's and the relay's."""
+
+
 @implementer(IServiceMaker, IPlugin)
 class SipsuiteServiceMaker:
-    def __init__(self, tapname: str, description: str, build: Callable[[Config], IService]) -> None:
+    def __init__(self, tapname: str, description: str, build: Callable[[Config], IService],
+                 options: type[ConfigOptions] = Options) -> None:
         self.tapname = tapname
         self.description = description
-        self.options = Options
+        self.options = options
         self._build = build
 
-    def makeService(self, options: Options) -> IService:
+    def makeService(self, options: ConfigOptions) -> IService:
         from sipsuite import log
         from sipsuite.config import ConfigError, default_config_path, load_config
 
         path = options["config"] or default_config_path()
         try:
-            config = load_config(path, listen=options["listen"] or None, redis=options["redis"])
+            config = load_config(
+                path,
+                listen=options.get("listen") or None,
+                redis=options.get("redis"),
+                control=options.get("control") or None,
+                media_addresses=options.get("media-address") or None,
+                ports=options.get("ports"),
+            )
         except ConfigError as e:
             # One line, no traceback, no usage text: the key and what it wants.
             sys.stderr.write(f"{self.tapname}: {e}\n")
@@ -87,6 +131,12 @@ def _proxy(config: Config) -> IService:
     return make_proxy_service(config)
 
 
+def _relay(config: Config) -> IService:
+    from sipsuite.rtprelay.service import make_relay_service
+
+    return make_relay_service(config)
+
+
 def _suite(config: Config) -> IService:
     from sipsuite.service import make_suite_service
 
@@ -96,6 +146,11 @@ def _suite(config: Config) -> IService:
 sip_proxy_maker = SipsuiteServiceMaker(
     "sip-proxy", "SIP proxy (stateful, record-routing) on UDP and TCP", _proxy
 )
+rtp_relay_maker = SipsuiteServiceMaker(
+    "rtp-relay", "RTP media relay driven by RTPProxy's control protocol (UDP, unix)", _relay,
+    RelayOptions,
+)
 sipsuite_maker = SipsuiteServiceMaker(
-    "sipsuite", "The whole suite on one host with in-memory stores (today: the SIP proxy)", _suite
+    "sipsuite", "The whole suite on one host with in-memory stores: SIP proxy and RTP relay",
+    _suite, SuiteOptions,
 )

@@ -1,0 +1,301 @@
+"""Wiring: a validated Config becomes the relay's MultiService.
+
+:class:`RelayService` owns the relay: the SessionTable, its MediaPorts, the
+control listeners and a once-a-second tick (session timeouts, ports held by
+other programs coming back, load).  Stopping it drains: new sessions are
+refused (E99), existing ones keep being relayed and controlled (L, D, Q)
+until they end or ``[relay] drain_time`` passes, then everything closes.
+
+:func:`register_relay_methods` adds ``relay.sessions`` and ``relay.stats`` to
+a management RpcRegistry: the proxy's inside ``twistd -n sipsuite``, the
+relay's own ManagementService for ``twistd -n rtp-relay``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
+from twisted.python.failure import Failure
+
+from sipsuite.config import Config, RelayConfig
+from sipsuite.log import get_logger
+from sipsuite.management import INVALID_PARAMS, ManagementService, RpcError, RpcRegistry
+from sipsuite.rtprelay.control import ControlDispatcher, ReplyCache, listen_control
+from sipsuite.rtprelay.media import MediaPorts, check_media_address
+from sipsuite.rtprelay.session import Addr, Leg, Session
+from sipsuite.rtprelay.table import SessionTable
+
+__all__ = ["RelayService", "make_relay_service", "register_relay_methods"]
+
+log = get_logger("sipsuite.rtprelay.service")
+
+TICK = 1.0
+
+
+def _fail_start(message: str) -> None:
+    # One line and exit 2, as the proxy does for its ports: the usual causes
+    # are a second relay on the control port or a media address not on this host.
+    sys.stderr.write(f"sipsuite: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+class RelayService(service.Service):
+    """The RTP relay: control listeners, media ports, expiry, drain."""
+
+    def __init__(self, config: RelayConfig, reactor: Any | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self.clock = clock
+        low, high = config.ports
+        self.media = MediaPorts(low, high, reactor, clock, address=config.media_addresses[0])
+        self.table = SessionTable(
+            self.media,
+            learn_window=config.learn_window,
+            timeout=config.media_timeout,
+            hold_timeout=config.hold_timeout,
+        )
+        self.dispatcher = ControlDispatcher(self.table, self.media, config.media_addresses, clock)
+        self.dispatcher.on_drain_progress = self._check_drained
+        self.cache = ReplyCache()
+        self.listeners: list[Any] = []
+        self._loop: task.LoopingCall | None = None
+        self._cpu = (time.process_time(), clock())
+        self._drained: defer.Deferred[None] | None = None
+        self._drain_timer: Any = None
+
+    # -- start ----------------------------------------------------------------
+
+    def startService(self) -> None:
+        for address in self.config.media_addresses:
+            try:
+                check_media_address(address)
+            except OSError as exc:
+                _fail_start(f"cannot bind relay media address {address}: {exc.strerror or exc}")
+        for spec in self.config.control:
+            try:
+                self.listeners.append(
+                    listen_control(spec, self.dispatcher, self.cache, self.reactor, self.clock))
+            except CannotListenError as exc:
+                self._close_listeners()
+                reason = getattr(exc.socketError, "strerror", None) or exc.socketError
+                _fail_start(f"cannot listen on relay control {spec}: {reason}")
+        super().startService()
+        self._loop = task.LoopingCall(self.tick)
+        self._loop.clock = self.reactor
+        self._loop.start(TICK, now=False)
+        self.reactor.callWhenRunning(lambda: log.info(
+            "rtp relay ready: control {c}, media on {m}, ports {lo}-{hi}",
+            c=", ".join(str(s) for s in self.config.control),
+            m=", ".join(self.config.media_addresses), lo=self.config.ports[0],
+            hi=self.config.ports[1]))
+
+    @property
+    def control_ports(self) -> list[int]:
+        """The bound UDP control ports (the OS's picks for port 0), in config order."""
+        return [p.getHost().port for p in self.listeners if hasattr(p.getHost(), "port")]
+
+    # -- the tick ---------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Once a second: end idle sessions, retry held ports, measure load."""
+        try:
+            self._tick()
+        except Exception:
+            # A LoopingCall whose function raises stops for good, and then no
+            # session would ever time out: log the bug and keep ticking.
+            log.failure("relay tick failed", Failure())
+
+    def _tick(self) -> None:
+        now = self.clock()
+        gone = self.table.expire(now)
+        for session in gone:
+            log.info("relay session {c} ended: no media for {t:g} s", c=session.call_id,
+                     t=self.table.hold_timeout if session.on_hold else self.table.timeout)
+        self.media.release_held(now)
+        cpu = time.process_time()
+        last_cpu, last_now = self._cpu
+        if now > last_now:
+            self.dispatcher.load = min(1.0, max(0.0, (cpu - last_cpu) / (now - last_now)))
+        self._cpu = (cpu, now)
+        self._check_drained()
+
+    # -- stop: drain ------------------------------------------------------------
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        table = self.table
+        table.draining = True
+        active = len(table)
+        if active == 0 or self.config.drain_time <= 0:
+            return self._close()
+        log.info("relay draining: {n} session(s), at most {t:g} s", n=active,
+                 t=self.config.drain_time)
+        self._drained = defer.Deferred()
+        self._drain_timer = self.reactor.callLater(self.config.drain_time, self._drain_over)
+        return self._drained
+
+    def stop_now(self) -> defer.Deferred[None]:
+        """Close everything at once, sessions and all, without draining
+        (ends a drain in progress too); fires when the listeners are closed."""
+        if self.running:
+            super().stopService()
+        self.table.draining = True
+        if self._drained is None:
+            return self._close()
+        done = self._drained
+        self._finish_drain()
+        return done
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and self.table.drained:
+            log.info("relay drained: every session ended")
+            self._finish_drain()
+
+    def _drain_over(self) -> None:
+        self._drain_timer = None
+        log.info("relay drain time over: {n} session(s) cut", n=len(self.table))
+        self._finish_drain()
+
+    def _finish_drain(self) -> None:
+        if self._drain_timer is not None and self._drain_timer.active():
+            self._drain_timer.cancel()
+        self._drain_timer = None
+        drained, self._drained = self._drained, None
+        closed = self._close()
+        if drained is not None:
+            closed.chainDeferred(drained)
+
+    def _close(self) -> defer.Deferred[None]:
+        """Stop the tick, close the control listeners and every relay port;
+        fires once the listeners are closed (a unix socket file removed)."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        self.media.close()
+        return self._close_listeners()
+
+    def _close_listeners(self) -> defer.Deferred[None]:
+        listeners, self.listeners = self.listeners, []
+        waits = [defer.maybeDeferred(port.stopListening) for port in listeners]
+        return defer.gatherResults(waits).addCallback(lambda _: None)
+
+    # -- management views -------------------------------------------------------
+
+    def sessions_view(self, call_id: str | None = None) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [self._session_info(s, now) for s in self.table
+                if call_id is None or s.call_id == call_id]
+
+    def _session_info(self, session: Session, now: float) -> dict[str, Any]:
+        return {
+            "call_id": session.call_id,
+            "from_tag": session.from_tag,
+            "to_tag": session.to_tag,
+            "age": round(now - session.created, 3),
+            "idle": round(now - session.last_activity, 3),
+            "on_hold": session.on_hold,
+            "packets": session.packets_relayed,
+            "bytes": session.bytes_relayed,
+            "dropped": session.packets_dropped,
+            "caller": self._leg_info(session.caller),
+            "callee": self._leg_info(session.callee),
+        }
+
+    def _leg_info(self, leg: Leg) -> dict[str, Any]:
+        s = leg.stats
+        return {
+            "port": leg.port,
+            "address": self.media.address_of(leg),
+            "interface": leg.interface,
+            "signalled": _show_addr(leg.signalled),
+            "latched": _show_addr(leg.latched),
+            "rtcp_latched": _show_addr(leg.rtcp_latched),
+            "asymmetric": leg.asymmetric,
+            "on_hold": leg.on_hold,
+            # What this party sent through the relay.
+            "packets": s.packets,
+            "bytes": s.bytes,
+            "rtcp_packets": s.rtcp_packets,
+            "rtcp_bytes": s.rtcp_bytes,
+            "dropped": s.dropped,
+            "drops": dict(s.drops),
+        }
+
+    def stats_view(self) -> dict[str, Any]:
+        s = self.table.stats()
+        media = self.media
+        return {
+            "sessions_active": s.sessions_active,
+            "sessions_created": s.sessions_created,
+            "sessions_deleted": s.sessions_deleted,
+            "sessions_expired": s.sessions_expired,
+            "packets_relayed": s.packets_relayed,
+            "bytes_relayed": s.bytes_relayed,
+            "packets_dropped": s.packets_dropped,
+            "drops": s.drops,
+            "send_errors": media.counters.send_errors,
+            "ports_total": media.capacity * 2,
+            "ports_free": media.free_count * 2,
+            "ports_held": media.held_count * 2,
+            "commands": self.dispatcher.commands,
+            "command_errors": self.dispatcher.errors,
+            "retransmissions": self.cache.hits,
+            "draining": self.table.draining,
+            "load": round(self.dispatcher.load, 3),
+        }
+
+
+def _show_addr(addr: Addr | None) -> str | None:
+    if addr is None:
+        return None
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def register_relay_methods(registry: RpcRegistry, relay: RelayService) -> None:
+    """``relay.sessions`` and ``relay.stats`` on a management registry."""
+
+    def sessions(call_id: str | None = None) -> list[dict[str, Any]]:
+        if call_id is not None and not isinstance(call_id, str):
+            raise RpcError(INVALID_PARAMS, "call_id must be a string")
+        return relay.sessions_view(call_id)
+
+    def stats() -> dict[str, Any]:
+        return relay.stats_view()
+
+    registry.register("relay.sessions", sessions,
+                      "relay.sessions(call_id=null): the relayed sessions (of one call),"
+                      " with each party's ports, addresses and counters")
+    registry.register("relay.stats", stats,
+                      "relay.stats(): relay totals: sessions, packets, drops by cause, ports")
+
+
+def make_relay_service(config: Config, registry: RpcRegistry | None = None, *,
+                       serve_management: bool = True,
+                       reactor: Any | None = None) -> service.MultiService:
+    """The relay's services.  With ``registry`` (the proxy's, in one process)
+    its methods go there; without, and with ``serve_management``, the relay
+    serves its own management interface on ``[management] listen`` (unless
+    that is "")."""
+    top = service.MultiService()
+    relay = RelayService(config.relay, reactor)
+    relay.setName("relay")
+    relay.setServiceParent(top)
+    if registry is None and serve_management and config.management.listen:
+        registry = RpcRegistry()
+        ManagementService(config.management.listen, registry, reactor).setServiceParent(top)
+    if registry is not None:
+        register_relay_methods(registry, relay)
+    return top
