@@ -23,7 +23,7 @@ from pathlib import Path
 import procs
 import pytest
 from kamailioproc import KamailioProcess, start_kamailio
-from procs import LOCALHOST, SippProcess, parse_sipp_messages, run_ctl, run_sipp, sipp_dir
+from procs import LOCALHOST, SippProcess, parse_sipp_messages, run_ctl, sipp_dir
 
 PORTS = (41000, 41999)
 
@@ -111,9 +111,21 @@ def test_kamailio_relays_media_through_our_relay(setup: Setup, tmp_path: Path) -
                       local_port=setup.uas_port, calls=1, timeout_s=30, service="bob",
                       trace_msg=True, extra=["-rtp_echo"])
     assert procs.wait_bound(setup.uas_port, "udp", 5.0)
-    uac = run_sipp(sipp_dir() / "call_uac_rtp.xml", name="uac", workdir=work,
-                   remote=setup.kamailio.address, local_port=procs.free_port(), calls=1,
-                   timeout_s=30, service="bob", duration_ms=3000, trace_msg=True)
+    caller = SippProcess(sipp_dir() / "call_uac_rtp.xml", name="uac", workdir=work,
+                         remote=setup.kamailio.address, local_port=procs.free_port(), calls=1,
+                         timeout_s=30, service="bob", duration_ms=3000, trace_msg=True)
+    # Mid-call, the session's per-party counters: the caller's audio and the
+    # callee's echo both crossed the relay.
+    during: list[dict] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and caller.proc.poll() is None:
+        shown = setup.relay.ctl("--json", "relay", "sessions")
+        sessions = json.loads(shown.stdout) if shown.returncode == 0 else []
+        if sessions and all(sessions[0][leg]["packets"] >= 25 for leg in ("caller", "callee")):
+            during = sessions
+            break
+        time.sleep(0.3)
+    uac = caller.wait()
     res = uas.wait()
     diag = (f"\n{uac.summary()}\n{res.summary()}\n{setup.kamailio.diagnostics()}"
             f"\n--- relay log:\n{setup.relay.log.read_text(errors='replace')[-4000:]}")
@@ -129,6 +141,7 @@ def test_kamailio_relays_media_through_our_relay(setup: Setup, tmp_path: Path) -
         assert addr == LOCALHOST and PORTS[0] <= port <= PORTS[1], (
             f"{what}: SDP points at {addr}:{port}, not the relay" + diag)
 
+    assert during, "no session with audio both ways seen during the call" + diag
     stats = setup.relay.ctl("--json", "relay", "stats")
     assert stats.returncode == 0, stats.stderr
     figures = json.loads(stats.stdout)
