@@ -1,0 +1,701 @@
+#!/usr/bin/env python3
+"""Packets-per-second benchmark of sipsuite's RTP relay, with rtpengine as the reference.
+
+    python bench/relay_pps.py [--sessions 10,100,200,...] [--seconds 10] [--quick]
+
+Topology (everything on 127.0.0.1, every port picked at run time):
+
+    rtpgen.py caller sockets <--> relay under test <--> rtpgen.py callee sockets
+
+For each number of sessions N, in turns for the two relays (a fresh relay process
+each time): one or more load generator processes (bench/rtpgen.py) bind two
+sockets per session, set the session up on the relay (sipsuite: RTPProxy U then L;
+rtpengine: NG offer then answer, SDPs naming the two sockets), then every party
+sends a 172-byte RTP datagram every 20 ms, so N sessions are 100*N packets/s into
+the relay and as many out.  After --warmup seconds (latching) the packets of the
+next --seconds are counted by sequence number: loss = 1 - received / sent.  Each
+packet carries its send time, so the delay through the relay is measured too: a
+relay short of CPU loses nothing at first, because every session has its own
+sockets whose kernel queues (~250 datagrams, 5 s of one stream) absorb the backlog;
+it delays instead.  So a packet received more than --max-delay (100 ms) after it
+was sent counts as lost as well, as a jitter buffer would discard it
+(--max-delay 0: the issue's plain definition).
+
+The relay's CPU is utime+stime of its process group (/proc/PID/stat) over the
+counted window; CPU per packet = that / packets received by the parties.  The
+generators' own CPU and lateness against their 20 ms schedule are reported too: on
+the 2-core VM they share the machine with the relay, and a generator that cannot
+keep its schedule (or is near a full core) makes the figure meaningless.
+
+N rises, per relay, until loss (lost + delayed) exceeds 0.1 % (--max-loss) or the
+generator falls behind; the report gives each relay's highest packet rate with
+loss <= 0.1 %, its CPU per packet, and our/rtpengine packets per CPU second at the
+highest N both handled (target >= 0.5).  Session set-up and the /proc sampling fall
+outside the counted window; reading /proc/net/udp at its start shows as a few ms
+of delay on the relay's packets there.
+
+rtpengine: Debian's rtpengine-daemon (/usr/bin/rtpengine), userspace forwarding
+(--table=-1: no kernel module), in the foreground, --config-file=none so that
+/etc/rtpengine/rtpengine.conf is not read, one worker thread by default
+(--rtpengine-threads) like our single-threaded relay.  Linux only (/proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchlib import (
+    BENCH,
+    CLK_TCK,
+    HOST,
+    REPO,
+    CpuMeter,
+    free_udp_port,
+    kill_group,
+    tail,
+    ticks_between,
+    udp_drops,
+)
+from rtpgen import PACKET, PTIME, Result, bdecode, bencode, percentile_ms
+
+RTPENGINE = "/usr/bin/rtpengine"
+DEFAULT_SESSIONS = "10,100,200,400,600,800,1000,1200,1400,1600"
+RELAYS = ("sipsuite", "rtpengine")
+# A generator is "behind" when its 99th percentile lateness against the 20 ms
+# schedule exceeds this, or it used more than GEN_CPU_LIMIT of a core.
+LATE_LIMIT_MS = 10.0
+GEN_CPU_LIMIT = 0.90
+SESSIONS_PER_GENERATOR = 300
+# Relay + generators using this share of all CPUs: the relay competes with its own
+# load for CPU, so a loss there is the machine's limit as much as the relay's.
+SATURATED_PCT = 90.0
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def bound_udp_ports() -> set[int]:
+    out: set[int] = set()
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    out.add(int(line.split()[1].rpartition(":")[2], 16))
+        except (OSError, StopIteration, ValueError, IndexError):
+            pass
+    return out
+
+
+def media_port_range(size: int) -> tuple[int, int]:
+    """An even-aligned range of `size` ports below Linux's ephemeral range (32768), so
+    the generators' sockets (port 0) never land in it, with nothing bound in it now."""
+    size += size % 2
+    for _ in range(50):
+        low = random.randrange(16000, 32768 - size, 2)
+        used = bound_udp_ports()
+        if not any(p in used for p in range(low, low + size)):
+            return low, low + size - 1
+    raise RuntimeError(f"no free range of {size} UDP ports below 32768")
+
+
+# --------------------------------------------------------------------------- relays
+
+
+@dataclass
+class Relay:
+    name: str
+    proc: subprocess.Popen[bytes]
+    control_port: int
+    log: Path
+    meter: CpuMeter
+    cmd: list[str]
+
+
+def rtpproxy_ping(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        s.settimeout(0.3)
+        s.sendto(b"ping1 V", (HOST, port))
+        try:
+            return s.recv(1024).split() == [b"ping1", b"20040107"]
+        except (TimeoutError, ConnectionRefusedError):
+            return False
+
+
+def ng_ping(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        s.settimeout(0.3)
+        s.sendto(b"ping1 " + bencode({"command": "ping"}), (HOST, port))
+        try:
+            cookie, _, body = s.recv(65535).partition(b" ")
+            reply = bdecode(body)
+        except (TimeoutError, ConnectionRefusedError, ValueError):
+            return False
+        return cookie == b"ping1" and isinstance(reply, dict) and reply.get("result") == "pong"
+
+
+def spawn(cmd: list[str], workdir: Path, name: str, env: dict[str, str] | None = None
+          ) -> subprocess.Popen[bytes]:
+    out = open(workdir / f"{name}.out", "wb")
+    # Own session: the relay leads a process group that is measured and killed whole.
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    out.close()
+    return proc
+
+
+def wait_up(relay: Relay, ping: Callable[[int], bool], limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if relay.proc.poll() is not None:
+            raise RuntimeError(f"{relay.name} exited with status {relay.proc.returncode} at"
+                               f" start; {relay.log}:\n{tail(relay.log)}")
+        if ping(relay.control_port):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{relay.name} did not answer on its control port within {limit:.0f} s;"
+                       f" {relay.log}:\n{tail(relay.log)}")
+
+
+@contextmanager
+def sipsuite_relay(workdir: Path, low: int, high: int, threads: int) -> Iterator[Relay]:
+    del threads  # one reactor thread
+    port = free_udp_port()
+    conf = workdir / "relay.toml"
+    conf.write_text(
+        "[relay]\n"
+        "drain_time = 0.0\n"
+        "[management]\n"
+        'listen = ""\n'
+        "[log]\n"
+        # warn: a log line per event would be part of the measured CPU otherwise.
+        'level = "warn"\n'
+    )
+    log = workdir / "relay.log"
+    cmd = [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+        "--nodaemon", "--pidfile=", f"--logfile={log}",
+        "rtp-relay", "--control", f"udp:{HOST}:{port}", "--media-address", HOST,
+        "--ports", f"{low}-{high}", "--config", str(conf),
+    ]  # fmt: skip
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = spawn(cmd, workdir, "relay", env)
+    relay = Relay("sipsuite", proc, port, log, CpuMeter(proc.pid), cmd)
+    try:
+        wait_up(relay, rtpproxy_ping)
+        yield relay
+    finally:
+        kill_group(proc)
+
+
+@contextmanager
+def rtpengine_relay(workdir: Path, low: int, high: int, threads: int) -> Iterator[Relay]:
+    port = free_udp_port()
+    log = workdir / "relay.out"
+    cmd = [
+        RTPENGINE, "--config-file=none", "--foreground", "--log-stderr",
+        "--table=-1", f"--interface={HOST}", f"--listen-ng={HOST}:{port}",
+        f"--port-min={low}", f"--port-max={high}", "--log-level=4",
+        f"--num-threads={threads}",
+    ]  # fmt: skip
+    proc = spawn(cmd, workdir, "relay")
+    relay = Relay("rtpengine", proc, port, log, CpuMeter(proc.pid), cmd)
+    try:
+        wait_up(relay, ng_ping)
+        yield relay
+    finally:
+        kill_group(proc)
+
+
+# --------------------------------------------------------------------------- one step
+
+
+@dataclass
+class Ready:
+    relay_ports: list[int]
+    party_ports: list[int]
+    setup_s: float
+
+
+@dataclass
+class Generator:
+    proc: subprocess.Popen[bytes]
+    sessions: int
+    meter: CpuMeter
+    ready: Ready | None = None
+    result: Result | None = None
+
+
+@dataclass
+class StepResult:
+    relay: str
+    sessions: int
+    generators: int
+    window_s: float
+    sent: int = 0
+    received: int = 0
+    send_errors: int = 0
+    misrouted: int = 0
+    silent_parties: int = 0
+    relay_ticks: int = 0
+    gen_ticks: int = 0
+    gen_cpu_max: float = 0.0  # the busiest generator's share of one core over its load
+    lateness: dict[str, int] = field(default_factory=dict)  # merged histograms (rtpgen)
+    delay: dict[str, int] = field(default_factory=dict)
+    late_max_ms: float = 0.0
+    delayed: int = 0
+    delay_max_ms: float = 0.0
+    drops_relay: int = 0
+    drops_gen: int = 0
+    setup_s: float = 0.0
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def loss(self) -> float:
+        return 1.0 - self.received / self.sent if self.sent else float("nan")
+
+    @property
+    def delayed_share(self) -> float:
+        return self.delayed / self.sent if self.sent else float("nan")
+
+    @property
+    def late_p99_ms(self) -> float:
+        return percentile_ms(self.lateness, 0.99)
+
+    def delay_ms(self, q: float) -> float:
+        return percentile_ms(self.delay, q)
+
+    @property
+    def pps(self) -> float:
+        """Packets the relay forwarded per second (received by the parties)."""
+        return self.received / self.window_s if self.window_s else float("nan")
+
+    @property
+    def relay_cpu_s(self) -> float:
+        return self.relay_ticks / CLK_TCK
+
+    @property
+    def us_per_packet(self) -> float:
+        return self.relay_cpu_s / self.received * 1e6 if self.received else float("nan")
+
+    @property
+    def pps_per_cpu(self) -> float:
+        return self.received / self.relay_cpu_s if self.relay_ticks else float("nan")
+
+    @property
+    def relay_pct(self) -> float:
+        return self.relay_cpu_s * 100.0 / self.window_s if self.window_s else float("nan")
+
+    @property
+    def gen_pct(self) -> float:
+        return self.gen_ticks * 100.0 / CLK_TCK / self.window_s if self.window_s else float("nan")
+
+    @property
+    def box_pct(self) -> float:
+        """Relay and generators together, % of all the machine's CPUs."""
+        if not self.window_s:
+            return float("nan")
+        used = (self.relay_ticks + self.gen_ticks) / CLK_TCK / self.window_s
+        return used * 100.0 / (os.cpu_count() or 1)
+
+    @property
+    def saturated(self) -> bool:
+        return self.box_pct >= SATURATED_PCT
+
+    @property
+    def generator_ok(self) -> bool:
+        return (
+            not self.error
+            and self.late_p99_ms <= LATE_LIMIT_MS
+            and self.gen_cpu_max <= GEN_CPU_LIMIT
+            and self.drops_gen == 0
+        )
+
+    def clean(self, max_loss: float) -> bool:
+        """Lost plus delayed packets within the limit."""
+        return not self.error and self.sent > 0 and self.loss + self.delayed_share <= max_loss
+
+
+@dataclass
+class Settings:
+    seconds: float
+    warmup: float
+    workroot: Path
+    generators: int  # 0: one per SESSIONS_PER_GENERATOR sessions
+    rtpengine_threads: int
+    max_loss: float
+    max_delay: float
+
+
+def read_line(gen: Generator, prefix: str, deadline: float) -> dict[str, Any]:
+    """The JSON after `prefix` on the generator's stdout; RuntimeError on ERROR/EOF/time."""
+    assert gen.proc.stdout is not None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(f"generator: no {prefix} line in time")
+        ready, _, _ = select.select([gen.proc.stdout], [], [], left)
+        if not ready:
+            continue
+        line = gen.proc.stdout.readline().decode(errors="replace")
+        if not line:
+            raise RuntimeError(f"generator exited (status {gen.proc.poll()}) before {prefix}")
+        if line.startswith(prefix + " "):
+            parsed = json.loads(line[len(prefix) + 1 :])
+            assert isinstance(parsed, dict)
+            return parsed
+        if line.startswith("ERROR"):
+            raise RuntimeError(f"generator: {line.strip()}")
+
+
+def split(n: int, parts: int) -> list[int]:
+    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+
+
+def run_step(settings: Settings, which: str, n: int) -> StepResult:
+    warm_rounds = max(1, round(settings.warmup / PTIME))
+    window_rounds = max(1, round(settings.seconds / PTIME))
+    n_gen = settings.generators or max(1, math.ceil(n / SESSIONS_PER_GENERATOR))
+    n_gen = min(n_gen, n)
+    result = StepResult(which, n, n_gen, window_rounds * PTIME)
+    workdir = settings.workroot / f"{which}-{n}"
+    workdir.mkdir()
+    # 4 ports per session (RTP+RTCP per leg), plus room for pairs another program holds.
+    low, high = media_port_range(4 * n + 64)
+    start = sipsuite_relay if which == "sipsuite" else rtpengine_relay
+    gens: list[Generator] = []
+    try:
+        with start(workdir, low, high, settings.rtpengine_threads) as relay:
+            result.notes.append("relay: " + " ".join(relay.cmd))
+            first = 0
+            tag = f"{which}{n}x{random.randrange(1 << 30):x}"
+            for g, count in enumerate(split(n, n_gen)):
+                spec = {
+                    "relay": which, "control_port": relay.control_port, "sessions": count,
+                    "first": first, "phase_offset": g / n_gen,
+                    "warmup_rounds": warm_rounds, "window_rounds": window_rounds,
+                    "drain_s": 0.5, "max_delay": settings.max_delay, "tag": tag,
+                }  # fmt: skip
+                first += count
+                err = open(workdir / f"gen{g}.err", "wb")
+                proc = subprocess.Popen(
+                    [sys.executable, str(BENCH / "rtpgen.py"), json.dumps(spec)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                    start_new_session=True,
+                )  # fmt: skip
+                err.close()
+                gens.append(Generator(proc, count, CpuMeter(proc.pid)))
+            # Set-up runs in parallel in the generators: ~2 control round trips a session.
+            deadline = time.monotonic() + 30 + n * 0.05
+            readies = [Ready(**read_line(gen, "READY", deadline)) for gen in gens]
+            relay_ports = sorted({p for r in readies for p in r.relay_ports})
+            party_ports = sorted({p for r in readies for p in r.party_ports})
+            result.setup_s = max(r.setup_s for r in readies)
+            t0 = time.monotonic() + 0.3
+            for gen in gens:
+                assert gen.proc.stdin is not None
+                gen.proc.stdin.write(f"GO {t0!r}\n".encode())
+                gen.proc.stdin.flush()
+            w_start = t0 + warm_rounds * PTIME
+            w_end = w_start + window_rounds * PTIME
+            time.sleep(max(0.0, w_start - time.monotonic()))
+            r0 = relay.meter.sample()
+            g0 = [gen.meter.sample() for gen in gens]
+            d0 = udp_drops([*relay_ports, *party_ports])
+            time.sleep(max(0.0, w_end - time.monotonic()))
+            r1 = relay.meter.sample()
+            g1 = [gen.meter.sample() for gen in gens]
+            d1 = udp_drops([*relay_ports, *party_ports])
+            result.relay_ticks = ticks_between(r0, r1)
+            result.gen_ticks = sum(ticks_between(a, b) for a, b in zip(g0, g1, strict=True))
+            rp = set(relay_ports)
+            for port, count in d1.items():
+                delta = count - d0.get(port, 0)
+                if port in rp:
+                    result.drops_relay += delta
+                else:
+                    result.drops_gen += delta
+            deadline = time.monotonic() + 10
+            for gen in gens:
+                gen.result = Result(**read_line(gen, "RESULT", deadline))
+            if relay.proc.poll() is not None:
+                result.notes.append(f"relay died (status {relay.proc.returncode})")
+            log_tail = tail(relay.log, 5)
+            if log_tail not in ("(empty)", "(no file)") and which == "rtpengine":
+                result.notes.append(f"rtpengine log (last lines):\n{log_tail}")
+    except RuntimeError as e:
+        result.error = str(e)
+    finally:
+        for gen in gens:
+            kill_group(gen.proc)
+    for gen in gens:
+        r = gen.result
+        if r is None:
+            continue
+        result.sent += r.sent
+        result.received += r.received
+        result.send_errors += r.send_errors
+        result.misrouted += r.misrouted
+        result.notes.extend(f"misrouted: {x}" for x in r.misrouted_samples)
+        result.silent_parties += r.silent_parties
+        result.delayed += r.delayed
+        for mine, theirs in ((result.lateness, r.lateness), (result.delay, r.delay)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
+        result.late_max_ms = max(result.late_max_ms, r.late_max_ms)
+        result.delay_max_ms = max(result.delay_max_ms, r.delay_max_ms)
+        if r.load_s > 0:
+            result.gen_cpu_max = max(result.gen_cpu_max, r.cpu_s / r.load_s)
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt(x: float, spec: str = ".1f") -> str:
+    return "n/a" if x != x else format(x, spec)
+
+
+def report_step(r: StepResult, max_loss: float) -> None:
+    if r.error:
+        print(f"  {r.relay} N={r.sessions}: FAILED: {r.error}", flush=True)
+        return
+    verdict = "ok" if r.clean(max_loss) else "LOSS" if r.loss > max_loss else "DELAY"
+    if not r.generator_ok:
+        verdict += ", generator behind"
+    if r.saturated:
+        verdict += ", machine saturated"
+    print(
+        f"  {r.relay} N={r.sessions}: {r.received}/{r.sent} packets in {r.window_s:g} s,"
+        f" loss {fmt(r.loss * 100, '.3f')} %, {fmt(r.pps, '.0f')} pps, delay p50"
+        f" {r.delay_ms(0.5):.2f} p99 {r.delay_ms(0.99):.2f} max {r.delay_max_ms:.0f} ms"
+        f" ({r.delayed} packets over the limit),"
+        f" relay {fmt(r.relay_pct)} % CPU, {fmt(r.us_per_packet)} us/packet;"
+        f" generators {fmt(r.gen_pct)} % CPU (busiest {r.gen_cpu_max * 100:.0f} %),"
+        f" lateness p99 {r.late_p99_ms:.2f} ms max {r.late_max_ms:.1f} ms;"
+        f" machine {fmt(r.box_pct, '.0f')} %; drops relay/gen {r.drops_relay}/{r.drops_gen}; set-up {r.setup_s:.1f} s [{verdict}]",
+        flush=True,
+    )
+    if r.misrouted or r.silent_parties or r.send_errors:
+        print(f"    misrouted {r.misrouted}, parties that got nothing {r.silent_parties},"
+              f" send errors {r.send_errors}", flush=True)
+    for note in r.notes[1:]:
+        print("    " + note.replace("\n", "\n    "), flush=True)
+
+
+def print_table(results: Sequence[StepResult], max_loss: float, max_delay: float) -> None:
+    print(
+        f"{'relay':<9} {'N':>4} {'offered':>7} {'pps':>7} {'loss %':>6} {'dly %':>6}"
+        f" {'dly99':>6} {'relay %':>7} {'us/pkt':>6} {'pkt/CPU s':>9} {'gen %':>5}"
+        f" {'late99':>6} {'box %':>5} {'drops':>7} {'ok':>3}"
+    )
+    for r in results:
+        if r.error:
+            print(f"{r.relay:<9} {r.sessions:>4} {100 * r.sessions:>7}  failed: "
+                  f"{r.error.splitlines()[0][:60]}")
+            continue
+        ok = "yes" if r.clean(max_loss) and r.generator_ok else (
+            "gen" if r.clean(max_loss) else "NO")
+        print(
+            f"{r.relay:<9} {r.sessions:>4} {100 * r.sessions:>7} {fmt(r.pps, '.0f'):>7}"
+            f" {fmt(r.loss * 100, '.3f'):>6} {fmt(r.delayed_share * 100, '.3f'):>6}"
+            f" {r.delay_ms(0.99):>6.1f} {fmt(r.relay_pct):>7} {fmt(r.us_per_packet):>6}"
+            f" {fmt(r.pps_per_cpu, '.0f'):>9} {fmt(r.gen_pct, '.0f'):>5}"
+            f" {r.late_p99_ms:>6.1f} {fmt(r.box_pct, '.0f'):>5}"
+            f" {f'{r.drops_relay}/{r.drops_gen}':>7} {ok:>3}"
+        )
+    print(
+        "offered: packets/s sent to the relay (100 per session); pps: forwarded packets/s\n"
+        "(received by the parties); loss %: packets never received; dly %: received more\n"
+        f"than {max_delay * 1000:g} ms after they were sent; dly99: 99th percentile of the"
+        " delay (ms);\n"
+        "relay %: the relay's CPU, % of one core, over the counted window; us/pkt: relay\n"
+        "CPU per forwarded packet; gen %: all generators' CPU; late99: the generators'\n"
+        "99th percentile lateness against the 20 ms schedule (ms); box %: relay +\n"
+        "generators, % of all CPUs (>= 90: saturated, the relay competes with its load);\n"
+        "drops: datagrams the kernel dropped on full relay/generator sockets;\n"
+        f"ok: loss % + dly % <= {max_loss * 100:g} % and the generator kept up (gen: it did"
+        " not)."
+    )
+
+
+def highest(results: Sequence[StepResult], which: str, max_loss: float) -> StepResult | None:
+    best = None
+    for r in sorted((r for r in results if r.relay == which), key=lambda r: r.sessions):
+        if not (r.clean(max_loss) and r.generator_ok):
+            break
+        best = r
+    return best
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sessions", default=None,
+                   help=f"rising session counts, 100 packets/s each (default {DEFAULT_SESSIONS})")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="counted seconds per step (default 10)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="seconds of load before counting starts (default 2)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 10, 100 and 400 sessions, 4 s each (~45 s)")
+    p.add_argument("--generators", type=int, default=0,
+                   help=f"generator processes (default: one per {SESSIONS_PER_GENERATOR}"
+                   " sessions)")
+    p.add_argument("--rtpengine-threads", type=int, default=1,
+                   help="rtpengine --num-threads (default 1, like our one reactor thread)")
+    p.add_argument("--max-loss", type=float, default=0.001,
+                   help="highest loss that counts as handled (default 0.001 = 0.1 %%)")
+    p.add_argument("--max-delay", type=float, default=0.1,
+                   help="seconds after sending past which a received packet counts as lost too"
+                   " (a jitter buffer would discard it; default 0.1; 0: no limit)")
+    p.add_argument("--only", choices=RELAYS, help="measure one relay only")
+    p.add_argument("--budget", type=float, default=360.0,
+                   help="do not start a step that could end later than this many seconds"
+                   " after the start (default 360)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sessions = args.sessions or "10,100,400"
+        args.seconds = args.seconds or 4.0
+        args.warmup = args.warmup if args.warmup is not None else 1.0
+    args.sessions = args.sessions or DEFAULT_SESSIONS
+    args.seconds = args.seconds or 10.0
+    args.warmup = args.warmup if args.warmup is not None else 2.0
+    try:
+        args.session_list = sorted({int(x) for x in args.sessions.split(",") if x.strip()})
+    except ValueError:
+        p.error(f"--sessions: expected numbers separated by commas, got {args.sessions!r}")
+    if not args.session_list or min(args.session_list) <= 0:
+        p.error("--sessions: need positive numbers")
+    if args.max_delay <= 0:
+        args.max_delay = float("inf")
+    if args.seconds <= 0 or args.warmup < 0:
+        p.error("--seconds must be positive and --warmup not negative")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    relays = [args.only] if args.only else list(RELAYS)
+    if "rtpengine" in relays and not os.access(RTPENGINE, os.X_OK):
+        sys.exit(f"missing {RTPENGINE} (Debian package rtpengine-daemon); or use"
+                 " --only sipsuite")
+    began = time.monotonic()
+    workroot = Path(tempfile.mkdtemp(prefix="relay_pps."))
+    settings = Settings(args.seconds, args.warmup, workroot, args.generators,
+                        args.rtpengine_threads, args.max_loss, args.max_delay)
+    print(
+        f"sessions {args.session_list} (100 packets/s each, {PACKET}-byte datagrams),"
+        f" {args.warmup:g} s warm-up + {args.seconds:g} s counted per step,"
+        f" {os.cpu_count()} CPUs, work files in {workroot}",
+        flush=True,
+    )
+    results: list[StepResult] = []
+    going = set(relays)
+    stopped = dict.fromkeys(relays, "the end of --sessions")
+    keep = args.keep
+    try:
+        for n in args.session_list:
+            for which in relays:
+                if which not in going:
+                    continue
+                # start-up + set-up + warm-up + window + drain + stop
+                worst = args.warmup + args.seconds + 8 + n * 0.01
+                if time.monotonic() - began + worst > args.budget:
+                    print(f"  time budget reached: not running {which} N={n}", flush=True)
+                    going.discard(which)
+                    stopped[which] = f"the time budget (--budget {args.budget:g} s)"
+                    continue
+                r = run_step(settings, which, n)
+                results.append(r)
+                report_step(r, args.max_loss)
+                if r.error or not r.clean(args.max_loss) or not r.generator_ok:
+                    going.discard(which)
+                    keep = keep or bool(r.error)
+                    stopped[which] = (
+                        f"an error at N={n}" if r.error
+                        else f"loss or delay at N={n}" if not r.clean(args.max_loss)
+                        else f"the generator falling behind at N={n}"
+                    )
+                    if r.saturated:
+                        stopped[which] += " (machine saturated)"
+            if not going:
+                break
+
+        print()
+        print_table(results, args.max_loss, args.max_delay)
+        print()
+        best = {which: highest(results, which, args.max_loss) for which in relays}
+        late = (f"lost, or delayed > {args.max_delay * 1000:g} ms"
+                if math.isfinite(args.max_delay) else "lost; no delay limit")
+        limit = f"loss ({late}) <= {args.max_loss * 100:g} %"
+        for which in relays:
+            b = best[which]
+            if b is None:
+                print(f"{which}: no step with {limit} and the generator keeping up")
+                continue
+            print(
+                f"{which}: highest packet rate with {limit}:"
+                f" {b.pps:.0f} packets/s (N={b.sessions}; the sweep was stopped by"
+                f" {stopped[which]}), {fmt(b.us_per_packet, '.2f')} us CPU per packet"
+                f" ({fmt(b.relay_pct, '.0f')} % of a core),"
+                f" {fmt(b.pps_per_cpu, '.0f')} packets per CPU second"
+            )
+        if len(relays) == 2:
+            ours = {r.sessions: r for r in results if r.relay == "sipsuite"}
+            theirs = {r.sessions: r for r in results if r.relay == "rtpengine"}
+            both = [
+                n for n in sorted(ours)
+                if n in theirs
+                and all(x.clean(args.max_loss) and x.generator_ok for x in (ours[n], theirs[n]))
+            ]
+            for n in both:
+                ratio = ours[n].pps_per_cpu / theirs[n].pps_per_cpu
+                print(f"  N={n}: sipsuite/rtpengine packets per CPU second {fmt(ratio, '.2f')}")
+            if both:
+                n = both[-1]
+                ratio = ours[n].pps_per_cpu / theirs[n].pps_per_cpu
+                verdict = "met" if ratio >= 0.5 else "NOT met"
+                print(
+                    f"sipsuite/rtpengine packets per CPU second at N={n}"
+                    f" ({ours[n].pps:.0f} vs {theirs[n].pps:.0f} packets/s):"
+                    f" {fmt(ratio, '.2f')} (target >= 0.5: {verdict})"
+                )
+            else:
+                print("sipsuite/rtpengine: no N that both handled; no ratio")
+        print(f"total time {time.monotonic() - began:.0f} s")
+        return 0 if all(not r.error for r in results) else 1
+    finally:
+        if keep:
+            print(f"work files kept in {workroot}")
+        else:
+            shutil.rmtree(workroot, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
