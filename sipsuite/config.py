@@ -34,9 +34,11 @@ from sipsuite.configvalues import (
     _LISTEN_LIST,
     ControlSpec,
     ListenSpec,
+    RelaySpec,
     Validator,
     _Invalid,
     _media_addresses,
+    _relay_list,
     _show,
     boolean,
     digest_algorithm,
@@ -67,8 +69,10 @@ __all__ = [
     "ControlSpec",
     "ListenSpec",
     "LogConfig",
+    "MediaConfig",
     "ProxyConfig",
     "RelayConfig",
+    "RelaySpec",
     "TimersConfig",
     "default_config_path",
     "load_config",
@@ -133,6 +137,7 @@ class TimersConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FeaturesConfig:
     auth: bool = setting(False, boolean)
+    nat: bool = setting(False, boolean)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,6 +185,16 @@ class RelayConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MediaConfig:
+    """How the proxy anchors media on relays (with ``[features] nat``)."""
+
+    relay: str = setting("nat", one_of("nat", "always"))
+    relays: list[RelaySpec] = setting([], _relay_list)
+    command_timeout: float = setting(1.0, positive_float)
+    disable_time: float = setting(60.0, positive_float)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ManagementConfig:
     listen: str = setting("tcp:127.0.0.1:7060", tcp_listen_or_off)
 
@@ -204,6 +219,7 @@ class Config:
     nat: NatConfig = section("nat", NatConfig)
     redis: RedisConfig = section("redis", RedisConfig)
     relay: RelayConfig = section("relay", RelayConfig)
+    media: MediaConfig = section("media", MediaConfig)
     management: ManagementConfig = section("management", ManagementConfig)
     log: LogConfig = section("log", LogConfig)
     path: str | None = None  # the file it came from; None for the built-in defaults
@@ -247,13 +263,15 @@ def load_config(
     control: list[str] | None = None,
     media_addresses: list[str] | None = None,
     ports: str | None = None,
+    relays: list[str] | None = None,
 ) -> Config:
     """Read and validate *path* (None: the built-in defaults).
 
     *listen*, when given, replaces ``proxy.listen`` (the ``--listen`` option),
     *redis* ``redis.url`` (``--redis``), *control* ``relay.control``
     (``--control``), *media_addresses* ``relay.media_addresses``
-    (``--media-address``) and *ports* ``relay.ports`` (``--ports``).
+    (``--media-address``), *ports* ``relay.ports`` (``--ports``) and
+    *relays* ``media.relays`` (``--relay``).
     Raises ConfigError with a one-line message on any problem.
     """
     doc: dict[str, Any] = {}
@@ -306,6 +324,13 @@ def load_config(
             raise ConfigError(f"{option}: expected {e.expected}, got {_show(e.got)}") from None
     if relay_overrides:
         values["relay"] = dataclasses.replace(values["relay"], **relay_overrides)
+
+    if relays is not None:
+        try:
+            specs_ = _relay_list(list(relays))
+        except _Invalid as e:
+            raise ConfigError(f"--relay: expected {e.expected}, got {_show(e.got)}") from None
+        values["media"] = dataclasses.replace(values["media"], relays=specs_)
 
     config = Config(**values, path=path)
     _check_consistency(config, where)

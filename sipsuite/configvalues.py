@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -438,3 +439,108 @@ def port_range(value: Any) -> tuple[int, int]:
     if not 1 <= low < high <= 65535 or first_even + 1 > high:
         raise _Invalid(expected, value)
     return low, high
+
+
+# ---------------------------------------------------------------------------
+# Media relays the proxy drives ([media] relays, --relay): the grammar the
+# relay client (sipsuite.proxy.relayclient) uses too, kept here because this
+# module may import nothing else from sipsuite.
+
+#: rtpproxy's default control port (CPORT), for a ``udp:HOST`` without one.
+DEFAULT_CONTROL_PORT = 22222
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySpec:
+    """One configured relay: ``udp:HOST:PORT`` / ``udp:[V6]:PORT`` / ``unix:PATH``
+    and its share of new calls (0: takes no new calls, keeps its current ones)."""
+
+    uri: str
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RelayAddress:
+    scheme: str  # "udp" or "unix"
+    host: str = ""  # IP literal, no brackets, in ipaddress's canonical form
+    port: int = 0
+    path: str = ""
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+
+def parse_relay_uri(uri: str) -> RelayAddress:
+    """``udp:HOST[:PORT]``, ``udp6:[V6][:PORT]`` or ``unix:PATH``; ValueError
+    naming what is wrong otherwise.  HOST must be an IP literal: a relay's
+    address is configuration, and a DNS lookup per command (or a stale one)
+    would be a failure mode with no benefit."""
+    scheme, sep, rest = uri.partition(":")
+    scheme = scheme.lower()
+    if not sep or not rest:
+        raise ValueError(f"relay {uri!r}: expected udp:HOST:PORT or unix:PATH")
+    if scheme == "unix":
+        return RelayAddress("unix", path=rest)
+    if scheme not in ("udp", "udp6"):
+        raise ValueError(f"relay {uri!r}: scheme must be udp, udp6 or unix")
+    if rest.startswith("["):
+        host, bracket, after = rest[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ValueError(f"relay {uri!r}: malformed [IPv6] address")
+        port_text = after[1:] if after else None
+    elif rest.count(":") > 1:
+        raise ValueError(f"relay {uri!r}: write an IPv6 address in brackets, [addr]:port")
+    else:
+        host, colon, port_text_ = rest.partition(":")
+        port_text = port_text_ if colon else None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"relay {uri!r}: {host!r} is not an IP address") from None
+    if rest.startswith("[") and ip.version != 6:
+        raise ValueError(f"relay {uri!r}: brackets are for IPv6 addresses")
+    if scheme == "udp6" and ip.version != 6:
+        raise ValueError(f"relay {uri!r}: udp6 needs an IPv6 address")
+    port = DEFAULT_CONTROL_PORT
+    if port_text is not None:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"relay {uri!r}: port {port_text!r} is not 1..65535")
+        port = int(port_text)
+    return RelayAddress("udp", str(ip), port)
+
+
+_RELAY_EXPECTED = (
+    "'udp:HOST[:PORT]' (HOST an IP address, IPv6 in brackets) or 'unix:PATH',"
+    " optionally followed by ';weight=N' (N >= 0)"
+)
+
+
+def relay_spec(value: Any) -> RelaySpec:
+    """'udp:10.0.0.5:7722;weight=2' -> RelaySpec; the URI must pass parse_relay_uri."""
+    if not isinstance(value, str):
+        raise _Invalid(_RELAY_EXPECTED, value)
+    uri, sep, params = value.partition(";")
+    weight = 1
+    if sep:
+        name, eq, number = params.partition("=")
+        if name.strip().lower() != "weight" or not eq or not number.strip().isdigit():
+            raise _Invalid(_RELAY_EXPECTED, value)
+        weight = int(number)
+    try:
+        parse_relay_uri(uri.strip())
+    except ValueError:
+        raise _Invalid(_RELAY_EXPECTED, value) from None
+    return RelaySpec(uri.strip(), weight)
+
+
+def _relay_list(value: Any) -> list[RelaySpec]:
+    specs: list[RelaySpec] = list_of(relay_spec)(value)
+    seen: set[str] = set()
+    for i, spec in enumerate(specs):
+        # The client keys relays by URI: the same one twice with two weights
+        # would be ambiguous.
+        if spec.uri in seen:
+            raise _Invalid("each relay only once", value[i], f"[{i}]")
+        seen.add(spec.uri)
+    return specs

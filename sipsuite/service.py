@@ -6,8 +6,9 @@ from twisted.application import service
 
 from sipsuite.config import Config
 from sipsuite.management import ManagementService, RpcRegistry
-from sipsuite.proxy.service import make_proxy_service
-from sipsuite.rtprelay.service import make_relay_service
+from sipsuite.proxy.media import LocalRelayClient
+from sipsuite.proxy.service import ProxyService, attach_media, make_proxy_service
+from sipsuite.rtprelay.service import RelayService, make_relay_service
 
 
 def _management_registry(parent: service.MultiService) -> RpcRegistry | None:
@@ -33,4 +34,16 @@ def make_suite_service(config: Config) -> service.MultiService:
     relay = make_relay_service(config, _management_registry(proxy), serve_management=False)
     relay.setName("rtp-relay")
     relay.setServiceParent(top)
+    if config.features.nat and not config.media.relays:
+        # The proxy drives the relay beside it without a socket (see
+        # sipsuite.proxy.media.LocalRelayClient); named relays take over.
+        relay_service = relay.getServiceNamed("relay")
+        assert isinstance(relay_service, RelayService)
+        core = next(s for s in proxy if isinstance(s, ProxyService)).core
+        # The dispatcher works from construction on: the proxy (started
+        # first) may check it before the relay's own startService.
+        client = LocalRelayClient(lambda: relay_service.dispatcher,
+                                  command_timeout=config.media.command_timeout,
+                                  disable_time=config.media.disable_time)
+        attach_media(core, client, proxy)
     return top

@@ -291,6 +291,7 @@ BAD_VALUES = [
     ("timers", "t4", "[]", "a number of seconds above 0"),
     ("timers", "timer_c", "nan", "a number of seconds above 0"),
     ("features", "auth", '"on"', "true or false"),
+    ("features", "nat", "1", "true or false"),
     ("auth", "realm", '"my realm"', "a non-empty realm"),
     ("auth", "realm", '""', "a non-empty realm"),
     ("auth", "secret", '"a\\nb"', "printable ASCII text on one line"),
@@ -332,6 +333,15 @@ BAD_VALUES = [
     ("relay", "media_timeout", '"60"', "a number of seconds above 0"),
     ("relay", "hold_timeout", "-1", "a number of seconds above 0"),
     ("relay", "drain_time", "-1", "a number of seconds, 0 or more"),
+    ("media", "relay", '"sometimes"', "one of 'nat', 'always'"),
+    ("media", "relays", '"udp:127.0.0.1:7722"', "a list [...]"),
+    ("media", "relays", '["udp:relay.example.com:7722"]', "'udp:HOST[:PORT]'"),
+    ("media", "relays", '["tcp:127.0.0.1:7722"]', "'udp:HOST[:PORT]'"),
+    ("media", "relays", '["udp:127.0.0.1:7722;weight=-1"]', "'udp:HOST[:PORT]'"),
+    ("media", "relays", '["udp:127.0.0.1:7722", "udp:127.0.0.1:7722;weight=2"]',
+     "each relay only once"),
+    ("media", "command_timeout", "0", "a number of seconds above 0"),
+    ("media", "disable_time", '"60"', "a number of seconds above 0"),
     ("log", "level", '"trace"', "one of 'debug', 'info', 'warn', 'error'"),
     ("log", "level", "3", "one of 'debug', 'info', 'warn', 'error'"),
 ]
@@ -508,3 +518,16 @@ def test_relay_consistency(tmp_path: Path) -> None:
     # pair it falls in, as it skips any port another program holds.
     c = load_config(write(tmp_path, '[relay]\ncontrol = ["udp:127.0.0.1:40000"]\n'))
     assert c.relay.control[0].port == 40000
+
+
+def test_media_relays_and_override() -> None:
+    from sipsuite.config import RelaySpec
+
+    config = load_config(None)
+    assert config.features.nat is False
+    assert config.media.relay == "nat" and config.media.relays == []
+    config = load_config(None, relays=["udp:10.0.0.5:7722;weight=2", "unix:/run/r.sock"])
+    assert config.media.relays == [RelaySpec("udp:10.0.0.5:7722", 2), RelaySpec("unix:/run/r.sock")]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, relays=["udp:nowhere"])
+    assert str(info.value).startswith("--relay: expected 'udp:HOST[:PORT]'")

@@ -26,9 +26,10 @@ def via_text(via: Via) -> str:
     return f"{via.protocol}/{via.transport} {via.host}{port}{params}"
 
 
-def record_route_value(listener: Listener) -> str:
+def record_route_value(listener: Listener, params: str = "") -> str:
+    """Our Record-Route for a listener; ``params`` (";nat=yes") go after ``lr``."""
     transport = "" if listener.transport == "udp" else f";transport={listener.transport}"
-    return f"<sip:{listener.sent_by()}{transport};lr>"
+    return f"<sip:{listener.sent_by()}{transport};lr{params}>"
 
 
 

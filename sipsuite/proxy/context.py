@@ -4,8 +4,11 @@ request was forked to, their answers, and the choice of what goes upstream.
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING
 
+from sipsuite.log import get_logger
+from sipsuite.proxy.routing import drive
 from sipsuite.sip.message import Request, Response, make_cancel, make_response
 
 if TYPE_CHECKING:
@@ -13,6 +16,8 @@ if TYPE_CHECKING:
     from sipsuite.proxy.resolver import Target
     from sipsuite.proxy.routing import RequestContext
     from sipsuite.sip.uri import URI
+
+log = get_logger("sipsuite.proxy.context")
 
 
 class Branch:
@@ -59,6 +64,7 @@ class ProxyContext:
     __slots__ = (
         "core", "rctx", "server", "branches", "final_sent", "cancelled",
         "best", "best_local", "failure_hook_ran", "pending_routing",
+        "reply_queue", "reply_current",
     )
 
     def __init__(self, core: ProxyCore, rctx: RequestContext, server: ServerTx) -> None:
@@ -74,6 +80,12 @@ class ProxyContext:
         self.failure_hook_ran = 0
         # A failure_route is running (maybe awaiting): don't pick an answer yet.
         self.pending_routing = False
+        # reply_route may be async and the answer waits for it: while one
+        # runs, later answers of this transaction queue here so they still
+        # go upstream in the order they came (a 180 must not overtake the
+        # 183 whose SDP is being rewritten).  None: no hook running.
+        self.reply_queue: list[tuple[Branch, Response]] | None = None
+        self.reply_current: tuple[Branch, Response] | None = None
 
     @property
     def request(self) -> Request:
@@ -85,14 +97,51 @@ class ProxyContext:
 
     # -- responses from branches -----------------------------------------------
     def on_response(self, branch: Branch, resp: Response) -> None:
-        if branch.done:
-            # Late answers from a branch we gave up on (timer C, CANCEL
-            # guard): the caller already has its answer from us.
-            if 200 <= resp.status < 300 and self.is_invite:
-                self._forward(resp)
+        if self.reply_queue is not None:
+            self.reply_queue.append((branch, resp))
             return
-        self.core.call_hook("reply_route", self.rctx, branch, resp)
-        self._handle(branch, resp, local=False)
+        self._reply_route(branch, resp)
+
+    def _reply_route(self, branch: Branch, resp: Response) -> None:
+        if branch.done and not (200 <= resp.status < 300 and self.is_invite):
+            # Late answers from a branch we gave up on (timer C, CANCEL
+            # guard): the caller already has its answer from us.  A late 2xx
+            # still goes up (and through reply_route, which may rewrite its
+            # SDP like the first one's).
+            self._reply_routed()
+            return
+        self.reply_current = (branch, resp)
+        try:
+            result = self.core.routing.reply_route(self.rctx, branch, resp)
+        except Exception:  # noqa: BLE001 - a script bug must not lose the answer
+            log.failure("reply_route failed")
+            result = None
+        if not inspect.iscoroutine(result):
+            self._reply_routed()
+            return
+        if self.reply_queue is None:
+            self.reply_queue = []
+        # Bound methods, no closures: the driver drops them when it ends, so
+        # a finished transaction leaves no cycle behind.
+        drive(result, self._reply_routed, self._reply_route_failed)
+
+    def _reply_route_failed(self, failure: object) -> None:
+        log.failure("reply_route failed", failure)
+        self._reply_routed()
+
+    def _reply_routed(self) -> None:
+        current, self.reply_current = self.reply_current, None
+        if current is not None:
+            branch, resp = current
+            if not branch.done:
+                self._handle(branch, resp, local=False)
+            elif 200 <= resp.status < 300 and self.is_invite:
+                self._forward(resp)
+        queue = self.reply_queue
+        if not queue:
+            self.reply_queue = None
+            return
+        self._reply_route(*queue.pop(0))
 
     def _handle(self, branch: Branch, resp: Response, local: bool) -> None:
         status = resp.status

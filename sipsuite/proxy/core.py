@@ -35,6 +35,7 @@ from sipsuite.proxy.location import (
     SubscriberStore,
     current,
 )
+from sipsuite.proxy.media import MediaManager
 from sipsuite.proxy.registrar import Registrar
 from sipsuite.proxy.resolver import Resolver, Target
 from sipsuite.proxy.routing import Destination, RequestContext, Routing, drive, load_routing
@@ -115,6 +116,9 @@ class ProxyCore(TransactionDriver):
         self.to_tag = "sps" + secrets.token_hex(6)
         self.server_header = p.server_header
         self.stats: dict[str, int] = {}
+        # The media manager ([features] nat with a relay); set by the service
+        # wiring, which owns the relay client.  None: media is never touched.
+        self.media: MediaManager | None = None
         routing_cls = load_routing(p.routing)
         self.routing: Routing = routing_cls(self)
 
@@ -496,9 +500,11 @@ class ProxyCore(TransactionDriver):
         rctx = ctx.rctx
         if rctx.vars.get("record_route"):
             inbound = ctx.server.source.listener
+            # kamailio.cfg's add_rr_param(";nat=yes"): a caller behind NAT.
+            params = ";nat=yes" if rctx.vars.get("nat") else ""
             if inbound is not listener:
-                req.add_header("Record-Route", record_route_value(inbound), top=True)
-            req.add_header("Record-Route", record_route_value(listener), top=True)
+                req.add_header("Record-Route", record_route_value(inbound, params), top=True)
+            req.add_header("Record-Route", record_route_value(listener, params), top=True)
         branch_id = f"{BRANCH_TAG}{self._loop_hash(ctx.request)}.{new_branch()[7:]}"
         req.add_header("Via", f"SIP/2.0/{listener.transport.upper()} {listener.sent_by()};branch={branch_id}",
                        top=True)

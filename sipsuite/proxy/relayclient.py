@@ -49,7 +49,6 @@ import secrets
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.application import service
@@ -58,6 +57,15 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.python.failure import Failure
 
 from sipsuite import rtpproxy_protocol as rp
+
+# The relay URI grammar lives with the config validators (which may import
+# nothing else from sipsuite) so [media] relays is checked with the same rules.
+from sipsuite.configvalues import (
+    DEFAULT_CONTROL_PORT,
+    RelayAddress,
+    RelaySpec,
+    parse_relay_uri,
+)
 from sipsuite.log import get_logger
 
 __all__ = [
@@ -67,8 +75,6 @@ __all__ = [
 
 log = get_logger("sipsuite.proxy.relayclient")
 
-#: rtpproxy's default control port (CPORT), for a ``udp:HOST`` without one.
-DEFAULT_CONTROL_PORT = 22222
 #: The one VF capability a relay must have (Kamailio's REP_CPROTOVER).
 REQUIRED_CAPABILITY = "20050322"
 
@@ -98,66 +104,6 @@ class RelayError(Exception):
         super().__init__(f"{relay}: {message}" if relay else message)
         self.code = code
         self.relay = relay
-
-
-@dataclass(frozen=True, slots=True)
-class RelaySpec:
-    """One configured relay: ``udp:HOST:PORT`` / ``udp:[V6]:PORT`` / ``unix:PATH``
-    and its share of new calls (0: takes no new calls, keeps its current ones)."""
-
-    uri: str
-    weight: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class RelayAddress:
-    scheme: str  # "udp" or "unix"
-    host: str = ""  # IP literal, no brackets, in ipaddress's canonical form
-    port: int = 0
-    path: str = ""
-
-    @property
-    def family(self) -> int:
-        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
-
-
-def parse_relay_uri(uri: str) -> RelayAddress:
-    """``udp:HOST[:PORT]``, ``udp6:[V6][:PORT]`` or ``unix:PATH``; ValueError
-    naming what is wrong otherwise.  HOST must be an IP literal: a relay's
-    address is configuration, and a DNS lookup per command (or a stale one)
-    would be a failure mode with no benefit."""
-    scheme, sep, rest = uri.partition(":")
-    scheme = scheme.lower()
-    if not sep or not rest:
-        raise ValueError(f"relay {uri!r}: expected udp:HOST:PORT or unix:PATH")
-    if scheme == "unix":
-        return RelayAddress("unix", path=rest)
-    if scheme not in ("udp", "udp6"):
-        raise ValueError(f"relay {uri!r}: scheme must be udp, udp6 or unix")
-    if rest.startswith("["):
-        host, bracket, after = rest[1:].partition("]")
-        if not bracket or (after and not after.startswith(":")):
-            raise ValueError(f"relay {uri!r}: malformed [IPv6] address")
-        port_text = after[1:] if after else None
-    elif rest.count(":") > 1:
-        raise ValueError(f"relay {uri!r}: write an IPv6 address in brackets, [addr]:port")
-    else:
-        host, colon, port_text_ = rest.partition(":")
-        port_text = port_text_ if colon else None
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"relay {uri!r}: {host!r} is not an IP address") from None
-    if rest.startswith("[") and ip.version != 6:
-        raise ValueError(f"relay {uri!r}: brackets are for IPv6 addresses")
-    if scheme == "udp6" and ip.version != 6:
-        raise ValueError(f"relay {uri!r}: udp6 needs an IPv6 address")
-    port = DEFAULT_CONTROL_PORT
-    if port_text is not None:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"relay {uri!r}: port {port_text!r} is not 1..65535")
-        port = int(port_text)
-    return RelayAddress("udp", str(ip), port)
 
 
 class _NoAnswer(Exception):

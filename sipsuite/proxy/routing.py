@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from sipsuite.log import get_logger
 from sipsuite.proxy.location import Binding, StoreUnavailable
+from sipsuite.proxy.nat import add_contact_alias, handle_ruri_alias, parse_sdp, signalling_nat
 from sipsuite.proxy.resolver import Target
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.uri import URI
@@ -198,7 +199,19 @@ class DefaultRouting(Routing):
             ctx.reply(200, "Keepalive")
             return
 
+        media = self.core.media
+        if self.config.features.nat:
+            # kamailio.cfg's route[NATDETECT]: remembered for the media
+            # decision and the Record-Route's nat marker; the Contact of a
+            # NAT'ed caller gets its real address as an alias.
+            ctx.vars["nat"] = nat = signalling_nat(req, ctx.source)
+            if nat and method != "REGISTER":
+                add_contact_alias(req, ctx.source)
+
         if ctx.in_dialog:
+            if media is not None and method in ("BYE", "INVITE", "UPDATE") and (
+                    ctx.loose_routed or req.routes):
+                await self.media_in_dialog(ctx)
             self.within_dialog(ctx)
             return
 
@@ -222,6 +235,7 @@ class DefaultRouting(Routing):
         if not local_ruri:
             # Callers authenticated above (or trusted) may call out.
             if ctx.source_trusted() or ctx.vars.get("authenticated"):
+                await self.media_offer(ctx)
                 ctx.relay()
             else:
                 ctx.reply(403, "Not relaying")
@@ -284,9 +298,82 @@ class DefaultRouting(Routing):
                     groups.append([b])
             ctx.vars["serial"] = groups[1:]
             bindings = groups[0]
+        await self.media_offer(ctx)
         ctx.relay([Destination.of(b) for b in bindings])
 
+    # -- media (kamailio.cfg's WITH_NAT + rtpproxy_manage) -------------------------
+
+    async def media_offer(self, ctx: RequestContext) -> None:
+        """Anchor an initial INVITE's media on a relay when [features] nat
+        says so (sipsuite.proxy.media); a relay that fails leaves it as is."""
+        media = self.core.media
+        if media is None or not await media.offer(ctx):
+            return
+        pctx = ctx.proxy_ctx
+        if pctx is not None and pctx.cancelled:
+            # CANCELed while the relay answered: nothing will be forwarded.
+            await self._media_delete(ctx)
+
+    async def media_in_dialog(self, ctx: RequestContext) -> None:
+        """BYE ends the relay session; a re-INVITE / UPDATE with SDP of a
+        relayed call (or one that needs it now) gets a new offer."""
+        media = self.core.media
+        assert media is not None
+        req = ctx.request
+        if req.method == "BYE":
+            if media.mode == "always" or media.is_relayed(req.call_id):
+                await media.delete(req.call_id, req.from_tag, req.to_tag)
+            return
+        await media.offer(ctx)
+
+    def reply_route(self, ctx: RequestContext, branch: Branch, response: Response) -> Any:
+        # A plain function that returns a coroutine only when there is relay
+        # work: every other answer skips the driver altogether.
+        if self.core.media is None or not ctx.vars.get("media"):
+            return None
+        if response.status < 300:
+            if response.status > 100 and response.body and parse_sdp(response) is not None:
+                return self._media_answer(ctx, response)
+            return None
+        initial_invite = ctx.request.method == "INVITE" and not ctx.in_dialog
+        if initial_invite and self._last_failure(ctx, branch, response):
+            return self._media_delete(ctx)
+        return None
+
+    async def _media_answer(self, ctx: RequestContext, response: Response) -> None:
+        media = self.core.media
+        if media is not None:
+            await media.answer(ctx, response)
+
+    async def _media_delete(self, ctx: RequestContext) -> None:
+        media = self.core.media
+        if media is None or ctx.vars.get("media_deleted"):
+            return
+        ctx.vars["media_deleted"] = True
+        await media.delete(ctx.request.call_id, ctx.request.from_tag)
+
+    def _last_failure(self, ctx: RequestContext, branch: Branch, response: Response) -> bool:
+        """This failure ends the call: no other branch pending, and no serial
+        forking group left to try (a 6xx ends the search whatever is left)."""
+        pctx = ctx.proxy_ctx
+        if pctx is None:
+            return True
+        if any(b is not branch and not b.done for b in pctx.branches):
+            return False
+        return pctx.cancelled or response.status >= 600 or not ctx.vars.get("serial")
+
     def failure_route(self, ctx: RequestContext, response: Response) -> Any:
+        pctx = ctx.proxy_ctx
+        before = len(pctx.branches) if pctx is not None else 0
+        self.location_failure(ctx, response)
+        if not ctx.vars.get("media") or ctx.vars.get("media_deleted"):
+            return None
+        if pctx is not None and len(pctx.branches) > before:
+            return None  # serial forking goes on with the same relay session
+        return self._media_delete(ctx)
+
+    def location_failure(self, ctx: RequestContext, response: Response) -> None:
+        """Serial forking and the 480 of an unreachable user."""
         if not ctx.vars.get("location"):
             return
         pctx = ctx.proxy_ctx
@@ -306,6 +393,13 @@ class DefaultRouting(Routing):
     def within_dialog(self, ctx: RequestContext) -> None:
         req = ctx.request
         if ctx.loose_routed or req.routes:
+            if self.config.features.nat and not req.routes:
+                # kamailio.cfg's route[DLGURI]: a Request-URI with an alias
+                # (a NAT'ed party's Contact) goes to the address it names.
+                dst = handle_ruri_alias(req)
+                if dst is not None:
+                    ctx.relay([Destination(req.uri, dst=dst)])
+                    return
             ctx.relay()
             return
         if req.method == "ACK":

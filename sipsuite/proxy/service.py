@@ -14,6 +14,8 @@ from sipsuite.log import get_logger
 from sipsuite.management import ManagementService, RpcRegistry, register_store_methods
 from sipsuite.proxy.core import ProxyCore
 from sipsuite.proxy.location import MemoryLocationStore, MemorySubscriberStore
+from sipsuite.proxy.media import MediaManager
+from sipsuite.proxy.relayclient import RelayClient
 
 log = get_logger("sipsuite.proxy.service")
 
@@ -68,6 +70,10 @@ class ProxyService(service.Service):
             sys.stderr.flush()
             raise SystemExit(2) from None
         self.gc.start()
+        if self.config.features.nat and self.core.media is None:
+            # sip-proxy with [features] nat but no [media] relays / --relay.
+            log.warn("[features] nat is on but no media relay is configured:"
+                     " media will not be relayed")
         # Logged once the reactor runs (and twistd's signal handlers are in
         # place): the moment the proxy really serves.
         self.reactor.callWhenRunning(
@@ -84,11 +90,22 @@ class ProxyService(service.Service):
         return defer.DeferredList(waits)
 
 
+def attach_media(core: ProxyCore, client: RelayClient, parent: service.MultiService) -> None:
+    """Give the core its media manager: ``client`` runs under ``parent``
+    (its pings start and its sockets close with the proxy)."""
+    client.setServiceParent(parent)
+    core.media = MediaManager(client, core.config.media.relay)
+
+
 def make_proxy_service(config: Config) -> service.MultiService:
     """Build the proxy's services (transports, core, routing, management) from config."""
     top = service.MultiService()
     proxy = ProxyService(config)
     proxy.setServiceParent(top)
+    media = config.media
+    if config.features.nat and media.relays:
+        attach_media(proxy.core, RelayClient(media.relays, command_timeout=media.command_timeout,
+                                             disable_time=media.disable_time), top)
     if config.management.listen:
         registry = RpcRegistry()
         core = proxy.core

@@ -204,7 +204,8 @@ ProxyFactory = Callable[..., ProxyProcess]
 
 
 def proxy_command(
-    config: Path, port: int, log: Path, plugin: str = "sipsuite", listen: Sequence[str] | None = None
+    config: Path, port: int, log: Path, plugin: str = "sipsuite", listen: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """twistd, as an operator runs it: foreground, no pid file, log to ``log``.
 
@@ -216,6 +217,7 @@ def proxy_command(
         "--nodaemon", "--pidfile=", f"--logfile={log}",
         plugin, "--config", str(config),
         *(arg for spec in (listen or default_listen(port)) for arg in ("--listen", spec)),
+        *extra,
     ]
 
 
@@ -236,6 +238,7 @@ def start_proxy(
     plugin: str = "sipsuite",
     ready_timeout: float = 15.0,
     listen: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
 ) -> ProxyProcess:
     """Start the proxy (raises ProxyStartError with its log when it does not come up).
 
@@ -245,7 +248,7 @@ def start_proxy(
     log = workdir / "proxy.log"
     proxy = ProxyProcess(
         port=port, workdir=workdir, config_path=config, log_path=log,
-        out_path=workdir / "proxy.out", command=proxy_command(config, port, log, plugin, listen),
+        out_path=workdir / "proxy.out", command=proxy_command(config, port, log, plugin, listen, extra),
         host=_first_udp_host(listen),
     )
     proxy.start(ready_timeout)

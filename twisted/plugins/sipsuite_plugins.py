@@ -50,6 +50,12 @@ class Options(ConfigOptions):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["relay"] = []
+
+    def opt_relay(self, uri: str) -> None:
+        """Media relay to drive: udp:HOST:PORT[;weight=N], unix:PATH (repeatable; overrides
+        [media] relays)"""
+        self["relay"].append(uri)
 
     def opt_listen(self, uri: str) -> None:
         """Listen on URI: udp:HOST:PORT, tcp:HOST:PORT, tcp:[::1]:5060 (repeatable)"""
@@ -110,6 +116,7 @@ class SipsuiteServiceMaker:
                 control=options.get("control") or None,
                 media_addresses=options.get("media-address") or None,
                 ports=options.get("ports"),
+                relays=options.get("relay") or None,
             )
         except ConfigError as e:
             # One line, no traceback, no usage text: the key and what it wants.
