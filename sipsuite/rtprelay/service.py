@@ -24,6 +24,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
 from sipsuite.config import Config, RelayConfig
+from sipsuite.gcpolicy import GCPolicy
 from sipsuite.log import get_logger
 from sipsuite.management import INVALID_PARAMS, ManagementService, RpcError, RpcRegistry
 from sipsuite.rtprelay.control import ControlDispatcher, ReplyCache, listen_control
@@ -282,6 +283,23 @@ def register_relay_methods(registry: RpcRegistry, relay: RelayService) -> None:
                       "relay.stats(): relay totals: sessions, packets, drops by cause, ports")
 
 
+class _GCService(service.Service):
+    def __init__(self, reactor: Any | None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.policy = GCPolicy(reactor)
+
+    def startService(self) -> None:
+        super().startService()
+        self.policy.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.policy.stop()
+
+
 def make_relay_service(config: Config, registry: RpcRegistry | None = None, *,
                        serve_management: bool = True,
                        reactor: Any | None = None) -> service.MultiService:
@@ -293,6 +311,11 @@ def make_relay_service(config: Config, registry: RpcRegistry | None = None, *,
     relay = RelayService(config.relay, reactor)
     relay.setName("relay")
     relay.setServiceParent(top)
+    if registry is None:
+        # On its own (twistd -n rtp-relay) the relay owns the process and so
+        # its garbage-collector policy: without it a full collection while
+        # many sessions are set up stalls every stream for tens of ms.
+        _GCService(reactor).setServiceParent(top)
     if registry is None and serve_management and config.management.listen:
         registry = RpcRegistry()
         ManagementService(config.management.listen, registry, reactor).setServiceParent(top)

@@ -206,3 +206,14 @@ async def test_two_relays_one_host_do_not_share_ports(reactor: Any) -> None:
         finally:
             a.port_obj.stopListening()
             b.port_obj.stopListening()
+
+
+def test_relay_alone_runs_the_gc_policy_and_inside_the_suite_does_not() -> None:
+    """Alone, the relay owns the process and freezes survivors out of the
+    collector (sipsuite.gcpolicy); inside twistd -n sipsuite the proxy's
+    policy covers the process, so a second one must not run."""
+    config = load_config(None)
+    alone = make_relay_service(config, serve_management=False)
+    assert [type(s).__name__ for s in alone].count("_GCService") == 1
+    inside = make_relay_service(config, RpcRegistry())
+    assert [type(s).__name__ for s in inside].count("_GCService") == 0
