@@ -131,6 +131,60 @@ class MediaManager:
         rctx.vars["media"] = True
         return True
 
+    def late_offer(self, rctx: RequestContext) -> bool:
+        """An INVITE without SDP whose call needs a relay: the offer will come
+        in the 2xx and the answer in the ACK (RFC 3261 13.2.1's late offer).
+        Marks the call; True when it is one."""
+        req = rctx.request
+        if req.method != "INVITE" or req.body or not needs_relay(
+                self.mode, signalling=bool(rctx.vars.get("nat")), media=False,
+                known=self.is_relayed(req.call_id)):
+            return False
+        rctx.vars["late_offer"] = True
+        return True
+
+    async def offer_in_reply(self, rctx: RequestContext, resp: Response) -> bool:
+        """U for the offer a 2xx carries after a late-offer INVITE, and
+        rewrite it. The offer comes from the callee, so the tags go swapped
+        (rtpproxy_manage does the same for an offer in a reply)."""
+        sd = parse_sdp(resp)
+        if sd is None:
+            return False
+        endpoints = await self._update(self.client.offer, rctx.request, resp, sd, rctx, None,
+                                       swap=True)
+        if endpoints is None or not self._rewrite(resp, sd, endpoints):
+            return False
+        self.offers += 1
+        rctx.vars["media"] = True
+        return True
+
+    async def answer_in_request(self, rctx: RequestContext) -> bool:
+        """L for the answer an ACK (or PRACK) carries to a late offer the
+        relay took, and rewrite it; the tags go swapped, as for the offer."""
+        req = rctx.request
+        if not self.is_relayed(req.call_id):
+            return False
+        sd = parse_sdp(req)
+        if sd is None:
+            return False
+        signalling = bool(rctx.vars.get("nat"))
+        source_host = rctx.source.host if signalling and media_nat(sd) else None
+        endpoints = await self._update(self.client.answer, req, req, sd, rctx, source_host,
+                                       swap=True)
+        if endpoints is None or not self._rewrite(req, sd, endpoints):
+            return False
+        self.answers += 1
+        return True
+
+    def _rewrite(self, msg: Message, sd: sdp.SessionDescription,
+                 endpoints: list[tuple[str, int]]) -> bool:
+        try:
+            msg.body = sdp.rewrite(sd, endpoints).to_bytes()
+        except ValueError as e:
+            log.warn("call {c}: cannot rewrite SDP for the relay: {e}", c=msg.call_id, e=e)
+            return False
+        return True
+
     async def answer(self, rctx: RequestContext, resp: Response) -> bool:
         """L for a response's SDP to a request whose offer went to the relay,
         and rewrite it; True when rewritten."""
@@ -165,11 +219,15 @@ class MediaManager:
 
     async def _update(self, command: UpdateCommand, req: Request, msg: Message,
                       sd: sdp.SessionDescription, rctx: RequestContext,
-                      source_host: str | None) -> list[tuple[str, int]] | None:
+                      source_host: str | None, *, swap: bool = False
+                      ) -> list[tuple[str, int]] | None:
         """One U/L per live m= section: the relay's (address, port) for each
-        section in order, or None when the relay failed us (logged)."""
+        section in order, or None when the relay failed us (logged).
+        ``swap``: the SDP comes from the To side (late offer and its answer)."""
         call_id = req.call_id
         from_tag, to_tag = msg.from_tag, msg.to_tag
+        if swap:
+            from_tag, to_tag = to_tag, from_tag
         if not from_tag:
             return None
         results: list[tuple[str, int] | None] = []

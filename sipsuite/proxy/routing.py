@@ -209,7 +209,7 @@ class DefaultRouting(Routing):
                 add_contact_alias(req, ctx.source)
 
         if ctx.in_dialog:
-            if media is not None and method in ("BYE", "INVITE", "UPDATE") and (
+            if media is not None and method in ("BYE", "INVITE", "UPDATE", "ACK", "PRACK") and (
                     ctx.loose_routed or req.routes):
                 await self.media_in_dialog(ctx)
             self.within_dialog(ctx)
@@ -307,7 +307,10 @@ class DefaultRouting(Routing):
         """Anchor an initial INVITE's media on a relay when [features] nat
         says so (sipsuite.proxy.media); a relay that fails leaves it as is."""
         media = self.core.media
-        if media is None or not await media.offer(ctx):
+        if media is None:
+            return
+        if not await media.offer(ctx):
+            media.late_offer(ctx)
             return
         pctx = ctx.proxy_ctx
         if pctx is not None and pctx.cancelled:
@@ -324,12 +327,24 @@ class DefaultRouting(Routing):
             if media.mode == "always" or media.is_relayed(req.call_id):
                 await media.delete(req.call_id, req.from_tag, req.to_tag)
             return
+        if req.method in ("ACK", "PRACK"):
+            # The answer to a late offer (the offer came in the 2xx).
+            await media.answer_in_request(ctx)
+            return
         await media.offer(ctx)
 
     def reply_route(self, ctx: RequestContext, branch: Branch, response: Response) -> Any:
         # A plain function that returns a coroutine only when there is relay
         # work: every other answer skips the driver altogether.
-        if self.core.media is None or not ctx.vars.get("media"):
+        if self.core.media is None:
+            return None
+        if ctx.vars.get("late_offer") and response.status < 300:
+            # The 2xx carries the offer (and so does each retransmission of
+            # it: the same U again, which the relay answers the same way).
+            if response.status >= 200 and response.body:
+                return self._media_offer_reply(ctx, response)
+            return None
+        if not ctx.vars.get("media"):
             return None
         if response.status < 300:
             if response.status > 100 and response.body and parse_sdp(response) is not None:
@@ -339,6 +354,11 @@ class DefaultRouting(Routing):
         if initial_invite and self._last_failure(ctx, branch, response):
             return self._media_delete(ctx)
         return None
+
+    async def _media_offer_reply(self, ctx: RequestContext, response: Response) -> None:
+        media = self.core.media
+        if media is not None:
+            await media.offer_in_reply(ctx, response)
 
     async def _media_answer(self, ctx: RequestContext, response: Response) -> None:
         media = self.core.media

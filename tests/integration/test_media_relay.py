@@ -232,3 +232,55 @@ def test_cancelled_call_leaves_no_relay_session(
             break
         time.sleep(0.2)
     assert not sessions, f"session left after CANCEL: {sessions}" + diag
+
+
+def _with_sdp(message: bytes, body: bytes) -> bytes:
+    """A built message (ending in Content-Length: 0) with ``body`` as SDP."""
+    tail = b"Content-Length: 0\r\n\r\n"
+    assert message.endswith(tail)
+    return message[: -len(tail)] + (
+        f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def _sdp(port: int) -> bytes:
+    return (f"v=0\r\no=- 1 1 IN IP4 {LOCALHOST}\r\ns=-\r\nc=IN IP4 {LOCALHOST}\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n").encode()
+
+
+def test_late_offer_offer_in_200_answer_in_ack(
+    proxy_factory: procs.ProxyFactory, tmp_path: Path
+) -> None:
+    """An INVITE without SDP (RFC 3261 13.2.1's late offer): the callee's offer
+    in the 200 and the caller's answer in the ACK are both rewritten to the
+    relay, as rtpproxy_manage does (U on the reply, L on the ACK)."""
+    ports = free_port_range(40)
+    with procs.UdpEndpoint() as caller, procs.UdpEndpoint() as callee:
+        proxy = proxy_factory("media-late", static={"dora": [f"sip:dora@{callee.sent_by}"]},
+                              tables=media_tables(ports))
+        invite = procs.build_request("INVITE", f"sip:dora@{LOCALHOST}:{proxy.port}",
+                                     sent_by=caller.sent_by, contact=f"sip:c@{caller.sent_by}")
+        caller.send(invite, proxy.address)
+        got = callee.recv_until(lambda m: not m.is_response and m.method == "INVITE", 5)
+        assert got is not None, proxy.diagnostics()
+        inv = got.msg
+        ok = procs.build_response(inv, 200, "OK", to_tag="callee1", extra=[
+            ("Contact", f"<sip:dora@{callee.sent_by}>"),
+            *[("Record-Route", v) for v in inv.header_values("record-route")]])
+        callee.send(_with_sdp(ok, _sdp(30000)), got.addr)
+        answer = caller.recv_until(lambda m: m.is_response and m.status == 200, 5)
+        diag = f"\n{proxy.diagnostics()}"
+        assert answer is not None, "no 200 at the caller" + diag
+        addr, port = sdp_media(answer.msg)
+        assert addr == LOCALHOST and ports[0] <= port <= ports[1], (
+            f"the offer in the 200 points at {addr}:{port}, not the relay" + diag)
+        ack = procs.build_ack_for_2xx(invite, answer.msg, sent_by=caller.sent_by)
+        caller.send(_with_sdp(ack, _sdp(30002)), proxy.address)
+        got_ack = callee.recv_until(lambda m: not m.is_response and m.method == "ACK", 5)
+        assert got_ack is not None and got_ack.msg.body, "no ACK with SDP at the callee" + diag
+        addr, port = sdp_media(got_ack.msg)
+        assert addr == LOCALHOST and ports[0] <= port <= ports[1], (
+            f"the answer in the ACK points at {addr}:{port}, not the relay" + diag)
+        sessions = json.loads(proxy.ctl("--json", "relay", "sessions").stdout)
+        assert len(sessions) == 1, sessions
+        legs = {sessions[0][leg]["signalled"] for leg in ("caller", "callee")}
+        assert legs == {f"{LOCALHOST}:30000", f"{LOCALHOST}:30002"}, sessions
