@@ -3,6 +3,7 @@ drives rtpproxy, with media through it and sipsuite-ctl reading its tables."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -153,3 +154,99 @@ def test_sipsuite_runs_proxy_and_relay(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
+
+
+def test_rtp_relay_process_bleed_malformed_and_media_timeout(tmp_path: Path) -> None:
+    """The issue's relay show items against a real `twistd -n rtp-relay`:
+    during a call a third socket on another address sprays RTP at the relay's
+    ports and gets nothing, none of it reaches the call and every packet is
+    counted; malformed commands get E-codes and the relay stays up; when the
+    phones stop sending the session ends after the media timeout and its
+    ports are free again."""
+    control_port = free_port()
+    management_port = free_port(socket.SOCK_STREAM)
+    low, high = port_range()
+    (tmp_path / "relay.toml").write_text(
+        f'[management]\nlisten = "tcp:127.0.0.1:{management_port}"\n'
+        "[relay]\nmedia_timeout = 2.0\nlearn_window = 1.0\ndrain_time = 0\n")
+    proc = subprocess.Popen(
+        [*TWISTD, "-n", "--pidfile=", "rtp-relay", "--config", "relay.toml",
+         "--control", f"udp:127.0.0.1:{control_port}", "--ports", f"{low}-{high}",
+         "--media-address", "127.0.0.1"],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    addr = ("127.0.0.1", control_port)
+    client, caller, callee = udp(0.2), udp(), udp()
+    attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    attacker.bind(("127.0.0.2", 0))
+    attacker.settimeout(0.5)
+    url = f"http://127.0.0.1:{management_port}/"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if command(client, addr, "r V") == "r 20040107":
+                    break
+            except TimeoutError:
+                pass
+            assert proc.poll() is None, "rtp-relay exited"
+            assert time.monotonic() < deadline, "rtp-relay did not answer V"
+        client.settimeout(2.0)
+        to_callee = int(command(client, addr,
+                                f"u U c9 127.0.0.1 {caller.getsockname()[1]} f;1").split()[1])
+        to_caller = int(command(client, addr,
+                                f"l L c9 127.0.0.1 {callee.getsockname()[1]} f;1 t;1").split()[1])
+        for seq in (1, 2):  # both parties latched: the call is up
+            caller.sendto(rtp(seq, 0xAA), ("127.0.0.1", to_caller))
+            assert callee.recvfrom(2048)[0] == rtp(seq, 0xAA)
+            callee.sendto(rtp(seq, 0xBB), ("127.0.0.1", to_callee))
+            assert caller.recvfrom(2048)[0] == rtp(seq, 0xBB)
+
+        sprayed = 0
+        for seq in range(20):
+            for port in (to_caller, to_callee):
+                attacker.sendto(rtp(seq, 0xBAD), ("127.0.0.1", port))
+                sprayed += 1
+        for seq in (3, 4):  # the call goes on, and carries no sprayed packet
+            caller.sendto(rtp(seq, 0xAA), ("127.0.0.1", to_caller))
+            assert callee.recvfrom(2048)[0] == rtp(seq, 0xAA)
+            callee.sendto(rtp(seq, 0xBB), ("127.0.0.1", to_callee))
+            assert caller.recvfrom(2048)[0] == rtp(seq, 0xBB)
+        try:
+            got = attacker.recvfrom(2048)
+        except TimeoutError:
+            got = None
+        assert got is None, f"the sprayer received {got!r}"
+        stats = ctl(url, "--json", "relay", "stats")
+        assert stats.returncode == 0, stats.stderr
+        assert json.loads(stats.stdout)["packets_dropped"] == sprayed, stats.stdout
+
+        for bad in ("x1 U", "x2 L c9", "x3 D", "x4 Uqq c 1.2.3.4 99999 f", "x5 Q", "\x00\xff",
+                    "x6 " + "A" * 3000):
+            client.sendto(bad.encode("latin-1"), addr)
+            reply = client.recvfrom(65535)[0].decode("latin-1")
+            assert "E" in reply.split()[-1], (bad, reply)
+        assert command(client, addr, "v V") == "v 20040107"
+
+        # Silence from both phones: gone after the media timeout, ports free.
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            shown = ctl(url, "--json", "relay", "sessions")
+            if shown.returncode == 0 and shown.stdout.strip() in ("[]", ""):
+                break
+            time.sleep(0.3)
+        assert shown.stdout.strip() == "[]", shown.stdout
+        for port in (to_caller, to_caller + 1, to_callee, to_callee + 1):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", port))  # raises if the relay still holds it
+    finally:
+        for s in (client, caller, callee, attacker):
+            s.close()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
