@@ -49,32 +49,47 @@ def ctl(url: str, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=20)
 
 
-def test_rtp_relay_process(tmp_path: Path) -> None:
+def start_relay(tmp_path: Path, relay_settings: str, *, capture: bool
+                ) -> tuple[subprocess.Popen[str], tuple[str, int], int, int, int]:
+    """`twistd -n rtp-relay` on free ports with ``relay_settings`` as its
+    [relay] section: (process, control address, management port, low, high)."""
     control_port = free_port()
     management_port = free_port(socket.SOCK_STREAM)
     low, high = port_range()
     (tmp_path / "relay.toml").write_text(
         f'[management]\nlisten = "tcp:127.0.0.1:{management_port}"\n'
-        "[relay]\ndrain_time = 1.0\n")
+        f"[relay]\n{relay_settings}")
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
     proc = subprocess.Popen(
         [*TWISTD, "-n", "--pidfile=", "rtp-relay", "--config", "relay.toml",
          "--control", f"udp:127.0.0.1:{control_port}", "--ports", f"{low}-{high}",
          "--media-address", "127.0.0.1"],
-        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out,
+        stderr=subprocess.STDOUT if capture else subprocess.DEVNULL, text=True,
     )
-    addr = ("127.0.0.1", control_port)
+    return proc, ("127.0.0.1", control_port), management_port, low, high
+
+
+def wait_for_version(client: socket.socket, addr: tuple[str, int],
+                     proc: subprocess.Popen[str]) -> None:
+    """Ready once it answers V; ``client`` must have a short timeout."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if command(client, addr, "r V") == "r 20040107":
+                return
+        except TimeoutError:
+            pass
+        assert proc.poll() is None, proc.communicate()[0] if proc.stdout else "rtp-relay exited"
+        assert time.monotonic() < deadline, "rtp-relay did not answer V"
+
+
+def test_rtp_relay_process(tmp_path: Path) -> None:
+    proc, addr, management_port, low, high = start_relay(tmp_path, "drain_time = 1.0\n",
+                                                         capture=True)
     client, caller, callee = udp(0.2), udp(), udp()
     try:
-        deadline = time.monotonic() + 30
-        while True:  # ready once it answers V
-            try:
-                if command(client, addr, "r V") == "r 20040107":
-                    break
-            except TimeoutError:
-                pass
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "rtp-relay did not answer V"
+        wait_for_version(client, addr, proc)
         client.settimeout(2.0)
         assert command(client, addr, "f VF 20081102") == "f 1"
         offer = command(client, addr, f"u US c1 127.0.0.1 {caller.getsockname()[1]} f;1")
@@ -163,35 +178,15 @@ def test_rtp_relay_process_bleed_malformed_and_media_timeout(tmp_path: Path) -> 
     counted; malformed commands get E-codes and the relay stays up; when the
     phones stop sending the session ends after the media timeout and its
     ports are free again."""
-    control_port = free_port()
-    management_port = free_port(socket.SOCK_STREAM)
-    low, high = port_range()
-    (tmp_path / "relay.toml").write_text(
-        f'[management]\nlisten = "tcp:127.0.0.1:{management_port}"\n'
-        "[relay]\nmedia_timeout = 2.0\nlearn_window = 1.0\ndrain_time = 0\n")
-    proc = subprocess.Popen(
-        [*TWISTD, "-n", "--pidfile=", "rtp-relay", "--config", "relay.toml",
-         "--control", f"udp:127.0.0.1:{control_port}", "--ports", f"{low}-{high}",
-         "--media-address", "127.0.0.1"],
-        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    addr = ("127.0.0.1", control_port)
+    proc, addr, management_port, low, high = start_relay(
+        tmp_path, "media_timeout = 2.0\nlearn_window = 1.0\ndrain_time = 0\n", capture=False)
     client, caller, callee = udp(0.2), udp(), udp()
     attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     attacker.bind(("127.0.0.2", 0))
     attacker.settimeout(0.5)
     url = f"http://127.0.0.1:{management_port}/"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if command(client, addr, "r V") == "r 20040107":
-                    break
-            except TimeoutError:
-                pass
-            assert proc.poll() is None, "rtp-relay exited"
-            assert time.monotonic() < deadline, "rtp-relay did not answer V"
+        wait_for_version(client, addr, proc)
         client.settimeout(2.0)
         to_callee = int(command(client, addr,
                                 f"u U c9 127.0.0.1 {caller.getsockname()[1]} f;1").split()[1])
