@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sipsuite.log import get_logger
 from sipsuite.proxy.location import Binding, LocationStore, StoreUnavailable
 from sipsuite.sip.headers import split_values
+from sipsuite.sip.sdp import PRIVATE_NETWORKS
 from sipsuite.sip.uri import URI
 
 if TYPE_CHECKING:
@@ -93,16 +94,10 @@ def _q(text: str | None) -> float:
     return q
 
 
-_PRIVATE = [
-    ipaddress.ip_network(n)
-    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7",
-              "fe80::/10", "169.254.0.0/16")
-]
-
-
 def is_private(host: str) -> bool:
-    """RFC 1918, RFC 6598 (carrier-grade NAT), link-local and ULA addresses:
-    where a Contact points that nobody outside the phone's LAN can reach."""
+    """RFC 1918, RFC 6598 (carrier-grade NAT), link-local and ULA addresses
+    (the ranges nathelper's tests use, shared with the SDP test): where a
+    Contact points that nobody outside the phone's LAN can reach."""
     host = host.strip("[]")
     if ":" not in host and not host[:3].startswith(("10.", "17", "19", "10", "16")):
         # Every private IPv4 range starts so; this skips ipaddress (the
@@ -112,7 +107,7 @@ def is_private(host: str) -> bool:
         addr = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return any(addr in net for net in _PRIVATE)
+    return any(addr in net for net in PRIVATE_NETWORKS)
 
 
 def behind_nat(req: Request, source: Source) -> bool:

@@ -68,7 +68,7 @@ _FQDN = re.compile(r"(?=[0-9.-]*[A-Za-z])[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9]
 
 # nathelper's nat_uac_test 8 ranges: RFC 1918, RFC 6598 (carrier-grade NAT),
 # link-local, and the IPv6 unique-local and link-local prefixes.
-_PRIVATE_NETWORKS = tuple(
+PRIVATE_NETWORKS = tuple(
     ipaddress.ip_network(net)
     for net in (
         "10.0.0.0/8",
@@ -547,7 +547,7 @@ def _is_private(address: str) -> bool:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return any(ip in network for network in _PRIVATE_NETWORKS)
+    return any(ip in network for network in PRIVATE_NETWORKS)
 
 
 # -- rewriting helpers ------------------------------------------------------
