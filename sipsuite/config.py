@@ -32,7 +32,9 @@ from typing import Any
 from sipsuite.configvalues import (
     _CONTROL_LIST,
     _LISTEN_LIST,
+    _TLS_LISTEN_LIST,
     ControlSpec,
+    DispatcherEntry,
     ListenSpec,
     RelaySpec,
     Validator,
@@ -42,25 +44,33 @@ from sipsuite.configvalues import (
     _show,
     boolean,
     digest_algorithm,
+    dispatcher_sets,
     dns_server,
     domain,
+    file_path,
     header_value,
+    host_or_empty,
     host_port,
     import_spec,
     int_range,
     ip_network,
+    list_file_path,
     list_of,
     non_negative_float,
     one_of,
     parse_control,
     parse_listen,
+    pem_path,
     port_range,
     positive_float,
+    probe_reply_code,
     realm,
     redis_url,
+    regex,
     sip_uri,
     sip_user,
     tcp_listen_or_off,
+    text_needle,
 )
 
 __all__ = [
@@ -124,6 +134,9 @@ class ProxyConfig:
     dns_timeout: float = setting(3.0, positive_float)
     dns_servers: list[tuple[str, int]] = setting([], list_of(dns_server))
     server_header: str = setting("sipsuite", header_value)
+    drop_user_agents: list[str] = setting(
+        ["friendly-scanner", "sipcli", "sipvicious", "VaxSIPUserAgent", "pplsip"],
+        list_of(text_needle, unique=True))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,6 +151,34 @@ class TimersConfig:
 class FeaturesConfig:
     auth: bool = setting(False, boolean)
     nat: bool = setting(False, boolean)
+    debug: bool = setting(False, boolean)
+    ipauth: bool = setting(False, boolean)
+    natsipping: bool = setting(False, boolean)
+    pstn: bool = setting(False, boolean)
+    voicemail: bool = setting(False, boolean)
+    block3xx: bool = setting(False, boolean)
+    block401407: bool = setting(False, boolean)
+    antiflood: bool = setting(False, boolean)
+    accounting: bool = setting(False, boolean)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AntifloodConfig:
+    """kamailio.cfg's pike + ipban htable (with ``[features] antiflood``)."""
+
+    requests: int = setting(16, int_range(1, 1_000_000))
+    window: float = setting(2.0, positive_float)
+    ban_time: float = setting(300.0, positive_float)
+    max_sources: int = setting(100_000, int_range(100, 10_000_000))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountingConfig:
+    """Kamailio's acc module (with ``[features] accounting``)."""
+
+    file: str = setting("/var/log/sipsuite/accounting.jsonl", file_path)
+    max_duration: float = setting(43200.0, positive_float)
+    max_calls: int = setting(100_000, int_range(1, 10_000_000))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,8 +203,24 @@ class RegistrarConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NatConfig:
     keepalive_interval: float = setting(20.0, non_negative_float)
-    keepalive_method: str = setting("crlf", one_of("crlf", "options"))
     keepalive_timeout: float = setting(120.0, positive_float)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PstnConfig:
+    """kamailio.cfg's pstn.* (with ``[features] pstn``)."""
+
+    gw_ip: str = setting("", host_or_empty)
+    gw_port: int = setting(5060, int_range(1, 65535))
+    pattern: str = setting(r"^(\+|00)[1-9][0-9]{3,20}$", regex)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoicemailConfig:
+    """kamailio.cfg's voicemail.* (with ``[features] voicemail``)."""
+
+    srv_ip: str = setting("", host_or_empty)
+    srv_port: int = setting(5060, int_range(1, 65535))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,6 +257,33 @@ class ManagementConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TLSConfig:
+    """Certificates for tls: listeners, outgoing TLS and the relay control channel."""
+
+    certificate: str = setting("", pem_path)
+    private_key: str = setting("", pem_path)
+    ca_list: str = setting("", pem_path)
+    verify_server: bool = setting(True, boolean)
+    require_client_cert: list[ListenSpec] = setting([], _TLS_LISTEN_LIST)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DispatcherConfig:
+    """Destination sets and their OPTIONS probing (Kamailio's dispatcher module)."""
+
+    list_file: str = setting("", list_file_path)
+    sets: dict[int, list[DispatcherEntry]] = setting({}, dispatcher_sets)
+    probe_interval: float = setting(10.0, non_negative_float)
+    probe_timeout: float = setting(5.0, positive_float)
+    probe_failures: int = setting(1, int_range(1, 1000))
+    probe_successes: int = setting(1, int_range(1, 1000))
+    probe_mode: str = setting("all", one_of("all", "inactive"))
+    probe_reply_codes: list[int] = setting([], list_of(probe_reply_code, unique=True))
+    probe_from: str = setting("sip:dispatcher@localhost", sip_uri)
+    call_timeout: float = setting(7200.0, positive_float)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: str = setting("info", one_of("debug", "info", "warn", "error"))
 
@@ -214,13 +298,19 @@ class Config:
         "location.static", sip_user, list_of(sip_uri, non_empty=True)
     )
     features: FeaturesConfig = section("features", FeaturesConfig)
+    antiflood: AntifloodConfig = section("antiflood", AntifloodConfig)
+    accounting: AccountingConfig = section("accounting", AccountingConfig)
     auth: AuthConfig = section("auth", AuthConfig)
     registrar: RegistrarConfig = section("registrar", RegistrarConfig)
     nat: NatConfig = section("nat", NatConfig)
+    pstn: PstnConfig = section("pstn", PstnConfig)
+    voicemail: VoicemailConfig = section("voicemail", VoicemailConfig)
     redis: RedisConfig = section("redis", RedisConfig)
     relay: RelayConfig = section("relay", RelayConfig)
     media: MediaConfig = section("media", MediaConfig)
+    dispatcher: DispatcherConfig = section("dispatcher", DispatcherConfig)
     management: ManagementConfig = section("management", ManagementConfig)
+    tls: TLSConfig = section("tls", TLSConfig)
     log: LogConfig = section("log", LogConfig)
     path: str | None = None  # the file it came from; None for the built-in defaults
 
@@ -430,3 +520,21 @@ def _check_consistency(config: Config, where: str) -> None:
             f"{where}: relay.hold_timeout: expected a value not below relay.media_timeout"
             f" ({relay.media_timeout:g}), got {relay.hold_timeout:g}"
         )
+    _check_tls(config, where)
+
+
+def _check_tls(config: Config, where: str) -> None:
+    """[tls] certificate and private_key are needed once anything speaks TLS."""
+    tls = config.tls
+    users = [str(s) for s in config.proxy.listen if s.transport == "tls"]
+    users += [str(s) for s in config.relay.control if s.transport == "tls"]
+    users += [r.uri for r in config.media.relays if r.uri.lower().startswith("tls:")]
+    for key in ("certificate", "private_key"):
+        if users and not getattr(tls, key):
+            raise ConfigError(f"{where}: tls.{key}: expected a PEM file path, required by"
+                              f" {users[0]}, got ''")
+    listening = {str(s) for s in config.proxy.listen}
+    for i, spec in enumerate(tls.require_client_cert):
+        if str(spec) not in listening:
+            raise ConfigError(f"{where}: tls.require_client_cert[{i}]: expected a tls listener"
+                              f" of proxy.listen, got {str(spec)!r}")

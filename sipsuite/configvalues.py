@@ -208,6 +208,32 @@ def host_port(value: Any) -> str:
     return value
 
 
+def host_or_empty(value: Any) -> str:
+    """'' (off), or a host to send to: an IP address (IPv6 bare or in
+    brackets) or a host name. Stored as a SIP URI writes it (IPv6 bracketed)."""
+    expected = "'' or an IP address or host name"
+    if not isinstance(value, str):
+        raise _Invalid(expected, value)
+    if value == "":
+        return value
+    host = _host(f"[{value}]" if _is_ip(value, 6) else value)
+    if host is None:
+        raise _Invalid(expected, value)
+    return host
+
+
+def regex(value: Any) -> str:
+    """A Python regular expression (re syntax), checked to compile."""
+    expected = "a regular expression"
+    if not isinstance(value, str):
+        raise _Invalid(expected, value)
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise _Invalid(f"a regular expression ({e})", value) from None
+    return value
+
+
 def dns_server(value: Any) -> tuple[str, int]:
     """A DNS server to ask: 'IP' or 'IP:PORT' ('[v6]:PORT'); port 53 by default."""
     expected = "a DNS server 'IP' or 'IP:PORT' (IPv6 as '[::1]:53')"
@@ -296,7 +322,7 @@ def sip_user(value: str) -> str:
 class ListenSpec:
     """One socket to listen on.  *host* is an IP address (IPv6 without brackets)."""
 
-    transport: str  # 'udp' | 'tcp'
+    transport: str  # 'udp' | 'tcp' | 'tls'
     host: str
     port: int  # 0: the operating system picks one
 
@@ -305,14 +331,14 @@ class ListenSpec:
         return f"{self.transport}:{host}:{self.port}"
 
 
-LISTEN_TRANSPORTS = ("udp", "tcp")
+LISTEN_TRANSPORTS = ("udp", "tcp", "tls")
 _LISTEN = re.compile(
     r"(?P<transport>[A-Za-z]+):(?:\[(?P<ip6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})"
 )
 
 
 def parse_listen(value: Any) -> ListenSpec:
-    """'udp:HOST:PORT' or 'tcp:HOST:PORT'; HOST an IP address, IPv6 as '[::1]'.
+    """'udp:HOST:PORT', 'tcp:HOST:PORT' or 'tls:HOST:PORT'; HOST an IP address, IPv6 as '[::1]'.
 
     Raises ValueError (the message says what was expected) on anything else.
     """
@@ -324,7 +350,7 @@ def parse_listen(value: Any) -> ListenSpec:
 
 def _listen(value: Any) -> ListenSpec:
     expected = (
-        "'udp:HOST:PORT' or 'tcp:HOST:PORT' with HOST an IP address"
+        "'udp:HOST:PORT' or 'tcp:HOST:PORT' or 'tls:HOST:PORT' with HOST an IP address"
         " (IPv6 in brackets, as 'tcp:[::1]:5060') and PORT 0..65535"
     )
     m = _LISTEN.fullmatch(value) if isinstance(value, str) else None
@@ -350,10 +376,10 @@ _LISTEN_LIST = list_of(_listen, non_empty=True, unique=True)
 
 @dataclass(frozen=True, slots=True)
 class ControlSpec:
-    """A control socket of the RTP relay: ``udp`` (host an IP address, IPv6
-    without brackets, and a port) or ``unix`` (a filesystem path)."""
+    """A control socket of the RTP relay: ``udp`` or ``tls`` (host an IP
+    address, IPv6 without brackets, and a port) or ``unix`` (a filesystem path)."""
 
-    transport: str  # 'udp' | 'unix'
+    transport: str  # 'udp' | 'tls' | 'unix'
     host: str = ""
     port: int = 0  # udp; 0: the operating system picks one
     path: str = ""  # unix
@@ -362,12 +388,12 @@ class ControlSpec:
         if self.transport == "unix":
             return f"unix:{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"udp:{host}:{self.port}"
+        return f"{self.transport}:{host}:{self.port}"
 
 
 _CONTROL_EXPECTED = (
     "'udp:HOST:PORT' with HOST a specific IP address (IPv6 in brackets, not 0.0.0.0 or ::)"
-    " and PORT 0..65535, or 'unix:PATH'"
+    " and PORT 0..65535, 'tls:HOST:PORT' likewise (mutual TLS), or 'unix:PATH'"
 )
 
 
@@ -384,13 +410,13 @@ def _control(value: Any) -> ControlSpec:
         raise _Invalid(_CONTROL_EXPECTED, value) from None
     # Replies must leave from the address the command reached: a wildcard
     # socket would let the kernel pick another source on a multi-homed host.
-    if spec.transport != "udp" or ipaddress.ip_address(spec.host).is_unspecified:
+    if spec.transport not in ("udp", "tls") or ipaddress.ip_address(spec.host).is_unspecified:
         raise _Invalid(_CONTROL_EXPECTED, value)
-    return ControlSpec("udp", spec.host, spec.port)
+    return ControlSpec(spec.transport, spec.host, spec.port)
 
 
 def parse_control(value: Any) -> ControlSpec:
-    """'udp:HOST:PORT' ('udp:[::1]:7722') or 'unix:PATH'; ValueError otherwise."""
+    """'udp:HOST:PORT' ('udp:[::1]:7722'), 'tls:HOST:PORT' or 'unix:PATH'; ValueError otherwise."""
     try:
         return _control(value)
     except _Invalid as e:
@@ -398,6 +424,29 @@ def parse_control(value: Any) -> ControlSpec:
 
 
 _CONTROL_LIST = list_of(_control, non_empty=True, unique=True)
+
+
+def _tls_listen(value: Any) -> ListenSpec:
+    """A 'tls:HOST:PORT' listener, as [proxy] listen writes it."""
+    expected = "'tls:HOST:PORT' naming a tls listener of proxy.listen"
+    try:
+        spec = _listen(value)
+    except _Invalid:
+        raise _Invalid(expected, value) from None
+    if spec.transport != "tls":
+        raise _Invalid(expected, value)
+    return spec
+
+
+_TLS_LISTEN_LIST = list_of(_tls_listen, unique=True)
+
+
+def pem_path(value: Any) -> str:
+    """'' (none) or the path of a PEM file (read, and errors reported, when loaded)."""
+    expected = "'' or the path of a PEM file"
+    if not isinstance(value, str) or any(c in value for c in "\0\r\n"):
+        raise _Invalid(expected, value)
+    return value.strip()
 
 
 def media_address(value: Any) -> str:
@@ -452,7 +501,7 @@ DEFAULT_CONTROL_PORT = 22222
 
 @dataclass(frozen=True, slots=True)
 class RelaySpec:
-    """One configured relay: ``udp:HOST:PORT`` / ``udp:[V6]:PORT`` / ``unix:PATH``
+    """One configured relay: ``udp:HOST:PORT``, ``udp:[V6]:PORT``, ``tls:HOST:PORT``, ``unix:PATH``
     and its share of new calls (0: takes no new calls, keeps its current ones)."""
 
     uri: str
@@ -461,7 +510,7 @@ class RelaySpec:
 
 @dataclass(frozen=True, slots=True)
 class RelayAddress:
-    scheme: str  # "udp" or "unix"
+    scheme: str  # "udp", "tls" (mutual TLS, one connection per command) or "unix"
     host: str = ""  # IP literal, no brackets, in ipaddress's canonical form
     port: int = 0
     path: str = ""
@@ -472,7 +521,7 @@ class RelayAddress:
 
 
 def parse_relay_uri(uri: str) -> RelayAddress:
-    """``udp:HOST[:PORT]``, ``udp6:[V6][:PORT]`` or ``unix:PATH``; ValueError
+    """``udp:HOST[:PORT]``, ``udp6:[V6][:PORT]``, ``tls:HOST[:PORT]`` or ``unix:PATH``; ValueError
     naming what is wrong otherwise.  HOST must be an IP literal: a relay's
     address is configuration, and a DNS lookup per command (or a stale one)
     would be a failure mode with no benefit."""
@@ -482,8 +531,8 @@ def parse_relay_uri(uri: str) -> RelayAddress:
         raise ValueError(f"relay {uri!r}: expected udp:HOST:PORT or unix:PATH")
     if scheme == "unix":
         return RelayAddress("unix", path=rest)
-    if scheme not in ("udp", "udp6"):
-        raise ValueError(f"relay {uri!r}: scheme must be udp, udp6 or unix")
+    if scheme not in ("udp", "udp6", "tls"):
+        raise ValueError(f"relay {uri!r}: scheme must be udp, udp6, tls or unix")
     if rest.startswith("["):
         host, bracket, after = rest[1:].partition("]")
         if not bracket or (after and not after.startswith(":")):
@@ -507,11 +556,11 @@ def parse_relay_uri(uri: str) -> RelayAddress:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise ValueError(f"relay {uri!r}: port {port_text!r} is not 1..65535")
         port = int(port_text)
-    return RelayAddress("udp", str(ip), port)
+    return RelayAddress("tls" if scheme == "tls" else "udp", str(ip), port)
 
 
 _RELAY_EXPECTED = (
-    "'udp:HOST[:PORT]' (HOST an IP address, IPv6 in brackets) or 'unix:PATH',"
+    "'udp:HOST[:PORT]' (HOST an IP address, IPv6 in brackets), 'tls:HOST[:PORT]' or 'unix:PATH',"
     " optionally followed by ';weight=N' (N >= 0)"
 )
 
@@ -544,3 +593,109 @@ def _relay_list(value: Any) -> list[RelaySpec]:
             raise _Invalid("each relay only once", value[i], f"[{i}]")
         seen.add(spec.uri)
     return specs
+
+
+def text_needle(value: Any) -> str:
+    """A non-empty piece of header text to search for (User-Agent scanners):
+    printable ASCII on one line, surrounding blanks ignored."""
+    expected = "a non-empty string of printable ASCII on one line"
+    if not isinstance(value, str) or not re.fullmatch(r"[\x20-\x7e]*", value) or not value.strip():
+        raise _Invalid(expected, value)
+    return value.strip()
+
+
+def file_path(value: Any) -> str:
+    """A file to write: a non-empty path on one line (it is opened, and
+    errors reported, when used, not here: the directory may come later)."""
+    expected = "a file path"
+    if not isinstance(value, str) or not value.strip() or any(c in value for c in "\0\r\n"):
+        raise _Invalid(expected, value)
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Dispatcher destinations (Kamailio's dispatcher.list), shared by the config's
+# [dispatcher.sets] and the list file reader in sipsuite.proxy.dispatcher_list.
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherEntry:
+    """One destination as written: ``URI [FLAGS [PRIORITY [ATTRS]]]``."""
+
+    uri: str
+    flags: int = 0
+    priority: int = 0
+    attrs: tuple[tuple[str, str], ...] = ()  # ("weight", "50"), ... in file order
+
+    def attr(self, name: str) -> str | None:
+        return next((v for k, v in self.attrs if k == name), None)
+
+
+def parse_dispatcher_entry(text: str) -> DispatcherEntry:
+    """'sip:192.0.2.1:5060 0 10 weight=50;duid=gw1' -> DispatcherEntry;
+    ValueError saying what is wrong otherwise."""
+    fields = text.split()
+    if not fields:
+        raise ValueError("expected a destination URI, got nothing")
+    if len(fields) > 4:
+        raise ValueError(f"expected 'URI [FLAGS [PRIORITY [ATTRS]]]', got {len(fields)} fields")
+    try:
+        uri = sip_uri(fields[0])
+    except _Invalid as e:
+        raise ValueError(f"expected {e.expected}, got {fields[0]!r}") from None
+    numbers = []
+    for name, word in zip(("flags", "priority"), fields[1:3], strict=False):
+        if not re.fullmatch(r"-?\d{1,9}", word):
+            raise ValueError(f"{name}: expected a whole number, got {word!r}")
+        numbers.append(int(word))
+    flags, priority = (numbers + [0, 0])[:2]
+    if not 0 <= flags <= 15:
+        raise ValueError(f"flags: expected 0 to 15 (1 inactive, 2 probing, 4 disabled), got {flags}")
+    attrs: list[tuple[str, str]] = []
+    if len(fields) == 4:
+        for part in fields[3].strip(";").split(";"):
+            key, eq, val = part.partition("=")
+            if not eq or not re.fullmatch(r"[A-Za-z][\w.-]*", key):
+                raise ValueError(f"attrs: expected 'name=value;...', got {fields[3]!r}")
+            if key == "weight" and not re.fullmatch(r"\d{1,4}", val):
+                raise ValueError(f"attrs: weight: expected a whole number from 0 to 9999, got {val!r}")
+            if key in ("maxload", "rweight") and not re.fullmatch(r"\d{1,6}", val):
+                raise ValueError(f"attrs: {key}: expected a whole number, got {val!r}")
+            attrs.append((key, val))
+    return DispatcherEntry(uri, flags, priority, tuple(attrs))
+
+
+def dispatcher_sets(value: Any) -> dict[int, list[DispatcherEntry]]:
+    """[dispatcher.sets]: SETID = ["URI [FLAGS [PRIORITY [ATTRS]]]", ...]."""
+    if not isinstance(value, dict):
+        raise _Invalid("a table of SETID = [destinations]", value)
+    out: dict[int, list[DispatcherEntry]] = {}
+    for key, entries in value.items():
+        if not re.fullmatch(r"\d{1,9}", key):
+            raise _Invalid("a set id (a whole number) as the key", key, f".{key}")
+        if not isinstance(entries, list) or not entries:
+            raise _Invalid("a non-empty list of destinations", entries, f".{key}")
+        parsed = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, str):
+                raise _Invalid("'URI [FLAGS [PRIORITY [ATTRS]]]'", entry, f".{key}[{i}]")
+            try:
+                parsed.append(parse_dispatcher_entry(entry))
+            except ValueError as e:
+                raise _Invalid(f"'URI [FLAGS [PRIORITY [ATTRS]]]' ({e})", entry,
+                               f".{key}[{i}]") from None
+        out[int(key)] = parsed
+    return out
+
+
+def probe_reply_code(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 699:
+        raise _Invalid("a SIP status code from 100 to 699", value)
+    return value
+
+
+def list_file_path(value: Any) -> str:
+    """'' (none) or the path of a dispatcher list file (read when loaded)."""
+    if not isinstance(value, str) or any(c in value for c in "\0\r\n"):
+        raise _Invalid("'' or the path of a dispatcher list file", value)
+    return value.strip()

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from sipsuite import ctl_liveops as live
+
 __all__ = ["COMMANDS", "Arg", "Command", "DEFAULT_URL", "RpcClient", "RpcFailure", "main"]
 
 PROG = "sipsuite-ctl"
@@ -218,6 +220,57 @@ def show_relay_stats(result: Any, args: argparse.Namespace) -> str:
     return table(("COUNTER", "VALUE"), rows)
 
 
+def show_flood(result: Any, args: argparse.Namespace) -> str:
+    state = "on" if result.get("enabled") else "off ([features] antiflood = false)"
+    lines = [f"antiflood {state}: more than {result['requests']} requests in"
+             f" {result['window']:g} s bans for {result['ban_time']:g} s"]
+    banned = result.get("banned") or []
+    if banned:
+        lines.append(table(("BANNED", "SECONDS-LEFT"),
+                           [(b["address"], f"{b['seconds_left']:.0f}") for b in banned]))
+    else:
+        lines.append("no banned addresses")
+    top = result.get("top") or []
+    if top:
+        lines.append(table(("SOURCE", "REQUESTS-IN-WINDOW"),
+                           [(t["address"], t["requests"]) for t in top]))
+    return "\n".join(lines)
+
+
+def show_unban(result: Any, args: argparse.Namespace) -> str:
+    if result.get("unbanned"):
+        return f"unbanned {result['address']}"
+    return f"{result['address']} was not banned"
+
+
+def show_tls(result: Any, args: argparse.Namespace) -> str:
+    """tls.reload / tls.show: one block per certificate set (proxy, relay)."""
+    keys = ("certificate", "subject", "issuer", "names", "not_after", "sha256", "ca_list",
+            "loaded_at", "reloads")
+    return "\n\n".join("\n".join(f"{k:12} {', '.join(v) if isinstance(v, list) else v}"
+                                  for k in keys if (v := item.get(k)) is not None)
+                        for item in result)
+
+
+def show_dispatcher(result: Any, args: argparse.Namespace) -> str:
+    """dispatcher.dump as kamcmd dispatcher.list shows it: one row per destination."""
+    rows = [(s["setid"], d["uri"], d["flags"], d["state"], d["priority"], d["weight"], d["calls"],
+             d.get("last_probe"))
+            for s in result for d in s["destinations"]]
+    if not rows:
+        return "no destination sets"
+    return table(("SET", "URI", "FLAGS", "STATE", "PRIO", "WEIGHT", "CALLS", "LAST-PROBE"), rows)
+
+
+def show_tls_list(result: Any, args: argparse.Namespace) -> str:
+    if not result:
+        return "no TLS connections"
+    return table(("PEER", "DIR", "LISTENER", "CHECKED-NAME", "PEER-CERTIFICATE"),
+                 [(c["peer"], c["direction"] if c["secured"] else c["direction"] + " (handshake)",
+                   c["listener"], c["checked_name"] or "-", c["peer_certificate"] or "-")
+                  for c in result])
+
+
 # ---------------------------------------------------------------------------
 # The command table.
 
@@ -327,6 +380,53 @@ COMMANDS: list[Command] = [
             show=show_relay_sessions, group_help="the RTP relay (media)"),
     Command(("relay", "stats"), "relay.stats",
             "RTP relay totals: sessions, packets, drops by cause, ports", show=show_relay_stats),
+    Command(("dispatcher", "dump"), "dispatcher.dump",
+            "destination sets: state, flags, priority, weight, active calls, last probe",
+            show=show_dispatcher, group_help="dispatcher destination sets (kamctl dispatcher)"),
+    Command(("dispatcher", "reload"), "dispatcher.reload",
+            "re-read [dispatcher] list_file (a broken file is refused, the old sets stay)",
+            show=lambda r, a: f"loaded {r['sets']} set(s), {r['destinations']} destination(s)"),
+    Command(("dispatcher", "set-state"), "dispatcher.set_state", "set a destination's state",
+            (Arg("setid", "the set id", type=int, metavar="SETID"),
+             Arg("uri", "the destination URI as listed", metavar="URI"),
+             Arg("state", "active, inactive, probing, disabled (or kamcmd's a, ap, i, ip, d)",
+                 metavar="STATE")),
+            show=lambda r, a: f"{r['uri']} in set {r['setid']} is now {r['state']}"
+                              + (" (probing)" if r.get("probing") else "")),
+    Command(("flood", "show"), "flood.show",
+            "banned source addresses (seconds left) and the busiest sources now",
+            show=show_flood, group_help="antiflood bans (pike / ipban)"),
+    Command(("flood", "unban"), "flood.unban", "lift the ban of a source address",
+            (Arg("address", "an IP address", metavar="ADDR"),), show=show_unban),
+    Command(("debug",), "debug",
+            "show the log level, or set it (kamctl fifo debug [N])",
+            (Arg("level", "debug, info, warn, error, or Kamailio's 4/3 = debug, 2 = info,"
+                 " 1 = notice (info), 0 = warn, -1 = error", optional=True,
+                 type=live.debug_level, metavar="LEVEL"),), show=live.show_debug),
+    Command(("cfg", "get"), "cfg.get", "show run-time settings (all, or NAME)",
+            (Arg("name", "section.key, e.g. timers.t1", optional=True, metavar="NAME"),),
+            show=live.show_cfg_get, group_help="run-time settings (kamcmd cfg.get / cfg.set)"),
+    Command(("cfg", "set"), "cfg.set", "change a run-time setting, validated as in the config file",
+            (Arg("name", "section.key, e.g. pstn.gw_ip", metavar="NAME"),
+             Arg("value", "a TOML value (true, 5, 0.5, \"text\", [\"a\"]); a bare word is a string",
+                 metavar="VALUE")),
+            show=live.show_cfg_set),
+    Command(("routing", "reload"), "routing.reload",
+            "re-import the [proxy] routing module and swap it in (as SIGHUP does)",
+            show=live.show_reload, group_help="the routing class"),
+    Command(("stats",), "stats",
+            "requests per method, replies per class, transactions, registrations, drops",
+            show=live.show_stats),
+    Command(("uptime",), "uptime", "when the proxy started and how long it has run",
+            show=live.show_uptime),
+    Command(("tls", "reload"), "tls.reload",
+            "re-read [tls] certificate, key and CA list (new connections use them)",
+            show=show_tls, group_help="TLS certificates (kamcmd tls.reload)"),
+    Command(("tls", "show"), "tls.show", "the certificate in use, its names and expiry",
+            show=show_tls),
+    Command(("tls", "list"), "tls.list",
+            "open SIP-over-TLS connections and the certificate each peer showed",
+            show=show_tls_list),
 ]
 
 

@@ -330,8 +330,26 @@ class _Site(server.Site):
                   c=request.getClientAddress())
 
 
-def make_site(registry: RpcRegistry) -> server.Site:
-    site = _Site(RpcResource(registry))
+class _Root(resource.Resource):
+    """Named children (``/metrics``) at their path, JSON-RPC at every other."""
+
+    def __init__(self, rpc: RpcResource, children: dict[bytes, resource.Resource]) -> None:
+        super().__init__()
+        self.rpc = rpc
+        self.named = children
+
+    def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
+        child = self.named.get(path)
+        if child is not None and not request.postpath:
+            return child
+        return self.rpc
+
+
+def make_site(registry: RpcRegistry,
+              children: dict[bytes, resource.Resource] | None = None) -> server.Site:
+    """JSON-RPC at any path; ``children`` (b"metrics": ...) at their own."""
+    rpc = RpcResource(registry)
+    site = _Site(_Root(rpc, children) if children else rpc)
     site.requestFactory = _BoundedRequest
     site.displayTracebacks = False
     return site
@@ -360,7 +378,8 @@ class ManagementService(service.Service):
     """Listens for the management interface while running; ``.port`` is the
     bound port once started (the OS's pick when the address says port 0)."""
 
-    def __init__(self, listen: str, registry: RpcRegistry, reactor: Any | None = None) -> None:
+    def __init__(self, listen: str, registry: RpcRegistry, reactor: Any | None = None,
+                 children: dict[bytes, resource.Resource] | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -368,6 +387,7 @@ class ManagementService(service.Service):
         # Parsed here, so a bad address fails when the service is built.
         self.host, self.wanted_port = parse_management_listen(listen)
         self.registry = registry
+        self.http_children = children or {}
         self.reactor = reactor
         self.port: int | None = None
         self._listener: Any = None
@@ -375,7 +395,7 @@ class ManagementService(service.Service):
     def startService(self) -> None:
         try:
             self._listener = self.reactor.listenTCP(
-                self.wanted_port, make_site(self.registry), interface=self.host)
+                self.wanted_port, make_site(self.registry, self.http_children), interface=self.host)
         except CannotListenError as exc:
             # One line naming the address, not a traceback, as for the SIP ports.
             reason = getattr(exc.socketError, "strerror", None) or exc.socketError

@@ -26,8 +26,11 @@ def via_text(via: Via) -> str:
     return f"{via.protocol}/{via.transport} {via.host}{port}{params}"
 
 
-def record_route_value(listener: Listener, params: str = "") -> str:
-    """Our Record-Route for a listener; ``params`` (";nat=yes") go after ``lr``."""
+def record_route_value(listener: Listener, params: str = "", sips: bool = False) -> str:
+    """Our Record-Route for a listener; ``params`` (";nat=yes") go after ``lr``;
+    ``sips`` (a sips Request-URI) makes a TLS listener's a sips URI."""
+    if sips and listener.transport == "tls":
+        return f"<sips:{listener.sent_by()};lr{params}>"
     transport = "" if listener.transport == "udp" else f";transport={listener.transport}"
     return f"<sip:{listener.sent_by()}{transport};lr{params}>"
 

@@ -15,6 +15,7 @@ import secrets
 from typing import Any
 
 from sipsuite.log import get_logger
+from sipsuite.proxy.accounting import Accounting
 from sipsuite.proxy.addresses import (
     guess_address,
     is_unicast,
@@ -23,6 +24,7 @@ from sipsuite.proxy.addresses import (
     split_advertise,
     via_text,
 )
+from sipsuite.proxy.antiflood import RequestGuard
 from sipsuite.proxy.auth import Authenticator
 from sipsuite.proxy.context import Branch, ProxyContext
 from sipsuite.proxy.keepalive import KEEPALIVE_BRANCH, NatKeepalive
@@ -37,7 +39,7 @@ from sipsuite.proxy.location import (
 )
 from sipsuite.proxy.media import MediaManager
 from sipsuite.proxy.registrar import Registrar
-from sipsuite.proxy.resolver import Resolver, Target
+from sipsuite.proxy.resolver import Resolver, Target, named
 from sipsuite.proxy.routing import Destination, RequestContext, Routing, drive, load_routing
 from sipsuite.proxy.timers import TimerHeap
 from sipsuite.proxy.transport import (
@@ -69,6 +71,11 @@ SUPPORTED_SCHEMES = ("sip", "sips", "tel")
 # Our branches: cookie + tag + loop hash + '.' + random (16.6 step 8), so a
 # request that comes back to us unchanged is recognised as a loop (16.3 step 4).
 BRANCH_TAG = "z9hG4bKsps"
+#: Methods counted by name in ``method_stats``; any other counts as "OTHER".
+COUNTED_METHODS = frozenset({
+    "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "SUBSCRIBE", "NOTIFY", "REFER",
+    "MESSAGE", "INFO", "PRACK", "UPDATE", "PUBLISH",
+})
 
 
 class ProxyCore(TransactionDriver):
@@ -91,7 +98,9 @@ class ProxyCore(TransactionDriver):
                 from twisted.names import client
 
                 dns = client.Resolver(servers=list(p.dns_servers), reactor=reactor)
-            resolver = Resolver(reactor, timeout=p.dns_timeout, resolver=dns)
+            tls = {"tls"} if any(s.transport == "tls" for s in p.listen) else set()
+            resolver = Resolver(reactor, timeout=p.dns_timeout, resolver=dns,
+                                transports=frozenset({"udp", "tcp", *tls}))
         self.resolver = resolver
         self.location: LocationStore = location if location is not None else MemoryLocationStore()
         self.subscribers: SubscriberStore = (
@@ -116,11 +125,21 @@ class ProxyCore(TransactionDriver):
         self.to_tag = "sps" + secrets.token_hex(6)
         self.server_header = p.server_header
         self.stats: dict[str, int] = {}
+        # Per-method requests and per-class replies sent (liveops stats,
+        # /metrics): a dict and a list increment per message, nothing more.
+        self.method_stats: dict[str, int] = {}
+        self.reply_classes = [0] * 7  # index = status // 100, 1..6 used
+        self.started_at = reactor.seconds()
         # The media manager ([features] nat with a relay); set by the service
         # wiring, which owns the relay client.  None: media is never touched.
         self.media: MediaManager | None = None
+        # The dispatcher (sipsuite.proxy.dispatcher) when [dispatcher] names
+        # destinations; set by the service wiring.
+        self.dispatcher: Any = None
         routing_cls = load_routing(p.routing)
         self.routing: Routing = routing_cls(self)
+        self.guard = RequestGuard(self)
+        self.accounting = Accounting(self)
 
     # -- set-up ------------------------------------------------------------------
     def start(self) -> None:
@@ -145,6 +164,7 @@ class ProxyCore(TransactionDriver):
 
     def stop(self) -> list[Any]:
         self.keepalive.stop()
+        self.accounting.stop()
         for holder in list(self.server_txs.values()) + list(self.client_txs.values()):
             self._cancel_timers(holder)
         self.timer_heap.stop()
@@ -192,8 +212,14 @@ class ProxyCore(TransactionDriver):
 
     def receive_request(self, req: Request, source: Source) -> None:
         self.count("requests")
+        if not self.guard.admit(req, source):
+            return  # antiflood ban or scanner: no answer at all (antiflood.py)
         via = self._mark_via(req, source)
         method = req.method
+        # Unknown method names are lumped together: a flood of made-up
+        # methods must not grow the table.
+        counted = method if method in COUNTED_METHODS else "OTHER"
+        self.method_stats[counted] = self.method_stats.get(counted, 0) + 1
         if method == "ACK":
             holder = self.server_txs.get(server_key(req))
             if holder is not None and holder.tx.state in ("completed", "confirmed"):
@@ -467,14 +493,15 @@ class ProxyCore(TransactionDriver):
         transport = (hop.params.get("transport") or "").lower() or None
         secure = hop.scheme == "sips"
         if is_ip(host) and not secure:
-            then([Target(transport or "udp", strip_brackets(host), hop.port or 5060)])
+            then([Target(transport or "udp", strip_brackets(host),
+                         hop.port or (5061 if transport == "tls" else 5060))])
             return
         d = self.resolver.resolve(host, hop.port, transport, secure)
-        d.addCallback(then)
+        d.addCallback(lambda targets: then(named(targets, strip_brackets(host))))
         d.addErrback(lambda f: (log.failure("resolving {h}", f, h=host), then([])))
 
     def _branch_targets(self, branch: Branch, targets: list[Target]) -> None:
-        branch.targets = [t for t in targets if t.transport in ("udp", "tcp")]
+        branch.targets = [t for t in targets if t.transport in ("udp", "tcp", "tls")]
         if branch.done:
             return
         if branch.ctx.cancelled or branch.cancel_wanted:
@@ -502,9 +529,11 @@ class ProxyCore(TransactionDriver):
             inbound = ctx.server.source.listener
             # kamailio.cfg's add_rr_param(";nat=yes"): a caller behind NAT.
             params = ";nat=yes" if rctx.vars.get("nat") else ""
+            # RFC 3261 16.6 step 4: a sips Request-URI gets a sips Record-Route.
+            sips = ctx.request.uri.scheme == "sips"
             if inbound is not listener:
-                req.add_header("Record-Route", record_route_value(inbound, params), top=True)
-            req.add_header("Record-Route", record_route_value(listener, params), top=True)
+                req.add_header("Record-Route", record_route_value(inbound, params, sips), top=True)
+            req.add_header("Record-Route", record_route_value(listener, params, sips), top=True)
         branch_id = f"{BRANCH_TAG}{self._loop_hash(ctx.request)}.{new_branch()[7:]}"
         req.add_header("Via", f"SIP/2.0/{listener.transport.upper()} {listener.sent_by()};branch={branch_id}",
                        top=True)
@@ -563,6 +592,8 @@ class ProxyCore(TransactionDriver):
             if (resp.top_via.branch or "").startswith(KEEPALIVE_BRANCH):
                 self.keepalive.response(resp)
                 return
+            if self.dispatcher is not None and self.dispatcher.probe_response(resp):
+                return
             self._forward_response_stateless(resp)
             return
         self._run(holder, holder.tx.receive(resp, self.clock.seconds()))
@@ -588,6 +619,7 @@ class ProxyCore(TransactionDriver):
         listener = self.transport.pick_listener(transport, host, None)
         if listener is None or not is_ip(host):
             return
+        self.reply_classes[resp.status // 100 % 7] += 1
         self.transport.send(resp.to_bytes(), transport, host, port, listener)
 
     def _forward_stateless(self, rctx: RequestContext, uri: URI, route: list[str] | None = None,
@@ -598,7 +630,7 @@ class ProxyCore(TransactionDriver):
 
         def send(targets: list[Target]) -> None:
             for target in targets:
-                if target.transport not in ("udp", "tcp"):
+                if target.transport not in ("udp", "tcp", "tls"):
                     continue
                 listener = self.transport.pick_listener(target.transport, target.host, rctx.source.listener)
                 if listener is None:
@@ -609,7 +641,8 @@ class ProxyCore(TransactionDriver):
                 out = req.copy()
                 out.add_header("Via", f"SIP/2.0/{listener.transport.upper()} {listener.sent_by()};branch={branch}",
                                top=True)
-                self.transport.send(out.to_bytes(), target.transport, target.host, target.port, listener)
+                self.transport.send(out.to_bytes(), target.transport, target.host, target.port, listener,
+                                    target.name)
                 return
 
         self._resolve(req, send, dst)
@@ -625,7 +658,10 @@ class ProxyCore(TransactionDriver):
                      s=holder.source, st=resp.status, r=resp.reason, c=req.call_id)
 
     def _send_response(self, holder: ServerTx, resp: Response) -> None:
+        self.reply_classes[resp.status // 100 % 7] += 1
         self._run(holder, holder.tx.send(resp, self.clock.seconds()))
+        if self.config.features.accounting:
+            self.accounting.response(holder, resp)
 
     def _wire_response(self, holder: ServerTx, data: bytes) -> None:
         src = holder.source
@@ -641,7 +677,8 @@ class ProxyCore(TransactionDriver):
             self.transport.send_on(data, conn)
             return
         # 18.2.2: the connection is gone; open one to the sent-by.
-        self.transport.send(data, src.transport, via.received or src.host, via.port or 5060, src.listener)
+        port = via.port or (5061 if src.transport == "tls" else 5060)
+        self.transport.send(data, src.transport, via.received or src.host, port, src.listener)
 
     def _timeout(self, holder: Any, timer: str) -> None:
         if isinstance(holder, ServerTx):
@@ -668,7 +705,7 @@ class ProxyCore(TransactionDriver):
         waiting on it fails over now instead of waiting for timer B/F."""
         for holder in list(self.client_txs.values()):
             t = holder.target
-            if holder.alive and t.transport == "tcp" and t.host == host and t.port == port:
+            if holder.alive and t.transport in ("tcp", "tls") and t.host == host and t.port == port:
                 self._client_transport_error(holder)
 
     def _client_transport_error(self, holder: ClientTx) -> None:

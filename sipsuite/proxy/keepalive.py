@@ -4,8 +4,10 @@ and calls to it stop arriving.
 
 Each proxy node pings only the bindings its own listeners took, so nodes
 sharing a Redis store do not ping the same phone twice. With OPTIONS
-(nathelper's ``sipping``) an unanswered binding is removed after
-``[nat] keepalive_timeout``; CRLF pings get no answer over UDP to check.
+(``[features] natsipping``, nathelper's ``sipping``) an unanswered binding is
+removed after ``[nat] keepalive_timeout``; CRLF pings get no answer over UDP
+to check. Both are read from ``core.config`` at each ping, so a run-time
+change of the switch takes effect on the next round.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class NatKeepalive:
         self.answered: dict[tuple[str, str], float] = {}
         self.sent = 0
         self.removed = 0
+        # When OPTIONS pings began (None while pinging with CRLF): a binding
+        # is judged on answers since then, so switching natsipping on at run
+        # time does not remove every binding registered long ago at once.
+        self.options_since: float | None = None
         self.running = False
         # AORs with a NAT'ed binding taken by this node: the registrar adds
         # them as it stores such bindings, so a round costs a lookup per
@@ -112,7 +118,9 @@ class NatKeepalive:
         listener = self.core.transport.pick_listener(dst.transport, dst.host, None)
         if listener is None:
             return
-        if self.cfg.keepalive_method == "crlf":
+        config = self.core.config
+        if not config.features.natsipping:
+            self.options_since = None
             if dst.transport == "udp":
                 self.core.transport.send(b"\r\n\r\n", "udp", dst.host, dst.port, listener)
             else:
@@ -121,9 +129,11 @@ class NatKeepalive:
                     conn.send(b"\r\n\r\n")
             self.sent += 1
             return
+        if self.options_since is None:
+            self.options_since = now
         key = (aor, b.contact)
-        last = max(self.answered.get(key, 0.0), b.updated)
-        if now - last > self.cfg.keepalive_timeout:
+        last = max(self.answered.get(key, 0.0), b.updated, self.options_since)
+        if now - last > config.nat.keepalive_timeout:
             log.info("removing {c} of {aor}: no answer to keep-alives for {t:.0f} s",
                      c=b.contact, aor=aor, t=now - last)
             await self.core.location.remove(aor, b.contact)

@@ -170,6 +170,18 @@ class MemoryLocationStore:
         self._purge(self.clock())
         return sorted(self._aors)
 
+    async def counts(self) -> tuple[int, int | None]:
+        """(AORs with a current binding, current bindings)."""
+        now = self.clock()
+        self._purge(now)
+        aors = bindings = 0
+        for held in self._aors.values():
+            n = sum(1 for b in held if b.expires is None or b.expires > now)
+            if n:
+                aors += 1
+                bindings += n
+        return aors, bindings
+
 
 @dataclass(slots=True)
 class Subscriber:

@@ -86,6 +86,8 @@ BACKOFF_FIRST = 0.001
 BACKOFF_MAX = 0.05
 # AOR values remembered for the next update's first try (see RedisLocationStore).
 KNOWN_MAX = 100_000
+#: counts() reads every AOR to count bindings only up to this many AORs.
+COUNT_LIMIT = 10_000
 
 
 # ---------------------------------------------------------------------------
@@ -386,6 +388,27 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
 """
 
+# KEYS: index. ARGV: now in ms, AOR key prefix, the most AORs to read.
+# {live AORs, their current bindings}: ZCOUNT, then (only up to the limit,
+# since it reads every AOR) a GET per AOR; -1 bindings past the limit.
+_COUNT_AORS = """
+local aors = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf')
+if aors > tonumber(ARGV[3]) then return {aors, -1} end
+local now = tonumber(ARGV[1]) / 1000
+local n = 0
+for _, aor in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')) do
+  local name = aor
+  if aor == 'index' or string.sub(aor, 1, 1) == ':' then name = ':' .. aor end
+  local raw = redis.call('GET', ARGV[2] .. name)
+  if raw then
+    for _, b in ipairs(cjson.decode(raw)) do
+      if b.expires == nil or b.expires == cjson.null or b.expires > now then n = n + 1 end
+    end
+  end
+end
+return {aors, n}
+"""
+
 # KEYS: subscriber hash, index. ARGV: user, then field, value pairs.
 _ADD_SUBSCRIBER = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -517,6 +540,18 @@ class RedisLocationStore:
     async def _aors(self) -> list[str]:
         members = await self.conn.eval(_LIVE_AORS, [self._index], [_ms(self.clock())])
         return sorted(_s(m) for m in members)
+
+    async def counts(self, limit: int = COUNT_LIMIT) -> tuple[int, int | None]:
+        """(AORs, bindings) now current. AORs come from the index (ZCOUNT:
+        never KEYS or SCAN); bindings need every AOR read, so past ``limit``
+        AORs they are not counted (None)."""
+        return await self.conn.bounded(self._counts(limit))
+
+    async def _counts(self, limit: int) -> tuple[int, int | None]:
+        reply = await self.conn.eval(_COUNT_AORS, [self._index],
+                                     [_ms(self.clock()), self._prefix, str(limit)])
+        aors, bindings = int(reply[0]), int(reply[1])
+        return aors, (None if bindings < 0 else bindings)
 
 
 class RedisSubscriberStore:

@@ -12,6 +12,9 @@ Behaviour, and why:
   cookie *and* source address; late and duplicate ones are counted and dropped.
 * **Unix sockets** carry no cookie: one connection per command, write it, read
   one reply, close (Kamailio's stream mode; see ``rtpproxy_protocol``).
+  ``tls:HOST:PORT`` relays (on other hosts) are the same exchange over TLS
+  with mutual authentication: we present [tls] certificate and check the
+  relay's against [tls] ca_list and HOST (sipsuite.tlsctx).
 * **Relay health.** A relay that lets a command time out (or refuses the
   connection) is taken out for ``disable_time`` and checked again with V/VF
   when that has passed; relays that are up are pinged every ``ping_interval``.
@@ -140,7 +143,7 @@ class _Relay:
 
     @property
     def stream(self) -> bool:
-        return self.address.scheme == "unix"
+        return self.address.scheme in ("unix", "tls")
 
     @property
     def media_host(self) -> str | None:
@@ -243,7 +246,8 @@ class RelayClient(service.Service):
     def __init__(self, relays: Sequence[RelaySpec], *, command_timeout: float = 1.0,
                  retransmit_interval: float = 0.25, disable_time: float = 60.0,
                  ping_interval: float = 10.0, call_idle_time: float = 4 * 3600.0,
-                 max_calls: int = 200_000, reactor: Any = None) -> None:
+                 max_calls: int = 200_000, reactor: Any = None, tls: Any = None) -> None:
+        """``tls``: the sipsuite.tlsctx.TLSContexts tls: relays are reached with."""
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -267,6 +271,9 @@ class RelayClient(service.Service):
                 raise ValueError(f"relay {spec.uri!r} named twice")
             self._relays.append(_Relay(spec))
         self._by_uri = {r.uri: r for r in self._relays}
+        if tls is None and any(r.address.scheme == "tls" for r in self._relays):
+            raise ValueError("tls: relays need TLS contexts ([tls] certificate)")
+        self.tls = tls
         self.reactor = reactor
         self.command_timeout = float(command_timeout)
         self.retransmit_interval = float(retransmit_interval)
@@ -623,8 +630,14 @@ class RelayClient(service.Service):
     def _exchange_stream(self, relay: _Relay, data: bytes) -> Deferred[bytes]:
         done: Deferred[bytes] = Deferred()
         factory = _StreamFactory(data, done)
-        connector = self.reactor.connectUNIX(relay.address.path, factory,
-                                             timeout=max(1, math.ceil(self.command_timeout)))
+        timeout = max(1, math.ceil(self.command_timeout))
+        address = relay.address
+        if address.scheme == "tls":
+            connector = self.reactor.connectTCP(
+                address.host, address.port, self.tls.client_factory(factory, address.host),
+                timeout=timeout)
+        else:
+            connector = self.reactor.connectUNIX(address.path, factory, timeout=timeout)
         entry = (connector, factory)
         self._streams.add(entry)
 

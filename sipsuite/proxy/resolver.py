@@ -43,6 +43,15 @@ class Target:
     transport: str  # 'udp' | 'tcp' | 'tls'
     host: str  # an IP address literal; IPv6 is not bracketed
     port: int
+    # TLS: the name the server's certificate must carry, the host of the URI
+    # we resolved (RFC 5922 4.1), not the SRV target; '' means ``host``.
+    name: str = ""
+
+
+def named(targets: list[Target], name: str) -> list[Target]:
+    """``targets`` with ``name`` as the certificate name of the TLS ones."""
+    return [Target(t.transport, t.host, t.port, name) if t.transport == "tls" else t
+            for t in targets]
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from sipsuite.log import get_logger
+from sipsuite.proxy.features import FeatureRoutes
 from sipsuite.proxy.location import Binding, StoreUnavailable
 from sipsuite.proxy.nat import add_contact_alias, handle_ruri_alias, parse_sdp, signalling_nat
 from sipsuite.proxy.resolver import Target
@@ -43,7 +44,7 @@ class RequestContext:
     """What a routing hook sees of one incoming request and can do with it."""
 
     __slots__ = ("core", "request", "source", "proxy_ctx", "loose_routed", "handled", "vars",
-                 "tx_key")
+                 "tx_key", "debug")
 
     def __init__(self, core: ProxyCore, request: Request, source: Any, loose_routed: bool) -> None:
         self.core = core
@@ -57,6 +58,8 @@ class RequestContext:
         # The server transaction's key, once known: saves computing it again
         # for every reply and relay (it parses the top Via).
         self.tx_key: tuple | None = None
+        # [features] debug as it was when routing began: log every step.
+        self.debug = False
 
     # -- facts -----------------------------------------------------------------
     @property
@@ -165,7 +168,12 @@ class Routing:
 
     def __init__(self, core: ProxyCore) -> None:
         self.core = core
-        self.config = core.config
+
+    @property
+    def config(self) -> Any:
+        """The core's current config: ``cfg set`` replaces it at run time,
+        so never keep a copy of it or of a section."""
+        return self.core.config
 
     def request_route(self, ctx: RequestContext) -> Any:
         ctx.reply(500, "No routing")
@@ -183,19 +191,23 @@ class Routing:
         (serial forking, gateway failover), ``ctx.reply`` replaces the answer."""
 
 
-class DefaultRouting(Routing):
+class DefaultRouting(FeatureRoutes, Routing):
     """The shape of the default kamailio.cfg: keep-alives, in-dialog
     routing, authentication (``[features] auth``), the registrar, and the
-    location lookup with parallel (or serial) forking."""
+    location lookup with parallel (or serial) forking; the optional blocks
+    (pstn, voicemail, block3xx, block401407, debug) come from FeatureRoutes."""
 
     async def request_route(self, ctx: RequestContext) -> None:
         req = ctx.request
         method = req.method
         uri = req.uri
+        ctx.debug = debug = self.config.features.debug
 
         # Keep-alive pings to the proxy itself (kamailio.cfg: OPTIONS to
         # myself without a user part gets 200 Keepalive).
         if method == "OPTIONS" and not uri.user and uri.scheme in ("sip", "sips") and ctx.is_myself(uri):
+            if debug:
+                self.trace(ctx, "keepalive: OPTIONS to myself -> 200 Keepalive")
             ctx.reply(200, "Keepalive")
             return
 
@@ -207,6 +219,9 @@ class DefaultRouting(Routing):
             ctx.vars["nat"] = nat = signalling_nat(req, ctx.source)
             if nat and method != "REGISTER":
                 add_contact_alias(req, ctx.source)
+            if debug:
+                self.trace(ctx, f"natdetect: from {ctx.source.host}:{ctx.source.port} "
+                                + ("behind NAT" if nat else "not behind NAT"))
 
         if ctx.in_dialog:
             if media is not None and method in ("BYE", "INVITE", "UPDATE", "ACK", "PRACK") and (
@@ -223,9 +238,13 @@ class DefaultRouting(Routing):
         # remove_hf("Route")). Honouring them would let anyone relay through
         # us to any host by naming a local user in the Request-URI.
         if req.has_header("route"):
+            if debug:
+                self.trace(ctx, "initial request: pre-loaded Route removed")
             req.remove_header("route")
 
         if method == "REGISTER" and local_ruri:
+            if debug:
+                self.trace(ctx, "registrar: REGISTER for our domain -> save")
             await ctx.register()
             return
 
@@ -235,57 +254,96 @@ class DefaultRouting(Routing):
         if not local_ruri:
             # Callers authenticated above (or trusted) may call out.
             if ctx.source_trusted() or ctx.vars.get("authenticated"):
+                if debug:
+                    self.trace(ctx, f"sipout: {uri.host} is not ours -> relay")
                 await self.media_offer(ctx)
                 ctx.relay()
             else:
+                if debug:
+                    self.trace(ctx, f"sipout: {uri.host} is not ours -> 403 Not relaying")
                 ctx.reply(403, "Not relaying")
             return
 
         if not uri.user:
+            if debug:
+                self.trace(ctx, "no user in the Request-URI -> 484")
             ctx.reply(484, "Address Incomplete")
             return
-        await self.location(ctx, uri.user_unescaped)
+        user = uri.user_unescaped
+        if await self.route_pstn(ctx, user):
+            return
+        await self.location(ctx, user)
 
     async def authenticate(self, ctx: RequestContext, local_ruri: bool) -> bool:
         """kamailio.cfg's route[AUTH]; False when the request was answered."""
-        if not self.config.features.auth:
+        features = self.config.features
+        if not features.auth:
+            if ctx.debug:
+                self.trace(ctx, "auth: off")
             return True
         req = ctx.request
         if req.method == "REGISTER":
             to = req.to.uri
             if not await ctx.auth_check(to.user_unescaped if to.user else "", proxy=False):
+                if ctx.debug:
+                    self.trace(ctx, "auth: REGISTER without valid credentials -> 401 or 403")
                 return False
+            if ctx.debug:
+                self.trace(ctx, f"auth: REGISTER authenticated as {to.user_unescaped!r}")
             ctx.vars["authenticated"] = True
             return True
         if req.method in ("ACK", "CANCEL"):
             # Neither can be challenged (RFC 3261 22.1): they ride on the
             # INVITE's authentication.
             return True
-        if ctx.source_trusted():
+        if features.ipauth and ctx.source_trusted():
+            # WITH_IPAUTH: allow_source_address() skips authentication.
+            if ctx.debug:
+                self.trace(ctx, f"auth: {ctx.source.host} is trusted (ipauth) -> not challenged")
+            ctx.vars["ipauth"] = True
             return True
         from_uri = req.from_.uri
         from_local = from_uri.scheme in ("sip", "sips") and ctx.is_local_domain(from_uri)
         if from_local:
             user = from_uri.user_unescaped if from_uri.user else ""
             if not await ctx.auth_check(user, proxy=True):
+                if ctx.debug:
+                    self.trace(ctx, f"auth: from our user {user!r} without valid credentials"
+                                    " -> 407 or 403")
                 return False
             ctx.consume_credentials(proxy=True)
+            if ctx.debug:
+                self.trace(ctx, f"auth: authenticated as {user!r}")
             ctx.vars["authenticated"] = True
         elif not local_ruri:
+            if ctx.debug:
+                self.trace(ctx, "auth: foreign caller to a foreign domain -> 403 Not relaying")
             ctx.reply(403, "Not relaying")
             return False
+        elif ctx.debug:
+            self.trace(ctx, "auth: foreign caller to our domain -> not challenged")
         return True
 
     async def location(self, ctx: RequestContext, user: str) -> None:
-        """kamailio.cfg's route[LOCATION]: fork to the user's bindings."""
+        """kamailio.cfg's route[LOCATION]: fork to the user's bindings; a
+        user with none gets voicemail ([features] voicemail) or 404."""
+        ctx.vars["oexten"] = user  # the dialled user, for voicemail
         try:
             bindings = await ctx.lookup(user)
         except StoreUnavailable as e:
             log.warn("lookup of {u} failed: location store unavailable: {e}", u=user, e=e)
+            if ctx.debug:
+                self.trace(ctx, f"location: {user!r}: store unavailable -> 503")
             ctx.reply(503, "Location Store Unavailable",
                       [("Retry-After", str(self.config.registrar.retry_after))])
             return
         if not bindings:
+            if ctx.debug:
+                self.trace(ctx, f"location: {user!r}: no bindings")
+            if await self.route_voicemail(ctx):
+                return
+            if ctx.debug:
+                self.trace(ctx, f"location: {user!r}: not found -> 404")
             ctx.reply(404, "Not Found")
             return
         ctx.vars["location"] = True
@@ -298,6 +356,9 @@ class DefaultRouting(Routing):
                     groups.append([b])
             ctx.vars["serial"] = groups[1:]
             bindings = groups[0]
+        if ctx.debug:
+            self.trace(ctx, f"location: {user!r}: {len(bindings)} binding(s) -> relay to "
+                            + ", ".join(str(b.uri) for b in bindings))
         await self.media_offer(ctx)
         ctx.relay([Destination.of(b) for b in bindings])
 
@@ -385,29 +446,58 @@ class DefaultRouting(Routing):
     def failure_route(self, ctx: RequestContext, response: Response) -> Any:
         pctx = ctx.proxy_ctx
         before = len(pctx.branches) if pctx is not None else 0
-        self.location_failure(ctx, response)
+        if pctx is None or not pctx.cancelled:
+            self.manage_failure(ctx, response)
         if not ctx.vars.get("media") or ctx.vars.get("media_deleted"):
             return None
         if pctx is not None and len(pctx.branches) > before:
             return None  # serial forking goes on with the same relay session
         return self._media_delete(ctx)
 
+    def manage_failure(self, ctx: RequestContext, response: Response) -> None:
+        """kamailio.cfg's failure_route[MANAGE_FAILURE]: serial forking goes
+        on first; the answer that ends the search may then be blocked
+        (block3xx, block401407) or send the call to voicemail (486, 408);
+        else an unreachable user gets 480."""
+        if self.serial_next(ctx, response):
+            return
+        if self.block_failure(ctx, response) or self.voicemail_failure(ctx, response):
+            return
+        self.location_failure(ctx, response)
+        if ctx.debug:
+            pctx = ctx.proxy_ctx
+            if pctx is None or not pctx.final_sent:
+                self.trace(ctx, f"failure route: {response.status} {response.reason} -> upstream")
+
+    def serial_next(self, ctx: RequestContext, response: Response) -> bool:
+        """Serial forking: the next q-value group of bindings; True when
+        there was one."""
+        if not ctx.vars.get("location"):
+            return False
+        groups = ctx.vars.get("serial")
+        if groups and response.status < 600:
+            group = groups.pop(0)
+            if ctx.debug:
+                self.trace(ctx, f"failure route: {response.status} -> next serial group: "
+                                + ", ".join(str(b.uri) for b in group))
+            ctx.relay([Destination.of(b) for b in group])
+            return True
+        return False
+
     def location_failure(self, ctx: RequestContext, response: Response) -> None:
-        """Serial forking and the 480 of an unreachable user."""
+        """The 480 of an unreachable user."""
         if not ctx.vars.get("location"):
             return
         pctx = ctx.proxy_ctx
         if pctx is not None and pctx.cancelled:
-            return
-        groups = ctx.vars.get("serial")
-        if groups and response.status < 600:
-            ctx.relay([Destination.of(b) for b in groups.pop(0)])
             return
         if pctx is not None and pctx.best_local and not any(b.provisional for b in pctx.branches):
             # No binding answered at all, not even 100 (timeouts, refused
             # connections, unresolvable hosts): the user is registered but
             # not reachable now (RFC 3261 21.4.18). A phone that rang and
             # was not picked up keeps its 408.
+            if ctx.debug:
+                self.trace(ctx, f"failure route: {response.status}, no binding answered -> 480")
             ctx.reply(480, "Temporarily Unavailable")
 
     def within_dialog(self, ctx: RequestContext) -> None:
@@ -418,14 +508,22 @@ class DefaultRouting(Routing):
                 # (a NAT'ed party's Contact) goes to the address it names.
                 dst = handle_ruri_alias(req)
                 if dst is not None:
+                    if ctx.debug:
+                        self.trace(ctx, f"within dialog: alias in the Request-URI -> relay to {dst}")
                     ctx.relay([Destination(req.uri, dst=dst)])
                     return
+            if ctx.debug:
+                self.trace(ctx, "within dialog: loose-routed -> relay")
             ctx.relay()
             return
         if req.method == "ACK":
             # An ACK with no route and no transaction is for nobody here.
+            if ctx.debug:
+                self.trace(ctx, "within dialog: ACK without route or transaction -> drop")
             ctx.drop()
             return
+        if ctx.debug:
+            self.trace(ctx, "within dialog: not routed to us -> 404 Not here")
         ctx.reply(404, "Not here")
 
 

@@ -12,10 +12,15 @@ from sipsuite.config import Config
 from sipsuite.gcpolicy import GCPolicy
 from sipsuite.log import get_logger
 from sipsuite.management import ManagementService, RpcRegistry, register_store_methods
+from sipsuite.proxy.antiflood import register_flood_methods
 from sipsuite.proxy.core import ProxyCore
+from sipsuite.proxy.dispatcher import attach_dispatcher, register_dispatcher_methods
+from sipsuite.proxy.liveops import LiveOpsService, register_liveops_methods
 from sipsuite.proxy.location import MemoryLocationStore, MemorySubscriberStore
 from sipsuite.proxy.media import MediaManager
 from sipsuite.proxy.relayclient import RelayClient
+from sipsuite.proxy.stats import MetricsResource, register_stats_methods
+from sipsuite.tlsctx import attach_tls, register_tls_methods
 
 log = get_logger("sipsuite.proxy.service")
 
@@ -102,13 +107,23 @@ def make_proxy_service(config: Config) -> service.MultiService:
     top = service.MultiService()
     proxy = ProxyService(config)
     proxy.setServiceParent(top)
+    tls = attach_tls(proxy.core)
     media = config.media
     if config.features.nat and media.relays:
         attach_media(proxy.core, RelayClient(media.relays, command_timeout=media.command_timeout,
-                                             disable_time=media.disable_time), top)
+                                             disable_time=media.disable_time, tls=tls), top)
+    attach_dispatcher(proxy.core, top)
     if config.management.listen:
         registry = RpcRegistry()
         core = proxy.core
         register_store_methods(registry, core.location, core.subscribers, config.auth.realm)
-        ManagementService(config.management.listen, registry).setServiceParent(top)
+        register_dispatcher_methods(registry, core)
+        register_flood_methods(registry, core)
+        register_liveops_methods(registry, core)
+        register_stats_methods(registry, core)
+        if tls is not None:
+            register_tls_methods(registry, tls, core.transport)
+        ManagementService(config.management.listen, registry,
+                          children={b"metrics": MetricsResource(core, registry)}).setServiceParent(top)
+    LiveOpsService(proxy.core).setServiceParent(top)  # SIGHUP: routing reload
     return top

@@ -1,5 +1,6 @@
-"""UDP and TCP transports: bytes in from the network, parsed messages out to
-the core; bytes out to a (transport, host, port) destination.
+"""UDP, TCP and TLS transports: bytes in from the network, parsed messages out
+to the core; bytes out to a (transport, host, port) destination.  TLS is the
+TCP stream handling under a TLS layer (contexts from sipsuite.tlsctx).
 
 The core never touches sockets. It hands every received message to
 ``handler(message, source)`` and sends with ``TransportLayer.send``.
@@ -13,8 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.logger import LogLevel
+from zope.interface import implementer
 
 from sipsuite.log import enabled, get_logger
 from sipsuite.sip.message import (
@@ -172,13 +174,18 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
         return True
 
 
+@implementer(IHandshakeListener)
 class SIPStreamProtocol(protocol.Protocol):
-    """One TCP connection, inbound or outbound; both carry requests and
+    """One TCP or TLS connection, inbound or outbound; both carry requests and
     responses in either direction (RFC 3261 18.3)."""
 
     def __init__(self, layer: TransportLayer, listener: Listener) -> None:
         self.layer = layer
         self.listener = listener
+        self.kind = listener.transport  # 'tcp' | 'tls'
+        self.outbound = False
+        self.secured = False
+        self.tls_name = ""  # outbound TLS: the name the server's certificate was checked for
         self.parser = StreamParser()
         self.peer: tuple[str, int] = ("", 0)
         self.idle_call: Any = None
@@ -203,14 +210,17 @@ class SIPStreamProtocol(protocol.Protocol):
         else:
             self.idle_call = self.layer.clock.callLater(timeout, self.idle_timeout)
 
+    def handshakeCompleted(self) -> None:
+        self.secured = True
+
     def idle_timeout(self) -> None:
-        log.debug("closing idle tcp connection to {p}", p=self.peer)
+        log.debug("closing idle {k} connection to {p}", k=self.kind, p=self.peer)
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.touch()
         if enabled(LogLevel.debug):
-            _log_wire("received from", "tcp", self.peer[0], self.peer[1], data)
+            _log_wire("received from", self.kind, self.peer[0], self.peer[1], data)
         for item in self.parser.feed(data):
             if isinstance(item, KeepAlive):
                 # RFC 5626 3.5.1: a double-CRLF ping is answered with one CRLF.
@@ -225,7 +235,7 @@ class SIPStreamProtocol(protocol.Protocol):
                 # be resynchronised (RFC 4475 3.1.2.3).
                 self.transport.loseConnection()
                 return
-            source = Source("tcp", self.peer[0], self.peer[1], self.listener, self)
+            source = Source(self.kind, self.peer[0], self.peer[1], self.listener, self)
             try:
                 self.layer.handler(item, source)
             except Exception:  # noqa: BLE001
@@ -235,7 +245,7 @@ class SIPStreamProtocol(protocol.Protocol):
         if self.closed:
             return False
         if enabled(LogLevel.debug):
-            _log_wire("sending to", "tcp", self.peer[0], self.peer[1], data)
+            _log_wire("sending to", self.kind, self.peer[0], self.peer[1], data)
         if not self.connected_ok:
             self.pending.append(data)
             return True
@@ -247,6 +257,17 @@ class SIPStreamProtocol(protocol.Protocol):
         self.closed = True
         if self.idle_call is not None and self.idle_call.active():
             self.idle_call.cancel()
+        if self.kind == "tls" and not self.secured:
+            # No handshake: a peer without an acceptable certificate, an
+            # impostor, or not TLS at all.  Outbound, the branches waiting on
+            # it fail over now instead of at timer B/F.
+            why = reason.getErrorMessage() if reason is not None else "closed"
+            log.info("tls handshake with {h}:{p} failed: {r}", h=bracket(self.peer[0]),
+                     p=self.peer[1], r=why)
+            self.layer.stats_drop("tls_handshake")
+            if self.outbound:
+                self.layer.connection_failed(self)
+                return
         self.layer.connection_down(self)
 
 
@@ -292,6 +313,10 @@ class TransportLayer:
         # and in-dialog requests go back over the connection the peer opened.
         self.connections: dict[tuple[str, int], SIPStreamProtocol] = {}
         self.drops: dict[str, int] = {}
+        # sipsuite.tlsctx.TLSContexts, set by the service when a tls: listener exists.
+        self.tls: Any = None
+        # The listeners (as configured) whose clients must show a certificate.
+        self.require_client_cert: Callable[[], set[str]] = set
         self.on_connection_failed: Callable[[str, int], None] | None = None
 
     # -- set-up --------------------------------------------------------------
@@ -309,6 +334,14 @@ class TransportLayer:
             listener.port_obj = self.reactor.listenTCP(
                 listener.port, _InboundFactory(self, listener), interface=listener.host
             )
+            if listener.port == 0:
+                listener.port = listener.port_obj.getHost().port
+        elif listener.transport == "tls" and self.tls is not None:
+            configured = repr(listener)
+            factory = self.tls.server_factory(
+                _InboundFactory(self, listener), lambda: configured in self.require_client_cert())
+            listener.port_obj = self.reactor.listenTCP(listener.port, factory,
+                                                       interface=listener.host)
             if listener.port == 0:
                 listener.port = listener.port_obj.getHost().port
         else:
@@ -335,7 +368,9 @@ class TransportLayer:
         return None
 
     # -- sending ---------------------------------------------------------------
-    def send(self, data: bytes, transport: str, host: str, port: int, listener: Listener) -> bool:
+    def send(self, data: bytes, transport: str, host: str, port: int, listener: Listener,
+             name: str = "") -> bool:
+        """``name``: for TLS, the host the certificate must be for (default: ``host``)."""
         host = strip_brackets(host)
         if transport == "udp":
             proto = self.udp.get(listener)
@@ -343,18 +378,28 @@ class TransportLayer:
                 return False
             return proto.send(data, host, port)
         conn = self.connections.get((host, port))
-        if conn is None or conn.closed:
-            conn = self.connect(host, port, listener)
+        if (conn is None or conn.closed or conn.kind != transport
+                # A connection we opened, checked for another name, proves
+                # nothing about this one (two names may share an address).
+                or (conn.outbound and transport == "tls" and conn.tls_name != (name or host))):
+            if transport == "tls" and self.tls is None:
+                return False
+            conn = self.connect(host, port, listener, name)
         return conn.send(data)
 
     def send_on(self, data: bytes, conn: SIPStreamProtocol) -> bool:
         return conn.send(data)
 
-    def connect(self, host: str, port: int, listener: Listener) -> SIPStreamProtocol:
+    def connect(self, host: str, port: int, listener: Listener, name: str = "") -> SIPStreamProtocol:
         proto = SIPStreamProtocol(self, listener)
         proto.peer = (host, port)
+        proto.outbound = True
         self.connections[(host, port)] = proto
-        self.reactor.connectTCP(host, port, _OutboundFactory(proto), timeout=10)
+        factory: Any = _OutboundFactory(proto)
+        if proto.kind == "tls":
+            proto.tls_name = name or host
+            factory = self.tls.client_factory(factory, proto.tls_name)
+        self.reactor.connectTCP(host, port, factory, timeout=10)
         return proto
 
     def connection_up(self, conn: SIPStreamProtocol) -> None:

@@ -70,7 +70,8 @@ class TransactionDriver:
                     self._wire_response(holder, data)
                 else:
                     t = holder.target
-                    ok = self.transport.send(data, t.transport, t.host, t.port, holder.listener)
+                    ok = self.transport.send(data, t.transport, t.host, t.port, holder.listener,
+                                             t.name)
                     if not ok:
                         self._client_transport_error(holder)
             elif kind is Arm:

@@ -1,4 +1,4 @@
-"""The relay's control server: RTPProxy's protocol over UDP and unix sockets.
+"""The relay's control server: RTPProxy's protocol over UDP, unix sockets and TLS.
 
 :class:`ControlDispatcher` turns one command (bytes) into one reply (bytes)
 against the SessionTable and the relay's ports; it never raises whatever the
@@ -13,6 +13,9 @@ listeners around it:
   the first answer, not create a second session or delete again.
 - unix (``unix:PATH``): Kamailio's default; a stream connection per command,
   no cookie, one reply, then the relay closes it (rtpproxy's ``unix:`` mode).
+- tls (``tls:HOST:PORT``): the unix exchange over TLS, for a proxy on another
+  host; the client must present a certificate that verifies against
+  ``[tls] ca_list`` or the handshake fails and it gets nothing.
 
 Codec: sipsuite.rtpproxy_protocol, shared with the proxy's relay client.
 """
@@ -465,9 +468,15 @@ def _remove_stale_socket(path: str) -> None:
 
 
 def listen_control(spec: ControlSpec, dispatcher: ControlDispatcher, cache: ReplyCache,
-                   reactor: Any, clock: Callable[[], float] = time.monotonic) -> Any:
+                   reactor: Any, clock: Callable[[], float] = time.monotonic,
+                   tls: Any = None) -> Any:
     """Listen on one control socket; returns the listening port.  Raises
-    CannotListenError like reactor.listenUDP / listenUNIX."""
+    CannotListenError like reactor.listenUDP / listenUNIX.  ``tls:`` sockets
+    (``tls``: sipsuite.tlsctx.TLSContexts) speak the unix stream exchange
+    over TLS and serve only clients whose certificate verifies (mutual TLS)."""
+    if spec.transport == "tls":
+        factory = tls.server_factory(ControlStreamFactory(dispatcher, reactor), lambda: True)
+        return reactor.listenTCP(spec.port, factory, interface=spec.host)
     if spec.transport == "unix":
         _remove_stale_socket(spec.path)
         return reactor.listenUNIX(spec.path, ControlStreamFactory(dispatcher, reactor))

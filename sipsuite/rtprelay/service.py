@@ -75,6 +75,7 @@ class RelayService(service.Service):
         self._cpu = (time.process_time(), clock())
         self._drained: defer.Deferred[None] | None = None
         self._drain_timer: Any = None
+        self.tls: Any = None  # sipsuite.tlsctx.TLSContexts, for tls: control sockets
 
     # -- start ----------------------------------------------------------------
 
@@ -87,7 +88,8 @@ class RelayService(service.Service):
         for spec in self.config.control:
             try:
                 self.listeners.append(
-                    listen_control(spec, self.dispatcher, self.cache, self.reactor, self.clock))
+                    listen_control(spec, self.dispatcher, self.cache, self.reactor, self.clock,
+                                   self.tls))
             except CannotListenError as exc:
                 self._close_listeners()
                 reason = getattr(exc.socketError, "strerror", None) or exc.socketError
@@ -311,6 +313,10 @@ def make_relay_service(config: Config, registry: RpcRegistry | None = None, *,
     relay = RelayService(config.relay, reactor)
     relay.setName("relay")
     relay.setServiceParent(top)
+    if any(spec.transport == "tls" for spec in config.relay.control):
+        from sipsuite.tlsctx import load_or_exit
+
+        relay.tls = load_or_exit(lambda: config, "sipsuite")
     if registry is None:
         # On its own (twistd -n rtp-relay) the relay owns the process and so
         # its garbage-collector policy: without it a full collection while
@@ -321,4 +327,8 @@ def make_relay_service(config: Config, registry: RpcRegistry | None = None, *,
         ManagementService(config.management.listen, registry, reactor).setServiceParent(top)
     if registry is not None:
         register_relay_methods(registry, relay)
+        if relay.tls is not None:
+            from sipsuite.tlsctx import register_tls_methods
+
+            register_tls_methods(registry, relay.tls)
     return top

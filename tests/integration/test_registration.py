@@ -416,11 +416,12 @@ def _nat_register(phone: UdpEndpoint, proxy: ProxyProcess, user: str) -> None:
 
 
 def test_options_keepalives_and_removal_when_unanswered(proxy_factory: ProxyFactory) -> None:
-    """[nat] keepalive_method = "options": a NAT'ed binding gets OPTIONS at its
-    source address every interval; while it answers it stays, once it stops
+    """[features] natsipping: a NAT'ed binding gets OPTIONS at its source
+    address every interval; while it answers it stays, once it stops
     answering it is removed after keepalive_timeout."""
-    proxy = proxy_factory("natping", tables={"nat": {
-        "keepalive_interval": 0.5, "keepalive_method": "options", "keepalive_timeout": 2.5}})
+    proxy = proxy_factory("natping", tables={
+        "features": {"natsipping": True},
+        "nat": {"keepalive_interval": 0.5, "keepalive_timeout": 2.5}})
     with UdpEndpoint() as phone:
         _nat_register(phone, proxy, "pinged")
         answered = 0

@@ -53,12 +53,13 @@ class Options(ConfigOptions):
         self["relay"] = []
 
     def opt_relay(self, uri: str) -> None:
-        """Media relay to drive: udp:HOST:PORT[;weight=N], unix:PATH (repeatable; overrides
-        [media] relays)"""
+        """Media relay to drive: udp:HOST:PORT[;weight=N], tls:HOST:PORT, unix:PATH
+        (repeatable; overrides [media] relays)"""
         self["relay"].append(uri)
 
     def opt_listen(self, uri: str) -> None:
-        """Listen on URI: udp:HOST:PORT, tcp:HOST:PORT, tcp:[::1]:5060 (repeatable)"""
+        """Listen on URI: udp:HOST:PORT, tcp:HOST:PORT, tls:HOST:PORT, tcp:[::1]:5060
+        (repeatable)"""
         self["listen"].append(uri)
 
     opt_l = opt_listen
@@ -82,7 +83,8 @@ class RelayOptions(ConfigOptions):
         self["media-address"] = []
 
     def opt_control(self, uri: str) -> None:
-        """Control socket URI: udp:HOST:PORT, udp:[::1]:7722, unix:PATH (repeatable)"""
+        """Control socket URI: udp:HOST:PORT, udp:[::1]:7722, tls:HOST:PORT (mutual TLS), unix:PATH
+        (repeatable)"""
         self["control"].append(uri)
 
     def opt_media_address(self, address: str) -> None:
@@ -151,7 +153,7 @@ def _suite(config: Config) -> IService:
 
 
 sip_proxy_maker = SipsuiteServiceMaker(
-    "sip-proxy", "SIP proxy (stateful, record-routing) on UDP and TCP", _proxy
+    "sip-proxy", "SIP proxy (stateful, record-routing) on UDP, TCP and TLS", _proxy
 )
 rtp_relay_maker = SipsuiteServiceMaker(
     "rtp-relay", "RTP media relay driven by RTPProxy's control protocol (UDP, unix)", _relay,
