@@ -13,7 +13,8 @@ is one line naming the file, the dotted key and what was expected::
 
 Adding a section is a dataclass with one :func:`setting` per key, plus one
 field in :class:`Config` naming it with :func:`section`; the validators
-live in :mod:`sipsuite.configvalues`.  These two modules import nothing else
+live in :mod:`sipsuite.configvalues` (plain values) and
+:mod:`sipsuite.configspecs` (addresses).  These modules import nothing else
 from sipsuite: every other layer may import them.
 """
 
@@ -29,18 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sipsuite.configvalues import (
+from sipsuite.configspecs import (
     _CONTROL_LIST,
     _LISTEN_LIST,
     _TLS_LISTEN_LIST,
     ControlSpec,
-    DispatcherEntry,
     ListenSpec,
     RelaySpec,
-    Validator,
-    _Invalid,
     _media_addresses,
     _relay_list,
+    parse_control,
+    parse_listen,
+    port_range,
+    tcp_listen_or_off,
+)
+from sipsuite.configvalues import (
+    DispatcherEntry,
+    Validator,
+    _Invalid,
     _show,
     boolean,
     digest_algorithm,
@@ -58,10 +65,7 @@ from sipsuite.configvalues import (
     list_of,
     non_negative_float,
     one_of,
-    parse_control,
-    parse_listen,
     pem_path,
-    port_range,
     positive_float,
     probe_reply_code,
     realm,
@@ -69,7 +73,6 @@ from sipsuite.configvalues import (
     regex,
     sip_uri,
     sip_user,
-    tcp_listen_or_off,
     text_needle,
 )
 

@@ -11,7 +11,7 @@ import pytest
 import tlscerts
 
 from sipsuite.config import ConfigError, TLSConfig, load_config
-from sipsuite.configvalues import RelayAddress, parse_control, parse_relay_uri
+from sipsuite.configspecs import RelayAddress, parse_control, parse_relay_uri
 from sipsuite.management import RpcError, RpcRegistry
 from sipsuite.proxy.addresses import record_route_value
 from sipsuite.proxy.resolver import Target, named

@@ -63,7 +63,7 @@ from sipsuite import rtpproxy_protocol as rp
 
 # The relay URI grammar lives with the config validators (which may import
 # nothing else from sipsuite) so [media] relays is checked with the same rules.
-from sipsuite.configvalues import (
+from sipsuite.configspecs import (
     DEFAULT_CONTROL_PORT,
     RelayAddress,
     RelaySpec,

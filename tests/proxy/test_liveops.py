@@ -136,7 +136,10 @@ def test_features_and_new_sections_are_settable_when_they_exist() -> None:
     import dataclasses
 
     for f in dataclasses.fields(FeaturesConfig):
-        assert f"features.{f.name}" in keys
+        if f.name == "nat":  # wired at start-up: the media manager exists or not
+            assert "features.nat" not in keys
+        else:
+            assert f"features.{f.name}" in keys
     # sections added by other parts of the suite are offered once they exist
     from sipsuite.config import Config
 

@@ -14,7 +14,7 @@ import tlscerts
 from twisted.internet import protocol
 
 from sipsuite.config import TLSConfig
-from sipsuite.configvalues import RelaySpec
+from sipsuite.configspecs import RelaySpec
 from sipsuite.proxy.relayclient import RelayClient, RelayUnavailable
 from sipsuite.tlsctx import TLSContexts
 
