@@ -273,7 +273,8 @@ class NonceFactory:
     def _mac(self, head: bytes, realm: str) -> bytes:
         # surrogatepass: a realm from a hostile header must not make this raise.
         msg = b"sipsuite-nonce\x00" + realm.encode("utf-8", "surrogatepass") + b"\x00" + head
-        return hmac.new(self._secret, msg, hashlib.sha256).digest()[:_NONCE_MAC]
+        # hmac.digest is OpenSSL's one-shot HMAC: no Python-level HMAC object.
+        return hmac.digest(self._secret, msg, "sha256")[:_NONCE_MAC]
 
     def make(self, now: float, realm: str = "") -> str:
         head = _NONCE_TS.pack(round(now * 1000)) + secrets.token_bytes(_NONCE_RANDOM)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import re
 import socket
 import threading
@@ -89,6 +90,26 @@ def free_port(kind: Literal["udp", "tcp", "both"] = "both", host: str = LOCALHOS
             _handed_out.add(port)
             return port
     raise RuntimeError(f"no free {kind} port found on {host}")
+
+
+def free_port_range(count: int, region: tuple[int, int] = (20000, 32000)) -> tuple[int, int]:
+    """``count`` consecutive free UDP ports starting at an even one, below the
+    ephemeral range (32768+) where every client socket of the run lands."""
+    for _ in range(200):
+        low = random.randrange(*region) & ~1
+        socks = []
+        try:
+            for port in range(low, low + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((LOCALHOST, port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return low, low + count - 1
+    raise RuntimeError("no free port range")
 
 
 def port_bound(port: int, kind: Literal["udp", "tcp"]) -> bool:

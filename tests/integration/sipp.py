@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from common import LOCALHOST, Address, Transport, free_port, tail
+from common import LOCALHOST, Address, Transport, free_port_range, tail
 from sipmsg import SipMessage
 
 # --------------------------------------------------------------------------- sipp
@@ -135,7 +135,9 @@ class SippProcess:
         cmd += [
             "-sf", str(scenario), "-i", LOCALHOST, "-p", str(local_port),
             "-t", "t1" if transport == "tcp" else "u1",
-            "-mi", LOCALHOST, "-mp", str(free_port("udp")),
+            # sipp binds -mp and the three ports after it (RTP, RTCP, video):
+            # four free ones in a region below the ephemeral range.
+            "-mi", LOCALHOST, "-mp", str(free_port_range(4, (12000, 20000))[0]),
             "-m", str(calls), "-timeout", f"{int(timeout_s)}s",
             "-nostdin", "-buff_size", "4194304",
             "-trace_err", "-error_file", f(".err.log"),

@@ -13,38 +13,17 @@ unrelayed, and the relay goes on working.
 from __future__ import annotations
 
 import json
-import random
 import re
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import procs
+from common import free_port_range
 from procs import LOCALHOST, SippProcess, parse_sipp_messages, sipp_dir
 from test_relay_kamailio import PORTS, Relay, start_relay
-
-
-def free_port_range(count: int, region: tuple[int, int] = (20000, 32000)) -> tuple[int, int]:
-    """``count`` consecutive free UDP ports starting at an even one, below the
-    ephemeral range (32768+) where every client socket of the run lands."""
-    for _ in range(200):
-        low = random.randrange(*region) & ~1
-        socks = []
-        try:
-            for port in range(low, low + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind((LOCALHOST, port))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return low, low + count - 1
-    raise RuntimeError("no free port range")
 
 
 def sipp_media(*extra: str) -> list[str]:
