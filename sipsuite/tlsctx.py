@@ -249,12 +249,20 @@ def attach_tls(core: Any) -> TLSContexts | None:
     return contexts
 
 
-def register_tls_methods(registry: Any, contexts: TLSContexts, transport: Any = None) -> None:
+#: The answer of the tls methods where nothing in the config uses TLS.
+NO_TLS = -32010
+
+
+def register_tls_methods(registry: Any, contexts: TLSContexts | None,
+                         transport: Any = None) -> None:
     """``tls.reload`` and ``tls.show`` on the management interface, and
     ``tls.list`` (Kamailio's too) with the proxy's ``transport`` layer.
 
     In ``twistd sipsuite`` the proxy and the relay share one registry: the
-    second caller adds its contexts to the ones the methods already serve."""
+    second caller adds its contexts to the ones the methods already serve.
+    ``contexts`` None (no tls: listener, relay or control socket) still
+    registers the methods, so ``sipsuite-ctl tls reload`` says that TLS is
+    not in use rather than that the method does not exist."""
     from sipsuite.management import RpcError
 
     if transport is not None:
@@ -264,12 +272,19 @@ def register_tls_methods(registry: Any, contexts: TLSContexts, transport: Any = 
 
     served: list[TLSContexts] | None = getattr(registry, "tls_contexts", None)
     if served is not None:
-        served.append(contexts)
+        if contexts is not None:
+            served.append(contexts)
         return
-    served = [contexts]
+    served = [] if contexts is None else [contexts]
     registry.tls_contexts = served
 
+    def in_use() -> None:
+        if not served:
+            raise RpcError(NO_TLS, "TLS is not in use: no tls: listener, relay or control"
+                                   " socket in the configuration")
+
     def reload() -> list[dict[str, Any]]:
+        in_use()
         # All or nothing: load every set first, then switch them together.
         try:
             for owner in served:
@@ -280,10 +295,14 @@ def register_tls_methods(registry: Any, contexts: TLSContexts, transport: Any = 
             raise RpcError(-32000, f"reload refused, the old certificate keeps serving: {e}")\
                 from None
 
+    def show() -> list[dict[str, Any]]:
+        in_use()
+        return [owner.describe() for owner in served]
+
     registry.register("tls.reload", reload,
                       "Re-read [tls] certificate, private_key and ca_list; new connections use"
                       " them, open ones keep theirs; a file that does not load is refused")
-    registry.register("tls.show", lambda: [owner.describe() for owner in served],
+    registry.register("tls.show", show,
                       "The certificate in use: subject, names, expiry, fingerprint, CA list")
 
 

@@ -154,6 +154,21 @@ def test_rpc_methods_serve_every_set_and_refuse_all_or_nothing(pki: tlscerts.Tes
     assert (proxy.reloads, relay.reloads) == (1, 1)  # the proxy's set did not switch alone
 
 
+def test_rpc_methods_without_tls_say_it_is_not_in_use(pki: tlscerts.TestPKI) -> None:
+    """No tls: socket in the config: the methods exist and say why they
+    cannot serve (not 'method not found'); a relay with TLS control in the
+    same process (twistd sipsuite) makes them serve its set."""
+    registry = RpcRegistry()
+    register_tls_methods(registry, None)
+    for name in ("tls.reload", "tls.show"):
+        with pytest.raises(RpcError, match="TLS is not in use") as err:
+            registry._methods[name].func()
+        assert err.value.code == -32010
+    relay = TLSContexts(lambda: _cfg(pki.issue("relay")))
+    register_tls_methods(registry, relay)
+    assert ["CN=relay" in s["subject"] for s in registry._methods["tls.show"].func()] == [True]
+
+
 # --------------------------------------------------------------------------- routing bits
 
 

@@ -121,8 +121,7 @@ def make_proxy_service(config: Config) -> service.MultiService:
         register_flood_methods(registry, core)
         register_liveops_methods(registry, core)
         register_stats_methods(registry, core)
-        if tls is not None:
-            register_tls_methods(registry, tls, core.transport)
+        register_tls_methods(registry, tls, core.transport)
         ManagementService(config.management.listen, registry,
                           children={b"metrics": MetricsResource(core, registry)}).setServiceParent(top)
     LiveOpsService(proxy.core).setServiceParent(top)  # SIGHUP: routing reload

@@ -327,8 +327,7 @@ def make_relay_service(config: Config, registry: RpcRegistry | None = None, *,
         ManagementService(config.management.listen, registry, reactor).setServiceParent(top)
     if registry is not None:
         register_relay_methods(registry, relay)
-        if relay.tls is not None:
-            from sipsuite.tlsctx import register_tls_methods
+        from sipsuite.tlsctx import register_tls_methods
 
-            register_tls_methods(registry, relay.tls)
+        register_tls_methods(registry, relay.tls)
     return top
