@@ -10,7 +10,6 @@ through client transactions (16.6) whose answers the response context
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import secrets
 from typing import Any
 
@@ -26,6 +25,7 @@ from sipsuite.proxy.addresses import (
 )
 from sipsuite.proxy.antiflood import RequestGuard
 from sipsuite.proxy.auth import Authenticator
+from sipsuite.proxy.checks import BRANCH_TAG, RequestChecks
 from sipsuite.proxy.context import Branch, ProxyContext
 from sipsuite.proxy.keepalive import KEEPALIVE_BRANCH, NatKeepalive
 from sipsuite.proxy.location import (
@@ -67,10 +67,6 @@ from sipsuite.sip.uri import URI
 
 log = get_logger("sipsuite.proxy.core")
 
-SUPPORTED_SCHEMES = ("sip", "sips", "tel")
-# Our branches: cookie + tag + loop hash + '.' + random (16.6 step 8), so a
-# request that comes back to us unchanged is recognised as a loop (16.3 step 4).
-BRANCH_TAG = "z9hG4bKsps"
 #: Methods counted by name in ``method_stats``; any other counts as "OTHER".
 COUNTED_METHODS = frozenset({
     "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "SUBSCRIBE", "NOTIFY", "REFER",
@@ -78,7 +74,7 @@ COUNTED_METHODS = frozenset({
 })
 
 
-class ProxyCore(TransactionDriver):
+class ProxyCore(RequestChecks, TransactionDriver):
     def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None,
                  location: LocationStore | None = None,
                  subscribers: SubscriberStore | None = None) -> None:
@@ -169,28 +165,6 @@ class ProxyCore(TransactionDriver):
             self._cancel_timers(holder)
         self.timer_heap.stop()
         return self.transport.stop()
-
-    # -- who we are ---------------------------------------------------------------
-    def is_myself(self, host: str, port: int | None) -> bool:
-        h = strip_brackets(host).lower()
-        if h not in self.addresses and h not in self.domains:
-            return False
-        if port is None:
-            return 5060 in self.ports or 5061 in self.ports or h in self.domains
-        return port in self.ports
-
-    def is_local_domain(self, host: str) -> bool:
-        h = strip_brackets(host).lower()
-        return h in self.domains or h in self.addresses
-
-    def is_trusted(self, host: str) -> bool:
-        if not self.trusted:
-            return False
-        try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.trusted)
 
     async def lookup(self, user: str) -> list[Binding]:
         found = await self.location.lookup(user)
@@ -301,61 +275,6 @@ class ProxyCore(TransactionDriver):
             log.warn("routing ended without an answer for {m} {u}; answering 500",
                      m=rctx.request.method, u=rctx.request.uri)
             rctx.reply(500, "Server Internal Error")
-
-    def _validate(self, req: Request) -> tuple[int, str, list[tuple[str, str]]] | None:
-        if req.uri.scheme not in SUPPORTED_SCHEMES:
-            return (416, "Unsupported URI Scheme", [])
-        mf = req.max_forwards
-        if mf is not None and mf <= 0:
-            return (483, "Too Many Hops", [])
-        if req.method != "ACK" and self._is_loop(req):
-            return (482, "Loop Detected", [])
-        if req.method not in ("ACK", "CANCEL"):
-            tags = req.header_all("proxy-require")
-            if tags:
-                return (420, "Bad Extension", [("Unsupported", ", ".join(tags))])
-        return None
-
-    def _loop_hash(self, req: Request) -> str:
-        # 16.6 step 8: the fields that differ between a spiral and a loop.
-        parts = (
-            str(req.uri), req.from_tag or "", req.to_tag or "", req.call_id,
-            str(req.cseq.number), ",".join(req.header_all("route")),
-            ",".join(req.header_all("proxy-require")), req.header("proxy-authorization") or "",
-        )
-        return hashlib.blake2s("\x00".join(parts).encode("utf-8", "surrogateescape"),
-                               digest_size=5).hexdigest()
-
-    def _is_loop(self, req: Request) -> bool:
-        ours = [v for v in req.vias if (v.branch or "").startswith(BRANCH_TAG)
-                and self.is_myself(v.host, v.port)]
-        if not ours:
-            return False
-        prefix = BRANCH_TAG + self._loop_hash(req)
-        return any((v.branch or "").startswith(prefix) for v in ours)
-
-    def _preprocess_routes(self, req: Request) -> bool:
-        uri = req.uri
-        routes = req.routes
-        if routes and uri.scheme in ("sip", "sips") and not uri.user and self.is_myself(uri.host, uri.port):
-            # 16.4: a strict router upstream put our Record-Route in the
-            # Request-URI; the real target is the last Route value.
-            last = routes[-1]
-            req.uri = last.uri
-            _remove_last_value(req, "route")
-            routes = req.routes
-            # Kamailio's loose_route() is true here too: the request was
-            # routed to us, so it is forwarded like a loose-routed one.
-            strict = True
-        else:
-            strict = False
-        removed = strict
-        while routes and self.is_myself(routes[0].uri.host, routes[0].uri.port):
-            # Our own Route entry (two of them after double record-routing).
-            req.pop_first_value("route")
-            routes = req.routes
-            removed = True
-        return removed
 
     # -- actions requested by the routing ---------------------------------------
     def reply(self, rctx: RequestContext, status: int, reason: str | None,
@@ -718,9 +637,3 @@ class ProxyCore(TransactionDriver):
         self.count("transport_errors")
         # RFC 3263 4.3: try the next address of the same next hop.
         self._try_target(branch)
-
-def _remove_last_value(req: Request, name: str) -> None:
-    values = req.header_all(name)
-    req.remove_header(name)
-    for value in values[:-1]:
-        req.add_header(name, value, top=False)
