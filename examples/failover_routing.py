@@ -54,6 +54,8 @@ class FailoverRouting(DefaultRouting):
 
     def failure_route(self, ctx: RequestContext, response: Any) -> None:
         left = ctx.vars.get("gateways")
-        if left and (response.status >= 500 or response.status == 408):
+        # 408 and 5xx are this gateway's trouble; a 6xx (busy or declined
+        # everywhere) is the callee's answer and goes to the caller.
+        if left and (500 <= response.status < 600 or response.status == 408):
             ctx.vars["gateways"] = left[1:]
             ctx.relay(left[:1])
