@@ -261,7 +261,19 @@ class Accounting:
         self._arm(now)
 
     def stop(self) -> None:
+        """The proxy stops: calls still up are written as they stand
+        ("ended_by": "shutdown", the duration so far), so a restart loses
+        no record; the BYE will pass another node or none."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        calls = self.calls
+        if calls:
+            now = self.core.clock.seconds()
+            try:
+                for call in list(calls.values()):
+                    self._write_answered(call, now, "shutdown", None)
+            except Exception:  # noqa: BLE001 - stopping must go on
+                log.failure("accounting failed at shutdown")
+            calls.clear()
         self.log.close()

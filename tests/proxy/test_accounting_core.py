@@ -97,6 +97,18 @@ def test_answered_call_record(tmp_path: Path) -> None:
     assert kit.core.stats["accounting.records"] == 1
 
 
+def test_calls_up_at_shutdown_are_written(tmp_path: Path) -> None:
+    kit = make_kit(tmp_path)
+    callee_says(kit, invite(kit), 200)
+    kit.clock.advance(12.5)
+    assert records(kit) == []
+    kit.core.stop()
+    [rec] = records(kit)
+    assert rec["kind"] == "answered" and rec["ended_by"] == "shutdown"
+    assert rec["duration"] == 12.5 and "bye_code" not in rec
+    assert kit.core.accounting.calls == {}
+
+
 def test_callee_hangs_up(tmp_path: Path) -> None:
     kit = make_kit(tmp_path)
     callee_says(kit, invite(kit), 200)
