@@ -402,6 +402,11 @@ class RelayClient(service.Service):
         entry = self._calls.get(_call_key(call_id))
         return entry[0].uri if entry is not None else None
 
+    @property
+    def calls_held(self) -> int:
+        """How many calls this client holds on relays now (stats)."""
+        return len(self._calls)
+
     def status(self) -> list[dict[str, Any]]:
         """Per relay, for management: up/down, weight, counters, last error."""
         now = self.reactor.seconds()

@@ -64,8 +64,7 @@ async def _relay(core: ProxyCore, registry: RpcRegistry | None) -> dict[str, Any
         out["packets_relayed"] = relay.get("packets_relayed")
     media = core.media
     if media is not None:
-        calls = getattr(media.client, "_calls", None)
-        out["calls_anchored"] = len(calls) if calls is not None else None
+        out["calls_anchored"] = media.client.calls_held
         out["offers"] = media.offers
         out["answers"] = media.answers
         out["deletes"] = media.deletes
