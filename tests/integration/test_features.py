@@ -15,11 +15,14 @@ Static bindings (both `on` and `off`) name callees the tests start:
     bob     -> uas_answer.xml  (answers)       busy   -> uas_reject.xml 486
     redir   -> uas_reject.xml 302              chal401 / chal407 -> 401 / 407
     ring    -> RawCallee: 180, then nothing    (timer C, 2 s: 408)
-natsipping is tested in test_registration.py (OPTIONS vs CRLF keep-alives).
+natsipping starts a proxy of its own per setting (a sipp phone registers from
+behind NAT and listens for OPTIONS); test_registration.py has the removal of
+an unanswering binding and the CRLF bytes.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -346,3 +349,38 @@ def test_debug_switched_at_run_time(net: Net, tmp_path: Path) -> None:
     assert lines[0] == [] and lines[2] == [], lines
     assert any("location: 'bob': 1 binding(s) -> relay" in line for line in lines[1]), (
         "\n".join(lines[1]) + proxy.diagnostics())
+
+
+# --------------------------------------------------------------------------- natsipping
+
+
+@pytest.mark.parametrize("natsipping", [True, False])
+def test_natsipping_pings_a_natted_sipp_phone_with_options(
+        proxy_factory: ProxyFactory, tmp_path: Path, natsipping: bool) -> None:
+    """[features] natsipping: a sipp phone registers from behind NAT (its
+    Contact names a private address) and listens for 3 s. On: OPTIONS
+    keep-alives reach it at the address it registered from, each answered
+    200 by sipp's out-of-call scenario, and the binding stays. Off: no
+    OPTIONS at all (the keep-alives are CRLF datagrams)."""
+    proxy = proxy_factory(f"natsip{int(natsipping)}", tables={
+        "features": {"natsipping": natsipping},
+        "nat": {"keepalive_interval": 0.5, "keepalive_timeout": 5.0}})
+    scenarios = Path(__file__).parent / "scenarios"
+    phone = run_sipp(scenarios / "natping_uac.xml", name="phone", workdir=tmp_path,
+                     local_port=procs.free_port(), calls=1, timeout_s=20,
+                     remote=proxy.address, service="natted", duration_ms=3000,
+                     trace_msg=True, extra=["-oocsf", str(scenarios / "natping_ooc.xml")])
+    assert (phone.rc, phone.successful) == (0, 1), phone.summary() + proxy.diagnostics()
+    got = parse_sipp_messages(phone.messages_path)
+    options = [m for m in got if m.direction == "received" and m.msg.method == "OPTIONS"]
+    shown = json.loads(proxy.ctl("--json", "ul", "show", "natted").stdout)
+    bound = [b for entry in shown for b in entry["bindings"]]
+    assert len(bound) == 1 and bound[0]["nat"], shown
+    if natsipping:
+        assert len(options) >= 3, phone.summary() + proxy.diagnostics()
+        assert all(m.msg.request_uri.startswith("sip:natted@10.9.8.7:") for m in options)
+        answered = [m for m in got
+                    if m.direction == "sent" and m.msg.is_response and m.msg.status == 200]
+        assert len(answered) >= len(options) - 1  # the last one may be in flight
+    else:
+        assert options == [], [m.msg.request_uri for m in options]
