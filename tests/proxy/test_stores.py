@@ -719,3 +719,24 @@ async def test_proxy_starts_while_redis_is_down(
     # a stopped connection fails at once
     with pytest.raises(StoreUnavailable):
         await loc.lookup("alice")
+
+
+@pytest_twisted.ensureDeferred
+async def test_update_survives_a_redis_that_lost_its_scripts(
+    redis_server: redisproc.RedisServer, redis_db: int, reactor: Any, clock: FakeClock
+) -> None:
+    """The compare-and-set script goes by its SHA once loaded; a Redis that
+    forgot it (a restart without persistence of scripts, SCRIPT FLUSH)
+    answers NOSCRIPT, and the update goes on by loading it again instead of
+    failing the REGISTER."""
+    conn = await started(redis_server.url(redis_db), reactor, 1.0)
+    try:
+        loc = RedisLocationStore(conn, clock)
+        await loc.update("alice", add(Binding("sip:a@h", None)))
+        assert await conn.command("SCRIPT", "FLUSH") == "OK"
+        await loc.update("alice", add(Binding("sip:a@h2", None)))
+        assert contacts(await loc.lookup("alice")) == ["sip:a@h", "sip:a@h2"]
+        await loc.update("alice", add(Binding("sip:a@h3", None)))  # by its SHA again
+        assert len(await loc.lookup("alice")) == 3
+    finally:
+        await conn.stop()
