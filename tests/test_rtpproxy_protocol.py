@@ -12,13 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipsuite.rtpproxy_protocol import (
-    BASE_VERSION,
-    CAPABILITIES,
-    KAMAILIO_CAPABILITIES,
-    Command,
-    ErrorCode,
-    ProtocolError,
+from sipsuite.rtpproxy_controller import (
     build_capability_check,
     build_command,
     build_delete,
@@ -29,6 +23,16 @@ from sipsuite.rtpproxy_protocol import (
     build_query,
     build_update,
     build_version,
+    parse_query_reply,
+    parse_reply,
+)
+from sipsuite.rtpproxy_protocol import (
+    BASE_VERSION,
+    CAPABILITIES,
+    KAMAILIO_CAPABILITIES,
+    Command,
+    ErrorCode,
+    ProtocolError,
     format_capability,
     format_error,
     format_info,
@@ -39,8 +43,6 @@ from sipsuite.rtpproxy_protocol import (
     format_version,
     media_tag,
     parse_command,
-    parse_query_reply,
-    parse_reply,
     split_tag,
 )
 

@@ -59,6 +59,7 @@ from twisted.internet import protocol
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.python.failure import Failure
 
+from sipsuite import rtpproxy_controller as rc
 from sipsuite import rtpproxy_protocol as rp
 
 # The relay URI grammar lives with the config validators (which may import
@@ -170,7 +171,7 @@ class _Relay:
 class _Pending:
     __slots__ = ("relay", "data", "deferred", "deadline", "timer")
 
-    def __init__(self, relay: _Relay, data: bytes, deferred: Deferred[rp.Reply],
+    def __init__(self, relay: _Relay, data: bytes, deferred: Deferred[rc.Reply],
                  deadline: float) -> None:
         self.relay = relay
         self.data = data
@@ -341,7 +342,7 @@ class RelayClient(service.Service):
         ftag, ttag = rp.media_tag(from_tag, media_index), _opt_tag(to_tag, media_index)
 
         def build(cookie: str) -> bytes:
-            return rp.build_update(cookie, call_id, address, port, ftag, ttag,
+            return rc.build_update(cookie, call_id, address, port, ftag, ttag,
                                    modifiers=modifiers)
 
         return self._run(self._update("U", call_id, build))
@@ -354,7 +355,7 @@ class RelayClient(service.Service):
         ftag, ttag = rp.media_tag(from_tag, media_index), _opt_tag(to_tag, media_index)
 
         def build(cookie: str) -> bytes:
-            return rp.build_lookup(cookie, call_id, address, port, ftag, ttag,
+            return rc.build_lookup(cookie, call_id, address, port, ftag, ttag,
                                    modifiers=modifiers)
 
         return self._run(self._update("L", call_id, build))
@@ -372,11 +373,11 @@ class RelayClient(service.Service):
         ftag, ttag = rp.media_tag(from_tag, media_index), _opt_tag(to_tag, media_index)
 
         def build(cookie: str) -> bytes:
-            return rp.build_query(cookie, call_id, ftag, ttag, stats=stats)
+            return rc.build_query(cookie, call_id, ftag, ttag, stats=stats)
 
         async def run() -> dict[str, float]:
             _relay, reply = await self._for_call(call_id, "Q", build)
-            return rp.parse_query_reply(reply.body, tuple(stats) or rp.DEFAULT_QUERY)
+            return rc.parse_query_reply(reply.body, tuple(stats) or rp.DEFAULT_QUERY)
 
         return self._run(run())
 
@@ -385,7 +386,7 @@ class RelayClient(service.Service):
         target = self._relay(relay)
 
         async def run() -> str:
-            return (await self._send(target, rp.build_version)).body
+            return (await self._send(target, rc.build_version)).body
 
         return self._run(run())
 
@@ -445,7 +446,7 @@ class RelayClient(service.Service):
 
     async def _delete(self, call_id: str, from_tag: str, to_tag: str | None) -> bool:
         def build(cookie: str) -> bytes:
-            return rp.build_delete(cookie, call_id, from_tag, to_tag)
+            return rc.build_delete(cookie, call_id, from_tag, to_tag)
 
         try:
             await self._for_call(call_id, "D", build)
@@ -460,7 +461,7 @@ class RelayClient(service.Service):
         return True
 
     async def _for_call(self, call_id: str, verb: str,
-                        build: Callable[[str], bytes]) -> tuple[_Relay, rp.Reply]:
+                        build: Callable[[str], bytes]) -> tuple[_Relay, rc.Reply]:
         if self._stopped:
             raise RelayUnavailable("relay client stopped")
         key = _call_key(call_id)
@@ -543,7 +544,7 @@ class RelayClient(service.Service):
     def _next_cookie(self) -> str:
         return f"{self._pid}_{next(self._counter)}"
 
-    async def _send(self, relay: _Relay, build: Callable[[str], bytes]) -> rp.Reply:
+    async def _send(self, relay: _Relay, build: Callable[[str], bytes]) -> rc.Reply:
         if self._stopped:
             raise RelayUnavailable("relay client stopped")
         cookie = "" if relay.stream else self._next_cookie()
@@ -551,7 +552,7 @@ class RelayClient(service.Service):
         relay.sent += 1
         try:
             if relay.stream:
-                reply = rp.parse_reply(await self._exchange_stream(relay, data), datagram=False)
+                reply = rc.parse_reply(await self._exchange_stream(relay, data), datagram=False)
             else:
                 reply = await self._exchange_datagram(relay, cookie, data)
         except _NoAnswer as e:
@@ -578,16 +579,16 @@ class RelayClient(service.Service):
             self._sockets[family] = port
         return port
 
-    def _exchange_datagram(self, relay: _Relay, cookie: str, data: bytes) -> Deferred[rp.Reply]:
+    def _exchange_datagram(self, relay: _Relay, cookie: str, data: bytes) -> Deferred[rc.Reply]:
         port = self._socket_for(relay)
         now = self.reactor.seconds()
 
-        def cancel(_: Deferred[rp.Reply]) -> None:
+        def cancel(_: Deferred[rc.Reply]) -> None:
             p = self._pending.pop(cookie, None)
             if p is not None and p.timer is not None and p.timer.active():
                 p.timer.cancel()
 
-        d: Deferred[rp.Reply] = Deferred(cancel)
+        d: Deferred[rc.Reply] = Deferred(cancel)
         pending = _Pending(relay, data, d, now + self.command_timeout)
         self._pending[cookie] = pending
         self._transmit(port, pending)
@@ -622,7 +623,7 @@ class RelayClient(service.Service):
             min(self.retransmit_interval, remaining), self._retransmit, cookie)
 
     def _datagram(self, data: bytes, addr: Any) -> None:
-        reply = rp.parse_reply(data)
+        reply = rc.parse_reply(data)
         pending = self._pending.get(reply.cookie)
         if pending is None or not pending.relay.sent_from(addr):
             self.stray_replies += 1
@@ -689,13 +690,13 @@ class RelayClient(service.Service):
             return relay.up
         relay.checking = True
         try:
-            reply = await self._send(relay, rp.build_version)
+            reply = await self._send(relay, rc.build_version)
             if reply.fields[:1] != (rp.BASE_VERSION,):
                 self._mark_down(relay, f"V answered {reply.body!r}, not {rp.BASE_VERSION}")
                 return False
             if not relay.capable:
                 reply = await self._send(
-                    relay, lambda cookie: rp.build_capability_check(cookie, REQUIRED_CAPABILITY))
+                    relay, lambda cookie: rc.build_capability_check(cookie, REQUIRED_CAPABILITY))
                 if reply.number != 1:
                     self._mark_down(relay, f"VF {REQUIRED_CAPABILITY} answered {reply.body!r}")
                     return False

@@ -19,6 +19,7 @@ import pytest_twisted
 from twisted.internet import protocol, task
 from twisted.internet.defer import Deferred, gatherResults
 
+from sipsuite import rtpproxy_controller as rc
 from sipsuite import rtpproxy_protocol as rp
 from sipsuite.proxy.relayclient import (
     DEFAULT_CONTROL_PORT,
@@ -226,7 +227,7 @@ def test_constructor_rejects_bad_settings() -> None:
 async def test_offer_answer_delete_round_trip(harness: Harness) -> None:
     fake = harness.relay(media="192.0.2.1")
     client = harness.client(RelaySpec(fake.uri))
-    mods = rp.build_modifiers(asymmetric=False)
+    mods = rc.build_modifiers(asymmetric=False)
     assert await client.offer("c1@example.com", "ftag", None, "10.0.0.1", 4000,
                               modifiers=mods) == ("192.0.2.1", 35000)
     assert await client.answer("c1@example.com", "ftag", "ttag", "10.0.0.2", 5000) == (
