@@ -37,9 +37,8 @@ from sipsuite.proxy.relayclient import (
     RelayError,
     RelaySpec,
     RelayUnavailable,
-    _NoAnswer,
-    _Relay,
 )
+from sipsuite.proxy.relaypeers import NoAnswer, RelayState
 from sipsuite.sip import sdp
 from sipsuite.sip.message import Message, Request, Response
 
@@ -76,10 +75,10 @@ class LocalRelayClient(RelayClient):
         super().__init__([RelaySpec(LOCAL_RELAY_URI)], **kwargs)
         self._dispatcher = dispatcher
 
-    def _exchange_stream(self, relay: _Relay, data: bytes) -> Deferred[bytes]:
+    def _exchange_stream(self, relay: RelayState, data: bytes) -> Deferred[bytes]:
         target = self._dispatcher()
         if target is None:
-            return fail(_NoAnswer("the in-process relay is not running"))
+            return fail(NoAnswer("the in-process relay is not running"))
         # Stream framing (no cookie): a retransmission cache has nothing to do here.
         return succeed(target.handle(data, datagram=False))
 

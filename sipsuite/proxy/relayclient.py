@@ -44,7 +44,6 @@ up, or the call's relay down) and :class:`RelayError` (the relay answered an
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import itertools
 import math
 import os
@@ -55,9 +54,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from twisted.application import service
-from twisted.internet import protocol
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.python.failure import Failure
 
 from sipsuite import rtpproxy_controller as rc
 from sipsuite import rtpproxy_protocol as rp
@@ -71,6 +68,14 @@ from sipsuite.configspecs import (
     parse_relay_uri,
 )
 from sipsuite.log import get_logger
+from sipsuite.proxy.relaypeers import (
+    ControlSocket,
+    NoAnswer,
+    PendingCommand,
+    RelayState,
+    StreamFactory,
+    call_key,
+)
 
 __all__ = [
     "DEFAULT_CONTROL_PORT", "REQUIRED_CAPABILITY", "RelayAddress", "RelayClient", "RelayError",
@@ -110,135 +115,6 @@ class RelayError(Exception):
         self.relay = relay
 
 
-class _NoAnswer(Exception):
-    """Internal: the relay said nothing usable in time (timeout, refused,
-    closed); turned into RelayUnavailable after marking the relay down."""
-
-
-class _Relay:
-    __slots__ = ("spec", "address", "hash_prefix", "up", "down_until", "last_error", "sent",
-                 "retransmits", "timeouts", "errors", "calls", "capable", "checking", "recheck")
-
-    def __init__(self, spec: RelaySpec) -> None:
-        self.spec = spec
-        self.address = parse_relay_uri(spec.uri)
-        self.hash_prefix = spec.uri.encode("utf-8") + b"\0"
-        # Optimistic until a check says otherwise: start-up checks every relay
-        # at once, and a relay that is really away costs one timeout and a
-        # failover, not a window in which every call goes unrelayed.
-        self.up = True
-        self.down_until: float | None = None
-        self.last_error = ""
-        self.sent = 0
-        self.retransmits = 0
-        self.timeouts = 0
-        self.errors = 0
-        self.calls = 0
-        self.capable = False  # VF 20050322 answered 1 since the relay last came up
-        self.checking = False
-        self.recheck: Any = None  # IDelayedCall of the check after disable_time
-
-    @property
-    def uri(self) -> str:
-        return self.spec.uri
-
-    @property
-    def stream(self) -> bool:
-        return self.address.scheme in ("unix", "tls")
-
-    @property
-    def media_host(self) -> str | None:
-        # Where a U/L reply without an address says the media is: the relay's
-        # own control host, as good a guess as any for a relay on another
-        # host; a unix-socket relay is on this host and the caller fills in
-        # the address the SIP message arrived on (Kamailio's rcv.dst_ip).
-        return self.address.host or None
-
-    def sent_from(self, addr: tuple[Any, ...]) -> bool:
-        # The relay answers from the address the command reached: a reply
-        # from anywhere else is someone guessing cookies.
-        if addr[1] != self.address.port:
-            return False
-        host = addr[0]
-        if host == self.address.host:
-            return True
-        try:
-            return ipaddress.ip_address(host) == ipaddress.ip_address(self.address.host)
-        except ValueError:
-            return False
-
-
-class _Pending:
-    __slots__ = ("relay", "data", "deferred", "deadline", "timer")
-
-    def __init__(self, relay: _Relay, data: bytes, deferred: Deferred[rc.Reply],
-                 deadline: float) -> None:
-        self.relay = relay
-        self.data = data
-        self.deferred = deferred
-        self.deadline = deadline
-        self.timer: Any = None
-
-
-class _ControlSocket(protocol.DatagramProtocol):
-    def __init__(self, client: RelayClient) -> None:
-        self.client = client
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.client._datagram(datagram, addr)
-
-
-class _StreamExchange(protocol.Protocol):
-    """One command over one stream connection: write it, read one reply, close."""
-
-    def __init__(self, data: bytes, done: Deferred[bytes]) -> None:
-        self.data = data
-        self.done = done
-        self.buffer = b""
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.data)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        # Every reply ends in a newline; Kamailio takes what one read returns,
-        # waiting for the newline is the same thing without the short-read risk.
-        if self.buffer.endswith(b"\n") and not self.done.called:
-            self.done.callback(self.buffer)
-            assert self.transport is not None
-            self.transport.loseConnection()
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        if self.done.called:
-            return
-        if self.buffer:  # a relay that closes instead of ending with a newline
-            self.done.callback(self.buffer)
-        else:
-            self.done.errback(_NoAnswer("connection closed without a reply"))
-
-
-class _StreamFactory(protocol.ClientFactory):
-    def __init__(self, data: bytes, done: Deferred[bytes]) -> None:
-        self.data = data
-        self.done = done
-        self.exchange: _StreamExchange | None = None
-
-    def buildProtocol(self, addr: Any) -> _StreamExchange:
-        self.exchange = _StreamExchange(self.data, self.done)
-        return self.exchange
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if not self.done.called:
-            self.done.errback(_NoAnswer(f"cannot connect: {reason.getErrorMessage()}"))
-
-
-def _call_key(call_id: str) -> str:
-    # Kamailio may append ";<via branch>" to the Call-ID it sends; a Call-ID
-    # itself never holds ";" (RFC 3261 word), so what precedes it is the call.
-    return call_id.partition(";")[0]
-
-
 class RelayClient(service.Service):
     """Drives one or more relays; a Service so the proxy's MultiService starts
     the pings and closes the sockets.  Commands work without start-up too
@@ -264,13 +140,13 @@ class RelayClient(service.Service):
             raise ValueError(f"ping_interval must be 0 (off) or positive, not {ping_interval!r}")
         if max_calls < 1:
             raise ValueError(f"max_calls must be positive, not {max_calls!r}")
-        self._relays: list[_Relay] = []
+        self._relays: list[RelayState] = []
         for spec in relays:
             if isinstance(spec.weight, bool) or not isinstance(spec.weight, int) or spec.weight < 0:
                 raise ValueError(f"relay {spec.uri!r}: weight must be an integer >= 0")
             if any(r.uri == spec.uri for r in self._relays):
                 raise ValueError(f"relay {spec.uri!r} named twice")
-            self._relays.append(_Relay(spec))
+            self._relays.append(RelayState(spec))
         self._by_uri = {r.uri: r for r in self._relays}
         if tls is None and any(r.address.scheme == "tls" for r in self._relays):
             raise ValueError("tls: relays need TLS contexts ([tls] certificate)")
@@ -287,11 +163,11 @@ class RelayClient(service.Service):
         # sharing a relay must not hit each other's entries in its reply cache.
         self._pid = os.getpid()
         self._counter = itertools.count(secrets.randbits(32))
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, PendingCommand] = {}
         self._sockets: dict[int, Any] = {}  # address family -> IListeningPort
-        self._streams: set[tuple[Any, _StreamFactory]] = set()
+        self._streams: set[tuple[Any, StreamFactory]] = set()
         # call key -> (relay, last command time), least recently used first.
-        self._calls: OrderedDict[str, tuple[_Relay, float]] = OrderedDict()
+        self._calls: OrderedDict[str, tuple[RelayState, float]] = OrderedDict()
         self._loop: Any = None
         self._stopped = False
         self.stray_replies = 0  # late, duplicate or foreign replies dropped
@@ -325,7 +201,7 @@ class RelayClient(service.Service):
         for p in pending.values():
             if p.timer is not None and p.timer.active():
                 p.timer.cancel()
-            p.deferred.errback(_NoAnswer("relay client stopped"))
+            p.deferred.errback(NoAnswer("relay client stopped"))
         for connector, _factory in list(self._streams):
             connector.disconnect()
         sockets, self._sockets = self._sockets, {}
@@ -396,11 +272,11 @@ class RelayClient(service.Service):
 
     def candidates(self, call_id: str) -> list[str]:
         """The up relays a new call with this Call-ID would try, in order."""
-        return [r.uri for r in self._order(_call_key(call_id))]
+        return [r.uri for r in self._order(call_key(call_id))]
 
     def relay_of(self, call_id: str) -> str | None:
         """The relay this client holds the call on, if any."""
-        entry = self._calls.get(_call_key(call_id))
+        entry = self._calls.get(call_key(call_id))
         return entry[0].uri if entry is not None else None
 
     @property
@@ -429,7 +305,7 @@ class RelayClient(service.Service):
     def _run(self, coro: Coroutine[Any, Any, T]) -> Deferred[T]:
         return Deferred.fromCoroutine(coro)
 
-    def _relay(self, uri: str) -> _Relay:
+    def _relay(self, uri: str) -> RelayState:
         try:
             return self._by_uri[uri]
         except KeyError:
@@ -457,14 +333,14 @@ class RelayClient(service.Service):
         finally:
             # Whatever the outcome the proxy is done with the call; the relay
             # ends a session it still holds on its media timeout.
-            self._forget(_call_key(call_id))
+            self._forget(call_key(call_id))
         return True
 
     async def _for_call(self, call_id: str, verb: str,
-                        build: Callable[[str], bytes]) -> tuple[_Relay, rc.Reply]:
+                        build: Callable[[str], bytes]) -> tuple[RelayState, rc.Reply]:
         if self._stopped:
             raise RelayUnavailable("relay client stopped")
-        key = _call_key(call_id)
+        key = call_key(call_id)
         now = self.reactor.seconds()
         entry = self._calls.get(key)
         if entry is not None and now - entry[1] > self.call_idle_time:
@@ -503,9 +379,9 @@ class RelayClient(service.Service):
             raise failure
         raise RelayUnavailable(f"no relay answered {verb}: {failure}")
 
-    def _order(self, key: str) -> list[_Relay]:
+    def _order(self, key: str) -> list[RelayState]:
         data = key.encode("utf-8", "surrogateescape")
-        scored: list[tuple[float, _Relay]] = []
+        scored: list[tuple[float, RelayState]] = []
         for relay in self._relays:
             if not relay.up or relay.spec.weight <= 0:
                 continue
@@ -516,7 +392,7 @@ class RelayClient(service.Service):
         scored.sort(key=lambda item: item[0], reverse=True)
         return [relay for _score, relay in scored]
 
-    def _remember(self, key: str, relay: _Relay, now: float) -> None:
+    def _remember(self, key: str, relay: RelayState, now: float) -> None:
         old = self._calls.get(key)
         if old is None:
             relay.calls += 1
@@ -544,7 +420,7 @@ class RelayClient(service.Service):
     def _next_cookie(self) -> str:
         return f"{self._pid}_{next(self._counter)}"
 
-    async def _send(self, relay: _Relay, build: Callable[[str], bytes]) -> rc.Reply:
+    async def _send(self, relay: RelayState, build: Callable[[str], bytes]) -> rc.Reply:
         if self._stopped:
             raise RelayUnavailable("relay client stopped")
         cookie = "" if relay.stream else self._next_cookie()
@@ -555,7 +431,7 @@ class RelayClient(service.Service):
                 reply = rc.parse_reply(await self._exchange_stream(relay, data), datagram=False)
             else:
                 reply = await self._exchange_datagram(relay, cookie, data)
-        except _NoAnswer as e:
+        except NoAnswer as e:
             if self._stopped:
                 raise RelayUnavailable("relay client stopped") from None
             relay.timeouts += 1
@@ -568,18 +444,18 @@ class RelayClient(service.Service):
             raise RelayError(reply.error, f"answered E{reply.error}", relay.uri)
         return reply
 
-    def _socket_for(self, relay: _Relay) -> Any:
+    def _socket_for(self, relay: RelayState) -> Any:
         family = relay.address.family
         port = self._sockets.get(family)
         if port is None:
             # Wildcard bind: the kernel picks the source address per relay;
             # replies from anyone but the relay are dropped by sent_from().
             interface = "::" if family == socket.AF_INET6 else "0.0.0.0"
-            port = self.reactor.listenUDP(0, _ControlSocket(self), interface=interface)
+            port = self.reactor.listenUDP(0, ControlSocket(self), interface=interface)
             self._sockets[family] = port
         return port
 
-    def _exchange_datagram(self, relay: _Relay, cookie: str, data: bytes) -> Deferred[rc.Reply]:
+    def _exchange_datagram(self, relay: RelayState, cookie: str, data: bytes) -> Deferred[rc.Reply]:
         port = self._socket_for(relay)
         now = self.reactor.seconds()
 
@@ -589,14 +465,14 @@ class RelayClient(service.Service):
                 p.timer.cancel()
 
         d: Deferred[rc.Reply] = Deferred(cancel)
-        pending = _Pending(relay, data, d, now + self.command_timeout)
+        pending = PendingCommand(relay, data, d, now + self.command_timeout)
         self._pending[cookie] = pending
         self._transmit(port, pending)
         pending.timer = self.reactor.callLater(
             min(self.retransmit_interval, self.command_timeout), self._retransmit, cookie)
         return d
 
-    def _transmit(self, port: Any, pending: _Pending) -> None:
+    def _transmit(self, port: Any, pending: PendingCommand) -> None:
         addr = pending.relay.address
         try:
             port.write(pending.data, (addr.host, addr.port))
@@ -613,7 +489,7 @@ class RelayClient(service.Service):
         if remaining <= _EPSILON:
             del self._pending[cookie]
             pending.deferred.errback(
-                _NoAnswer(f"no reply within {self.command_timeout:g}s"))
+                NoAnswer(f"no reply within {self.command_timeout:g}s"))
             return
         port = self._sockets.get(pending.relay.address.family)
         if port is not None:
@@ -633,9 +509,9 @@ class RelayClient(service.Service):
             pending.timer.cancel()
         pending.deferred.callback(reply)
 
-    def _exchange_stream(self, relay: _Relay, data: bytes) -> Deferred[bytes]:
+    def _exchange_stream(self, relay: RelayState, data: bytes) -> Deferred[bytes]:
         done: Deferred[bytes] = Deferred()
-        factory = _StreamFactory(data, done)
+        factory = StreamFactory(data, done)
         timeout = max(1, math.ceil(self.command_timeout))
         address = relay.address
         if address.scheme == "tls":
@@ -650,7 +526,7 @@ class RelayClient(service.Service):
         def expire() -> None:
             if done.called:
                 return
-            done.errback(_NoAnswer(f"no reply within {self.command_timeout:g}s"))
+            done.errback(NoAnswer(f"no reply within {self.command_timeout:g}s"))
             exchange = factory.exchange
             if exchange is not None and exchange.transport is not None:
                 exchange.transport.abortConnection()
@@ -676,16 +552,16 @@ class RelayClient(service.Service):
             if relay.up and not relay.checking:
                 self._background_check(relay)
 
-    def _background_check(self, relay: _Relay) -> None:
+    def _background_check(self, relay: RelayState) -> None:
         Deferred.fromCoroutine(self._check(relay)).addErrback(
             lambda f: log.failure("relay {relay}: check failed", f, relay=relay.uri))
 
-    def _recheck(self, relay: _Relay) -> None:
+    def _recheck(self, relay: RelayState) -> None:
         relay.recheck = None
         if not relay.checking and not self._stopped:
             self._background_check(relay)
 
-    async def _check(self, relay: _Relay) -> bool:
+    async def _check(self, relay: RelayState) -> bool:
         if relay.checking:
             return relay.up
         relay.checking = True
@@ -711,7 +587,7 @@ class RelayClient(service.Service):
         self._mark_up(relay)
         return True
 
-    def _mark_down(self, relay: _Relay, reason: str) -> None:
+    def _mark_down(self, relay: RelayState, reason: str) -> None:
         was_up = relay.up
         relay.up = False
         relay.capable = False
@@ -726,7 +602,7 @@ class RelayClient(service.Service):
             log.warn("relay {relay} is down for {seconds:g}s: {reason}",
                      relay=relay.uri, seconds=self.disable_time, reason=reason)
 
-    def _mark_up(self, relay: _Relay) -> None:
+    def _mark_up(self, relay: RelayState) -> None:
         if relay.recheck is not None and relay.recheck.active():
             relay.recheck.cancel()
         relay.recheck = None
