@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import textwrap
 import time
 import urllib.request
@@ -21,6 +19,7 @@ from typing import Any
 
 import procs
 import pytest
+from common import free_port_range
 from procs import (
     LOCALHOST,
     SCENARIOS,
@@ -308,30 +307,11 @@ def test_sighup_reloads_the_routing(
 # relay sessions in stats and /metrics
 
 
-def _free_udp_range(count: int) -> tuple[int, int]:
-    """``count`` consecutive free UDP ports, even first, below the ephemeral range."""
-    for _ in range(200):
-        low = random.randrange(20000, 32000) & ~1
-        socks: list[socket.socket] = []
-        try:
-            for port in range(low, low + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind((LOCALHOST, port))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return low, low + count - 1
-    raise RuntimeError("no free UDP port range")
-
-
 def test_relay_sessions_are_counted_during_a_call(
     sipp_bin: str, proxy_factory: ProxyFactory, tmp_path: Path,
 ) -> None:
     uas_port = procs.free_port()
-    low, high = _free_udp_range(16)
+    low, high = free_port_range(16)
     proxy = proxy_factory("liveops-media", static={"bob": [f"sip:bob@{LOCALHOST}:{uas_port}"]},
                           tables={"features": {"nat": True}, "media": {"relay": "always"},
                                   "relay": {"media_addresses": [LOCALHOST], "ports": f"{low}-{high}"}})

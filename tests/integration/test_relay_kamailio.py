@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import procs
 import pytest
@@ -39,16 +40,22 @@ class Relay:
         return run_ctl("--url", f"http://{LOCALHOST}:{self.mgmt}", *args)
 
 
-def start_relay(workdir: Path) -> Relay:
+def start_relay(workdir: Path, *, control_transport: str = "udp",
+                tables: dict[str, dict[str, Any]] | None = None) -> Relay:
+    """A real `twistd -n rtp-relay` with its control socket on a free port
+    (``udp`` or ``tls``, whose [tls] keys come in ``tables``), ready once its
+    management interface answers and the control port is bound."""
     workdir.mkdir(parents=True, exist_ok=True)
-    control, mgmt = procs.free_port("udp"), procs.free_port("tcp")
+    kind: Literal["udp", "tcp"] = "udp" if control_transport == "udp" else "tcp"
+    control, mgmt = procs.free_port(kind), procs.free_port("tcp")
     conf = workdir / "relay.toml"
-    conf.write_text(f'[management]\nlisten = "tcp:{LOCALHOST}:{mgmt}"\n')
+    conf.write_text(procs.toml_dumps({
+        "management": {"listen": f"tcp:{LOCALHOST}:{mgmt}"}, **(tables or {})}))
     log = workdir / "relay.log"
     cmd = [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
         "--nodaemon", "--pidfile=", f"--logfile={log}", "rtp-relay", "--config", str(conf),
-        "--control", f"udp:{LOCALHOST}:{control}", "--media-address", LOCALHOST,
+        "--control", f"{control_transport}:{LOCALHOST}:{control}", "--media-address", LOCALHOST,
         "--ports", f"{PORTS[0]}-{PORTS[1]}",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL,
@@ -59,7 +66,7 @@ def start_relay(workdir: Path) -> Relay:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"rtp-relay exited rc={proc.returncode}\n{log.read_text(errors='replace')}")
-        if relay.ctl("relay", "stats").returncode == 0:
+        if relay.ctl("relay", "stats").returncode == 0 and procs.port_bound(control, kind):
             return relay
         time.sleep(0.2)
     proc.kill()

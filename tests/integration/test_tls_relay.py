@@ -10,8 +10,6 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ import pytest
 import tlscerts
 from procs import LOCALHOST
 from test_media_relay import media_tables, run_rtp_call
-from test_relay_kamailio import PORTS, Relay
+from test_relay_kamailio import PORTS, Relay, start_relay
 from tlsendpoints import client_context
 
 
@@ -34,35 +32,10 @@ class Setup:
 
 
 def _start_relay(workdir: Path, pki: tlscerts.TestPKI) -> Relay:
-    workdir.mkdir(parents=True, exist_ok=True)
     cert = pki.issue("relay", ips=[LOCALHOST])
-    control, mgmt = procs.free_port("tcp"), procs.free_port("tcp")
-    conf = workdir / "relay.toml"
-    conf.write_text(procs.toml_dumps({
-        "management": {"listen": f"tcp:{LOCALHOST}:{mgmt}"},
+    return start_relay(workdir, control_transport="tls", tables={
         "tls": {"certificate": str(cert.cert), "private_key": str(cert.key),
-                "ca_list": str(pki.ca_file)},
-    }))
-    log = workdir / "relay.log"
-    cmd = [
-        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-        "--nodaemon", "--pidfile=", f"--logfile={log}", "rtp-relay", "--config", str(conf),
-        "--control", f"tls:{LOCALHOST}:{control}", "--media-address", LOCALHOST,
-        "--ports", f"{PORTS[0]}-{PORTS[1]}",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    relay = Relay(proc, control, mgmt, log)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"rtp-relay exited rc={proc.returncode}\n{log.read_text(errors='replace')}")
-        if relay.ctl("relay", "stats").returncode == 0 and procs.port_bound(control, "tcp"):
-            return relay
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail(f"rtp-relay did not come up\n{log.read_text(errors='replace')}")
+                "ca_list": str(pki.ca_file)}})
 
 
 @pytest.fixture
