@@ -127,16 +127,20 @@ def parse_control(value: Any) -> ControlSpec:
 _CONTROL_LIST = list_of(_control, non_empty=True, unique=True)
 
 
-def _tls_listen(value: Any) -> ListenSpec:
-    """A 'tls:HOST:PORT' listener, as [proxy] listen writes it."""
-    expected = "'tls:HOST:PORT' naming a tls listener of proxy.listen"
+def _listen_as(transport: str, value: Any, expected: str) -> ListenSpec:
+    """A listen spec of one transport, else _Invalid saying *expected*."""
     try:
         spec = _listen(value)
     except _Invalid:
         raise _Invalid(expected, value) from None
-    if spec.transport != "tls":
+    if spec.transport != transport:
         raise _Invalid(expected, value)
     return spec
+
+
+def _tls_listen(value: Any) -> ListenSpec:
+    """A 'tls:HOST:PORT' listener, as [proxy] listen writes it."""
+    return _listen_as("tls", value, "'tls:HOST:PORT' naming a tls listener of proxy.listen")
 
 
 _TLS_LISTEN_LIST = list_of(_tls_listen, unique=True)
@@ -295,10 +299,5 @@ def tcp_listen_or_off(value: Any) -> str:
         raise _Invalid(expected, value)
     if value == "":
         return value
-    try:
-        spec = _listen(value)
-    except _Invalid:
-        raise _Invalid(expected, value) from None
-    if spec.transport != "tcp":
-        raise _Invalid(expected, value)
+    _listen_as("tcp", value, expected)
     return value
