@@ -191,12 +191,16 @@ class ProxyContext:
             return
         if self.cancelled and best.status == 408:
             best = self._local(487, "Request Terminated")
-        if not self.cancelled and self.failure_hook_ran != len(self.branches):
+        if self.failure_hook_ran != len(self.branches):
             # Once per round of branches: new branches started here end in
             # another round, which gets its own failure_route call.  A 6xx
             # ends the search among the branches it raced (16.7 step 5), but
             # failure_route still sees it, as Kamailio's does: a gateway's
-            # 603 may be its own trouble, and the dispatcher fails over.
+            # 603 may be its own trouble, and the dispatcher fails over.  A
+            # CANCELed request gets its call too (Kamailio's t_is_canceled()
+            # case): relay() starts nothing then, but the routing cleans up
+            # what the call held (a relay session) even when no branch ever
+            # answered.
             self.failure_hook_ran = len(self.branches)
             if self.core.run_failure_route(self, best):
                 return

@@ -188,7 +188,10 @@ class Routing:
     def failure_route(self, ctx: RequestContext, response: Response) -> Any:
         """Called once every branch has a failure (3xx-6xx) and before the
         best one goes upstream; ``ctx.relay(...)`` here starts new branches
-        (serial forking, gateway failover), ``ctx.reply`` replaces the answer."""
+        (serial forking, gateway failover), ``ctx.reply`` replaces the answer.
+        It runs for a CANCELed request too (``ctx.proxy_ctx.cancelled``, the
+        answer a 487), to release what the call held: relay() starts no
+        branch then, and a reply() should not be made."""
 
 
 class DefaultRouting(FeatureRoutes, Routing):
@@ -407,13 +410,11 @@ class DefaultRouting(FeatureRoutes, Routing):
             return None
         if not ctx.vars.get("media"):
             return None
-        if response.status < 300:
-            if response.status > 100 and response.body and parse_sdp(response) is not None:
-                return self._media_answer(ctx, response)
-            return None
-        initial_invite = ctx.request.method == "INVITE" and not ctx.in_dialog
-        if initial_invite and self._last_failure(ctx, branch, response):
-            return self._media_delete(ctx)
+        if 100 < response.status < 300 and response.body and parse_sdp(response) is not None:
+            return self._media_answer(ctx, response)
+        # A failure ends the relay session in failure_route, which runs once
+        # every branch has ended (CANCELed calls too), and knows whether the
+        # call goes on to new branches (serial forking, voicemail, failover).
         return None
 
     async def _media_offer_reply(self, ctx: RequestContext, response: Response) -> None:
@@ -432,16 +433,6 @@ class DefaultRouting(FeatureRoutes, Routing):
             return
         ctx.vars["media_deleted"] = True
         await media.delete(ctx.request.call_id, ctx.request.from_tag)
-
-    def _last_failure(self, ctx: RequestContext, branch: Branch, response: Response) -> bool:
-        """This failure ends the call: no other branch pending, and no serial
-        forking group left to try (a 6xx ends the search whatever is left)."""
-        pctx = ctx.proxy_ctx
-        if pctx is None:
-            return True
-        if any(b is not branch and not b.done for b in pctx.branches):
-            return False
-        return pctx.cancelled or response.status >= 600 or not ctx.vars.get("serial")
 
     def failure_route(self, ctx: RequestContext, response: Response) -> Any:
         pctx = ctx.proxy_ctx
