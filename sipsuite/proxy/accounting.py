@@ -85,7 +85,9 @@ class AccountingLog:
         self._last_error = -ERROR_LOG_INTERVAL
 
     def write(self, record: dict[str, Any]) -> bool:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        # ASCII-only: a header byte that is not UTF-8 (kept as a lone
+        # surrogate) must not make the record unwritable; JSON escapes it.
+        line = json.dumps(record, separators=(",", ":")) + "\n"
         path = self.core.config.accounting.file
         try:
             f = self._file
@@ -182,6 +184,15 @@ class Accounting:
         src = holder.source
         source = f"{src.transport}:{src.host}:{src.port}"
         if status < 300:
+            if rctx is not None:
+                # The INVITE transaction outlives the call's BYE by 64*T1
+                # (RFC 6026 Accepted): a 2xx retransmitted then is the same
+                # answer, not a new call.
+                seen = rctx.vars.setdefault("acc_answered", set())
+                key = (req.call_id, req.from_tag or "", resp.to_tag or "")
+                if key in seen:
+                    return
+                seen.add(key)
             self._answered(req, resp, source, start, now)
             return
         kind = "missed" if status in MISSED else "failed"

@@ -109,6 +109,33 @@ def test_calls_up_at_shutdown_are_written(tmp_path: Path) -> None:
     assert kit.core.accounting.calls == {}
 
 
+def test_2xx_retransmitted_after_the_bye_is_not_a_new_call(tmp_path: Path) -> None:
+    """The callee resends its 200 (the ACK was lost) after the BYE: the
+    INVITE transaction forwards it, but the call was already written once."""
+    kit = make_kit(tmp_path)
+    fwd = invite(kit)
+    callee_says(kit, fwd, 180, 200)
+    kit.clock.advance(1.0)
+    bye(kit)
+    kit.clock.advance(0.5)
+    assert callee_says(kit, fwd, 200) == [200]
+    assert kit.core.accounting.calls == {}
+    kit.clock.advance(43200 + 61)
+    assert [(r["kind"], r["ended_by"]) for r in records(kit)] == [("answered", "caller")]
+
+
+def test_header_bytes_that_are_not_utf8_keep_the_record(tmp_path: Path) -> None:
+    kit = make_kit(tmp_path)
+    kit.take()
+    data = request("INVITE", "sip:bob@sipsuite.test", call_id="cid-X", branch="i-x")
+    kit.feed(data.replace(b"cid-X", b"cid-\xff\xfe"), CALLER)
+    fwd = [m for m, h, _ in kit.sent if h == CALLEE and not hasattr(m, "status")][-1]
+    callee_says(kit, fwd, 486)
+    [rec] = records(kit)
+    assert rec["kind"] == "missed" and rec["call_id"] == "cid-\udcff\udcfe"
+    assert "accounting.write_errors" not in kit.core.stats
+
+
 def test_callee_hangs_up(tmp_path: Path) -> None:
     kit = make_kit(tmp_path)
     callee_says(kit, invite(kit), 200)
