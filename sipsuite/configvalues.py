@@ -8,6 +8,7 @@ this module imports nothing else from sipsuite.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,15 +55,17 @@ def boolean(value: Any) -> bool:
 
 
 def positive_float(value: Any) -> float:
-    """Seconds: a TOML integer or float above zero."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+    """Seconds: a TOML integer or float above zero (TOML's nan and inf are not)."""
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            or not math.isfinite(value)):
         raise _Invalid("a number of seconds above 0", value)
     return float(value)
 
 
 def non_negative_float(value: Any) -> float:
-    """Seconds, where 0 switches the feature off."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    """Seconds, where 0 switches the feature off (TOML's nan and inf are not seconds)."""
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0
+            or not math.isfinite(value)):
         raise _Invalid("a number of seconds, 0 or more", value)
     return float(value)
 

@@ -410,6 +410,21 @@ def test_bad_value_names_key(
     assert ", got " in message
 
 
+@pytest.mark.parametrize(("section", "key", "value", "expected"), [
+    ("nat", "keepalive_interval", "nan", "a number of seconds, 0 or more"),
+    ("nat", "keepalive_interval", "inf", "a number of seconds, 0 or more"),
+    ("timers", "t1", "inf", "a number of seconds above 0"),
+    ("timers", "t1", "nan", "a number of seconds above 0"),
+])
+def test_nan_and_inf_are_not_seconds(
+    tmp_path: Path, section: str, key: str, value: str, expected: str
+) -> None:
+    """TOML has nan and inf; as a timer either would stop it (callLater
+    refuses nan) or never fire."""
+    message = error_of(tmp_path, f"[{section}]\n{key} = {value}\n")
+    assert message.startswith(f"{section}.{key}: expected {expected}")
+
+
 def test_every_key_has_a_bad_value_test() -> None:
     assert {(s, k) for s, k, _, _ in BAD_VALUES} == set(schema_keys())
 

@@ -88,7 +88,9 @@ class DsDestination:
         # $du); a host name goes in the Request-URI and is resolved there.
         self.target: Target | None = None
         if is_ip(host) and self.parsed.scheme == "sip":
-            self.target = Target(self.parsed.transport or "udp", host, self.parsed.port or 5060)
+            transport = self.parsed.transport or "udp"
+            self.target = Target(transport, host,
+                                 self.parsed.port or (5061 if transport == "tls" else 5060))
         self.priority = entry.priority
         self.weight = int(entry.attr("weight") or 1)
         self.maxload = int(entry.attr("maxload") or 0)

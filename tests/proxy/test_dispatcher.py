@@ -16,8 +16,14 @@ import pytest_twisted
 from proxykit import ProxyKit, answer, request
 
 from sipsuite.config import ConfigError, load_config
+from sipsuite.configvalues import parse_dispatcher_entry
 from sipsuite.management import RpcError, RpcRegistry
-from sipsuite.proxy.dispatcher import PROBE_BRANCH, Dispatcher, register_dispatcher_methods
+from sipsuite.proxy.dispatcher import (
+    PROBE_BRANCH,
+    Dispatcher,
+    DsDestination,
+    register_dispatcher_methods,
+)
 from sipsuite.proxy.dispatcher_list import (
     ListError,
     algorithm_number,
@@ -369,6 +375,15 @@ def test_busy_is_not_failed_over(tmp_path: Path) -> None:
     assert [m for m, _, _ in sent if getattr(m, "method", None) == "INVITE"] == []
     assert 486 in upstream(sent)
     assert ds.find(1, GW[0]).calls == 0  # type: ignore[union-attr]
+
+
+def test_tls_ip_destination_defaults_to_5061() -> None:
+    """As the resolver and the probes do: a tls destination without a port is
+    on 5061, else calls and probes would go to different ports."""
+    for uri, port in (("sip:192.0.2.10;transport=tls", 5061), ("sip:192.0.2.10", 5060),
+                      ("sip:[2001:db8::1];transport=tls", 5061)):
+        dest = DsDestination(1, parse_dispatcher_entry(uri))
+        assert dest.target is not None and dest.target.port == port, uri
 
 
 def test_host_name_destination_goes_in_the_request_uri(tmp_path: Path) -> None:
