@@ -248,7 +248,14 @@ def cfg_set(core: ProxyCore, name: str, value: Any) -> dict[str, Any]:
         _check_consistency(new_config, "<cfg>")
     except ConfigError as e:
         raise SettingError(str(e).removeprefix("<cfg>: ")) from None
-    apply_config(core, new_config)
+    try:
+        apply_config(core, new_config)
+    except Exception as e:  # noqa: BLE001 - a component refused it: put the old one back
+        try:
+            apply_config(core, old_config)
+        except Exception:  # noqa: BLE001 - the config is the old one; say what did not restart
+            log.failure("cfg set {n}: a component did not take the old value back", n=name)
+        raise SettingError(f"{name}: not applied, the old value stays: {e}") from None
     log.info("cfg set {n}: {o} -> {v}", n=name, o=plain(old), v=plain(checked))
     return {"name": name, "old": plain(old), "value": plain(checked)}
 

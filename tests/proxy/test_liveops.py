@@ -259,6 +259,20 @@ def test_bad_settings_are_refused_naming_the_key(
     assert rpc_err.value.code == INVALID_PARAMS and rpc_err.value.message == str(err.value)
 
 
+def test_a_value_a_component_refuses_leaves_the_old_config(
+        kit: ProxyKit, rpc: RpcRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation passed but applying it failed (here the keep-alive loop
+    would not restart): the old config is put back and the error named."""
+    before = kit.core.config
+    kit.core.transport.listeners.append(object())  # as if listening: the loop restarts
+    monkeypatch.setattr(kit.core.keepalive, "start", lambda: (_ for _ in ()).throw(
+        RuntimeError("no timer for that")))
+    with pytest.raises(RpcError, match="nat.keepalive_interval: not applied, the old value"
+                                       " stays: no timer for that"):
+        call(rpc, "cfg.set", name="nat.keepalive_interval", value=5)
+    assert kit.core.config.nat == before.nat
+
+
 def test_json_values_are_taken_as_they_are(kit: ProxyKit, rpc: RpcRegistry) -> None:
     call(rpc, "cfg.set", name="registrar.max_contacts", value=3)
     assert kit.core.config.registrar.max_contacts == 3
