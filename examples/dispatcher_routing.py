@@ -59,6 +59,13 @@ class DispatcherRouting(DefaultRouting):
                 add_contact_alias(req, ctx.source)
         if not await self.authenticate(ctx, False):
             return
+        if not (self.pstn_allowed(ctx) or ctx.source_trusted()):
+            # Gateways cost money: only our own users (authenticated when
+            # auth is on) and trusted networks, as route[PSTN] allows.
+            if ctx.debug:
+                self.trace(ctx, "dispatcher: caller not ours and not trusted -> 403")
+            ctx.reply(403, "Not Allowed")
+            return
         if req.has_header("route"):
             req.remove_header("route")
         ctx.record_route()
@@ -66,6 +73,7 @@ class DispatcherRouting(DefaultRouting):
         if not ds.relay(ctx, self.setid, self.algorithm):
             if ctx.debug:
                 self.trace(ctx, f"dispatcher: set {self.setid} has no usable destination -> 503")
+            await self._media_delete(ctx)  # the offer made above goes nowhere
             ctx.reply(503, "No Gateway Available")
             return
         if ctx.debug:
@@ -80,8 +88,8 @@ class DispatcherRouting(DefaultRouting):
 
     def failure_route(self, ctx: RequestContext, response: Any) -> Any:
         ds = self.core.dispatcher
-        # Timeout, 408, 5xx: the next gateway of the set; when none is left
-        # the best answer goes upstream.
+        # Timeout, 408, 5xx, 6xx: the next gateway of the set; when none is
+        # left the best answer goes upstream.
         if ds is not None and ctx.vars.get("dispatcher") is not None and ds.next(ctx, response):
             return None
         return super().failure_route(ctx, response)
