@@ -541,3 +541,11 @@ def _check_tls(config: Config, where: str) -> None:
         if str(spec) not in listening:
             raise ConfigError(f"{where}: tls.require_client_cert[{i}]: expected a tls listener"
                               f" of proxy.listen, got {str(spec)!r}")
+    # Whoever checks client certificates needs the CA they must chain to:
+    # with none, the system's public CAs would do, and any certificate
+    # bought anywhere would pass a mutual-TLS listener or drive a relay.
+    mutual = [str(s) for s in tls.require_client_cert]
+    mutual += [str(s) for s in config.relay.control if s.transport == "tls"]
+    if mutual and not tls.ca_list:
+        raise ConfigError(f"{where}: tls.ca_list: expected the CA file client certificates must"
+                          f" chain to, required by {mutual[0]}, got ''")

@@ -220,6 +220,21 @@ class TLSContexts:
     def server_factory(self, wrapped: Factory, mutual: Callable[[], bool]) -> TLSMemoryBIOFactory:
         return TLSMemoryBIOFactory(_ServerCreator(self, mutual), False, wrapped)
 
+    @staticmethod
+    def name_ok(name: str) -> bool:
+        """Whether a server certificate can be checked for ``name``: an IP,
+        or a host name IDNA accepts (Twisted encodes it at the handshake,
+        where a refusal would leave the connection hanging)."""
+        name = name.strip("[]")
+        if _is_ip(name):
+            return True
+        try:
+            ClientTLSOptions(lambda _: None, name)
+            name.encode("idna")
+        except (ValueError, UnicodeError):
+            return False
+        return True
+
     def client_factory(self, wrapped: Factory, name: str) -> TLSMemoryBIOFactory:
         return TLSMemoryBIOFactory(_ClientCreator(self, name.strip("[]")), True, wrapped)
 

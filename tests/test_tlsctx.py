@@ -15,7 +15,7 @@ from sipsuite.configspecs import RelayAddress, parse_control, parse_relay_uri
 from sipsuite.management import RpcError, RpcRegistry
 from sipsuite.proxy.addresses import record_route_value
 from sipsuite.proxy.resolver import Target, named
-from sipsuite.proxy.transport import Listener
+from sipsuite.proxy.transport import Listener, TransportLayer
 from sipsuite.tlsctx import TLSContexts, TLSError, register_tls_methods
 
 
@@ -48,13 +48,25 @@ def test_tls_relay_and_tls_control_need_a_certificate(tmp_path: Path) -> None:
         tmp_path, '[relay]\ncontrol = ["tls:127.0.0.1:7001"]\n')
 
 
+def test_checking_client_certificates_needs_a_ca_list(tmp_path: Path) -> None:
+    """Without ca_list the system's public CAs would vouch for clients: any
+    bought certificate would pass mutual TLS or drive a relay."""
+    assert _error(tmp_path, '[proxy]\nlisten = ["tls:127.0.0.1:5061"]\n[tls]\ncertificate = "c"\n'
+                  'private_key = "k"\nrequire_client_cert = ["tls:127.0.0.1:5061"]\n') == (
+        "tls.ca_list: expected the CA file client certificates must chain to, required by"
+        " tls:127.0.0.1:5061, got ''")
+    assert "tls.ca_list: " in _error(
+        tmp_path, '[relay]\ncontrol = ["tls:127.0.0.1:7001"]\n[tls]\ncertificate = "c"\n'
+                  'private_key = "k"\n')
+
+
 def test_require_client_cert_must_name_a_listener(tmp_path: Path) -> None:
     text = ('[proxy]\nlisten = ["tls:127.0.0.1:5061"]\n[tls]\ncertificate = "c"\n'
             'private_key = "k"\nrequire_client_cert = ["tls:127.0.0.1:5062"]\n')
     assert _error(tmp_path, text) == (
         "tls.require_client_cert[0]: expected a tls listener of proxy.listen,"
         " got 'tls:127.0.0.1:5062'")
-    good = text.replace("5062", "5061")
+    good = text.replace("5062", "5061") + 'ca_list = "ca.pem"\n'
     (tmp_path / "ok.toml").write_text(good)
     assert [str(s) for s in load_config(str(tmp_path / "ok.toml")).tls.require_client_cert] == [
         "tls:127.0.0.1:5061"]
@@ -186,6 +198,8 @@ def test_tls_targets_carry_the_name_to_verify() -> None:
     assert out[0] == Target("tls", "192.0.2.7", 5061, "sip.example.com")
     assert out[1] is targets[1]
     assert dataclasses.replace(out[0], name="") == targets[0]
+    # A fully qualified name's trailing dot is no part of any certificate.
+    assert named(targets, "Sip.Example.com.")[0].name == "sip.example.com"
 
 
 def test_ctl_shows_each_certificate_set() -> None:
@@ -195,3 +209,54 @@ def test_ctl_shows_each_certificate_set() -> None:
                       "reloads": 2}, {"certificate": "/r.pem", "subject": "CN=r"}], None)
     assert text.splitlines() == ["certificate  /p.pem", "subject      CN=p", "names        a, b",
                                  "reloads      2", "", "certificate  /r.pem", "subject      CN=r"]
+
+
+class _Conn:
+    """A stand-in open TLS connection in the transport's table."""
+
+    def __init__(self, outbound: bool, tls_name: str = "") -> None:
+        self.kind, self.closed, self.outbound, self.tls_name = "tls", False, outbound, tls_name
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> bool:
+        self.sent.append(data)
+        return True
+
+
+def _layer(pki: tlscerts.TestPKI) -> tuple[TransportLayer, list[str]]:
+    layer = TransportLayer(reactor=None, handler=lambda *a: None)
+    layer.tls = TLSContexts(lambda: _cfg(pki.issue("proxy")))
+    opened: list[str] = []
+
+    def connect(host: str, port: int, listener: Listener, name: str = "") -> _Conn:
+        opened.append(name or host)
+        conn = layer.connections[(host, port)] = _Conn(True, name or host)
+        return conn
+
+    layer.connect = connect  # type: ignore[method-assign]
+    return layer, opened
+
+
+def test_a_connection_the_peer_opened_is_no_proof_of_a_name(pki: tlscerts.TestPKI) -> None:
+    """RFC 5922: a request for sips:bob@good.example goes over a connection
+    whose certificate was checked for good.example, never over one someone
+    opened to us from that address; a phone's own flow (no name: its
+    address) is reused as before."""
+    layer, opened = _layer(pki)
+    listener = Listener("tls", "127.0.0.1", 5061, "127.0.0.1")
+    inbound = layer.connections[("127.0.0.1", 45999)] = _Conn(False)
+    assert layer.send(b"INVITE", "tls", "127.0.0.1", 45999, listener, "good.example")
+    assert opened == ["good.example"] and inbound.sent == []
+    layer.connections[("127.0.0.1", 45999)] = inbound
+    assert layer.send(b"BYE", "tls", "127.0.0.1", 45999, listener)
+    assert inbound.sent == [b"BYE"] and opened == ["good.example"]
+
+
+def test_a_name_no_certificate_can_be_checked_for_fails_at_once(pki: tlscerts.TestPKI) -> None:
+    """IDNA refuses it (an underscore, a leading hyphen): the send fails and
+    the branch fails over, instead of a connection stuck half made."""
+    layer, opened = _layer(pki)
+    listener = Listener("tls", "127.0.0.1", 5061, "127.0.0.1")
+    for name in ("a_b.example", "-x.example"):
+        assert layer.send(b"INVITE", "tls", "127.0.0.1", 5061, listener, name) is False
+    assert opened == [] and layer.drops == {"tls_name": 2}

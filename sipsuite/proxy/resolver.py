@@ -49,7 +49,10 @@ class Target:
 
 
 def named(targets: list[Target], name: str) -> list[Target]:
-    """``targets`` with ``name`` as the certificate name of the TLS ones."""
+    """``targets`` with ``name`` as the certificate name of the TLS ones
+    (lower case, without the trailing dot of a fully qualified name, which
+    no certificate carries)."""
+    name = name.lower().rstrip(".")
     return [Target(t.transport, t.host, t.port, name) if t.transport == "tls" else t
             for t in targets]
 

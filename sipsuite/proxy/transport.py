@@ -379,13 +379,25 @@ class TransportLayer:
             return proto.send(data, host, port)
         conn = self.connections.get((host, port))
         if (conn is None or conn.closed or conn.kind != transport
-                # A connection we opened, checked for another name, proves
-                # nothing about this one (two names may share an address).
-                or (conn.outbound and transport == "tls" and conn.tls_name != (name or host))):
-            if transport == "tls" and self.tls is None:
+                or (transport == "tls" and not self._proves(conn, name or host, bool(name)))):
+            if transport == "tls" and (self.tls is None or not self.tls.name_ok(name or host)):
+                # No TLS, or a name no certificate can be checked for (IDNA
+                # refuses it): the branch fails over now.
+                self.stats_drop("tls_name")
                 return False
             conn = self.connect(host, port, listener, name)
         return conn.send(data)
+
+    @staticmethod
+    def _proves(conn: SIPStreamProtocol, name: str, named: bool) -> bool:
+        """Whether a TLS connection may carry a request for ``name``: one we
+        opened and checked for that name (two names may share an address).
+        A connection the peer opened was checked for no name at all: fine
+        for an address (a phone's flow, a response), never for a host name
+        (RFC 5922: the certificate must be for the name we meant)."""
+        if conn.outbound:
+            return conn.tls_name == name
+        return not named
 
     def send_on(self, data: bytes, conn: SIPStreamProtocol) -> bool:
         return conn.send(data)
