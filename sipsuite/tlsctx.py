@@ -205,9 +205,11 @@ class TLSContexts:
         self.material = _Material(config())
         self.reloads = 0
 
-    def reload(self) -> dict[str, Any]:
-        """Re-read the files; TLSError (and the old contexts kept) if any fails."""
-        material = _Material(self.config())
+    def reload(self, material: _Material | None = None) -> dict[str, Any]:
+        """Re-read the files (or take ``material`` already read from them);
+        TLSError (and the old contexts kept) if any fails."""
+        if material is None:
+            material = _Material(self.config())
         self.material = material
         self.reloads += 1
         log.info("tls: certificate {c} loaded ({s})", c=material.cfg.certificate,
@@ -300,15 +302,16 @@ def register_tls_methods(registry: Any, contexts: TLSContexts | None,
 
     def reload() -> list[dict[str, Any]]:
         in_use()
-        # All or nothing: load every set first, then switch them together.
+        # All or nothing: load every set first, then switch them together
+        # to what was loaded (reading the files again could see a newer,
+        # broken one half way through).
         try:
-            for owner in served:
-                _Material(owner.config())
-            return [owner.reload() for owner in served]
+            loaded = [_Material(owner.config()) for owner in served]
         except TLSError as e:
             log.warn("tls reload refused: {e}", e=str(e))
             raise RpcError(-32000, f"reload refused, the old certificate keeps serving: {e}")\
                 from None
+        return [owner.reload(material) for owner, material in zip(served, loaded, strict=True)]
 
     def show() -> list[dict[str, Any]]:
         in_use()
