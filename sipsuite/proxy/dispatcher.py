@@ -386,6 +386,10 @@ class Dispatcher(Prober):
         new.scheme = d.parsed.scheme
         new.host = d.parsed.host
         new.port = d.parsed.port
+        # Where the request goes is the destination's business alone: the
+        # caller's maddr or transport would steer it elsewhere.
+        new.params.pop("maddr", None)
+        new.params.pop("transport", None)
         if d.parsed.transport:
             new.params["transport"] = d.parsed.transport
         return Destination(new)

@@ -391,6 +391,10 @@ def test_host_name_destination_goes_in_the_request_uri(tmp_path: Path) -> None:
     ctx = SimpleNamespace(request=SimpleNamespace(uri=URI.parse("sip:+4930@sipsuite.test")))
     dest = ds._destination(ctx, ds.sets[1][0], rewrite=False)  # type: ignore[arg-type]
     assert str(dest.uri) == "sip:+4930@gw.invalid:5080;transport=tcp" and dest.dst is None
+    # The caller's maddr / transport do not steer the call away from the gateway.
+    ctx.request.uri = URI.parse("sip:+4930@sipsuite.test;maddr=198.51.100.1;transport=udp")
+    dest = ds._destination(ctx, ds.sets[1][0], rewrite=False)  # type: ignore[arg-type]
+    assert str(dest.uri) == "sip:+4930@gw.invalid:5080;transport=tcp"
 
 
 def test_set_state_inactive_stops_traffic(tmp_path: Path) -> None:
