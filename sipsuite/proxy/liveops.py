@@ -344,8 +344,11 @@ def _describe(exc: BaseException) -> str:
 def reload_routing(core: ProxyCore) -> dict[str, Any]:
     """Re-import ``[proxy] routing``'s module, build the class and swap it in.
 
-    Requests already being routed finish with the instance that started
-    them; new ones get the new instance. sipsuite's own modules are never
+    A request_route already running finishes with the instance that
+    started it; every hook called after the swap (new requests, and the
+    branch, reply and failure routes of calls in flight) gets the new one,
+    so a new class must accept the ``ctx.vars`` its predecessor left on
+    calls in flight. sipsuite's own modules are never
     re-imported (other modules hold their classes): for a class from
     sipsuite, only a new instance is made. Raises ReloadFailed, with the
     old routing left in place, on any error."""
