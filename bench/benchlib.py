@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -275,6 +276,20 @@ def stat_ms(stat: dict[str, str], key: str) -> float:
     except (KeyError, ValueError):
         return float("nan")
     return ((h * 60 + m) * 60 + s) * 1000.0 + us / 1000.0
+
+
+def read_uac(result: Any, uac: Sipp) -> dict[str, str]:
+    """After a finished sipp uac run, set what every benchmark's result
+    reports of it: ``sipp_rc``, ``timed_out``, ``ok``, ``failed`` and
+    ``retrans``; return its statistics row for the rest."""
+    result.sipp_rc = uac.proc.returncode
+    # 124/137: killed by `timeout`; -timeout_error makes sipp exit non-zero too.
+    result.timed_out = result.sipp_rc in (124, 137)
+    stat = read_stat(uac.stat)
+    result.ok = stat_int(stat, "SuccessfulCall(C)")
+    result.failed = stat_int(stat, "FailedCall(C)")
+    result.retrans = stat_int(stat, "Retransmissions(C)")
+    return stat
 
 
 def sipp_cmd(outer_timeout: float, *args: str) -> list[str]:

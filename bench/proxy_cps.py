@@ -50,7 +50,7 @@ from benchlib import (
     free_udp_port,
     kamailio_proxy,
     kill_group,
-    read_stat,
+    read_uac,
     sipsuite_proxy,
     start_sipp,
     stat_int,
@@ -213,14 +213,8 @@ def run_rate(settings: Settings, which: str, rate: int, *, with_tail: bool) -> R
             result.load_ticks = ticks_between(before, load_sample)
             result.uac_ticks = sum(uac_last.values())
             result.uas_ticks = ticks_between(uas_before, uas_after)
-            result.sipp_rc = uac.proc.returncode
-            # 124/137: killed by `timeout`; -timeout_error makes sipp exit non-zero too.
-            result.timed_out = result.sipp_rc in (124, 137)
-            stat = read_stat(uac.stat)
-            result.ok = stat_int(stat, "SuccessfulCall(C)")
-            result.failed = stat_int(stat, "FailedCall(C)")
+            stat = read_uac(result, uac)
             result.created = stat_int(stat, "OutgoingCall(C)")
-            result.retrans = stat_int(stat, "Retransmissions(C)")
             result.invite_ms = stat_ms(stat, "ResponseTimeinvite(C)")
             if not stat:
                 result.notes.append(f"no sipp statistics; uac output:\n{tail(workdir / 'uac.out')}")

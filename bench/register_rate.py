@@ -73,7 +73,7 @@ from benchlib import (
     free_udp_port,
     is_200,
     kill_group,
-    read_stat,
+    read_uac,
     scenario_screen,
     start_sipp,
     start_twistd,
@@ -457,13 +457,7 @@ def run_sipp(workdir: Path, server: Server, rate: int, count: int,
     kill_group(uac.proc)
     result.cpu_ticks = ticks_between(before, after)
     result.redis_ticks = ticks_between(redis_before, redis_after)
-    result.sipp_rc = uac.proc.returncode
-    # 124/137: killed by `timeout`; -timeout_error makes sipp exit non-zero too.
-    result.timed_out = result.sipp_rc in (124, 137)
-    stat = read_stat(uac.stat)
-    result.ok = stat_int(stat, "SuccessfulCall(C)")
-    result.failed = stat_int(stat, "FailedCall(C)")
-    result.retrans = stat_int(stat, "Retransmissions(C)")
+    stat = read_uac(result, uac)
     result.reg_ms = stat_ms(stat, "ResponseTime1(C)")
     if not stat:
         result.notes.append(f"no sipp statistics; sipp output:\n{tail(workdir / 'uac.out')}")
