@@ -377,6 +377,9 @@ def start_twistd(workdir: Path, conf_text: str, port: int) -> subprocess.Popen[b
     cmd = [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
         "--nodaemon", "--pidfile=", f"--logfile={log}",
+        # Extra twistd options, e.g. "--profile=/tmp/p --profiler=cprofile --savestats"
+        # to see where a run's time goes (written when the proxy is stopped).
+        *os.environ.get("SIPSUITE_TWISTD_ARGS", "").split(),
         "sip-proxy", "--config", str(conf),
     ]  # fmt: skip
     env = dict(os.environ)

@@ -231,6 +231,7 @@ class RedisConfig:
     url: str = setting("", redis_url)
     timeout: float = setting(1.0, positive_float)
     prefix: str = setting("sipsuite:", header_value)
+    subscriber_cache: int = setting(100_000, int_range(0, 100_000_000))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

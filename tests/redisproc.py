@@ -94,10 +94,12 @@ class RedisServer:
     ``start()`` it again on the same port and directory."""
 
     def __init__(
-        self, *, appendonly: bool = False, directory: Path | None = None, port: int | None = None
+        self, *, appendonly: bool = False, directory: Path | None = None, port: int | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.binary = redis_server_binary()
         self.appendonly = appendonly
+        self.extra_args = list(extra_args or [])
         self._own_dir = directory is None
         self.dir = Path(tempfile.mkdtemp(prefix="sipsuite-redis-")) if directory is None else directory
         self.port = port  # None: chosen at the first start; kept for restarts
@@ -125,7 +127,7 @@ class RedisServer:
         if self.appendonly:
             # Every write on disk before its reply: a kill -9 loses nothing either.
             cmd += ["--appendfsync", "always"]
-        return cmd
+        return cmd + self.extra_args
 
     def start(self, timeout: float = 10.0) -> None:
         """Start on the port of the previous start, or a free one at the first."""

@@ -346,6 +346,8 @@ BAD_VALUES = [
     ("redis", "url", '"redis://127.0.0.1:6379/x"', "'' or 'redis://"),
     ("redis", "timeout", "0", "a number of seconds above 0"),
     ("redis", "prefix", "1", "printable ASCII text on one line"),
+    ("redis", "subscriber_cache", "-1", "a whole number from 0 to 100000000"),
+    ("redis", "subscriber_cache", '"big"', "a whole number from 0 to 100000000"),
     ("management", "listen", '"udp:127.0.0.1:7060"', "'' or 'tcp:HOST:PORT'"),
     ("management", "listen", '"tcp:localhost:7060"', "'' or 'tcp:HOST:PORT'"),
     ("relay", "control", '"udp:127.0.0.1:7722"', "a list [...]"),

@@ -25,7 +25,7 @@ import txredisapi
 from twisted.internet import defer
 
 
-class _Incomplete(Exception):
+class Incomplete(Exception):
     """Not all of the reply has arrived yet."""
 
 
@@ -50,10 +50,10 @@ def encode_command(args: tuple[Any, ...]) -> bytes:
 def parse_reply(buf: bytes, pos: int) -> tuple[Any, int]:
     """One RESP reply at ``pos``: (value, position after it). Bulk strings
     come back as bytes, status lines as str, errors as ResponseError values
-    (not raised). Raises _Incomplete when ``buf`` ends inside the reply."""
+    (not raised). Raises Incomplete when ``buf`` ends inside the reply."""
     end = buf.find(b"\r\n", pos)
     if end < 0:
-        raise _Incomplete
+        raise Incomplete
     kind = buf[pos]
     line = buf[pos + 1 : end]
     pos = end + 2
@@ -62,7 +62,7 @@ def parse_reply(buf: bytes, pos: int) -> tuple[Any, int]:
         if n < 0:
             return None, pos
         if len(buf) < pos + n + 2:
-            raise _Incomplete
+            raise Incomplete
         return buf[pos : pos + n], pos + n + 2
     if kind == 42:  # * array
         n = int(line)
@@ -129,7 +129,7 @@ class LeanRedisProtocol(txredisapi.BaseRedisProtocol):
                     d.errback(reply)
                 else:
                     d.callback(reply)
-        except _Incomplete:
+        except Incomplete:
             pass
         except (ValueError, txredisapi.InvalidResponse):
             # Garbage on the wire: nothing after it can be matched to its command.

@@ -69,6 +69,7 @@ from twisted.python.failure import Failure
 from sipsuite.log import get_logger
 from sipsuite.proxy.location import Binding, StoreUnavailable, Subscriber, current
 from sipsuite.proxy.redisproto import LeanRedisProtocol
+from sipsuite.proxy.subcache import MISSING, SubscriberCache
 from sipsuite.sip.uri import URI
 
 T = TypeVar("T")
@@ -84,6 +85,8 @@ MAX_ATTEMPTS = 20
 # The pause after a lost race: random, up to BACKOFF_FIRST, doubling up to BACKOFF_MAX.
 BACKOFF_FIRST = 0.001
 BACKOFF_MAX = 0.05
+#: Subscriber records a node keeps (``[redis] subscriber_cache``).
+DEFAULT_CACHE_SIZE = 100_000
 # AOR values remembered for the next update's first try (see RedisLocationStore).
 KNOWN_MAX = 100_000
 #: counts() reads every AOR to count bindings only up to this many AORs.
@@ -201,6 +204,7 @@ class RedisConnection:
         # fails at its timeout, the attempt goes on for the next calls.
         self.connect_timeout = connect_timeout if connect_timeout is not None else max(timeout, 3.0)
         self._factory: _Factory | None = None
+        self._companions: list[Any] = []
 
     def __repr__(self) -> str:
         a = self.address
@@ -233,6 +237,8 @@ class RedisConnection:
                 HostnameEndpoint(self.reactor, a.host, a.port, timeout=self.connect_timeout)
             )
             self._factory = factory
+            for companion in self._companions:
+                companion.start()
         return defer.succeed(None)
 
     def stop(self) -> defer.Deferred[None]:
@@ -242,7 +248,8 @@ class RedisConnection:
             return defer.succeed(None)
         d: defer.Deferred[Any] = factory.disconnect()
         d.addErrback(lambda f: log.warn("closing Redis connection: {e}", e=f.getErrorMessage()))
-        return d.addCallback(lambda _: None)
+        waits = [d, *(companion.stop() for companion in self._companions)]
+        return defer.DeferredList(waits).addCallback(lambda _: None)
 
     def _drop_connections(self) -> None:
         """A reply later than the timeout: the server hangs or the link is
@@ -255,6 +262,23 @@ class RedisConnection:
             transport = conn.transport
             if transport is not None:
                 transport.abortConnection()
+
+    def current(self) -> Any:
+        """The connected protocol commands go to now, or None."""
+        factory = self._factory
+        if factory is None:
+            return None
+        for conn in factory.pool:
+            if conn.connected:
+                return conn
+        return None
+
+    def attach(self, companion: Any) -> None:
+        """Start and stop ``companion`` (``start()``, ``stop() -> Deferred``)
+        with this connection: the subscriber cache's invalidation listener."""
+        self._companions.append(companion)
+        if self._factory is not None:
+            companion.start()
 
     def _target(self) -> Any:
         """The connected protocol when there is one, else the handler (which
@@ -557,10 +581,18 @@ class RedisLocationStore:
 class RedisSubscriberStore:
     """The ``SubscriberStore`` of every proxy node, in Redis."""
 
-    def __init__(self, conn: RedisConnection, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, conn: RedisConnection, prefix: str = DEFAULT_PREFIX,
+                 cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.conn = conn
         self._prefix = _b(prefix) + b"sub:"
         self._index = self._prefix + b"index"
+        # Node-local copy of the records read or written here, kept right by
+        # Redis's invalidation messages (subcache.py); 0 entries: no cache.
+        self.cache: SubscriberCache | None = None
+        if cache_size > 0:
+            self.cache = SubscriberCache(conn, self._prefix, cache_size)
+            self.cache.refresh = self._refresh
+            conn.attach(self.cache)
 
     def _key(self, user: str) -> bytes:
         return self._prefix + _name(user)
@@ -581,7 +613,40 @@ class RedisSubscriberStore:
         return Subscriber(user, fields.get("realm", ""), ha1)
 
     async def get(self, user: str) -> Subscriber | None:
-        return await self.conn.bounded(self._get(user))
+        cache = self.cache
+        if cache is None:
+            return await self.conn.bounded(self._get(user))
+        key = self._key(user)
+        proto = cache.tracked()
+        if proto is not None:
+            found = cache.entries.get(key, MISSING)
+            if found is not MISSING:
+                cache.hits += 1
+                return found
+            cache.misses += 1
+        stamp = cache.stamp()
+        sub = await self.conn.bounded(self._get(user))
+        if proto is not None:
+            cache.keep(proto, stamp, key, sub)
+        return sub
+
+    def _refresh(self, key: bytes, tries: int = 3) -> None:
+        """Read ``key`` again for the cache (its change was just reported).
+        Read again if it changed once more meanwhile, a few times at most."""
+        cache = self.cache
+        proto = cache.tracked() if cache is not None else None
+        if cache is None or proto is None:
+            return
+        user = _s(key[len(self._prefix):])
+        if user.startswith(":"):
+            user = user[1:]  # _name's escape
+        stamp = cache.stamp()
+
+        def got(sub: Subscriber | None) -> None:
+            if not cache.keep(proto, stamp, key, sub) and tries > 1 and cache.stamp()[0] == stamp[0]:
+                self._refresh(key, tries - 1)
+
+        self.conn.bounded(self._get(user)).addCallbacks(got, lambda _: None)
 
     async def _get(self, user: str) -> Subscriber | None:
         return self._decode(user, await self.conn.command("HGETALL", self._key(user)))
@@ -594,14 +659,33 @@ class RedisSubscriberStore:
 
     async def _write(self, script: str, sub: Subscriber) -> bool:
         keys = [self._key(sub.user), self._index]
-        return bool(await self.conn.eval(script, keys, [_b(sub.user), *self._fields(sub)]))
+        return await self._cached_write(keys, sub, self.conn.eval(
+            script, keys, [_b(sub.user), *self._fields(sub)]))
+
+    async def _cached_write(self, keys: list[bytes], value: Subscriber | None,
+                            write: defer.Deferred[Any]) -> bool:
+        """``write``'s outcome; a successful one is kept as the key's entry
+        (until Redis reports the write back, which reads it again)."""
+        cache = self.cache
+        if cache is None:
+            return bool(await write)
+        proto = cache.tracked()
+        # Stamped now: the command is already queued on the connection, and
+        # no reply to anything can arrive before this function yields.
+        stamp = cache.writing(keys[0])
+        done = bool(await write)
+        if done and proto is not None and not cache.keep(proto, stamp, keys[0], value):
+            # Changed since, maybe only by this write's own report, which
+            # overtook its reply: what Redis holds now is worth reading.
+            self._refresh(keys[0])
+        return done
 
     async def remove(self, user: str) -> bool:
         return await self.conn.bounded(self._remove(user))
 
     async def _remove(self, user: str) -> bool:
         keys = [self._key(user), self._index]
-        return bool(await self.conn.eval(_REMOVE_SUBSCRIBER, keys, [_b(user)]))
+        return await self._cached_write(keys, None, self.conn.eval(_REMOVE_SUBSCRIBER, keys, [_b(user)]))
 
     async def list(self) -> list[Subscriber]:
         return await self.conn.bounded(self._list())

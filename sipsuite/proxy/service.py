@@ -55,7 +55,7 @@ class ProxyService(service.Service):
         self.redis = RedisConnection(cfg.url, cfg.timeout, self.reactor)
         return (
             RedisLocationStore(self.redis, prefix=cfg.prefix),
-            RedisSubscriberStore(self.redis, prefix=cfg.prefix),
+            RedisSubscriberStore(self.redis, prefix=cfg.prefix, cache_size=cfg.subscriber_cache),
         )
 
     def startService(self) -> None:

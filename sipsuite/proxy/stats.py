@@ -53,6 +53,15 @@ async def _registrations(core: ProxyCore) -> dict[str, Any]:
     return {"aors": aors, "bindings": bindings}
 
 
+def _subscriber_cache(core: ProxyCore) -> dict[str, Any] | None:
+    """The Redis subscriber store's node-local cache (subcache.py), if any."""
+    cache = getattr(core.subscribers, "cache", None)
+    if cache is None:
+        return None
+    return {"live": cache.live, "entries": len(cache.entries), "hits": cache.hits,
+            "misses": cache.misses}
+
+
 async def _relay(core: ProxyCore, registry: RpcRegistry | None) -> dict[str, Any] | None:
     """Relay figures: the in-process relay's (``twistd sipsuite``), else what
     this proxy's relay client holds."""
@@ -88,6 +97,7 @@ async def collect_stats(core: ProxyCore, registry: RpcRegistry | None = None) ->
         "retransmissions": s.get("retransmissions", 0),
         "transactions": {"server": len(core.server_txs), "client": len(core.client_txs)},
         "registrations": await _registrations(core),
+        "subscriber_cache": _subscriber_cache(core),
         "relay": await _relay(core, registry),
         "drops": dict(sorted(drops.items())),
         "uptime": uptime(core)["uptime"],
@@ -102,7 +112,8 @@ def register_stats_methods(registry: RpcRegistry, core: ProxyCore) -> None:
 
     registry.register("stats", stats,
                       "stats(): requests per method, replies per class, retransmissions,"
-                      " transactions, registrations, relay sessions, drops by cause")
+                      " transactions, registrations, subscriber cache, relay sessions,"
+                      " drops by cause")
     registry.register("uptime", lambda: uptime(core),
                       "uptime(): when the proxy started, and seconds since")
 
@@ -146,6 +157,17 @@ class _Snapshot:
         if reg.get("bindings") is not None:
             yield GaugeMetricFamily("sipsuite_registered_bindings", "current bindings (contacts)",
                                     value=reg["bindings"])
+        cache = f.get("subscriber_cache")
+        if cache is not None:
+            yield GaugeMetricFamily("sipsuite_subscriber_cache_entries",
+                                    "subscriber records held by this node's cache",
+                                    value=cache["entries"])
+            lookups = CounterMetricFamily("sipsuite_subscriber_cache_lookups",
+                                          "subscriber reads, by whether the cache answered",
+                                          labels=["result"])
+            lookups.add_metric(["hit"], cache["hits"])
+            lookups.add_metric(["miss"], cache["misses"])
+            yield lookups
         relay = f.get("relay") or {}
         if relay.get("sessions") is not None:
             yield GaugeMetricFamily("sipsuite_relay_sessions", "sessions on the in-process RTP relay",

@@ -5,12 +5,11 @@ Two proxies (in-memory stores): ``auth`` with ``[features] auth = true``
 (MD5 and SHA-256 offered, nonces live 3 s so the stale case is quick) and
 ``plain`` without authentication, where sipp's call scenario (which cannot
 answer a 407) calls registered phones. Digest answers in this file are
-computed here with hashlib, independently of sipsuite's own digest module.
+computed by digestclient.py, independently of sipsuite's own digest module.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import procs
 import pytest
+from digestclient import challenges, credentials
 from procs import (
     LOCALHOST,
     CalleeBehaviour,
@@ -70,31 +70,6 @@ def bindings(proxy: ProxyProcess, aor: str) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- digest, by hand
-
-
-def _h(alg: str, text: str) -> str:
-    return (hashlib.sha256 if alg == "SHA-256" else hashlib.md5)(text.encode()).hexdigest()
-
-
-def challenges(resp: procs.SipMessage, header: str) -> list[dict[str, str]]:
-    """The Digest challenges of ``header``, each as {param: value}."""
-    pattern = re.compile(r'([\w-]+)=(?:"([^"]*)"|([^\s,]+))')
-    # Whole header lines: a challenge's own commas must not split it.
-    return [{k.lower(): a or b for k, a, b in pattern.findall(value)}
-            for name, value in resp.headers if name == header]
-
-
-def credentials(ch: dict[str, str], user: str, password: str, method: str, uri: str,
-                nc: int = 1, alg: str | None = None) -> str:
-    alg = alg or ch.get("algorithm", "MD5")
-    cnonce = secrets.token_hex(8)
-    ha1 = _h(alg, f"{user}:{ch['realm']}:{password}")
-    ha2 = _h(alg, f"{method}:{uri}")
-    ncs = f"{nc:08x}"
-    response = _h(alg, f"{ha1}:{ch['nonce']}:{ncs}:{cnonce}:auth:{ha2}")
-    return (f'Digest username="{user}", realm="{ch["realm"]}", nonce="{ch["nonce"]}", '
-            f'uri="{uri}", response="{response}", algorithm={alg}, qop=auth, nc={ncs}, '
-            f'cnonce="{cnonce}"')
 
 
 def transact(ep: UdpEndpoint, proxy: ProxyProcess, req: bytes, wait: float = 5.0) -> procs.SipMessage:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import txredisapi
 
-from sipsuite.proxy.redisproto import _Incomplete, encode_command, parse_reply
+from sipsuite.proxy.redisproto import Incomplete, encode_command, parse_reply
 
 
 def test_encode_command() -> None:
@@ -28,7 +28,7 @@ def test_encode_command() -> None:
 def test_parse_reply(wire: bytes, value: object) -> None:
     assert parse_reply(wire + b"+NEXT\r\n", 0) == (value, len(wire))
     for cut in range(len(wire)):
-        with pytest.raises(_Incomplete):
+        with pytest.raises(Incomplete):
             parse_reply(wire[:cut], 0)
 
 
