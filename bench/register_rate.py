@@ -528,6 +528,12 @@ def report_run(r: RunResult) -> None:
         + (" (users re-registered: population wrapped)" if r.wrapped else ""),
         flush=True,
     )
+    if r.tail_s:
+        tail_redis = (f", redis {r.tail_redis_ticks / CLK_TCK:.2f} s CPU"
+                      f" ({fmt(r.us_per_reg(with_redis=True, with_tail=True))} us/reg with redis)"
+                      if r.with_redis else "")
+        print(f"    the {r.tail_s:.0f} s after the run: {r.tail_ticks / CLK_TCK:.2f} s CPU{tail_redis};"
+              f" counted in, {fmt(r.us_per_reg(with_tail=True))} us/reg", flush=True)
     if r.log_lines:
         print(f"    {r.log_lines} warning/error lines in the {r.server} log; first:")
         for line in r.log_first:

@@ -54,7 +54,8 @@ class NatKeepalive:
         # AORs with a NAT'ed binding taken by this node: the registrar adds
         # them as it stores such bindings, so a round costs a lookup per
         # NAT'ed AOR, not per AOR in the store. None until the first round,
-        # which finds those stored before this process started.
+        # which finds those stored before this process started (the store's
+        # NAT index: a restart does not read every AOR either).
         self.tracked: set[str] | None = None
 
     def track(self, aor: str) -> None:
@@ -92,7 +93,7 @@ class NatKeepalive:
         self.pending.clear()
         try:
             if self.tracked is None:
-                aors = await store.aors()
+                aors = await store.nat_aors()
                 self.tracked = set()
             else:
                 aors = sorted(self.tracked)

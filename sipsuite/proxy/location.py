@@ -110,6 +110,11 @@ class LocationStore(Protocol):
         """Every AOR with at least one current binding, sorted."""
         ...
 
+    async def nat_aors(self) -> list[str]:
+        """The AORs holding a current binding registered from behind NAT
+        (``Binding.nat``), sorted: what NAT keep-alives walk after a restart."""
+        ...
+
 
 class MemoryLocationStore:
     """Bindings in this process's memory; lost when it stops."""
@@ -169,6 +174,12 @@ class MemoryLocationStore:
     async def aors(self) -> list[str]:
         self._purge(self.clock())
         return sorted(self._aors)
+
+    async def nat_aors(self) -> list[str]:
+        now = self.clock()
+        self._purge(now)
+        return sorted(aor for aor, held in self._aors.items()
+                      if any(b.nat for b in current(held, now)))
 
     async def counts(self) -> tuple[int, int | None]:
         """(AORs with a current binding, current bindings)."""

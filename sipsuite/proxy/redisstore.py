@@ -27,6 +27,10 @@ escapes byte for byte; a name that is "index" or starts with ':' gets one more
                          epoch milliseconds (+inf: permanent). aors() runs
                          ZREMRANGEBYSCORE -inf now (drops expired AORs), then
                          ZRANGEBYSCORE (now +inf: never KEYS or SCAN.
+    PREFIX loc::nat      sorted set: the AORs holding a binding registered
+                         from behind NAT, scored like the index, so NAT
+                         keep-alives after a restart read only those AORs.
+                         (No AOR has this key: see the escape below.)
     PREFIX sub:<user>    hash: "realm" -> realm, "ha1:<ALGORITHM>" -> hex HA1
                          for each digest algorithm ("ha1:MD5", "ha1:SHA-256").
     PREFIX sub:index     set: every user that has a PREFIX sub:<user> hash.
@@ -385,10 +389,11 @@ def _ms(now: float) -> str:
 # ---------------------------------------------------------------------------
 # Lua scripts: each runs atomically, so the key and its index never disagree.
 
-# KEYS: AOR key, index. ARGV: value expected ("" = none), new value ("" =
-# delete), PXAT ms ("" = permanent), index score, AOR. Returns {1} if written,
-# else {0, what the key holds}: the caller applies its change to that and
-# tries again, without a GET of its own.
+# KEYS: AOR key, index, NAT index. ARGV: value expected ("" = none), new
+# value ("" = delete), PXAT ms ("" = permanent), index score, AOR, "1" if a
+# binding is NAT'ed else "". Returns {1} if written, else {0, what the key
+# holds}: the caller applies its change to that and tries again, without a
+# GET of its own.
 _SET_AOR = """
 local held = redis.call('GET', KEYS[1])
 if held == false then held = '' end
@@ -396,12 +401,21 @@ if held ~= ARGV[1] then return {0, held} end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[5])
-elseif ARGV[3] == '' then
+  redis.call('ZREM', KEYS[3], ARGV[5])
+  return {1}
+end
+local score = ARGV[4]
+if ARGV[3] == '' then
   redis.call('SET', KEYS[1], ARGV[2])
-  redis.call('ZADD', KEYS[2], '+inf', ARGV[5])
+  score = '+inf'
 else
   redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+end
+redis.call('ZADD', KEYS[2], score, ARGV[5])
+if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[3], score, ARGV[5])
+else
+  redis.call('ZREM', KEYS[3], ARGV[5])
 end
 return {1}
 """
@@ -474,6 +488,7 @@ class RedisLocationStore:
         self.clock = clock
         self._prefix = _b(prefix) + b"loc:"
         self._index = self._prefix + b"index"
+        self._nat_index = self._prefix + b":nat"  # no AOR has this key: see _name
         # This node's updates of one AOR run one after another: racing against
         # ourselves would only burn retries (see update()).
         self._locks: dict[str, defer.DeferredLock] = {}
@@ -532,8 +547,9 @@ class RedisLocationStore:
             value, pxat, score = _encode_bindings(current(work, now))
             if confirmed and value == raw:
                 return result  # nothing to change: what Redis holds is what would be written
+            nat = "1" if any(b.nat for b in work) else ""
             reply = await self.conn.eval(
-                _SET_AOR, [key, self._index], [raw, value, pxat, score, _b(aor)]
+                _SET_AOR, [key, self._index, self._nat_index], [raw, value, pxat, score, _b(aor), nat]
             )
             if reply and int(reply[0]) == 1:
                 self._remember(aor, value)
@@ -563,6 +579,13 @@ class RedisLocationStore:
 
     async def _aors(self) -> list[str]:
         members = await self.conn.eval(_LIVE_AORS, [self._index], [_ms(self.clock())])
+        return sorted(_s(m) for m in members)
+
+    async def nat_aors(self) -> list[str]:
+        return await self.conn.bounded(self._nat_aors())
+
+    async def _nat_aors(self) -> list[str]:
+        members = await self.conn.eval(_LIVE_AORS, [self._nat_index], [_ms(self.clock())])
         return sorted(_s(m) for m in members)
 
     async def counts(self, limit: int = COUNT_LIMIT) -> tuple[int, int | None]:

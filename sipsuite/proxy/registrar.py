@@ -246,6 +246,16 @@ class Registrar:
         self.clock = clock
         # Told of every AOR that got a binding from behind NAT (keep-alives).
         self.on_nat: Callable[[str], None] | None = None
+        self._date_at = -1
+        self._date_text = ""
+
+    def _date(self, now: float) -> str:
+        """The Date header for ``now``: formatted once per second, not per 200."""
+        second = int(now)
+        if second != self._date_at:
+            self._date_at = second
+            self._date_text = formatdate(second, usegmt=True)
+        return self._date_text
 
     async def register(self, ctx: RequestContext) -> None:
         req = ctx.request
@@ -276,5 +286,5 @@ class Registrar:
         supported = {v.strip().lower() for h in req.header_all("supported") for v in split_values(h)}
         if reg.path and "path" in supported:
             headers += [("Path", p) for p in reg.path]
-        headers.append(("Date", formatdate(now, usegmt=True)))
+        headers.append(("Date", self._date(now)))
         ctx.reply(200, "OK", headers)

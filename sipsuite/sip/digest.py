@@ -260,7 +260,7 @@ class NonceFactory:
     escaping in a quoted string or a Redis key.
     """
 
-    __slots__ = ("_secret", "lifetime")
+    __slots__ = ("_pool", "_pos", "_secret", "lifetime")
 
     def __init__(self, secret: bytes, lifetime: float) -> None:
         if not secret:
@@ -269,6 +269,10 @@ class NonceFactory:
             raise ValueError("nonce lifetime must be positive")
         self._secret = secret
         self.lifetime = lifetime
+        # Random bytes drawn from the OS a few hundred nonces at a time: one
+        # getrandom() call per challenge was a visible part of a REGISTER.
+        self._pool = b""
+        self._pos = 0
 
     def _mac(self, head: bytes, realm: str) -> bytes:
         # surrogatepass: a realm from a hostile header must not make this raise.
@@ -277,7 +281,12 @@ class NonceFactory:
         return hmac.digest(self._secret, msg, "sha256")[:_NONCE_MAC]
 
     def make(self, now: float, realm: str = "") -> str:
-        head = _NONCE_TS.pack(round(now * 1000)) + secrets.token_bytes(_NONCE_RANDOM)
+        pos = self._pos
+        if pos + _NONCE_RANDOM > len(self._pool):
+            self._pool = secrets.token_bytes(_NONCE_RANDOM * 512)
+            pos = 0
+        self._pos = pos + _NONCE_RANDOM
+        head = _NONCE_TS.pack(round(now * 1000)) + self._pool[pos : pos + _NONCE_RANDOM]
         raw = head + self._mac(head, realm)
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 

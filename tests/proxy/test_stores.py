@@ -277,6 +277,28 @@ async def test_aors_lists_only_aors_with_current_bindings(stores: Stores, clock:
 
 
 @pytest_twisted.ensureDeferred
+async def test_nat_aors_lists_aors_with_a_current_natted_binding(
+    stores: Stores, clock: FakeClock
+) -> None:
+    loc = stores.location
+    await loc.update("alice", add(Binding("sip:a@10.0.0.1", clock.now + 10, nat=True)))
+    await loc.update("bob", add(Binding("sip:b@h", clock.now + 60)))
+    await loc.update("carol", add(Binding("sip:c@h", clock.now + 60),
+                                  Binding("sip:c@10.0.0.3", None, nat=True)))
+    assert await loc.nat_aors() == ["alice", "carol"]
+    # carol's NAT'ed binding goes: she leaves the list, her other binding stays.
+    assert await loc.remove("carol", "sip:c@10.0.0.3") == 1
+    assert await loc.nat_aors() == ["alice"]
+    assert contacts(await loc.lookup("carol")) == ["sip:c@h"]
+    # bob registers from behind NAT too; alice's binding expires.
+    await loc.update("bob", add(Binding("sip:b@10.0.0.2", clock.now + 60, nat=True)))
+    clock.advance(10)
+    assert await loc.nat_aors() == ["bob"]
+    await loc.remove("bob")
+    assert await loc.nat_aors() == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_permanent_bindings_never_expire(stores: Stores, clock: FakeClock) -> None:
     loc = stores.location
     await loc.update("alice", add(Binding("sip:a@h1", None), Binding("sip:a@h2", clock.now + 10)))
@@ -328,14 +350,18 @@ async def test_aors_with_unusual_characters_are_kept_apart(stores: Stores, clock
         "index",  # the index keys' own names
         ":index",
         "loc:index",
+        "nat",
+        ":nat",
+        "::nat",
         "::x",
         ":x",
         "x",
         "0123",  # a number as text stays text
     ]
     for i, aor in enumerate(aors):
-        await loc.update(aor, add(Binding(f"sip:u{i}@h", clock.now + 60)))
+        await loc.update(aor, add(Binding(f"sip:u{i}@h", clock.now + 60, nat=i % 2 == 0)))
     assert await loc.aors() == sorted(aors)
+    assert await loc.nat_aors() == sorted(aors[::2])
     for i, aor in enumerate(aors):
         assert contacts(await loc.lookup(aor)) == [f"sip:u{i}@h"], repr(aor)
     for aor in aors:
