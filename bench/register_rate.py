@@ -52,6 +52,7 @@ import hashlib
 import json
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -477,7 +478,7 @@ def run_rate(settings: Settings, which: str, rate: int, start: int,
              redis: Redis | None, kam_db: Path) -> RunResult:  # fmt: skip
     """A fresh server, `rate` registrations/s for --seconds, users from position `start`."""
     count = max(1, round(rate * settings.seconds))
-    workdir = settings.workroot / f"{which}-{rate}"
+    workdir = settings.workroot / f"{which}-{rate}-{start}"
     workdir.mkdir()
     result = RunResult(which, rate, count, with_redis=which == "sipsuite" and redis is not None)
     pop = settings.pop
@@ -583,51 +584,64 @@ def highest_clean(runs: Sequence[RunResult]) -> str:
     return f"{highest}/s" + (" (the highest rate tried)" if highest == top else "")
 
 
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def print_summary(results: Sequence[RunResult], ref: int, store: str) -> None:
-    ours = {r.rate: r for r in results if r.server == "sipsuite"}
-    kam = {r.rate: r for r in results if r.server == "kamailio"}
-    print(f"highest clean rate: sipsuite {highest_clean(list(ours.values()))},"
-          f" kamailio {highest_clean(list(kam.values()))}")  # fmt: skip
+    ours: dict[int, list[RunResult]] = {}
+    kam: dict[int, list[RunResult]] = {}
+    for r in results:
+        (ours if r.server == "sipsuite" else kam).setdefault(r.rate, []).append(r)
+    print(f"highest clean rate: sipsuite {highest_clean([rs[0] for rs in ours.values()])},"
+          f" kamailio {highest_clean([rs[0] for rs in kam.values()])}")  # fmt: skip
     common = sorted(set(ours) & set(kam))
     if not common:
         return
-    print("regs per CPU second, sipsuite / kamailio, at each rate both ran:")
+
+    def us(runs: list[RunResult], **kw: bool) -> float:
+        """Median CPU per registration over ``runs``."""
+        return median([r.us_per_reg(**kw) for r in runs])
+
+    print("regs per CPU second, sipsuite / kamailio, at each rate both ran"
+          " (medians where a rate ran more than once):")  # fmt: skip
     for rate in common:
         o, k = ours[rate], kam[rate]
-        line = f"  {rate:>5}/s: proxy only {fmt(o.per_cpu_s() / k.per_cpu_s(), '.2f')}"
+        line = f"  {rate:>5}/s: proxy only {fmt(us(k) / us(o), '.2f')}"
         if store == "redis":
-            line += f", proxy+redis {fmt(o.per_cpu_s(with_redis=True) / k.per_cpu_s(), '.2f')}"
-        if not (o.clean and k.clean):
+            line += f", proxy+redis {fmt(us(k) / us(o, with_redis=True), '.2f')}"
+        if not all(r.clean for r in o + k):
             line += "  (a run was not clean)"
         print(line)
-    if ref in common:
-        o, k = ours[ref], kam[ref]
-        print(f"at the reference rate {ref}/s:")
-        print(f"  kamailio: {fmt(k.per_cpu_s())} regs/CPU-s ({fmt(k.us_per_reg())} us/reg) in-run")
-        print(f"  sipsuite: {fmt(o.per_cpu_s())} regs/CPU-s ({fmt(o.us_per_reg())} us/reg) in-run,"
-              f" proxy only")  # fmt: skip
-        if store == "redis":
-            print(f"            {fmt(o.per_cpu_s(with_redis=True))} regs/CPU-s"
-                  f" ({fmt(o.us_per_reg(with_redis=True))} us/reg) with redis-server")  # fmt: skip
-        ratio = o.per_cpu_s() / k.per_cpu_s()
-        ratio_r = o.per_cpu_s(with_redis=True) / k.per_cpu_s()
-        print(f"  sipsuite/kamailio regs per CPU second: {fmt(ratio, '.2f')} proxy only"
-              + (f", {fmt(ratio_r, '.2f')} with redis-server" if store == "redis" else "")
-              + " (target >= 0.40)")  # fmt: skip
-        if o.tail_s and k.tail_s:
-            rt = o.per_cpu_s(with_tail=True) / k.per_cpu_s(with_tail=True)
-            rtr = o.per_cpu_s(with_redis=True, with_tail=True) / k.per_cpu_s(with_tail=True)
-            print(
-                f"  counting the {o.tail_s:.0f} s after the run too (deferred work):"
-                f" kamailio {fmt(k.us_per_reg(with_tail=True))} us/reg,"
-                f" sipsuite {fmt(o.us_per_reg(with_tail=True))} us/reg"
-                + (f" ({fmt(o.us_per_reg(with_redis=True, with_tail=True))} with redis)"
-                   if store == "redis" else "")
-                + f"; ratio {fmt(rt, '.2f')}"
-                + (f" ({fmt(rtr, '.2f')} with redis)" if store == "redis" else "")
-            )  # fmt: skip
-        if not (o.clean and k.clean):
-            print("  caution: a run at the reference rate was not clean")
+    if ref not in common:
+        return
+    o, k = ours[ref], kam[ref]
+    runs = f"median of {len(o)} runs each, " if len(o) > 1 or len(k) > 1 else ""
+    print(f"at the reference rate {ref}/s ({runs}in-run):")
+    if len(o) > 1 or len(k) > 1:
+        print("  runs, us/reg: kamailio " + ", ".join(fmt(r.us_per_reg()) for r in k)
+              + "; sipsuite " + ", ".join(fmt(r.us_per_reg()) for r in o))  # fmt: skip
+    print(f"  kamailio: {fmt(1e6 / us(k))} regs/CPU-s ({fmt(us(k))} us/reg)")
+    print(f"  sipsuite: {fmt(1e6 / us(o))} regs/CPU-s ({fmt(us(o))} us/reg), proxy only")
+    if store == "redis":
+        print(f"            {fmt(1e6 / us(o, with_redis=True))} regs/CPU-s"
+              f" ({fmt(us(o, with_redis=True))} us/reg) with redis-server")  # fmt: skip
+    print(f"  sipsuite/kamailio regs per CPU second: {fmt(us(k) / us(o), '.2f')} proxy only"
+          + (f", {fmt(us(k) / us(o, with_redis=True), '.2f')} with redis-server"
+             if store == "redis" else "")
+          + " (target >= 0.40)")  # fmt: skip
+    if all(r.tail_s for r in o + k):
+        kt, ot = us(k, with_tail=True), us(o, with_tail=True)
+        otr = us(o, with_redis=True, with_tail=True)
+        print(
+            f"  counting the {o[0].tail_s:.0f} s after the run too (deferred work):"
+            f" kamailio {fmt(kt)} us/reg, sipsuite {fmt(ot)} us/reg"
+            + (f" ({fmt(otr)} with redis)" if store == "redis" else "")
+            + f"; ratio {fmt(kt / ot, '.2f')}"
+            + (f" ({fmt(kt / otr, '.2f')} with redis)" if store == "redis" else "")
+        )  # fmt: skip
+    if not all(r.clean for r in o + k):
+        print("  caution: a run at the reference rate was not clean")
 
 
 # --------------------------------------------------------------------------- main
@@ -661,6 +675,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"smoke run: rates {QUICK_RATES}, 3 s each, no tail (~30 s)",
     )
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of each server at the reference rate, in turns; the summary"
+                   " compares their medians (default 1)")  # fmt: skip
     p.add_argument("--no-kamailio", action="store_true", help="skip the Kamailio reference")
     p.add_argument("--no-sipsuite", action="store_true", help="only measure Kamailio")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -684,7 +701,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.ref_rate = max(args.rate_list) if args.quick or 400 not in args.rate_list else 400
     if args.ref_rate not in args.rate_list:
         p.error(f"--ref-rate {args.ref_rate} is not one of --rates")
-    needed = sum(max(1, round(r * args.seconds)) for r in args.rate_list)
+    if not 1 <= args.repeat <= 20:
+        p.error("--repeat: from 1 to 20")
+    needed = sum(max(1, round(r * args.seconds)) * (args.repeat if r == args.ref_rate else 1)
+                 for r in args.rate_list)
     args.users = args.users or needed
     if args.users <= 0 or args.users > 1_000_000:
         p.error("--users: from 1 to 1000000")
@@ -723,21 +743,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             stopped: set[str] = set()
             start = 0
             for rate in args.rate_list:
-                for which in ("sipsuite", "kamailio"):
-                    if (which == "kamailio" and args.no_kamailio) or (
-                        which == "sipsuite" and args.no_sipsuite
-                    ):
-                        continue
-                    # After a run with failed registrations a server is only run again
-                    # at the reference rate (the comparison needs it).
-                    if which in stopped and rate != args.ref_rate:
-                        continue
-                    r = run_rate(settings, which, rate, start, redis, kam_db)
-                    report_run(r)
-                    results.append(r)
-                    if r.failed or r.ok < r.count:
-                        stopped.add(which)
-                start += max(1, round(rate * args.seconds))
+                # The reference rate --repeat times, the two servers in turns, each
+                # time with users of its own: one run is at the mercy of whatever
+                # else this machine does meanwhile; the summary takes the median.
+                for _ in range(args.repeat if rate == args.ref_rate else 1):
+                    for which in ("sipsuite", "kamailio"):
+                        if (which == "kamailio" and args.no_kamailio) or (
+                            which == "sipsuite" and args.no_sipsuite
+                        ):
+                            continue
+                        # After a run with failed registrations a server is only run
+                        # again at the reference rate (the comparison needs it).
+                        if which in stopped and rate != args.ref_rate:
+                            continue
+                        r = run_rate(settings, which, rate, start, redis, kam_db)
+                        report_run(r)
+                        results.append(r)
+                        if r.failed or r.ok < r.count:
+                            stopped.add(which)
+                    start += max(1, round(rate * args.seconds))
             if redis is not None:
                 size = redis_command(redis.port, "DBSIZE").decode(errors="replace")
                 print(f"  redis-server: {size.lstrip(':')} keys at the end", flush=True)
