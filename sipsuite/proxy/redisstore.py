@@ -1,6 +1,7 @@
 """Location and subscriber stores in Redis, shared by every proxy node.
 
-:class:`RedisLocationStore` and :class:`RedisSubscriberStore` implement the
+:class:`RedisLocationStore` and :class:`~sipsuite.proxy.redissubscribers.RedisSubscriberStore`
+(in its own module) implement the
 ``LocationStore`` and ``SubscriberStore`` protocols of
 :mod:`sipsuite.proxy.location` with the same behaviour as the in-memory
 stores (``tests/proxy/test_stores.py`` runs one suite against both). Both use
@@ -71,9 +72,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from sipsuite.log import get_logger
-from sipsuite.proxy.location import Binding, StoreUnavailable, Subscriber, current
+from sipsuite.proxy.location import Binding, StoreUnavailable, current
 from sipsuite.proxy.redisproto import LeanRedisProtocol
-from sipsuite.proxy.subcache import MISSING, SubscriberCache
 from sipsuite.sip.uri import URI
 
 T = TypeVar("T")
@@ -89,8 +89,6 @@ MAX_ATTEMPTS = 20
 # The pause after a lost race: random, up to BACKOFF_FIRST, doubling up to BACKOFF_MAX.
 BACKOFF_FIRST = 0.001
 BACKOFF_MAX = 0.05
-#: Subscriber records a node keeps (``[redis] subscriber_cache``).
-DEFAULT_CACHE_SIZE = 100_000
 # AOR values remembered for the next update's first try (see RedisLocationStore).
 KNOWN_MAX = 100_000
 #: counts() reads every AOR to count bindings only up to this many AORs.
@@ -447,30 +445,6 @@ end
 return {aors, n}
 """
 
-# KEYS: subscriber hash, index. ARGV: user, then field, value pairs.
-_ADD_SUBSCRIBER = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
-
-_REPLACE_SUBSCRIBER = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
-
-# KEYS: subscriber hash, index. ARGV: user.
-_REMOVE_SUBSCRIBER = """
-local n = redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[1])
-return n
-"""
-
-
 # ---------------------------------------------------------------------------
 # The stores.
 
@@ -599,128 +573,3 @@ class RedisLocationStore:
                                      [_ms(self.clock()), self._prefix, str(limit)])
         aors, bindings = int(reply[0]), int(reply[1])
         return aors, (None if bindings < 0 else bindings)
-
-
-class RedisSubscriberStore:
-    """The ``SubscriberStore`` of every proxy node, in Redis."""
-
-    def __init__(self, conn: RedisConnection, prefix: str = DEFAULT_PREFIX,
-                 cache_size: int = DEFAULT_CACHE_SIZE) -> None:
-        self.conn = conn
-        self._prefix = _b(prefix) + b"sub:"
-        self._index = self._prefix + b"index"
-        # Node-local copy of the records read or written here, kept right by
-        # Redis's invalidation messages (subcache.py); 0 entries: no cache.
-        self.cache: SubscriberCache | None = None
-        if cache_size > 0:
-            self.cache = SubscriberCache(conn, self._prefix, cache_size)
-            self.cache.refresh = self._refresh
-            conn.attach(self.cache)
-
-    def _key(self, user: str) -> bytes:
-        return self._prefix + _name(user)
-
-    @staticmethod
-    def _fields(sub: Subscriber) -> list[bytes | str]:
-        fields: list[bytes | str] = ["realm", _b(sub.realm)]
-        for alg, ha1 in sub.ha1.items():
-            fields += [b"ha1:" + _b(alg), _b(ha1)]
-        return fields
-
-    @staticmethod
-    def _decode(user: str, reply: list[bytes]) -> Subscriber | None:
-        if not reply:
-            return None
-        fields = {_s(k): _s(v) for k, v in zip(reply[::2], reply[1::2], strict=True)}
-        ha1 = {k[4:]: v for k, v in fields.items() if k.startswith("ha1:")}
-        return Subscriber(user, fields.get("realm", ""), ha1)
-
-    async def get(self, user: str) -> Subscriber | None:
-        cache = self.cache
-        if cache is None:
-            return await self.conn.bounded(self._get(user))
-        key = self._key(user)
-        proto = cache.tracked()
-        if proto is not None:
-            found = cache.entries.get(key, MISSING)
-            if found is not MISSING:
-                cache.hits += 1
-                return found
-            cache.misses += 1
-        stamp = cache.stamp()
-        sub = await self.conn.bounded(self._get(user))
-        if proto is not None:
-            cache.keep(proto, stamp, key, sub)
-        return sub
-
-    def _refresh(self, key: bytes, tries: int = 3) -> None:
-        """Read ``key`` again for the cache (its change was just reported).
-        Read again if it changed once more meanwhile, a few times at most."""
-        cache = self.cache
-        proto = cache.tracked() if cache is not None else None
-        if cache is None or proto is None:
-            return
-        user = _s(key[len(self._prefix):])
-        if user.startswith(":"):
-            user = user[1:]  # _name's escape
-        stamp = cache.stamp()
-
-        def got(sub: Subscriber | None) -> None:
-            if not cache.keep(proto, stamp, key, sub) and tries > 1 and cache.stamp()[0] == stamp[0]:
-                self._refresh(key, tries - 1)
-
-        self.conn.bounded(self._get(user)).addCallbacks(got, lambda _: None)
-
-    async def _get(self, user: str) -> Subscriber | None:
-        return self._decode(user, await self.conn.command("HGETALL", self._key(user)))
-
-    async def add(self, sub: Subscriber) -> bool:
-        return await self.conn.bounded(self._write(_ADD_SUBSCRIBER, sub))
-
-    async def replace(self, sub: Subscriber) -> bool:
-        return await self.conn.bounded(self._write(_REPLACE_SUBSCRIBER, sub))
-
-    async def _write(self, script: str, sub: Subscriber) -> bool:
-        keys = [self._key(sub.user), self._index]
-        return await self._cached_write(keys, sub, self.conn.eval(
-            script, keys, [_b(sub.user), *self._fields(sub)]))
-
-    async def _cached_write(self, keys: list[bytes], value: Subscriber | None,
-                            write: defer.Deferred[Any]) -> bool:
-        """``write``'s outcome; a successful one is kept as the key's entry
-        (until Redis reports the write back, which reads it again)."""
-        cache = self.cache
-        if cache is None:
-            return bool(await write)
-        proto = cache.tracked()
-        # Stamped now: the command is already queued on the connection, and
-        # no reply to anything can arrive before this function yields.
-        stamp = cache.writing(keys[0])
-        done = bool(await write)
-        if done and proto is not None and not cache.keep(proto, stamp, keys[0], value):
-            # Changed since, maybe only by this write's own report, which
-            # overtook its reply: what Redis holds now is worth reading.
-            self._refresh(keys[0])
-        return done
-
-    async def remove(self, user: str) -> bool:
-        return await self.conn.bounded(self._remove(user))
-
-    async def _remove(self, user: str) -> bool:
-        keys = [self._key(user), self._index]
-        return await self._cached_write(keys, None, self.conn.eval(_REMOVE_SUBSCRIBER, keys, [_b(user)]))
-
-    async def list(self) -> list[Subscriber]:
-        return await self.conn.bounded(self._list())
-
-    async def _list(self) -> list[Subscriber]:
-        users = sorted(_s(u) for u in await self.conn.command("SMEMBERS", self._index))
-        # All HGETALLs at once: they are pipelined on the connection.
-        pending = [self.conn.command("HGETALL", self._key(u)) for u in users]
-        try:
-            replies = await defer.gatherResults(pending, consumeErrors=True)
-        except defer.FirstError as e:
-            e.subFailure.raiseException()
-        subs = (self._decode(u, r) for u, r in zip(users, replies, strict=True))
-        # A user removed between SMEMBERS and HGETALL is simply not listed.
-        return [s for s in subs if s is not None]

@@ -46,11 +46,8 @@ class ProxyService(service.Service):
         cfg = self.config.redis
         if not cfg.url:
             return MemoryLocationStore(), MemorySubscriberStore()
-        from sipsuite.proxy.redisstore import (
-            RedisConnection,
-            RedisLocationStore,
-            RedisSubscriberStore,
-        )
+        from sipsuite.proxy.redisstore import RedisConnection, RedisLocationStore
+        from sipsuite.proxy.redissubscribers import RedisSubscriberStore
 
         self.redis = RedisConnection(cfg.url, cfg.timeout, self.reactor)
         return (

@@ -30,6 +30,10 @@ The rules that keep a stale record from being used:
 A key that was held when its change was reported is read again at once
 (one read per change and node, not per request), so a user whose password
 changed, or who was just added through this node, stays served from memory.
+Each time the cache goes live (start, reconnection) it reads the whole
+subscriber table in, when the table fits, as Kamailio loads an htable at
+start: a node that just started does not send every phone's first REGISTER
+to Redis for its HA1.
 
 Without CLIENT TRACKING (Redis before 6, or the command renamed away) the
 cache stays off, said once in the log, and every read goes to Redis.
@@ -142,6 +146,8 @@ class SubscriberCache:
         self._epoch = 0
         #: Reads a key again after a reported change dropped its entry.
         self.refresh: Callable[[bytes], None] | None = None
+        #: Reads every record in, once tracking is on (the cache starts empty).
+        self.load: Callable[[], None] | None = None
         self.hits = 0
         self.misses = 0
         self._listener: _Invalidations | None = None
@@ -210,6 +216,8 @@ class SubscriberCache:
         if self._client_id == client_id and proto is self.conn.current():
             self._reset()
             self._tracked = proto
+            if self.load is not None:
+                self.load()
 
     def _not_enabled(self, failure: Failure, proto: Any, client_id: int) -> None:
         if self._enabling is not None and self._enabling[0] is proto:

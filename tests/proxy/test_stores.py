@@ -40,9 +40,9 @@ from sipsuite.proxy.redisstore import (
     RedisAddress,
     RedisConnection,
     RedisLocationStore,
-    RedisSubscriberStore,
     parse_redis_url,
 )
+from sipsuite.proxy.redissubscribers import RedisSubscriberStore
 
 
 class FakeClock:

@@ -16,7 +16,8 @@ from twisted.internet import defer
 from twisted.internet.task import deferLater
 
 from sipsuite.proxy.location import Subscriber
-from sipsuite.proxy.redisstore import RedisConnection, RedisSubscriberStore
+from sipsuite.proxy.redisstore import RedisConnection
+from sipsuite.proxy.redissubscribers import RedisSubscriberStore
 from sipsuite.proxy.subcache import SubscriberCache
 
 REALM = "sipsuite.test"
@@ -276,3 +277,43 @@ async def test_size_zero_is_no_cache(url: str, reactor: Any) -> None:
         assert (await store.get("alice")) == sub("alice", "pw")
     finally:
         await conn.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_that_goes_live_reads_the_whole_table_in(url: str, reactor: Any) -> None:
+    a = await Node(url, reactor).start()
+    try:
+        for i in range(1200):  # more than one load chunk
+            await a.store.add(sub(f"user{i}", f"pw{i}"))
+    finally:
+        await a.conn.stop()
+    # Started later, like a node after a restart: every record is in memory
+    # before anybody asks for it.
+    b = Node(url, reactor, cache_size=5000)
+    await b.conn.start()
+    try:
+        await until(lambda: len(b.cache.entries) == 1200, reactor)
+        assert await b.hit("user0") == md5("user0", "pw0")
+        assert await b.hit("user1199") == md5("user1199", "pw1199")
+        assert b.cache.misses == 0
+    finally:
+        await b.conn.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_table_larger_than_the_cache_is_not_read_in(url: str, reactor: Any) -> None:
+    a = await Node(url, reactor).start()
+    try:
+        for i in range(20):
+            await a.store.add(sub(f"user{i}", f"pw{i}"))
+    finally:
+        await a.conn.stop()
+    b = Node(url, reactor, cache_size=10)
+    await b.start()
+    try:
+        await pause(reactor, 0.3)
+        assert await b.ha1("user3") == md5("user3", "pw3")  # read, then kept
+        assert await b.hit("user3") == md5("user3", "pw3")
+        assert b.cache.misses >= 1 and len(b.cache.entries) <= 10
+    finally:
+        await b.conn.stop()

@@ -1,0 +1,209 @@
+"""The subscriber store in Redis: ``RedisSubscriberStore``, with the
+node-local cache of subcache.py in front of it. The key layout, and the
+connection it shares with the location store, are redisstore.py's."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.internet import defer
+
+from sipsuite.log import get_logger
+from sipsuite.proxy.location import Subscriber
+from sipsuite.proxy.redisstore import DEFAULT_PREFIX, RedisConnection, _b, _name, _s
+from sipsuite.proxy.subcache import MISSING, SubscriberCache
+
+#: Subscriber records a node keeps (``[redis] subscriber_cache``).
+DEFAULT_CACHE_SIZE = 100_000
+#: Records read per round trip when the cache loads the whole table.
+LOAD_CHUNK = 500
+
+log = get_logger("sipsuite.proxy.redissubscribers")
+
+# KEYS: subscriber hash, index. ARGV: user, then field, value pairs.
+_ADD_SUBSCRIBER = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+_REPLACE_SUBSCRIBER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: subscriber hash, index. ARGV: user.
+_REMOVE_SUBSCRIBER = """
+local n = redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return n
+"""
+
+
+class RedisSubscriberStore:
+    """The ``SubscriberStore`` of every proxy node, in Redis."""
+
+    def __init__(self, conn: RedisConnection, prefix: str = DEFAULT_PREFIX,
+                 cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+        self.conn = conn
+        self._prefix = _b(prefix) + b"sub:"
+        self._index = self._prefix + b"index"
+        # Node-local copy of the records read or written here, kept right by
+        # Redis's invalidation messages (subcache.py); 0 entries: no cache.
+        self.cache: SubscriberCache | None = None
+        if cache_size > 0:
+            self.cache = SubscriberCache(conn, self._prefix, cache_size)
+            self.cache.refresh = self._refresh
+            self.cache.load = self._start_load
+            conn.attach(self.cache)
+
+    def _key(self, user: str) -> bytes:
+        return self._prefix + _name(user)
+
+    @staticmethod
+    def _fields(sub: Subscriber) -> list[bytes | str]:
+        fields: list[bytes | str] = ["realm", _b(sub.realm)]
+        for alg, ha1 in sub.ha1.items():
+            fields += [b"ha1:" + _b(alg), _b(ha1)]
+        return fields
+
+    @staticmethod
+    def _decode(user: str, reply: list[bytes]) -> Subscriber | None:
+        if not reply:
+            return None
+        fields = {_s(k): _s(v) for k, v in zip(reply[::2], reply[1::2], strict=True)}
+        ha1 = {k[4:]: v for k, v in fields.items() if k.startswith("ha1:")}
+        return Subscriber(user, fields.get("realm", ""), ha1)
+
+    async def get(self, user: str) -> Subscriber | None:
+        cache = self.cache
+        if cache is None:
+            return await self.conn.bounded(self._get(user))
+        key = self._key(user)
+        proto = cache.tracked()
+        if proto is not None:
+            found = cache.entries.get(key, MISSING)
+            if found is not MISSING:
+                cache.hits += 1
+                return found
+            cache.misses += 1
+        stamp = cache.stamp()
+        sub = await self.conn.bounded(self._get(user))
+        if proto is not None:
+            cache.keep(proto, stamp, key, sub)
+        return sub
+
+    def _refresh(self, key: bytes, tries: int = 3) -> None:
+        """Read ``key`` again for the cache (its change was just reported).
+        Read again if it changed once more meanwhile, a few times at most."""
+        cache = self.cache
+        proto = cache.tracked() if cache is not None else None
+        if cache is None or proto is None:
+            return
+        user = _s(key[len(self._prefix):])
+        if user.startswith(":"):
+            user = user[1:]  # _name's escape
+        stamp = cache.stamp()
+
+        def got(sub: Subscriber | None) -> None:
+            if not cache.keep(proto, stamp, key, sub) and tries > 1 and cache.stamp()[0] == stamp[0]:
+                self._refresh(key, tries - 1)
+
+        self.conn.bounded(self._get(user)).addCallbacks(got, lambda _: None)
+
+    def _start_load(self) -> None:
+        d = defer.Deferred.fromCoroutine(self._load())
+        d.addErrback(lambda f: log.warn("subscriber cache: loading the table failed ({e});"
+                                        " records are kept as they are read",
+                                        e=f.getErrorMessage()))
+
+    async def _load(self) -> None:
+        """Read every subscriber into the cache, LOAD_CHUNK records per round
+        trip; given up when the cache is reset meanwhile."""
+        cache = self.cache
+        proto = cache.tracked() if cache is not None else None
+        if cache is None or proto is None:
+            return
+        epoch = cache.stamp()[0]
+        started = time.monotonic()
+        users = [_s(u) for u in await self.conn.bounded(self._members())]
+        if len(users) > cache.max_entries:
+            log.info("subscriber cache: {n} subscribers, more than [redis] subscriber_cache"
+                     " ({m}): kept as they are read", n=len(users), m=cache.max_entries)
+            return
+        for i in range(0, len(users), LOAD_CHUNK):
+            if cache.stamp()[0] != epoch:
+                return  # reset (a connection dropped): that load starts over
+            chunk = users[i : i + LOAD_CHUNK]
+            stamp = cache.stamp()
+            replies = await self.conn.bounded(self._hgetall_all(chunk))
+            for user, reply in zip(chunk, replies, strict=True):
+                cache.keep(proto, stamp, self._key(user), self._decode(user, reply))
+        log.info("subscriber cache: {n} subscribers loaded in {t:.1f} s", n=len(users),
+                 t=time.monotonic() - started)
+
+    async def _members(self) -> list[bytes]:
+        return list(await self.conn.command("SMEMBERS", self._index))
+
+    async def _hgetall_all(self, users: list[str]) -> list[Any]:
+        # Pipelined on the connection: one round trip for the chunk.
+        pending = [self.conn.command("HGETALL", self._key(u)) for u in users]
+        try:
+            return list(await defer.gatherResults(pending, consumeErrors=True))
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
+            raise  # not reached
+
+    async def _get(self, user: str) -> Subscriber | None:
+        return self._decode(user, await self.conn.command("HGETALL", self._key(user)))
+
+    async def add(self, sub: Subscriber) -> bool:
+        return await self.conn.bounded(self._write(_ADD_SUBSCRIBER, sub))
+
+    async def replace(self, sub: Subscriber) -> bool:
+        return await self.conn.bounded(self._write(_REPLACE_SUBSCRIBER, sub))
+
+    async def _write(self, script: str, sub: Subscriber) -> bool:
+        keys = [self._key(sub.user), self._index]
+        return await self._cached_write(keys, sub, self.conn.eval(
+            script, keys, [_b(sub.user), *self._fields(sub)]))
+
+    async def _cached_write(self, keys: list[bytes], value: Subscriber | None,
+                            write: defer.Deferred[Any]) -> bool:
+        """``write``'s outcome; a successful one is kept as the key's entry
+        (until Redis reports the write back, which reads it again)."""
+        cache = self.cache
+        if cache is None:
+            return bool(await write)
+        proto = cache.tracked()
+        # Stamped now: the command is already queued on the connection, and
+        # no reply to anything can arrive before this function yields.
+        stamp = cache.writing(keys[0])
+        done = bool(await write)
+        if done and proto is not None and not cache.keep(proto, stamp, keys[0], value):
+            # Changed since, maybe only by this write's own report, which
+            # overtook its reply: what Redis holds now is worth reading.
+            self._refresh(keys[0])
+        return done
+
+    async def remove(self, user: str) -> bool:
+        return await self.conn.bounded(self._remove(user))
+
+    async def _remove(self, user: str) -> bool:
+        keys = [self._key(user), self._index]
+        return await self._cached_write(keys, None, self.conn.eval(_REMOVE_SUBSCRIBER, keys, [_b(user)]))
+
+    async def list(self) -> list[Subscriber]:
+        return await self.conn.bounded(self._list())
+
+    async def _list(self) -> list[Subscriber]:
+        users = sorted(_s(u) for u in await self._members())
+        replies = await self._hgetall_all(users)
+        subs = (self._decode(u, r) for u, r in zip(users, replies, strict=True))
+        # A user removed between SMEMBERS and HGETALL is simply not listed.
+        return [s for s in subs if s is not None]
