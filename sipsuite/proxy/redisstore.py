@@ -60,7 +60,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -89,6 +89,8 @@ MAX_ATTEMPTS = 20
 # The pause after a lost race: random, up to BACKOFF_FIRST, doubling up to BACKOFF_MAX.
 BACKOFF_FIRST = 0.001
 BACKOFF_MAX = 0.05
+# AORs read per round trip by the preload.
+PRELOAD_CHUNK = 500
 # AOR values remembered for the next update's first try (see RedisLocationStore).
 KNOWN_MAX = 100_000
 #: counts() reads every AOR to count bindings only up to this many AORs.
@@ -148,11 +150,19 @@ class _Factory(txredisapi.RedisFactory):
     the factory's backoff; store calls raise StoreUnavailable meanwhile."""
 
     protocol = LeanRedisProtocol
+    #: Called each time a connection is ready for commands (RedisConnection.when_ready).
+    on_ready: Sequence[Callable[[], None]] = ()
 
     def stopTrying(self) -> defer.Deferred[Any]:
         # Called only from connectionMade on an AUTH/SELECT failure (we never use
         # quit() or shutdown()); the connection is dropped and retried with backoff.
         return defer.succeed(None)
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        if conn in self.pool:
+            for hook in self.on_ready:
+                hook()
 
     def connectionError(self, why: str) -> None:
         # txredisapi errbacks a Deferred nobody holds with a lazy connection,
@@ -207,6 +217,7 @@ class RedisConnection:
         self.connect_timeout = connect_timeout if connect_timeout is not None else max(timeout, 3.0)
         self._factory: _Factory | None = None
         self._companions: list[Any] = []
+        self._on_ready: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         a = self.address
@@ -232,6 +243,7 @@ class RedisConnection:
                 replyTimeout=self.timeout,
                 convertNumbers=False,  # "0123" stays a string
             )
+            factory.on_ready = self._on_ready
             factory.reconnect = True
             factory.maxDelay = self.max_delay
             factory.initialDelay = min(factory.initialDelay, self.max_delay)
@@ -274,6 +286,10 @@ class RedisConnection:
             if conn.connected:
                 return conn
         return None
+
+    def when_ready(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` each time a connection is ready for commands."""
+        self._on_ready.append(hook)
 
     def attach(self, companion: Any) -> None:
         """Start and stop ``companion`` (``start()``, ``stop() -> Deferred``)
@@ -470,9 +486,43 @@ class RedisLocationStore:
         # update first assumes it still does (nothing: the AOR is new), which
         # saves a GET per REGISTER; the script says so when it does not.
         self._known: dict[str, bytes] = {}
+        self._preloaded = False
+        conn.when_ready(self._start_preload)
 
     def _key(self, aor: str) -> bytes:
         return self._prefix + _name(aor)
+
+    def _start_preload(self) -> None:
+        """Once per process, at the first connection: what every AOR holds, as
+        update()'s first guess (Kamailio's usrloc preload). Without it a node
+        that just started pays a second round trip for each phone's first
+        REGISTER, when a restart brings every phone at once."""
+        if self._preloaded:
+            return
+        self._preloaded = True
+        d = defer.Deferred.fromCoroutine(self._preload())
+        d.addErrback(lambda f: log.warn("location preload failed ({e}): AORs are learnt"
+                                        " as they are used", e=f.getErrorMessage()))
+
+    async def _preload(self) -> None:
+        aors = await self.aors()
+        if len(aors) > KNOWN_MAX:
+            return
+        for i in range(0, len(aors), PRELOAD_CHUNK):
+            chunk = aors[i : i + PRELOAD_CHUNK]
+            raws = await self.conn.bounded(self._get_all(chunk))
+            for aor, raw in zip(chunk, raws, strict=True):
+                # Only a guess: an update already done here knows better.
+                if raw is not None and aor not in self._known:
+                    self._remember(aor, raw)
+
+    async def _get_all(self, aors: list[str]) -> list[Any]:
+        pending = [self.conn.command("GET", self._key(a)) for a in aors]  # pipelined
+        try:
+            return list(await defer.gatherResults(pending, consumeErrors=True))
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
+            raise  # not reached
 
     async def lookup(self, aor: str) -> list[Binding]:
         return await self.conn.bounded(self._lookup(aor))

@@ -509,6 +509,18 @@ def test_metrics_text_parses_with_the_same_numbers(kit: ProxyKit) -> None:
     assert ("sipsuite_uptime_seconds", ()) in samples
 
 
+def test_metrics_carry_the_subscriber_cache(kit: ProxyKit) -> None:
+    figures = defer.ensureDeferred(collect_stats(kit.core)).result
+    assert figures["subscriber_cache"] is None  # in-memory stores: no cache
+    figures["subscriber_cache"] = {"live": True, "entries": 7, "hits": 40, "misses": 3}
+    text = render_metrics(figures).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert samples[("sipsuite_subscriber_cache_entries", ())] == 7
+    assert samples[("sipsuite_subscriber_cache_lookups_total", (("result", "hit"),))] == 40
+    assert samples[("sipsuite_subscriber_cache_lookups_total", (("result", "miss"),))] == 3
+
+
 def test_uptime_grows_with_the_clock(kit: ProxyKit) -> None:
     first = uptime(kit.core)
     kit.clock.advance(42)

@@ -766,3 +766,45 @@ async def test_update_survives_a_redis_that_lost_its_scripts(
         assert len(await loc.lookup("alice")) == 3
     finally:
         await conn.stop()
+
+
+def script_runs(server: redisproc.RedisServer) -> int:
+    """EVAL and EVALSHA calls the server has run (INFO commandstats)."""
+    text = server.call("INFO", "commandstats").decode()
+    runs = 0
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("cmdstat_eval", "cmdstat_evalsha"):
+            runs += int(rest.split(",")[0].removeprefix("calls="))
+    return runs
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_started_later_knows_the_stored_aors_at_once(
+    redis_server: redisproc.RedisServer, reactor: Any, clock: FakeClock
+) -> None:
+    db = next(_dbs)
+    redis_server.call("FLUSHDB", db=db)
+    first = await started(redis_server.url(db), reactor)
+    try:
+        loc = RedisLocationStore(first, clock)
+        for i in range(700):  # more than one preload round trip
+            await loc.update(f"u{i}", add(Binding(f"sip:u{i}@h", clock.now + 600)))
+    finally:
+        await first.stop()
+    later = RedisConnection(redis_server.url(db), 2.0, reactor)
+    loc = RedisLocationStore(later, clock)
+    await later.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(loc._known) < 700:
+            assert time.monotonic() < deadline, f"preloaded {len(loc._known)} of 700"
+            await deferLater(reactor, 0.02, lambda: None)
+        # update()'s first guess for each AOR is what Redis holds: the first
+        # REGISTER of each phone after a restart runs the script once, not twice.
+        before = script_runs(redis_server)
+        assert await loc.update("u5", add(Binding("sip:u5@h2", clock.now + 600))) == 2
+        assert script_runs(redis_server) - before == 1
+        assert contacts(await loc.lookup("u5")) == ["sip:u5@h", "sip:u5@h2"]
+    finally:
+        await later.stop()
