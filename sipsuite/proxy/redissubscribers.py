@@ -185,9 +185,10 @@ class RedisSubscriberStore:
         # no reply to anything can arrive before this function yields.
         stamp = cache.writing(keys[0])
         done = bool(await write)
-        if done and proto is not None and not cache.keep(proto, stamp, keys[0], value):
-            # Changed since, maybe only by this write's own report, which
-            # overtook its reply: what Redis holds now is worth reading.
+        if proto is not None and not (done and cache.keep(proto, stamp, keys[0], value)):
+            # Refused (add of a user who exists: the entry dropped above was
+            # right after all), or changed since, maybe only by this write's
+            # own report, which overtook its reply: read what Redis holds.
             self._refresh(keys[0])
         return done
 

@@ -114,6 +114,12 @@ async def test_reads_and_own_writes_are_served_from_the_cache(url: str, reactor:
         assert await a.store.remove("alice")
         await until(lambda: a.held("alice") is None, reactor)
         assert await a.hit("alice") is None
+        # A refused write (the user exists) leaves the record served from memory.
+        assert await a.store.add(sub("bob", "pw"))
+        await until(lambda: a.held("bob") == md5("bob", "pw"), reactor)
+        assert not await a.store.add(sub("bob", "other"))
+        await until(lambda: a.held("bob") == md5("bob", "pw"), reactor)
+        assert await a.hit("bob") == md5("bob", "pw")
         # A user read once from Redis is kept, unknown ones too (scanners).
         assert await a.ha1("carol") is None
         assert await a.hit("carol") is None
