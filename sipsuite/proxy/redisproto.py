@@ -83,6 +83,21 @@ def parse_reply(buf: bytes, pos: int) -> tuple[Any, int]:
     raise txredisapi.InvalidResponse(f"unknown reply type {chr(kind)!r}")
 
 
+def split_replies(buf: bytes) -> tuple[list[Any], bytes]:
+    """The complete replies at the start of ``buf``, and what follows them
+    (a reply not all here yet). Raises ValueError or InvalidResponse on
+    garbage: nothing after it can be matched to its command."""
+    replies = []
+    pos = 0
+    try:
+        while pos < len(buf):
+            reply, pos = parse_reply(buf, pos)
+            replies.append(reply)
+    except Incomplete:
+        pass
+    return replies, buf[pos:]
+
+
 class LeanRedisProtocol(txredisapi.BaseRedisProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -114,28 +129,22 @@ class LeanRedisProtocol(txredisapi.BaseRedisProtocol):
         return d
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-        buf = self._buffer + data if self._buffer else data
-        pos = 0
-        waiting = self._waiting
         try:
-            while pos < len(buf):
-                reply, pos = parse_reply(buf, pos)
-                if not waiting:
-                    continue  # nobody asked (cannot happen with a sane server)
-                d = waiting.popleft()
-                if d.called:
-                    continue  # given up on (timed out); its reply arrived late
-                if isinstance(reply, Exception):
-                    d.errback(reply)
-                else:
-                    d.callback(reply)
-        except Incomplete:
-            pass
+            replies, self._buffer = split_replies(self._buffer + data if self._buffer else data)
         except (ValueError, txredisapi.InvalidResponse):
-            # Garbage on the wire: nothing after it can be matched to its command.
             self.transport.loseConnection()
             return
-        self._buffer = buf[pos:]
+        waiting = self._waiting
+        for reply in replies:
+            if not waiting:
+                continue  # nobody asked (cannot happen with a sane server)
+            d = waiting.popleft()
+            if d.called:
+                continue  # given up on (timed out); its reply arrived late
+            if isinstance(reply, Exception):
+                d.errback(reply)
+            else:
+                d.callback(reply)
 
     def connectionLost(self, why: Any) -> None:
         waiting, self._waiting = self._waiting, deque()

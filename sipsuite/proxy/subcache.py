@@ -52,7 +52,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.python.failure import Failure
 
 from sipsuite.log import get_logger
-from sipsuite.proxy.redisproto import Incomplete, encode_command, parse_reply
+from sipsuite.proxy.redisproto import encode_command, split_replies
 
 if TYPE_CHECKING:
     from sipsuite.proxy.location import Subscriber
@@ -88,20 +88,15 @@ class _Invalidations(protocol.Protocol):
         self.transport.write(b"".join(commands))
 
     def dataReceived(self, data: bytes) -> None:
-        buf = self._buffer + data if self._buffer else data
-        pos = 0
         try:
-            while pos < len(buf):
-                reply, pos = parse_reply(buf, pos)
-                if not self._reply(reply):
-                    self.transport.loseConnection()
-                    return
-        except Incomplete:
-            pass
+            replies, self._buffer = split_replies(self._buffer + data if self._buffer else data)
         except (ValueError, txredisapi.InvalidResponse):
             self.transport.loseConnection()
             return
-        self._buffer = buf[pos:]
+        for reply in replies:
+            if not self._reply(reply):
+                self.transport.loseConnection()
+                return
 
     def _reply(self, reply: Any) -> bool:
         if self._expect:
