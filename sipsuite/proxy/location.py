@@ -112,7 +112,8 @@ class LocationStore(Protocol):
 
     async def nat_aors(self) -> list[str]:
         """The AORs holding a current binding registered from behind NAT
-        (``Binding.nat``), sorted: what NAT keep-alives walk after a restart."""
+        (``Binding.nat``), sorted: what NAT keep-alives walk after a restart.
+        May also list an AOR whose NAT'ed binding expired meanwhile."""
         ...
 
 

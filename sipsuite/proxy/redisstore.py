@@ -505,16 +505,29 @@ class RedisLocationStore:
                                         " as they are used", e=f.getErrorMessage()))
 
     async def _preload(self) -> None:
-        aors = await self.aors()
-        if len(aors) > KNOWN_MAX:
+        # In steps of PRELOAD_CHUNK AORs: one large reply would keep the
+        # reactor busy and could outlast the timeout, which drops the
+        # connection every request uses.
+        since = "(" + _ms(self.clock())
+        total = int(await self.conn.bounded(self._command("ZCOUNT", self._index, since, "+inf")))
+        if total > KNOWN_MAX:
             return
-        for i in range(0, len(aors), PRELOAD_CHUNK):
-            chunk = aors[i : i + PRELOAD_CHUNK]
+        offset = 0
+        while offset < total:
+            members = await self.conn.bounded(self._command(
+                "ZRANGEBYSCORE", self._index, since, "+inf", "LIMIT", offset, PRELOAD_CHUNK))
+            if not members:
+                break
+            offset += len(members)
+            chunk = [_s(m) for m in members]
             raws = await self.conn.bounded(self._get_all(chunk))
             for aor, raw in zip(chunk, raws, strict=True):
                 # Only a guess: an update already done here knows better.
                 if raw is not None and aor not in self._known:
                     self._remember(aor, raw)
+
+    async def _command(self, *args: Any) -> Any:
+        return await self.conn.command(*args)
 
     async def _get_all(self, aors: list[str]) -> list[Any]:
         pending = [self.conn.command("GET", self._key(a)) for a in aors]  # pipelined
@@ -606,6 +619,9 @@ class RedisLocationStore:
         return sorted(_s(m) for m in members)
 
     async def nat_aors(self) -> list[str]:
+        # The index scores an AOR by its last binding's expiry, so an AOR whose
+        # NAT'ed binding expired before its others is still listed until its
+        # next write: callers look at the bindings anyway.
         return await self.conn.bounded(self._nat_aors())
 
     async def _nat_aors(self) -> list[str]:

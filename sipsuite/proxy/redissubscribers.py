@@ -123,29 +123,41 @@ class RedisSubscriberStore:
                                         e=f.getErrorMessage()))
 
     async def _load(self) -> None:
-        """Read every subscriber into the cache, LOAD_CHUNK records per round
-        trip; given up when the cache is reset meanwhile."""
+        """Read every subscriber into the cache, LOAD_CHUNK records per step
+        (SSCAN, then their HGETALLs pipelined): no reply is large enough to
+        keep the reactor busy or outlast the timeout, which would drop the
+        connection every request uses. Given up when the cache is reset."""
         cache = self.cache
         proto = cache.tracked() if cache is not None else None
         if cache is None or proto is None:
             return
         epoch = cache.stamp()[0]
         started = time.monotonic()
-        users = [_s(u) for u in await self.conn.bounded(self._members())]
-        if len(users) > cache.max_entries:
+        total = int(await self.conn.bounded(self._command("SCARD", self._index)))
+        if total > cache.max_entries:
             log.info("subscriber cache: {n} subscribers, more than [redis] subscriber_cache"
-                     " ({m}): kept as they are read", n=len(users), m=cache.max_entries)
+                     " ({m}): kept as they are read", n=total, m=cache.max_entries)
             return
-        for i in range(0, len(users), LOAD_CHUNK):
+        cursor: bytes = b"0"
+        loaded = 0
+        while True:
             if cache.stamp()[0] != epoch:
-                return  # reset (a connection dropped): that load starts over
-            chunk = users[i : i + LOAD_CHUNK]
+                return  # reset (a connection dropped): the next live cache loads again
             stamp = cache.stamp()
-            replies = await self.conn.bounded(self._hgetall_all(chunk))
-            for user, reply in zip(chunk, replies, strict=True):
+            cursor, members = await self.conn.bounded(self._command(
+                "SSCAN", self._index, cursor, "COUNT", LOAD_CHUNK))
+            users = [_s(u) for u in members]
+            replies = await self.conn.bounded(self._hgetall_all(users))
+            for user, reply in zip(users, replies, strict=True):
                 cache.keep(proto, stamp, self._key(user), self._decode(user, reply))
-        log.info("subscriber cache: {n} subscribers loaded in {t:.1f} s", n=len(users),
+            loaded += len(users)
+            if cursor in (b"0", "0"):
+                break
+        log.info("subscriber cache: {n} subscribers loaded in {t:.1f} s", n=loaded,
                  t=time.monotonic() - started)
+
+    async def _command(self, *args: Any) -> Any:
+        return await self.conn.command(*args)
 
     async def _members(self) -> list[bytes]:
         return list(await self.conn.command("SMEMBERS", self._index))

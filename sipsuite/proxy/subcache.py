@@ -25,7 +25,9 @@ The rules that keep a stale record from being used:
 - a read is kept only if no change of its key was reported, and no write of
   it sent from here, between sending it and its reply (``stamp``/``keep``):
   the reply and the report come on different connections, in either order;
-- a write whose outcome is unknown (timeout) leaves no entry.
+- a write whose outcome is unknown (timeout) leaves no entry;
+- the report channel is PINGed every ``HEARTBEAT`` seconds: one cut without a
+  FIN or RST (a firewall's idle timeout) is found within two of them.
 
 A key that was held when its change was reported is read again at once
 (one read per change and node, not per request), so a user whose password
@@ -47,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.python.failure import Failure
 
@@ -64,6 +66,9 @@ CHANNEL = b"__redis__:invalidate"
 
 #: What ``SubscriberCache.entries.get`` gives for a user it does not hold.
 MISSING: Any = object()
+#: Seconds between PINGs on the report channel: a silent channel is found
+#: dead within two of them.
+HEARTBEAT = 2.0
 #: Keys whose last change is remembered for reads in flight (see ``_touch``).
 TOUCHED_MAX = 10_000
 
@@ -76,6 +81,8 @@ class _Invalidations(protocol.Protocol):
         self.client_id: int | None = None
         self._expect: deque[str] = deque()
         self._buffer = b""
+        self._heartbeat: task.LoopingCall | None = None
+        self._pong_due = False
 
     def connectionMade(self) -> None:
         commands = []
@@ -107,13 +114,33 @@ class _Invalidations(protocol.Protocol):
             if what == "CLIENT ID":
                 self.client_id = int(reply)
             elif what == "SUBSCRIBE" and self.client_id is not None:
+                self._heartbeat = task.LoopingCall(self._ping)
+                self._heartbeat.clock = self.cache.conn.reactor
+                self._heartbeat.start(self.cache.heartbeat, now=False)
                 self.cache.subscribed(self, self.client_id)
             return True
         if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
             self.cache.invalidate(reply[2])
+        elif isinstance(reply, list) and reply and reply[0] == b"pong":
+            self._pong_due = False
         return True
 
+    def _ping(self) -> None:
+        """An idle channel is the normal case (nothing changes), and one cut
+        by a firewall without a FIN or RST would look just like it while
+        changes go unreported: no answer to a PING within one heartbeat
+        drops it, and the cache with it."""
+        if self._pong_due:
+            log.warn("Redis subscriber cache: no answer on the report channel;"
+                     " reconnecting, nothing kept is used meanwhile")
+            self.transport.abortConnection()
+            return
+        self._pong_due = True
+        self.transport.write(encode_command(("PING",)))
+
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
         self.cache.unsubscribed(self)
 
 
@@ -151,6 +178,8 @@ class SubscriberCache:
         self._enabling: tuple[Any, int] | None = None
         self._service: ClientService | None = None
         self._said_refused = False
+        #: Seconds between PINGs on the report channel (see _Invalidations._ping).
+        self.heartbeat = HEARTBEAT
 
     @property
     def live(self) -> bool:
@@ -217,8 +246,10 @@ class SubscriberCache:
     def _not_enabled(self, failure: Failure, proto: Any, client_id: int) -> None:
         if self._enabling is not None and self._enabling[0] is proto:
             self._enabling = None
-        if failure.check(txredisapi.ResponseError):
-            # Stays off for this connection: asked again only on a new one.
+        if failure.check(txredisapi.ResponseError) and self._client_id == client_id:
+            # Refused while the report channel is up: stays off for this
+            # connection, asked again only on a new one. (Refused because the
+            # channel had just gone, it is asked again once a new one is up.)
             self._enabling = (proto, client_id)
             self.refused("CLIENT TRACKING", failure.value)
 

@@ -46,9 +46,12 @@ def md5(user: str, password: str) -> str:
 class Node:
     """One proxy node's subscriber store: its own connections to Redis."""
 
-    def __init__(self, url: str, reactor: Any, cache_size: int = 1000) -> None:
+    def __init__(self, url: str, reactor: Any, cache_size: int = 1000,
+                 heartbeat: float | None = None) -> None:
         self.conn = RedisConnection(url, 1.0, reactor, max_delay=0.2)
         self.store = RedisSubscriberStore(self.conn, cache_size=cache_size)
+        if heartbeat is not None:
+            self.cache.heartbeat = heartbeat
         self.reactor = reactor
 
     @property
@@ -196,6 +199,29 @@ async def test_nothing_kept_is_used_after_the_report_channel_drops(
         await a.live()
         assert await a.ha1("alice") == "1" * 32
         assert await a.hit("alice") == "1" * 32
+    finally:
+        await a.conn.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_report_channel_gone_silent_is_dropped(
+    url: str, redis_server: redisproc.RedisServer, reactor: Any
+) -> None:
+    a = await Node(url, reactor, heartbeat=0.1).start()
+    try:
+        await a.store.add(sub("alice", "old"))
+        await until(lambda: a.held("alice") == md5("alice", "old"), reactor)
+        # Cut without a FIN (a firewall's idle timeout): from here nothing
+        # this side sends reaches Redis, so its PINGs go unanswered.
+        listener = a.cache._listener
+        assert listener is not None
+        listener.transport.write = lambda data: None  # type: ignore[method-assign]
+        await until(lambda: not a.cache.live, reactor, within=1.0)
+        assert not a.cache.entries
+        redis_server.call("HSET", a.store._key("alice"), "ha1:MD5", "4" * 32, db=DB)
+        assert await a.ha1("alice") == "4" * 32
+        await a.live()  # a new channel, and the cache with it
+        await until(lambda: a.held("alice") == "4" * 32, reactor)
     finally:
         await a.conn.stop()
 
