@@ -178,6 +178,7 @@ class SubscriberCache:
         self._enabling: tuple[Any, int] | None = None
         self._service: ClientService | None = None
         self._said_refused = False
+        self._hooked = False
         #: Seconds between PINGs on the report channel (see _Invalidations._ping).
         self.heartbeat = HEARTBEAT
 
@@ -196,6 +197,10 @@ class SubscriberCache:
             clock=self.conn.reactor,
         )
         self._service.startService()
+        if not self._hooked:
+            # Whichever of the two connections is up last asks for tracking.
+            self._hooked = True
+            self.conn.when_ready(self.tracked)
 
     def stop(self) -> defer.Deferred[None]:
         service, self._service = self._service, None
