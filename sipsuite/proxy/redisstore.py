@@ -305,10 +305,7 @@ class RedisConnection:
         round per command, which cost more than the command itself."""
         factory = self._factory
         assert factory is not None
-        for conn in factory.pool:
-            if conn.connected:
-                return conn
-        return factory.handler
+        return self.current() or factory.handler
 
     def command(self, *args: bytes | str | int) -> defer.Deferred[Any]:
         """One Redis command: its reply (bulk strings as bytes), or a failure
@@ -320,6 +317,20 @@ class RedisConnection:
         except Exception as e:  # noqa: BLE001 - the protocol raises when the connection just went
             return defer.fail(StoreUnavailable(f"Redis: {e}"))
         return d.addErrback(_unavailable)
+
+    async def each(self, command: str, keys: list[bytes]) -> list[Any]:
+        """``command KEY`` for every key, pipelined: one round trip; the
+        first failure raises."""
+        pending = [self.command(command, key) for key in keys]
+        try:
+            return list(await defer.gatherResults(pending, consumeErrors=True))
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
+            raise  # not reached
+
+    def call(self, *args: bytes | str | int) -> defer.Deferred[Any]:
+        """One command, bounded (see :meth:`bounded`)."""
+        return self.bounded(_wait(self.command(*args)))
 
     def eval(self, script: str, keys: list[bytes], args: list[bytes | str]) -> defer.Deferred[Any]:
         """Run a Lua script (EVALSHA, falling back to EVAL the first time)."""
@@ -366,6 +377,16 @@ def _name(name: str) -> bytes:
     before a name starting with ':', so that no name is the index's key and
     still no two names share a key."""
     return b":" + _b(name) if name == "index" or name.startswith(":") else _b(name)
+
+
+def _unname(suffix: bytes) -> str:
+    """The AOR or user whose key suffix ``suffix`` is (``_name`` undone)."""
+    name = _s(suffix)
+    return name[1:] if name.startswith(":") else name
+
+
+async def _wait(d: defer.Deferred[T]) -> T:
+    return await d
 
 
 def _decode_bindings(raw: bytes | None, aor: str) -> list[Binding]:
@@ -509,33 +530,22 @@ class RedisLocationStore:
         # reactor busy and could outlast the timeout, which drops the
         # connection every request uses.
         since = "(" + _ms(self.clock())
-        total = int(await self.conn.bounded(self._command("ZCOUNT", self._index, since, "+inf")))
+        total = int(await self.conn.call("ZCOUNT", self._index, since, "+inf"))
         if total > KNOWN_MAX:
             return
         offset = 0
         while offset < total:
-            members = await self.conn.bounded(self._command(
-                "ZRANGEBYSCORE", self._index, since, "+inf", "LIMIT", offset, PRELOAD_CHUNK))
+            members = await self.conn.call(
+                "ZRANGEBYSCORE", self._index, since, "+inf", "LIMIT", offset, PRELOAD_CHUNK)
             if not members:
                 break
             offset += len(members)
             chunk = [_s(m) for m in members]
-            raws = await self.conn.bounded(self._get_all(chunk))
+            raws = await self.conn.bounded(self.conn.each("GET", [self._key(a) for a in chunk]))
             for aor, raw in zip(chunk, raws, strict=True):
                 # Only a guess: an update already done here knows better.
                 if raw is not None and aor not in self._known:
                     self._remember(aor, raw)
-
-    async def _command(self, *args: Any) -> Any:
-        return await self.conn.command(*args)
-
-    async def _get_all(self, aors: list[str]) -> list[Any]:
-        pending = [self.conn.command("GET", self._key(a)) for a in aors]  # pipelined
-        try:
-            return list(await defer.gatherResults(pending, consumeErrors=True))
-        except defer.FirstError as e:
-            e.subFailure.raiseException()
-            raise  # not reached
 
     async def lookup(self, aor: str) -> list[Binding]:
         return await self.conn.bounded(self._lookup(aor))
@@ -612,20 +622,16 @@ class RedisLocationStore:
         return await self.update(aor, drop)
 
     async def aors(self) -> list[str]:
-        return await self.conn.bounded(self._aors())
-
-    async def _aors(self) -> list[str]:
-        members = await self.conn.eval(_LIVE_AORS, [self._index], [_ms(self.clock())])
-        return sorted(_s(m) for m in members)
+        return await self.conn.bounded(self._live(self._index))
 
     async def nat_aors(self) -> list[str]:
         # The index scores an AOR by its last binding's expiry, so an AOR whose
         # NAT'ed binding expired before its others is still listed until its
         # next write: callers look at the bindings anyway.
-        return await self.conn.bounded(self._nat_aors())
+        return await self.conn.bounded(self._live(self._nat_index))
 
-    async def _nat_aors(self) -> list[str]:
-        members = await self.conn.eval(_LIVE_AORS, [self._nat_index], [_ms(self.clock())])
+    async def _live(self, index: bytes) -> list[str]:
+        members = await self.conn.eval(_LIVE_AORS, [index], [_ms(self.clock())])
         return sorted(_s(m) for m in members)
 
     async def counts(self, limit: int = COUNT_LIMIT) -> tuple[int, int | None]:

@@ -11,7 +11,7 @@ from twisted.internet import defer
 
 from sipsuite.log import get_logger
 from sipsuite.proxy.location import Subscriber
-from sipsuite.proxy.redisstore import DEFAULT_PREFIX, RedisConnection, _b, _name, _s
+from sipsuite.proxy.redisstore import DEFAULT_PREFIX, RedisConnection, _b, _name, _s, _unname
 from sipsuite.proxy.subcache import MISSING, SubscriberCache
 
 #: Subscriber records a node keeps (``[redis] subscriber_cache``).
@@ -105,9 +105,7 @@ class RedisSubscriberStore:
         proto = cache.tracked() if cache is not None else None
         if cache is None or proto is None:
             return
-        user = _s(key[len(self._prefix):])
-        if user.startswith(":"):
-            user = user[1:]  # _name's escape
+        user = _unname(key[len(self._prefix):])
         stamp = cache.stamp()
 
         def got(sub: Subscriber | None) -> None:
@@ -133,7 +131,7 @@ class RedisSubscriberStore:
             return
         epoch = cache.stamp()[0]
         started = time.monotonic()
-        total = int(await self.conn.bounded(self._command("SCARD", self._index)))
+        total = int(await self.conn.call("SCARD", self._index))
         if total > cache.max_entries:
             log.info("subscriber cache: {n} subscribers, more than [redis] subscriber_cache"
                      " ({m}): kept as they are read", n=total, m=cache.max_entries)
@@ -144,10 +142,9 @@ class RedisSubscriberStore:
             if cache.stamp()[0] != epoch:
                 return  # reset (a connection dropped): the next live cache loads again
             stamp = cache.stamp()
-            cursor, members = await self.conn.bounded(self._command(
-                "SSCAN", self._index, cursor, "COUNT", LOAD_CHUNK))
+            cursor, members = await self.conn.call("SSCAN", self._index, cursor, "COUNT", LOAD_CHUNK)
             users = [_s(u) for u in members]
-            replies = await self.conn.bounded(self._hgetall_all(users))
+            replies = await self.conn.bounded(self._hgetall(users))
             for user, reply in zip(users, replies, strict=True):
                 cache.keep(proto, stamp, self._key(user), self._decode(user, reply))
             loaded += len(users)
@@ -156,20 +153,8 @@ class RedisSubscriberStore:
         log.info("subscriber cache: {n} subscribers loaded in {t:.1f} s", n=loaded,
                  t=time.monotonic() - started)
 
-    async def _command(self, *args: Any) -> Any:
-        return await self.conn.command(*args)
-
-    async def _members(self) -> list[bytes]:
-        return list(await self.conn.command("SMEMBERS", self._index))
-
-    async def _hgetall_all(self, users: list[str]) -> list[Any]:
-        # Pipelined on the connection: one round trip for the chunk.
-        pending = [self.conn.command("HGETALL", self._key(u)) for u in users]
-        try:
-            return list(await defer.gatherResults(pending, consumeErrors=True))
-        except defer.FirstError as e:
-            e.subFailure.raiseException()
-            raise  # not reached
+    async def _hgetall(self, users: list[str]) -> list[Any]:
+        return await self.conn.each("HGETALL", [self._key(u) for u in users])
 
     async def _get(self, user: str) -> Subscriber | None:
         return self._decode(user, await self.conn.command("HGETALL", self._key(user)))
@@ -215,8 +200,8 @@ class RedisSubscriberStore:
         return await self.conn.bounded(self._list())
 
     async def _list(self) -> list[Subscriber]:
-        users = sorted(_s(u) for u in await self._members())
-        replies = await self._hgetall_all(users)
+        users = sorted(_s(u) for u in await self.conn.command("SMEMBERS", self._index))
+        replies = await self._hgetall(users)
         subs = (self._decode(u, r) for u, r in zip(users, replies, strict=True))
         # A user removed between SMEMBERS and HGETALL is simply not listed.
         return [s for s in subs if s is not None]

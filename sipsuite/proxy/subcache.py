@@ -178,9 +178,11 @@ class SubscriberCache:
         self._enabling: tuple[Any, int] | None = None
         self._service: ClientService | None = None
         self._said_refused = False
-        self._hooked = False
         #: Seconds between PINGs on the report channel (see _Invalidations._ping).
         self.heartbeat = HEARTBEAT
+        # Tracking is asked for by whichever of the two connections is up
+        # last: here the command connection, in subscribed() the channel.
+        conn.when_ready(self.tracked)
 
     @property
     def live(self) -> bool:
@@ -197,10 +199,6 @@ class SubscriberCache:
             clock=self.conn.reactor,
         )
         self._service.startService()
-        if not self._hooked:
-            # Whichever of the two connections is up last asks for tracking.
-            self._hooked = True
-            self.conn.when_ready(self.tracked)
 
     def stop(self) -> defer.Deferred[None]:
         service, self._service = self._service, None

@@ -84,6 +84,12 @@ class Node:
         found = self.cache.entries.get(self.store._key(user), "-")
         return found if found in ("-", None) else found.ha1["MD5"]  # type: ignore[union-attr]
 
+    async def add_held(self, user: str, password: str) -> None:
+        """Add ``user`` through this node and see the record served from memory."""
+        assert await self.store.add(sub(user, password))
+        await until(lambda: self.held(user) == md5(user, password), self.reactor)
+        assert await self.hit(user) == md5(user, password)
+
     async def hit(self, user: str) -> str | None:
         """A read that must come from the cache (no Redis round trip)."""
         hits = self.cache.hits
@@ -164,9 +170,7 @@ async def test_edits_made_outside_sipsuite_reach_the_cache(
 ) -> None:
     a = await Node(url, reactor).start()
     try:
-        await a.store.add(sub("alice", "old"))
-        await until(lambda: a.held("alice") == md5("alice", "old"), reactor)
-        assert await a.hit("alice") == md5("alice", "old")
+        await a.add_held("alice", "old")
         key = a.store._key("alice")
         redis_server.call("HSET", key, "ha1:MD5", "0" * 32, db=DB)  # redis-cli, a script
         await until(lambda: a.held("alice") == "0" * 32, reactor)
@@ -185,9 +189,7 @@ async def test_nothing_kept_is_used_after_the_report_channel_drops(
 ) -> None:
     a = await Node(url, reactor).start()
     try:
-        await a.store.add(sub("alice", "old"))
-        await until(lambda: a.held("alice") == md5("alice", "old"), reactor)
-        assert await a.hit("alice") == md5("alice", "old")
+        await a.add_held("alice", "old")
         # Redis drops the subscriber connection (e.g. its output buffer limit):
         # from then on it reports nothing to this node.
         assert redis_server.call("CLIENT", "KILL", "TYPE", "pubsub") >= 1
@@ -209,8 +211,7 @@ async def test_a_report_channel_gone_silent_is_dropped(
 ) -> None:
     a = await Node(url, reactor, heartbeat=0.1).start()
     try:
-        await a.store.add(sub("alice", "old"))
-        await until(lambda: a.held("alice") == md5("alice", "old"), reactor)
+        await a.add_held("alice", "old")
         # Cut without a FIN (a firewall's idle timeout): from here nothing
         # this side sends reaches Redis, so its PINGs go unanswered.
         listener = a.cache._listener
@@ -232,9 +233,7 @@ async def test_nothing_kept_is_used_after_the_command_connection_drops(
 ) -> None:
     a = await Node(url, reactor).start()
     try:
-        await a.store.add(sub("alice", "old"))
-        await until(lambda: a.held("alice") == md5("alice", "old"), reactor)
-        assert await a.hit("alice") == md5("alice", "old")
+        await a.add_held("alice", "old")
         # Tracking belongs to the connection: a new one is tracked only once
         # asked again, and what the old one kept may have changed meanwhile.
         old = a.conn.current()
