@@ -149,7 +149,7 @@ class Flows:
         if b.path or not b.flow:
             return Destination.of(b)  # an edge proxy on its Path holds the flow
         try:
-            uri = URI.parse(b.flow)
+            uri = URI.parse(b.flow.strip("<>"))
         except ValueError:
             return None if b.outbound else Destination.of(b)
         if not self.core.is_myself(uri.host, uri.port):
