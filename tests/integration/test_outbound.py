@@ -271,3 +271,27 @@ def test_in_dialog_request_to_the_contact_reuses_the_connection(
         assert final is not None and final.msg.status == 200
     assert phone.server.recv(0.3) is None
     assert phone.server.accepted == []
+
+
+def test_udp_outbound_flow_is_the_address_it_registered_from(proxy: ProxyProcess) -> None:
+    """Over UDP the flow is the 5-tuple: the INVITE goes from the listener
+    the REGISTER reached to the address and port it came from, not to the
+    port its Via and Contact name."""
+    with UdpEndpoint() as phone, UdpEndpoint() as decoy, UdpEndpoint() as caller:
+        req = build_request(
+            "REGISTER", f"sip:{DOMAIN}", sent_by=decoy.sent_by, from_uri=f"sip:obudp@{DOMAIN}",
+            to_uri=f"sip:obudp@{DOMAIN}", extra=[("Expires", "600"), ("Supported", "outbound")])
+        contact = (f'Contact: <sip:obudp@{decoy.sent_by}>;reg-id=1;'
+                   f'+sip.instance="<urn:uuid:6b1a9b8e-0000-4000-8000-0000000000ud>"')
+        phone.send(req.replace(b"Content-Length: 0", contact.encode() + b"\r\nContent-Length: 0"),
+                   proxy.address)
+        ok = phone.recv_until(is_final, 3.0)
+        assert ok is not None and ok.msg.status == 200
+        assert (ok.msg.header("require") or "").strip().lower() == "outbound"
+        invite(proxy, caller, "obudp")
+        got = phone.recv_until(lambda m: not m.is_response and m.method == "INVITE", 5.0)
+        assert got is not None and got.addr == proxy.address
+        phone.send(build_response(got.msg, 486, "Busy Here", to_tag="ph"), proxy.address)
+        final = caller.recv_until(is_final, 5.0)
+        assert final is not None and final.msg.status == 486
+        assert decoy.recv(0.3) is None
