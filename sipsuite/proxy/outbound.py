@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from sipsuite.log import get_logger
 from sipsuite.proxy.location import Binding, StoreUnavailable
 from sipsuite.proxy.resolver import Target
-from sipsuite.proxy.routing import Destination
+from sipsuite.proxy.routing import DIALOG_CREATING, Destination, parse_address
 from sipsuite.proxy.transport import Listener, SIPStreamProtocol, Source, bracket
 from sipsuite.sip.uri import URI
 
@@ -146,7 +146,7 @@ class Flows:
     def destination(self, b: Binding) -> Destination | None:
         """Where a request for ``b`` goes; None when it is an outbound
         binding whose flow failed (the caller tries the next one)."""
-        if b.path or not b.flow:
+        if b.path or not b.flow or not self._same_device(b):
             return Destination.of(b)  # an edge proxy on its Path holds the flow
         try:
             uri = URI.parse(b.flow.strip("<>"))
@@ -165,6 +165,17 @@ class Flows:
         if b.outbound:
             return None
         return Destination.of(b)  # the connection went: its Contact, as before
+
+    @staticmethod
+    def _same_device(b: Binding) -> bool:
+        """Without outbound, a connection stands for a Contact only when the
+        Contact is the connection's own device: the same address (at another
+        port), or a NAT'ed one. A Contact naming another host (a third-party
+        registration) is reached at that host."""
+        if b.outbound or b.nat:
+            return True
+        received = parse_address(b.received or "")
+        return received is not None and received.host == b.uri.host.strip("[]")
 
     async def destinations(self, aor: str, bindings: list[Binding]) -> list[tuple[Binding, Destination]]:
         """Each binding with its Destination; outbound bindings whose flow
@@ -213,5 +224,8 @@ class Flows:
             return
         log.debug("{m} to {u} over the flow to {t}:{h}:{p}", m=rctx.method, u=rctx.request.uri,
                   t=flow.transport, h=bracket(flow.host), p=flow.port)
+        if self.core.config.proxy.record_route and rctx.method in DIALOG_CREATING:
+            # The dialog's later requests come back here, to the node holding the flow.
+            rctx.record_route()
         rctx.relay([Destination(rctx.request.uri, [], flow.target())])
 

@@ -7,11 +7,14 @@ import dataclasses
 import ipaddress
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
+from proxykit import ProxyKit
 
 from sipsuite.config import RegistrarConfig, load_config
-from sipsuite.proxy.outbound import FlowTokens, ForgedToken
+from sipsuite.proxy.location import Binding
+from sipsuite.proxy.outbound import Flows, FlowTokens, ForgedToken
 from sipsuite.proxy.registrar import RegisterRejected, parse_register
 from sipsuite.proxy.stun import stun_reply
 from sipsuite.proxy.transport import Listener, Source
@@ -140,3 +143,64 @@ def test_stun_attribute_claiming_more_than_is_there_is_still_answered() -> None:
     # Length 0xffff on the last attribute: the scan for FINGERPRINT stops at the end.
     data = struct.pack("!HHI12s", 1, 8, 0x2112A442, b"x" * 12) + b"\x00\x06\xff\xff\x00\x00\x00\x00"
     assert _mapped(stun_reply(data, "192.0.2.1", 5060) or b"", b"x" * 12) == ("192.0.2.1", 5060)
+
+
+class _Conn:
+    """What Flows asks of a connection."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.closed = False
+
+
+def _flows_with_connection(tmp_path: Path) -> tuple[Flows, _Conn]:
+    kit = ProxyKit(tmp_path)
+    core = kit.core
+    core.transport.listeners.append(LISTENER)
+    core.ports.add(5060)
+    conn = _Conn(LISTENER)
+    core.transport.connections[("203.0.113.9", 40001)] = conn  # type: ignore[assignment]
+    return core.flows, conn
+
+
+def _binding(flows: Flows, contact: str, **kw: object) -> Binding:
+    uri = flows.flow_uri(Source("tcp", "203.0.113.9", 40001, LISTENER))
+    return Binding(contact, flow=uri, received="tcp:203.0.113.9:40001", **kw)  # type: ignore[arg-type]
+
+
+def test_binding_reached_over_its_live_connection(tmp_path: Path) -> None:
+    flows, _ = _flows_with_connection(tmp_path)
+    dst = flows.destination(_binding(flows, "sip:bob@203.0.113.9:5070;transport=tcp"))
+    assert dst is not None and dst.dst is not None
+    assert (dst.dst.transport, dst.dst.host, dst.dst.port, dst.dst.listener) == (
+        "tcp", "203.0.113.9", 40001, LISTENER)
+    assert dst.route == []
+
+
+def test_connection_gone_plain_binding_goes_to_its_contact_outbound_one_nowhere(tmp_path: Path) -> None:
+    flows, conn = _flows_with_connection(tmp_path)
+    conn.closed = True
+    plain = flows.destination(_binding(flows, "sip:bob@203.0.113.9:5070;transport=tcp"))
+    assert plain is not None and plain.dst is None and str(plain.uri).startswith("sip:bob@203.0.113.9:5070")
+    assert flows.destination(_binding(flows, "sip:bob@203.0.113.9:5070", outbound=True)) is None
+
+
+def test_third_party_contact_is_not_sent_over_the_registering_connection(tmp_path: Path) -> None:
+    flows, _ = _flows_with_connection(tmp_path)
+    dst = flows.destination(_binding(flows, "sip:bob@198.51.100.7:5060;transport=tcp"))
+    assert dst is not None and dst.dst is None and dst.route == []
+
+
+def test_flow_held_by_another_node_is_routed_through_it(tmp_path: Path) -> None:
+    flows, _ = _flows_with_connection(tmp_path)
+    b = _binding(flows, "sip:bob@203.0.113.9:5070", outbound=True)
+    b.flow = (b.flow or "").replace("127.0.0.1:5060", "192.0.2.50:5060")
+    dst = flows.destination(b)
+    assert dst is not None and dst.route == [b.flow] and dst.dst is None
+
+
+def test_flow_token_edited_in_the_store_is_not_used(tmp_path: Path) -> None:
+    flows, _ = _flows_with_connection(tmp_path)
+    b = _binding(flows, "sip:bob@203.0.113.9:5070", outbound=True)
+    b.flow = (b.flow or "").replace("sip:", "sip:x", 1)
+    assert flows.destination(b) is None
