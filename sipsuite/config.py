@@ -201,6 +201,7 @@ class RegistrarConfig:
     max_contacts_policy: str = setting("reject", one_of("reject", "drop_oldest"))
     serial_forking: bool = setting(False, boolean)
     retry_after: int = setting(5, int_range(1, 3600))
+    outbound: bool = setting(True, boolean)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -510,6 +510,8 @@ def _binding_info(b: Binding, now: float) -> dict[str, Any]:
         "call_id": b.call_id,
         "cseq": b.cseq,
         "socket": b.socket,
+        "flow": b.flow,
+        "outbound": b.outbound,
     }
 
 

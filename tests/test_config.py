@@ -340,6 +340,7 @@ BAD_VALUES = [
     ("registrar", "max_contacts_policy", '"drop"', "one of 'reject', 'drop_oldest'"),
     ("registrar", "serial_forking", '"no"', "true or false"),
     ("registrar", "retry_after", "0", "a whole number from 1 to 3600"),
+    ("registrar", "outbound", "1", "true or false"),
     ("nat", "keepalive_interval", "-5", "a number of seconds, 0 or more"),
     ("nat", "keepalive_timeout", "0", "a number of seconds above 0"),
     ("redis", "url", '"http://127.0.0.1:6379"', "'' or 'redis://"),

@@ -505,7 +505,7 @@ async def test_ul_add_show_rm(server: Server) -> None:
     assert first == {
         "contact": "sip:alice@192.0.2.1:5060", "expires": 3500, "q": 1.0, "received": None,
         "path": [], "user_agent": "", "instance": None, "reg_id": None, "nat": False,
-        "call_id": "", "cseq": 0, "socket": None,
+        "call_id": "", "cseq": 0, "socket": None, "flow": None, "outbound": False,
     }
     assert second["contact"] == "sips:alice@phone" and second["expires"] is None
 
@@ -551,7 +551,8 @@ async def test_ul_shows_registrar_fields(server: Server) -> None:
         "contact": "sip:carol@10.0.0.5:5062;ob", "expires": 30, "q": 0.5,
         "received": "udp:198.51.100.7:40000", "path": ["<sip:edge.example;lr>"],
         "user_agent": "Phone/1.0", "instance": "<urn:uuid:1>", "reg_id": 1, "nat": True,
-        "call_id": "c1", "cseq": 3, "socket": "udp:192.0.2.10:5060"}]}]
+        "call_id": "c1", "cseq": 3, "socket": "udp:192.0.2.10:5060",
+        "flow": None, "outbound": False}]}]
 
 
 @pytest_twisted.ensureDeferred

@@ -38,6 +38,7 @@ from sipsuite.proxy.location import (
     current,
 )
 from sipsuite.proxy.media import MediaManager
+from sipsuite.proxy.outbound import Flows
 from sipsuite.proxy.registrar import Registrar
 from sipsuite.proxy.resolver import Resolver, Target, named
 from sipsuite.proxy.routing import Destination, RequestContext, Routing, drive, load_routing
@@ -109,6 +110,9 @@ class ProxyCore(RequestChecks, TransactionDriver):
         self.auth = Authenticator(self.subscribers, config.auth,
                                   retry_after=config.registrar.retry_after)
         self.keepalive = NatKeepalive(self, config.nat, self.registrar.clock)
+        self.flows = Flows(self, config.auth.secret)
+        self.registrar.flows = self.flows
+        self.transport.stun = lambda: self.config.registrar.outbound
         self.registrar.on_nat = self.keepalive.track
         self.domains = {d.lower() for d in p.domains}
         self.trusted = list(p.trusted)
@@ -249,11 +253,17 @@ class ProxyCore(RequestChecks, TransactionDriver):
             if holder is not None:
                 self._reply_tx(holder, req, status, reason, headers)
             return
+        flow = self.flows.route_flow(req)
         loose = self._preprocess_routes(req)
         rctx = RequestContext(self, req, source, loose)
         if holder is not None:
             holder.rctx = rctx
             rctx.tx_key = holder.key
+        if flow is not None:
+            # Our flow token in the Route: another node (or our registrar
+            # part) routed this to a phone's flow we hold (RFC 5626 5.3).
+            self.flows.forward(rctx, flow)
+            return
         try:
             result = self.routing.request_route(rctx)
         except Exception:  # noqa: BLE001 - a script bug must not kill the proxy
@@ -433,7 +443,8 @@ class ProxyCore(RequestChecks, TransactionDriver):
         while branch.target_index < len(branch.targets):
             target = branch.targets[branch.target_index]
             branch.target_index += 1
-            listener = self.transport.pick_listener(target.transport, target.host, ctx.server.source.listener)
+            listener = target.listener or self.transport.pick_listener(
+                target.transport, target.host, ctx.server.source.listener)
             if listener is None:
                 continue
             self._send_branch(branch, target, listener)
@@ -551,7 +562,8 @@ class ProxyCore(RequestChecks, TransactionDriver):
             for target in targets:
                 if target.transport not in ("udp", "tcp", "tls"):
                     continue
-                listener = self.transport.pick_listener(target.transport, target.host, rctx.source.listener)
+                listener = target.listener or self.transport.pick_listener(
+                    target.transport, target.host, rctx.source.listener)
                 if listener is None:
                     continue
                 seed = (rctx.request.top_via.branch or "") + str(rctx.request.uri)
@@ -561,7 +573,7 @@ class ProxyCore(RequestChecks, TransactionDriver):
                 out.add_header("Via", f"SIP/2.0/{listener.transport.upper()} {listener.sent_by()};branch={branch}",
                                top=True)
                 self.transport.send(out.to_bytes(), target.transport, target.host, target.port, listener,
-                                    target.name)
+                                    target.name, connect=target.listener is None)
                 return
 
         self._resolve(req, send, dst)

@@ -50,6 +50,11 @@ class Binding:
     user_agent: str = ""
     nat: bool = False  # the Contact is not reachable from here: use ``received``
     updated: float = 0.0  # epoch seconds of the last REGISTER that touched it
+    # The flow it registered over (RFC 5626; for TCP/TLS also without
+    # outbound): a Route URI naming the node that holds it, its user part a
+    # flow token only that node can read (sipsuite.proxy.outbound).
+    flow: str | None = None
+    outbound: bool = False  # RFC 5626 outbound: reached only over ``flow``, never its Contact
 
     @property
     def uri(self) -> URI:
@@ -68,7 +73,7 @@ class Binding:
             "call_id": self.call_id, "cseq": self.cseq, "path": list(self.path),
             "received": self.received, "socket": self.socket, "instance": self.instance,
             "reg_id": self.reg_id, "user_agent": self.user_agent, "nat": self.nat,
-            "updated": self.updated,
+            "updated": self.updated, "flow": self.flow, "outbound": self.outbound,
         }
 
     @classmethod

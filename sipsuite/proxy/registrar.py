@@ -71,6 +71,8 @@ class RegisterRequest:
     socket: str | None = None
     user_agent: str = ""
     nat: bool = False
+    outbound: bool = False  # RFC 5626 6: outbound applies; the 200 carries Require: outbound
+    flow: str | None = None  # the flow its bindings record (sipsuite.proxy.outbound)
 
 
 def _delta(text: str | None, what: str) -> int | None:
@@ -169,12 +171,55 @@ def parse_register(req: Request, source: Source | None, cfg: RegistrarConfig) ->
             reg_id=int(reg_id_text) if reg_id_text is not None else None,
         ))
     reg.path = [v.strip() for v in req.header_all("path")]
+    _outbound(req, reg, cfg)
     if source is not None:
         reg.received = str(source)
         reg.socket = repr(source.listener)
         reg.nat = behind_nat(req, source)
     reg.user_agent = (req.header("user-agent") or "")[:200]
     return reg
+
+
+def supported(req: Request) -> set[str]:
+    return {v.strip().lower() for h in req.header_all("supported") for v in split_values(h)}
+
+
+def _outbound(req: Request, reg: RegisterRequest, cfg: RegistrarConfig) -> None:
+    """RFC 5626 6: outbound applies when we are the first hop (one Via) or
+    the edge proxy nearest the phone put ``ob`` on its Path; then a REGISTER
+    with ``Supported: outbound`` and a Contact with reg-id and +sip.instance
+    is answered with ``Require: outbound``. Otherwise reg-id is ignored, or
+    the REGISTER refused with 439 when it asked for outbound."""
+    asked = any(c.reg_id is not None for c in reg.contacts)
+    if not asked:
+        return
+    wants = "outbound" in supported(req)
+    first_hop = len(req.vias) == 1
+    edge_ob = False
+    if reg.path:
+        try:
+            # The last Path value is the proxy nearest the phone, its first hop.
+            edge_ob = "ob" in URI.parse(split_values(reg.path[-1])[-1].strip().strip("<>")).params
+        except ValueError:
+            raise RegisterRejected(400, "Bad Path") from None
+    applies = cfg.outbound and (first_hop or edge_ob)
+    if not applies:
+        if wants and not first_hop and cfg.outbound:
+            raise RegisterRejected(439, "First Hop Lacks Outbound Support")
+        for c in reg.contacts:
+            c.reg_id = None
+        return
+    reg.outbound = wants and any(c.reg_id is not None and c.instance for c in reg.contacts)
+
+
+def first_hop_flow(flows: Any, source: Source | None, outbound: bool, path: list[str]) -> str | None:
+    """The flow a REGISTER's bindings record: none behind an edge proxy (its
+    Path routes), for TCP/TLS always (connection reuse), for UDP with outbound."""
+    if flows is None or source is None or path:
+        return None
+    if source.transport in ("tcp", "tls") or outbound:
+        return flows.flow_uri(source)
+    return None
 
 
 def _same(binding: Binding, uri: URI, c: ContactRequest) -> bool:
@@ -209,7 +254,8 @@ def apply_register(
             contact=c.contact, expires=now + c.expires, q=c.q, call_id=reg.call_id,
             cseq=reg.cseq, path=list(reg.path), received=reg.received, socket=reg.socket,
             instance=c.instance, reg_id=c.reg_id, user_agent=reg.user_agent, nat=reg.nat,
-            updated=now,
+            updated=now, flow=reg.flow,
+            outbound=reg.outbound and c.reg_id is not None and c.instance is not None,
         ))
     limit = cfg.max_contacts
     if limit and len(bindings) > limit:
@@ -246,6 +292,8 @@ class Registrar:
         self.clock = clock
         # Told of every AOR that got a binding from behind NAT (keep-alives).
         self.on_nat: Callable[[str], None] | None = None
+        # sipsuite.proxy.outbound.Flows: records the flow a REGISTER came over.
+        self.flows: Any = None
         self._date_at = -1
         self._date_text = ""
 
@@ -265,6 +313,7 @@ class Registrar:
             ctx.reply(e.status, e.reason, e.headers)
             return
         cfg = self.cfg
+        reg.flow = first_hop_flow(self.flows, ctx.source, reg.outbound, reg.path)
         try:
             if reg.contacts or reg.star:
                 bindings = await self.store.update(
@@ -281,10 +330,13 @@ class Registrar:
             return
         if reg.nat and reg.contacts and self.on_nat is not None:
             self.on_nat(reg.aor)
+        if reg.flow is not None and self.flows is not None and ctx.source is not None:
+            self.flows.registered(ctx.source, [c.contact for c in reg.contacts if c.expires])
         now = self.clock()
         headers = [("Contact", v) for v in contact_values(bindings, now)]
-        supported = {v.strip().lower() for h in req.header_all("supported") for v in split_values(h)}
-        if reg.path and "path" in supported:
+        if reg.outbound:
+            headers.append(("Require", "outbound"))
+        if reg.path and "path" in supported(req):
             headers += [("Path", p) for p in reg.path]
         headers.append(("Date", self._date(now)))
         ctx.reply(200, "OK", headers)

@@ -46,6 +46,9 @@ class Target:
     # TLS: the name the server's certificate must carry, the host of the URI
     # we resolved (RFC 5922 4.1), not the SRV target; '' means ``host``.
     name: str = ""
+    # A registered flow (sipsuite.proxy.outbound): sent from this listener,
+    # over an existing connection only, never a new one.
+    listener: Any = field(default=None, compare=False)
 
 
 def named(targets: list[Target], name: str) -> list[Target]:

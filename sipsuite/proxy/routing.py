@@ -340,7 +340,9 @@ class DefaultRouting(FeatureRoutes, Routing):
             ctx.reply(503, "Location Store Unavailable",
                       [("Retry-After", str(self.config.registrar.retry_after))])
             return
-        if not bindings:
+        # Each with where it is reached; outbound bindings whose flow failed drop out.
+        reached = await self.core.flows.destinations(user, bindings)
+        if not reached:
             if ctx.debug:
                 self.trace(ctx, f"location: {user!r}: no bindings")
             if await self.route_voicemail(ctx):
@@ -351,19 +353,19 @@ class DefaultRouting(FeatureRoutes, Routing):
             return
         ctx.vars["location"] = True
         if self.config.registrar.serial_forking:
-            groups: list[list[Binding]] = []
-            for b in bindings:  # highest q first
-                if groups and groups[-1][0].q == b.q:
-                    groups[-1].append(b)
+            groups: list[list[tuple[Binding, Destination]]] = []
+            for pair in reached:  # highest q first
+                if groups and groups[-1][0][0].q == pair[0].q:
+                    groups[-1].append(pair)
                 else:
-                    groups.append([b])
+                    groups.append([pair])
             ctx.vars["serial"] = groups[1:]
-            bindings = groups[0]
+            reached = groups[0]
         if ctx.debug:
-            self.trace(ctx, f"location: {user!r}: {len(bindings)} binding(s) -> relay to "
-                            + ", ".join(str(b.uri) for b in bindings))
+            self.trace(ctx, f"location: {user!r}: {len(reached)} binding(s) -> relay to "
+                            + ", ".join(str(d.uri) for _, d in reached))
         await self.media_offer(ctx)
-        ctx.relay([Destination.of(b) for b in bindings])
+        ctx.relay([d for _, d in reached])
 
     # -- media (kamailio.cfg's WITH_NAT + rtpproxy_manage) -------------------------
 
@@ -470,8 +472,8 @@ class DefaultRouting(FeatureRoutes, Routing):
             group = groups.pop(0)
             if ctx.debug:
                 self.trace(ctx, f"failure route: {response.status} -> next serial group: "
-                                + ", ".join(str(b.uri) for b in group))
-            ctx.relay([Destination.of(b) for b in group])
+                                + ", ".join(str(d.uri) for _, d in group))
+            ctx.relay([d for _, d in group])
             return True
         return False
 

@@ -19,6 +19,7 @@ from twisted.logger import LogLevel
 from zope.interface import implementer
 
 from sipsuite.log import enabled, get_logger
+from sipsuite.proxy.stun import stun_reply
 from sipsuite.sip.message import (
     KeepAlive,
     ParseError,
@@ -142,6 +143,12 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
         if len(data) <= 4 and not data.strip():
             # CRLF keep-alives from phones behind NAT (RFC 5626 allows them on UDP too).
             return
+        if data[0] < 2 and self.layer.stun():
+            # No SIP message starts with a control byte; a STUN one does (RFC 5389 6).
+            reply = stun_reply(data, host, port)
+            if reply is not None:
+                self.send(reply, host, port)
+            return
         try:
             msg = parse_datagram(data)
         except ParseError as err:
@@ -192,6 +199,7 @@ class SIPStreamProtocol(protocol.Protocol):
         self.pending: list[bytes] = []
         self.connected_ok = False
         self.closed = False
+        self.aliases: set[tuple[str, int]] = set()  # keys aliased to it (TransportLayer.alias)
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
@@ -312,6 +320,11 @@ class TransportLayer:
         # (host, port) -> connection; inbound and outbound alike, so responses
         # and in-dialog requests go back over the connection the peer opened.
         self.connections: dict[tuple[str, int], SIPStreamProtocol] = {}
+        # (host, port) -> a connection from host at another port (its phone
+        # registered that port as its Contact): see alias().
+        self.aliases: dict[tuple[str, int], SIPStreamProtocol] = {}
+        # Answer STUN Binding requests on UDP listeners (RFC 5626 8).
+        self.stun: Callable[[], bool] = lambda: False
         self.drops: dict[str, int] = {}
         # sipsuite.tlsctx.TLSContexts, set by the service when a tls: listener exists.
         self.tls: Any = None
@@ -369,15 +382,18 @@ class TransportLayer:
 
     # -- sending ---------------------------------------------------------------
     def send(self, data: bytes, transport: str, host: str, port: int, listener: Listener,
-             name: str = "") -> bool:
-        """``name``: for TLS, the host the certificate must be for (default: ``host``)."""
+             name: str = "", connect: bool = True) -> bool:
+        """``name``: for TLS, the host the certificate must be for (default:
+        ``host``). ``connect=False``: over an existing connection only (a flow)."""
         host = strip_brackets(host)
         if transport == "udp":
             proto = self.udp.get(listener)
             if proto is None:
                 return False
             return proto.send(data, host, port)
-        conn = self.connections.get((host, port))
+        conn = self.connection_to(host, port)
+        if not connect and (conn is None or conn.kind != transport):
+            return False
         if (conn is None or conn.closed or conn.kind != transport
                 or (transport == "tls" and not self._proves(conn, name or host, bool(name)))):
             if transport == "tls" and (self.tls is None or not self.tls.name_ok(name or host)):
@@ -398,6 +414,19 @@ class TransportLayer:
         if conn.outbound:
             return conn.tls_name == name
         return not named
+
+    def connection_to(self, host: str, port: int) -> SIPStreamProtocol | None:
+        """The live connection to (host, port), or one aliased to it."""
+        conn = self.connections.get((host, port)) or self.aliases.get((host, port))
+        return None if conn is None or conn.closed else conn
+
+    def alias(self, conn: SIPStreamProtocol, host: str, port: int) -> None:
+        """Kamailio's tcp connection aliasing: requests to (host, port) go
+        over ``conn`` while it lives, unless a connection of its own exists."""
+        key = (host, port)
+        if key not in self.connections and not conn.closed:
+            self.aliases[key] = conn
+            conn.aliases.add(key)
 
     def send_on(self, data: bytes, conn: SIPStreamProtocol) -> bool:
         return conn.send(data)
@@ -420,6 +449,9 @@ class TransportLayer:
     def connection_down(self, conn: SIPStreamProtocol) -> None:
         if self.connections.get(conn.peer) is conn:
             del self.connections[conn.peer]
+        for key in conn.aliases:
+            if self.aliases.get(key) is conn:
+                del self.aliases[key]
 
     def connection_failed(self, conn: SIPStreamProtocol) -> None:
         self.connection_down(conn)

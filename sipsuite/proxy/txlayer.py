@@ -71,7 +71,7 @@ class TransactionDriver:
                 else:
                     t = holder.target
                     ok = self.transport.send(data, t.transport, t.host, t.port, holder.listener,
-                                             t.name)
+                                             t.name, connect=t.listener is None)
                     if not ok:
                         self._client_transport_error(holder)
             elif kind is Arm:

@@ -59,7 +59,7 @@ class ProxyKit:
         core.transport.pick_listener = lambda *a, **k: self.listener  # type: ignore[method-assign]
 
     def _send(self, data: bytes, transport: str, host: str, port: int, listener: Any,
-              name: str = "") -> bool:
+              name: str = "", connect: bool = True) -> bool:
         self.sent.append((parse_datagram(data), host, port))
         return True
 

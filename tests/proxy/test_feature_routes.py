@@ -16,6 +16,7 @@ from sipsuite.config import Config, load_config
 from sipsuite.configvalues import _Invalid, host_or_empty, regex
 from sipsuite.proxy.features import pstn_number, target_uri
 from sipsuite.proxy.location import Binding
+from sipsuite.proxy.outbound import Flows
 from sipsuite.proxy.routing import DefaultRouting, RequestContext
 from sipsuite.sip.message import make_response, parse_datagram
 
@@ -32,6 +33,7 @@ class FakeCore:
         self.trusted_hosts: set[str] = set()
         self.replies: list[tuple[int, str | None]] = []
         self.relays: list[list[str]] = []
+        self.flows = Flows(self, "")  # type: ignore[arg-type]
 
     def is_myself(self, host: str, port: int | None) -> bool:
         return host == "sipsuite.test"

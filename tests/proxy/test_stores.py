@@ -324,6 +324,8 @@ async def test_bindings_keep_every_field(stores: Stores, clock: FakeClock) -> No
         user_agent="Zoiper \u00fc \u2603",
         nat=True,
         updated=clock.now - 0.5,
+        flow="<sip:c3Rvcm@198.51.100.1:5060;transport=tcp;lr;ob>",
+        outbound=True,
     )
     plain = Binding("sip:alice@h")
     await stores.location.update("alice", add(full, plain))
