@@ -36,8 +36,8 @@ BENCH = Path(__file__).resolve().parent
 KAMAILIO_CFG = BENCH / "kamailio-proxy.cfg"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# sipp's socket buffers: with the default size sipp itself drops datagrams at
-# a few thousand calls/s and the run measures sipp, not the proxy.
+# sipp's socket buffers, raised so that under load sipp is never the one
+# dropping datagrams (the run would measure sipp, not the proxy).
 SIPP_BUFF = "4194304"
 
 
