@@ -36,7 +36,8 @@ BENCH = Path(__file__).resolve().parent
 KAMAILIO_CFG = BENCH / "kamailio-proxy.cfg"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# Big enough that sipp itself never drops datagrams (see shared/bench/NOTES.md).
+# sipp's socket buffers, raised so that under load sipp is never the one
+# dropping datagrams (the run would measure sipp, not the proxy).
 SIPP_BUFF = "4194304"
 
 

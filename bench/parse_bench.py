@@ -1,7 +1,7 @@
 """Micro-benchmark of the SIP message layer.
 
 For every message of a sipp call through a record-routing proxy
-(../shared/sipp/call_uac.xml against uas_answer.xml: INVITE, 100, 180, 200,
+(examples/sipp/call_uac.xml against uas_answer.xml: INVITE, 100, 180, 200,
 ACK, BYE, 200) plus the classic ~700-byte INVITE it measures
 
 * ``parse``: parse_datagram alone;

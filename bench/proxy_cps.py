@@ -22,8 +22,8 @@ is also kept alive for --tail seconds after the run so that the deferred work (t
 that end transactions after the call) is counted too ("deferred" CPU); the Kamailio
 figure is taken the same way so the two are comparable.
 
-Needs sipp (Debian sip-tester) and kamailio on PATH, and the scenarios in
-../shared/sipp next to this repository (or --sipp-dir).  Linux only (/proc).
+Needs sipp (Debian sip-tester) and kamailio on PATH; the scenarios are the
+project's examples/sipp (or --sipp-dir).  Linux only (/proc).
 
 The process and measurement machinery (sipp and the two proxies, /proc CPU and
 UDP drop counters, ports, sipp result files) lives in benchlib.py beside this
@@ -61,7 +61,7 @@ from benchlib import (
     udp_drops,
 )
 
-DEFAULT_SIPP_DIR = REPO.parent / "shared" / "sipp"
+DEFAULT_SIPP_DIR = REPO / "examples" / "sipp"
 # Call hold time (ms): short calls, so the run measures call set-up/tear-down work.
 CALL_MS = 100
 # A run whose UAC retransmitted more than this share of its calls is not "clean":
@@ -311,7 +311,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="stop raising the rate above the reference rate when the next run, even"
                    " if it fails, and the Kamailio run could end later than this many seconds"
                    " after the start (default 450)")  # fmt: skip
-    p.add_argument("--sipp-dir", type=Path, default=DEFAULT_SIPP_DIR)
+    p.add_argument("--sipp-dir", type=Path, default=DEFAULT_SIPP_DIR,
+                   help="folder with call_uac.xml and uas_answer.xml (default: examples/sipp)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
     if args.quick:

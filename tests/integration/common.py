@@ -1,6 +1,7 @@
 """Shared by the integration-test helpers: where things are, loopback addresses, ports.
 
-- paths: ``REPO``, ``SCENARIOS``, ``shared_dir`` / ``sipp_dir``;
+- paths: ``REPO``, ``SCENARIOS`` (test-only sipp scenarios), ``sipp_dir`` (the
+  sipp scenarios in examples/sipp/, which the README walks through);
 - addresses: ``LOCALHOST`` / ``LOCALHOST6``, ``family``, ``bracket`` / ``hostport``
   (an IPv6 literal the way SIP writes it, [::1]:5060), ``Address``, ``Transport``;
 - ports: ``free_port`` (free for UDP and TCP at once on 127.0.0.1 or ::1),
@@ -13,7 +14,6 @@ Nothing here imports sipsuite (see procs.py).
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import re
 import socket
@@ -28,14 +28,10 @@ LOCALHOST6 = "::1"
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 
-def shared_dir() -> Path:
-    """The read-only shared/ folder: $SIPSUITE_SHARED, else ../shared beside the repo."""
-    env = os.environ.get("SIPSUITE_SHARED")
-    return Path(env) if env else (REPO / ".." / "shared").resolve()
-
-
 def sipp_dir() -> Path:
-    return shared_dir() / "sipp"
+    """examples/sipp: caller, callee, CANCEL, REGISTER and OPTIONS scenarios and the
+    RTP tone, the ones the README's walk-through uses."""
+    return REPO / "examples" / "sipp"
 
 
 # --------------------------------------------------------------------------- addresses

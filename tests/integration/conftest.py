@@ -29,14 +29,6 @@ def sipp_bin() -> str:
     pytest.fail(problem, pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def shared() -> Path:
-    path = procs.shared_dir()
-    if not path.is_dir():
-        pytest.fail(f"shared folder not found at {path} (set SIPSUITE_SHARED)", pytrace=False)
-    return path
-
-
 @pytest.fixture(scope="module")
 def proxy_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.ProxyFactory]:
     """``start(name, port=..., listen=[...], **write_config kwargs)`` -> a running ProxyProcess,

@@ -7,7 +7,7 @@ test harness.
 The tests ``import procs`` / ``from procs import ...``; this module only gathers
 the public names of the modules beside it, which do the work:
 
-- ``common``: paths (``REPO``, ``SCENARIOS``, ``shared_dir``); ports
+- ``common``: paths (``REPO``, ``SCENARIOS``, ``sipp_dir``); ports
   (``free_port``: free for UDP and TCP at once on 127.0.0.1 or ::1);
   ``bracket`` / ``hostport`` write an IPv6 literal the way SIP does ([::1]:5060);
 - ``proxyproc``: the proxy: ``write_config`` (TOML), ``start_proxy`` ->
@@ -43,7 +43,6 @@ from common import (
     free_port,
     hostport,
     port_bound,
-    shared_dir,
     sipp_dir,
     unique,
     wait_bound,
@@ -115,7 +114,6 @@ __all__ = [
     "free_port",
     "hostport",
     "port_bound",
-    "shared_dir",
     "sipp_dir",
     "unique",
     "wait_bound",

@@ -219,10 +219,9 @@ def test_cancel_through_the_proxy(sipp_bin: str, topo: Topology, tmp_path: Path)
     the branch of the INVITE the proxy sent: RFC 3261 9.1/16.10) and the proxy's
     hop-by-hop ACK for the 487 (RFC 3261 17.1.1.3), never the caller's ACK.
 
-    The callee runs scenarios/cancel_uas_invvia.xml, not shared/sipp/cancel_uas.xml:
-    the shared one builds the 487 from the CANCEL's Via, which behind a proxy is
-    only the proxy's (see the scenario's comment)."""
-    uas = start_uas(procs.SCENARIOS / "cancel_uas_invvia.xml", tmp_path, topo.cancel_port,
+    The callee, examples/sipp/cancel_uas.xml, answers the INVITE with a 487 carrying
+    the INVITE's Vias (the next test covers one built from the CANCEL's)."""
+    uas = start_uas(sipp_dir() / "cancel_uas.xml", tmp_path, topo.cancel_port,
                     CANCEL_CALLS, service="carol")
     caller_port = procs.free_port()
     uac = run_sipp(
@@ -255,13 +254,13 @@ def test_cancel_through_the_proxy(sipp_bin: str, topo: Topology, tmp_path: Path)
 def test_cancel_487_built_from_the_cancel_reaches_the_caller(
     sipp_bin: str, topo: Topology, tmp_path: Path
 ) -> None:
-    """shared/sipp/cancel_uas.xml answers the INVITE with a 487 copied from the
-    CANCEL's Via, i.e. with only the proxy's Via. Dropping it (RFC 3261 16.7
+    """scenarios/cancel_uas_cancel_via.xml answers the INVITE with a 487 copied from
+    the CANCEL's Via, i.e. with only the proxy's Via. Dropping it (RFC 3261 16.7
     step 3) would leave the caller with no final answer; the proxy restores the
     caller's Vias from the INVITE, so every caller still gets its 487."""
     calls = 5
-    uas = start_uas(sipp_dir() / "cancel_uas.xml", tmp_path, topo.cancel_port, calls,
-                    service="carol")
+    uas = start_uas(procs.SCENARIOS / "cancel_uas_cancel_via.xml", tmp_path, topo.cancel_port,
+                    calls, service="carol")
     caller_port = procs.free_port()
     uac = run_sipp(
         sipp_dir() / "cancel_uac.xml", name="uac", workdir=tmp_path, remote=topo.proxy.address,

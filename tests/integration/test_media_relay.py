@@ -190,7 +190,7 @@ def test_cancelled_call_leaves_no_relay_session(
                           tables=media_tables(ports))
     work = tmp_path / "sipp"
     # The callee rings and never answers; see test_calls for why this scenario.
-    uas = SippProcess(procs.SCENARIOS / "cancel_uas_invvia.xml", name="uas", workdir=work,
+    uas = SippProcess(sipp_dir() / "cancel_uas.xml", name="uas", workdir=work,
                       local_port=uas_port, calls=1, timeout_s=30, service="carol",
                       trace_msg=True, extra=sipp_media())
     assert procs.wait_bound(uas_port, "udp", 5.0)

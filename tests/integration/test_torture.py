@@ -1,10 +1,11 @@
 """RFC 4475 / RFC 5118 torture messages against a running proxy process.
 
-Every file of ../shared/conformance/rfc4475/*.dat and rfc5118/wire/*.dat is sent,
+Every file of tests/data/rfc4475/*.dat and rfc5118/wire/*.dat is sent,
 unchanged, as ONE UDP datagram to one proxy started for this module, and the
 reaction is compared with the exact answer EXPECTED names for that file (or
 silence). The expectations follow the files' expected.tsv; where the RFC allows
-two answers, the choice is stated next to the row.
+two answers, the choice is stated next to the row and must agree with
+tests/data/choices.tsv, which explains it.
 
 Configuration, chosen so that every answer is deterministic: domains example.com
 and sipsuite.test, trusted = [] (a request for any other domain gets 403 Not
@@ -34,6 +35,7 @@ needed (``SLOTS``): no proxy ever sees two files with one transaction key.
 
 from __future__ import annotations
 
+import csv
 import re
 import select
 import socket
@@ -187,8 +189,11 @@ EXPECTED: dict[str, Expect] = {
 }
 
 
+DATA = procs.REPO / "tests" / "data"
+
+
 def corpus_files() -> dict[str, Path]:
-    root = procs.shared_dir() / "conformance"
+    root = DATA
     files = sorted((root / "rfc4475").glob("*.dat")) + sorted((root / "rfc5118" / "wire").glob("*.dat"))
     return {f"{'rfc4475' if f.parent.name == 'rfc4475' else 'rfc5118'}/{f.stem}": f for f in files}
 
@@ -343,13 +348,13 @@ class TortureProxies:
 
 
 @pytest.fixture(scope="module")
-def torture(proxy_factory: ProxyFactory, shared: Path) -> Iterator[TortureProxies]:
+def torture(proxy_factory: ProxyFactory) -> Iterator[TortureProxies]:
     proxies = TortureProxies(proxy_factory)
     proxies.get(0)
     yield proxies
 
 
-def test_every_corpus_file_has_an_expectation(shared: Path) -> None:
+def test_every_corpus_file_has_an_expectation() -> None:
     assert len(FILES) == 62, f"expected 50 + 12 torture files, found {len(FILES)}: {sorted(FILES)}"
     assert set(FILES) == set(EXPECTED), (
         f"no expectation for {sorted(set(FILES) - set(EXPECTED))}; "
@@ -357,12 +362,28 @@ def test_every_corpus_file_has_an_expectation(shared: Path) -> None:
     )
 
 
+def test_choices_agree_with_the_data_file() -> None:
+    """Where the RFC allows two answers, the answer expected here is the one
+    tests/data/choices.tsv records (and explains); each is marked CHOICE here."""
+    with open(DATA / "choices.tsv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    problems = []
+    for row in rows:
+        name, want = row["file"], None if row["proxy"] == "none" else int(row["proxy"])
+        if name not in EXPECTED or EXPECTED[name].code != want:
+            problems.append(f"{name}: choices.tsv says {row['proxy']}, "
+                            f"here {EXPECTED[name].code if name in EXPECTED else 'nothing'}")
+    assert not problems, "\n".join(problems)
+    marked = {name for name, e in EXPECTED.items() if "CHOICE" in e.why}
+    assert marked <= {row["file"] for row in rows}, "a CHOICE here that choices.tsv does not explain"
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_torture_message(torture: TortureProxies, name: str) -> None:
     expect = EXPECTED[name]
     torture_proxy = torture.get(SLOTS[name])
     if name not in FILES:
-        pytest.fail(f"{name}.dat not found under {procs.shared_dir() / 'conformance'}")
+        pytest.fail(f"{name}.dat not found under {DATA}")
     data = FILES[name].read_bytes()
     index = sorted(EXPECTED).index(name)
     source = (f"127.0.0.{10 + index}", top_via_port(data))

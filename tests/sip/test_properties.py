@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import string
 from pathlib import Path
 
@@ -29,16 +28,9 @@ from sipsuite.sip.message import (
 )
 from sipsuite.sip.uri import URI
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("SIPSUITE_SHARED", REPO / ".." / "shared"))
-TORTURE = sorted((SHARED / "conformance" / "rfc4475").glob("*.dat")) + sorted(
-    (SHARED / "conformance" / "rfc5118" / "wire").glob("*.dat"))
-# A fallback seed so the mutation test still runs without the corpus.
-SEED = (b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h:5060;branch=z9hG4bK1\r\n"
-        b"From: \"A\" <sip:a@example.com>;tag=1\r\nTo: sip:bob@example.com\r\nCall-ID: c@h\r\n"
-        b"CSeq: 1 INVITE\r\nContact: <sip:a@h>, <sip:b@h>;q=0.5\r\nRoute: <sip:p;lr>\r\n"
-        b"Max-Forwards: 70\r\nContent-Length: 4\r\n\r\nbody")
-SEEDS = [p.read_bytes() for p in TORTURE] or [SEED]
+DATA = Path(__file__).resolve().parents[1] / "data"
+TORTURE = sorted((DATA / "rfc4475").glob("*.dat")) + sorted((DATA / "rfc5118" / "wire").glob("*.dat"))
+SEEDS = [p.read_bytes() for p in TORTURE]
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

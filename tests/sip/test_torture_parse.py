@@ -1,68 +1,40 @@
 """RFC 4475 and RFC 5118 torture messages through parse_datagram.
 
-Each file's outcome is checked against the verdict in the corpus's
-expected.tsv.  The corpus lives outside the repo, in ../shared (override with
-SIPSUITE_SHARED); the tests fail when it is absent (a skip would pass unseen).
+Each file's outcome is checked against the verdict in its corpus's
+expected.tsv (tests/data), and where the RFC allows two answers, against the
+choice tests/data/choices.tsv records and explains.
 """
 
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pytest
 
 from sipsuite.sip.message import ParseError, Request, Response, parse_datagram
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("SIPSUITE_SHARED", REPO / ".." / "shared"))
-RFC4475 = SHARED / "conformance" / "rfc4475"
-RFC5118 = SHARED / "conformance" / "rfc5118"
-
-
-@pytest.fixture(autouse=True)
-def _corpus_present() -> None:
-    if not RFC4475.is_dir():
-        pytest.fail(f"no torture corpus at {SHARED} (set SIPSUITE_SHARED)", pytrace=False)
-
+DATA = Path(__file__).resolve().parents[1] / "data"
+RFC4475 = DATA / "rfc4475"
+RFC5118 = DATA / "rfc5118"
 
 PARSES = "parses"
-
-# Rows whose expected.tsv action allows more than one answer; the choice made:
-CHOICES: dict[str, object] = {
-    # "parse and process (ignore Date) or respond 400": a proxy does not use
-    # Date, so it is not validated and the message is forwarded.
-    "baddate": PARSES,
-    # "respond 501 (400 also acceptable)": the contract makes every CSeq
-    # method mismatch a parse error, and a parse error answers 400.
-    "mismatch02": 400,
-    # "either respond 400 or fall back to RFC 2543 matching": it parses; the
-    # transaction layer falls back to RFC 2543 matching for such a branch.
-    "badbranch": PARSES,
-    # "a strict RFC 3261 proxy may answer 400 - decide": accepted, RFC 2543
-    # compatibility (no branch, no tags, no Content-Length over UDP).
-    "inv2543": PARSES,
-    # "registrar: respond 400" is a registrar's decision, not the parser's.
-    "unksm2": PARSES,
-    # Unreferenced archive file, "respond 400 or drop": no SIP-Version in the
-    # Request-Line, so it is a malformed request and gets a 400 when possible
-    # (it has no Via, so response_bytes() is None and it is in effect dropped).
-    "test": 400,
-    # "over UDP 400 or drop are both defensible": the datagram ending after
-    # the last header's CRLF ends the header section, and the unquoted
-    # display name with a comma then makes it a 400.
-    "baddn": 400,
-    # "respond 400 (or liberal: ...)" rows: strict, the first choice.
-    "lwsstart": 400, "trws": 400, "escruri": 400, "regbadct": 400,
-    # RFC 5118 4.10 "decide and document": tolerated, as RFC 5118 asks.
-    "ipv6-bug-abnf-3-colons": PARSES,
-}
 
 
 def _rows(folder: Path) -> list[dict[str, str]]:
     with open(folder / "expected.tsv", newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f, delimiter="\t"))
+
+
+def _choices() -> dict[str, object]:
+    """Name -> the parser's answer where the RFC allows two (choices.tsv)."""
+    with open(DATA / "choices.tsv", newline="", encoding="utf-8") as f:
+        rows = csv.DictReader(f, delimiter="\t")
+        return {row["file"].split("/")[1]: PARSES if row["parser"] == PARSES else int(row["parser"])
+                for row in rows}
+
+
+CHOICES = _choices()
 
 
 def expected_outcome(row: dict[str, str]) -> object:
@@ -80,12 +52,11 @@ def expected_outcome(row: dict[str, str]) -> object:
             return 0   # a malformed response: dropped silently
         if action.startswith("respond 400"):
             return 400
-    raise AssertionError(f"{name}: no rule for verdict {verdict!r} / {action!r}; add a CHOICES entry")
+    raise AssertionError(f"{name}: no rule for verdict {verdict!r} / {action!r}; "
+                         "add a row to tests/data/choices.tsv")
 
 
 def _cases() -> list[tuple[str, Path, object]]:
-    if not RFC4475.is_dir():
-        return []
     cases = [(row["name"], RFC4475 / f"{row['name']}.dat", expected_outcome(row))
              for row in _rows(RFC4475)]
     cases += [(row["name"], RFC5118 / "wire" / f"{row['name']}.dat", expected_outcome(row))
