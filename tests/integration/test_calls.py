@@ -6,7 +6,7 @@ point at the callees the tests run:
 
     bob     -> sipp uas_answer.xml on UDP          (calls, 200 at 50 calls/s)
     bobtcp  -> sipp uas_answer.xml on TCP          (the same over TCP)
-    carol   -> sipp scenarios/cancel_uas_invvia.xml (CANCEL)
+    carol   -> sipp examples/sipp/cancel_uas.xml (CANCEL)
     ring    -> RawCallee: 180, then nothing       (timer C after a provisional)
     silent  -> RawCallee: never answers            (timer C without a provisional)
     busy    -> RawCallee: 180, 486 after 1 s       (INVITE retransmissions)
