@@ -14,8 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import resource
 import select
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,6 +27,7 @@ from typing import Any
 
 import procs
 import pytest
+from common import free_port_range
 from endpoints import TcpEndpoint, options_ping
 from procs import LOCALHOST, ProxyProcess, build_request, is_final
 
@@ -42,16 +46,18 @@ Starter = Callable[..., ProxyProcess]
 
 @pytest.fixture
 def start(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Starter]:
-    """``start(name, nofile=None, **[proxy] keys)``: a proxy with those settings,
+    """``start(name, nofile=None, plugin="sipsuite", **[proxy] keys)``: a proxy
+    (twistd PLUGIN) with those settings,
     stopped at the end of the test."""
     started: list[ProxyProcess] = []
 
-    def go(name: str, nofile: tuple[int, int] | None = None, **proxy: Any) -> ProxyProcess:
+    def go(name: str, nofile: tuple[int, int] | None = None, plugin: str = "sipsuite",
+           **proxy: Any) -> ProxyProcess:
         workdir = tmp_path_factory.mktemp(name)
         port = procs.free_port()
         cfg = procs.write_config(Path(workdir) / "sipsuite.toml", port=port, extra_proxy=proxy)
         try:
-            p = procs.start_proxy(workdir, cfg, port, nofile=nofile)
+            p = procs.start_proxy(workdir, cfg, port, nofile=nofile, plugin=plugin)
         except procs.ProxyStartError as e:
             problem = str(e)
         else:
@@ -320,10 +326,7 @@ def test_descriptor_headroom_and_raised_soft_limit(start: Starter) -> None:
     proxy = start("descriptors", nofile=(256, hard), tcp_max_connections=100_000,
                   tcp_max_per_source=100_000)
     assert proxy.proc is not None
-    limits = Path(f"/proc/{proxy.proc.pid}/limits").read_text()
-    row = re.search(r"^Max open files\s+(\d+)\s+(\d+)", limits, re.MULTILINE)
-    assert row is not None, limits
-    assert (int(row[1]), int(row[2])) == (hard, hard), row[0]
+    assert soft_and_hard_nofile(proxy.proc.pid) == (hard, hard)
     with sockets() as held:
         admitted = refused = 0
         for n in range(hard // 20 + 1):  # batches of 20: the refusals come in the last
@@ -344,12 +347,53 @@ def test_descriptor_headroom_and_raised_soft_limit(start: Starter) -> None:
     assert "fewer than 128 file descriptors would stay free" in proxy.log_text()
 
 
-def test_started_service_soft_limit_is_its_hard_limit(start: Starter) -> None:
+def soft_and_hard_nofile(pid: int) -> tuple[int, int]:
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    row = re.search(r"^Max open files\s+(\d+)\s+(\d+)", limits, re.MULTILINE)
+    assert row is not None, limits
+    return int(row[1]), int(row[2])
+
+
+@pytest.mark.parametrize("plugin", ["sipsuite", "sip-proxy"])
+def test_started_service_soft_limit_is_its_hard_limit(start: Starter, plugin: str) -> None:
     """Whatever soft limit twistd inherits (1024 under systemd), the proxy runs
     with its soft RLIMIT_NOFILE at the hard one."""
-    proxy = start("rlimit", nofile=(64, 4096))
+    proxy = start("rlimit", nofile=(64, 4096), plugin=plugin)
     assert proxy.proc is not None
-    limits = Path(f"/proc/{proxy.proc.pid}/limits").read_text()
-    row = re.search(r"^Max open files\s+(\d+)\s+(\d+)", limits, re.MULTILINE)
-    assert row is not None and (int(row[1]), int(row[2])) == (4096, 4096), limits
+    assert soft_and_hard_nofile(proxy.proc.pid) == (4096, 4096)
     assert udp_ok(proxy) and tcp_ok(proxy, LOCALHOST)
+
+
+def test_relay_soft_limit_is_its_hard_limit(tmp_path: Path) -> None:
+    """`twistd rtp-relay` on its own raises its soft limit too (each call
+    takes two or four media sockets)."""
+    control = procs.free_port("udp")
+    low, high = free_port_range(8)
+    (tmp_path / "relay.toml").write_text(
+        f'[management]\nlisten = ""\n[relay]\ncontrol = ["udp:{LOCALHOST}:{control}"]\n'
+        f'media_addresses = ["{LOCALHOST}"]\nports = "{low}-{high}"\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon",
+         "--pidfile=", f"--logfile={tmp_path / 'relay.log'}", "rtp-relay", "--config",
+         str(tmp_path / "relay.toml")],
+        cwd=procs.REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 4096)))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.3)
+            answer = b""
+            deadline = time.monotonic() + 20
+            while answer.strip() != b"v1 20040107" and time.monotonic() < deadline and proc.poll() is None:
+                s.sendto(b"v1 V", (LOCALHOST, control))
+                with contextlib.suppress(TimeoutError):
+                    answer = s.recv(100)
+        assert answer.strip() == b"v1 20040107", (tmp_path / "relay.log").read_text(errors="replace")
+        assert soft_and_hard_nofile(proc.pid) == (4096, 4096)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
