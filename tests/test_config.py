@@ -60,6 +60,8 @@ def test_defaults() -> None:
     assert c.proxy.routing == "sipsuite.proxy.routing:DefaultRouting"
     assert c.proxy.record_route is True
     assert c.proxy.tcp_idle_timeout == 600.0
+    assert c.proxy.tcp_message_timeout == 20.0
+    assert (c.proxy.tcp_max_connections, c.proxy.tcp_max_per_source) == (2048, 64)
     assert c.proxy.dns_timeout == 3.0
     assert c.proxy.dns_servers == []
     assert c.proxy.server_header == "sipsuite"
@@ -281,6 +283,12 @@ BAD_VALUES = [
     ("proxy", "record_route", "1", "true or false"),
     ("proxy", "tcp_idle_timeout", "0", "a number of seconds above 0"),
     ("proxy", "tcp_idle_timeout", '"600"', "a number of seconds above 0"),
+    ("proxy", "tcp_message_timeout", "0", "a number of seconds above 0"),
+    ("proxy", "tcp_message_timeout", "inf", "a number of seconds above 0"),
+    ("proxy", "tcp_max_connections", "0", "a whole number from 1 to 1000000"),
+    ("proxy", "tcp_max_connections", "2048.0", "a whole number from 1 to 1000000"),
+    ("proxy", "tcp_max_per_source", "0", "a whole number from 1 to 1000000"),
+    ("proxy", "tcp_max_per_source", '"64"', "a whole number from 1 to 1000000"),
     ("proxy", "dns_timeout", "-1.0", "a number of seconds above 0"),
     ("proxy", "dns_timeout", "true", "a number of seconds above 0"),
     ("proxy", "dns_servers", '["ns.example.com"]', "a DNS server 'IP' or 'IP:PORT'"),

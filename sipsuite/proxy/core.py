@@ -88,6 +88,7 @@ class ProxyCore(RequestChecks, TransactionDriver):
             timer_c=config.timers.timer_c,
         )
         self.transport = TransportLayer(reactor, self.receive, p.tcp_idle_timeout)
+        self.transport.configure(p)
         self.transport.on_connection_failed = self._tcp_connect_failed
         if resolver is None:
             dns = None

@@ -112,11 +112,14 @@ def set_debug(core: ProxyCore, level: Any) -> str:
 #: "*" is every key except start-up-only ones (see _STARTUP_WORDS). A name
 #: whose section or key does not exist in this build is simply not offered.
 #: Left out on purpose: listen addresses, advertised address, the routing
-#: class (``routing reload`` swaps it), DNS and TCP settings the transports
-#: and resolver took at start, Redis, the relay, media relays, the
-#: management interface, the auth realm (stored HA1s depend on it) and secret.
+#: class (``routing reload`` swaps it), DNS and the TCP idle timeout the
+#: transports and resolver took at start (the TCP limits and message timeout
+#: are read at each connection, so they are settable), Redis, the relay,
+#: media relays, the management interface, the auth realm (stored HA1s
+#: depend on it) and secret.
 RUNTIME_KEYS: dict[str, tuple[str, ...] | str] = {
-    "proxy": ("domains", "trusted", "record_route", "server_header", "drop_user_agents"),
+    "proxy": ("domains", "trusted", "record_route", "server_header", "drop_user_agents",
+              "tcp_message_timeout", "tcp_max_connections", "tcp_max_per_source"),
     "timers": "*",
     "features": "*",
     "auth": ("nonce_expires", "algorithms"),
@@ -286,6 +289,7 @@ def apply_config(core: ProxyCore, new: Config) -> None:
     core.domains = {d.lower() for d in new.proxy.domains}
     core.trusted = list(new.proxy.trusted)
     core.server_header = new.proxy.server_header
+    core.transport.configure(new.proxy)
     if new.log.level != sipsuite_log.get_level():
         sipsuite_log.set_level(new.log.level)
 

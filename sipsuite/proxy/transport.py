@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from sipsuite.log import enabled, get_logger
 from sipsuite.proxy.stun import stun_reply
+from sipsuite.proxy.tcplimits import ConnectionLimits
 from sipsuite.sip.message import (
     KeepAlive,
     ParseError,
@@ -196,6 +197,11 @@ class SIPStreamProtocol(protocol.Protocol):
         self.parser = StreamParser()
         self.peer: tuple[str, int] = ("", 0)
         self.idle_call: Any = None
+        # Running while a message is being read: [proxy] tcp_message_timeout.
+        self.message_call: Any = None
+        # Counted in layer.limits (under this source, None for one we opened).
+        self.counted = False
+        self.source_key: str | None = None
         self.pending: list[bytes] = []
         self.connected_ok = False
         self.closed = False
@@ -210,6 +216,11 @@ class SIPStreamProtocol(protocol.Protocol):
             self.transport.write(data)
         self.pending.clear()
         self.touch()
+        if self.kind == "tls" and not self.secured:
+            # The handshake is timed like a message: its bytes never reach
+            # dataReceived, so they would not even touch the idle timer.
+            self.message_call = self.layer.clock.callLater(self.layer.tcp_message_timeout,
+                                                           self.message_timeout)
 
     def touch(self) -> None:
         timeout = self.layer.tcp_idle_timeout
@@ -220,16 +231,41 @@ class SIPStreamProtocol(protocol.Protocol):
 
     def handshakeCompleted(self) -> None:
         self.secured = True
+        if self.message_call is not None:
+            self.message_call.cancel()
+            self.message_call = None
 
     def idle_timeout(self) -> None:
         log.debug("closing idle {k} connection to {p}", k=self.kind, p=self.peer)
         self.transport.loseConnection()
 
+    def message_timeout(self) -> None:
+        """A message begun more than tcp_message_timeout ago is still not
+        complete: a slowloris (one byte now and then holds a connection
+        forever against the idle timer alone), or a peer gone silent
+        mid-message. Aborted, not closed: it may not read what we write."""
+        self.message_call = None
+        self.layer.stats_drop("tcp_message_timeout")
+        what = "complete message" if self.secured or self.kind != "tls" else "TLS handshake"
+        log.info("closing {k} connection with {h}:{p}: no {w} within {t} s", k=self.kind,
+                 h=bracket(self.peer[0]), p=self.peer[1], w=what, t=self.layer.tcp_message_timeout)
+        self.transport.abortConnection()
+
     def dataReceived(self, data: bytes) -> None:
         self.touch()
         if enabled(LogLevel.debug):
             _log_wire("received from", self.kind, self.peer[0], self.peer[1], data)
+        if self.message_call is None and data.strip(b"\r\n"):
+            # A message begins (CRLF keep-alives between messages do not
+            # start one). It may also end in this very read, then the timer
+            # stops below; what follows an ended message is timed from the
+            # next read on, at most one idle timeout later.
+            self.message_call = self.layer.clock.callLater(self.layer.tcp_message_timeout,
+                                                           self.message_timeout)
         for item in self.parser.feed(data):
+            if not isinstance(item, KeepAlive) and self.message_call is not None:
+                self.message_call.cancel()
+                self.message_call = None
             if isinstance(item, KeepAlive):
                 # RFC 5626 3.5.1: a double-CRLF ping is answered with one CRLF.
                 self.transport.write(b"\r\n")
@@ -265,6 +301,10 @@ class SIPStreamProtocol(protocol.Protocol):
         self.closed = True
         if self.idle_call is not None and self.idle_call.active():
             self.idle_call.cancel()
+        if self.message_call is not None:
+            self.message_call.cancel()
+            self.message_call = None
+        self.layer.uncount(self)
         if self.kind == "tls" and not self.secured:
             # No handshake: a peer without an acceptable certificate, an
             # impostor, or not TLS at all.  Outbound, the branches waiting on
@@ -285,7 +325,33 @@ class _InboundFactory(protocol.ServerFactory):
         self.listener = listener
 
     def buildProtocol(self, addr: Any) -> SIPStreamProtocol:
-        return SIPStreamProtocol(self.layer, self.listener)
+        proto = SIPStreamProtocol(self.layer, self.listener)
+        self.layer.count(proto, addr.host)
+        return proto
+
+
+class _Admission(protocol.ServerFactory):
+    """In front of a listener's factory (the TLS one too, which cannot be
+    told no): a connection over a limit gets no protocol, so Twisted closes
+    it as soon as it is accepted."""
+
+    def __init__(self, layer: TransportLayer, inner: protocol.Factory) -> None:
+        self.layer = layer
+        self.inner = inner
+
+    def doStart(self) -> None:
+        self.inner.doStart()
+
+    def doStop(self) -> None:
+        self.inner.doStop()
+
+    def logPrefix(self) -> str:
+        return self.inner.logPrefix()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if not self.layer.admit(addr.host):
+            return None
+        return self.inner.buildProtocol(addr)
 
 
 class _OutboundFactory(protocol.ClientFactory):
@@ -297,6 +363,7 @@ class _OutboundFactory(protocol.ClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
         self.proto.closed = True
+        self.proto.layer.uncount(self.proto)
         self.proto.layer.connection_failed(self.proto)
 
 
@@ -309,12 +376,15 @@ class TransportLayer:
         handler: Handler,
         tcp_idle_timeout: float = 600.0,
         udp_buffer: int = 4 * 1024 * 1024,
+        tcp_message_timeout: float = 20.0,
     ) -> None:
         self.udp_buffer = udp_buffer
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.handler = handler
         self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_message_timeout = tcp_message_timeout
+        self.limits = ConnectionLimits()
         self.listeners: list[Listener] = []
         self.udp: dict[Listener, SIPDatagramProtocol] = {}
         # (host, port) -> connection; inbound and outbound alike, so responses
@@ -345,7 +415,8 @@ class TransportLayer:
             self.udp[listener] = proto
         elif listener.transport == "tcp":
             listener.port_obj = self.reactor.listenTCP(
-                listener.port, _InboundFactory(self, listener), interface=listener.host
+                listener.port, _Admission(self, _InboundFactory(self, listener)),
+                interface=listener.host
             )
             if listener.port == 0:
                 listener.port = listener.port_obj.getHost().port
@@ -353,7 +424,7 @@ class TransportLayer:
             configured = repr(listener)
             factory = self.tls.server_factory(
                 _InboundFactory(self, listener), lambda: configured in self.require_client_cert())
-            listener.port_obj = self.reactor.listenTCP(listener.port, factory,
+            listener.port_obj = self.reactor.listenTCP(listener.port, _Admission(self, factory),
                                                        interface=listener.host)
             if listener.port == 0:
                 listener.port = listener.port_obj.getHost().port
@@ -401,6 +472,8 @@ class TransportLayer:
                 # refuses it): the branch fails over now.
                 self.stats_drop("tls_name")
                 return False
+            if not self.admit(None):
+                return False
             conn = self.connect(host, port, listener, name)
         return conn.send(data)
 
@@ -435,6 +508,7 @@ class TransportLayer:
         proto = SIPStreamProtocol(self, listener)
         proto.peer = (host, port)
         proto.outbound = True
+        self.count(proto, None)
         self.connections[(host, port)] = proto
         factory: Any = _OutboundFactory(proto)
         if proto.kind == "tls":
@@ -457,6 +531,33 @@ class TransportLayer:
         self.connection_down(conn)
         if self.on_connection_failed is not None:
             self.on_connection_failed(conn.peer[0], conn.peer[1])
+
+    # -- limits --------------------------------------------------------------------
+    def configure(self, proxy: Any) -> None:
+        """Take the [proxy] TCP settings that may change at run time; open
+        connections over a lowered limit stay, new ones are refused."""
+        self.tcp_message_timeout = proxy.tcp_message_timeout
+        self.limits.max_connections = proxy.tcp_max_connections
+        self.limits.max_per_source = proxy.tcp_max_per_source
+
+    def admit(self, host: str | None) -> bool:
+        """Whether one more connection (from ``host``, or None: to a next hop) may open."""
+        cause = self.limits.refusal(host)
+        if cause is None:
+            return True
+        self.stats_drop(cause)
+        self.limits.refused(cause, host)
+        return False
+
+    def count(self, conn: SIPStreamProtocol, host: str | None) -> None:
+        conn.counted = True
+        conn.source_key = host
+        self.limits.opened(host)
+
+    def uncount(self, conn: SIPStreamProtocol) -> None:
+        if conn.counted:
+            conn.counted = False
+            self.limits.closed(conn.source_key)
 
     # -- malformed input -------------------------------------------------------
     def stats_drop(self, cause: str) -> None:

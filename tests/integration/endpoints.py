@@ -140,8 +140,10 @@ class TcpEndpoint(_Receiver):
     """A TCP client connection that speaks SIP; ``closed_at`` records when the
     peer closed it (``recv`` saw EOF)."""
 
-    def __init__(self, dest: Address, timeout: float = 2.0) -> None:
-        self.sock = socket.create_connection(dest, timeout=timeout)
+    def __init__(self, dest: Address, timeout: float = 2.0, source: str | None = None) -> None:
+        """``source``: the local address to connect from (127.0.0.2, ...)."""
+        self.sock = socket.create_connection(
+            dest, timeout=timeout, source_address=(source, 0) if source else None)
         self.sock.setblocking(False)
         self.peer: Address = (dest[0], dest[1])
         self.framer = StreamFramer()

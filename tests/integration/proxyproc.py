@@ -126,6 +126,7 @@ class ProxyProcess:
     command: list[str]
     proc: subprocess.Popen[bytes] | None = None
     host: str = LOCALHOST  # the address of its first UDP listener (pinged at start)
+    nofile: tuple[int, int] | None = None  # RLIMIT_NOFILE (soft, hard) to start it with
 
     @property
     def address(self) -> Address:
@@ -167,10 +168,18 @@ class ProxyProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
+        nofile = self.nofile
+
+        def limit() -> None:  # in the child, before exec
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile or (-1, -1))
+
         with self.out_path.open("wb") as out:
             self.proc = subprocess.Popen(
                 self.command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=limit if nofile is not None else None,
             )
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
@@ -239,6 +248,7 @@ def start_proxy(
     ready_timeout: float = 15.0,
     listen: Sequence[str] | None = None,
     extra: Sequence[str] = (),
+    nofile: tuple[int, int] | None = None,
 ) -> ProxyProcess:
     """Start the proxy (raises ProxyStartError with its log when it does not come up).
 
@@ -249,7 +259,7 @@ def start_proxy(
     proxy = ProxyProcess(
         port=port, workdir=workdir, config_path=config, log_path=log,
         out_path=workdir / "proxy.out", command=proxy_command(config, port, log, plugin, listen, extra),
-        host=_first_udp_host(listen),
+        host=_first_udp_host(listen), nofile=nofile,
     )
     proxy.start(ready_timeout)
     return proxy

@@ -131,6 +131,10 @@ class SipsuiteServiceMaker:
             tapname=self.tapname,
             path=path or "<built-in defaults>",
         )
+        # Before any socket is open, for the proxy, the relay and the suite alike.
+        from sipsuite.fdlimit import raise_nofile_limit
+
+        raise_nofile_limit()
         return self._build(config)
 
 
