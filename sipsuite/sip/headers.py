@@ -89,6 +89,7 @@ MULTI_VALUE: frozenset[str] = frozenset((
 
 _NAME_CACHE: dict[str, str] = {}
 _NAME_CACHE_MAX = 4096
+_NAME_CACHED_LEN = 64  # longer names (never a real header's) are not cached
 
 
 def canonical_name(name: str) -> str:
@@ -106,6 +107,8 @@ def canonical_name(name: str) -> str:
         raise ValueError(f"bad header name {name!r}")
     lower = stripped.lower()
     key = COMPACT.get(lower, lower)
+    if len(name) > _NAME_CACHED_LEN:
+        return key  # kept out: 4096 names of 60 KB each would be 250 MB
     if len(_NAME_CACHE) >= _NAME_CACHE_MAX:
         # Bounded so a peer sending endless novel names cannot grow it.
         _NAME_CACHE.clear()
@@ -118,6 +121,7 @@ def canonical_name(name: str) -> str:
 # in C whatever the escapes (a Python loop per '"' was the cost of a value
 # made of thousands of escaped quotes).
 _QUOTED_REST = re.compile(r'[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 
 
 def _quote_end(text: str, start: int) -> int:
@@ -487,14 +491,9 @@ class NameAddr:
         inner = d[1:-1]
         if "\\" not in inner:
             return inner
-        out = []
-        i = 0
-        while i < len(inner):
-            if inner[i] == "\\" and i + 1 < len(inner):
-                i += 1
-            out.append(inner[i])
-            i += 1
-        return "".join(out)
+        # The pieces around each quoted-pair and the characters they escape,
+        # in order (C speed, where a loop per character was not).
+        return "".join(_QUOTED_PAIR.split(inner))
 
 
 class CSeq:

@@ -160,6 +160,8 @@ def _parse_content_length(value: str, status: int) -> int:
     if not value.isdigit() or not value.isascii() or len(value.lstrip("0")) > 9:
         raise ParseError(status, "Bad Request - malformed Content-Length")
     length = int(value)
+    if len(value) > 16:
+        return length  # leading zeros: not cached, or 1024 of 60 KB each
     if len(_LENGTHS) >= _LENGTHS_MAX:
         _LENGTHS.clear()
     _LENGTHS[value] = length
@@ -185,6 +187,8 @@ def _line_name(raw: str, status: int) -> str:
         key = canonical_name(raw[:colon])
     except ValueError:
         raise ParseError(status, "Bad Request - malformed header name") from None
+    if colon > 64:
+        return key  # not cached: 4096 names of 60 KB each would be 250 MB
     if len(_LINE_NAMES) >= _LINE_NAMES_MAX:
         _LINE_NAMES.clear()
     _LINE_NAMES[raw[:colon]] = key

@@ -25,8 +25,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipsuite.sip import digest, parser, sdp
-from sipsuite.sip.headers import _quote_end
+from sipsuite.sip.headers import NameAddr, _quote_end
 from sipsuite.sip.message import ParseError, parse_datagram
+from sipsuite.sip.parser import StreamParser
+from sipsuite.sip.uri import URI
 
 RATIO = 20.0
 REPEAT = 5
@@ -58,6 +60,27 @@ def test_adversarial_message_costs_at_most_ratio_of_plain(case: Case, path: str)
     assert ratio <= RATIO, (
         f"{case.name} through {path}: {spent * 1e3:.2f} ms CPU, {ratio:.1f}x a plain "
         f"{adversarial.SIZE}-octet message ({plain * 1e3:.2f} ms)")
+
+
+def _stream_floods() -> dict[str, bytes]:
+    small = build(PLAIN, 600)
+    return {
+        # Thousands of CRLFCRLF keep-alives (RFC 5626) ahead of one message.
+        "keepalives": b"\r\n\r\n" * ((adversarial.SIZE - len(small)) // 4) + small,
+        # A hundred small messages in one read.
+        "pipelined": small * (adversarial.SIZE // len(small)),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_stream_floods()))
+def test_stream_floods_cost_at_most_ratio_of_plain(name: str) -> None:
+    data = _stream_floods()[name]
+    work = stream_work(PLAIN)
+    plain = cpu_time(work, build(PLAIN), REPEAT)
+    spent = cpu_time(work, data, REPEAT)
+    out = StreamParser().feed(data)
+    assert not any(isinstance(item, ParseError) for item in out) and len(out) > 100
+    assert spent <= RATIO * plain, f"{name}: {spent * 1e3:.2f} ms, {spent / plain:.1f}x plain"
 
 
 def test_cases_are_the_size_and_reach_the_code_they_aim_at() -> None:
@@ -157,3 +180,22 @@ def test_ip_version_matches_ipaddress(text: str) -> None:
 def test_last_tokens_are_the_last_of_finditer(line: bytes, count: int, start: int) -> None:
     spans = [m.span() for m in sdp._TOKEN.finditer(line, start)][-count:]
     assert sdp._last_tokens(line, count, start) == spans
+
+
+def _display_unquoted_reference(inner: str) -> str:
+    """The character loop display_unquoted replaced."""
+    out = []
+    i = 0
+    while i < len(inner):
+        if inner[i] == "\\" and i + 1 < len(inner):
+            i += 1
+        out.append(inner[i])
+        i += 1
+    return "".join(out)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text('ab\\" ', max_size=12))
+def test_display_unquoted_matches_reference(inner: str) -> None:
+    addr = NameAddr(URI.parse("sip:a@b"), display=f'"{inner}"')
+    assert addr.display_unquoted == _display_unquoted_reference(inner)
