@@ -19,8 +19,6 @@ another exception, whatever the input.
 
 from __future__ import annotations
 
-import re
-
 from sipsuite.sip.headers import TOKEN_CHARS, CSeq, NameAddr, Via, canonical_name, split_values
 from sipsuite.sip.message import (
     _LENGTH_KEY,
@@ -38,7 +36,6 @@ from sipsuite.sip.uri import URI
 
 __all__ = ["StreamParser", "parse_datagram"]
 
-_FOLD = re.compile(r"[ \t]*\r\n[ \t]+")
 
 _SINGLE = frozenset((
     "from", "to", "call-id", "cseq", "max-forwards", "content-length",
@@ -107,16 +104,47 @@ def _status_line(start: str) -> Response:
     return resp
 
 
-def _unfold(lines: list[str], status: int) -> list[str]:
+def _unfold(lines: list[str], status: int | None) -> list[str]:
+    """Header lines with each continuation line joined (by CRLF) to its header.
+
+    ``status`` None: a continuation of nothing is dropped (salvage), else
+    it is a ParseError.  Each header's lines are collected and joined once:
+    appending to a growing string instead costs the square of the number
+    of folds (issue 11).
+    """
     merged: list[str] = []
+    group: list[str] = []
     for line in lines:
-        if line and line[0] in " \t":
-            if not merged:
+        if line[:1] in (" ", "\t"):
+            if group:
+                group.append(line)
+            elif status is not None:
                 raise ParseError(status, "Bad Request - continuation of nothing")
-            merged[-1] = f"{merged[-1]}\r\n{line}"
         else:
-            merged.append(line)
+            if group:
+                merged.append(group[0] if len(group) == 1 else "\r\n".join(group))
+            group = [line]
+    if group:
+        merged.append(group[0] if len(group) == 1 else "\r\n".join(group))
     return merged
+
+
+def _unfolded(value: str) -> str:
+    """A folded value with every fold (LWS around each CRLF) made one SP.
+
+    Every CRLF in ``value`` starts a continuation line, so splitting on it
+    and stripping the blanks each side of every cut gives what replacing
+    ``[ \\t]*\\r\\n[ \\t]+`` does; a regex doing that retries at every
+    blank of a long run and costs the square of its length (issue 11).
+    """
+    pieces = value.split("\r\n")
+    last = len(pieces) - 1
+    if not last:
+        return value
+    return " ".join([
+        piece.rstrip(" \t") if i == 0 else piece.lstrip(" \t") if i == last else piece.strip(" \t")
+        for i, piece in enumerate(pieces)
+    ])
 
 
 # Content-Length texts seen -> value (int() of a str is costly, and a peer
@@ -132,6 +160,8 @@ def _parse_content_length(value: str, status: int) -> int:
     if not value.isdigit() or not value.isascii() or len(value.lstrip("0")) > 9:
         raise ParseError(status, "Bad Request - malformed Content-Length")
     length = int(value)
+    if len(value) > 16:
+        return length  # leading zeros: not cached, or 1024 of 60 KB each
     if len(_LENGTHS) >= _LENGTHS_MAX:
         _LENGTHS.clear()
     _LENGTHS[value] = length
@@ -157,6 +187,8 @@ def _line_name(raw: str, status: int) -> str:
         key = canonical_name(raw[:colon])
     except ValueError:
         raise ParseError(status, "Bad Request - malformed header name") from None
+    if colon > 64:
+        return key  # not cached: 4096 names of 60 KB each would be 250 MB
     if len(_LINE_NAMES) >= _LINE_NAMES_MAX:
         _LINE_NAMES.clear()
     _LINE_NAMES[raw[:colon]] = key
@@ -179,7 +211,7 @@ def _entries_folded(lines: list[str], status: int) -> _Split:
         key = _line_name(raw, status)
         value = raw[colon + 1 :]
         if "\r\n" in value:
-            value = _FOLD.sub(" ", value)
+            value = _unfolded(value)
         value = value.strip(" \t")
         entries.append((key, raw, value))
         if key not in first:
@@ -203,12 +235,17 @@ def _entries_plain(lines: list[str], status: int, head: str) -> _Split | None:
     names_get = _LINE_NAMES.get
     first: dict[str, str] = {}
     more: dict[str, list[str]] | None = None
+    # Looked for once: a scan of the head per novel name would make a head
+    # of thousands of novel names cost the square of its size (issue 11).
+    unfolded_checked = False
     for raw in lines:
         name, colon, value = raw.partition(":")
         key = names_get(name)
         if key is None or not colon:
-            if "\r\n " in head or "\r\n\t" in head:
-                return None
+            if not unfolded_checked:
+                if "\r\n " in head or "\r\n\t" in head:
+                    return None
+                unfolded_checked = True
             key = _line_name(raw, status)
         value = value.strip(" \t")
         append((key, raw, value))
@@ -330,13 +367,7 @@ def _recover(err: ParseError, head: str) -> None:
     if not err.status or head.startswith("ACK "):
         # An ACK is never answered (RFC 3261 17.1.1.3): no lines, no response.
         return
-    lines: list[str] = []
-    for line in head.split("\r\n")[1:]:
-        if line[:1] in (" ", "\t"):
-            if lines:
-                lines[-1] = f"{lines[-1]}\r\n{line}"
-        else:
-            lines.append(line)
+    lines = _unfold(head.split("\r\n")[1:], None)
     vias: list[Entry] = []
     others: dict[str, Entry] = {}
     for raw in lines:
@@ -350,7 +381,7 @@ def _recover(err: ParseError, head: str) -> None:
             key = canonical_name(name)
         except ValueError:
             continue
-        value = _FOLD.sub(" ", value).strip(" \t")
+        value = (_unfolded(value) if "\r\n" in value else value).strip(" \t")
         if key == "via":
             vias.append((key, raw, value))
         elif key in ("from", "to", "call-id", "cseq") and key not in others:

@@ -64,6 +64,11 @@ _SMALL_INT = re.compile(r"[0-9]{1,5}")
 _PTIME = re.compile(rb"[0-9]{1,6}(?:\.[0-9]{1,6})?")
 # An FQDN in c= is allowed (unicast-address includes FQDN); requiring a
 # letter keeps a malformed dotted quad such as 192.0.2.999 from passing as one.
+# What ipaddress.IPv4Address accepts: four decimal octets 0-255, no leading
+# zeros.  Matched here because ipaddress costs microseconds per c= line, the
+# bulk of parsing an SDP of thousands of them.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _FQDN = re.compile(r"(?=[0-9.-]*[A-Za-z])[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.?")
 
 # nathelper's nat_uac_test 8 ranges: RFC 1918, RFC 6598 (carrier-grade NAT),
@@ -359,16 +364,8 @@ def rewrite(
     if sd.origin is not None:
         lines[sd.origin.line] = _bump_version(lines[sd.origin.line], sd.origin.sess_version)
 
-    # Inserted from the bottom up so earlier indexes stay valid.
-    for slot, new_line in reversed(additions):
-        if slot == len(lines) and endings[-1] not in (b"\r\n", b"\n"):
-            # The body ended without a line ending: the old last line needs
-            # one now, and the new last line carries the missing one on.
-            lines.append(new_line)
-            endings.insert(slot - 1, sd.newline)
-        else:
-            lines.insert(slot, new_line)
-            endings.insert(slot, sd.newline)
+    if additions:
+        lines, endings = _with_additions(lines, endings, additions, sd.newline)
     return parse(b"".join(line + ending for line, ending in zip(lines, endings, strict=True)))
 
 
@@ -398,11 +395,11 @@ class _SectionBuilder:
             port_count=self.port_count,
             proto=self.proto,
             formats=self.formats,
-            connections=tuple(self.connections),
-            rtcp=tuple(self.rtcp),
+            connections=tuple(self.connections) if self.connections else (),
+            rtcp=tuple(self.rtcp) if self.rtcp else (),
             direction=self.direction,
             ptime=self.ptime,
-            rtpmap=tuple(self.rtpmap),
+            rtpmap=tuple(self.rtpmap) if self.rtpmap else (),
             start=self.start,
             end=end,
         )
@@ -437,6 +434,11 @@ def _text(token: bytes) -> str:
 
 
 def _parse_port(token: bytes, what: str) -> tuple[int, int | None]:
+    if token.isdigit() and len(token) <= 5:  # a plain port (bytes: ASCII digits only)
+        port = int(token)
+        if port > 65535:
+            raise SDPError(f"{what}: port {port} out of range")
+        return port, None
     match = _PORT.fullmatch(token)
     if match is None:
         raise SDPError(f"{what}: bad port {token!r}")
@@ -454,22 +456,38 @@ def _parse_media(value: bytes, index: int) -> _SectionBuilder:
     if len(tokens) < 3:
         raise SDPError(f"m= line {value!r} needs at least <media> <port> <proto>")
     port, count = _parse_port(tokens[1], "m= line")
-    return _SectionBuilder(
-        _text(tokens[0]), port, count, _text(tokens[2]), tuple(map(_text, tokens[3:])), index
-    )
+    # The formats decoded in one go (no token holds a blank, so splitting
+    # the joined text gives them back): a decode call per format was most
+    # of the cost of an m= line listing thousands.
+    formats = tuple(_text(b" ".join(tokens[3:])).split(" ")) if len(tokens) > 3 else ()
+    return _SectionBuilder(_text(tokens[0]), port, count, _text(tokens[2]), formats, index)
+
+
+def _last_tokens(line: bytes, count: int, start: int = 0) -> list[tuple[int, int]]:
+    """(start, end) of the last ``count`` tokens of ``line[start:]``, fewer if
+    it has fewer, in order: found from the end, so a line of thousands of
+    tokens costs no more than its last few."""
+    size = len(line)
+    spans = []
+    for m in _TOKEN.finditer(line[start:][::-1]):
+        spans.append((size - m.end(), size - m.start()))
+        if len(spans) == count:
+            break
+    spans.reverse()
+    return spans
 
 
 def _parse_origin(value: bytes, index: int) -> Origin:
-    tokens = list(_TOKEN.finditer(value))
-    if len(tokens) < 6:
+    spans = _last_tokens(value, 6)
+    if len(spans) < 6:
         raise SDPError(f"o= line {value!r} needs 6 fields")
     # Some UAs put spaces in the username; the last five fields are still
     # unambiguous, so the username is whatever comes before them.
-    sess_id, version, nettype, addrtype, address = (t[0] for t in tokens[-5:])
+    sess_id, version, nettype, addrtype, address = (value[a:b] for a, b in spans[1:])
     if not _VERSION.fullmatch(version):
         raise SDPError(f"o= sess-version {version!r} is not a number")
     return Origin(
-        username=_text(value[: tokens[-5].start()].rstrip(b" \t")),
+        username=_text(value[: spans[1][0]].rstrip(b" \t")),
         sess_id=_text(sess_id),
         sess_version=int(version),
         nettype=_text(nettype),
@@ -490,25 +508,28 @@ def _parse_address(
         text = token.decode("ascii")
     except UnicodeDecodeError:
         raise SDPError(f"{what}: address {token!r} is not ASCII") from None
-    address, *suffix = text.split("/")
-    if len(suffix) > (2 if addrtype == b"IP4" else 1) or not all(
-        _SMALL_INT.fullmatch(s) for s in suffix
-    ):
-        raise SDPError(f"{what}: bad multicast suffix in {text!r}")
-    numbers = [int(s) for s in suffix]
     ttl: int | None = None
     count: int | None = None
-    if addrtype == b"IP4":
-        ttl = numbers[0] if numbers else None
-        count = numbers[1] if len(numbers) > 1 else None
+    if "/" not in text:  # unicast, the usual case: nothing more to split
+        address = text
     else:
-        count = numbers[0] if numbers else None
+        address, *suffix = text.split("/")
+        if len(suffix) > (2 if addrtype == b"IP4" else 1) or not all(
+            _SMALL_INT.fullmatch(s) for s in suffix
+        ):
+            raise SDPError(f"{what}: bad multicast suffix in {text!r}")
+        numbers = [int(s) for s in suffix]
+        if addrtype == b"IP4":
+            ttl = numbers[0]
+            count = numbers[1] if len(numbers) > 1 else None
+        else:
+            count = numbers[0]
     version = 4 if addrtype == b"IP4" else 6
-    ip = _ip(address)
-    if ip is None:
+    found = _ip_version(address)
+    if found is None:
         if not _FQDN.fullmatch(address):
             raise SDPError(f"{what}: {address!r} is not an IP{version} address or a domain name")
-    elif ip.version != version:
+    elif found != version:
         raise SDPError(f"{what}: {address!r} is not an IP{version} address")
     return "IN", addrtype.decode(), address, ttl, count
 
@@ -532,6 +553,14 @@ def _parse_rtcp(value: bytes, index: int) -> Rtcp:
         return Rtcp(port, None, None, None, index)
     nettype, addrtype, address, _, _ = _parse_address(*tokens[1:], "a=rtcp")
     return Rtcp(port, nettype, addrtype, address, index)
+
+
+def _ip_version(text: str) -> int | None:
+    """4 or 6 for an IP literal (what ``_ip`` accepts), else None."""
+    if ":" not in text:
+        return 4 if _IPV4.fullmatch(text) else None
+    ip = _ip(text)
+    return None if ip is None else ip.version
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -604,8 +633,36 @@ def _rewrite_connection(line: bytes, address: str) -> bytes:
     return _splice(line, [(tokens[1], _addrtype(address)), (tokens[2], address.encode())])
 
 
+def _with_additions(
+    lines: list[bytes], endings: list[bytes], additions: list[tuple[int, bytes]], newline: bytes
+) -> tuple[list[bytes], list[bytes]]:
+    """``lines`` with each (slot, line) of ``additions`` (slots ascending)
+    put before line ``slot``: one pass, where an insert per addition moved
+    the rest of the list each time (thousands of m= sections)."""
+    out_lines: list[bytes] = []
+    out_endings: list[bytes] = []
+    position = 0
+    for slot, new_line in additions:
+        out_lines += lines[position:slot]
+        out_endings += endings[position:slot]
+        out_lines.append(new_line)
+        if slot == len(lines) and endings[-1] not in (b"\r\n", b"\n"):
+            # The body ended without a line ending: the old last line needs
+            # one now, and the new last line carries the missing one on.
+            out_endings[-1] = newline
+            out_endings.append(endings[-1])
+        else:
+            out_endings.append(newline)
+        position = slot
+    out_lines += lines[position:]
+    out_endings += endings[position:]
+    return out_lines, out_endings
+
+
 def _rewrite_media_port(line: bytes, port: int) -> bytes:
-    token = list(_TOKEN.finditer(line, 2))[1]
+    tokens = _TOKEN.finditer(line, 2)
+    next(tokens)  # the media; the port is next (an m= line may list thousands of formats)
+    token = next(tokens)
     _, slash, count = token[0].partition(b"/")
     return _splice(line, [(token, str(port).encode() + slash + count)])
 
@@ -619,5 +676,5 @@ def _rewrite_rtcp(line: bytes, port: int, address: str | None) -> bytes:
 
 
 def _bump_version(line: bytes, version: int) -> bytes:
-    token = list(_TOKEN.finditer(line, 2))[-4]
-    return _splice(line, [(token, str(version + 1).encode())])
+    start, end = _last_tokens(line, 4, 2)[0]
+    return line[:start] + str(version + 1).encode() + line[end:]

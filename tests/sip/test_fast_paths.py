@@ -79,7 +79,9 @@ _PORT = st.one_of(st.just(""), st.integers(0, 99999).map(lambda p: f":{p}"),
                   _text("0123456789", "a ").map(lambda p: f":{p}"))
 _PNAME = _text("abcXYZ019-.!*_+~", "%`'[]/:&$ \"", 1, 5)
 _PVALUE = _text("abcXYZ019-.!*_+~", "%`'[]/:&$=@ \"", 1, 5)
-_PARAMS = st.lists(st.tuples(_PNAME, st.none() | _PVALUE), max_size=3).map(
+# Quoted values: the fast path takes those without '"', '\\' or ';' inside.
+_QVALUE = _text("ab ,=<>@:", '";\\', 0, 5).map(lambda v: f'"{v}"')
+_PARAMS = st.lists(st.tuples(_PNAME, st.none() | _PVALUE | _QVALUE), max_size=3).map(
     lambda ps: "".join(f";{n}" if v is None else f";{n}={v}" for n, v in ps))
 _SCHEME = st.sampled_from(["sip", "sip", "sips", "SIP", "tel", "urn"])
 
@@ -101,7 +103,8 @@ def _values(draw: st.DrawFn) -> str:
         sp = draw(st.sampled_from([" ", " ", "  ", "\t", ""]))
         transport = draw(st.sampled_from(["UDP", "UDP", "tcp", "TLS", "W S", "", "UDP/"]))
         return f"SIP/2.0/{transport}{sp}{draw(_HOST)}{draw(_PORT)}{draw(_PARAMS)}"
-    display = draw(st.sampled_from(["", "", '"A"', '"A \\" B"', "Bob", "Bob  Smith", "B,b", '"x']))
+    display = draw(st.sampled_from(["", "", '"A"', '"A \\" B"', "Bob", "Bob  Smith", "B,b", '"x',
+                                    '"\\\\"', '"a\\\\\\"b"', '"\\"', '"\\\\\\"']))
     sp = draw(st.sampled_from(["", " ", "\t"]))
     if kind == 2:
         return f"{display}{sp}<{uri}>{draw(_PARAMS)}"
