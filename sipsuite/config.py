@@ -202,6 +202,7 @@ class RegistrarConfig:
     max_expires: int = setting(7200, int_range(1, 2**31 - 1))
     max_contacts: int = setting(0, int_range(0, 10000))
     max_contacts_policy: str = setting("reject", one_of("reject", "drop_oldest"))
+    max_contacts_per_request: int = setting(32, int_range(1, 1000))
     serial_forking: bool = setting(False, boolean)
     retry_after: int = setting(5, int_range(1, 3600))
     outbound: bool = setting(True, boolean)

@@ -346,6 +346,7 @@ BAD_VALUES = [
     ("registrar", "max_expires", "1.5", "a whole number from 1 to"),
     ("registrar", "max_contacts", "-1", "a whole number from 0 to 10000"),
     ("registrar", "max_contacts_policy", '"drop"', "one of 'reject', 'drop_oldest'"),
+    ("registrar", "max_contacts_per_request", "0", "a whole number from 1 to 1000"),
     ("registrar", "serial_forking", '"no"', "true or false"),
     ("registrar", "retry_after", "0", "a whole number from 1 to 3600"),
     ("registrar", "outbound", "1", "true or false"),

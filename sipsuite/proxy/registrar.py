@@ -145,7 +145,13 @@ def parse_register(req: Request, source: Source | None, cfg: RegistrarConfig) ->
             raise RegisterRejected(400, "Contact * needs Expires: 0")
         reg.star = True
         return reg
-    seen: list[URI] = []
+    if len(contacts) > cfg.max_contacts_per_request:
+        # Each Contact is compared with the earlier ones for equivalence; a
+        # cap keeps one REGISTER's cost bounded however many it lists.
+        raise RegisterRejected(400, "Too Many Contacts")
+    # Contacts that can be equivalent share these parts (RFC 3261 19.1.4):
+    # comparing only within a bucket keeps a long list linear.
+    seen: dict[tuple[str, str | None, str, int | None], list[URI]] = {}
     for addr in contacts:
         uri = addr.uri
         if uri.scheme not in ("sip", "sips"):
@@ -161,10 +167,12 @@ def parse_register(req: Request, source: Source | None, cfg: RegistrarConfig) ->
         reg_id_text = addr.params.get("reg-id")
         if reg_id_text is not None and not reg_id_text.isdigit():
             raise RegisterRejected(400, "Bad reg-id")
-        if any(uri.equivalent(s) for s in seen):
+        bucket = seen.setdefault(
+            (uri.user_unescaped, uri.password, uri.host.lower(), uri.port), [])
+        if any(uri.equivalent(s) for s in bucket):
             # The same contact twice: the last one wins, as a phone would mean.
             reg.contacts = [c for c in reg.contacts if not URI.parse(c.contact).equivalent(uri)]
-        seen.append(uri)
+        bucket.append(uri)
         reg.contacts.append(ContactRequest(
             contact=str(uri), expires=expires, q=_q(addr.params.get("q")),
             instance=instance.strip('"') if instance else None,

@@ -208,3 +208,24 @@ def test_escaped_headers_and_params_of_contact_kept() -> None:
     assert b[0].contact == "sip:+19725552222@gw1.example.net"
     b = run([], register("Contact: <sip:+19725552222@gw1.example.net;unknownparam>"))
     assert b[0].contact == "sip:+19725552222@gw1.example.net;unknownparam"
+
+
+def test_too_many_contacts_in_one_register_is_400() -> None:
+    cfg = dataclasses.replace(CFG, max_contacts_per_request=4)
+    contacts = ", ".join(f"<sip:u{i}@192.0.2.1>" for i in range(5))
+    err = rejected(register(f"Contact: {contacts}"), cfg=cfg)
+    assert (err.status, err.reason) == (400, "Too Many Contacts")
+    assert len(run([], register(f"Contact: {contacts.rsplit(', ', 1)[0]}"), cfg=cfg)) == 4
+
+
+def test_duplicate_contacts_are_found_across_a_long_list() -> None:
+    # The duplicate check compares within buckets of user/host/port: the
+    # same contact (escaped differently, parameters in another order) late
+    # in a list still replaces the first.
+    listed = [f"<sip:u{i}@192.0.2.{i}>" for i in range(20)]
+    listed.insert(3, "<sip:alice@192.0.2.99;transport=tcp;x=1>")
+    listed.append("<sip:%61lice@192.0.2.99;x=1;transport=TCP>;expires=60")
+    bindings = run([], register(f"Contact: {', '.join(listed)}"))
+    alice = [b for b in bindings if "192.0.2.99" in b.contact]
+    assert len(bindings) == 21
+    assert len(alice) == 1 and alice[0].expires == NOW + 60
