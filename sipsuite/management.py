@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 from urllib.parse import unquote
 
@@ -33,6 +32,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from sipsuite.log import get_logger
+from sipsuite.management_http import MAX_BATCH, MAX_BODY, MAX_DEPTH, BoundedRequest, too_deep
 from sipsuite.proxy.location import (
     Binding,
     LocationStore,
@@ -45,7 +45,9 @@ from sipsuite.sip.uri import URI
 __all__ = [
     "DEFAULT_LISTEN",
     "DEFAULT_PORT",
+    "MAX_BATCH",
     "MAX_BODY",
+    "MAX_DEPTH",
     "ManagementService",
     "RpcError",
     "RpcRegistry",
@@ -60,10 +62,6 @@ log = get_logger("sipsuite.management")
 
 DEFAULT_PORT = 7060
 DEFAULT_LISTEN = f"tcp:127.0.0.1:{DEFAULT_PORT}"
-#: The largest request body accepted; a batch of management calls is far smaller,
-#: so anything bigger is a mistake or abuse and is not worth buffering.
-MAX_BODY = 1024 * 1024
-
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
@@ -216,14 +214,25 @@ class RpcRegistry:
     async def dispatch(self, body: bytes) -> bytes | None:
         """A JSON-RPC 2.0 request or batch, as bytes, -> the reply body, or
         None when nothing is to be sent back (only notifications)."""
+        if too_deep(body):
+            return _encode(_error_response(None, RpcError(
+                PARSE_ERROR, f"parse error: arrays and objects nested over {MAX_DEPTH} deep")))
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _encode(_error_response(None, RpcError(PARSE_ERROR, f"parse error: {exc}")))
+            # JSON exchanged between systems is UTF-8 (RFC 8259 8.1): no
+            # guessing UTF-16 or UTF-32 from the first bytes as json.loads would.
+            payload = json.loads(body.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            # RecursionError only if too_deep missed a case: still the caller's error.
+            return _encode(_error_response(None, RpcError(
+                PARSE_ERROR, f"parse error: {exc}")))
         if isinstance(payload, list):
             if not payload:
                 return _encode(_error_response(None, RpcError(INVALID_REQUEST,
                                                              "invalid request: empty batch")))
+            if len(payload) > MAX_BATCH:
+                return _encode(_error_response(None, RpcError(
+                    INVALID_REQUEST, f"invalid request: batch of {len(payload)} requests"
+                                     f" is over the limit of {MAX_BATCH}")))
             # The calls of a batch may run concurrently (the spec allows any
             # order); the replies keep the requests' order all the same.
             results = await defer.gatherResults(
@@ -242,31 +251,6 @@ def _encode(reply: Any) -> bytes:
     return json.dumps(reply).encode("utf-8")
 
 
-class _BoundedRequest(server.Request):
-    """A Request that stops buffering a body past MAX_BODY (twisted.web would
-    otherwise keep all of it, in memory or a temporary file) and remembers
-    that it did, so the resource answers 413 without reading it."""
-
-    body_too_large = False
-    _body_seen = 0
-
-    def gotLength(self, length: int | None) -> None:
-        if length is not None and length > MAX_BODY:
-            self.body_too_large = True
-            length = None  # a BytesIO that stays empty, not a temporary file
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self.body_too_large:
-            return
-        self._body_seen += len(data)
-        if self._body_seen > MAX_BODY:  # chunked body with no Content-Length
-            self.body_too_large = True
-            self.content = BytesIO()
-            return
-        super().handleContentChunk(data)
-
-
 class RpcResource(resource.Resource):
     """Serves a registry: POST a JSON-RPC 2.0 request or batch at any path."""
 
@@ -283,10 +267,10 @@ class RpcResource(resource.Resource):
         return b"sipsuite management interface: POST a JSON-RPC 2.0 request\n"
 
     def render_POST(self, request: server.Request) -> Any:
-        body = b""
-        if not getattr(request, "body_too_large", False):
-            body = request.content.read(MAX_BODY + 1) if request.content is not None else b""
-        if getattr(request, "body_too_large", False) or len(body) > MAX_BODY:
+        # BoundedRequest has answered a body over MAX_BODY before it got here;
+        # the read is bounded all the same for a request made some other way.
+        body = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+        if len(body) > MAX_BODY:
             request.setResponseCode(413)
             request.setHeader(b"content-type", b"application/json")
             return _encode(_error_response(None, RpcError(
@@ -316,6 +300,9 @@ class RpcResource(resource.Resource):
             log.failure("management request failed", failure)
             if not finished:
                 request.setResponseCode(500)
+                request.setHeader(b"content-type", b"application/json")
+                request.write(_encode(_error_response(None, RpcError(
+                    INTERNAL_ERROR, f"internal error: {_one_line(failure.value)}"))))
                 request.finish()
 
         defer.ensureDeferred(self.registry.dispatch(body)).addCallbacks(reply, crashed)
@@ -350,7 +337,7 @@ def make_site(registry: RpcRegistry,
     """JSON-RPC at any path; ``children`` (b"metrics": ...) at their own."""
     rpc = RpcResource(registry)
     site = _Site(_Root(rpc, children) if children else rpc)
-    site.requestFactory = _BoundedRequest
+    site.requestFactory = BoundedRequest
     site.displayTracebacks = False
     return site
 

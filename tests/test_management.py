@@ -23,13 +23,16 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from sipsuite.management import (
+    MAX_BATCH,
     MAX_BODY,
+    MAX_DEPTH,
     ManagementService,
     RpcError,
     RpcRegistry,
     parse_management_listen,
     register_store_methods,
 )
+from sipsuite.management_http import too_deep
 from sipsuite.proxy.location import (
     Binding,
     MemoryLocationStore,
@@ -404,6 +407,74 @@ async def test_body_over_limit(server: Server) -> None:
     payload = json.dumps({"jsonrpc": "2.0", "method": "test.add", "params": [1], "id": 1})
     code, body, _ = await server.http(b"POST", payload.ljust(MAX_BODY).encode())
     assert code == 200 and json.loads(body)["result"] == 1
+
+
+def _depth(value: Any) -> int:
+    """The nesting depth json.loads builds: the reference too_deep must agree with."""
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+def _nest(depth: int, leaf: Any) -> Any:
+    for i in range(depth):
+        leaf = [leaf] if i % 2 else {"k[{": leaf}
+    return leaf
+
+
+@pytest.mark.parametrize("doc", [
+    _nest(3, 1),
+    _nest(MAX_DEPTH, "x"),
+    _nest(MAX_DEPTH + 1, "x"),
+    # brackets and escapes inside strings are not nesting
+    ["[" * 200, "{" * 200],
+    _nest(MAX_DEPTH, "[[[[\\\"[[[{{{\\"),
+    _nest(MAX_DEPTH + 1, '\\"[{'),
+    {"a": "\\", "b": _nest(MAX_DEPTH - 1, "]]]]"), "c": ['"', "[" * 100]},
+    {"a": '\\"', "b": _nest(MAX_DEPTH, ["\\"])},
+    [_nest(10, 0)] * 50,  # many brackets, none deep
+])
+@pytest.mark.parametrize("compact", [True, False])
+def test_too_deep_counts_as_json_does(doc: Any, compact: bool) -> None:
+    text = json.dumps(doc, separators=(",", ":") if compact else None).encode()
+    assert too_deep(text) == (_depth(doc) > MAX_DEPTH)
+
+
+@pytest_twisted.ensureDeferred
+async def test_deep_nesting_is_a_parse_error(server: Server) -> None:
+    for body in (b"[" * 100_000, b'{"a":' * 100_000, b"[" * 100_000 + b"]" * 100_000,
+                 b'{"jsonrpc":"2.0","method":"test.later","params":' + b"[" * 1000 + b"]" * 1000
+                 + b',"id":1}'):
+        code, data, _ = await server.http(b"POST", body)
+        assert code == 200
+        reply = json.loads(data)
+        assert reply["error"]["code"] == -32700 and reply["id"] is None
+        assert f"nested over {MAX_DEPTH} deep" in reply["error"]["message"]
+    # Nesting within the limit is served.
+    deep = _nest(MAX_DEPTH - 3, "end")
+    assert await server.call("test.later", [deep]) == deep
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_utf8_bodies(server: Server) -> None:
+    request = '{"jsonrpc": "2.0", "method": "test.later", "params": ["caf\xe9"], "id": 1}'
+    for wrong in ("utf-16", "latin-1"):  # JSON between systems is UTF-8 (RFC 8259 8.1)
+        code, data, _ = await server.http(b"POST", request.encode(wrong))
+        assert code == 200 and json.loads(data)["error"]["code"] == -32700, wrong
+    code, data, _ = await server.http(b"POST", request.encode())
+    assert code == 200 and json.loads(data)["result"] == "caf\xe9"
+
+
+@pytest_twisted.ensureDeferred
+async def test_batch_over_limit(server: Server) -> None:
+    call = {"jsonrpc": "2.0", "method": "test.add", "params": [1, 1], "id": 1}
+    reply = await server.post([call] * (MAX_BATCH + 1))
+    assert reply["error"]["code"] == -32600 and reply["id"] is None
+    assert f"over the limit of {MAX_BATCH}" in reply["error"]["message"]
+    reply = await server.post([call] * MAX_BATCH)
+    assert len(reply) == MAX_BATCH and all(r["result"] == 2 for r in reply)
 
 
 @pytest_twisted.ensureDeferred

@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 
-from sipsuite.proxy.transport import strip_brackets
+from sipsuite.proxy.transport import TransportLayer, strip_brackets
 from sipsuite.sip.message import Request
+from sipsuite.sip.uri import URI
 
 SUPPORTED_SCHEMES = ("sip", "sips", "tel")
 # Our branches: cookie + tag + loop hash + '.' + random (16.6 step 8), so a
@@ -25,6 +26,7 @@ class RequestChecks:
     ports: set[int]
     domains: set[str]
     trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    transport: TransportLayer
 
     # -- who we are ---------------------------------------------------------------
     def is_myself(self, host: str, port: int | None) -> bool:
@@ -34,6 +36,17 @@ class RequestChecks:
         if port is None:
             return 5060 in self.ports or 5061 in self.ports or h in self.domains
         return port in self.ports
+
+    def is_record_route_uri(self, uri: URI) -> bool:
+        """True if ``uri`` is one we write in Record-Route (addresses.
+        record_route_value): no user, the advertised address of a listener
+        and its port, which we always write. A domain of ours is not one."""
+        if uri.scheme not in ("sip", "sips") or uri.user or uri.port is None:
+            return False
+        host = strip_brackets(uri.host).lower()
+        return any(uri.port == (li.advertise_port or li.port)
+                   and strip_brackets(li.advertise).lower() == host
+                   for li in self.transport.listeners)
 
     def is_local_domain(self, host: str) -> bool:
         h = strip_brackets(host).lower()
@@ -83,9 +96,14 @@ class RequestChecks:
     def _preprocess_routes(self, req: Request) -> bool:
         uri = req.uri
         routes = req.routes
-        if routes and uri.scheme in ("sip", "sips") and not uri.user and self.is_myself(uri.host, uri.port):
+        if (routes and self.is_record_route_uri(uri)
+                and not self.is_myself(routes[-1].uri.host, routes[-1].uri.port)):
             # 16.4: a strict router upstream put our Record-Route in the
-            # Request-URI; the real target is the last Route value.
+            # Request-URI; the real target is the last Route value. Only a
+            # URI we record-route with counts: "REGISTER sip:DOMAIN" with a
+            # preloaded Route to us is loose-routed to us.  And the last Route
+            # is then the remote target, never us: a request to our address
+            # (a domain that is our IP) whose Route names us is loose-routed.
             last = routes[-1]
             req.uri = last.uri
             _remove_last_value(req, "route")

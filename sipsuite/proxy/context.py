@@ -92,6 +92,12 @@ class ProxyContext:
         return self.rctx.request
 
     @property
+    def local_tag(self) -> str:
+        """The To tag of an answer made here (a branch's timeout, no route),
+        the tag the core gives its own answers to this transaction."""
+        return self.core.local_tag(self.server.key, self.request)
+
+    @property
     def is_invite(self) -> bool:
         return self.rctx.request.method == "INVITE"
 
@@ -174,7 +180,7 @@ class ProxyContext:
         if branch.done:
             return
         base = branch.sent if branch.sent is not None else branch.request
-        resp = make_response(base, status, reason, to_tag=self.core.to_tag)
+        resp = make_response(base, status, reason, to_tag=self.local_tag)
         if branch.sent is None:
             # No Via of ours was added, so there is none to pop on the way up;
             # add a placeholder the forwarder removes.
@@ -214,7 +220,7 @@ class ProxyContext:
         self._forward(best)
 
     def _local(self, status: int, reason: str) -> Response:
-        resp = make_response(self.request, status, reason, to_tag=self.core.to_tag)
+        resp = make_response(self.request, status, reason, to_tag=self.local_tag)
         resp.add_header("Via", "SIP/2.0/UDP 0.0.0.0;branch=z9hG4bKlocal", top=True)
         return resp
 

@@ -61,6 +61,7 @@ from sipsuite.sip.transaction import (
     TimerSettings,
     cancel_target_key,
     client_key,
+    local_tag,
     new_branch,
     server_key,
 )
@@ -121,9 +122,9 @@ class ProxyCore(RequestChecks, TransactionDriver):
         self.ports: set[int] = set()
         self.server_txs: dict[tuple, ServerTx] = {}
         self.client_txs: dict[tuple, ClientTx] = {}
-        # One To tag for every answer this proxy makes itself; ACKs to them
-        # are matched by branch, never by tag.
-        self.to_tag = "sps" + secrets.token_hex(6)
+        # The key of the To tags of the answers this proxy makes itself
+        # (local_tag): one tag per transaction, the same for its retransmissions.
+        self.tag_secret = secrets.token_bytes(16)
         self.server_header = p.server_header
         self.stats: dict[str, int] = {}
         # Per-method requests and per-class replies sent (liveops stats,
@@ -179,6 +180,10 @@ class ProxyCore(RequestChecks, TransactionDriver):
                 return current(fixed + found, self.registrar.clock())
         return found
 
+    def local_tag(self, key: tuple, req: Request) -> str:
+        """The To tag of our own answer to ``req``, whose server_key() is ``key``."""
+        return local_tag(self.tag_secret, key, req)
+
     def count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
 
@@ -200,9 +205,14 @@ class ProxyCore(RequestChecks, TransactionDriver):
         counted = method if method in COUNTED_METHODS else "OTHER"
         self.method_stats[counted] = self.method_stats.get(counted, 0) + 1
         if method == "ACK":
-            holder = self.server_txs.get(server_key(req))
+            key = server_key(req)
+            holder = self.server_txs.get(key)
             if holder is not None and holder.tx.state in ("completed", "confirmed"):
                 self._run(holder, holder.tx.receive(req, self.clock.seconds()))
+                return
+            if holder is None and req.to_tag == self.local_tag(key, req):
+                # The ACK of an answer we made, come after its transaction
+                # ended: it is ours, never to be routed (Kamailio's sl filter).
                 return
             self._route(req, source, None)
             return
@@ -305,7 +315,7 @@ class ProxyCore(RequestChecks, TransactionDriver):
 
     def _reply_tx(self, holder: ServerTx, req: Request, status: int, reason: str | None,
                   headers: list[tuple[str, str]]) -> None:
-        tag = self.to_tag if status > 100 and req.to_tag is None else None
+        tag = self.local_tag(holder.key, req) if status > 100 and req.to_tag is None else None
         if self.server_header:
             headers = [*headers, ("Server", self.server_header)]
         resp = make_response(req, status, reason or REASONS.get(status, ""), to_tag=tag,

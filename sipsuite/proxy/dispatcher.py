@@ -376,7 +376,7 @@ class Dispatcher(Prober):
     def _no_answer(self, branch: Branch) -> bool:
         resp = branch.response
         return (not branch.provisional and resp is not None
-                and resp.to_tag == self.core.to_tag and resp.status in (408, 503))
+                and resp.to_tag == branch.ctx.local_tag and resp.status in (408, 503))
 
     def _destination(self, ctx: RequestContext, d: DsDestination, rewrite: bool) -> Destination:
         uri = ctx.request.uri

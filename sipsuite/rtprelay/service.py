@@ -13,7 +13,9 @@ relay's own ManagementService for ``twistd -n rtp-relay``.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +39,37 @@ __all__ = ["RelayService", "make_relay_service", "register_relay_methods"]
 log = get_logger("sipsuite.rtprelay.service")
 
 TICK = 1.0
+
+
+def _redirect_stop_signals(reactor: Any, action: Callable[[], None]) -> Callable[[], None]:
+    """Make SIGTERM and SIGINT run ``action`` in the reactor thread until the
+    returned function puts the previous handlers back.
+
+    During a drain the reactor is already stopping: its own handlers would
+    ask it to stop again, which raises ReactorNotRunning, logged as a
+    critical traceback. Only handlers set from Python are replaced (the
+    reactor's under twistd), so a process that never installed any keeps
+    the default behaviour.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal.signal works in the main thread only
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(action)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        current = signal.getsignal(sig)
+        if callable(current) and current is not signal.default_int_handler:
+            previous[sig] = current
+            signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        previous.clear()
+
+    return restore
 
 
 def _fail_start(message: str) -> None:
@@ -75,6 +108,7 @@ class RelayService(service.Service):
         self._cpu = (time.process_time(), clock())
         self._drained: defer.Deferred[None] | None = None
         self._drain_timer: Any = None
+        self._restore_signals: Callable[[], None] | None = None
         self.tls: Any = None  # sipsuite.tlsctx.TLSContexts, for tls: control sockets
 
     # -- start ----------------------------------------------------------------
@@ -147,6 +181,8 @@ class RelayService(service.Service):
                  t=self.config.drain_time)
         self._drained = defer.Deferred()
         self._drain_timer = self.reactor.callLater(self.config.drain_time, self._drain_over)
+        # A second SIGTERM or ^C is the operator saying "now": it ends the drain.
+        self._restore_signals = _redirect_stop_signals(self.reactor, self._cut_drain)
         return self._drained
 
     def stop_now(self) -> defer.Deferred[None]:
@@ -166,6 +202,12 @@ class RelayService(service.Service):
             log.info("relay drained: every session ended")
             self._finish_drain()
 
+    def _cut_drain(self) -> None:
+        if self._drained is not None:
+            log.info("relay drain ended by a second signal: {n} session(s) cut",
+                     n=len(self.table))
+            self._finish_drain()
+
     def _drain_over(self) -> None:
         self._drain_timer = None
         log.info("relay drain time over: {n} session(s) cut", n=len(self.table))
@@ -175,6 +217,9 @@ class RelayService(service.Service):
         if self._drain_timer is not None and self._drain_timer.active():
             self._drain_timer.cancel()
         self._drain_timer = None
+        if self._restore_signals is not None:
+            self._restore_signals()
+            self._restore_signals = None
         drained, self._drained = self._drained, None
         closed = self._close()
         if drained is not None:

@@ -15,6 +15,7 @@ Timer values (RFC 3261 table 4, RFC 6026):
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ __all__ = [
     "TimerSettings",
     "cancel_target_key",
     "client_key",
+    "local_tag",
     "new_branch",
     "server_key",
 ]
@@ -475,6 +477,31 @@ def _server_key(req: Request, method: str) -> tuple:
     # matching here in 'accepted' is passed up to the TU (see
     # ServerInviteTransaction.receive).
     return (str(req.uri), req.from_tag, req.call_id, req.cseq.number, str(via), method)
+
+
+def local_tag(secret: bytes, key: tuple, req: Request) -> str:
+    """The To tag of an answer we make ourselves to ``req`` (RFC 3261 8.2.6.2,
+    19.3), ``key`` being its server_key() as received.
+
+    A keyed hash of what identifies the transaction, as Kamailio's sl module
+    derives its tags: a retransmission gets the same tag, as do the ACK and
+    the CANCEL of an INVITE (9.2: a CANCEL's answer SHOULD carry the INVITE
+    answer's tag), so an ACK to our own answer can be told by its tag alone;
+    other requests get other tags, which nobody without ``secret`` can
+    predict.  The key, not ``req``, supplies the RFC 2543 fields because the
+    routing may have rewritten the Request-URI since.
+    """
+    # The key (an ACK's is its INVITE's; a CANCEL counts as its INVITE too),
+    # with the fields that tell transactions of one sender apart even if its
+    # branches are not unique.
+    method = "INVITE" if key[-1] == "CANCEL" else key[-1]
+    fields = (*key[:-1], method, req.call_id, req.from_tag or "", str(req.cseq.number))
+    digest = hashlib.blake2b(key=secret, digest_size=8)
+    for field in fields:
+        data = str(field).encode("utf-8", "surrogateescape")
+        digest.update(len(data).to_bytes(4, "big"))  # length-prefixed: no ambiguity
+        digest.update(data)
+    return "sps" + digest.hexdigest()
 
 
 def client_key(resp: Response) -> tuple:

@@ -487,16 +487,18 @@ def test_fork_every_2xx_is_forwarded(net: Net) -> None:
 # --------------------------------------------------------------------------- 7. strict routing
 
 
-def test_strict_router_upstream(net: Net) -> None:
+@pytest.mark.parametrize("lr", [";lr", ""])
+def test_strict_router_upstream(net: Net, lr: str) -> None:
     """16.4: a strict router upstream put the proxy's Record-Route URI in the
-    Request-URI (sip:127.0.0.1:P;lr) and the remote target last in Route; the
-    proxy restores it: the callee gets the request with Request-URI
-    sip:callee@127.0.0.1:Q and without that Route value."""
+    Request-URI (sip:127.0.0.1:P;lr, or without lr as an RFC 3261 UA does when
+    it strict-routes) and the remote target last in Route; the proxy restores
+    it: the callee gets the request with Request-URI sip:callee@127.0.0.1:Q
+    and without that Route value."""
     net.one.reset()
     target = f"sip:callee@{net.one.sent_by}"
     with UdpEndpoint() as caller:
         req = build_request(
-            "BYE", f"sip:{net.proxy.hostport};lr", sent_by=caller.sent_by,
+            "BYE", f"sip:{net.proxy.hostport}{lr}", sent_by=caller.sent_by,
             to_uri=f"sip:one@{DOMAIN}", to_tag=procs.new_tag(), cseq=2,
             extra=[("Route", f"<{target}>")],
         )

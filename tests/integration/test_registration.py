@@ -194,6 +194,46 @@ def test_register_sha256_and_the_401_rules(proxies: Proxies) -> None:
         assert unknown.status == 401, unknown.start_line
 
 
+@pytest.mark.parametrize(("domain", "next_hop"), [
+    (DOMAIN, False),
+    (DOMAIN, True),
+    ("{proxy}", False),
+])
+def test_register_through_a_preloaded_route(proxies: Proxies, domain: str,
+                                            next_hop: bool) -> None:
+    """A phone whose outbound proxy is the registrar sends REGISTER sip:DOMAIN
+    with Route <sip:PROXY;lr> (and maybe a further hop after it): a request
+    loose-routed to us, not a strict router's (16.4 applies only to a
+    Request-URI we record-route with). Our Route is consumed, the
+    Request-URI stays sip:DOMAIN (taken for strict routing, the last Route
+    replaced it, and the REGISTER went to that hop), and the phone
+    registers; so too when the domain is the proxy's own address and port,
+    the form of our Record-Route URIs, and the Route names only us."""
+    proxy = proxies.auth
+    domain = domain.format(proxy=proxy.hostport)
+    user = procs.unique("outbound")
+    ctl_ok(proxy, "user", "add", user, "pw")
+    routes = [("Route", f"<sip:{proxy.hostport};lr>")]
+    if next_hop:
+        routes.append(("Route", f"<sip:127.0.0.5:{procs.free_port()};lr>"))
+    with UdpEndpoint() as ep:
+        contact = f"sip:{user}@{ep.sent_by}"
+
+        def register(cseq: int, *extra: tuple[str, str]) -> bytes:
+            return build_request(
+                "REGISTER", f"sip:{domain}", sent_by=ep.sent_by, from_uri=f"sip:{user}@{domain}",
+                to_uri=f"sip:{user}@{domain}", cseq=cseq, call_id=f"{user}-reg", contact=contact,
+                extra=[*routes, ("Expires", "300"), *extra])
+
+        first = transact(ep, proxy, register(1))
+        assert first.status == 401, f"{first.start_line}\n{proxy.diagnostics()}"
+        auth = credentials(challenges(first, "www-authenticate")[0], user, "pw", "REGISTER",
+                           f"sip:{domain}")
+        ok = transact(ep, proxy, register(2, ("Authorization", auth)))
+        assert ok.status == 200, f"{ok.start_line}\n{proxy.diagnostics()}"
+    assert [b["contact"] for b in bindings(proxy, user)] == [contact]
+
+
 def test_stale_nonce_gets_stale_true(proxies: Proxies) -> None:
     proxy = proxies.auth
     ctl_ok(proxy, "user", "add", "gina", "pw-gina")

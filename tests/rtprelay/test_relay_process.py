@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from relaynet import port_range
 
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
@@ -127,6 +128,45 @@ def test_rtp_relay_process(tmp_path: Path) -> None:
     finally:
         for s in (client, caller, callee):
             s.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_second_signal_ends_the_drain_at_once(tmp_path: Path, second: int) -> None:
+    """A second SIGTERM (or ^C) while the relay drains cuts the drain short:
+    the process exits at once, as after a drain (twistd ends by the first
+    signal: status -SIGTERM), with no traceback (the reactor was asked to
+    stop twice: ReactorNotRunning)."""
+    proc, addr, _, _, _ = start_relay(tmp_path, "drain_time = 60.0\n", capture=True)
+    client = udp(0.2)
+    try:
+        wait_for_version(client, addr, proc)
+        client.settimeout(2.0)
+        assert command(client, addr, "u US c1 127.0.0.1 4000 f;1").startswith("u ")
+        proc.send_signal(signal.SIGTERM)
+        # Draining: new sessions are refused (E99) while the old one is relayed.
+        deadline = time.monotonic() + 10
+        probe = 0
+        while (command(client, addr, f"n{probe} U new{probe} 127.0.0.1 4002 f;1")
+               != f"n{probe} E99"):
+            assert time.monotonic() < deadline, "the relay did not start draining"
+            probe += 1  # a new call each time, and a cookie of its own (not a cached reply)
+            time.sleep(0.05)
+        started = time.monotonic()
+        proc.send_signal(second)
+        output, _ = proc.communicate(timeout=20)
+        elapsed = time.monotonic() - started
+        assert proc.returncode == -signal.SIGTERM, output
+        assert elapsed < 10, f"{elapsed:.1f} s to stop after the second SIGTERM\n{output}"
+        assert "relay draining: " in output, output
+        assert "relay drain ended by a second signal" in output, output
+        assert "Server Shut Down." in output, output
+        for sign in ("Traceback", "ReactorNotRunning", "Unhandled"):
+            assert sign not in output, output
+    finally:
+        client.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

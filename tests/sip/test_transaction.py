@@ -22,6 +22,7 @@ from sipsuite.sip.transaction import (
     TimerSettings,
     cancel_target_key,
     client_key,
+    local_tag,
     new_branch,
     server_key,
 )
@@ -646,6 +647,62 @@ def test_server_key_rfc2543_fallback(via: str) -> None:
     assert server_key(request(via=via, cseq=314160)) != key
     assert server_key(request(via=via, uri="sip:carol@chicago.example.com")) != key
     assert server_key(request("OPTIONS", via=via)) != key
+
+
+def _tag(req: Request, secret: bytes = b"k" * 16) -> str:
+    return local_tag(secret, server_key(req), req)
+
+
+def _with(req: Request, name: str, value: str) -> Request:
+    req.set_header(name, value)
+    return req
+
+
+@pytest.mark.parametrize("via", [
+    VIA,
+    "SIP/2.0/UDP pc33.atlanta.example.com:5060",  # RFC 2543: no branch
+    "SIP/2.0/UDP pc33.atlanta.example.com:5060;branch=0123abc",
+])
+def test_local_tag_per_transaction(via: str) -> None:
+    tag = _tag(request(via=via))
+    assert re.fullmatch(r"sps[0-9a-f]{16}", tag)
+    # A retransmission, its ACK and its CANCEL (RFC 3261 9.2) get the tag.
+    assert _tag(request(via=via)) == tag
+    assert _tag(request("ACK", via=via, to_tag=tag)) == tag
+    assert _tag(request("CANCEL", via=via)) == tag
+    # Any other request gets another (RFC 3261 19.3: tags are unique).
+    others = [
+        request(via=via, cseq=314160),
+        request("OPTIONS", via=via),
+        request(via=VIA.replace("pc33.atlanta", "pc34.atlanta") if via == VIA
+                else via.replace("pc33.atlanta", "pc34.atlanta")),
+        _with(request(via=via), "Call-ID", "other@pc33.atlanta.example.com"),
+        _with(request(via=via), "From", "Alice <sip:alice@atlanta.example.com>;tag=other"),
+    ]
+    if via == VIA:
+        others.append(request(via=VIA + "x"))
+    else:
+        others.append(request(via=via, uri="sip:carol@chicago.example.com"))
+    tags = {_tag(r) for r in others}
+    assert len(tags) == len(others) and tag not in tags
+    # Keyed: another process (another secret) answers with other tags.
+    assert _tag(request(via=via), b"j" * 16) != tag
+
+
+def test_local_tag_keeps_to_the_request_as_received() -> None:
+    """RFC 2543 transactions are told apart by their Request-URI, which the
+    routing may rewrite before answering: the key taken at receipt decides."""
+    via = "SIP/2.0/UDP pc33.atlanta.example.com:5060"
+    inv = request(via=via)
+    key = server_key(inv)
+    tag = local_tag(b"k" * 16, key, inv)
+    routed = parse_datagram(inv.to_bytes())
+    assert isinstance(routed, Request)
+    routed.uri = routed.uri.copy()
+    routed.uri.user = "carol"
+    assert local_tag(b"k" * 16, key, routed) == tag
+    # ... and the ACK, carrying the original Request-URI, computes the same.
+    assert _tag(request("ACK", via=via, to_tag=tag)) == tag
 
 
 def test_new_branch() -> None:
