@@ -253,6 +253,8 @@ class MediaConfig:
     relays: list[RelaySpec] = setting([], _relay_list)
     command_timeout: float = setting(1.0, positive_float)
     disable_time: float = setting(60.0, positive_float)
+    max_streams: int = setting(8, int_range(1, 1000))
+    max_sessions_per_source: int = setting(200, int_range(0, 10_000_000))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

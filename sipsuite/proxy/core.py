@@ -266,11 +266,11 @@ class ProxyCore(RequestChecks, TransactionDriver):
 
     def _routing_error(self, rctx: RequestContext, failure: Failure) -> None:
         # One warning line, not a critical traceback: see hookerrors.
-        status, reason = answer_for(failure.value)
+        status, reason, headers = answer_for(failure.value)
         answered = None if rctx.handled or rctx.request.method == "ACK" else status
         hook_failed("request_route", rctx.request, rctx.source, failure, answered)
         if answered is not None:
-            rctx.reply(status, reason)
+            rctx.reply(status, reason, headers)
 
     def _routing_done(self, rctx: RequestContext) -> None:
         if not rctx.handled and rctx.request.method != "ACK":

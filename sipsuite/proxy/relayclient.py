@@ -177,6 +177,9 @@ class RelayClient(service.Service):
         self._loop: Any = None
         self._stopped = False
         self.stray_replies = 0  # late, duplicate or foreign replies dropped
+        # Told the key of each call this client stops holding (D, idle,
+        # evicted): the media manager's per-source session counts end with it.
+        self.forgotten: Callable[[str], None] | None = None
 
     # -- service ---------------------------------------------------------------------
 
@@ -286,8 +289,13 @@ class RelayClient(service.Service):
 
     def relay_of(self, call_id: str) -> str | None:
         """The relay this client holds the call on, if any."""
-        entry = self._calls.get(call_key(encode_call_id(call_id)))
+        entry = self._calls.get(self.key_of(call_id))
         return entry[0].uri if entry is not None else None
+
+    @staticmethod
+    def key_of(call_id: str) -> str:
+        """The key a call is held by (what :attr:`forgotten` is told)."""
+        return call_key(encode_call_id(call_id))
 
     @property
     def calls_held(self) -> int:
@@ -407,8 +415,10 @@ class RelayClient(service.Service):
         if old is None:
             relay.calls += 1
             while len(self._calls) >= self.max_calls:
-                _key, (evicted, _t) = self._calls.popitem(last=False)
+                gone, (evicted, _t) = self._calls.popitem(last=False)
                 evicted.calls -= 1
+                if self.forgotten is not None:
+                    self.forgotten(gone)
         self._calls[key] = (relay, now)
         self._calls.move_to_end(key)
 
@@ -416,6 +426,8 @@ class RelayClient(service.Service):
         entry = self._calls.pop(key, None)
         if entry is not None:
             entry[0].calls -= 1
+            if self.forgotten is not None:
+                self.forgotten(key)
 
     def _purge_idle(self) -> None:
         limit = self.reactor.seconds() - self.call_idle_time
