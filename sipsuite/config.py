@@ -243,6 +243,7 @@ class RelayConfig:
     media_timeout: float = setting(60.0, positive_float)
     hold_timeout: float = setting(3600.0, positive_float)
     drain_time: float = setting(30.0, non_negative_float)
+    max_sessions_per_call: int = setting(32, int_range(1, 100_000))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

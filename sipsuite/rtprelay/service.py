@@ -67,6 +67,7 @@ class RelayService(service.Service):
             learn_window=config.learn_window,
             timeout=config.media_timeout,
             hold_timeout=config.hold_timeout,
+            max_sessions_per_call=config.max_sessions_per_call,
         )
         self.dispatcher = ControlDispatcher(self.table, self.media, config.media_addresses, clock)
         self.dispatcher.on_drain_progress = self._check_drained
@@ -248,6 +249,7 @@ class RelayService(service.Service):
             "sessions_created": s.sessions_created,
             "sessions_deleted": s.sessions_deleted,
             "sessions_expired": s.sessions_expired,
+            "sessions_refused": self.table.sessions_refused,
             "packets_relayed": s.packets_relayed,
             "bytes_relayed": s.bytes_relayed,
             "packets_dropped": s.packets_dropped,
