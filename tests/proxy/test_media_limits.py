@@ -13,6 +13,7 @@ from test_media import FakeClient, invite, rctx_for, run
 from test_rtpproxy_ids import MemoryPorts, result_of
 from twisted.internet import task
 
+from sipsuite.proxy.liveops import cfg_set
 from sipsuite.proxy.media import LocalRelayClient, MediaManager
 from sipsuite.rtprelay.control import ControlDispatcher
 from sipsuite.rtprelay.table import SessionTable
@@ -168,3 +169,16 @@ def test_sessions_end_when_the_relay_client_forgets_the_call() -> None:
     for n in range(4):  # max_calls 3: the oldest is evicted by the fourth
         offer(f"y{n}")
     assert media.sessions_of(CALLER) == 6
+
+
+def test_limits_change_at_run_time(tmp_path: Path) -> None:
+    client = FakeClient(*[RELAY] * 3)
+    kit = kit_with(tmp_path, client)
+    cfg_set(kit.core, "media.max_streams", "2")
+    (refusal,) = call(kit, sdp(3))
+    assert refusal.status == 488 and client.calls == []
+    cfg_set(kit.core, "media.max_streams", "3")
+    assert call(kit, sdp(3), call_id="call-2", branch="i2") == []
+    cfg_set(kit.core, "media.max_sessions_per_source", "3")
+    (refusal,) = call(kit, sdp(1), call_id="call-3", branch="i3")
+    assert refusal.status == 503
