@@ -248,6 +248,7 @@ class RelayConfig:
     media_timeout: float = setting(60.0, positive_float)
     hold_timeout: float = setting(3600.0, positive_float)
     drain_time: float = setting(30.0, non_negative_float)
+    max_sessions_per_call: int = setting(32, int_range(1, 100_000))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -258,6 +259,8 @@ class MediaConfig:
     relays: list[RelaySpec] = setting([], _relay_list)
     command_timeout: float = setting(1.0, positive_float)
     disable_time: float = setting(60.0, positive_float)
+    max_streams: int = setting(8, int_range(1, 1000))
+    max_sessions_per_source: int = setting(200, int_range(0, 10_000_000))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

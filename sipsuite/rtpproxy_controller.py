@@ -3,7 +3,10 @@ proxy sends (``build_*``) and the replies it reads (:func:`parse_reply`).
 
 The relay's side (parsing commands, formatting replies) and the grammar both
 share are in :mod:`sipsuite.rtpproxy_protocol`; like it, this module is
-sans-IO and imports nothing from Twisted.
+sans-IO and imports nothing from Twisted.  The builders take protocol
+tokens: a SIP Call-ID or tag becomes one with :mod:`sipsuite.rtpproxy_ids`
+(the proxy's relay client does that), and a part that is still not one
+token raises ValueError rather than splitting the command.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sipsuite.log import get_logger
+from sipsuite.proxy.hookerrors import hook_failed
 
 if TYPE_CHECKING:
     from sipsuite.proxy.core import ProxyCore
@@ -158,7 +159,8 @@ class Accounting:
                 if status < 300 or status in BYE_ENDS:
                     self._bye(req, status)
         except Exception:  # noqa: BLE001 - accounting must never break a call
-            log.failure("accounting failed")
+            # One warning per request, not a critical traceback (hookerrors).
+            hook_failed("accounting", holder.tx.request, holder.source)
 
     def _invite(self, holder: ServerTx, req: Request, resp: Response) -> None:
         status = resp.status

@@ -7,7 +7,9 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING
 
-from sipsuite.log import get_logger
+from twisted.python.failure import Failure
+
+from sipsuite.proxy.hookerrors import hook_failed
 from sipsuite.proxy.routing import drive
 from sipsuite.sip.message import Request, Response, make_cancel, make_response
 
@@ -16,8 +18,6 @@ if TYPE_CHECKING:
     from sipsuite.proxy.resolver import Target
     from sipsuite.proxy.routing import RequestContext
     from sipsuite.sip.uri import URI
-
-log = get_logger("sipsuite.proxy.context")
 
 
 class Branch:
@@ -120,7 +120,7 @@ class ProxyContext:
         try:
             result = self.core.routing.reply_route(self.rctx, branch, resp)
         except Exception:  # noqa: BLE001 - a script bug must not lose the answer
-            log.failure("reply_route failed")
+            hook_failed("reply_route", self.rctx.request, self.rctx.source)
             result = None
         if not inspect.iscoroutine(result):
             self._reply_routed()
@@ -131,8 +131,8 @@ class ProxyContext:
         # a finished transaction leaves no cycle behind.
         drive(result, self._reply_routed, self._reply_route_failed)
 
-    def _reply_route_failed(self, failure: object) -> None:
-        log.failure("reply_route failed", failure)
+    def _reply_route_failed(self, failure: Failure) -> None:
+        hook_failed("reply_route", self.rctx.request, self.rctx.source, failure)
         self._reply_routed()
 
     def _reply_routed(self) -> None:

@@ -13,6 +13,8 @@ import hashlib
 import secrets
 from typing import Any
 
+from twisted.python.failure import Failure
+
 from sipsuite.log import get_logger
 from sipsuite.proxy.accounting import Accounting
 from sipsuite.proxy.addresses import (
@@ -27,6 +29,7 @@ from sipsuite.proxy.antiflood import RequestGuard
 from sipsuite.proxy.auth import Authenticator
 from sipsuite.proxy.checks import BRANCH_TAG, RequestChecks
 from sipsuite.proxy.context import Branch, ProxyContext
+from sipsuite.proxy.hookerrors import answer_for, hook_failed
 from sipsuite.proxy.keepalive import KEEPALIVE_BRANCH, NatKeepalive
 from sipsuite.proxy.location import (
     Binding,
@@ -278,18 +281,17 @@ class ProxyCore(RequestChecks, TransactionDriver):
         try:
             result = self.routing.request_route(rctx)
         except Exception:  # noqa: BLE001 - a script bug must not kill the proxy
-            log.failure("request_route failed for {m} {u}", m=req.method, u=req.uri)
-            self._routing_failed(rctx)
+            self._routing_error(rctx, Failure())
             return
         drive(result, lambda: self._routing_done(rctx), lambda f: self._routing_error(rctx, f))
 
-    def _routing_error(self, rctx: RequestContext, failure: Any) -> None:
-        log.failure("request_route failed for {m} {u}", failure, m=rctx.request.method, u=rctx.request.uri)
-        self._routing_failed(rctx)
-
-    def _routing_failed(self, rctx: RequestContext) -> None:
-        if not rctx.handled:
-            rctx.reply(500, "Server Internal Error")
+    def _routing_error(self, rctx: RequestContext, failure: Failure) -> None:
+        # One warning line, not a critical traceback: see hookerrors.
+        status, reason, headers = answer_for(failure.value)
+        answered = None if rctx.handled or rctx.request.method == "ACK" else status
+        hook_failed("request_route", rctx.request, rctx.source, failure, answered)
+        if answered is not None:
+            rctx.reply(status, reason, headers)
 
     def _routing_done(self, rctx: RequestContext) -> None:
         if not rctx.handled and rctx.request.method != "ACK":
@@ -349,14 +351,14 @@ class ProxyCore(RequestChecks, TransactionDriver):
             else:
                 self._start_branch(ctx, target)
 
-    def call_hook(self, name: str, *args: Any) -> None:
-        def failed(f: Any) -> None:
-            log.failure("{n} failed", f, n=name)
+    def call_hook(self, name: str, rctx: RequestContext, *args: Any) -> None:
+        def failed(f: Failure) -> None:
+            hook_failed(name, rctx.request, rctx.source, f)
 
         try:
-            result = getattr(self.routing, name)(*args)
+            result = getattr(self.routing, name)(rctx, *args)
         except Exception:  # noqa: BLE001 - a script bug must not kill the proxy
-            log.failure("{n} failed", n=name)
+            hook_failed(name, rctx.request, rctx.source)
             return
         drive(result, lambda: None, failed)
 
@@ -372,14 +374,14 @@ class ProxyCore(RequestChecks, TransactionDriver):
             if not state["sync"]:
                 ctx.check_complete()
 
-        def failed(f: Any) -> None:
-            log.failure("failure_route failed", f)
+        def failed(f: Failure) -> None:
+            hook_failed("failure_route", ctx.rctx.request, ctx.rctx.source, f)
             done()
 
         try:
             result = self.routing.failure_route(ctx.rctx, best)
         except Exception:  # noqa: BLE001
-            log.failure("failure_route failed")
+            hook_failed("failure_route", ctx.rctx.request, ctx.rctx.source)
             result = None
         drive(result, done, failed)
         if ctx.pending_routing:

@@ -135,6 +135,8 @@ RUNTIME_KEYS: dict[str, tuple[str, ...] | str] = {
     # The writer reopens when the file setting changes (accounting.py).
     "accounting": ("file", "max_duration", "max_calls"),
     "log": ("level",),
+    # Read at each offer (media.py; apply_config hands them over).
+    "media": ("max_streams", "max_sessions_per_source"),
 }
 
 # A key named with one of these words holds something opened or bound once
@@ -290,6 +292,9 @@ def apply_config(core: ProxyCore, new: Config) -> None:
     core.trusted = list(new.proxy.trusted)
     core.server_header = new.proxy.server_header
     core.transport.configure(new.proxy)
+    if core.media is not None:
+        core.media.max_streams = new.media.max_streams
+        core.media.max_sessions_per_source = new.media.max_sessions_per_source
     if new.log.level != sipsuite_log.get_level():
         sipsuite_log.set_level(new.log.level)
 

@@ -34,6 +34,11 @@ Behaviour, and why:
   fails (logged) and the caller connects the call without relaying.  The
   entry is forgotten after D, after ``call_idle_time`` without commands, or
   when ``max_calls`` newer calls push it out.
+* **Identifiers.** Commands take the SIP Call-ID (``CALLID[;BRANCH]``) and
+  tags as the message has them and send them encoded by
+  :mod:`sipsuite.rtpproxy_ids`: an RFC 3261 Call-ID or tag as it is (what
+  Kamailio sends), any other one escaped or digested into one token, so no
+  Call-ID a stranger sends can split a command or fail to encode.
 
 Every public command returns a Deferred (the routing trampoline can await
 only Deferreds).  Failures are :class:`RelayUnavailable` (no answer, nothing
@@ -76,6 +81,7 @@ from sipsuite.proxy.relaypeers import (
     StreamFactory,
     call_key,
 )
+from sipsuite.rtpproxy_ids import encode_call_id, encode_id
 
 __all__ = [
     "DEFAULT_CONTROL_PORT", "REQUIRED_CAPABILITY", "RelayAddress", "RelayClient", "RelayError",
@@ -171,6 +177,9 @@ class RelayClient(service.Service):
         self._loop: Any = None
         self._stopped = False
         self.stray_replies = 0  # late, duplicate or foreign replies dropped
+        # Told the key of each call this client stops holding (D, idle,
+        # evicted): the media manager's per-source session counts end with it.
+        self.forgotten: Callable[[str], None] | None = None
 
     # -- service ---------------------------------------------------------------------
 
@@ -215,7 +224,8 @@ class RelayClient(service.Service):
         """U: the relay's (address, port) for the stream whose SDP this is.
         The address is None only for a unix-socket relay that named none: use
         the address the SIP message arrived on then."""
-        ftag, ttag = rp.media_tag(from_tag, media_index), _opt_tag(to_tag, media_index)
+        call_id = encode_call_id(call_id)
+        ftag, ttag = _tag(from_tag, media_index), _opt_tag(to_tag, media_index)
 
         def build(cookie: str) -> bytes:
             return rc.build_update(cookie, call_id, address, port, ftag, ttag,
@@ -228,7 +238,8 @@ class RelayClient(service.Service):
                media_index: int | None = 1) -> Deferred[tuple[str | None, int]]:
         """L: as offer, for the answer; a relay without the session answers
         port 0, raised as RelayError(ErrorCode.SESUNKN)."""
-        ftag, ttag = rp.media_tag(from_tag, media_index), _opt_tag(to_tag, media_index)
+        call_id = encode_call_id(call_id)
+        ftag, ttag = _tag(from_tag, media_index), _opt_tag(to_tag, media_index)
 
         def build(cookie: str) -> bytes:
             return rc.build_lookup(cookie, call_id, address, port, ftag, ttag,
@@ -240,13 +251,15 @@ class RelayClient(service.Service):
         """D (plain tags: every media stream of the call).  True when deleted,
         False when the relay had no such session (E50: a call that never got
         an offer, or one the relay already timed out); other E-codes raise."""
-        return self._run(self._delete(call_id, from_tag, to_tag))
+        return self._run(self._delete(encode_call_id(call_id), encode_id(from_tag),
+                                      _opt_tag(to_tag, None)))
 
     def query(self, call_id: str, from_tag: str, to_tag: str | None = None, *,
               stats: Sequence[str] = (), media_index: int | None = 1) -> Deferred[dict[str, float]]:
         """Q: the session's counters by name (rtpproxy_protocol.DEFAULT_QUERY
         unless ``stats`` names others)."""
-        ftag, ttag = rp.media_tag(from_tag, media_index), _opt_tag(to_tag, media_index)
+        call_id = encode_call_id(call_id)
+        ftag, ttag = _tag(from_tag, media_index), _opt_tag(to_tag, media_index)
 
         def build(cookie: str) -> bytes:
             return rc.build_query(cookie, call_id, ftag, ttag, stats=stats)
@@ -272,12 +285,17 @@ class RelayClient(service.Service):
 
     def candidates(self, call_id: str) -> list[str]:
         """The up relays a new call with this Call-ID would try, in order."""
-        return [r.uri for r in self._order(call_key(call_id))]
+        return [r.uri for r in self._order(call_key(encode_call_id(call_id)))]
 
     def relay_of(self, call_id: str) -> str | None:
         """The relay this client holds the call on, if any."""
-        entry = self._calls.get(call_key(call_id))
+        entry = self._calls.get(self.key_of(call_id))
         return entry[0].uri if entry is not None else None
+
+    @staticmethod
+    def key_of(call_id: str) -> str:
+        """The key a call is held by (what :attr:`forgotten` is told)."""
+        return call_key(encode_call_id(call_id))
 
     @property
     def calls_held(self) -> int:
@@ -397,8 +415,10 @@ class RelayClient(service.Service):
         if old is None:
             relay.calls += 1
             while len(self._calls) >= self.max_calls:
-                _key, (evicted, _t) = self._calls.popitem(last=False)
+                gone, (evicted, _t) = self._calls.popitem(last=False)
                 evicted.calls -= 1
+                if self.forgotten is not None:
+                    self.forgotten(gone)
         self._calls[key] = (relay, now)
         self._calls.move_to_end(key)
 
@@ -406,6 +426,8 @@ class RelayClient(service.Service):
         entry = self._calls.pop(key, None)
         if entry is not None:
             entry[0].calls -= 1
+            if self.forgotten is not None:
+                self.forgotten(key)
 
     def _purge_idle(self) -> None:
         limit = self.reactor.seconds() - self.call_idle_time
@@ -424,7 +446,13 @@ class RelayClient(service.Service):
         if self._stopped:
             raise RelayUnavailable("relay client stopped")
         cookie = "" if relay.stream else self._next_cookie()
-        data = build(cookie)
+        try:
+            data = build(cookie)
+        except ValueError as e:  # UnicodeError included
+            # Identifiers are encoded, so only a caller's odd argument (an SDP
+            # address or port that is not one token) gets here: the call goes
+            # on unrelayed, like any other refusal, instead of failing routing.
+            raise RelayError(None, f"cannot build the command: {e}", relay.uri) from None
         relay.sent += 1
         try:
             if relay.stream:
@@ -612,6 +640,10 @@ class RelayClient(service.Service):
             log.info("relay {relay} is up again", relay=relay.uri)
 
 
+def _tag(tag: str, media_index: int | None) -> str:
+    return rp.media_tag(encode_id(tag), media_index)
+
+
 def _opt_tag(tag: str | None, media_index: int | None) -> str | None:
-    return None if tag is None else rp.media_tag(tag, media_index)
+    return None if tag is None else _tag(tag, media_index)
 

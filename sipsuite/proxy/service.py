@@ -96,7 +96,10 @@ def attach_media(core: ProxyCore, client: RelayClient, parent: service.MultiServ
     """Give the core its media manager: ``client`` runs under ``parent``
     (its pings start and its sockets close with the proxy)."""
     client.setServiceParent(parent)
-    core.media = MediaManager(client, core.config.media.relay)
+    media = core.config.media
+    core.media = MediaManager(client, media.relay, max_streams=media.max_streams,
+                              max_sessions_per_source=media.max_sessions_per_source,
+                              is_trusted=core.is_trusted)
 
 
 def make_proxy_service(config: Config) -> service.MultiService:

@@ -78,6 +78,7 @@ async def _relay(core: ProxyCore, registry: RpcRegistry | None) -> dict[str, Any
         out["answers"] = media.answers
         out["deletes"] = media.deletes
         out["failures"] = media.failures
+        out["refused"] = media.refused  # offers over [media] max_streams / per-source sessions
     return out or None
 
 

@@ -40,7 +40,14 @@ from sipsuite.rtpproxy_protocol import Command, ErrorCode, ProtocolError
 from sipsuite.rtprelay.media import MediaPorts, is_wildcard
 from sipsuite.rtprelay.ports import PortsExhausted
 from sipsuite.rtprelay.session import Leg
-from sipsuite.rtprelay.table import EXTERNAL, INTERNAL, Draining, SessionTable, bridge_interfaces
+from sipsuite.rtprelay.table import (
+    EXTERNAL,
+    INTERNAL,
+    Draining,
+    SessionTable,
+    TooManySessions,
+    bridge_interfaces,
+)
 
 __all__ = [
     "SUPPORTED_CAPABILITIES",
@@ -234,6 +241,11 @@ class ControlDispatcher:
                                       **kwargs)
         except Draining:
             raise ProtocolError(ErrorCode.SLOWSHTDN, "draining: no new sessions", cookie) from None
+        except TooManySessions as exc:
+            # Debug only: a controller sending thousands of streams would
+            # otherwise write a line for each; relay.stats counts them.
+            log.debug("relay: call {c}: {e}", c=cmd.call_id, e=exc)
+            raise ProtocolError(ErrorCode.OVERLOAD, str(exc), cookie) from None
         except PortsExhausted as exc:
             log.warn("relay: no free port pair for call {c}: {e}", c=cmd.call_id, e=exc)
             code = ErrorCode.LSTFAIL_2 if found is None else ErrorCode.LSTFAIL_1

@@ -29,6 +29,7 @@ from sipsuite.config import Config, RelayConfig
 from sipsuite.gcpolicy import GCPolicy
 from sipsuite.log import get_logger
 from sipsuite.management import INVALID_PARAMS, ManagementService, RpcError, RpcRegistry
+from sipsuite.rtpproxy_ids import encode_call_id
 from sipsuite.rtprelay.control import ControlDispatcher, ReplyCache, listen_control
 from sipsuite.rtprelay.media import MediaPorts, check_media_address
 from sipsuite.rtprelay.session import Addr, Leg, Session
@@ -99,6 +100,7 @@ class RelayService(service.Service):
             learn_window=config.learn_window,
             timeout=config.media_timeout,
             hold_timeout=config.hold_timeout,
+            max_sessions_per_call=config.max_sessions_per_call,
         )
         self.dispatcher = ControlDispatcher(self.table, self.media, config.media_addresses, clock)
         self.dispatcher.on_drain_progress = self._check_drained
@@ -242,9 +244,12 @@ class RelayService(service.Service):
     # -- management views -------------------------------------------------------
 
     def sessions_view(self, call_id: str | None = None) -> list[dict[str, Any]]:
+        """Sessions (of one call: named by the token the relay holds, or by
+        the SIP Call-ID a sipsuite proxy encoded into it, rtpproxy_ids)."""
         now = self.clock()
+        wanted = None if call_id is None else {call_id, encode_call_id(call_id)}
         return [self._session_info(s, now) for s in self.table
-                if call_id is None or s.call_id == call_id]
+                if wanted is None or s.call_id in wanted]
 
     def _session_info(self, session: Session, now: float) -> dict[str, Any]:
         return {
@@ -289,6 +294,7 @@ class RelayService(service.Service):
             "sessions_created": s.sessions_created,
             "sessions_deleted": s.sessions_deleted,
             "sessions_expired": s.sessions_expired,
+            "sessions_refused": self.table.sessions_refused,
             "packets_relayed": s.packets_relayed,
             "bytes_relayed": s.bytes_relayed,
             "packets_dropped": s.packets_dropped,

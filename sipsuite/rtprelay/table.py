@@ -33,9 +33,11 @@ from sipsuite.rtprelay.session import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_SESSIONS_PER_CALL",
     "EXTERNAL",
     "INTERNAL",
     "Draining",
+    "TooManySessions",
     "SessionTable",
     "TableStats",
     "bridge_interfaces",
@@ -45,6 +47,10 @@ __all__ = [
 # nothing at all (RFC 3264 inactive), so it gets much longer.
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_HOLD_TIMEOUT = 3600.0
+# Sessions (streams: "tag;N") one Call-ID may hold.  RTPProxy has no such
+# bound, so one controller's call with thousands of m= lines (Kamailio sends
+# a U for each) could take every port; 32 streams take 128 ports.
+DEFAULT_MAX_SESSIONS_PER_CALL = 32
 
 INTERNAL = "internal"
 EXTERNAL = "external"
@@ -53,6 +59,10 @@ _BRIDGE_LETTERS = {"i": INTERNAL, "I": INTERNAL, "e": EXTERNAL, "E": EXTERNAL}
 
 class Draining(Exception):
     """The relay is draining: existing sessions go on, new ones are refused."""
+
+
+class TooManySessions(Exception):
+    """The call already holds ``max_sessions_per_call`` sessions."""
 
 
 def bridge_interfaces(modifiers: str) -> tuple[str | None, str | None]:
@@ -130,8 +140,11 @@ class SessionTable:
         max_seq_gap: int = DEFAULT_MAX_SEQ_GAP,
         timeout: float = DEFAULT_TIMEOUT,
         hold_timeout: float = DEFAULT_HOLD_TIMEOUT,
+        max_sessions_per_call: int = DEFAULT_MAX_SESSIONS_PER_CALL,
     ) -> None:
         self.ports = ports
+        self.max_sessions_per_call = max_sessions_per_call
+        self.sessions_refused = 0  # new sessions refused by max_sessions_per_call
         self.learn_window = learn_window
         self.max_seq_gap = max_seq_gap
         self.timeout = timeout
@@ -207,6 +220,7 @@ class SessionTable:
         """U: an offer from the party ``from_tag`` names, whose media is at ``addr``.
 
         Creates the session if no tag matches (raises Draining in drain mode,
+        TooManySessions when the call holds max_sessions_per_call already,
         PortsExhausted when no pair is free, creating nothing either way).
         Returns the other party's leg: its port goes in the SDP sent to it.
         A retransmitted U finds the same session and returns the same port.
@@ -217,6 +231,10 @@ class SessionTable:
         if found is None:
             if self.draining:
                 raise Draining("draining: no new sessions")
+            if len(self._by_call.get(call_id, ())) >= self.max_sessions_per_call:
+                self.sessions_refused += 1
+                raise TooManySessions(
+                    f"call holds {self.max_sessions_per_call} sessions already")
             session = Session(
                 call_id, from_tag, now, learn_window=self.learn_window, max_seq_gap=self.max_seq_gap
             )
