@@ -257,12 +257,16 @@ class PageRun:
         path.write_text(text)
 
     def named_ports(self, line: str) -> set[int]:
+        """The rewritten ports a background job binds: on its line, and in the
+        listen/control keys of a file it names."""
         mapped = set(self.ports.values())
         found = {int(p) for p in re.findall(r"\d+", line) if int(p) in mapped}
         for word in shlex.split(line):
             path = self.workdir / word
             if word and path.is_file() and path.stat().st_size < 100_000:
-                found |= {int(p) for p in re.findall(r"\d+", path.read_text()) if int(p) in mapped}
+                # The sockets it binds, not the addresses it sends to.
+                bound = [ln for ln in path.read_text().splitlines() if re.match(r"\s*(listen|control)\b", ln)]
+                found |= {int(p) for ln in bound for p in re.findall(r"\d+", ln) if int(p) in mapped}
         return found
 
     def run_line(self, where: str, line: str) -> None:
@@ -288,7 +292,7 @@ class PageRun:
     def start(self, where: str, command: str) -> None:
         log = self.workdir / f"job{len(self.jobs) + 1}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=self.workdir,
+            proc = subprocess.Popen(["bash", "-c", command], cwd=self.workdir,
                                     env=self.env, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.jobs.append((command, proc, log))
