@@ -26,7 +26,6 @@ import re
 import signal
 import sys
 import tomllib
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
@@ -36,6 +35,7 @@ from sipsuite.config import Config, ConfigError, _check_consistency
 from sipsuite.configvalues import _Invalid, _show
 from sipsuite.log import get_logger
 from sipsuite.proxy.routing import Routing
+from sipsuite.proxy.routingload import describe_error as _describe
 from sipsuite.sip.transaction import TimerSettings
 
 if TYPE_CHECKING:
@@ -327,18 +327,6 @@ def _fresh_import(module_name: str) -> Any:
     if parent and parent in sys.modules:
         setattr(sys.modules[parent], child, module)
     return module
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    what = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    if isinstance(exc, SyntaxError):
-        return what
-    frames = traceback.extract_tb(exc.__traceback__)
-    if frames:
-        last = frames[-1]
-        what += f" (at {last.filename}:{last.lineno})"
-    return what
 
 
 def reload_routing(core: ProxyCore) -> dict[str, Any]:
