@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["StartupError", "cannot_listen", "check_pidfile", "show_address"]
+__all__ = ["StartupError", "cannot_listen", "check_twistd_files", "check_writable", "show_address"]
 
 
 class StartupError(Exception):
@@ -38,22 +38,36 @@ def cannot_listen(what: str, exc: BaseException) -> StartupError:
     return StartupError(f"cannot listen on {what}: {text}")
 
 
-def check_pidfile(pidfile: str | None, rundir: str = ".") -> None:
-    """Raise StartupError when twistd would fail to write ``pidfile``.
+def check_twistd_files(twistd: Any) -> None:
+    """Raise StartupError when twistd would fail to write its pid file or
+    its log file (``twistd``: its parsed options).
 
-    twistd writes it after forking, in ``rundir``; a failure there is a
-    traceback (and, daemonised, a launcher that never returns), so the
-    plugin checks beforehand.  An empty name (``--pidfile=``) means none."""
-    if not pidfile:
+    twistd opens the log after building the service and writes the pid
+    file after forking; a failure there is a traceback and, daemonised, a
+    launcher that never returns.  So the plugin tries both first."""
+    if twistd.get("chroot"):
+        return  # the paths are inside a root twistd has not entered yet
+    check_writable("pid file", twistd.get("pidfile"), hint="--pidfile=PATH, or --pidfile= for none")
+    logfile = twistd.get("logfile")
+    if not logfile and not twistd.get("nodaemon") and not twistd.get("syslog"):
+        logfile = "twistd.log"  # where a daemon logs unless told
+    if logfile and logfile != "-":
+        check_writable("log file", logfile, hint="--logfile=PATH")
+
+
+def check_writable(what: str, path: str | None, hint: str) -> None:
+    """Raise StartupError unless ``path`` can be written (tried, not
+    guessed: os.access says yes to root where the filesystem says no)."""
+    if not path:
         return
-    path = pidfile if os.path.isabs(pidfile) else os.path.join(rundir, pidfile)
-    directory = os.path.dirname(path) or "."
-    if os.path.exists(path):
-        writable = os.access(path, os.W_OK)
-    else:
-        writable = os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)
-    if not writable:
-        reason = "no such directory" if not os.path.isdir(directory) else "permission denied"
-        raise StartupError(
-            f"cannot write pid file {os.path.abspath(path)}: {reason}"
-            " (--pidfile=PATH for another, --pidfile= for none)")
+    path = os.path.abspath(path)
+    try:
+        if os.path.exists(path):
+            with open(path, "ab"):
+                pass
+        else:
+            with open(path, "xb"):
+                pass
+            os.unlink(path)
+    except OSError as exc:
+        raise StartupError(f"cannot write {what} {path}: {exc.strerror or exc} ({hint})") from None

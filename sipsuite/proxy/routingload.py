@@ -17,11 +17,14 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, Any
 
+from sipsuite.log import get_logger
 from sipsuite.proxy.routing import Routing
 from sipsuite.startup import StartupError
 
 if TYPE_CHECKING:
     from sipsuite.proxy.core import ProxyCore
+
+log = get_logger("sipsuite.proxy.routing")
 
 __all__ = ["RoutingError", "describe_error", "load_routing", "make_routing", "routing_dirs"]
 
@@ -105,6 +108,11 @@ def make_routing(core: ProxyCore) -> Routing:
     spec = core.config.proxy.routing
     cls = load_routing(spec, core.config.path)
     try:
-        return cls(core)
+        routing = cls(core)
     except Exception as exc:  # noqa: BLE001 - any error in user code
         raise RoutingError(f"{spec} failed to start: {describe_error(exc)}") from None
+    # Which file: with the config's directory and the working directory
+    # searched first, the operator may not otherwise know.
+    log.info("routing {s} from {f}", s=spec,
+             f=getattr(sys.modules.get(cls.__module__), "__file__", None) or "(built in)")
+    return routing

@@ -119,7 +119,7 @@ class SipsuiteServiceMaker:
         typed, exit status 2, and no pid file (see sipsuite.startup)."""
         from sipsuite import log
         from sipsuite.config import ConfigError, default_config_path, load_config
-        from sipsuite.startup import StartupError, check_pidfile
+        from sipsuite.startup import StartupError, check_twistd_files
 
         path = options["config"] or default_config_path()
         management = options.get("management")
@@ -144,8 +144,7 @@ class SipsuiteServiceMaker:
             built = self._build(config)
             twistd = options.parent
             if twistd is not None:
-                if not twistd.get("chroot"):
-                    check_pidfile(twistd.get("pidfile"))
+                check_twistd_files(twistd)
                 # Bound here, not after twistd forks: a daemon's own error
                 # would never reach the launcher (it waits on a status pipe
                 # that only an Exception, not our exit, writes to).
