@@ -82,7 +82,10 @@ def load_routing(spec: str, config_path: str | None = None) -> type[Routing]:
     if not module_name or not class_name:
         raise RoutingError(f"routing {spec!r}: expected 'package.module:Class'")
     dirs = routing_dirs(config_path)
-    _search(dirs)
+    if module_name.partition(".")[0] != "sipsuite":
+        # Only for the operator's own module: sipsuite's need no search, and
+        # the working directory stays off sys.path for everything else.
+        _search(dirs)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
