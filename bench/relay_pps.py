@@ -186,7 +186,7 @@ def sipsuite_relay(workdir: Path, low: int, high: int, threads: int) -> Iterator
         "[relay]\n"
         "drain_time = 0.0\n"
         "[management]\n"
-        'listen = ""\n'
+        'relay_listen = ""\n'
         "[log]\n"
         # warn: a log line per event would be part of the measured CPU otherwise.
         'level = "warn"\n'

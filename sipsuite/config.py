@@ -266,6 +266,9 @@ class MediaConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ManagementConfig:
     listen: str = setting("tcp:127.0.0.1:7060", tcp_listen_or_off)
+    # twistd rtp-relay's own: a port of its own, so a proxy and a relay run
+    # side by side on their defaults.
+    relay_listen: str = setting("tcp:127.0.0.1:7061", tcp_listen_or_off)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -366,6 +369,8 @@ def load_config(
     media_addresses: list[str] | None = None,
     ports: str | None = None,
     relays: list[str] | None = None,
+    management: str | None = None,
+    relay_management: str | None = None,
 ) -> Config:
     """Read and validate *path* (None: the built-in defaults).
 
@@ -373,7 +378,9 @@ def load_config(
     *redis* ``redis.url`` (``--redis``), *control* ``relay.control``
     (``--control``), *media_addresses* ``relay.media_addresses``
     (``--media-address``), *ports* ``relay.ports`` (``--ports``) and
-    *relays* ``media.relays`` (``--relay``).
+    *relays* ``media.relays`` (``--relay``); *management* ``management.listen``
+    and *relay_management* ``management.relay_listen`` (``--management`` of
+    the proxy and of the relay).
     Raises ConfigError with a one-line message on any problem.
     """
     doc: dict[str, Any] = {}
@@ -433,6 +440,17 @@ def load_config(
         except _Invalid as e:
             raise ConfigError(f"--relay: expected {e.expected}, got {_show(e.got)}") from None
         values["media"] = dataclasses.replace(values["media"], relays=specs_)
+
+    management_overrides = {}
+    for key, raw_value in (("listen", management), ("relay_listen", relay_management)):
+        if raw_value is None:
+            continue
+        try:
+            management_overrides[key] = tcp_listen_or_off(raw_value)
+        except _Invalid as e:
+            raise ConfigError(f"--management: expected {e.expected}, got {_show(e.got)}") from None
+    if management_overrides:
+        values["management"] = dataclasses.replace(values["management"], **management_overrides)
 
     config = Config(**values, path=path)
     _check_consistency(config, where)

@@ -23,13 +23,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sipsuite import ctl_liveops as live
 
-__all__ = ["COMMANDS", "Arg", "Command", "DEFAULT_URL", "RpcClient", "RpcFailure", "main"]
+__all__ = ["COMMANDS", "DEFAULT_RELAY_URL", "DEFAULT_URL", "Arg", "Command", "RpcClient",
+           "RpcFailure", "main"]
 
 PROG = "sipsuite-ctl"
 # The same address as the server's default [management] listen (tcp:127.0.0.1:7060);
 # not imported from sipsuite.management so the CLI does not load Twisted.
 DEFAULT_URL = "http://127.0.0.1:7060/"
+# twistd rtp-relay's own ([management] relay_listen): where `relay ...`
+# commands go when no URL was chosen and the proxy's address has no relay.
+DEFAULT_RELAY_URL = "http://127.0.0.1:7061/"
 URL_ENV = "SIPSUITE_CTL_URL"
+METHOD_NOT_FOUND = -32601
 
 
 class CtlError(Exception):
@@ -404,8 +409,9 @@ COMMANDS: list[Command] = [
             (Arg("level", "debug, info, warn, error, or Kamailio's 4/3 = debug, 2 = info,"
                  " 1 = notice (info), 0 = warn, -1 = error", optional=True,
                  type=live.debug_level, metavar="LEVEL"),), show=live.show_debug),
-    Command(("cfg", "get"), "cfg.get", "show run-time settings (all, or NAME)",
-            (Arg("name", "section.key, e.g. timers.t1", optional=True, metavar="NAME"),),
+    Command(("cfg", "get"), "cfg.get", "show run-time settings (all, one section's, or one)",
+            (Arg("name", "section.key, e.g. timers.t1, or a section, e.g. timers", optional=True,
+                 metavar="NAME"),),
             show=live.show_cfg_get, group_help="run-time settings (kamcmd cfg.get / cfg.set)"),
     Command(("cfg", "set"), "cfg.set", "change a run-time setting, validated as in the config file",
             (Arg("name", "section.key, e.g. pstn.gw_ip", metavar="NAME"),
@@ -443,12 +449,7 @@ def _params_from_args(command: Command, args: argparse.Namespace) -> dict[str, A
 def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Manage a running sipsuite over its JSON-RPC interface.")
-    parser.add_argument(
-        "--url", default=os.environ.get(URL_ENV) or DEFAULT_URL,
-        help=f"the management interface (default: ${URL_ENV}, else {DEFAULT_URL})")
-    parser.add_argument("--json", action="store_true", help="print the raw JSON result")
-    parser.add_argument("--timeout", type=_positive_float, default=5.0, metavar="SECONDS",
-                        help="give up after this long (default: 5)")
+    _global_options(parser, {"url": None, "json": False, "timeout": 5.0})
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for command in commands:
@@ -466,8 +467,32 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
                              metavar=arg.metavar, help=arg.help or None)
         if command.extra is not None:
             command.extra(sub)
+        # After the command words too (`sipsuite-ctl ul show --json`); a
+        # suppressed default leaves the value given before them in place.
+        _global_options(sub, None)
         sub.set_defaults(ctl_command=command, ctl_parser=sub)
     return parser
+
+
+def _at(url: str, exc: CtlError) -> str:
+    # An RpcFailure's text names no address; a failure to connect does.
+    return f"{url}: {exc}" if isinstance(exc, RpcFailure) else str(exc)
+
+
+def _global_options(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None) -> None:
+    """--url, --json and --timeout: ``defaults`` on the top parser, none
+    (argparse.SUPPRESS) on a command's."""
+    def default(name: str) -> Any:
+        return argparse.SUPPRESS if defaults is None else defaults[name]
+
+    parser.add_argument(
+        "--url", default=default("url"),
+        help=f"the management interface (default: ${URL_ENV}, else {DEFAULT_URL}; relay"
+             f" commands then try {DEFAULT_RELAY_URL}, rtp-relay's own, if that has no relay)")
+    parser.add_argument("--json", action="store_true", default=default("json"),
+                        help="print the raw JSON result")
+    parser.add_argument("--timeout", type=_positive_float, default=default("timeout"),
+                        metavar="SECONDS", help="give up after this long (default: 5)")
 
 
 def _positive_float(text: str) -> float:
@@ -491,8 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.rpc_params = parse_rpc_params(args.rpc_words)
             except ValueError as exc:
                 sub_parser.error(str(exc))
+        chosen = args.url or os.environ.get(URL_ENV)
         try:
-            url = normalise_url(args.url)
+            url = normalise_url(chosen or DEFAULT_URL)
         except ValueError as exc:
             parser.error(str(exc))
     except SystemExit as exc:  # argparse: usage error (2) or --help (0)
@@ -500,9 +526,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     method = args.rpc_method if command.words == ("rpc",) else command.method
     params = command.params(args) if command.params else _params_from_args(command, args)
-    client = RpcClient(url, args.timeout)
     try:
-        result = client.call(method, params)
+        try:
+            result = RpcClient(url, args.timeout).call(method, params)
+        except CtlError as exc:
+            if chosen or not method.startswith("relay.") or (
+                    isinstance(exc, RpcFailure) and exc.code != METHOD_NOT_FOUND):
+                raise
+            # A proxy alone (sip-proxy) has no relay methods, or nothing
+            # serves the default address: a relay of its own may.
+            try:
+                result = RpcClient(DEFAULT_RELAY_URL, args.timeout).call(method, params)
+            except CtlError as relay_exc:
+                raise CtlError(f"{_at(url, exc)}; {_at(DEFAULT_RELAY_URL, relay_exc)}") from None
     except CtlError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

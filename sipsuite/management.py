@@ -18,7 +18,6 @@ import inspect
 import ipaddress
 import json
 import re
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from sipsuite.proxy.location import (
     SubscriberStore,
 )
 from sipsuite.sip.uri import URI
+from sipsuite.startup import cannot_listen, show_address
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -379,21 +379,26 @@ class ManagementService(service.Service):
         self.port: int | None = None
         self._listener: Any = None
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._bind()
+
     def startService(self) -> None:
+        self._bind()
+        super().startService()
+
+    def _bind(self) -> None:
+        """Bind the port once: before twistd daemonises (see sipsuite.startup),
+        or at start; a port that is taken is a StartupError naming the address."""
+        if self._listener is not None:
+            return
         try:
             self._listener = self.reactor.listenTCP(
                 self.wanted_port, make_site(self.registry, self.http_children), interface=self.host)
         except CannotListenError as exc:
-            # One line naming the address, not a traceback, as for the SIP ports.
-            reason = getattr(exc.socketError, "strerror", None) or exc.socketError
-            shown = f"[{self.host}]" if ":" in self.host else self.host
-            sys.stderr.write(
-                f"sipsuite: cannot listen on management address {shown}:{self.wanted_port}:"
-                f" {reason}\n")
-            sys.stderr.flush()
-            raise SystemExit(2) from None
+            raise cannot_listen("management " + show_address("tcp", self.host, self.wanted_port),
+                                exc) from None
         self.port = self._listener.getHost().port
-        super().startService()
 
     def stopService(self) -> Any:
         super().stopService()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +35,7 @@ from zope.interface import implementer
 
 from sipsuite.config import Config, TLSConfig
 from sipsuite.log import get_logger
+from sipsuite.startup import StartupError
 
 log = get_logger("sipsuite.tlsctx")
 
@@ -241,14 +241,12 @@ class TLSContexts:
         return TLSMemoryBIOFactory(_ClientCreator(self, name.strip("[]")), True, wrapped)
 
 
-def load_or_exit(config: Callable[[], Config], tapname: str) -> TLSContexts:
-    """Start-up: the contexts, or one line on stderr and exit status 2."""
+def load_at_start(config: Callable[[], Config]) -> TLSContexts:
+    """Start-up: the contexts, or a StartupError naming the file at fault."""
     try:
         return TLSContexts(lambda: config().tls)
     except TLSError as e:
-        sys.stderr.write(f"{tapname}: {e}\n")
-        sys.stderr.flush()
-        raise SystemExit(2) from None
+        raise StartupError(str(e)) from None
 
 
 def attach_tls(core: Any) -> TLSContexts | None:
@@ -259,7 +257,7 @@ def attach_tls(core: Any) -> TLSContexts | None:
     if not (any(s.transport == "tls" for s in cfg.proxy.listen)
             or any(r.uri.lower().startswith("tls:") for r in cfg.media.relays)):
         return None
-    contexts = load_or_exit(lambda: core.config, "sipsuite")
+    contexts = load_at_start(lambda: core.config)
     core.transport.tls = contexts
     core.transport.require_client_cert = lambda: {
         str(s) for s in core.config.tls.require_client_cert}

@@ -360,6 +360,7 @@ BAD_VALUES = [
     ("redis", "subscriber_cache", '"big"', "a whole number from 0 to 100000000"),
     ("management", "listen", '"udp:127.0.0.1:7060"', "'' or 'tcp:HOST:PORT'"),
     ("management", "listen", '"tcp:localhost:7060"', "'' or 'tcp:HOST:PORT'"),
+    ("management", "relay_listen", '"udp:127.0.0.1:7061"', "'' or 'tcp:HOST:PORT'"),
     ("relay", "control", '"udp:127.0.0.1:7722"', "a list [...]"),
     ("relay", "control", "[]", "a list with at least one entry"),
     ("relay", "control", '["udp:0.0.0.0:7722"]', "'udp:HOST:PORT' with HOST a specific IP"),

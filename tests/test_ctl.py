@@ -312,6 +312,28 @@ def test_url_forms(server_url: str) -> None:
                env={"SIPSUITE_CTL_URL": f"http://127.0.0.1:{free_port()}/"}).rc == 0
 
 
+def test_global_options_after_the_command(server_url: str) -> None:
+    """--json, --url and --timeout work after the command words as before them."""
+    ok("user", "add", "dave", "pw", url=server_url)
+    try:
+        after = run("user", "list", "--json", "--url", server_url, "--timeout", "3")
+        assert (after.rc, after.err) == (0, ""), after
+        assert json.loads(after.out) == json.loads(ok("--json", "user", "list", url=server_url))
+        ul = run("ul", "show", "dave", "--json", url=server_url)
+        assert (ul.rc, json.loads(ul.out)) == (0, []), ul
+        # Given before the command and not after it, the value before it stays.
+        assert json.loads(ok("--json", "user", "list", url=server_url))[0]["user"] == "dave"
+    finally:
+        ok("user", "rm", "dave", url=server_url)
+
+
+def test_relay_commands_with_a_chosen_url_stay_there(server_url: str) -> None:
+    """Only without --url (or SIPSUITE_CTL_URL) does `relay ...` look further:
+    a server chosen by hand that has no relay is the answer."""
+    err = fails("relay", "stats", url=server_url)
+    assert err.startswith("sipsuite-ctl: error -32601: ") and "7061" not in err
+
+
 def test_normalise_url_and_default() -> None:
     assert DEFAULT_URL == "http://127.0.0.1:7060/"
     assert normalise_url("http://127.0.0.1:7060") == "http://127.0.0.1:7060/"

@@ -39,6 +39,7 @@ from sipsuite.proxy.location import (
     MemorySubscriberStore,
     StoreUnavailable,
 )
+from sipsuite.startup import StartupError
 
 REALM = "example.com"
 
@@ -198,22 +199,20 @@ def test_bad_listen_fails_when_built() -> None:
         ManagementService("tcp:nowhere:1", RpcRegistry())
 
 
-def test_port_taken_is_one_line_and_exit_2(reactor: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_port_taken_is_a_startup_error_naming_it(reactor: Any) -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]
     try:
         service = ManagementService(f"tcp:127.0.0.1:{port}", RpcRegistry(), reactor)
-        with pytest.raises(SystemExit) as info:
+        with pytest.raises(StartupError) as info:
             service.startService()
-        assert info.value.code == 2
         assert not service.running
     finally:
         taken.close()
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert f"management address 127.0.0.1:{port}" in err
+    assert str(info.value) == (f"cannot listen on management tcp 127.0.0.1:{port}:"
+                               " Address already in use")
 
 
 def _has_ipv6_loopback() -> bool:

@@ -200,8 +200,8 @@ def test_relay_control_port_in_use_one_line_exit_2(tmp_path: Path) -> None:
         )
     out = result.stdout + result.stderr
     assert result.returncode == 2, out
-    assert f"sipsuite: cannot listen on relay control udp:127.0.0.1:{port}: Address already in use" \
-        in out, out
+    assert result.stderr == (f"rtp-relay: cannot listen on relay control udp 127.0.0.1:{port}:"
+                             " Address already in use\n"), out
     assert "Traceback" not in out, out
 
 
@@ -264,7 +264,7 @@ def test_port_in_use_one_line_exit_2(tmp_path: Path) -> None:
         )
     out = result.stdout + result.stderr
     assert result.returncode == 2, out
-    assert f"sipsuite: cannot listen on 127.0.0.1:{port}: Address already in use" in out, out
+    assert result.stderr == f"sipsuite: cannot listen on udp 127.0.0.1:{port}: Address already in use\n", out
     assert "Traceback" not in out, out
 
 
@@ -323,3 +323,30 @@ def test_sip_proxy_with_redis_option_serves_management(tmp_path: Path, redis_ser
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_management_option_and_descriptions() -> None:
+    """--management replaces the proxy's [management] listen and, for
+    rtp-relay, the relay's own relay_listen (7061 by default, not the
+    proxy's 7060); the descriptions say what each plugin runs."""
+    from sipsuite.management import ManagementService
+
+    found = makers()
+    assert "in-memory" not in found["sipsuite"].description
+    for tapname, option, wanted in (("sip-proxy", "tcp:127.0.0.1:7999", 7999),
+                                    ("rtp-relay", None, 7061),
+                                    ("rtp-relay", "tcp:127.0.0.1:7998", 7998)):
+        options = found[tapname].options()
+        options.parseOptions(["--management", option] if option else [])
+        service = found[tapname].makeService(options)  # no twistd parent: nothing bound
+        (management,) = [s for s in service if isinstance(s, ManagementService)]
+        assert management.wanted_port == wanted and management.port is None
+    def managers(parent: MultiService) -> list[ManagementService]:
+        return [s for child in parent for s in
+                (managers(child) if isinstance(child, MultiService) else [child])
+                if isinstance(s, ManagementService)]
+
+    for option, count in (([], 1), (["--management", ""], 0)):
+        options = found["sipsuite"].options()
+        options.parseOptions([*option, "--listen", "udp:127.0.0.1:0"])
+        assert len(managers(found["sipsuite"].makeService(options))) == count

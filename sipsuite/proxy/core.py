@@ -13,6 +13,7 @@ import hashlib
 import secrets
 from typing import Any
 
+from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
 from sipsuite.log import get_logger
@@ -44,7 +45,8 @@ from sipsuite.proxy.media import MediaManager
 from sipsuite.proxy.outbound import Flows
 from sipsuite.proxy.registrar import Registrar
 from sipsuite.proxy.resolver import Resolver, Target, named
-from sipsuite.proxy.routing import Destination, RequestContext, Routing, drive, load_routing
+from sipsuite.proxy.routing import Destination, RequestContext, Routing, drive
+from sipsuite.proxy.routingload import make_routing
 from sipsuite.proxy.timers import TimerHeap
 from sipsuite.proxy.transport import (
     Listener,
@@ -69,6 +71,7 @@ from sipsuite.sip.transaction import (
     server_key,
 )
 from sipsuite.sip.uri import URI
+from sipsuite.startup import cannot_listen, show_address
 
 log = get_logger("sipsuite.proxy.core")
 
@@ -141,13 +144,20 @@ class ProxyCore(RequestChecks, TransactionDriver):
         # The dispatcher (sipsuite.proxy.dispatcher) when [dispatcher] names
         # destinations; set by the service wiring.
         self.dispatcher: Any = None
-        routing_cls = load_routing(p.routing)
-        self.routing: Routing = routing_cls(self)
+        self.routing: Routing = make_routing(self)
         self.guard = RequestGuard(self)
         self.accounting = Accounting(self)
 
     # -- set-up ------------------------------------------------------------------
     def start(self) -> None:
+        self.listen()
+        self.keepalive.start()
+
+    def listen(self) -> None:
+        """Bind the [proxy] listen sockets (once: twistd binds them before it
+        daemonises, start() after); StartupError names a socket that is taken."""
+        if self.transport.listeners:
+            return
         p = self.config.proxy
         for spec in p.listen:
             adv_host, adv_port = split_advertise(p.advertise)
@@ -155,7 +165,11 @@ class ProxyCore(RequestChecks, TransactionDriver):
             if advertise in ("0.0.0.0", "::"):
                 advertise = guess_address(spec.host)
             listener = Listener(spec.transport, spec.host, spec.port, advertise, adv_port)
-            self.transport.listen(listener)
+            try:
+                self.transport.listen(listener)
+            except CannotListenError as exc:
+                raise cannot_listen(show_address(spec.transport, spec.host, spec.port),
+                                    exc) from None
             self.ports.add(listener.port)
             if adv_port:
                 self.ports.add(adv_port)
@@ -165,7 +179,6 @@ class ProxyCore(RequestChecks, TransactionDriver):
             else:
                 self.addresses.add(spec.host.lower())
             log.info("listening on {l} (advertised as {a})", l=listener, a=listener.sent_by())
-        self.keepalive.start()
 
     def stop(self) -> list[Any]:
         self.keepalive.stop()

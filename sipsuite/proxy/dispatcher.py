@@ -21,7 +21,6 @@ dispatcher_probe.py, the list format and the algorithms in dispatcher_list.py.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
@@ -42,6 +41,7 @@ from sipsuite.proxy.resolver import Target
 from sipsuite.proxy.routing import Destination, RequestContext
 from sipsuite.proxy.transport import is_ip, strip_brackets
 from sipsuite.sip.uri import URI
+from sipsuite.startup import StartupError
 
 if TYPE_CHECKING:
     from sipsuite.config import DispatcherConfig
@@ -469,9 +469,7 @@ def attach_dispatcher(core: ProxyCore, parent: service.MultiService) -> Dispatch
     try:
         dispatcher = Dispatcher(core)
     except ListError as e:
-        sys.stderr.write(f"sipsuite: dispatcher: {e}\n")
-        sys.stderr.flush()
-        raise SystemExit(2) from None
+        raise StartupError(f"dispatcher: {e}") from None
     core.dispatcher = dispatcher
     DispatcherService(dispatcher).setServiceParent(parent)
     n = sum(len(v) for v in dispatcher.sets.values())

@@ -26,7 +26,6 @@ import re
 import signal
 import sys
 import tomllib
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
@@ -36,6 +35,7 @@ from sipsuite.config import Config, ConfigError, _check_consistency
 from sipsuite.configvalues import _Invalid, _show
 from sipsuite.log import get_logger
 from sipsuite.proxy.routing import Routing
+from sipsuite.proxy.routingload import describe_error as _describe
 from sipsuite.sip.transaction import TimerSettings
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ __all__ = [
     "parse_value",
     "register_liveops_methods",
     "reload_routing",
+    "readable_keys",
     "settable_keys",
 ]
 
@@ -183,10 +184,19 @@ def settable_keys() -> list[str]:
     return sorted(names)
 
 
+def readable_keys() -> list[str]:
+    """Every ``section.key`` cfg get shows: the settable ones and those of
+    the same sections read once at start-up ([features] nat), sorted."""
+    return sorted([*settable_keys(), *_STARTUP_ONLY])
+
+
 def _locate(name: Any) -> tuple[str, str, str, dataclasses.Field[Any]]:
     """'timers.t1' -> (section name, Config attribute, key, field)."""
     if not isinstance(name, str) or name.count(".") != 1:
         raise SettingError(f"bad setting name {name!r}: expected section.key, e.g. timers.t1")
+    if name in _STARTUP_ONLY:
+        raise SettingError(f"{name}: read at start-up only; change it in the config file"
+                           " and restart")
     if name not in settable_keys():
         raise SettingError(f"{name}: not a run-time setting; see cfg get for those that are")
     section_name, key = name.split(".")
@@ -210,13 +220,28 @@ def plain(value: Any) -> Any:
 
 
 def cfg_get(core: ProxyCore, name: str | None = None) -> dict[str, Any]:
-    """The current value of one run-time setting, or of all, by name."""
+    """The current values of the run-time settings: all of them, one
+    (``timers.t1``) or one section's (``timers``), as Kamailio's cfg.get
+    takes a group."""
+    keys = readable_keys()
+    if name is None:
+        names = keys
+    elif isinstance(name, str) and name and "." not in name:
+        names = [k for k in keys if k.partition(".")[0] == name]
+        if not names:
+            raise SettingError(f"{name}: no run-time settings in such a section;"
+                               " see cfg get for those there are")
+    elif name in _STARTUP_ONLY:
+        names = [name]
+    else:
+        _locate(name)  # a one-line error for a name that is not a setting
+        names = [name]
+    sections = _section_fields()
     config = core.config
-    names = [name] if name is not None else settable_keys()
     out = {}
     for n in names:
-        _, attr, key, _ = _locate(n)
-        out[n] = plain(getattr(getattr(config, attr), key))
+        section_name, key = n.split(".")
+        out[n] = plain(getattr(getattr(config, sections[section_name][0]), key))
     return out
 
 
@@ -336,18 +361,6 @@ def _fresh_import(module_name: str) -> Any:
     if parent and parent in sys.modules:
         setattr(sys.modules[parent], child, module)
     return module
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    what = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    if isinstance(exc, SyntaxError):
-        return what
-    frames = traceback.extract_tb(exc.__traceback__)
-    if frames:
-        last = frames[-1]
-        what += f" (at {last.filename}:{last.lineno})"
-    return what
 
 
 def reload_routing(core: ProxyCore) -> dict[str, Any]:
@@ -479,7 +492,9 @@ def register_liveops_methods(registry: RpcRegistry, core: ProxyCore) -> None:
                       " Kamailio number (3/4 = debug, 2 = info, 1 = notice = info, 0 = warn,"
                       " -1 = error)")
     registry.register("cfg.get", get,
-                      "cfg.get([name]): run-time settings (section.key) and their values")
+                      "cfg.get([name]): run-time settings and their values: all, one"
+                      " (section.key) or one section's; start-up-only ones of those"
+                      " sections ([features] nat) too")
     registry.register("cfg.set", set_,
                       "cfg.set(name, value): change a run-time setting; a string value is"
                       " TOML (true, 5, \"text\"), a bare word a string")

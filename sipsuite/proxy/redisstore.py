@@ -158,16 +158,36 @@ class _Factory(txredisapi.RedisFactory):
         # quit() or shutdown()); the connection is dropped and retried with backoff.
         return defer.succeed(None)
 
+    #: Redis is out of reach: said once (warn) when it goes, once (info)
+    #: when it is back; the retries in between log at debug level only.
+    down = False
+
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
         if conn in self.pool:
+            if self.down:
+                self.down = False
+                log.info("Redis {host}: connected again", host=self.uuid)
             for hook in self.on_ready:
                 hook()
+
+    def delConnection(self, conn: Any) -> None:
+        super().delConnection(conn)
+        if not self.disconnectCalled:  # not our own stop()
+            self._went_down("connection lost")
 
     def connectionError(self, why: str) -> None:
         # txredisapi errbacks a Deferred nobody holds with a lazy connection,
         # which would only turn up as "Unhandled error in Deferred".
-        log.warn("Redis {host}: {why}; retrying", host=self.uuid, why=why)
+        self._went_down(why)
+
+    def _went_down(self, why: str) -> None:
+        if self.down:
+            log.debug("Redis {host}: {why}; retrying", host=self.uuid, why=why)
+            return
+        self.down = True
+        log.warn("Redis {host}: {why}; location and subscriber calls fail until it is back,"
+                 " retrying", host=self.uuid, why=why)
 
 
 def _unavailable(failure: Failure) -> Failure:

@@ -13,7 +13,6 @@ came from, and the actions a script takes (``reply``, ``relay``, ``drop``,
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import TYPE_CHECKING, Any
 
@@ -586,15 +585,3 @@ class _Driver:
             on_done()
         else:
             on_error(failure)
-
-
-def load_routing(spec: str) -> type[Routing]:
-    """``package.module:Class`` -> the class; a clear error otherwise."""
-    module_name, _, class_name = spec.partition(":")
-    if not module_name or not class_name:
-        raise ValueError(f"routing class must be 'module:Class', got {spec!r}")
-    module = importlib.import_module(module_name)
-    cls = getattr(module, class_name, None)
-    if not isinstance(cls, type) or not issubclass(cls, Routing):
-        raise ValueError(f"{spec!r} is not a subclass of sipsuite.proxy.routing.Routing")
-    return cls

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.error import CannotListenError
 
 from sipsuite.config import Config
 from sipsuite.gcpolicy import GCPolicy
@@ -26,8 +24,8 @@ log = get_logger("sipsuite.proxy.service")
 
 
 class ProxyService(service.Service):
-    """Starts the listeners when twistd starts the application, so a port
-    that is taken fails start-up with the address named."""
+    """The proxy core under twistd: its listeners, Redis connection and
+    garbage-collector policy."""
 
     def __init__(self, config: Config, reactor: Any | None = None) -> None:
         if reactor is None:
@@ -55,6 +53,14 @@ class ProxyService(service.Service):
             RedisSubscriberStore(self.redis, prefix=cfg.prefix, cache_size=cfg.subscriber_cache),
         )
 
+    def privilegedStartService(self) -> None:
+        """Bind the SIP listeners: twistd's plugin calls this before it
+        daemonises, so a port that is taken is a StartupError the launcher
+        reports (see sipsuite.startup), and twistd again before it drops
+        privileges (a no-op by then)."""
+        super().privilegedStartService()
+        self.core.listen()
+
     def startService(self) -> None:
         super().startService()
         if self.redis is not None:
@@ -62,15 +68,7 @@ class ProxyService(service.Service):
             # needs no Redis even while Redis is down, and reconnects by itself.
             self.redis.start()
             log.info("location and subscribers in Redis at {u}", u=self.config.redis.url)
-        try:
-            self.core.start()
-        except CannotListenError as exc:
-            # One line naming the address, not a traceback: the usual cause is
-            # another SIP server (or a second sipsuite) on the port.
-            reason = getattr(exc.socketError, "strerror", None) or exc.socketError
-            sys.stderr.write(f"sipsuite: cannot listen on {exc.interface or '*'}:{exc.port}: {reason}\n")
-            sys.stderr.flush()
-            raise SystemExit(2) from None
+        self.core.start()  # binds the listeners unless privilegedStartService did
         self.gc.start()
         if self.config.features.nat and self.core.media is None:
             # sip-proxy with [features] nat but no [media] relays / --relay.

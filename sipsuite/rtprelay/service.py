@@ -14,7 +14,6 @@ relay's own ManagementService for ``twistd -n rtp-relay``.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
 from sipsuite.config import Config, RelayConfig
+from sipsuite.configspecs import ControlSpec
 from sipsuite.gcpolicy import GCPolicy
 from sipsuite.log import get_logger
 from sipsuite.management import INVALID_PARAMS, ManagementService, RpcError, RpcRegistry
@@ -34,6 +34,7 @@ from sipsuite.rtprelay.control import ControlDispatcher, ReplyCache, listen_cont
 from sipsuite.rtprelay.media import MediaPorts, check_media_address
 from sipsuite.rtprelay.session import Addr, Leg, Session
 from sipsuite.rtprelay.table import SessionTable
+from sipsuite.startup import StartupError, cannot_listen, show_address
 
 __all__ = ["RelayService", "make_relay_service", "register_relay_methods"]
 
@@ -73,14 +74,6 @@ def _redirect_stop_signals(reactor: Any, action: Callable[[], None]) -> Callable
     return restore
 
 
-def _fail_start(message: str) -> None:
-    # One line and exit 2, as the proxy does for its ports: the usual causes
-    # are a second relay on the control port or a media address not on this host.
-    sys.stderr.write(f"sipsuite: {message}\n")
-    sys.stderr.flush()
-    raise SystemExit(2)
-
-
 class RelayService(service.Service):
     """The RTP relay: control listeners, media ports, expiry, drain."""
 
@@ -115,21 +108,12 @@ class RelayService(service.Service):
 
     # -- start ----------------------------------------------------------------
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._bind()
+
     def startService(self) -> None:
-        for address in self.config.media_addresses:
-            try:
-                check_media_address(address)
-            except OSError as exc:
-                _fail_start(f"cannot bind relay media address {address}: {exc.strerror or exc}")
-        for spec in self.config.control:
-            try:
-                self.listeners.append(
-                    listen_control(spec, self.dispatcher, self.cache, self.reactor, self.clock,
-                                   self.tls))
-            except CannotListenError as exc:
-                self._close_listeners()
-                reason = getattr(exc.socketError, "strerror", None) or exc.socketError
-                _fail_start(f"cannot listen on relay control {spec}: {reason}")
+        self._bind()
         super().startService()
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = self.reactor
@@ -139,6 +123,28 @@ class RelayService(service.Service):
             c=", ".join(str(s) for s in self.config.control),
             m=", ".join(self.config.media_addresses), lo=self.config.ports[0],
             hi=self.config.ports[1]))
+
+    def _bind(self) -> None:
+        """Check the media addresses and bind the control sockets, once:
+        before twistd daemonises (see sipsuite.startup), or at start.  The
+        usual failures, a second relay on the control port or a media
+        address not on this host, are a StartupError naming it."""
+        if self.listeners:
+            return
+        for address in self.config.media_addresses:
+            try:
+                check_media_address(address)
+            except OSError as exc:
+                raise StartupError(f"cannot bind relay media address {address}:"
+                                   f" {exc.strerror or exc}") from None
+        for spec in self.config.control:
+            try:
+                self.listeners.append(
+                    listen_control(spec, self.dispatcher, self.cache, self.reactor, self.clock,
+                                   self.tls))
+            except (CannotListenError, OSError) as exc:
+                self._close_listeners()
+                raise cannot_listen(f"relay control {_show_control(spec)}", exc) from None
 
     @property
     def control_ports(self) -> list[int]:
@@ -311,6 +317,12 @@ class RelayService(service.Service):
         }
 
 
+def _show_control(spec: ControlSpec) -> str:
+    if spec.transport == "unix":
+        return f"unix {spec.path}"
+    return show_address(spec.transport, spec.host, spec.port)
+
+
 def _show_addr(addr: Addr | None) -> str | None:
     if addr is None:
         return None
@@ -358,24 +370,24 @@ def make_relay_service(config: Config, registry: RpcRegistry | None = None, *,
                        reactor: Any | None = None) -> service.MultiService:
     """The relay's services.  With ``registry`` (the proxy's, in one process)
     its methods go there; without, and with ``serve_management``, the relay
-    serves its own management interface on ``[management] listen`` (unless
-    that is "")."""
+    serves its own management interface on ``[management] relay_listen``
+    (unless that is ""), apart from the proxy's port."""
     top = service.MultiService()
     relay = RelayService(config.relay, reactor)
     relay.setName("relay")
     relay.setServiceParent(top)
     if any(spec.transport == "tls" for spec in config.relay.control):
-        from sipsuite.tlsctx import load_or_exit
+        from sipsuite.tlsctx import load_at_start
 
-        relay.tls = load_or_exit(lambda: config, "sipsuite")
+        relay.tls = load_at_start(lambda: config)
     if registry is None:
         # On its own (twistd -n rtp-relay) the relay owns the process and so
         # its garbage-collector policy: without it a full collection while
         # many sessions are set up stalls every stream for tens of ms.
         _GCService(reactor).setServiceParent(top)
-    if registry is None and serve_management and config.management.listen:
+    if registry is None and serve_management and config.management.relay_listen:
         registry = RpcRegistry()
-        ManagementService(config.management.listen, registry, reactor).setServiceParent(top)
+        ManagementService(config.management.relay_listen, registry, reactor).setServiceParent(top)
     if registry is not None:
         register_relay_methods(registry, relay)
         from sipsuite.tlsctx import register_tls_methods

@@ -29,6 +29,14 @@ def sipp_bin() -> str:
     pytest.fail(problem, pytrace=False)
 
 
+@pytest.fixture(autouse=True)
+def no_sipp_left_behind() -> Iterator[None]:
+    """A test that fails while its sipp runs (an assertion between start and
+    wait) must not leave it holding ports and sending for the next test."""
+    yield
+    procs.kill_leftover_sipps()
+
+
 @pytest.fixture(scope="module")
 def proxy_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.ProxyFactory]:
     """``start(name, port=..., listen=[...], **write_config kwargs)`` -> a running ProxyProcess,

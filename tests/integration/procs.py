@@ -21,7 +21,9 @@ the public names of the modules beside it, which do the work:
   Content-Length; ``RawCallee`` (a threaded callee on UDP or TCP, IPv4 or IPv6,
   whose behaviour each test sets); ``options_ping``, ``tcp_exchange``;
 - ``sipp``: ``SippProcess`` / ``run_sipp`` (always bounded: ``-m``, ``-timeout``,
-  an outer wall-clock limit) -> ``SippResult`` with exit code, call counts from
+  an outer wall-clock limit, and killed after each test by
+  ``kill_leftover_sipps``; ``wait_bound`` fails with what a sipp that died
+  printed) -> ``SippResult`` with exit code, call counts from
   the ``-trace_stat`` csv and the error/screen logs for assertion messages;
   ``parse_sipp_messages`` reads a ``-trace_msg`` file back into messages.
 
@@ -95,6 +97,7 @@ from sipp import (
     SippProcess,
     SippResult,
     TracedMessage,
+    kill_leftover_sipps,
     parse_sipp_messages,
     read_sipp_stats,
     run_sipp,
@@ -162,6 +165,7 @@ __all__ = [
     "SippProcess",
     "SippResult",
     "TracedMessage",
+    "kill_leftover_sipps",
     "parse_sipp_messages",
     "read_sipp_stats",
     "run_sipp",

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,11 +100,48 @@ def read_sipp_stats(path: Path) -> dict[str, str]:
     return dict(zip(rows[0], rows[-1], strict=False))
 
 
+def _bound_by(pid: int, port: int, kind: str) -> bool:
+    """Whether process ``pid`` itself holds ``port`` (UDP bound, TCP
+    listening): not merely someone, who might be why sipp is dying."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    for table in (f"/proc/net/{kind}", f"/proc/net/{kind}6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if (int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in inodes
+                        and (kind == "udp" or fields[3] == "0A")):
+                    return True
+    return False
+
+
+#: Every sipp started and not yet reaped: kill_leftover_sipps() ends them
+#: after each test, so a test that fails half-way leaves none for the next.
+_started: weakref.WeakSet[SippProcess] = weakref.WeakSet()
+
+
+def kill_leftover_sipps() -> list[str]:
+    """Kill every sipp still running; the names of those killed."""
+    killed = []
+    for sipp in list(_started):
+        if sipp.proc.poll() is None:
+            sipp.kill()
+            killed.append(sipp.name)
+        _started.discard(sipp)
+    return killed
+
+
 class SippProcess:
     """One sipp run, started in the background; ``wait()`` gives a SippResult.
 
     Always bounded: ``-m calls``, ``-timeout``, and an outer wall-clock limit
-    (``timeout_s + 15`` s) after which the process group is killed.
+    (``timeout_s + 15`` s) after which the process group is killed; and
+    killed after the test that started it in any case (integration conftest).
     """
 
     def __init__(
@@ -126,6 +164,8 @@ class SippProcess:
     ) -> None:
         self.name = name
         self.workdir = workdir
+        self.local_port = local_port
+        self.transport: Transport = transport
         self.outer_timeout = timeout_s + 15
         workdir.mkdir(parents=True, exist_ok=True)
         f = lambda suffix: str(workdir / f"{name}{suffix}")  # noqa: E731
@@ -163,6 +203,23 @@ class SippProcess:
                 cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        _started.add(self)
+
+    def wait_bound(self, timeout: float = 5.0) -> None:
+        """Wait until sipp listens on its port.  A sipp that exits first (a
+        port taken, a scenario it refuses) or never binds fails the test with
+        what it printed, and is not left running."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if _bound_by(self.proc.pid, self.local_port, self.transport):
+                return
+            time.sleep(0.05)
+        state = ("exited" if self.proc.poll() is not None
+                 else f"did not bind {self.transport} port {self.local_port} within {timeout:g} s")
+        self.kill()
+        raise AssertionError(f"sipp {self.name} {state}\n{self.wait().summary()}")
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -129,9 +129,7 @@ def records(path: Path, prefix: str, count: int, timeout: float = 5.0) -> list[d
 def start_uas(scenario: Path, workdir: Path, port: int, service: str) -> SippProcess:
     uas = SippProcess(scenario, name=f"uas-{service}", workdir=workdir, local_port=port, calls=1,
                       timeout_s=20, service=service)
-    if not procs.wait_bound(port, "udp", 5.0):
-        uas.kill()
-        pytest.fail(f"sipp UAS did not bind udp port {port}\n{uas.wait().summary()}")
+    uas.wait_bound()
     return uas
 
 

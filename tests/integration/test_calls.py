@@ -109,9 +109,7 @@ def start_uas(
         scenario, name="uas", workdir=workdir, local_port=port, calls=calls, timeout_s=40,
         transport=transport, service=service, trace_msg=True,
     )
-    if not procs.wait_bound(port, transport, 5.0):
-        uas.kill()
-        pytest.fail(f"sipp UAS did not bind {transport} port {port}\n{uas.wait().summary()}")
+    uas.wait_bound()
     return uas
 
 

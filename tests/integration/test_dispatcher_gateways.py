@@ -63,9 +63,7 @@ def wait_state(proxy: procs.ProxyProcess, uri: str, state: str, timeout: float) 
 def start_gateway(workdir: Path, port: int, name: str) -> SippProcess:
     gw = SippProcess(SCENARIOS / "dispatcher_gw.xml", name=name, workdir=workdir, local_port=port,
                      calls=100_000, timeout_s=120, timeout_error=False)
-    if not procs.wait_bound(port, "udp", 5.0):
-        gw.kill()
-        pytest.fail(f"sipp gateway did not bind udp port {port}\n{gw.wait().summary()}")
+    gw.wait_bound()
     return gw
 
 

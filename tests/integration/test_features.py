@@ -98,9 +98,7 @@ def start_uas(scenario: Path, workdir: Path, port: int, name: str = "uas",
     extra = [arg for k, v in (keys or {}).items() for arg in ("-key", k, v)]
     uas = SippProcess(scenario, name=name, workdir=workdir, local_port=port, calls=calls,
                       timeout_s=20, service=name, trace_msg=True, extra=extra)
-    if not procs.wait_bound(port, "udp", 5.0):
-        uas.kill()
-        pytest.fail(f"sipp UAS did not bind udp port {port}\n{uas.wait().summary()}")
+    uas.wait_bound()
     return uas
 
 

@@ -54,9 +54,7 @@ def metrics(proxy: procs.ProxyProcess) -> dict[tuple[str, tuple[tuple[str, str],
 def start_uas(workdir: Path, port: int, calls: int) -> SippProcess:
     uas = SippProcess(sipp_dir() / "uas_answer.xml", name="uas", workdir=workdir, local_port=port,
                       calls=calls, timeout_s=60, service="bob", trace_msg=True)
-    if not procs.wait_bound(port, "udp", 5.0):
-        uas.kill()
-        pytest.fail(f"sipp UAS did not bind udp port {port}\n{uas.wait().summary()}")
+    uas.wait_bound()
     return uas
 
 

@@ -70,7 +70,7 @@ def run_rtp_call(target: procs.Address, uas_port: int, ports: tuple[int, int], w
     uas = SippProcess(sipp_dir() / "uas_answer.xml", name="uas", workdir=work,
                       local_port=uas_port, calls=1, timeout_s=30, service="bob",
                       trace_msg=True, extra=sipp_media("-rtp_echo"))
-    assert procs.wait_bound(uas_port, "udp", 5.0)
+    uas.wait_bound()
     caller = SippProcess(sipp_dir() / "call_uac_rtp.xml", name="uac", workdir=work,
                          remote=target, local_port=procs.free_port(), calls=1,
                          timeout_s=30, service="bob", duration_ms=3000, trace_msg=True,
@@ -157,7 +157,7 @@ def test_call_refused_by_full_relay_is_connected_unrelayed(
     uas = SippProcess(sipp_dir() / "uas_answer.xml", name="uas", workdir=work,
                       local_port=uas_port, calls=3, timeout_s=30, service="bob", trace_msg=True,
                       extra=sipp_media())
-    assert procs.wait_bound(uas_port, "udp", 5.0)
+    uas.wait_bound()
     caller = SippProcess(sipp_dir() / "call_uac.xml", name="uac", workdir=work,
                          remote=proxy.address, local_port=procs.free_port(), calls=3,
                          rate=20, timeout_s=30, service="bob", duration_ms=3000, trace_msg=True,
@@ -193,7 +193,7 @@ def test_cancelled_call_leaves_no_relay_session(
     uas = SippProcess(sipp_dir() / "cancel_uas.xml", name="uas", workdir=work,
                       local_port=uas_port, calls=1, timeout_s=30, service="carol",
                       trace_msg=True, extra=sipp_media())
-    assert procs.wait_bound(uas_port, "udp", 5.0)
+    uas.wait_bound()
     caller = SippProcess(sipp_dir() / "cancel_uac.xml", name="uac", workdir=work,
                          remote=proxy.address, local_port=procs.free_port(), calls=1,
                          timeout_s=30, service="carol", trace_msg=True, extra=sipp_media())

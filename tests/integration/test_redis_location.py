@@ -67,7 +67,7 @@ def register(ep: UdpEndpoint, proxy: ProxyProcess, user: str, wait: float = 3.0)
 def call_through(proxy: ProxyProcess, user: str, phone_port: int, workdir: Path) -> str:
     uas = SippProcess(sipp_dir() / "uas_answer.xml", name="uas", workdir=workdir / "uas",
                       local_port=phone_port, calls=1, timeout_s=20, service=user)
-    assert procs.wait_bound(phone_port, "udp", 5.0)
+    uas.wait_bound()
     call = run_sipp(sipp_dir() / "call_uac.xml", name="call", workdir=workdir / "call",
                     remote=proxy.address, local_port=procs.free_port(), calls=1, timeout_s=15,
                     service=user, duration_ms=100)

@@ -136,7 +136,7 @@ def test_registered_phone_is_called_then_404_after_unregister(
 
     uas = SippProcess(sipp_dir() / "uas_answer.xml", name="uas", workdir=tmp_path / "uas",
                       local_port=phone_port, calls=1, timeout_s=20, service="dave")
-    assert procs.wait_bound(phone_port, "udp", 5.0)
+    uas.wait_bound()
     call = run_sipp(sipp_dir() / "call_uac.xml", name="call", workdir=tmp_path / "call",
                     remote=proxy.address, local_port=procs.free_port(), calls=1, timeout_s=15,
                     service="dave", duration_ms=100)

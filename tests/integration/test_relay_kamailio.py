@@ -50,7 +50,7 @@ def start_relay(workdir: Path, *, control_transport: str = "udp",
     control, mgmt = procs.free_port(kind), procs.free_port("tcp")
     conf = workdir / "relay.toml"
     conf.write_text(procs.toml_dumps({
-        "management": {"listen": f"tcp:{LOCALHOST}:{mgmt}"}, **(tables or {})}))
+        "management": {"relay_listen": f"tcp:{LOCALHOST}:{mgmt}"}, **(tables or {})}))
     log = workdir / "relay.log"
     cmd = [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -117,7 +117,7 @@ def test_kamailio_relays_media_through_our_relay(setup: Setup, tmp_path: Path) -
     uas = SippProcess(sipp_dir() / "uas_answer.xml", name="uas", workdir=work,
                       local_port=setup.uas_port, calls=1, timeout_s=30, service="bob",
                       trace_msg=True, extra=["-rtp_echo"])
-    assert procs.wait_bound(setup.uas_port, "udp", 5.0)
+    uas.wait_bound()
     caller = SippProcess(sipp_dir() / "call_uac_rtp.xml", name="uac", workdir=work,
                          remote=setup.kamailio.address, local_port=procs.free_port(), calls=1,
                          timeout_s=30, service="bob", duration_ms=3000, trace_msg=True)

@@ -161,13 +161,31 @@ def test_values_are_toml_else_bare_text(text: str, value: Any) -> None:
 
 def test_cfg_get_all_and_one(kit: ProxyKit, rpc: RpcRegistry) -> None:
     everything = call(rpc, "cfg.get")
-    assert list(everything) == settable_keys()
+    assert list(everything) == sorted([*settable_keys(), "features.nat"])
     assert everything["timers.t1"] == 0.5
     assert everything["proxy.domains"] == ["sipsuite.test"]
     assert call(rpc, "cfg.get", name="registrar.max_expires") == {"registrar.max_expires": 7200}
     with pytest.raises(RpcError, match="proxy.listen: not a run-time setting"):
         call(rpc, "cfg.get", name="proxy.listen")
     assert call(rpc, "cfg.list") == settable_keys()
+
+
+def test_cfg_get_shows_start_up_only_keys_and_whole_sections(kit: ProxyKit,
+                                                            rpc: RpcRegistry) -> None:
+    """features.nat is shown (set only at start-up: cfg set says so), and a
+    section name gets that section's settings, as kamcmd cfg.get GROUP."""
+    assert call(rpc, "cfg.get", name="features.nat") == {"features.nat": kit.core.config.features.nat}
+    with pytest.raises(RpcError, match="features.nat: read at start-up only"):
+        call(rpc, "cfg.set", name="features.nat", value="true")
+    timers = call(rpc, "cfg.get", name="timers")
+    assert timers == {k: v for k, v in call(rpc, "cfg.get").items() if k.startswith("timers.")}
+    assert timers["timers.t1"] == 0.5 and len(timers) >= 4
+    assert "features.nat" in call(rpc, "cfg.get", name="features")
+    for bad, message in (("nosuch", "nosuch: no run-time settings in such a section"),
+                         ("relay", "relay: no run-time settings"),
+                         ("a.b.c", "bad setting name 'a.b.c'")):
+        with pytest.raises(RpcError, match=message):
+            call(rpc, "cfg.get", name=bad)
 
 
 def test_cfg_set_timers_reach_new_transactions(kit: ProxyKit, rpc: RpcRegistry) -> None:

@@ -696,6 +696,49 @@ async def test_redis_down_raises_store_unavailable_in_time_then_reconnects(
 
 
 @pytest_twisted.ensureDeferred
+async def test_redis_going_away_is_one_warning_and_coming_back_one_info(
+    make_redis_server: Callable[..., redisproc.RedisServer], reactor: Any, clock: FakeClock
+) -> None:
+    """The operator learns that Redis went away when it does, not at the next
+    reconnect, and once: the retries (every 0.1 s here) add no more lines."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+
+    def keep(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "sipsuite.proxy.redisstore":
+            events.append(event)
+
+    def said(level: Any) -> list[str]:
+        """The connection's own lines (a preload cut short by the kill may
+        add one of its own, which is not about the connection)."""
+        return [m for m in (formatEvent(e) for e in events if e["log_level"] == level)
+                if m.startswith(f"Redis 127.0.0.1:{server.port}: ")]
+
+    server = make_redis_server()
+    globalLogPublisher.addObserver(keep)
+    conn = await started(server.url(1), reactor, 0.25, max_delay=0.1)
+    try:
+        loc = RedisLocationStore(conn, clock)
+        await loc.update("alice", add(Binding("sip:a@h", None)))
+        assert said(LogLevel.warn) == []
+        server.kill()
+        await deferLater(reactor, 1.0, lambda: None)  # about ten reconnection attempts
+        warnings = said(LogLevel.warn)
+        assert len(warnings) == 1 and "connection lost" in warnings[0], warnings
+        server.start()
+        await eventually(loc.aors, reactor)
+        assert [m for m in said(LogLevel.info) if "connected again" in m] == [
+            f"Redis 127.0.0.1:{server.port}: connected again"]
+        assert len(said(LogLevel.warn)) == 1
+        events.clear()
+    finally:
+        await conn.stop()
+        globalLogPublisher.removeObserver(keep)
+    assert said(LogLevel.warn) == []  # our own stop is no loss
+
+
+@pytest_twisted.ensureDeferred
 async def test_hung_redis_raises_store_unavailable_in_time(
     make_redis_server: Callable[..., redisproc.RedisServer], reactor: Any, clock: FakeClock
 ) -> None:

@@ -58,7 +58,7 @@ def start_relay(tmp_path: Path, relay_settings: str, *, capture: bool
     management_port = free_port(socket.SOCK_STREAM)
     low, high = port_range()
     (tmp_path / "relay.toml").write_text(
-        f'[management]\nlisten = "tcp:127.0.0.1:{management_port}"\n'
+        f'[management]\nrelay_listen = "tcp:127.0.0.1:{management_port}"\n'
         f"[relay]\n{relay_settings}")
     out = subprocess.PIPE if capture else subprocess.DEVNULL
     proc = subprocess.Popen(

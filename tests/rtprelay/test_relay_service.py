@@ -26,6 +26,7 @@ from sipsuite.ctl import COMMANDS, build_parser, show_relay_sessions, show_relay
 from sipsuite.management import ManagementService, RpcError, RpcRegistry
 from sipsuite.rtprelay.service import RelayService, make_relay_service, register_relay_methods
 from sipsuite.service import make_suite_service
+from sipsuite.startup import StartupError
 
 RELAY = "127.0.0.1"
 
@@ -98,29 +99,24 @@ async def test_drain_ends_when_sessions_time_out(reactor: Any) -> None:
             call.close()
 
 
-def test_control_port_taken_is_one_line_and_exit_2(reactor: Any,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_control_port_taken_is_a_startup_error_naming_it(reactor: Any) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
         holder.bind(("127.0.0.1", 0))
         port = holder.getsockname()[1]
         relay = RelayService(relay_config(control=[f"udp:127.0.0.1:{port}"]), reactor)
-        with pytest.raises(SystemExit) as info:
-            relay.startService()
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert err == (f"sipsuite: cannot listen on relay control udp:127.0.0.1:{port}:"
-                   " Address already in use\n")
+        with pytest.raises(StartupError) as info:
+            relay.privilegedStartService()
+    assert str(info.value) == (f"cannot listen on relay control udp 127.0.0.1:{port}:"
+                               " Address already in use")
+    assert not relay.running and relay.listeners == []
 
 
-def test_foreign_media_address_is_one_line_and_exit_2(
-        reactor: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_foreign_media_address_is_a_startup_error_naming_it(reactor: Any) -> None:
     relay = RelayService(relay_config(addresses=["192.0.2.1"]), reactor)  # TEST-NET-1
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(StartupError) as info:
         relay.startService()
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("sipsuite: cannot bind relay media address 192.0.2.1: ")
-    assert err.count("\n") == 1
+    assert str(info.value).startswith("cannot bind relay media address 192.0.2.1: ")
+    assert "\n" not in str(info.value) and not relay.running
 
 
 @pytest_twisted.ensureDeferred
@@ -174,8 +170,9 @@ def test_relay_service_serves_its_own_management() -> None:
     managers = [s for s in top if isinstance(s, ManagementService)]
     assert len(managers) == 1
     assert "relay.sessions" in managers[0].registry
+    assert (managers[0].host, managers[0].wanted_port) == ("127.0.0.1", 7061)  # not the proxy's
     quiet = dataclasses.replace(config, management=dataclasses.replace(config.management,
-                                                                       listen=""))
+                                                                       relay_listen=""))
     assert not any(isinstance(s, ManagementService) for s in make_relay_service(quiet))
 
 

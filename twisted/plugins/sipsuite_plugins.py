@@ -31,6 +31,13 @@ class ConfigOptions(usage.Options):
             "TOML configuration file [default: conf/sipsuite.toml in the working directory,"
             " else the documented defaults]",
         ],
+        [
+            "management",
+            None,
+            None,
+            "Serve the management interface (sipsuite-ctl) on tcp:HOST:PORT, '' for none"
+            " (overrides [management] listen; for rtp-relay [management] relay_listen)",
+        ],
     ]
 
 
@@ -106,10 +113,16 @@ class SipsuiteServiceMaker:
         self._build = build
 
     def makeService(self, options: ConfigOptions) -> IService:
+        """Validate the config, build the services and, under twistd, bind
+        their sockets: all before twistd daemonises and writes its pid file,
+        so any reason not to start is one line from the command the operator
+        typed, exit status 2, and no pid file (see sipsuite.startup)."""
         from sipsuite import log
         from sipsuite.config import ConfigError, default_config_path, load_config
+        from sipsuite.startup import StartupError, check_twistd_files
 
         path = options["config"] or default_config_path()
+        management = options.get("management")
         try:
             config = load_config(
                 path,
@@ -119,23 +132,34 @@ class SipsuiteServiceMaker:
                 media_addresses=options.get("media-address") or None,
                 ports=options.get("ports"),
                 relays=options.get("relay") or None,
+                management=management if self.tapname != "rtp-relay" else None,
+                relay_management=management if self.tapname == "rtp-relay" else None,
             )
-        except ConfigError as e:
+            log.set_level(config.log.level)
+            log.get_logger("sipsuite").info(
+                "{tapname}: configuration {path}",
+                tapname=self.tapname,
+                path=path or "<built-in defaults>",
+            )
+            built = self._build(config)
+            twistd = options.parent
+            if twistd is not None:
+                check_twistd_files(twistd)
+                # Bound here, not after twistd forks: a daemon's own error
+                # would never reach the launcher (it waits on a status pipe
+                # that only an Exception, not our exit, writes to).
+                # privilegedStartService binds once; twistd's call is a no-op.
+                built.privilegedStartService()
+        except (ConfigError, StartupError) as e:
             # One line, no traceback, no usage text: the key and what it wants.
             sys.stderr.write(f"{self.tapname}: {e}\n")
             sys.stderr.flush()
             raise SystemExit(2) from None
-        log.set_level(config.log.level)
-        log.get_logger("sipsuite").info(
-            "{tapname}: configuration {path}",
-            tapname=self.tapname,
-            path=path or "<built-in defaults>",
-        )
         # Before any socket is open, for the proxy, the relay and the suite alike.
         from sipsuite.fdlimit import raise_nofile_limit
 
         raise_nofile_limit()
-        return self._build(config)
+        return built
 
 
 def _proxy(config: Config) -> IService:
@@ -164,6 +188,6 @@ rtp_relay_maker = SipsuiteServiceMaker(
     RelayOptions,
 )
 sipsuite_maker = SipsuiteServiceMaker(
-    "sipsuite", "The whole suite on one host with in-memory stores: SIP proxy and RTP relay",
+    "sipsuite", "The whole suite in one process: SIP proxy, registrar and RTP relay",
     _suite, SuiteOptions,
 )
