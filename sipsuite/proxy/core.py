@@ -149,12 +149,17 @@ class ProxyCore(RequestChecks, TransactionDriver):
     # -- set-up ------------------------------------------------------------------
     def start(self) -> None:
         p = self.config.proxy
+        # A wildcard listener advertises the address each message reached
+        # (TransportLayer.local_listener); those addresses are ours too.
+        self.transport.on_local_address = lambda addr: self.addresses.add(addr.lower())
         for spec in p.listen:
             adv_host, adv_port = split_advertise(p.advertise)
             advertise = adv_host or spec.host
             if advertise in ("0.0.0.0", "::"):
+                # Only where no local address is known (see localaddr).
                 advertise = guess_address(spec.host)
-            listener = Listener(spec.transport, spec.host, spec.port, advertise, adv_port)
+            listener = Listener(spec.transport, spec.host, spec.port, advertise, adv_port,
+                                pinned=bool(adv_host))
             self.transport.listen(listener)
             self.ports.add(listener.port)
             if adv_port:
@@ -164,7 +169,9 @@ class ProxyCore(RequestChecks, TransactionDriver):
                 self.addresses.update(local_addresses())
             else:
                 self.addresses.add(spec.host.lower())
-            log.info("listening on {l} (advertised as {a})", l=listener, a=listener.sent_by())
+            log.info("listening on {l} (advertised as {a})", l=listener,
+                     a="the address each message reaches" if spec.host in ("0.0.0.0", "::")
+                     and not adv_host else listener.sent_by())
         self.keepalive.start()
 
     def stop(self) -> list[Any]:
@@ -456,8 +463,9 @@ class ProxyCore(RequestChecks, TransactionDriver):
         while branch.target_index < len(branch.targets):
             target = branch.targets[branch.target_index]
             branch.target_index += 1
+            source = ctx.server.source
             listener = target.listener or self.transport.pick_listener(
-                target.transport, target.host, ctx.server.source.listener)
+                target.transport, target.host, source.listener, source.host)
             if listener is None:
                 continue
             self._send_branch(branch, target, listener)
@@ -576,7 +584,7 @@ class ProxyCore(RequestChecks, TransactionDriver):
                 if target.transport not in ("udp", "tcp", "tls"):
                     continue
                 listener = target.listener or self.transport.pick_listener(
-                    target.transport, target.host, rctx.source.listener)
+                    target.transport, target.host, rctx.source.listener, rctx.source.host)
                 if listener is None:
                     continue
                 seed = (rctx.request.top_via.branch or "") + str(rctx.request.uri)
