@@ -10,6 +10,7 @@ through client transactions (16.6) whose answers the response context
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from typing import Any
 
@@ -145,6 +146,8 @@ class ProxyCore(RequestChecks, TransactionDriver):
         self.routing: Routing = routing_cls(self)
         self.guard = RequestGuard(self)
         self.accounting = Accounting(self)
+        # Set while the suite drains (sipsuite.drain): when the drain ends at the latest.
+        self.drain_deadline: float | None = None
 
     # -- set-up ------------------------------------------------------------------
     def start(self) -> None:
@@ -173,6 +176,10 @@ class ProxyCore(RequestChecks, TransactionDriver):
                      a="the address each message reaches" if spec.host in ("0.0.0.0", "::")
                      and not adv_host else listener.sent_by())
         self.keepalive.start()
+
+    def start_drain(self, deadline: float) -> None:
+        """Stopping with calls up: requests outside a dialog get 503 from now on."""
+        self.drain_deadline = deadline
 
     def stop(self) -> list[Any]:
         self.keepalive.stop()
@@ -273,6 +280,13 @@ class ProxyCore(RequestChecks, TransactionDriver):
             status, reason, headers = error
             if holder is not None:
                 self._reply_tx(holder, req, status, reason, headers)
+            return
+        if self.drain_deadline is not None and holder is not None and req.to_tag is None:
+            # Stopping: calls up keep their in-dialog requests (sipsuite.drain);
+            # new work goes elsewhere (RFC 3263 4.3 on 503) or comes back later.
+            self.count("drain.refused")
+            wait = max(1, math.ceil(self.drain_deadline - self.clock.seconds()))
+            self._reply_tx(holder, req, 503, "Service Unavailable", [("Retry-After", str(wait))])
             return
         flow = self.flows.route_flow(req)
         loose = self._preprocess_routes(req)
