@@ -100,3 +100,11 @@ def test_children_are_bounded() -> None:
         layer.local_listener(root, f"127.0.{i // 256}.{i % 256 + 1}")
     assert len(layer.children[root]) == layer.MAX_CHILDREN
     assert layer.local_listener(root, "127.9.9.9") is root
+
+
+def test_ipv4_peer_of_an_ipv6_wildcard_sees_its_ipv4_address() -> None:
+    layer = TransportLayer(Clock(), lambda msg, src: None)
+    root = Listener("udp", "::", 5060, "2001:db8::2")
+    layer.listeners.append(root)
+    assert layer.local_listener(root, "::ffff:127.0.0.1").sent_by() == "127.0.0.1:5060"
+    assert layer.local_listener(root, "::1").sent_by() == "[::1]:5060"
