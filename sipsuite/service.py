@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.application import service
 
 from sipsuite.config import Config
+from sipsuite.drain import SuiteService
 from sipsuite.management import ManagementService, RpcRegistry
 from sipsuite.proxy.media import LocalRelayClient
 from sipsuite.proxy.service import ProxyService, attach_media, make_proxy_service
@@ -27,19 +28,20 @@ def make_suite_service(config: Config) -> service.MultiService:
     The relay is the child named "rtp-relay", its RelayService named "relay"
     inside, for the proxy to reach in-process.
     """
-    top = service.MultiService()
+    top = SuiteService()  # stops in order: see sipsuite.drain
     proxy = make_proxy_service(config)
     proxy.setName("sip-proxy")
     proxy.setServiceParent(top)
     relay = make_relay_service(config, _management_registry(proxy), serve_management=False)
     relay.setName("rtp-relay")
     relay.setServiceParent(top)
+    relay_service = relay.getServiceNamed("relay")
+    assert isinstance(relay_service, RelayService)
+    core = next(s for s in proxy if isinstance(s, ProxyService)).core
+    top.relay, top.core = relay_service, core
     if config.features.nat and not config.media.relays:
         # The proxy drives the relay beside it without a socket (see
         # sipsuite.proxy.media.LocalRelayClient); named relays take over.
-        relay_service = relay.getServiceNamed("relay")
-        assert isinstance(relay_service, RelayService)
-        core = next(s for s in proxy if isinstance(s, ProxyService)).core
         # The dispatcher works from construction on: the proxy (started
         # first) may check it before the relay's own startService.
         client = LocalRelayClient(lambda: relay_service.dispatcher,

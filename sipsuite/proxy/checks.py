@@ -46,7 +46,7 @@ class RequestChecks:
         host = strip_brackets(uri.host).lower()
         return any(uri.port == (li.advertise_port or li.port)
                    and strip_brackets(li.advertise).lower() == host
-                   for li in self.transport.listeners)
+                   for li in self.transport.all_listeners())
 
     def is_local_domain(self, host: str) -> bool:
         h = strip_brackets(host).lower()

@@ -10,6 +10,7 @@ through client transactions (16.6) whose answers the response context
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from typing import Any
 
@@ -147,6 +148,8 @@ class ProxyCore(RequestChecks, TransactionDriver):
         self.routing: Routing = make_routing(self)
         self.guard = RequestGuard(self)
         self.accounting = Accounting(self)
+        # Set while the suite drains (sipsuite.drain): when the drain ends at the latest.
+        self.drain_deadline: float | None = None
 
     # -- set-up ------------------------------------------------------------------
     def start(self) -> None:
@@ -159,12 +162,17 @@ class ProxyCore(RequestChecks, TransactionDriver):
         if self.transport.listeners:
             return
         p = self.config.proxy
+        # A wildcard listener advertises the address each message reached
+        # (TransportLayer.local_listener); those addresses are ours too.
+        self.transport.on_local_address = lambda addr: self.addresses.add(addr.lower())
         for spec in p.listen:
             adv_host, adv_port = split_advertise(p.advertise)
             advertise = adv_host or spec.host
             if advertise in ("0.0.0.0", "::"):
+                # Only where no local address is known (see localaddr).
                 advertise = guess_address(spec.host)
-            listener = Listener(spec.transport, spec.host, spec.port, advertise, adv_port)
+            listener = Listener(spec.transport, spec.host, spec.port, advertise, adv_port,
+                                pinned=bool(adv_host))
             try:
                 self.transport.listen(listener)
             except CannotListenError as exc:
@@ -178,7 +186,13 @@ class ProxyCore(RequestChecks, TransactionDriver):
                 self.addresses.update(local_addresses())
             else:
                 self.addresses.add(spec.host.lower())
-            log.info("listening on {l} (advertised as {a})", l=listener, a=listener.sent_by())
+            log.info("listening on {l} (advertised as {a})", l=listener,
+                     a="the address each message reaches" if spec.host in ("0.0.0.0", "::")
+                     and not adv_host else listener.sent_by())
+
+    def start_drain(self, deadline: float) -> None:
+        """Stopping with calls up: requests outside a dialog get 503 from now on."""
+        self.drain_deadline = deadline
 
     def stop(self) -> list[Any]:
         self.keepalive.stop()
@@ -279,6 +293,13 @@ class ProxyCore(RequestChecks, TransactionDriver):
             status, reason, headers = error
             if holder is not None:
                 self._reply_tx(holder, req, status, reason, headers)
+            return
+        if self.drain_deadline is not None and holder is not None and req.to_tag is None:
+            # Stopping: calls up keep their in-dialog requests (sipsuite.drain);
+            # new work goes elsewhere (RFC 3263 4.3 on 503) or comes back later.
+            self.count("drain.refused")
+            wait = max(1, math.ceil(self.drain_deadline - self.clock.seconds()))
+            self._reply_tx(holder, req, 503, "Service Unavailable", [("Retry-After", str(wait))])
             return
         flow = self.flows.route_flow(req)
         loose = self._preprocess_routes(req)
@@ -469,8 +490,9 @@ class ProxyCore(RequestChecks, TransactionDriver):
         while branch.target_index < len(branch.targets):
             target = branch.targets[branch.target_index]
             branch.target_index += 1
+            source = ctx.server.source
             listener = target.listener or self.transport.pick_listener(
-                target.transport, target.host, ctx.server.source.listener)
+                target.transport, target.host, source.listener, source.host)
             if listener is None:
                 continue
             self._send_branch(branch, target, listener)
@@ -589,7 +611,7 @@ class ProxyCore(RequestChecks, TransactionDriver):
                 if target.transport not in ("udp", "tcp", "tls"):
                     continue
                 listener = target.listener or self.transport.pick_listener(
-                    target.transport, target.host, rctx.source.listener)
+                    target.transport, target.host, rctx.source.listener, rctx.source.host)
                 if listener is None:
                     continue
                 seed = (rctx.request.top_via.branch or "") + str(rctx.request.uri)

@@ -88,7 +88,7 @@ class NatKeepalive:
 
     async def round(self) -> None:
         store = self.core.location
-        mine = {repr(listener) for listener in self.core.transport.listeners}
+        mine = {repr(listener) for listener in self.core.transport.all_listeners()}
         now = self.clock()
         self.pending.clear()
         try:
@@ -99,7 +99,8 @@ class NatKeepalive:
                 aors = sorted(self.tracked)
             seen: set[tuple[str, str]] = set()
             for aor in aors:
-                ours = [b for b in await store.lookup(aor) if b.nat and b.received and b.socket in mine]
+                ours = [b for b in await store.lookup(aor) if b.nat and b.received
+                        and (b.socket in mine or self.core.transport.listener_named(b.socket or ""))]
                 if not ours:
                     self.tracked.discard(aor)
                     continue
@@ -116,7 +117,10 @@ class NatKeepalive:
         dst = parse_address(b.received or "")
         if dst is None:
             return
-        listener = self.core.transport.pick_listener(dst.transport, dst.host, None)
+        # From the address the phone registered to: its NAT maps only that one.
+        listener = self.core.transport.listener_named(b.socket or "")
+        if listener is None or listener.transport != dst.transport:
+            listener = self.core.transport.pick_listener(dst.transport, dst.host, None)
         if listener is None:
             return
         config = self.core.config

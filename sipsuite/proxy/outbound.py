@@ -130,8 +130,7 @@ class Flows:
         """The flow a flow URI of this node names, None if it is gone (its
         connection closed, its listener no more); raises ForgedToken."""
         transport, listener_name, host, port = self.tokens.read(uri.user or "")
-        listener = next((lis for lis in self.core.transport.listeners
-                         if repr(lis) == listener_name), None)
+        listener = self.core.transport.listener_named(listener_name)
         if listener is None:
             return None
         if transport in ("tcp", "tls"):

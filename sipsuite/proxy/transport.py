@@ -19,6 +19,13 @@ from twisted.logger import LogLevel
 from zope.interface import implementer
 
 from sipsuite.log import enabled, get_logger
+from sipsuite.proxy.localaddr import (
+    PKTINFO,
+    WildcardListeners,
+    is_wildcard,
+    listen_pktinfo,
+    source_ancillary,
+)
 from sipsuite.proxy.stun import stun_reply
 from sipsuite.proxy.tcplimits import ConnectionLimits
 from sipsuite.sip.message import (
@@ -83,12 +90,18 @@ def _log_wire(what: str, transport: str, host: str, port: int, data: bytes) -> N
 
 
 class Listener:
-    """One configured listening socket, and the address it advertises."""
+    """One configured listening socket, and the address it advertises.
 
-    __slots__ = ("transport", "host", "port", "advertise", "advertise_port", "family", "port_obj")
+    A wildcard one (0.0.0.0, ::) has a child per local address messages
+    reach it on (TransportLayer.local_listener): the same socket, that
+    address in Via and Record-Route (unless ``pinned``: [proxy] advertise),
+    and answers sent from it."""
+
+    __slots__ = ("transport", "host", "port", "advertise", "advertise_port", "family", "port_obj",
+                 "pinned", "parent")
 
     def __init__(self, transport: str, host: str, port: int, advertise: str,
-                 advertise_port: int | None = None) -> None:
+                 advertise_port: int | None = None, pinned: bool = False) -> None:
         self.transport = transport
         self.host = host
         self.port = port
@@ -97,6 +110,24 @@ class Listener:
         self.advertise_port = advertise_port
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.port_obj: Any = None
+        self.pinned = pinned
+        self.parent: Listener | None = None
+
+    @property
+    def root(self) -> Listener:
+        """The configured listener (this one, or the wildcard it is a child of)."""
+        return self.parent if self.parent is not None else self
+
+    def child(self, local: str) -> Listener:
+        """This wildcard listener as reached on the local address ``local``."""
+        # An IPv4 peer of a [::] socket reached ::ffff:a.b.c.d: it knows us as a.b.c.d.
+        mapped = ipaddress.ip_address(local).ipv4_mapped if ":" in local else None
+        shown = self.advertise if self.pinned else str(mapped or local)
+        child = Listener(self.transport, local, self.port, shown, self.advertise_port, self.pinned)
+        child.family = self.family  # the socket's: a [::] socket reaches v4-mapped peers too
+        child.parent = self
+        child.port_obj = self.port_obj
+        return child
 
     def sent_by(self) -> str:
         return f"{bracket(self.advertise)}:{self.advertise_port or self.port}"
@@ -136,33 +167,39 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
     def __init__(self, layer: TransportLayer, listener: Listener) -> None:
         self.layer = layer
         self.listener = listener
+        # Set when the socket reports each datagram's local address (localaddr).
+        self.pktinfo = False
 
-    def datagramReceived(self, data: bytes, addr: tuple[Any, ...]) -> None:
+    def datagramReceived(self, data: bytes, addr: tuple[Any, ...], local: str | None = None) -> None:
         host, port = addr[0], addr[1]
         if enabled(LogLevel.debug):
             _log_wire("received from", "udp", host, port, data)
         if len(data) <= 4 and not data.strip():
             # CRLF keep-alives from phones behind NAT (RFC 5626 allows them on UDP too).
             return
+        listener = self.listener if local is None else self.layer.local_listener(self.listener, local)
+        origin = listener.host if listener.parent is not None else None
         if data[0] < 2 and self.layer.stun():
             # No SIP message starts with a control byte; a STUN one does (RFC 5389 6).
             reply = stun_reply(data, host, port)
             if reply is not None:
-                self.send(reply, host, port)
+                self.send(reply, host, port, origin)
             return
         try:
             msg = parse_datagram(data)
         except ParseError as err:
             self.layer.stats_drop("parse")
-            self.layer.answer_parse_error(err, data, host, port, self)
+            self.layer.answer_parse_error(err, data, host, port, self, origin)
             return
-        source = Source("udp", host, port, self.listener)
+        source = Source("udp", host, port, listener)
         try:
             self.layer.handler(msg, source)
         except Exception:  # noqa: BLE001 - one bad message must never stop the socket
             log.failure("unhandled error processing a message from {src}", src=source)
 
-    def send(self, data: bytes, host: str, port: int) -> bool:
+    def send(self, data: bytes, host: str, port: int, origin: str | None = None) -> bool:
+        """``origin``: the local address to send from (a wildcard socket's
+        child listener), else the kernel's choice."""
         transport = self.transport
         if transport is None:
             return False
@@ -172,9 +209,12 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
             # Straight to the socket: Port.write re-validates the address
             # family on every datagram, and our destinations are always IP
             # literals of the listener's family (pick_listener saw to that).
-            transport.socket.sendto(data, (host, port))
+            if origin is not None and self.pktinfo:
+                transport.socket.sendmsg([data], source_ancillary(origin), 0, (host, port))
+            else:
+                transport.socket.sendto(data, (host, port))
         except InterruptedError:
-            return self.send(data, host, port)
+            return self.send(data, host, port, origin)
         except (OSError, AttributeError) as exc:
             self.layer.stats_drop("send")
             log.warn("udp send to {h}:{p} failed: {e}", h=host, p=port, e=exc)
@@ -210,6 +250,9 @@ class SIPStreamProtocol(protocol.Protocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer = (peer.host, peer.port)
+        if not self.outbound and is_wildcard(self.listener.host):
+            # Accepted on a wildcard: the connection's own socket knows which address.
+            self.listener = self.layer.local_listener(self.listener, self.transport.getHost().host)
         self.connected_ok = True
         self.layer.connection_up(self)
         for data in self.pending:
@@ -367,7 +410,7 @@ class _OutboundFactory(protocol.ClientFactory):
         self.proto.layer.connection_failed(self.proto)
 
 
-class TransportLayer:
+class TransportLayer(WildcardListeners):
     """Owns the listeners and the TCP connection table."""
 
     def __init__(
@@ -378,6 +421,7 @@ class TransportLayer:
         udp_buffer: int = 4 * 1024 * 1024,
         tcp_message_timeout: float = 20.0,
     ) -> None:
+        super().__init__()
         self.udp_buffer = udp_buffer
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -406,9 +450,14 @@ class TransportLayer:
     def listen(self, listener: Listener) -> None:
         if listener.transport == "udp":
             proto = SIPDatagramProtocol(self, listener)
-            listener.port_obj = self.reactor.listenUDP(
-                listener.port, proto, interface=listener.host, maxPacketSize=MAX_UDP
-            )
+            if is_wildcard(listener.host) and PKTINFO and hasattr(self.reactor, "addReader"):
+                listener.port_obj = listen_pktinfo(self.reactor, listener.port, proto,
+                                                   listener.host, MAX_UDP)
+                proto.pktinfo = True
+            else:
+                listener.port_obj = self.reactor.listenUDP(
+                    listener.port, proto, interface=listener.host, maxPacketSize=MAX_UDP
+                )
             if listener.port == 0:
                 listener.port = listener.port_obj.getHost().port
             _grow_buffers(listener.port_obj.getHandle(), self.udp_buffer)
@@ -442,14 +491,24 @@ class TransportLayer:
         return results
 
     # -- choosing an outgoing socket ----------------------------------------
-    def pick_listener(self, transport: str, host: str, prefer: Listener | None) -> Listener | None:
+    def pick_listener(self, transport: str, host: str, prefer: Listener | None,
+                      peer: str | None = None) -> Listener | None:
+        """The listener to send to ``host`` from: ``prefer`` (the one a
+        request arrived on) when it fits, else the first of the transport and
+        family; on a wildcard, which local address (localaddr.outgoing)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        chosen = None
         if prefer is not None and prefer.transport == transport and prefer.family == family:
-            return prefer
-        for listener in self.listeners:
-            if listener.transport == transport and listener.family == family:
-                return listener
-        return None
+            chosen = prefer
+        else:
+            chosen = next((li for li in self.listeners
+                           if li.transport == transport and li.family == family), None)
+        if chosen is None or not is_wildcard(chosen.root.host):
+            return chosen
+        # The local address the request arrived on, whichever transport it used.
+        arrived = (prefer.host if prefer is not None and prefer.parent is not None
+                   and prefer.family == family else None)
+        return self.outgoing(chosen.root, strip_brackets(host), peer, arrived)
 
     # -- sending ---------------------------------------------------------------
     def send(self, data: bytes, transport: str, host: str, port: int, listener: Listener,
@@ -458,10 +517,10 @@ class TransportLayer:
         ``host``). ``connect=False``: over an existing connection only (a flow)."""
         host = strip_brackets(host)
         if transport == "udp":
-            proto = self.udp.get(listener)
+            proto = self.udp.get(listener.root)
             if proto is None:
                 return False
-            return proto.send(data, host, port)
+            return proto.send(data, host, port, listener.host if listener.parent is not None else None)
         conn = self.connection_to(host, port)
         if not connect and (conn is None or conn.kind != transport):
             return False
@@ -514,7 +573,11 @@ class TransportLayer:
         if proto.kind == "tls":
             proto.tls_name = name or host
             factory = self.tls.client_factory(factory, proto.tls_name)
-        self.reactor.connectTCP(host, port, factory, timeout=10)
+        # From a wildcard's child: from the address our Via and Record-Route name.
+        if listener.parent is not None:
+            self.reactor.connectTCP(host, port, factory, timeout=10, bindAddress=(listener.host, 0))
+        else:
+            self.reactor.connectTCP(host, port, factory, timeout=10)
         return proto
 
     def connection_up(self, conn: SIPStreamProtocol) -> None:
@@ -564,7 +627,8 @@ class TransportLayer:
         self.drops[cause] = self.drops.get(cause, 0) + 1
 
     def answer_parse_error(
-        self, err: ParseError, data: bytes, host: str, port: int, proto: SIPDatagramProtocol
+        self, err: ParseError, data: bytes, host: str, port: int, proto: SIPDatagramProtocol,
+        origin: str | None = None,
     ) -> None:
         reply = err.response_bytes()
         log.info("malformed message from udp:{h}:{p}: {s} {r}", h=host, p=port, s=err.status, r=err.reason)
@@ -576,4 +640,4 @@ class TransportLayer:
         dest_port = port
         if via is not None and via.rport is None:
             dest_port = via.port or 5060
-        proto.send(reply, host, dest_port)
+        proto.send(reply, host, dest_port, origin)

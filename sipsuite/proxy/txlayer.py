@@ -61,6 +61,13 @@ class TransactionDriver:
     timer_heap: Any
     clock: Any
 
+    def in_flight(self) -> int:
+        """Requests still being handled: received ones not answered finally
+        yet, forwarded ones waiting for their final answer."""
+        pending = ("calling", "trying", "proceeding")
+        return (sum(1 for h in self.server_txs.values() if h.alive and h.tx.state in pending)
+                + sum(1 for h in self.client_txs.values() if h.alive and h.tx.state in pending))
+
     def _run(self, holder: Any, actions: list[Any]) -> None:
         for action in actions:
             kind = type(action)

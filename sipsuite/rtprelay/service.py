@@ -104,6 +104,8 @@ class RelayService(service.Service):
         self._drained: defer.Deferred[None] | None = None
         self._drain_timer: Any = None
         self._restore_signals: Callable[[], None] | None = None
+        # The last drain was ended by a second signal (the suite stops at once then).
+        self.drain_cut = False
         self.tls: Any = None  # sipsuite.tlsctx.TLSContexts, for tls: control sockets
 
     # -- start ----------------------------------------------------------------
@@ -212,6 +214,7 @@ class RelayService(service.Service):
 
     def _cut_drain(self) -> None:
         if self._drained is not None:
+            self.drain_cut = True
             log.info("relay drain ended by a second signal: {n} session(s) cut",
                      n=len(self.table))
             self._finish_drain()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import LOCALHOST, REPO, Address, free_port, hostport, tail
+from common import LOCALHOST, LOCALHOST6, REPO, Address, free_port, hostport, tail
 from endpoints import options_ping
 
 # --------------------------------------------------------------------------- config (TOML)
@@ -235,7 +235,9 @@ def _first_udp_host(listen: Sequence[str] | None) -> str:
     for spec in listen or ():
         transport, _, rest = spec.partition(":")
         if transport.lower() == "udp":
-            return rest.rsplit(":", 1)[0].strip("[]")
+            host = rest.rsplit(":", 1)[0].strip("[]")
+            # A wildcard listener is pinged on loopback (its own family).
+            return {"0.0.0.0": LOCALHOST, "::": LOCALHOST6}.get(host, host)
     return LOCALHOST
 
 
