@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need into .venv and runs them.
+# The test command: installs what the tests need (the programs they start,
+# from Debian's packages, and the Python packages into .venv) and runs them.
 #   bash scripts/test.sh [pytest arguments...]
 # Fails on a lint error, on a failing test, and when no test ran (pytest exit 5).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+source scripts/test-tools.sh
 
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
