@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
 from fuzzrun import FuzzReport, Sink, new_mutator, run_fuzz, start_fuzz_proxy  # noqa: E402
-from phones import Phone, add_users, call  # noqa: E402
+from phones import Phone, PhonePair, add_users  # noqa: E402
 
 
 def main() -> int:
@@ -57,7 +57,8 @@ def main() -> int:
         print(report.describe(mutator))
         called = "skipped"
         if report.alive and not args.no_call:
-            problem = call(proxy, alice, bob, work / "phones")
+            phones = PhonePair(proxy, alice, bob, work / "phones")
+            problem = phones.register() or phones.call()
             called = "ok" if problem is None else "FAILED\n" + problem
         print(f"cases          {report.cases}")
         print(f"seconds        {time.monotonic() - started:.1f}")

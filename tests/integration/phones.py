@@ -44,28 +44,42 @@ def register(proxy: ProxyProcess, phone: Phone, port: int, workdir: Path,
                     extra=[*_on(host), "-au", phone.user, "-ap", phone.password])
 
 
-def call(proxy: ProxyProcess, caller: Phone, callee: Phone, workdir: Path,
-         host: str = PHONE_HOST) -> str | None:
-    """Register both phones, then caller calls callee. None when all of it
-    worked, else what failed, with the sipp logs and the proxy's."""
-    callee_port = free_port(host=host)
-    caller_port = free_port(host=host)
-    for phone, port in ((callee, callee_port), (caller, caller_port)):
-        reg = register(proxy, phone, port, workdir, host)
-        if (reg.rc, reg.successful) != (0, 1):
-            return f"{phone.user} did not register\n{reg.summary()}\n{proxy.diagnostics()}"
-    uas = SippProcess(SCENARIOS / "phone_answer_uas.xml", name=f"uas-{callee_port}",
-                      workdir=workdir, local_port=callee_port, calls=1, timeout_s=20,
-                      service=callee.user, extra=_on(host))
-    uac = run_sipp(SCENARIOS / "phone_call_auth_uac.xml", name=f"uac-{caller_port}",
-                   workdir=workdir, remote=proxy.address, local_port=caller_port, calls=1,
-                   timeout_s=15, service=callee.user,
-                   extra=[*_on(host), "-au", caller.user, "-ap", caller.password,
-                          "-key", "caller", caller.user])
-    if (uac.rc, uac.successful) != (0, 1):
-        uas.kill()
-    answered = uas.wait()
-    if (uac.rc, uac.successful, answered.rc, answered.successful) != (0, 1, 0, 1):
-        return (f"the call {caller.user} -> {callee.user} failed\n{uac.summary()}\n"
-                f"{answered.summary()}\n{proxy.diagnostics()}")
-    return None
+class PhonePair:
+    """Two phones on ``host``, each on its own port for the pair's life (as a
+    real phone keeps its registration): ``register()`` once, then ``call()``
+    as often as wanted, the callee's sipp answering on its registered port."""
+
+    def __init__(self, proxy: ProxyProcess, caller: Phone, callee: Phone, workdir: Path,
+                 host: str = PHONE_HOST) -> None:
+        self.proxy, self.caller, self.callee = proxy, caller, callee
+        self.workdir, self.host = workdir, host
+        self.ports = {caller.user: free_port(host=host), callee.user: free_port(host=host)}
+        self.calls = 0
+
+    def register(self) -> str | None:
+        """None when both registered, else what failed (sipp's and the proxy's logs)."""
+        for phone in (self.callee, self.caller):
+            reg = register(self.proxy, phone, self.ports[phone.user], self.workdir, self.host)
+            if (reg.rc, reg.successful) != (0, 1):
+                return f"{phone.user} did not register\n{reg.summary()}\n{self.proxy.diagnostics()}"
+        return None
+
+    def call(self) -> str | None:
+        """Caller calls callee: None when the whole call worked, else what failed."""
+        self.calls += 1
+        caller_port, callee_port = self.ports[self.caller.user], self.ports[self.callee.user]
+        uas = SippProcess(SCENARIOS / "phone_answer_uas.xml", name=f"uas-{self.calls}",
+                          workdir=self.workdir, local_port=callee_port, calls=1, timeout_s=20,
+                          service=self.callee.user, extra=_on(self.host))
+        uac = run_sipp(SCENARIOS / "phone_call_auth_uac.xml", name=f"uac-{self.calls}",
+                       workdir=self.workdir, remote=self.proxy.address, local_port=caller_port,
+                       calls=1, timeout_s=15, service=self.callee.user,
+                       extra=[*_on(self.host), "-au", self.caller.user, "-ap", self.caller.password,
+                              "-key", "caller", self.caller.user])
+        if (uac.rc, uac.successful) != (0, 1):
+            uas.kill()
+        answered = uas.wait()
+        if (uac.rc, uac.successful, answered.rc, answered.successful) != (0, 1, 0, 1):
+            return (f"the call {self.caller.user} -> {self.callee.user} failed\n{uac.summary()}\n"
+                    f"{answered.summary()}\n{self.proxy.diagnostics()}")
+        return None

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from fuzzrun import RSS_BOUND_KB, Sink, new_mutator, run_fuzz, start_fuzz_proxy
-from phones import Phone, add_users, call
+from phones import Phone, PhonePair, add_users
 
 SEED = int(os.environ.get("SIPSUITE_FUZZ_SEED", "4475"))
 CASES = 5000
@@ -39,7 +39,8 @@ def test_fuzzed_proxy_survives_and_still_serves_a_call(sipp_bin: str, tmp_path: 
         grown = report.rss_after_kb - report.rss_before_kb
         assert grown < RSS_BOUND_KB, f"RSS grew by {grown} kB" + detail
         assert sink.answered > 0, "no fuzzed request was ever routed to the callee" + detail
-        problem = call(proxy, alice, bob, tmp_path / "phones")
+        phones = PhonePair(proxy, alice, bob, tmp_path / "phones")
+        problem = phones.register() or phones.call()
         assert problem is None, problem
     finally:
         proxy.stop()
