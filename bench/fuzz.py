@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
-from fuzzrun import FuzzReport, Sink, new_mutator, run_fuzz, start_fuzz_proxy  # noqa: E402
+from fuzzrun import FuzzReport, Sink, new_mutator, rss_kb, run_fuzz, start_fuzz_proxy  # noqa: E402
 from phones import Phone, PhonePair, add_users  # noqa: E402
 
 
@@ -42,8 +42,9 @@ def main() -> int:
     def progress(report: FuzzReport, elapsed: float) -> None:
         if elapsed - last[0] >= 30:
             last[0] = elapsed
+            rss = rss_kb(proxy.proc.pid) if proxy.proc and proxy.alive() else 0
             print(f"  {report.cases} cases, {report.cases / elapsed:.0f}/s,"
-                  f" {len(report.findings)} findings", flush=True)
+                  f" {len(report.findings)} findings, RSS {rss} kB", flush=True)
 
     try:
         alice, bob = Phone("alice", "alice-pw-7"), Phone("bob", "bob-pw-9")

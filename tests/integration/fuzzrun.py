@@ -315,7 +315,9 @@ class FuzzReport:
     def describe(self, mutator: Mutator, limit: int = 8) -> str:
         out = [f"seed {self.seed}: {self.cases} cases in {self.seconds:.1f} s, proxy "
                f"{'alive' if self.alive else 'DEAD'}, RSS {self.rss_before_kb} -> "
-               f"{self.rss_after_kb} kB, {len(self.findings)} finding(s)"]
+               f"{self.rss_after_kb} kB, {len(self.findings)} finding(s); cases are shown"
+               f" as mutated: {PROXY_MARK!r}, {SENDER_MARK!r} and {ID_MARK!r} become the"
+               " proxy, the sender and a per-case id when sent"]
         for f in self.findings[:limit]:
             out.append(f"--- cases {f.first}..{f.last}: {f.what[:3000]}")
             for i in f.culprits or range(f.first, min(f.last + 1, f.first + 3)):
