@@ -22,6 +22,7 @@ the end to name the case that does it. The harness is deterministic: a case is
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import threading
@@ -130,24 +131,46 @@ def rss_kb(pid: int) -> int:
 
 
 class LogWatch:
-    """The part of the proxy's log written since the last look."""
+    """The part of the proxy's log written since the last look, across
+    twistd's rotations (every 1 MB: proxy.log -> proxy.log.1 -> .2 ...)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
+        try:
+            st = path.stat()
+        except OSError:
+            self.inode, self.offset = -1, 0
+        else:
+            self.inode, self.offset = st.st_ino, st.st_size
 
     def new_problems(self) -> list[str]:
         """Each critical event or traceback in the new text, with its lines."""
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                text = f.read().decode(errors="replace")
-        except OSError:
-            return []
-        # Only whole lines: a traceback being written is read next time.
-        end = text.rfind("\n") + 1
-        self.offset += len(text[:end].encode(errors="replace"))
-        return bad_events(text[:end])
+        return bad_events(self._unread().decode(errors="replace"))
+
+    def _unread(self) -> bytes:
+        files = [self.path]  # newest first
+        while (older := self.path.with_name(f"{self.path.name}.{len(files)}")).exists():
+            files.append(older)
+        chunks: list[bytes] = []
+        current = (self.inode, self.offset)
+        for i, f in enumerate(files):
+            try:
+                with f.open("rb") as fh:
+                    inode = os.fstat(fh.fileno()).st_ino
+                    fh.seek(self.offset if inode == self.inode else 0)
+                    data = fh.read()
+            except OSError:
+                continue
+            if i == 0:
+                # Only whole lines of the file being written: the rest next time.
+                data = data[:data.rfind(b"\n") + 1]
+                start = self.offset if inode == self.inode else 0
+                current = (inode, start + len(data))
+            chunks.append(data)
+            if inode == self.inode:
+                break
+        self.inode, self.offset = current
+        return b"".join(reversed(chunks))
 
 
 def bad_events(text: str) -> list[str]:

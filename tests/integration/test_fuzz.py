@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fuzzrun import RSS_BOUND_KB, Sink, new_mutator, run_fuzz, start_fuzz_proxy
+from fuzzrun import RSS_BOUND_KB, LogWatch, Sink, new_mutator, run_fuzz, start_fuzz_proxy
 from phones import Phone, PhonePair, add_users
 
 SEED = int(os.environ.get("SIPSUITE_FUZZ_SEED", "4475"))
@@ -45,3 +45,25 @@ def test_fuzzed_proxy_survives_and_still_serves_a_call(sipp_bin: str, tmp_path: 
     finally:
         proxy.stop()
         sink.close()
+
+
+def test_log_watch_reads_across_rotations(tmp_path: Path) -> None:
+    """twistd rotates its log every 1 MB; a critical line written just before a
+    rotation (or two) must still be seen, and nothing twice."""
+    log = tmp_path / "proxy.log"
+    stamp = "2026-01-01T00:00:00+0000"
+    log.write_text(f"{stamp} [x#info] old\n")
+    watch = LogWatch(log)
+    with log.open("a") as f:
+        f.write(f"{stamp} [x#critical] one\n\tTraceback (most recent call last):\n")
+    log.rename(tmp_path / "proxy.log.1")
+    log.write_text(f"{stamp} [x#critical] two\n")
+    (tmp_path / "proxy.log.1").rename(tmp_path / "proxy.log.2")
+    log.rename(tmp_path / "proxy.log.1")
+    log.write_text(f"{stamp} [x#info] fine\n{stamp} [x#critical] three\n{stamp} [x#crit")
+    found = watch.new_problems()
+    assert [p.split("] ")[1].split("\n")[0] for p in found] == ["one", "two", "three"]
+    with log.open("a") as f:
+        f.write("ical] four\n")
+    assert [p.split("] ")[1] for p in watch.new_problems()] == ["four"]
+    assert watch.new_problems() == []
