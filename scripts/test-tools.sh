@@ -12,6 +12,7 @@ declare -A package=(
     [redis-server]=redis-server   # the Redis store tests start their own on free ports
     [systemd-analyze]=systemd     # tests/test_docs.py verifies contrib/systemd units
     [unshare]=util-linux          # test_roles_side_by_side runs in its own namespaces
+    [svmap]=sipvicious            # svmap, svwar, svcrack against the proxy (test_scanners.py)
 )
 missing=()
 for cmd in "${!package[@]}"; do

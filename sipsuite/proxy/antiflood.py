@@ -1,6 +1,7 @@
 """The first look at every request, before any transaction exists:
 kamailio.cfg's pike + ipban (``[features] antiflood``) and the scanner
-User-Agents its route[REQINIT] drops.
+User-Agents its route[REQINIT] drops (here also looked for in the display
+name and user of From, To and Contact, for scanners that send no User-Agent).
 
 Both drop silently: no answer at all, so a flooder or a scanner learns
 nothing and costs us no more than a dict lookup. The check runs ahead of
@@ -125,6 +126,17 @@ class FloodTable:
         return self.bans.pop(addr, None) is not None
 
 
+_ADDRESS_HEADERS = ("from", "to", "contact")
+
+
+def _contains(text: str, needles: tuple[str, ...]) -> bool:
+    # A plain loop: any() over a generator costs more, on every request.
+    for needle in needles:
+        if needle in text:
+            return True
+    return False
+
+
 class RequestGuard:
     """The hook at the top of ``ProxyCore.receive_request``: ``admit()``
     is False for a request to drop unanswered. Settings are read from
@@ -152,13 +164,20 @@ class RequestGuard:
                 # Lower-cased once per config object, not per request.
                 self._agents = tuple(a.lower() for a in agents)
                 self._agents_src = agents
+            needles = self._agents
             ua = req.header("user-agent")
-            if ua:
-                ua = ua.lower()
-                for needle in self._agents:
-                    if needle in ua:
-                        self.core.count("drop.scanner")
-                        return False
+            if ua and _contains(ua.lower(), needles):
+                self.core.count("drop.scanner")
+                return False
+            # sipvicious with -c sends no User-Agent, but svmap still names
+            # itself in From/To ("sipvicious"<sip:100@1.1.1.1>).  Only the
+            # part before the "@" (display name, scheme, user) is looked at:
+            # a host such as sipclient.example.net is someone's real domain.
+            for name in _ADDRESS_HEADERS:
+                value = req.header(name)
+                if value and _contains(value.partition("@")[0].lower(), needles):
+                    self.core.count("drop.scanner_address")
+                    return False
         return True
 
     def _exempt(self, addr: str) -> bool:

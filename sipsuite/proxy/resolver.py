@@ -108,6 +108,17 @@ def _srv_target(rec: dns.Record_SRV) -> str:
     return rec.target.name.decode("ascii", "replace").rstrip(".").lower()
 
 
+def _fits_dns(name: str) -> bool:
+    """RFC 1035 2.3.4 after IDNA: labels of 1 to 63 octets, at most 253 in all
+    (with the longest SRV prefix, "_sips._tcp.", in front)."""
+    try:
+        wire = name.encode("idna")
+    except UnicodeError:
+        return False
+    return len(wire) + len("_sips._tcp.") <= 253 and all(
+        0 < len(label) <= 63 for label in wire.split(b"."))
+
+
 def _is_localhost(name: str) -> bool:
     return name == "localhost" or name.endswith(".localhost")
 
@@ -224,6 +235,10 @@ class Resolver:
 
         if not name or name == "invalid" or name.endswith(".invalid"):
             # RFC 6761 6.4: .invalid never resolves, so never ask DNS for it.
+            return defer.succeed([])
+        if not _fits_dns(name):
+            # No query can carry it: no such host, not an exception in the
+            # DNS client (a URI host of 300 letters is easy to send).
             return defer.succeed([])
 
         key: _Key = (name, port, tport, secure)

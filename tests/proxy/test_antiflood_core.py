@@ -1,4 +1,4 @@
-"""Antiflood (pike + ipban) and the scanner User-Agent drop: the FloodTable
+"""Antiflood (pike + ipban) and the scanner drop (User-Agent, From/To/Contact): the FloodTable
 on its own, then the hook at the top of ProxyCore.receive_request in an
 in-process core on a task.Clock, then the flood.* management methods."""
 
@@ -225,6 +225,88 @@ def test_scanner_list_read_at_use_time(tmp_path: Path) -> None:
     kit.feed(options(2, ua="my evilbot 2"), "127.0.0.2")
     assert [m.status for m, _, _ in kit.sent] == [200]
     assert core.stats["drop.scanner"] == 1
+
+
+def svmap_compact(host: str = "127.0.0.2", fromname: str = "sipvicious") -> bytes:
+    """svmap -c's OPTIONS as it is on the wire: compact headers, no User-Agent,
+    the tool's name in the From and To display names."""
+    return (f"OPTIONS sip:100@127.0.0.1 SIP/2.0\r\n"
+            f"v: SIP/2.0/UDP {host}:5060;branch=z9hG4bK-1;rport\r\n"
+            f't: "{fromname}"<sip:100@1.1.1.1>\r\n'
+            f'f: "{fromname}"<sip:100@1.1.1.1>;tag=6134\r\n'
+            "i: 1234\r\nm: sip:100@1.1.1.1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            "Accept: application/sdp\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def with_header(data: bytes, name: str, value: str) -> bytes:
+    """``data`` with its ``name:`` line replaced by ``name: value``."""
+    lines = data.decode().split("\r\n")
+    out = [f"{name}: {value}" if line.lower().startswith(name.lower() + ":") else line
+           for line in lines]
+    return "\r\n".join(out).encode()
+
+
+def test_scanner_without_user_agent_dropped_by_from(tmp_path: Path) -> None:
+    kit = ProxyKit(tmp_path)
+    kit.feed(svmap_compact(), "127.0.0.2")
+    assert kit.sent == []
+    assert kit.core.stats["drop.scanner_address"] == 1
+    assert "drop.scanner" not in kit.core.stats
+
+
+@pytest.mark.parametrize(("header", "value"), [
+    ("From", '"Friendly-Scanner" <sip:alice@sipsuite.test>;tag=a'),
+    ("To", "<sip:sipvicious@sipsuite.test>"),
+    ("Contact", "<sip:PPLSIP@127.0.0.2:5070>"),
+])
+def test_scanner_name_in_each_address_header_dropped(tmp_path: Path, header: str,
+                                                     value: str) -> None:
+    kit = ProxyKit(tmp_path)
+    kit.feed(with_header(options(1), header, value), "127.0.0.2")
+    assert kit.sent == []
+    assert kit.core.stats["drop.scanner_address"] == 1
+
+
+def test_scanner_name_in_a_host_is_not_a_scanner(tmp_path: Path) -> None:
+    """Only display name and user are searched: sipclient.example.net is a real
+    domain, not sipcli."""
+    kit = ProxyKit(tmp_path)
+    data = with_header(options(1), "From", "<sip:alice@sipclient.example.net>;tag=a")
+    kit.feed(with_header(data, "Contact", "<sip:alice@sipvicious.example.org>"), "127.0.0.2")
+    assert [m.status for m, _, _ in kit.sent] == [200]
+    assert "drop.scanner_address" not in kit.core.stats
+
+
+def test_user_agent_and_address_drops_counted_apart(tmp_path: Path) -> None:
+    kit = ProxyKit(tmp_path)
+    kit.feed(options(1, ua="friendly-scanner"), "127.0.0.2")
+    kit.feed(svmap_compact(), "127.0.0.2")
+    kit.feed(svmap_compact(fromname="SIPcli"), "127.0.0.2")
+    assert kit.sent == []
+    assert kit.core.stats["drop.scanner"] == 1
+    assert kit.core.stats["drop.scanner_address"] == 2
+
+
+def test_scanner_drops_in_stats_and_metrics(tmp_path: Path) -> None:
+    from twisted.internet import defer
+
+    from sipsuite.proxy.stats import collect_stats, render_metrics
+
+    kit = ProxyKit(tmp_path)
+    kit.feed(options(1, ua="friendly-scanner"), "127.0.0.2")
+    kit.feed(svmap_compact(), "127.0.0.2")
+    figures = defer.ensureDeferred(collect_stats(kit.core)).result
+    assert figures["drops"] == {"scanner": 1, "scanner_address": 1}
+    text = render_metrics(figures).decode()
+    assert 'sipsuite_drops_total{cause="scanner"} 1.0' in text
+    assert 'sipsuite_drops_total{cause="scanner_address"} 1.0' in text
+
+
+def test_empty_scanner_list_looks_at_no_address(tmp_path: Path) -> None:
+    kit = ProxyKit(tmp_path, proxy={"drop_user_agents": []})
+    kit.feed(svmap_compact(), "127.0.0.2")
+    assert len(kit.sent) == 1  # answered (404: no user 100 here), not dropped
+    assert not [k for k in kit.core.stats if k.startswith("drop.")]
 
 
 # --------------------------------------------------------------------------- management

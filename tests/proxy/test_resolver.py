@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.task import deferLater
@@ -325,6 +326,33 @@ async def test_nxdomain_is_empty_and_negatively_cached(dns_server: DNSServer) ->
     assert asked > 0
     assert await r.resolve(f"nowhere.{ZONE}", None, None, False) == []
     assert len(dns_server.authority.queries) == asked
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("host", [
+    "a" * 64 + f".{ZONE}",  # a label over 63 octets (the fuzzer's case: a traceback)
+    f"www..{ZONE}",  # an empty label
+    ".".join(["abcdefghi"] * 25),  # 249 octets: too long with an SRV prefix
+])
+async def test_name_no_dns_query_can_carry_is_no_host(dns_server: DNSServer, host: str) -> None:
+    from twisted.logger import globalLogPublisher
+
+    failures: list[Any] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        # twisted.python.log.err's events carry "failure", new ones "log_failure".
+        if "log_failure" in event or "failure" in event:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        r = dns_server.resolver()
+        for port, transport in ((None, None), (5060, None), (None, "tcp")):
+            assert await r.resolve(host, port, transport, False) == []
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert failures == []  # "unexpected failure" with a traceback, before
+    assert dns_server.authority.queries == []
 
 
 @pytest_twisted.ensureDeferred
