@@ -8,11 +8,13 @@ far before [relay] drain_time (20 s here). With no call up, ^C stops at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,32 +58,49 @@ def _wait_exit(proxy: procs.ProxyProcess, limit: float) -> float | None:
     return None
 
 
-def test_ctrl_c_during_a_relayed_call_waits_for_its_bye(sipp_bin: str, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _relayed_call(tmp_path: Path, duration_ms: int) -> Iterator[
+        tuple[procs.ProxyProcess, SippProcess, SippProcess]]:
+    """The suite with a sipp call to bob through it, its relay session up:
+    (proxy, uas, uac), all three ended on the way out. The caller hangs up
+    ``duration_ms`` after its ACK."""
     callee_port = procs.free_port()
-    proxy = _suite(tmp_path, callee_port)
     work = tmp_path / "sipp"
-    uas = uac = None
-    try:
+    with contextlib.ExitStack() as stack:
+        proxy = _suite(tmp_path, callee_port)
+        stack.callback(proxy.stop)
         uas = SippProcess(sipp_dir() / "uas_answer.xml", name="uas", workdir=work,
                           local_port=callee_port, calls=1, timeout_s=40, service="bob")
+        stack.callback(uas.kill)
         assert procs.wait_bound(callee_port, "udp", 5.0)
-        # The call lasts 4 s after its ACK: time for ^C and a new INVITE first.
         uac = SippProcess(sipp_dir() / "call_uac.xml", name="uac", workdir=work,
                           remote=proxy.address, local_port=procs.free_port(), calls=1,
-                          timeout_s=40, service="bob", duration_ms=4000)
+                          timeout_s=40, service="bob", duration_ms=duration_ms)
+        stack.callback(uac.kill)
         deadline = time.monotonic() + 10
         while not _sessions(proxy):
             assert time.monotonic() < deadline, "the call's relay session never appeared\n" + (
                 proxy.diagnostics())
             time.sleep(0.2)
+        yield proxy, uas, uac
 
-        assert proxy.proc is not None
-        os.kill(proxy.proc.pid, signal.SIGINT)
-        signalled = time.monotonic()
-        # The signal is handled on the reactor's next turn: wait for the drain.
-        while "relay draining: 1 session(s)" not in proxy.log_text():
-            assert time.monotonic() < signalled + 5, "no drain began\n" + proxy.diagnostics()
-            time.sleep(0.05)
+
+def _signal_drain(proxy: procs.ProxyProcess) -> float:
+    """SIGINT the suite and wait for its drain to begin; when it was sent."""
+    assert proxy.proc is not None
+    os.kill(proxy.proc.pid, signal.SIGINT)
+    signalled = time.monotonic()
+    # The signal is handled on the reactor's next turn: wait for the drain.
+    while "relay draining: 1 session(s)" not in proxy.log_text():
+        assert time.monotonic() < signalled + 5, "no drain began\n" + proxy.diagnostics()
+        time.sleep(0.05)
+    return signalled
+
+
+def test_ctrl_c_during_a_relayed_call_waits_for_its_bye(sipp_bin: str, tmp_path: Path) -> None:
+    # The call lasts 4 s after its ACK: time for ^C and a new INVITE first.
+    with _relayed_call(tmp_path, 4000) as (proxy, uas, uac):
+        signalled = _signal_drain(proxy)
 
         with UdpEndpoint(LOCALHOST) as other:
             other.send(build_invite("sip:bob@sipsuite.test", sent_by=other.sent_by),
@@ -111,11 +130,7 @@ def test_ctrl_c_during_a_relayed_call_waits_for_its_bye(sipp_bin: str, tmp_path:
         log = proxy.log_text()
         assert "relay drained: every session ended" in log, proxy.diagnostics()
         assert "Traceback" not in log and "#critical]" not in log, proxy.diagnostics()
-    finally:
-        for sipp in (uac, uas):
-            if sipp is not None:
-                sipp.kill()
-        proxy.stop()
+
 
 
 def test_ctrl_c_without_calls_stops_at_once(tmp_path: Path) -> None:
@@ -136,27 +151,9 @@ def test_ctrl_c_without_calls_stops_at_once(tmp_path: Path) -> None:
 def test_second_ctrl_c_ends_the_drain_at_once(sipp_bin: str, tmp_path: Path) -> None:
     """The operator's "now": a second ^C during the drain stops the suite at
     once, the call cut, without a traceback (the reactor is already stopping)."""
-    callee_port = procs.free_port()
-    proxy = _suite(tmp_path, callee_port)
-    work = tmp_path / "sipp"
-    uas = uac = None
-    try:
-        uas = SippProcess(sipp_dir() / "uas_answer.xml", name="uas", workdir=work,
-                          local_port=callee_port, calls=1, timeout_s=40, service="bob")
-        assert procs.wait_bound(callee_port, "udp", 5.0)
-        uac = SippProcess(sipp_dir() / "call_uac.xml", name="uac", workdir=work,
-                          remote=proxy.address, local_port=procs.free_port(), calls=1,
-                          timeout_s=40, service="bob", duration_ms=30000)
-        deadline = time.monotonic() + 10
-        while not _sessions(proxy):
-            assert time.monotonic() < deadline, "no relay session\n" + proxy.diagnostics()
-            time.sleep(0.2)
+    with _relayed_call(tmp_path, 30000) as (proxy, _uas, _uac):
+        _signal_drain(proxy)
         assert proxy.proc is not None
-        os.kill(proxy.proc.pid, signal.SIGINT)
-        deadline = time.monotonic() + 5
-        while "relay draining: 1 session(s)" not in proxy.log_text():
-            assert time.monotonic() < deadline, "no drain began\n" + proxy.diagnostics()
-            time.sleep(0.05)
         os.kill(proxy.proc.pid, signal.SIGINT)
         signalled = time.monotonic()
         exited = _wait_exit(proxy, DRAIN + 5)
@@ -165,8 +162,4 @@ def test_second_ctrl_c_ends_the_drain_at_once(sipp_bin: str, tmp_path: Path) -> 
         log = proxy.log_text()
         assert "relay drain ended by a second signal" in log, proxy.diagnostics()
         assert "Traceback" not in log and "#critical]" not in log, proxy.diagnostics()
-    finally:
-        for sipp in (uac, uas):
-            if sipp is not None:
-                sipp.kill()
-        proxy.stop()
+
