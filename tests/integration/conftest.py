@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -39,26 +38,10 @@ def no_sipp_left_behind() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def proxy_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.ProxyFactory]:
-    """``start(name, port=..., listen=[...], **write_config kwargs)`` -> a running ProxyProcess,
-    stopped (SIGTERM, then SIGKILL) at the end of the module. A proxy that does
-    not come up fails the test with its log."""
+    """proxy_starter's ``start``, every proxy stopped (SIGTERM, then SIGKILL)
+    at the end of the module."""
     started: list[procs.ProxyProcess] = []
-
-    def start(
-        name: str, *, port: int | None = None, listen: list[str] | None = None, **config: Any
-    ) -> procs.ProxyProcess:
-        workdir = tmp_path_factory.mktemp(name)
-        port = port or procs.free_port()
-        cfg = procs.write_config(workdir / "sipsuite.toml", port=port, listen=listen, **config)
-        try:
-            proxy = procs.start_proxy(workdir, cfg, port, listen=listen)
-        except procs.ProxyStartError as e:
-            problem = str(e)
-        else:
-            started.append(proxy)
-            return proxy
-        pytest.fail(problem, pytrace=False)
-
+    start = procs.proxy_starter(tmp_path_factory, started)
     yield start
     for proxy in started:
         proxy.stop()

@@ -70,6 +70,7 @@ from proxyproc import (
     default_listen,
     management_url,
     proxy_command,
+    proxy_starter,
     run_ctl,
     start_proxy,
     toml_dumps,
@@ -150,6 +151,7 @@ __all__ = [
     "tcp_exchange",
     # proxyproc
     "ProxyFactory",
+    "proxy_starter",
     "ProxyProcess",
     "ProxyStartError",
     "TomlValue",

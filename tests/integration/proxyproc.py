@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common import LOCALHOST, LOCALHOST6, REPO, Address, free_port, hostport, tail
 from endpoints import options_ping
@@ -277,3 +278,29 @@ def ctl_command() -> list[str]:
 
 def run_ctl(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*ctl_command(), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def proxy_starter(tmp_path_factory: Any, started: list[ProxyProcess]) -> ProxyFactory:
+    """``start(name, port=..., listen=[...], nofile=..., plugin=..., **write_config
+    kwargs)`` -> a running ProxyProcess, appended to ``started`` for the caller
+    to stop. A proxy that does not come up fails the test with its log."""
+
+    def start(
+        name: str, *, port: int | None = None, listen: list[str] | None = None,
+        nofile: tuple[int, int] | None = None, plugin: str = "sipsuite", **config: Any,
+    ) -> ProxyProcess:
+        workdir = tmp_path_factory.mktemp(name)
+        port = port or free_port()
+        cfg = write_config(workdir / "sipsuite.toml", port=port, listen=listen, **config)
+        try:
+            proxy = start_proxy(workdir, cfg, port, listen=listen, nofile=nofile, plugin=plugin)
+        except ProxyStartError as e:
+            problem = str(e)
+        else:
+            started.append(proxy)
+            return proxy
+        import pytest  # only tests call this
+
+        pytest.fail(problem, pytrace=False)
+
+    return start

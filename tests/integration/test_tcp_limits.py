@@ -50,20 +50,11 @@ def start(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Starter]:
     (twistd PLUGIN) with those settings,
     stopped at the end of the test."""
     started: list[ProxyProcess] = []
+    base = procs.proxy_starter(tmp_path_factory, started)
 
     def go(name: str, nofile: tuple[int, int] | None = None, plugin: str = "sipsuite",
            **proxy: Any) -> ProxyProcess:
-        workdir = tmp_path_factory.mktemp(name)
-        port = procs.free_port()
-        cfg = procs.write_config(Path(workdir) / "sipsuite.toml", port=port, extra_proxy=proxy)
-        try:
-            p = procs.start_proxy(workdir, cfg, port, nofile=nofile, plugin=plugin)
-        except procs.ProxyStartError as e:
-            problem = str(e)
-        else:
-            started.append(p)
-            return p
-        pytest.fail(problem, pytrace=False)
+        return base(name, nofile=nofile, plugin=plugin, extra_proxy=proxy)
 
     yield go
     for p in started:
