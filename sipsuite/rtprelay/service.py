@@ -25,11 +25,11 @@ from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
 from sipsuite.config import Config, RelayConfig
-from sipsuite.configspecs import ControlSpec
+from sipsuite.config.specs import ControlSpec
 from sipsuite.gcpolicy import GCPolicy
 from sipsuite.log import get_logger
-from sipsuite.management import INVALID_PARAMS, ManagementService, RpcError, RpcRegistry
-from sipsuite.rtpproxy_ids import encode_call_id
+from sipsuite.ops.server import INVALID_PARAMS, ManagementService, RpcError, RpcRegistry
+from sipsuite.rtpproxy.ids import encode_call_id
 from sipsuite.rtprelay.control import ControlDispatcher, ReplyCache, listen_control
 from sipsuite.rtprelay.media import MediaPorts, check_media_address
 from sipsuite.rtprelay.session import Addr, Leg, Session
