@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import pytest
 
-from sipsuite.ops.ctl.cli import DEFAULT_URL, normalise_url, parse_rpc_params, table
+from sipsuite.ops.ctl.cli import DEFAULT_URL, normalise_url, parse_rpc_params
+from sipsuite.ops.ctl.output import table
 
 SERVER = textwrap.dedent("""
     import sys

@@ -12,6 +12,8 @@ import json
 import re
 from typing import Any
 
+from sipsuite.ops.ctl.output import table
+
 __all__ = ["debug_level", "show_cfg_get", "show_cfg_set", "show_debug", "show_reload",
            "show_stats", "show_uptime"]
 
@@ -40,7 +42,7 @@ def _value_text(value: Any) -> str:
 
 
 def show_cfg_get(result: Any, args: argparse.Namespace) -> str:
-    from sipsuite.ops.ctl.cli import table
+
 
     return table(("NAME", "VALUE"), [(k, _value_text(v)) for k, v in result.items()])
 
@@ -65,7 +67,7 @@ def _flatten(prefix: str, value: Any, rows: list[tuple[str, Any]]) -> None:
 
 
 def show_stats(result: Any, args: argparse.Namespace) -> str:
-    from sipsuite.ops.ctl.cli import table
+
 
     rows: list[tuple[str, Any]] = []
     _flatten("", result, rows)
