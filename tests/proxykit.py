@@ -15,7 +15,7 @@ from twisted.internet import task
 
 from sipsuite.config import load_config
 from sipsuite.proxy.core.proxy import ProxyCore
-from sipsuite.proxy.net.transport import Listener, Source
+from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.sip.message import Request, Response, make_response, parse_datagram
 
 START = 1_800_000_000.0  # a wall-clock-like epoch for the task.Clock

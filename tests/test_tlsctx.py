@@ -14,8 +14,9 @@ from sipsuite.config import ConfigError, TLSConfig, load_config
 from sipsuite.config.specs import RelayAddress, parse_control, parse_relay_uri
 from sipsuite.ops.server import RpcError, RpcRegistry
 from sipsuite.proxy.net.addresses import record_route_value
+from sipsuite.proxy.net.listener import Listener
 from sipsuite.proxy.net.resolver import Target, named
-from sipsuite.proxy.net.transport import Listener, TransportLayer
+from sipsuite.proxy.net.transport import TransportLayer
 from sipsuite.tlsctx import TLSContexts, TLSError, register_tls_methods
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 
-from sipsuite.proxy.net.transport import TransportLayer, strip_brackets
+from sipsuite.proxy.net.listener import strip_brackets
+from sipsuite.proxy.net.transport import TransportLayer
 from sipsuite.sip.message import Request
 from sipsuite.sip.uri import URI
 

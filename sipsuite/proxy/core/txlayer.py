@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sipsuite.proxy.net.transport import Listener, Source
+from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.sip.headers import Via
 from sipsuite.sip.transaction import Arm, Disarm, PassUp, Send, Terminated, Timeout
 

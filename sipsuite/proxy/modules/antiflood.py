@@ -27,7 +27,7 @@ from sipsuite.log import get_logger
 if TYPE_CHECKING:
     from sipsuite.ops.server import RpcRegistry
     from sipsuite.proxy.core.proxy import ProxyCore
-    from sipsuite.proxy.net.transport import Source
+    from sipsuite.proxy.net.listener import Source
     from sipsuite.sip.message import Request
 
 log = get_logger("sipsuite.proxy.antiflood")

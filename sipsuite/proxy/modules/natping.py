@@ -19,7 +19,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from sipsuite.log import get_logger
-from sipsuite.proxy.net.transport import bracket
+from sipsuite.proxy.net.listener import bracket
 from sipsuite.proxy.registrar.location import Binding, StoreUnavailable
 from sipsuite.proxy.routing.base import parse_address
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from sipsuite.proxy.net.transport import Listener, strip_brackets
+from sipsuite.proxy.net.listener import Listener, strip_brackets
 from sipsuite.sip.headers import Via
 
 
@@ -33,7 +33,6 @@ def record_route_value(listener: Listener, params: str = "", sips: bool = False)
         return f"<sips:{listener.sent_by()};lr{params}>"
     transport = "" if listener.transport == "udp" else f";transport={listener.transport}"
     return f"<sip:{listener.sent_by()}{transport};lr{params}>"
-
 
 
 def is_unicast(host: str) -> bool:

@@ -28,7 +28,7 @@ from twisted.python import log as twisted_log
 from sipsuite.log import get_logger
 
 if TYPE_CHECKING:
-    from sipsuite.proxy.net.transport import Listener
+    from sipsuite.proxy.net.listener import Listener
 
 log = get_logger("sipsuite.proxy.transport")
 

@@ -8,7 +8,6 @@ The core never touches sockets. It hands every received message to
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +18,7 @@ from twisted.logger import LogLevel
 from zope.interface import implementer
 
 from sipsuite.log import enabled, get_logger
+from sipsuite.proxy.net.listener import Handler, Listener, Source, log_wire, strip_brackets
 from sipsuite.proxy.net.localaddr import (
     PKTINFO,
     WildcardListeners,
@@ -26,14 +26,16 @@ from sipsuite.proxy.net.localaddr import (
     listen_pktinfo,
     source_ancillary,
 )
+from sipsuite.proxy.net.stream import (
+    Admission,
+    InboundFactory,
+    OutboundFactory,
+    SIPStreamProtocol,
+)
 from sipsuite.proxy.net.stun import stun_reply
 from sipsuite.proxy.net.tcplimits import ConnectionLimits
 from sipsuite.sip.message import (
-    KeepAlive,
     ParseError,
-    Request,
-    Response,
-    StreamParser,
     parse_datagram,
 )
 
@@ -43,27 +45,6 @@ log = get_logger("sipsuite.proxy.transport")
 # UDP unreliably fragmented; we only warn-and-send, since switching a call to
 # TCP behind the caller's back breaks phones that do not listen on TCP.
 MAX_UDP = 65507
-
-
-def strip_brackets(host: str) -> str:
-    if host.startswith("["):
-        return host[1:-1]
-    return host
-
-
-def bracket(host: str) -> str:
-    """IPv6 literals carry brackets in Via, Record-Route and URIs."""
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    return host
-
-
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(strip_brackets(host))
-    except ValueError:
-        return False
-    return True
 
 
 def _grow_buffers(sock: socket.socket, size: int) -> None:
@@ -82,87 +63,6 @@ def _grow_buffers(sock: socket.socket, size: int) -> None:
                 log.warn("could not set UDP socket buffers to {n} bytes", n=size)
 
 
-def _log_wire(what: str, transport: str, host: str, port: int, data: bytes) -> None:
-    """Whole messages at debug level, as sngrep would show them."""
-    text = data.decode("utf-8", "backslashreplace")
-    log.debug("{what} {t}:{h}:{p} ({n} bytes):\n{text}", what=what, t=transport, h=bracket(host),
-              p=port, n=len(data), text=text)
-
-
-class Listener:
-    """One configured listening socket, and the address it advertises.
-
-    A wildcard one (0.0.0.0, ::) has a child per local address messages
-    reach it on (TransportLayer.local_listener): the same socket, that
-    address in Via and Record-Route (unless ``pinned``: [proxy] advertise),
-    and answers sent from it."""
-
-    __slots__ = ("transport", "host", "port", "advertise", "advertise_port", "family", "port_obj",
-                 "pinned", "parent")
-
-    def __init__(self, transport: str, host: str, port: int, advertise: str,
-                 advertise_port: int | None = None, pinned: bool = False) -> None:
-        self.transport = transport
-        self.host = host
-        self.port = port
-        self.advertise = advertise
-        # Behind a port-mapping NAT the port peers reach may differ too.
-        self.advertise_port = advertise_port
-        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.port_obj: Any = None
-        self.pinned = pinned
-        self.parent: Listener | None = None
-
-    @property
-    def root(self) -> Listener:
-        """The configured listener (this one, or the wildcard it is a child of)."""
-        return self.parent if self.parent is not None else self
-
-    def child(self, local: str) -> Listener:
-        """This wildcard listener as reached on the local address ``local``."""
-        # An IPv4 peer of a [::] socket reached ::ffff:a.b.c.d: it knows us as a.b.c.d.
-        mapped = ipaddress.ip_address(local).ipv4_mapped if ":" in local else None
-        shown = self.advertise if self.pinned else str(mapped or local)
-        child = Listener(self.transport, local, self.port, shown, self.advertise_port, self.pinned)
-        child.family = self.family  # the socket's: a [::] socket reaches v4-mapped peers too
-        child.parent = self
-        child.port_obj = self.port_obj
-        return child
-
-    def sent_by(self) -> str:
-        return f"{bracket(self.advertise)}:{self.advertise_port or self.port}"
-
-    def __repr__(self) -> str:
-        return f"{self.transport}:{bracket(self.host)}:{self.port}"
-
-
-class Source:
-    """Where a message came from: enough to answer it the way RFC 3261 18.2.2
-    and RFC 3581 ask, and to reuse its TCP connection."""
-
-    __slots__ = ("transport", "host", "port", "listener", "connection")
-
-    def __init__(
-        self,
-        transport: str,
-        host: str,
-        port: int,
-        listener: Listener,
-        connection: SIPStreamProtocol | None = None,
-    ) -> None:
-        self.transport = transport
-        self.host = host
-        self.port = port
-        self.listener = listener
-        self.connection = connection
-
-    def __str__(self) -> str:
-        return f"{self.transport}:{bracket(self.host)}:{self.port}"
-
-
-Handler = Callable[[Request | Response, Source], None]
-
-
 class SIPDatagramProtocol(protocol.DatagramProtocol):
     def __init__(self, layer: TransportLayer, listener: Listener) -> None:
         self.layer = layer
@@ -173,7 +73,7 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: tuple[Any, ...], local: str | None = None) -> None:
         host, port = addr[0], addr[1]
         if enabled(LogLevel.debug):
-            _log_wire("received from", "udp", host, port, data)
+            log_wire("received from", "udp", host, port, data)
         if len(data) <= 4 and not data.strip():
             # CRLF keep-alives from phones behind NAT (RFC 5626 allows them on UDP too).
             return
@@ -204,7 +104,7 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
         if transport is None:
             return False
         if enabled(LogLevel.debug):
-            _log_wire("sending to", "udp", host, port, data)
+            log_wire("sending to", "udp", host, port, data)
         try:
             # Straight to the socket: Port.write re-validates the address
             # family on every datagram, and our destinations are always IP
@@ -223,193 +123,6 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
 
 
 @implementer(IHandshakeListener)
-class SIPStreamProtocol(protocol.Protocol):
-    """One TCP or TLS connection, inbound or outbound; both carry requests and
-    responses in either direction (RFC 3261 18.3)."""
-
-    def __init__(self, layer: TransportLayer, listener: Listener) -> None:
-        self.layer = layer
-        self.listener = listener
-        self.kind = listener.transport  # 'tcp' | 'tls'
-        self.outbound = False
-        self.secured = False
-        self.tls_name = ""  # outbound TLS: the name the server's certificate was checked for
-        self.parser = StreamParser()
-        self.peer: tuple[str, int] = ("", 0)
-        self.idle_call: Any = None
-        # Running while a message is being read: [proxy] tcp_message_timeout.
-        self.message_call: Any = None
-        # Counted in layer.limits (under this source, None for one we opened).
-        self.counted = False
-        self.source_key: str | None = None
-        self.pending: list[bytes] = []
-        self.connected_ok = False
-        self.closed = False
-        self.aliases: set[tuple[str, int]] = set()  # keys aliased to it (TransportLayer.alias)
-
-    def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self.peer = (peer.host, peer.port)
-        if not self.outbound and is_wildcard(self.listener.host):
-            # Accepted on a wildcard: the connection's own socket knows which address.
-            self.listener = self.layer.local_listener(self.listener, self.transport.getHost().host)
-        self.connected_ok = True
-        self.layer.connection_up(self)
-        for data in self.pending:
-            self.transport.write(data)
-        self.pending.clear()
-        self.touch()
-        if self.kind == "tls" and not self.secured:
-            # The handshake is timed like a message: its bytes never reach
-            # dataReceived, so they would not even touch the idle timer.
-            self.message_call = self.layer.clock.callLater(self.layer.tcp_message_timeout,
-                                                           self.message_timeout)
-
-    def touch(self) -> None:
-        timeout = self.layer.tcp_idle_timeout
-        if self.idle_call is not None and self.idle_call.active():
-            self.idle_call.reset(timeout)
-        else:
-            self.idle_call = self.layer.clock.callLater(timeout, self.idle_timeout)
-
-    def handshakeCompleted(self) -> None:
-        self.secured = True
-        if self.message_call is not None:
-            self.message_call.cancel()
-            self.message_call = None
-
-    def idle_timeout(self) -> None:
-        log.debug("closing idle {k} connection to {p}", k=self.kind, p=self.peer)
-        self.transport.loseConnection()
-
-    def message_timeout(self) -> None:
-        """A message begun more than tcp_message_timeout ago is still not
-        complete: a slowloris (one byte now and then holds a connection
-        forever against the idle timer alone), or a peer gone silent
-        mid-message. Aborted, not closed: it may not read what we write."""
-        self.message_call = None
-        self.layer.stats_drop("tcp_message_timeout")
-        what = "complete message" if self.secured or self.kind != "tls" else "TLS handshake"
-        log.info("closing {k} connection with {h}:{p}: no {w} within {t} s", k=self.kind,
-                 h=bracket(self.peer[0]), p=self.peer[1], w=what, t=self.layer.tcp_message_timeout)
-        self.transport.abortConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.touch()
-        if enabled(LogLevel.debug):
-            _log_wire("received from", self.kind, self.peer[0], self.peer[1], data)
-        if self.message_call is None and data.strip(b"\r\n"):
-            # A message begins (CRLF keep-alives between messages do not
-            # start one). It may also end in this very read, then the timer
-            # stops below; what follows an ended message is timed from the
-            # next read on, at most one idle timeout later.
-            self.message_call = self.layer.clock.callLater(self.layer.tcp_message_timeout,
-                                                           self.message_timeout)
-        for item in self.parser.feed(data):
-            if not isinstance(item, KeepAlive) and self.message_call is not None:
-                self.message_call.cancel()
-                self.message_call = None
-            if isinstance(item, KeepAlive):
-                # RFC 5626 3.5.1: a double-CRLF ping is answered with one CRLF.
-                self.transport.write(b"\r\n")
-                continue
-            if isinstance(item, ParseError):
-                self.layer.stats_drop("parse")
-                reply = item.response_bytes()
-                if reply is not None:
-                    self.transport.write(reply)
-                # Framing is lost after a malformed message: the stream cannot
-                # be resynchronised (RFC 4475 3.1.2.3).
-                self.transport.loseConnection()
-                return
-            source = Source(self.kind, self.peer[0], self.peer[1], self.listener, self)
-            try:
-                self.layer.handler(item, source)
-            except Exception:  # noqa: BLE001
-                log.failure("unhandled error processing a message from {src}", src=source)
-
-    def send(self, data: bytes) -> bool:
-        if self.closed:
-            return False
-        if enabled(LogLevel.debug):
-            _log_wire("sending to", self.kind, self.peer[0], self.peer[1], data)
-        if not self.connected_ok:
-            self.pending.append(data)
-            return True
-        self.transport.write(data)
-        self.touch()
-        return True
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.closed = True
-        if self.idle_call is not None and self.idle_call.active():
-            self.idle_call.cancel()
-        if self.message_call is not None:
-            self.message_call.cancel()
-            self.message_call = None
-        self.layer.uncount(self)
-        if self.kind == "tls" and not self.secured:
-            # No handshake: a peer without an acceptable certificate, an
-            # impostor, or not TLS at all.  Outbound, the branches waiting on
-            # it fail over now instead of at timer B/F.
-            why = reason.getErrorMessage() if reason is not None else "closed"
-            log.info("tls handshake with {h}:{p} failed: {r}", h=bracket(self.peer[0]),
-                     p=self.peer[1], r=why)
-            self.layer.stats_drop("tls_handshake")
-            if self.outbound:
-                self.layer.connection_failed(self)
-                return
-        self.layer.connection_down(self)
-
-
-class _InboundFactory(protocol.ServerFactory):
-    def __init__(self, layer: TransportLayer, listener: Listener) -> None:
-        self.layer = layer
-        self.listener = listener
-
-    def buildProtocol(self, addr: Any) -> SIPStreamProtocol:
-        proto = SIPStreamProtocol(self.layer, self.listener)
-        self.layer.count(proto, addr.host)
-        return proto
-
-
-class _Admission(protocol.ServerFactory):
-    """In front of a listener's factory (the TLS one too, which cannot be
-    told no): a connection over a limit gets no protocol, so Twisted closes
-    it as soon as it is accepted."""
-
-    def __init__(self, layer: TransportLayer, inner: protocol.Factory) -> None:
-        self.layer = layer
-        self.inner = inner
-
-    def doStart(self) -> None:
-        self.inner.doStart()
-
-    def doStop(self) -> None:
-        self.inner.doStop()
-
-    def logPrefix(self) -> str:
-        return self.inner.logPrefix()
-
-    def buildProtocol(self, addr: Any) -> Any:
-        if not self.layer.admit(addr.host):
-            return None
-        return self.inner.buildProtocol(addr)
-
-
-class _OutboundFactory(protocol.ClientFactory):
-    def __init__(self, proto: SIPStreamProtocol) -> None:
-        self.proto = proto
-
-    def buildProtocol(self, addr: Any) -> SIPStreamProtocol:
-        return self.proto
-
-    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        self.proto.closed = True
-        self.proto.layer.uncount(self.proto)
-        self.proto.layer.connection_failed(self.proto)
-
-
 class TransportLayer(WildcardListeners):
     """Owns the listeners and the TCP connection table."""
 
@@ -464,7 +177,7 @@ class TransportLayer(WildcardListeners):
             self.udp[listener] = proto
         elif listener.transport == "tcp":
             listener.port_obj = self.reactor.listenTCP(
-                listener.port, _Admission(self, _InboundFactory(self, listener)),
+                listener.port, Admission(self, InboundFactory(self, listener)),
                 interface=listener.host
             )
             if listener.port == 0:
@@ -472,8 +185,8 @@ class TransportLayer(WildcardListeners):
         elif listener.transport == "tls" and self.tls is not None:
             configured = repr(listener)
             factory = self.tls.server_factory(
-                _InboundFactory(self, listener), lambda: configured in self.require_client_cert())
-            listener.port_obj = self.reactor.listenTCP(listener.port, _Admission(self, factory),
+                InboundFactory(self, listener), lambda: configured in self.require_client_cert())
+            listener.port_obj = self.reactor.listenTCP(listener.port, Admission(self, factory),
                                                        interface=listener.host)
             if listener.port == 0:
                 listener.port = listener.port_obj.getHost().port
@@ -569,7 +282,7 @@ class TransportLayer(WildcardListeners):
         proto.outbound = True
         self.count(proto, None)
         self.connections[(host, port)] = proto
-        factory: Any = _OutboundFactory(proto)
+        factory: Any = OutboundFactory(proto)
         if proto.kind == "tls":
             proto.tls_name = name or host
             factory = self.tls.client_factory(factory, proto.tls_name)

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sipsuite.log import get_logger
+from sipsuite.proxy.net.listener import Listener, Source, bracket
 from sipsuite.proxy.net.resolver import Target
-from sipsuite.proxy.net.transport import Listener, SIPStreamProtocol, Source, bracket
+from sipsuite.proxy.net.stream import SIPStreamProtocol
 from sipsuite.proxy.registrar.location import Binding, StoreUnavailable
 from sipsuite.proxy.routing.base import DIALOG_CREATING, Destination, parse_address
 from sipsuite.sip.uri import URI

@@ -28,7 +28,7 @@ from sipsuite.sip.uri import URI
 
 if TYPE_CHECKING:
     from sipsuite.config import RegistrarConfig
-    from sipsuite.proxy.net.transport import Source
+    from sipsuite.proxy.net.listener import Source
     from sipsuite.proxy.routing.base import RequestContext
     from sipsuite.sip.message import Request
 

@@ -232,7 +232,7 @@ def test_answers_wait_for_an_async_reply_route_and_keep_their_order() -> None:
 
 def test_record_route_carries_the_nat_marker() -> None:
     from sipsuite.proxy.net.addresses import record_route_value
-    from sipsuite.proxy.net.transport import Listener
+    from sipsuite.proxy.net.listener import Listener
 
     listener = Listener("udp", "127.0.0.1", 5060, "127.0.0.1")
     assert record_route_value(listener) == "<sip:127.0.0.1:5060;lr>"

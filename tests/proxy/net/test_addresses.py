@@ -6,7 +6,8 @@ import pytest
 from twisted.internet.task import Clock
 
 from sipsuite.proxy.net.addresses import is_unicast, record_route_value, split_advertise
-from sipsuite.proxy.net.transport import Listener, TransportLayer
+from sipsuite.proxy.net.listener import Listener
+from sipsuite.proxy.net.transport import TransportLayer
 
 
 @pytest.mark.parametrize(

@@ -18,14 +18,10 @@ from twisted.logger import globalLogPublisher
 
 from sipsuite.fdlimit import nofile_limit, open_descriptors, raise_nofile_limit
 from sipsuite.proxy.net import tcplimits
+from sipsuite.proxy.net.listener import Listener
+from sipsuite.proxy.net.stream import Admission, InboundFactory, SIPStreamProtocol
 from sipsuite.proxy.net.tcplimits import ConnectionLimits
-from sipsuite.proxy.net.transport import (
-    Listener,
-    SIPStreamProtocol,
-    TransportLayer,
-    _Admission,
-    _InboundFactory,
-)
+from sipsuite.proxy.net.transport import TransportLayer
 
 TIMEOUT = 2.0
 OPTIONS = (b"OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
@@ -48,7 +44,7 @@ class Layer:
     def accept(self, host: str = "192.0.2.1", port: int = 40000) -> tuple[SIPStreamProtocol | None,
                                                                          StringTransport]:
         addr = IPv4Address("TCP", host, port)
-        proto = _Admission(self.layer, _InboundFactory(self.layer, self.listener)).buildProtocol(addr)
+        proto = Admission(self.layer, InboundFactory(self.layer, self.listener)).buildProtocol(addr)
         wire = StringTransport(peerAddress=addr)
         if proto is not None:
             proto.makeConnection(wire)

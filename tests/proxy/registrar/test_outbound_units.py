@@ -13,8 +13,8 @@ import pytest
 from proxykit import ProxyKit
 
 from sipsuite.config import RegistrarConfig, load_config
+from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.net.stun import stun_reply
-from sipsuite.proxy.net.transport import Listener, Source
 from sipsuite.proxy.registrar.location import Binding
 from sipsuite.proxy.registrar.outbound import Flows, FlowTokens, ForgedToken
 from sipsuite.proxy.registrar.registrar import RegisterRejected, parse_register

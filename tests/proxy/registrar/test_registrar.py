@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from sipsuite.config import RegistrarConfig, load_config
-from sipsuite.proxy.net.transport import Listener, Source
+from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.registrar.location import Binding, current
 from sipsuite.proxy.registrar.registrar import (
     RegisterRejected,

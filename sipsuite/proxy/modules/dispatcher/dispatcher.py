@@ -37,8 +37,8 @@ from sipsuite.proxy.modules.dispatcher.lists import (
     read_list,
 )
 from sipsuite.proxy.modules.dispatcher.probe import PROBE_BRANCH, Prober, _Probe
+from sipsuite.proxy.net.listener import is_ip, strip_brackets
 from sipsuite.proxy.net.resolver import Target
-from sipsuite.proxy.net.transport import is_ip, strip_brackets
 from sipsuite.proxy.routing.base import Destination, RequestContext
 from sipsuite.sip.uri import URI
 from sipsuite.startup import StartupError

@@ -15,14 +15,14 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from sipsuite.log import get_logger
+from sipsuite.proxy.net.listener import bracket
 from sipsuite.proxy.net.resolver import Target
-from sipsuite.proxy.net.transport import bracket
 
 if TYPE_CHECKING:
     from sipsuite.config import DispatcherConfig
     from sipsuite.proxy.core.proxy import ProxyCore
     from sipsuite.proxy.modules.dispatcher.dispatcher import DsDestination
-    from sipsuite.proxy.net.transport import Listener
+    from sipsuite.proxy.net.listener import Listener
     from sipsuite.sip.message import Response
     from sipsuite.sip.uri import URI
 
