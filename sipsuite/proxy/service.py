@@ -47,7 +47,8 @@ class ProxyService(service.Service):
         cfg = self.config.redis
         if not cfg.url:
             return MemoryLocationStore(), MemorySubscriberStore()
-        from sipsuite.proxy.registrar.redis.location import RedisConnection, RedisLocationStore
+        from sipsuite.proxy.registrar.redis.client import RedisConnection
+        from sipsuite.proxy.registrar.redis.location import RedisLocationStore
         from sipsuite.proxy.registrar.redis.subscribers import RedisSubscriberStore
 
         self.redis = RedisConnection(cfg.url, cfg.timeout, self.reactor)

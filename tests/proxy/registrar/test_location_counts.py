@@ -13,7 +13,8 @@ import pytest_twisted
 import redisproc
 
 from sipsuite.proxy.registrar.location import Binding, MemoryLocationStore
-from sipsuite.proxy.registrar.redis.location import RedisConnection, RedisLocationStore
+from sipsuite.proxy.registrar.redis.client import RedisConnection
+from sipsuite.proxy.registrar.redis.location import RedisLocationStore
 
 
 class Clock:

@@ -36,12 +36,8 @@ from sipsuite.proxy.registrar.location import (
     Subscriber,
     SubscriberStore,
 )
-from sipsuite.proxy.registrar.redis.location import (
-    RedisAddress,
-    RedisConnection,
-    RedisLocationStore,
-    parse_redis_url,
-)
+from sipsuite.proxy.registrar.redis.client import RedisAddress, RedisConnection, parse_redis_url
+from sipsuite.proxy.registrar.redis.location import RedisLocationStore
 from sipsuite.proxy.registrar.redis.subscribers import RedisSubscriberStore
 
 

@@ -17,7 +17,7 @@ from twisted.internet.task import deferLater
 
 from sipsuite.proxy.registrar.location import Subscriber
 from sipsuite.proxy.registrar.redis.cache import SubscriberCache
-from sipsuite.proxy.registrar.redis.location import RedisConnection
+from sipsuite.proxy.registrar.redis.client import RedisConnection
 from sipsuite.proxy.registrar.redis.subscribers import RedisSubscriberStore
 
 REALM = "sipsuite.test"

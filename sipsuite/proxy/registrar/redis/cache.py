@@ -58,7 +58,7 @@ from sipsuite.proxy.registrar.redis.connection import encode_command, split_repl
 
 if TYPE_CHECKING:
     from sipsuite.proxy.registrar.location import Subscriber
-    from sipsuite.proxy.registrar.redis.location import RedisConnection
+    from sipsuite.proxy.registrar.redis.client import RedisConnection
 
 log = get_logger("sipsuite.proxy.subcache")
 

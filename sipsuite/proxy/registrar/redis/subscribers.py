@@ -12,13 +12,13 @@ from twisted.internet import defer
 from sipsuite.log import get_logger
 from sipsuite.proxy.registrar.location import Subscriber
 from sipsuite.proxy.registrar.redis.cache import MISSING, SubscriberCache
-from sipsuite.proxy.registrar.redis.location import (
+from sipsuite.proxy.registrar.redis.client import RedisConnection
+from sipsuite.proxy.registrar.redis.keys import (
     DEFAULT_PREFIX,
-    RedisConnection,
-    _b,
-    _name,
-    _s,
-    _unname,
+    key_name,
+    name_of_key,
+    to_bytes,
+    to_str,
 )
 
 #: Subscriber records a node keeps (``[redis] subscriber_cache``).
@@ -58,7 +58,7 @@ class RedisSubscriberStore:
     def __init__(self, conn: RedisConnection, prefix: str = DEFAULT_PREFIX,
                  cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.conn = conn
-        self._prefix = _b(prefix) + b"sub:"
+        self._prefix = to_bytes(prefix) + b"sub:"
         self._index = self._prefix + b"index"
         # Node-local copy of the records read or written here, kept right by
         # Redis's invalidation messages (subcache.py); 0 entries: no cache.
@@ -70,20 +70,20 @@ class RedisSubscriberStore:
             conn.attach(self.cache)
 
     def _key(self, user: str) -> bytes:
-        return self._prefix + _name(user)
+        return self._prefix + key_name(user)
 
     @staticmethod
     def _fields(sub: Subscriber) -> list[bytes | str]:
-        fields: list[bytes | str] = ["realm", _b(sub.realm)]
+        fields: list[bytes | str] = ["realm", to_bytes(sub.realm)]
         for alg, ha1 in sub.ha1.items():
-            fields += [b"ha1:" + _b(alg), _b(ha1)]
+            fields += [b"ha1:" + to_bytes(alg), to_bytes(ha1)]
         return fields
 
     @staticmethod
     def _decode(user: str, reply: list[bytes]) -> Subscriber | None:
         if not reply:
             return None
-        fields = {_s(k): _s(v) for k, v in zip(reply[::2], reply[1::2], strict=True)}
+        fields = {to_str(k): to_str(v) for k, v in zip(reply[::2], reply[1::2], strict=True)}
         ha1 = {k[4:]: v for k, v in fields.items() if k.startswith("ha1:")}
         return Subscriber(user, fields.get("realm", ""), ha1)
 
@@ -112,7 +112,7 @@ class RedisSubscriberStore:
         proto = cache.tracked() if cache is not None else None
         if cache is None or proto is None:
             return
-        user = _unname(key[len(self._prefix):])
+        user = name_of_key(key[len(self._prefix):])
         stamp = cache.stamp()
 
         def got(sub: Subscriber | None) -> None:
@@ -150,7 +150,7 @@ class RedisSubscriberStore:
                 return  # reset (a connection dropped): the next live cache loads again
             stamp = cache.stamp()
             cursor, members = await self.conn.call("SSCAN", self._index, cursor, "COUNT", LOAD_CHUNK)
-            users = [_s(u) for u in members]
+            users = [to_str(u) for u in members]
             replies = await self.conn.bounded(self._hgetall(users))
             for user, reply in zip(users, replies, strict=True):
                 cache.keep(proto, stamp, self._key(user), self._decode(user, reply))
@@ -175,7 +175,7 @@ class RedisSubscriberStore:
     async def _write(self, script: str, sub: Subscriber) -> bool:
         keys = [self._key(sub.user), self._index]
         return await self._cached_write(keys, sub, self.conn.eval(
-            script, keys, [_b(sub.user), *self._fields(sub)]))
+            script, keys, [to_bytes(sub.user), *self._fields(sub)]))
 
     async def _cached_write(self, keys: list[bytes], value: Subscriber | None,
                             write: defer.Deferred[Any]) -> bool:
@@ -201,13 +201,13 @@ class RedisSubscriberStore:
 
     async def _remove(self, user: str) -> bool:
         keys = [self._key(user), self._index]
-        return await self._cached_write(keys, None, self.conn.eval(_REMOVE_SUBSCRIBER, keys, [_b(user)]))
+        return await self._cached_write(keys, None, self.conn.eval(_REMOVE_SUBSCRIBER, keys, [to_bytes(user)]))
 
     async def list(self) -> list[Subscriber]:
         return await self.conn.bounded(self._list())
 
     async def _list(self) -> list[Subscriber]:
-        users = sorted(_s(u) for u in await self.conn.command("SMEMBERS", self._index))
+        users = sorted(to_str(u) for u in await self.conn.command("SMEMBERS", self._index))
         replies = await self._hgetall(users)
         subs = (self._decode(u, r) for u, r in zip(users, replies, strict=True))
         # A user removed between SMEMBERS and HGETALL is simply not listed.
