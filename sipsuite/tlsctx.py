@@ -278,7 +278,7 @@ def register_tls_methods(registry: Any, contexts: TLSContexts | None,
     ``contexts`` None (no tls: listener, relay or control socket) still
     registers the methods, so ``sipsuite-ctl tls reload`` says that TLS is
     not in use rather than that the method does not exist."""
-    from sipsuite.ops.server import RpcError
+    from sipsuite.ops.errors import RpcError
 
     if transport is not None:
         registry.register("tls.list", lambda: list_connections(transport),

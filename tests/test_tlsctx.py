@@ -12,7 +12,8 @@ import tlscerts
 
 from sipsuite.config import ConfigError, TLSConfig, load_config
 from sipsuite.config.specs import RelayAddress, parse_control, parse_relay_uri
-from sipsuite.ops.server import RpcError, RpcRegistry
+from sipsuite.ops.errors import RpcError
+from sipsuite.ops.server import RpcRegistry
 from sipsuite.proxy.net.addresses import record_route_value
 from sipsuite.proxy.net.listener import Listener
 from sipsuite.proxy.net.resolver import Target, named

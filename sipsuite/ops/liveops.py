@@ -460,7 +460,7 @@ class LiveOpsService(service.Service):
 
 def register_liveops_methods(registry: RpcRegistry, core: ProxyCore) -> None:
     """``debug``, ``cfg.get``, ``cfg.set``, ``cfg.list`` and ``routing.reload``."""
-    from sipsuite.ops.server import INVALID_PARAMS, RpcError
+    from sipsuite.ops.errors import INVALID_PARAMS, RpcError
 
     def debug(level: Any = None) -> dict[str, Any]:
         if level is None:

@@ -10,8 +10,9 @@ from sipsuite.config import Config
 from sipsuite.gcpolicy import GCPolicy
 from sipsuite.log import get_logger
 from sipsuite.ops.liveops import LiveOpsService, register_liveops_methods
-from sipsuite.ops.server import ManagementService, RpcRegistry, register_store_methods
+from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.ops.stats import MetricsResource, register_stats_methods
+from sipsuite.ops.users import register_store_methods
 from sipsuite.proxy.core.proxy import ProxyCore
 from sipsuite.proxy.media.client import RelayClient
 from sipsuite.proxy.media.manager import MediaManager

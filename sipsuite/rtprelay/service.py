@@ -28,7 +28,8 @@ from sipsuite.config import Config, RelayConfig
 from sipsuite.config.specs import ControlSpec
 from sipsuite.gcpolicy import GCPolicy
 from sipsuite.log import get_logger
-from sipsuite.ops.server import INVALID_PARAMS, ManagementService, RpcError, RpcRegistry
+from sipsuite.ops.errors import INVALID_PARAMS, RpcError
+from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.rtpproxy.ids import encode_call_id
 from sipsuite.rtprelay.control import ControlDispatcher, ReplyCache, listen_control
 from sipsuite.rtprelay.media import MediaPorts, check_media_address

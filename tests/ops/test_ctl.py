@@ -28,7 +28,8 @@ from sipsuite.ops.ctl.output import table
 SERVER = textwrap.dedent("""
     import sys
     from twisted.internet import reactor
-    from sipsuite.ops.server import ManagementService, RpcRegistry, register_store_methods
+    from sipsuite.ops.server import ManagementService, RpcRegistry
+    from sipsuite.ops.users import register_store_methods
     from sipsuite.proxy.registrar.location import MemoryLocationStore, MemorySubscriberStore
 
     registry = RpcRegistry()

@@ -20,6 +20,7 @@ from twisted.internet import defer
 
 from sipsuite import log as sipsuite_log
 from sipsuite.ops import liveops
+from sipsuite.ops.errors import INVALID_PARAMS, RpcError
 from sipsuite.ops.liveops import (
     ReloadFailed,
     SettingError,
@@ -31,7 +32,7 @@ from sipsuite.ops.liveops import (
     reload_routing,
     settable_keys,
 )
-from sipsuite.ops.server import INVALID_PARAMS, RpcError, RpcRegistry
+from sipsuite.ops.server import RpcRegistry
 from sipsuite.ops.stats import collect_stats, render_metrics, uptime
 from sipsuite.proxy.registrar.location import Binding, MemoryLocationStore
 from sipsuite.sip.message import Request, Response

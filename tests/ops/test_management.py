@@ -22,17 +22,17 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from sipsuite.ops.errors import RpcError
 from sipsuite.ops.http import too_deep
 from sipsuite.ops.server import (
     MAX_BATCH,
     MAX_BODY,
     MAX_DEPTH,
     ManagementService,
-    RpcError,
     RpcRegistry,
     parse_management_listen,
-    register_store_methods,
 )
+from sipsuite.ops.users import register_store_methods
 from sipsuite.proxy.registrar.location import (
     Binding,
     MemoryLocationStore,

@@ -186,7 +186,7 @@ class RequestGuard:
 
 
 def _check_address(value: Any) -> str:
-    from sipsuite.ops.server import INVALID_PARAMS, RpcError
+    from sipsuite.ops.errors import INVALID_PARAMS, RpcError
 
     if not isinstance(value, str):
         raise RpcError(INVALID_PARAMS, "address must be a string")
@@ -202,7 +202,7 @@ def register_flood_methods(registry: RpcRegistry, core: ProxyCore) -> None:
 
     def flood_show(top: int = 10) -> dict[str, Any]:
         if isinstance(top, bool) or not isinstance(top, int) or top < 0:
-            from sipsuite.ops.server import INVALID_PARAMS, RpcError
+            from sipsuite.ops.errors import INVALID_PARAMS, RpcError
 
             raise RpcError(INVALID_PARAMS, "top must be a whole number, 0 or more")
         now = core.clock.seconds()

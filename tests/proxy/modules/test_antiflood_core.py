@@ -12,7 +12,8 @@ import pytest
 import pytest_twisted
 from proxykit import ProxyKit, request
 
-from sipsuite.ops.server import RpcError, RpcRegistry
+from sipsuite.ops.errors import RpcError
+from sipsuite.ops.server import RpcRegistry
 from sipsuite.proxy.modules.antiflood import FloodTable, register_flood_methods
 
 LIMIT, WINDOW, BAN, CAP = 16, 2.0, 300.0, 1000

@@ -17,7 +17,8 @@ from proxykit import ProxyKit, answer, request
 
 from sipsuite.config import ConfigError, load_config
 from sipsuite.config.values import parse_dispatcher_entry
-from sipsuite.ops.server import RpcError, RpcRegistry
+from sipsuite.ops.errors import RpcError
+from sipsuite.ops.server import RpcRegistry
 from sipsuite.proxy.modules.dispatcher.dispatcher import (
     PROBE_BRANCH,
     Dispatcher,

@@ -483,7 +483,7 @@ NO_DESTINATION = -32012
 
 
 def register_dispatcher_methods(registry: RpcRegistry, core: ProxyCore) -> None:
-    from sipsuite.ops.server import INVALID_PARAMS, RpcError
+    from sipsuite.ops.errors import INVALID_PARAMS, RpcError
 
     def get() -> Dispatcher:
         d = getattr(core, "dispatcher", None)
