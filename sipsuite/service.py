@@ -7,7 +7,7 @@ from twisted.application import service
 from sipsuite.config import Config
 from sipsuite.drain import SuiteService
 from sipsuite.ops.server import ManagementService, RpcRegistry
-from sipsuite.proxy.media.manager import LocalRelayClient
+from sipsuite.proxy.media.local import LocalRelayClient
 from sipsuite.proxy.service import ProxyService, attach_media, make_proxy_service
 from sipsuite.rtprelay.service import RelayService, make_relay_service
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from memoryrelay import MemoryPorts, result_of
 
-from sipsuite.proxy.media.manager import LocalRelayClient
+from sipsuite.proxy.media.local import LocalRelayClient
 from sipsuite.rtpproxy import protocol as rp
 from sipsuite.rtpproxy.ids import (
     MAX_TOKEN,

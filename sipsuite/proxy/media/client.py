@@ -645,4 +645,3 @@ def _tag(tag: str, media_index: int | None) -> str:
 
 def _opt_tag(tag: str | None, media_index: int | None) -> str | None:
     return None if tag is None else _tag(tag, media_index)
-

@@ -40,7 +40,7 @@ per m= line and relies on rtpproxy's port range):
   voicemail.  Sources in ``[proxy] trusted`` (gateways, PBX trunks) are
   not limited.
 
-:class:`LocalRelayClient` is the relay client of ``twistd -n sipsuite`` when
+:class:`~sipsuite.proxy.media.local.LocalRelayClient` is the relay client of ``twistd -n sipsuite`` when
 no ``[media] relays`` are named: the same client logic (stickiness, V/VF
 checks, counters), but each command handed straight to the in-process
 relay's dispatcher instead of a socket, so there is no control port to
@@ -50,19 +50,17 @@ share, pick or secure, and no datagram per command.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 
 from sipsuite.log import get_logger
 from sipsuite.proxy.core.hookerrors import RequestRejected
 from sipsuite.proxy.media.client import (
     RelayClient,
     RelayError,
-    RelaySpec,
     RelayUnavailable,
 )
-from sipsuite.proxy.media.peers import NoAnswer, RelayState
 from sipsuite.proxy.modules.nat import media_nat, needs_relay, parse_sdp
 from sipsuite.sip import sdp
 from sipsuite.sip.message import Message, Request, Response
@@ -70,42 +68,15 @@ from sipsuite.sip.message import Message, Request, Response
 if TYPE_CHECKING:
     from sipsuite.proxy.routing.base import RequestContext
 
-__all__ = ["LOCAL_RELAY_URI", "LocalRelayClient", "MediaManager"]
+__all__ = ["MediaManager"]
 
 log = get_logger("sipsuite.proxy.media")
-
-#: The name the in-process relay has in the client's status and logs.
-LOCAL_RELAY_URI = "unix:in-process"
 
 # Methods whose SDP is an offer (RFC 3264 / 3311); ACK with SDP (late offer's
 # answer) is not handled.
 OFFER_METHODS = frozenset({"INVITE", "UPDATE"})
 
 UpdateCommand = Callable[..., Deferred[tuple[str | None, int]]]
-
-
-class Dispatcher(Protocol):
-    """The relay's ``ControlDispatcher``: one command in, one reply out."""
-
-    def handle(self, data: bytes, *, datagram: bool = True) -> bytes: ...
-
-
-class LocalRelayClient(RelayClient):
-    """A RelayClient whose one relay is the relay in this process.
-
-    ``dispatcher`` returns the relay's dispatcher, or None while there is
-    none (not built yet): then the relay counts as not answering."""
-
-    def __init__(self, dispatcher: Callable[[], Dispatcher | None], **kwargs: Any) -> None:
-        super().__init__([RelaySpec(LOCAL_RELAY_URI)], **kwargs)
-        self._dispatcher = dispatcher
-
-    def _exchange_stream(self, relay: RelayState, data: bytes) -> Deferred[bytes]:
-        target = self._dispatcher()
-        if target is None:
-            return fail(NoAnswer("the in-process relay is not running"))
-        # Stream framing (no cookie): a retransmission cache has nothing to do here.
-        return succeed(target.handle(data, datagram=False))
 
 
 #: [media] max_streams by default: audio, video, a second (content) video,

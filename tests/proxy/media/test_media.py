@@ -11,7 +11,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from sipsuite.proxy.core.context import ProxyContext
 from sipsuite.proxy.media.client import RelayError, RelayUnavailable
-from sipsuite.proxy.media.manager import LocalRelayClient, MediaManager
+from sipsuite.proxy.media.local import LocalRelayClient
+from sipsuite.proxy.media.manager import MediaManager
 from sipsuite.proxy.modules.nat import media_nat, needs_relay, parse_sdp, signalling_nat
 from sipsuite.rtpproxy import protocol as rp
 from sipsuite.sip.message import Request, Response, make_response, parse_datagram

@@ -14,7 +14,8 @@ from test_media import FakeClient, invite, rctx_for, run
 from twisted.internet import task
 
 from sipsuite.ops.liveops import cfg_set
-from sipsuite.proxy.media.manager import LocalRelayClient, MediaManager
+from sipsuite.proxy.media.local import LocalRelayClient
+from sipsuite.proxy.media.manager import MediaManager
 from sipsuite.rtprelay.control import ControlDispatcher
 from sipsuite.rtprelay.table import SessionTable
 from sipsuite.sip.message import make_response
