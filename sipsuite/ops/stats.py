@@ -54,7 +54,7 @@ async def _registrations(core: ProxyCore) -> dict[str, Any]:
 
 
 def _subscriber_cache(core: ProxyCore) -> dict[str, Any] | None:
-    """The Redis subscriber store's node-local cache (subcache.py), if any."""
+    """The Redis subscriber store's node-local cache (registrar/redis/cache.py), if any."""
     cache = getattr(core.subscribers, "cache", None)
     if cache is None:
         return None

@@ -255,7 +255,7 @@ class RelayService(service.Service):
 
     def sessions_view(self, call_id: str | None = None) -> list[dict[str, Any]]:
         """Sessions (of one call: named by the token the relay holds, or by
-        the SIP Call-ID a sipsuite proxy encoded into it, rtpproxy_ids)."""
+        the SIP Call-ID a sipsuite proxy encoded into it, sipsuite.rtpproxy.ids)."""
         now = self.clock()
         wanted = None if call_id is None else {call_id, encode_call_id(call_id)}
         return [self._session_info(s, now) for s in self.table

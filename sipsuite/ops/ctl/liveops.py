@@ -1,7 +1,7 @@
 """sipsuite-ctl's output and argument checks for the live-operations commands
 (debug, cfg, routing reload, stats, uptime); the rows are in ``ctl.COMMANDS``.
 
-Kept apart from ctl.py so the command table stays a table. It imports
+Kept apart from cli.py so the command table stays a table. It imports
 nothing from the server side (sipsuite-ctl must start fast, without Twisted).
 """
 

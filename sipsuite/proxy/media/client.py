@@ -11,7 +11,7 @@ Behaviour, and why:
   reply cache instead of creating a second session.  Replies are matched by
   cookie *and* source address; late and duplicate ones are counted and dropped.
 * **Unix sockets** carry no cookie: one connection per command, write it, read
-  one reply, close (Kamailio's stream mode; see ``rtpproxy_protocol``).
+  one reply, close (Kamailio's stream mode; see ``sipsuite.rtpproxy.protocol``).
   ``tls:HOST:PORT`` relays (on other hosts) are the same exchange over TLS
   with mutual authentication: we present [tls] certificate and check the
   relay's against [tls] ca_list and HOST (sipsuite.tlsctx).
@@ -111,7 +111,7 @@ class RelayUnavailable(Exception):
 
 class RelayError(Exception):
     """The relay answered, but with an error: ``code`` is the ``E<n>`` number
-    (see ``rtpproxy_protocol.ErrorCode``), or None for a reply that makes no
+    (see ``sipsuite.rtpproxy.protocol.ErrorCode``), or None for a reply that makes no
     sense (no port in a U reply)."""
 
     def __init__(self, code: int | None, message: str, relay: str = "") -> None:
@@ -255,7 +255,7 @@ class RelayClient(service.Service):
 
     def query(self, call_id: str, from_tag: str, to_tag: str | None = None, *,
               stats: Sequence[str] = (), media_index: int | None = 1) -> Deferred[dict[str, float]]:
-        """Q: the session's counters by name (rtpproxy_protocol.DEFAULT_QUERY
+        """Q: the session's counters by name (sipsuite.rtpproxy.protocol.DEFAULT_QUERY
         unless ``stats`` names others)."""
         call_id = encode_call_id(call_id)
         ftag, ttag = _tag(from_tag, media_index), _opt_tag(to_tag, media_index)

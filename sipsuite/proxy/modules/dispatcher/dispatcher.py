@@ -16,7 +16,7 @@ States, as Kamailio's flags: ``active`` (A) takes requests; ``inactive``
 probes; ``disabled`` (D) takes nothing and is never probed. The ``probing``
 flag (P) says a destination is probed when ``probe_mode = "inactive"``; a
 destination marked down gets it. The probes themselves are in
-dispatcher_probe.py, the list format and the algorithms in dispatcher_list.py.
+probe.py, the list format and the algorithms in lists.py.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ part of :class:`sipsuite.proxy.modules.dispatcher.dispatcher.Dispatcher` that se
 and weighs their answers.
 
 Probes go out through the proxy's own listeners like the NAT keep-alives
-(keepalive.py): raw requests with a branch prefix of their own, their
+(modules/natping.py): raw requests with a branch prefix of their own, their
 answers picked out by it in ``ProxyCore.receive_response``. Over UDP a
 probe is retransmitted like any non-INVITE request (T1 doubling up to T2)
 until it is answered or ``probe_timeout`` passes.

@@ -1,6 +1,6 @@
 """The subscriber store in Redis: ``RedisSubscriberStore``, with the
-node-local cache of subcache.py in front of it. The key layout, and the
-connection it shares with the location store, are redisstore.py's."""
+node-local cache of cache.py in front of it. The key layout, and the
+connection it shares with the location store, are keys.py and client.py."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class RedisSubscriberStore:
         self._prefix = to_bytes(prefix) + b"sub:"
         self._index = self._prefix + b"index"
         # Node-local copy of the records read or written here, kept right by
-        # Redis's invalidation messages (subcache.py); 0 entries: no cache.
+        # Redis's invalidation messages (cache.py); 0 entries: no cache.
         self.cache: SubscriberCache | None = None
         if cache_size > 0:
             self.cache = SubscriberCache(conn, self._prefix, cache_size)
