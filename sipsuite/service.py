@@ -41,7 +41,7 @@ def make_suite_service(config: Config) -> service.MultiService:
     top.relay, top.core = relay_service, core
     if config.features.nat and not config.media.relays:
         # The proxy drives the relay beside it without a socket (see
-        # sipsuite.proxy.media.LocalRelayClient); named relays take over.
+        # sipsuite.proxy.media.local.LocalRelayClient); named relays take over.
         # The dispatcher works from construction on: the proxy (started
         # first) may check it before the relay's own startService.
         client = LocalRelayClient(lambda: relay_service.dispatcher,

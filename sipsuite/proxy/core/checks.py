@@ -1,5 +1,5 @@
 """Who the proxy is, request validation (RFC 3261 16.3) and Route
-preprocessing (16.4): a mixin of :class:`sipsuite.proxy.core.ProxyCore`,
+preprocessing (16.4): a mixin of :class:`sipsuite.proxy.core.proxy.ProxyCore`,
 what every request goes through before the routing class sees it.
 """
 
