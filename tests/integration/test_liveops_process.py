@@ -74,14 +74,14 @@ def test_debug_reads_and_sets_the_log_level(plain: tuple[procs.ProxyProcess, int
     res = proxy.ctl("debug")
     assert (res.returncode, res.stdout.strip()) == (0, "log level: info"), res.stderr
     # the management access line is logged at debug: absent now
-    assert "[sipsuite.ops.server#debug]" not in proxy.log_text()
+    assert "[sipsuite.management#debug]" not in proxy.log_text()
     res = proxy.ctl("debug", "4")  # kamctl fifo debug 4
     assert (res.returncode, res.stdout.strip()) == (0, "log level set to debug"), res.stderr
     proxy.ctl("debug")
     deadline = time.monotonic() + 5
-    while "[sipsuite.ops.server#debug]" not in proxy.log_text() and time.monotonic() < deadline:
+    while "[sipsuite.management#debug]" not in proxy.log_text() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert "[sipsuite.ops.server#debug]" in proxy.log_text(), "debug lines do not appear after debug 4\n" + \
+    assert "[sipsuite.management#debug]" in proxy.log_text(), "debug lines do not appear after debug 4\n" + \
         proxy.diagnostics()
     assert ctl_json(proxy, "cfg", "get", "log.level") == {"log.level": "debug"}
     # a bad level is a usage error; nothing is sent, nothing changes
