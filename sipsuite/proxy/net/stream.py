@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import LogLevel
+from zope.interface import implementer
 
 from sipsuite.log import enabled, get_logger
 from sipsuite.proxy.net.listener import Listener, Source, bracket, log_wire
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 log = get_logger("sipsuite.proxy.transport")
 
 
+@implementer(IHandshakeListener)
 class SIPStreamProtocol(protocol.Protocol):
     """One TCP or TLS connection, inbound or outbound; both carry requests and
     responses in either direction (RFC 3261 18.3)."""

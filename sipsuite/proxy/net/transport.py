@@ -13,9 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
-from zope.interface import implementer
 
 from sipsuite.log import enabled, get_logger
 from sipsuite.proxy.net.listener import Handler, Listener, Source, log_wire, strip_brackets
@@ -122,7 +121,6 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
         return True
 
 
-@implementer(IHandshakeListener)
 class TransportLayer(WildcardListeners):
     """Owns the listeners and the TCP connection table."""
 
