@@ -45,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sipsuite.rtpproxy_controller import build_lookup, build_update, parse_reply  # noqa: E402
+from sipsuite.rtpproxy.controller import build_lookup, build_update, parse_reply  # noqa: E402
 
 HOST = "127.0.0.1"
 PTIME = 0.020  # seconds between two packets of one party

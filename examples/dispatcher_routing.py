@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sipsuite.proxy.nat import add_contact_alias, signalling_nat
-from sipsuite.proxy.routing import DefaultRouting, RequestContext
+from sipsuite.proxy import DefaultRouting, RequestContext, add_contact_alias, signalling_nat
 
 
 class DispatcherRouting(DefaultRouting):

@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.internet import reactor, task
 
-from sipsuite.proxy.routing import DefaultRouting, RequestContext
+from sipsuite.proxy import DefaultRouting, RequestContext
 
 
 class FailoverRouting(DefaultRouting):

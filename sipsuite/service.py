@@ -6,8 +6,8 @@ from twisted.application import service
 
 from sipsuite.config import Config
 from sipsuite.drain import SuiteService
-from sipsuite.management import ManagementService, RpcRegistry
-from sipsuite.proxy.media import LocalRelayClient
+from sipsuite.ops.server import ManagementService, RpcRegistry
+from sipsuite.proxy.media.local import LocalRelayClient
 from sipsuite.proxy.service import ProxyService, attach_media, make_proxy_service
 from sipsuite.rtprelay.service import RelayService, make_relay_service
 
@@ -41,7 +41,7 @@ def make_suite_service(config: Config) -> service.MultiService:
     top.relay, top.core = relay_service, core
     if config.features.nat and not config.media.relays:
         # The proxy drives the relay beside it without a socket (see
-        # sipsuite.proxy.media.LocalRelayClient); named relays take over.
+        # sipsuite.proxy.media.local.LocalRelayClient); named relays take over.
         # The dispatcher works from construction on: the proxy (started
         # first) may check it before the relay's own startService.
         client = LocalRelayClient(lambda: relay_service.dispatcher,

@@ -278,7 +278,7 @@ def register_tls_methods(registry: Any, contexts: TLSContexts | None,
     ``contexts`` None (no tls: listener, relay or control socket) still
     registers the methods, so ``sipsuite-ctl tls reload`` says that TLS is
     not in use rather than that the method does not exist."""
-    from sipsuite.management import RpcError
+    from sipsuite.ops.errors import RpcError
 
     if transport is not None:
         registry.register("tls.list", lambda: list_connections(transport),
@@ -323,7 +323,7 @@ def register_tls_methods(registry: Any, contexts: TLSContexts | None,
 
 
 def list_connections(transport: Any) -> list[dict[str, Any]]:
-    """The TLS connections of a sipsuite.proxy.transport.TransportLayer."""
+    """The TLS connections of a sipsuite.proxy.net.transport.TransportLayer."""
     out = []
     for conn in list(transport.connections.values()):
         if conn.kind != "tls" or conn.closed:

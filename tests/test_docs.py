@@ -46,7 +46,7 @@ from pathlib import Path
 import pytest
 
 from sipsuite.config import load_config
-from sipsuite.ctl import build_parser
+from sipsuite.ops.ctl.cli import build_parser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
 

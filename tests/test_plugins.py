@@ -329,7 +329,7 @@ def test_management_option_and_descriptions() -> None:
     """--management replaces the proxy's [management] listen and, for
     rtp-relay, the relay's own relay_listen (7061 by default, not the
     proxy's 7060); the descriptions say what each plugin runs."""
-    from sipsuite.management import ManagementService
+    from sipsuite.ops.server import ManagementService
 
     found = makers()
     assert "in-memory" not in found["sipsuite"].description

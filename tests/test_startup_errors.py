@@ -215,7 +215,7 @@ def test_daemon_that_starts_leaves_its_pid_file_and_serves(tmp_path: Path) -> No
 # ----------------------------------------------------------------------------- routing
 
 GOOD_ROUTING = '''
-from sipsuite.proxy.routing import DefaultRouting
+from sipsuite.proxy.routing.default import DefaultRouting
 
 
 class SiteRouting(DefaultRouting):

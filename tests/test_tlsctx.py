@@ -11,11 +11,13 @@ import pytest
 import tlscerts
 
 from sipsuite.config import ConfigError, TLSConfig, load_config
-from sipsuite.configspecs import RelayAddress, parse_control, parse_relay_uri
-from sipsuite.management import RpcError, RpcRegistry
-from sipsuite.proxy.addresses import record_route_value
-from sipsuite.proxy.resolver import Target, named
-from sipsuite.proxy.transport import Listener, TransportLayer
+from sipsuite.config.specs import RelayAddress, parse_control, parse_relay_uri
+from sipsuite.ops.errors import RpcError
+from sipsuite.ops.server import RpcRegistry
+from sipsuite.proxy.net.addresses import record_route_value
+from sipsuite.proxy.net.listener import Listener
+from sipsuite.proxy.net.resolver import Target, named
+from sipsuite.proxy.net.transport import TransportLayer
 from sipsuite.tlsctx import TLSContexts, TLSError, register_tls_methods
 
 
@@ -203,7 +205,7 @@ def test_tls_targets_carry_the_name_to_verify() -> None:
 
 
 def test_ctl_shows_each_certificate_set() -> None:
-    from sipsuite.ctl import show_tls
+    from sipsuite.ops.ctl.cli import show_tls
 
     text = show_tls([{"certificate": "/p.pem", "subject": "CN=p", "names": ["a", "b"],
                       "reloads": 2}, {"certificate": "/r.pem", "subject": "CN=r"}], None)

@@ -9,15 +9,19 @@ from twisted.application import service
 from sipsuite.config import Config
 from sipsuite.gcpolicy import GCPolicy
 from sipsuite.log import get_logger
-from sipsuite.management import ManagementService, RpcRegistry, register_store_methods
-from sipsuite.proxy.antiflood import register_flood_methods
-from sipsuite.proxy.core import ProxyCore
-from sipsuite.proxy.dispatcher import attach_dispatcher, register_dispatcher_methods
-from sipsuite.proxy.liveops import LiveOpsService, register_liveops_methods
-from sipsuite.proxy.location import MemoryLocationStore, MemorySubscriberStore
-from sipsuite.proxy.media import MediaManager
-from sipsuite.proxy.relayclient import RelayClient
-from sipsuite.proxy.stats import MetricsResource, register_stats_methods
+from sipsuite.ops.liveops import LiveOpsService, register_liveops_methods
+from sipsuite.ops.server import ManagementService, RpcRegistry
+from sipsuite.ops.stats import MetricsResource, register_stats_methods
+from sipsuite.ops.users import register_store_methods
+from sipsuite.proxy.core.proxy import ProxyCore
+from sipsuite.proxy.media.client import RelayClient
+from sipsuite.proxy.media.manager import MediaManager
+from sipsuite.proxy.modules.antiflood import register_flood_methods
+from sipsuite.proxy.modules.dispatcher.dispatcher import (
+    attach_dispatcher,
+    register_dispatcher_methods,
+)
+from sipsuite.proxy.registrar.location import MemoryLocationStore, MemorySubscriberStore
 from sipsuite.tlsctx import attach_tls, register_tls_methods
 
 log = get_logger("sipsuite.proxy.service")
@@ -44,8 +48,9 @@ class ProxyService(service.Service):
         cfg = self.config.redis
         if not cfg.url:
             return MemoryLocationStore(), MemorySubscriberStore()
-        from sipsuite.proxy.redisstore import RedisConnection, RedisLocationStore
-        from sipsuite.proxy.redissubscribers import RedisSubscriberStore
+        from sipsuite.proxy.registrar.redis.client import RedisConnection
+        from sipsuite.proxy.registrar.redis.location import RedisLocationStore
+        from sipsuite.proxy.registrar.redis.subscribers import RedisSubscriberStore
 
         self.redis = RedisConnection(cfg.url, cfg.timeout, self.reactor)
         return (

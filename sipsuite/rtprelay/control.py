@@ -17,7 +17,7 @@ listeners around it:
   host; the client must present a certificate that verifies against
   ``[tls] ca_list`` or the handshake fails and it gets nothing.
 
-Codec: sipsuite.rtpproxy_protocol, shared with the proxy's relay client.
+Codec: sipsuite.rtpproxy.protocol, shared with the proxy's relay client.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from typing import Any
 from twisted.internet import protocol
 from twisted.python.failure import Failure
 
-from sipsuite import rtpproxy_protocol as rp
 from sipsuite.config import ControlSpec
 from sipsuite.log import get_logger
-from sipsuite.rtpproxy_protocol import Command, ErrorCode, ProtocolError
+from sipsuite.rtpproxy import protocol as rp
+from sipsuite.rtpproxy.protocol import Command, ErrorCode, ProtocolError
 from sipsuite.rtprelay.media import MediaPorts, is_wildcard
 from sipsuite.rtprelay.ports import PortsExhausted
 from sipsuite.rtprelay.session import Leg

@@ -25,11 +25,12 @@ from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
 from sipsuite.config import Config, RelayConfig
-from sipsuite.configspecs import ControlSpec
+from sipsuite.config.specs import ControlSpec
 from sipsuite.gcpolicy import GCPolicy
 from sipsuite.log import get_logger
-from sipsuite.management import INVALID_PARAMS, ManagementService, RpcError, RpcRegistry
-from sipsuite.rtpproxy_ids import encode_call_id
+from sipsuite.ops.errors import INVALID_PARAMS, RpcError
+from sipsuite.ops.server import ManagementService, RpcRegistry
+from sipsuite.rtpproxy.ids import encode_call_id
 from sipsuite.rtprelay.control import ControlDispatcher, ReplyCache, listen_control
 from sipsuite.rtprelay.media import MediaPorts, check_media_address
 from sipsuite.rtprelay.session import Addr, Leg, Session
@@ -254,7 +255,7 @@ class RelayService(service.Service):
 
     def sessions_view(self, call_id: str | None = None) -> list[dict[str, Any]]:
         """Sessions (of one call: named by the token the relay holds, or by
-        the SIP Call-ID a sipsuite proxy encoded into it, rtpproxy_ids)."""
+        the SIP Call-ID a sipsuite proxy encoded into it, sipsuite.rtpproxy.ids)."""
         now = self.clock()
         wanted = None if call_id is None else {call_id, encode_call_id(call_id)}
         return [self._session_info(s, now) for s in self.table

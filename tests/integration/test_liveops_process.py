@@ -192,7 +192,7 @@ def test_stats_metrics_and_uptime_after_calls(
 
 ROUTING = textwrap.dedent('''
     """A user routing module the test rewrites while calls run."""
-    from sipsuite.proxy.routing import DefaultRouting
+    from sipsuite.proxy.routing.default import DefaultRouting
 
     VERSION = {version}
 

@@ -19,7 +19,7 @@ import procs
 import pytest
 from procs import ProxyFactory
 
-from sipsuite.management_http import MAX_BATCH, MAX_BODY, MAX_DEPTH, READ_TIMEOUT
+from sipsuite.ops.http import MAX_BATCH, MAX_BODY, MAX_DEPTH, READ_TIMEOUT
 
 # A wait long enough for any answer the server gives "at once" on a loaded
 # box, and still well under READ_TIMEOUT, so an answer within it did not come

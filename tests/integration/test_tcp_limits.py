@@ -38,7 +38,7 @@ LIMITS = {"tcp_message_timeout": MESSAGE_TIMEOUT, "tcp_max_connections": MAX_CON
           "tcp_max_per_source": MAX_PER_SOURCE}
 #: Generous: the box is shared, and the proxy's timer is checked from outside.
 SLACK = 2.5
-HEADROOM = 128  # sipsuite.proxy.tcplimits.FD_HEADROOM, seen from outside
+HEADROOM = 128  # sipsuite.proxy.net.tcplimits.FD_HEADROOM, seen from outside
 
 
 Starter = Callable[..., ProxyProcess]

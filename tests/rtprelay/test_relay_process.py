@@ -45,7 +45,7 @@ def rtp(seq: int, ssrc: int) -> bytes:
 
 def ctl(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).with_name("sipsuite-ctl")
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "sipsuite.ctl"]
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "sipsuite.ops.ctl.cli"]
     return subprocess.run([*base, "--url", url, *args], capture_output=True, text=True,
                           timeout=20)
 

@@ -22,8 +22,9 @@ from relaynet import (
 )
 
 from sipsuite.config import load_config
-from sipsuite.ctl import COMMANDS, build_parser, show_relay_sessions, show_relay_stats
-from sipsuite.management import ManagementService, RpcError, RpcRegistry
+from sipsuite.ops.ctl.cli import COMMANDS, build_parser, show_relay_sessions, show_relay_stats
+from sipsuite.ops.errors import RpcError
+from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.rtprelay.service import RelayService, make_relay_service, register_relay_methods
 from sipsuite.service import make_suite_service
 from sipsuite.startup import StartupError

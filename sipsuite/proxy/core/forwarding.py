@@ -1,0 +1,316 @@
+"""The proxy core's downstream half: branches and what comes back on them.
+
+Forwarding a request (RFC 3261 section 16.6: the copy, its Via, the target's
+resolution and the client transaction), CANCEL, and the responses: matched to
+their branch or forwarded statelessly (16.7, 16.11), and sent upstream on the
+server transaction.  A mixin of :class:`~sipsuite.proxy.core.proxy.ProxyCore`,
+which holds the state these methods use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sipsuite.log import get_logger
+from sipsuite.proxy.core.checks import BRANCH_TAG
+from sipsuite.proxy.core.context import Branch, ProxyContext
+from sipsuite.proxy.core.txlayer import ClientTx, ServerTx
+from sipsuite.proxy.modules.natping import KEEPALIVE_BRANCH
+from sipsuite.proxy.net.addresses import (
+    is_unicast,
+    record_route_value,
+)
+from sipsuite.proxy.net.listener import Listener, Source, is_ip, strip_brackets
+from sipsuite.proxy.net.resolver import Target, named
+from sipsuite.proxy.routing.base import RequestContext
+from sipsuite.sip.message import REASONS, Request, Response
+from sipsuite.sip.transaction import (
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    cancel_target_key,
+    client_key,
+    new_branch,
+)
+from sipsuite.sip.uri import URI
+
+log = get_logger("sipsuite.proxy.core")
+
+
+class Forwarding:
+    """Branches, CANCEL and responses (mixed into ProxyCore)."""
+
+    # -- branches -------------------------------------------------------------------
+    def _build_forward(self, req: Request, uri: URI, route: list[str] | None = None) -> Request:
+        """16.6 steps 1-3, 7: copy, retarget, Max-Forwards, strict routes;
+        ``route`` (a registered Path, RFC 3327) goes in front of any Route."""
+        out = req.copy()
+        if uri is not req.uri:
+            out.uri = uri
+        if route:
+            for value in reversed(route):
+                out.add_header("Route", value, top=True)
+        mf = req.max_forwards
+        out.set_header("Max-Forwards", str(mf - 1 if mf is not None else 70))
+        routes = out.routes
+        if routes and "lr" not in routes[0].uri.params:
+            # 16.6 step 6/7: the next hop is a strict router: it wants its
+            # own URI as Request-URI and the real target at the end of Route.
+            out.add_header("Route", f"<{out.uri}>", top=False)
+            out.uri = routes[0].uri
+            out.pop_first_value("route")
+        return out
+
+    def _next_hop(self, req: Request) -> URI:
+        routes = req.routes
+        return routes[0].uri if routes else req.uri
+
+    def _start_branch(self, ctx: ProxyContext, uri: URI, route: list[str] | None = None,
+                      dst: Target | None = None) -> None:
+        req = self._build_forward(ctx.request, uri, route)
+        branch = Branch(ctx, uri, req)
+        ctx.branches.append(branch)
+        self.call_hook("branch_route", ctx.rctx, branch)
+        self._resolve(branch.request, lambda targets: self._branch_targets(branch, targets), dst)
+
+    def _resolve(self, req: Request, then: Any, dst: Target | None = None) -> None:
+        if dst is not None:
+            # A fixed destination (Kamailio's $du): a NAT'ed phone's source address.
+            then([dst])
+            return
+        hop = self._next_hop(req)
+        if hop.scheme not in ("sip", "sips"):
+            then([])
+            return
+        host = hop.params.get("maddr") or hop.host
+        transport = (hop.params.get("transport") or "").lower() or None
+        secure = hop.scheme == "sips"
+        if is_ip(host) and not secure:
+            then([Target(transport or "udp", strip_brackets(host),
+                         hop.port or (5061 if transport == "tls" else 5060))])
+            return
+        d = self.resolver.resolve(host, hop.port, transport, secure)
+        d.addCallback(lambda targets: then(named(targets, strip_brackets(host))))
+        d.addErrback(lambda f: (log.failure("resolving {h}", f, h=host), then([])))
+
+    def _branch_targets(self, branch: Branch, targets: list[Target]) -> None:
+        branch.targets = [t for t in targets if t.transport in ("udp", "tcp", "tls")]
+        if branch.done:
+            return
+        if branch.ctx.cancelled or branch.cancel_wanted:
+            branch.ctx.branch_failed(branch, 487, "Request Terminated")
+            return
+        self._try_target(branch)
+
+    def _try_target(self, branch: Branch) -> None:
+        ctx = branch.ctx
+        while branch.target_index < len(branch.targets):
+            target = branch.targets[branch.target_index]
+            branch.target_index += 1
+            source = ctx.server.source
+            listener = target.listener or self.transport.pick_listener(
+                target.transport, target.host, source.listener, source.host)
+            if listener is None:
+                continue
+            self._send_branch(branch, target, listener)
+            return
+        ctx.branch_failed(branch, 503, "Service Unavailable")
+
+    def _send_branch(self, branch: Branch, target: Target, listener: Listener) -> None:
+        ctx = branch.ctx
+        req = branch.request.copy()
+        rctx = ctx.rctx
+        if rctx.vars.get("record_route"):
+            inbound = ctx.server.source.listener
+            # kamailio.cfg's add_rr_param(";nat=yes"): a caller behind NAT.
+            params = ";nat=yes" if rctx.vars.get("nat") else ""
+            # RFC 3261 16.6 step 4: a sips Request-URI gets a sips Record-Route.
+            sips = ctx.request.uri.scheme == "sips"
+            if inbound is not listener:
+                req.add_header("Record-Route", record_route_value(inbound, params, sips), top=True)
+            req.add_header("Record-Route", record_route_value(listener, params, sips), top=True)
+        branch_id = f"{BRANCH_TAG}{self._loop_hash(ctx.request)}.{new_branch()[7:]}"
+        req.add_header("Via", f"SIP/2.0/{listener.transport.upper()} {listener.sent_by()};branch={branch_id}",
+                       top=True)
+        branch.sent = req
+        reliable = target.transport != "udp"
+        if req.method == "INVITE":
+            tx: Any = ClientInviteTransaction(req, reliable, self.timers, use_timer_c=True)
+        else:
+            tx = ClientNonInviteTransaction(req, reliable, self.timers)
+        key = (branch_id, req.method)
+        holder = ClientTx(tx, key, branch, target, listener)
+        branch.client = holder
+        self.client_txs[key] = holder
+        self._run(holder, tx.start(self.clock.seconds()))
+
+    def send_cancel(self, branch: Branch, cancel: Request) -> None:
+        parent = branch.client
+        if parent is None:
+            return
+        tx = ClientNonInviteTransaction(cancel, parent.target.transport != "udp", self.timers)
+        key = (cancel.top_via.branch, "CANCEL")
+        holder = ClientTx(tx, key, branch, parent.target, parent.listener)
+        holder.is_cancel = True
+        self.client_txs[key] = holder
+        self._run(holder, tx.start(self.clock.seconds()))
+
+    def arm_cancel_guard(self, branch: Branch) -> None:
+        """9.1: give up on a CANCELed branch 64*T1 after the CANCEL if no
+        final answer comes (the transaction's timer B is the backstop)."""
+        holder = branch.client
+        if holder is not None and holder.alive:
+            self._run(holder, holder.tx.mark_cancelled(self.clock.seconds()))
+
+    # -- CANCEL (16.10) ----------------------------------------------------------
+    def _cancel(self, cancel: Request, holder: ServerTx) -> None:
+        target = self.server_txs.get(cancel_target_key(cancel))
+        if target is None or target.tx.state != "proceeding":
+            self._reply_tx(holder, cancel, 481, "Call/Transaction Does Not Exist", [])
+            return
+        self._reply_tx(holder, cancel, 200, "OK", [])
+        ctx = target.context
+        if ctx is None:
+            # Routing has not relayed yet (async lookup in flight).
+            if target.rctx is not None:
+                ctx = target.context = ProxyContext(self, target.rctx, target)
+                target.rctx.proxy_ctx = ctx
+            else:
+                return
+        ctx.cancel()
+
+    # -- responses --------------------------------------------------------------
+    def receive_response(self, resp: Response, source: Source) -> None:
+        self.count("responses")
+        holder = self.client_txs.get(client_key(resp))
+        if holder is None:
+            if (resp.top_via.branch or "").startswith(KEEPALIVE_BRANCH):
+                self.keepalive.response(resp)
+                return
+            if self.dispatcher is not None and self.dispatcher.probe_response(resp):
+                return
+            self._forward_response_stateless(resp)
+            return
+        self._run(holder, holder.tx.receive(resp, self.clock.seconds()))
+
+    def _forward_response_stateless(self, resp: Response) -> None:
+        """16.11 / 18.1.2: answers to nothing we know are sent on only when
+        the top Via is ours, and never to broadcast or multicast."""
+        vias = resp.vias
+        top = vias[0]
+        if not (top.branch or "").startswith(BRANCH_TAG) or not self.is_myself(top.host, top.port):
+            self.count("drop.response.foreign")
+            return
+        if len(vias) < 2:
+            return
+        nxt = vias[1]
+        host = nxt.received or strip_brackets(nxt.host)
+        if not is_unicast(host):
+            self.count("drop.response.broadcast")
+            return
+        port = int(nxt.rport) if nxt.rport else (nxt.port or 5060)
+        resp.pop_first_value("via")
+        transport = nxt.transport.lower()
+        listener = self.transport.pick_listener(transport, host, None)
+        if listener is None or not is_ip(host):
+            return
+        self.reply_classes[resp.status // 100 % 7] += 1
+        self.transport.send(resp.to_bytes(), transport, host, port, listener)
+
+    def _forward_stateless(self, rctx: RequestContext, uri: URI, route: list[str] | None = None,
+                           dst: Target | None = None) -> None:
+        """ACK for a 2xx (16.11): no transaction, a branch derived from the
+        incoming one so retransmissions keep it."""
+        req = self._build_forward(rctx.request, uri, route)
+
+        def send(targets: list[Target]) -> None:
+            for target in targets:
+                if target.transport not in ("udp", "tcp", "tls"):
+                    continue
+                listener = target.listener or self.transport.pick_listener(
+                    target.transport, target.host, rctx.source.listener, rctx.source.host)
+                if listener is None:
+                    continue
+                seed = (rctx.request.top_via.branch or "") + str(rctx.request.uri)
+                branch = BRANCH_TAG + "0" + hashlib.blake2s(seed.encode("utf-8", "surrogateescape"),
+                                                            digest_size=8).hexdigest()
+                out = req.copy()
+                out.add_header("Via", f"SIP/2.0/{listener.transport.upper()} {listener.sent_by()};branch={branch}",
+                               top=True)
+                self.transport.send(out.to_bytes(), target.transport, target.host, target.port, listener,
+                                    target.name, connect=target.listener is None)
+                return
+
+        self._resolve(req, send, dst)
+
+    # -- sending upstream -----------------------------------------------------------
+    def send_upstream(self, holder: ServerTx, resp: Response) -> None:
+        if not holder.alive:
+            return
+        self._send_response(holder, resp)
+        if resp.status >= 200:
+            req = holder.tx.request
+            log.info("{m} {u} from {s} -> {st} {r} (call-id {c})", m=req.method, u=req.uri,
+                     s=holder.source, st=resp.status, r=resp.reason, c=req.call_id)
+
+    def _send_response(self, holder: ServerTx, resp: Response) -> None:
+        self.reply_classes[resp.status // 100 % 7] += 1
+        self._run(holder, holder.tx.send(resp, self.clock.seconds()))
+        if self.config.features.accounting:
+            self.accounting.response(holder, resp)
+
+    def _wire_response(self, holder: ServerTx, data: bytes) -> None:
+        src = holder.source
+        via = holder.via
+        if src.transport == "udp":
+            port = src.port if via.rport is not None else (via.port or 5060)
+            maddr = via.maddr
+            host = maddr if maddr and is_ip(maddr) else src.host
+            self.transport.send(data, "udp", host, port, src.listener)
+            return
+        conn = src.connection
+        if conn is not None and not conn.closed:
+            self.transport.send_on(data, conn)
+            return
+        # 18.2.2: the connection is gone; open one to the sent-by.
+        port = via.port or (5061 if src.transport == "tls" else 5060)
+        self.transport.send(data, src.transport, via.received or src.host, port, src.listener)
+
+    def _timeout(self, holder: Any, timer: str) -> None:
+        if isinstance(holder, ServerTx):
+            return  # H: no ACK came; nothing to tell anybody.
+        if holder.is_cancel:
+            return
+        branch = holder.branch
+        log.info("timer {t} fired for {m} to {u} (call-id {c})", t=timer, m=holder.tx.request.method,
+                 u=branch.uri, c=holder.tx.request.call_id)
+        if timer == "C":
+            self.count("timer_c")
+            if branch.provisional:
+                branch.ctx.send_cancel(branch)
+            else:
+                # Nothing answered: the transaction goes, as if 408 came (16.8).
+                self._terminate(holder)
+            branch.ctx.branch_failed(branch, 408, "Request Timeout")
+            return
+        status = 487 if branch.cancel_wanted else 408
+        branch.ctx.branch_failed(branch, status, REASONS.get(status))
+
+    def _tcp_connect_failed(self, host: str, port: int) -> None:
+        """A TCP next hop refused or timed out the connection: every branch
+        waiting on it fails over now instead of waiting for timer B/F."""
+        for holder in list(self.client_txs.values()):
+            t = holder.target
+            if holder.alive and t.transport in ("tcp", "tls") and t.host == host and t.port == port:
+                self._client_transport_error(holder)
+
+    def _client_transport_error(self, holder: ClientTx) -> None:
+        if holder.is_cancel or not holder.alive:
+            return
+        self._terminate(holder)
+        branch = holder.branch
+        if branch.done:
+            return
+        self.count("transport_errors")
+        # RFC 3263 4.3: try the next address of the same next hop.
+        self._try_target(branch)

@@ -1,0 +1,415 @@
+"""The transaction-stateful proxy core (RFC 3261 section 16).
+
+Messages come in from the transports; requests are validated (16.3),
+their Route set preprocessed (16.4) and handed to the routing class; what
+the routing decides is carried out here: answers, and branches forwarded
+through client transactions (16.6) whose answers the response context
+(``context.py``) weighs (16.7).  This module is the upstream half (receive,
+route, reply); ``forwarding.py`` the downstream half (branches, CANCEL and the
+responses), mixed in.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from typing import Any
+
+from twisted.internet.error import CannotListenError
+from twisted.python.failure import Failure
+
+from sipsuite.log import get_logger
+from sipsuite.proxy.core.checks import RequestChecks
+from sipsuite.proxy.core.context import ProxyContext
+from sipsuite.proxy.core.forwarding import Forwarding
+from sipsuite.proxy.core.hookerrors import answer_for, hook_failed
+from sipsuite.proxy.core.timers import TimerHeap
+from sipsuite.proxy.core.txlayer import ClientTx, ServerTx, TransactionDriver
+from sipsuite.proxy.media.manager import MediaManager
+from sipsuite.proxy.modules.accounting import Accounting
+from sipsuite.proxy.modules.antiflood import RequestGuard
+from sipsuite.proxy.modules.auth import Authenticator
+from sipsuite.proxy.modules.natping import NatKeepalive
+from sipsuite.proxy.net.addresses import (
+    guess_address,
+    local_addresses,
+    split_advertise,
+    via_text,
+)
+from sipsuite.proxy.net.listener import Listener, Source, strip_brackets
+from sipsuite.proxy.net.resolver import Resolver
+from sipsuite.proxy.net.transport import TransportLayer
+from sipsuite.proxy.registrar.location import (
+    Binding,
+    LocationStore,
+    MemoryLocationStore,
+    MemorySubscriberStore,
+    StaticLocationStore,
+    SubscriberStore,
+    current,
+)
+from sipsuite.proxy.registrar.outbound import Flows
+from sipsuite.proxy.registrar.registrar import Registrar
+from sipsuite.proxy.routing.base import Destination, RequestContext, Routing
+from sipsuite.proxy.routing.driver import drive
+from sipsuite.proxy.routing.loader import make_routing
+from sipsuite.sip.headers import Via
+from sipsuite.sip.message import REASONS, Request, Response, make_response
+from sipsuite.sip.transaction import (
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+    TimerSettings,
+    local_tag,
+    server_key,
+)
+from sipsuite.sip.uri import URI
+from sipsuite.startup import cannot_listen, show_address
+
+log = get_logger("sipsuite.proxy.core")
+
+#: Methods counted by name in ``method_stats``; any other counts as "OTHER".
+COUNTED_METHODS = frozenset({
+    "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "SUBSCRIBE", "NOTIFY", "REFER",
+    "MESSAGE", "INFO", "PRACK", "UPDATE", "PUBLISH",
+})
+
+
+class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
+    def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None,
+                 location: LocationStore | None = None,
+                 subscribers: SubscriberStore | None = None) -> None:
+        self.config = config
+        self.clock = reactor
+        self.timer_heap = TimerHeap(reactor)
+        p = config.proxy
+        self.timers = TimerSettings(
+            t1=config.timers.t1, t2=config.timers.t2, t4=config.timers.t4,
+            timer_c=config.timers.timer_c,
+        )
+        self.transport = TransportLayer(reactor, self.receive, p.tcp_idle_timeout)
+        self.transport.configure(p)
+        self.transport.on_connection_failed = self._tcp_connect_failed
+        if resolver is None:
+            dns = None
+            if p.dns_servers:
+                from twisted.names import client
+
+                dns = client.Resolver(servers=list(p.dns_servers), reactor=reactor)
+            tls = {"tls"} if any(s.transport == "tls" for s in p.listen) else set()
+            resolver = Resolver(reactor, timeout=p.dns_timeout, resolver=dns,
+                                transports=frozenset({"udp", "tcp", *tls}))
+        self.resolver = resolver
+        self.location: LocationStore = location if location is not None else MemoryLocationStore()
+        self.subscribers: SubscriberStore = (
+            subscribers if subscribers is not None else MemorySubscriberStore()
+        )
+        # [location.static] entries live beside the store, never in it: they
+        # are config, and must not be written to a Redis that other nodes share.
+        self.static = StaticLocationStore(config.location_static) if config.location_static else None
+        self.registrar = Registrar(self.location, config.registrar)
+        self.auth = Authenticator(self.subscribers, config.auth,
+                                  retry_after=config.registrar.retry_after)
+        self.keepalive = NatKeepalive(self, config.nat, self.registrar.clock)
+        self.flows = Flows(self, config.auth.secret)
+        self.registrar.flows = self.flows
+        self.transport.stun = lambda: self.config.registrar.outbound
+        self.registrar.on_nat = self.keepalive.track
+        self.domains = {d.lower() for d in p.domains}
+        self.trusted = list(p.trusted)
+        self.addresses: set[str] = set()
+        self.ports: set[int] = set()
+        self.server_txs: dict[tuple, ServerTx] = {}
+        self.client_txs: dict[tuple, ClientTx] = {}
+        # The key of the To tags of the answers this proxy makes itself
+        # (local_tag): one tag per transaction, the same for its retransmissions.
+        self.tag_secret = secrets.token_bytes(16)
+        self.server_header = p.server_header
+        self.stats: dict[str, int] = {}
+        # Per-method requests and per-class replies sent (liveops stats,
+        # /metrics): a dict and a list increment per message, nothing more.
+        self.method_stats: dict[str, int] = {}
+        self.reply_classes = [0] * 7  # index = status // 100, 1..6 used
+        self.started_at = reactor.seconds()
+        # The media manager ([features] nat with a relay); set by the service
+        # wiring, which owns the relay client.  None: media is never touched.
+        self.media: MediaManager | None = None
+        # The dispatcher (sipsuite.proxy.modules.dispatcher.dispatcher) when [dispatcher] names
+        # destinations; set by the service wiring.
+        self.dispatcher: Any = None
+        self.routing: Routing = make_routing(self)
+        self.guard = RequestGuard(self)
+        self.accounting = Accounting(self)
+        # Set while the suite drains (sipsuite.drain): when the drain ends at the latest.
+        self.drain_deadline: float | None = None
+
+    # -- set-up ------------------------------------------------------------------
+    def start(self) -> None:
+        self.listen()
+        self.keepalive.start()
+
+    def listen(self) -> None:
+        """Bind the [proxy] listen sockets (once: twistd binds them before it
+        daemonises, start() after); StartupError names a socket that is taken."""
+        if self.transport.listeners:
+            return
+        p = self.config.proxy
+        # A wildcard listener advertises the address each message reached
+        # (TransportLayer.local_listener); those addresses are ours too.
+        self.transport.on_local_address = lambda addr: self.addresses.add(addr.lower())
+        for spec in p.listen:
+            adv_host, adv_port = split_advertise(p.advertise)
+            advertise = adv_host or spec.host
+            if advertise in ("0.0.0.0", "::"):
+                # Only where no local address is known (see localaddr).
+                advertise = guess_address(spec.host)
+            listener = Listener(spec.transport, spec.host, spec.port, advertise, adv_port,
+                                pinned=bool(adv_host))
+            try:
+                self.transport.listen(listener)
+            except CannotListenError as exc:
+                raise cannot_listen(show_address(spec.transport, spec.host, spec.port),
+                                    exc) from None
+            self.ports.add(listener.port)
+            if adv_port:
+                self.ports.add(adv_port)
+            self.addresses.add(advertise.lower())
+            if spec.host in ("0.0.0.0", "::"):
+                self.addresses.update(local_addresses())
+            else:
+                self.addresses.add(spec.host.lower())
+            log.info("listening on {l} (advertised as {a})", l=listener,
+                     a="the address each message reaches" if spec.host in ("0.0.0.0", "::")
+                     and not adv_host else listener.sent_by())
+
+    def start_drain(self, deadline: float) -> None:
+        """Stopping with calls up: requests outside a dialog get 503 from now on."""
+        self.drain_deadline = deadline
+
+    def stop(self) -> list[Any]:
+        self.keepalive.stop()
+        self.accounting.stop()
+        for holder in list(self.server_txs.values()) + list(self.client_txs.values()):
+            self._cancel_timers(holder)
+        self.timer_heap.stop()
+        return self.transport.stop()
+
+    async def lookup(self, user: str) -> list[Binding]:
+        found = await self.location.lookup(user)
+        if self.static is not None:
+            fixed = await self.static.lookup(user)
+            if fixed:
+                return current(fixed + found, self.registrar.clock())
+        return found
+
+    def local_tag(self, key: tuple, req: Request) -> str:
+        """The To tag of our own answer to ``req``, whose server_key() is ``key``."""
+        return local_tag(self.tag_secret, key, req)
+
+    def count(self, name: str) -> None:
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+    # -- input ---------------------------------------------------------------------
+    def receive(self, msg: Request | Response, source: Source) -> None:
+        if isinstance(msg, Response):
+            self.receive_response(msg, source)
+        else:
+            self.receive_request(msg, source)
+
+    def receive_request(self, req: Request, source: Source) -> None:
+        self.count("requests")
+        if not self.guard.admit(req, source):
+            return  # antiflood ban or scanner: no answer at all (antiflood.py)
+        via = self._mark_via(req, source)
+        method = req.method
+        # Unknown method names are lumped together: a flood of made-up
+        # methods must not grow the table.
+        counted = method if method in COUNTED_METHODS else "OTHER"
+        self.method_stats[counted] = self.method_stats.get(counted, 0) + 1
+        if method == "ACK":
+            key = server_key(req)
+            holder = self.server_txs.get(key)
+            if holder is not None and holder.tx.state in ("completed", "confirmed"):
+                self._run(holder, holder.tx.receive(req, self.clock.seconds()))
+                return
+            if holder is None and req.to_tag == self.local_tag(key, req):
+                # The ACK of an answer we made, come after its transaction
+                # ended: it is ours, never to be routed (Kamailio's sl filter).
+                return
+            self._route(req, source, None)
+            return
+        key = server_key(req)
+        holder = self.server_txs.get(key)
+        if holder is not None:
+            # A retransmission: the transaction re-sends its last answer.
+            self.count("retransmissions")
+            self._run(holder, holder.tx.receive(req, self.clock.seconds()))
+            return
+        reliable = source.transport != "udp"
+        if method == "INVITE":
+            tx: Any = ServerInviteTransaction(req, reliable, self.timers)
+        else:
+            tx = ServerNonInviteTransaction(req, reliable, self.timers)
+        holder = ServerTx(tx, key, source, via)
+        self.server_txs[key] = holder
+        if method == "INVITE":
+            # 16.2: a stateful proxy answers 100 at once so the caller stops
+            # retransmitting while we route.
+            self._send_response(holder, make_response(req, 100, "Trying"))
+        if method == "CANCEL":
+            self._cancel(req, holder)
+            return
+        self._route(req, source, holder)
+
+    def _mark_via(self, req: Request, source: Source) -> Via:
+        """RFC 3261 18.2.1 received and RFC 3581 rport on the top Via."""
+        via = req.top_via
+        if source.transport != "udp" and via.rport is None:
+            return via
+        changed = False
+        if strip_brackets(via.host) != source.host:
+            via.params["received"] = source.host
+            changed = True
+        if via.rport is not None and via.rport != str(source.port):
+            via.params["rport"] = str(source.port)
+            changed = True
+        if changed:
+            req.pop_first_value("via")
+            req.add_header("Via", via_text(via), top=True)
+        return via
+
+    # -- 16.3 validation, 16.4 route preprocessing, then the routing class --------
+    def _route(self, req: Request, source: Source, holder: ServerTx | None) -> None:
+        error = self._validate(req)
+        if error is not None:
+            status, reason, headers = error
+            if holder is not None:
+                self._reply_tx(holder, req, status, reason, headers)
+            return
+        if self.drain_deadline is not None and holder is not None and req.to_tag is None:
+            # Stopping: calls up keep their in-dialog requests (sipsuite.drain);
+            # new work goes elsewhere (RFC 3263 4.3 on 503) or comes back later.
+            self.count("drain.refused")
+            wait = max(1, math.ceil(self.drain_deadline - self.clock.seconds()))
+            self._reply_tx(holder, req, 503, "Service Unavailable", [("Retry-After", str(wait))])
+            return
+        flow = self.flows.route_flow(req)
+        loose = self._preprocess_routes(req)
+        rctx = RequestContext(self, req, source, loose)
+        if holder is not None:
+            holder.rctx = rctx
+            rctx.tx_key = holder.key
+        if flow is not None:
+            # Our flow token in the Route: another node (or our registrar
+            # part) routed this to a phone's flow we hold (RFC 5626 5.3).
+            self.flows.forward(rctx, flow)
+            return
+        try:
+            result = self.routing.request_route(rctx)
+        except Exception:  # noqa: BLE001 - a script bug must not kill the proxy
+            self._routing_error(rctx, Failure())
+            return
+        drive(result, lambda: self._routing_done(rctx), lambda f: self._routing_error(rctx, f))
+
+    def _routing_error(self, rctx: RequestContext, failure: Failure) -> None:
+        # One warning line, not a critical traceback: see hookerrors.
+        status, reason, headers = answer_for(failure.value)
+        answered = None if rctx.handled or rctx.request.method == "ACK" else status
+        hook_failed("request_route", rctx.request, rctx.source, failure, answered)
+        if answered is not None:
+            rctx.reply(status, reason, headers)
+
+    def _routing_done(self, rctx: RequestContext) -> None:
+        if not rctx.handled and rctx.request.method != "ACK":
+            log.warn("routing ended without an answer for {m} {u}; answering 500",
+                     m=rctx.request.method, u=rctx.request.uri)
+            rctx.reply(500, "Server Internal Error")
+
+    # -- actions requested by the routing ---------------------------------------
+    def reply(self, rctx: RequestContext, status: int, reason: str | None,
+              headers: list[tuple[str, str]]) -> None:
+        req = rctx.request
+        if req.method == "ACK":
+            return
+        key = rctx.tx_key
+        holder = self.server_txs.get(key if key is not None else server_key(req))
+        if holder is None:
+            return
+        ctx = holder.context
+        if ctx is not None and ctx.pending_routing:
+            # Answer from failure_route: it replaces the best response.
+            ctx.final_sent = True
+        self._reply_tx(holder, req, status, reason, headers)
+
+    def _reply_tx(self, holder: ServerTx, req: Request, status: int, reason: str | None,
+                  headers: list[tuple[str, str]]) -> None:
+        tag = self.local_tag(holder.key, req) if status > 100 and req.to_tag is None else None
+        if self.server_header:
+            headers = [*headers, ("Server", self.server_header)]
+        resp = make_response(req, status, reason or REASONS.get(status, ""), to_tag=tag,
+                             headers=headers)
+        self._send_response(holder, resp)
+        log.info("{m} {u} from {s} answered {st} {r} (call-id {c})", m=req.method, u=req.uri,
+                 s=holder.source, st=status, r=resp.reason, c=req.call_id)
+
+    def relay(self, rctx: RequestContext, targets: list[URI | Destination]) -> None:
+        req = rctx.request
+        if req.method == "ACK":
+            for target in targets:
+                if isinstance(target, Destination):
+                    self._forward_stateless(rctx, target.uri, target.route, target.dst)
+                else:
+                    self._forward_stateless(rctx, target)
+            return
+        key = rctx.tx_key
+        holder = self.server_txs.get(key if key is not None else server_key(req))
+        if holder is None:
+            return
+        ctx = holder.context
+        if ctx is None:
+            ctx = holder.context = ProxyContext(self, rctx, holder)
+            rctx.proxy_ctx = ctx
+        if ctx.cancelled or ctx.final_sent:
+            return
+        for target in targets:
+            if isinstance(target, Destination):
+                self._start_branch(ctx, target.uri, target.route, target.dst)
+            else:
+                self._start_branch(ctx, target)
+
+    def call_hook(self, name: str, rctx: RequestContext, *args: Any) -> None:
+        def failed(f: Failure) -> None:
+            hook_failed(name, rctx.request, rctx.source, f)
+
+        try:
+            result = getattr(self.routing, name)(rctx, *args)
+        except Exception:  # noqa: BLE001 - a script bug must not kill the proxy
+            hook_failed(name, rctx.request, rctx.source)
+            return
+        drive(result, lambda: None, failed)
+
+    def run_failure_route(self, ctx: ProxyContext, best: Response) -> bool:
+        """Give failure_route its chance; True when it started new branches,
+        answered itself, or is still running (it calls check_complete again)."""
+        before = len(ctx.branches)
+        ctx.pending_routing = True
+        state = {"sync": True}
+
+        def done() -> None:
+            ctx.pending_routing = False
+            if not state["sync"]:
+                ctx.check_complete()
+
+        def failed(f: Failure) -> None:
+            hook_failed("failure_route", ctx.rctx.request, ctx.rctx.source, f)
+            done()
+
+        try:
+            result = self.routing.failure_route(ctx.rctx, best)
+        except Exception:  # noqa: BLE001
+            hook_failed("failure_route", ctx.rctx.request, ctx.rctx.source)
+            result = None
+        drive(result, done, failed)
+        if ctx.pending_routing:
+            state["sync"] = False
+            return True
+        return len(ctx.branches) > before or ctx.final_sent

@@ -1,0 +1,157 @@
+"""The proxy's transaction table: each sans-IO transaction of
+sipsuite.sip.transaction with its timers, and the driver that carries out
+the actions it returns (send, arm, disarm, pass up, time out, terminate).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sipsuite.proxy.net.listener import Listener, Source
+from sipsuite.sip.headers import Via
+from sipsuite.sip.transaction import Arm, Disarm, PassUp, Send, Terminated, Timeout
+
+if TYPE_CHECKING:
+    from sipsuite.proxy.core.context import Branch, ProxyContext
+    from sipsuite.proxy.net.resolver import Target
+    from sipsuite.proxy.routing.base import RequestContext
+
+
+class _TxHolder:
+    """Timers and table entry around one sans-IO transaction."""
+
+    __slots__ = ("tx", "key", "timers", "alive")
+
+    def __init__(self, tx: Any, key: tuple) -> None:
+        self.tx = tx
+        self.key = key
+        self.timers: dict[str, Any] = {}
+        self.alive = True
+
+
+class ServerTx(_TxHolder):
+    __slots__ = ("source", "context", "rctx", "via")
+
+    def __init__(self, tx: Any, key: tuple, source: Source, via: Via) -> None:
+        super().__init__(tx, key)
+        self.source = source
+        self.via = via
+        self.context: ProxyContext | None = None
+        self.rctx: RequestContext | None = None
+
+
+class ClientTx(_TxHolder):
+    __slots__ = ("branch", "target", "listener", "is_cancel")
+
+    def __init__(self, tx: Any, key: tuple, branch: Branch, target: Target, listener: Listener) -> None:
+        super().__init__(tx, key)
+        self.branch = branch
+        self.target = target
+        self.listener = listener
+        self.is_cancel = False
+
+
+class TransactionDriver:
+    """Mixed into ProxyCore: runs transaction actions against its transport
+    layer, timer heap and tables."""
+
+    server_txs: dict[tuple, ServerTx]
+    client_txs: dict[tuple, ClientTx]
+    transport: Any
+    timer_heap: Any
+    clock: Any
+
+    def in_flight(self) -> int:
+        """Requests still being handled: received ones not answered finally
+        yet, forwarded ones waiting for their final answer."""
+        pending = ("calling", "trying", "proceeding")
+        return (sum(1 for h in self.server_txs.values() if h.alive and h.tx.state in pending)
+                + sum(1 for h in self.client_txs.values() if h.alive and h.tx.state in pending))
+
+    def _run(self, holder: Any, actions: list[Any]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                data = action.msg.to_bytes()
+                if isinstance(holder, ServerTx):
+                    self._wire_response(holder, data)
+                else:
+                    t = holder.target
+                    ok = self.transport.send(data, t.transport, t.host, t.port, holder.listener,
+                                             t.name, connect=t.listener is None)
+                    if not ok:
+                        self._client_transport_error(holder)
+            elif kind is Arm:
+                old = holder.timers.get(action.timer)
+                if old is not None and old.active():
+                    old.cancel()
+                holder.timers[action.timer] = self.timer_heap.call_later(action.delay, self._fire, holder, action.timer)
+            elif kind is Disarm:
+                old = holder.timers.pop(action.timer, None)
+                if old is not None and old.active():
+                    old.cancel()
+            elif kind is PassUp:
+                if isinstance(holder, ClientTx):
+                    if not holder.is_cancel:
+                        holder.branch.ctx.on_response(holder.branch, action.msg)
+                else:
+                    # An ACK matching an accepted INVITE (RFC 2543 peer): route it.
+                    self._route(action.msg, holder.source, None)
+            elif kind is Timeout:
+                self._timeout(holder, action.timer)
+            elif kind is Terminated:
+                self._terminate(holder)
+
+    def _fire(self, holder: Any, name: str) -> None:
+        holder.timers.pop(name, None)
+        if holder.alive:
+            self._run(holder, holder.tx.timer(name, self.clock.seconds()))
+
+    def _cancel_timers(self, holder: Any) -> None:
+        for call in holder.timers.values():
+            if call.active():
+                call.cancel()
+        holder.timers.clear()
+
+    def _terminate(self, holder: Any) -> None:
+        holder.alive = False
+        self._cancel_timers(holder)
+        # Break the obvious cycles so reference counting frees a finished
+        # call at once instead of leaving it to a full garbage collection.
+        if isinstance(holder, ServerTx):
+            ctx = holder.context
+            holder.context = None
+            holder.rctx = None
+        else:
+            ctx = holder.branch.ctx
+            if holder.branch.client is holder:
+                holder.branch.client = None
+        if ctx is not None:
+            _release_if_done(ctx)
+        table = self.server_txs if isinstance(holder, ServerTx) else self.client_txs
+        if table.get(holder.key) is holder:
+            del table[holder.key]
+
+    # Provided by ProxyCore.
+    def _wire_response(self, holder: ServerTx, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _client_transport_error(self, holder: ClientTx) -> None:
+        raise NotImplementedError
+
+    def _route(self, req: Any, source: Source, holder: ServerTx | None) -> None:
+        raise NotImplementedError
+
+    def _timeout(self, holder: Any, timer: str) -> None:
+        raise NotImplementedError
+
+
+def _release_if_done(ctx: ProxyContext) -> None:
+    """Once the server transaction and every branch's client transaction
+    are gone, cut the context's back-references: its branches and request
+    context point at it, and those cycles would otherwise wait for a full
+    garbage collection, whose pause grows with every call still alive."""
+    if ctx.server.alive or any(b.client is not None for b in ctx.branches):
+        return
+    ctx.branches = []
+    ctx.rctx.proxy_ctx = None

@@ -1,0 +1,526 @@
+"""The dispatcher (Kamailio's dispatcher module): sets of destinations a
+routing class sends requests to, chosen by an algorithm, probed with SIP
+OPTIONS, and failed over in ``failure_route``.
+
+A routing class reaches it as ``self.core.dispatcher`` (None when
+``[dispatcher]`` names no destination)::
+
+    if not self.core.dispatcher.relay(ctx, 1, "round-robin"):   # ds_select_dst + t_relay
+        ctx.reply(503, "No gateway available")
+    ...
+    def failure_route(self, ctx, response):
+        self.core.dispatcher.next(ctx, response)                  # ds_next_dst + t_relay
+
+States, as Kamailio's flags: ``active`` (A) takes requests; ``inactive``
+(I) does not, and comes back after ``probe_successes`` accepted answers to
+probes; ``disabled`` (D) takes nothing and is never probed. The ``probing``
+flag (P) says a destination is probed when ``probe_mode = "inactive"``; a
+destination marked down gets it. The probes themselves are in
+probe.py, the list format and the algorithms in lists.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.application import service
+
+from sipsuite.config.values import DispatcherEntry
+from sipsuite.log import get_logger
+from sipsuite.proxy.modules.dispatcher.lists import (
+    FLAG_DISABLED,
+    FLAG_INACTIVE,
+    FLAG_PROBING,
+    ListError,
+    algorithm_number,
+    candidates,
+    read_list,
+)
+from sipsuite.proxy.modules.dispatcher.probe import PROBE_BRANCH, Prober, _Probe
+from sipsuite.proxy.net.listener import is_ip, strip_brackets
+from sipsuite.proxy.net.resolver import Target
+from sipsuite.proxy.routing.base import Destination, RequestContext
+from sipsuite.sip.uri import URI
+from sipsuite.startup import StartupError
+
+if TYPE_CHECKING:
+    from sipsuite.config import DispatcherConfig
+    from sipsuite.ops.server import RpcRegistry
+    from sipsuite.proxy.core.context import Branch
+    from sipsuite.proxy.core.proxy import ProxyCore
+    from sipsuite.sip.message import Response
+
+log = get_logger("sipsuite.proxy.dispatcher")
+
+__all__ = ["PROBE_BRANCH", "Attempt", "Dispatcher", "DsDestination", "attach_dispatcher",
+           "register_dispatcher_methods"]
+
+#: What failure_route fails over on by default: no answer (408, local or
+#: not), a server failure, a global failure (Kamailio's usual 408|5xx|6xx).
+FAILOVER = frozenset({408, *range(500, 700)})
+#: Most calls counted at once for algorithm 10; the oldest go first past it.
+MAX_CALLS = 100_000
+
+STATES = ("active", "inactive", "disabled")
+# set_state words (ours and kamcmd's letters) -> (state, probing flag or None: keep)
+_STATE_WORDS: dict[str, tuple[str, bool | None]] = {
+    "active": ("active", None), "a": ("active", False), "ap": ("active", True),
+    "inactive": ("inactive", None), "i": ("inactive", False),
+    "probing": ("inactive", True), "ip": ("inactive", True), "p": ("inactive", True),
+    "disabled": ("disabled", None), "d": ("disabled", False), "dp": ("disabled", True),
+}
+
+
+class DsDestination:
+    """One destination of one set, with its run-time state."""
+
+    __slots__ = ("setid", "entry", "uri", "parsed", "target", "priority", "weight", "maxload",
+                 "duid", "state", "probing", "failures", "successes", "calls", "last_probe",
+                 "last_probe_at")
+
+    def __init__(self, setid: int, entry: DispatcherEntry) -> None:
+        self.setid = setid
+        self.entry = entry
+        self.uri = entry.uri
+        self.parsed = URI.parse(entry.uri)
+        host = strip_brackets(self.parsed.host)
+        # An IP address is sent to directly, the Request-URI kept (ds_select_dst's
+        # $du); a host name goes in the Request-URI and is resolved there.
+        self.target: Target | None = None
+        if is_ip(host) and self.parsed.scheme == "sip":
+            transport = self.parsed.transport or "udp"
+            self.target = Target(transport, host,
+                                 self.parsed.port or (5061 if transport == "tls" else 5060))
+        self.priority = entry.priority
+        self.weight = int(entry.attr("weight") or 1)
+        self.maxload = int(entry.attr("maxload") or 0)
+        self.duid = entry.attr("duid") or ""
+        flags = entry.flags
+        self.state = ("disabled" if flags & FLAG_DISABLED else
+                      "inactive" if flags & FLAG_INACTIVE else "active")
+        self.probing = bool(flags & FLAG_PROBING)
+        self.failures = 0  # consecutive
+        self.successes = 0  # consecutive, while inactive
+        self.calls = 0
+        self.last_probe: str | None = None
+        self.last_probe_at: float | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.state == "active"
+
+    def take_state(self, old: DsDestination) -> None:
+        """Keep the run-time state of the same destination before a reload."""
+        self.state, self.probing = old.state, old.probing
+        self.failures, self.successes, self.calls = old.failures, old.successes, old.calls
+        self.last_probe, self.last_probe_at = old.last_probe, old.last_probe_at
+
+    def flags(self, mode: str) -> str:
+        first = {"active": "T" if self.failures else "A", "inactive": "I", "disabled": "D"}[self.state]
+        probed = self.state != "disabled" and (self.probing or mode == "all")
+        return first + ("P" if probed else "X")
+
+    def __repr__(self) -> str:
+        return f"<DsDestination {self.setid} {self.uri} {self.state}>"
+
+
+class Attempt:
+    """A request's walk through one set (kept in ``ctx.vars["dispatcher"]``)."""
+
+    __slots__ = ("setid", "alg", "remaining", "current", "branch", "rewrite")
+
+    def __init__(self, setid: int, alg: int, remaining: list[DsDestination], rewrite: bool) -> None:
+        self.setid = setid
+        self.alg = alg
+        self.remaining = remaining
+        self.current: DsDestination | None = None
+        self.branch: Branch | None = None
+        self.rewrite = rewrite
+
+
+class Dispatcher(Prober):
+    def __init__(self, core: ProxyCore, clock: Any = None) -> None:
+        self.core = core
+        self.clock = clock if clock is not None else core.clock
+        self.sets: dict[int, list[DsDestination]] = {}
+        self.by_uri: dict[str, list[DsDestination]] = {}
+        self.rr: dict[int, int] = {}
+        # Call-ID -> (destination, when): the calls algorithm 10 counts.
+        self.calls: dict[str, tuple[DsDestination, float]] = {}
+        self.inflight: dict[str, _Probe] = {}  # by URI
+        self.branches: dict[str, _Probe] = {}  # by Via branch
+        self.timer: Any = None
+        self.install(self.load())
+
+    @property
+    def cfg(self) -> DispatcherConfig:
+        # Read at use: `sipsuite-ctl cfg set` replaces core.config.
+        return self.core.config.dispatcher
+
+    # -- the sets ------------------------------------------------------------------
+    def load(self) -> dict[int, list[DispatcherEntry]]:
+        """The list file's sets and the config's, merged; ListError on a bad file."""
+        cfg = self.cfg
+        merged = {k: list(v) for k, v in (read_list(cfg.list_file) if cfg.list_file else {}).items()}
+        for setid, entries in cfg.sets.items():
+            have = {e.uri for e in merged.get(setid, [])}
+            merged.setdefault(setid, []).extend(e for e in entries if e.uri not in have)
+        return merged
+
+    def install(self, entries: dict[int, list[DispatcherEntry]]) -> None:
+        old = {(d.setid, d.uri): d for dests in self.sets.values() for d in dests}
+        sets: dict[int, list[DsDestination]] = {}
+        for setid in sorted(entries):
+            dests = []
+            for e in entries[setid]:
+                try:
+                    dests.append(DsDestination(setid, e))
+                except ValueError as exc:  # the config's URI check is looser than the parser
+                    raise ListError(f"set {setid}: {e.uri}: {exc}") from None
+            # Kamailio orders a set by priority, highest first, at load.
+            dests.sort(key=lambda d: -d.priority)
+            for d in dests:
+                before = old.get((setid, d.uri))
+                if before is None:
+                    continue
+                if before.entry.flags == d.entry.flags:
+                    d.take_state(before)
+                else:  # the file's new flags win, the calls in progress stay counted
+                    d.calls = before.calls
+            sets[setid] = dests
+        self.sets = sets
+        self.by_uri = {}
+        for dests in sets.values():
+            for d in dests:
+                self.by_uri.setdefault(d.uri, []).append(d)
+        # Calls in progress stay counted on the new objects (or are forgotten
+        # with a destination that went).
+        renamed: dict[str, tuple[DsDestination, float]] = {}
+        for call_id, (d, since) in self.calls.items():
+            new = next((n for n in self.by_uri.get(d.uri, []) if n.setid == d.setid), None)
+            if new is not None:
+                renamed[call_id] = (new, since)
+        self.calls = renamed
+
+    def reload(self) -> dict[str, int]:
+        """Re-read the list file (dispatcher.reload); on a bad one raise
+        ListError and keep the sets as they are."""
+        self.install(self.load())
+        n = sum(len(v) for v in self.sets.values())
+        log.info("dispatcher: {s} set(s), {n} destination(s) loaded", s=len(self.sets), n=n)
+        return {"sets": len(self.sets), "destinations": n}
+
+    def find(self, setid: int, uri: str) -> DsDestination | None:
+        for d in self.sets.get(setid, []):
+            if d.uri == uri:
+                return d
+        try:
+            wanted = URI.parse(uri)
+        except ValueError:
+            return None
+        return next((d for d in self.sets.get(setid, []) if d.parsed.equivalent(wanted)), None)
+
+    def set_state(self, setid: int, uri: str, word: str) -> DsDestination:
+        """Operator's state change (kamcmd dispatcher.set_state); KeyError /
+        ValueError for an unknown destination or state."""
+        change = _STATE_WORDS.get(word.strip().lower())
+        if change is None:
+            raise ValueError(f"unknown state {word!r}: expected active, inactive, probing or"
+                             " disabled (or kamcmd's a, ap, i, ip, d)")
+        d = self.find(setid, uri)
+        if d is None:
+            raise KeyError(f"no destination {uri} in set {setid}")
+        state, probing = change
+        d.state = state
+        if probing is not None:
+            d.probing = probing
+        d.failures = d.successes = 0
+        log.info("dispatcher: {u} in set {s} set {st} by the operator", u=d.uri, s=setid, st=state)
+        return d
+
+    def dump(self) -> list[dict[str, Any]]:
+        now = self.clock.seconds()
+        mode = self.cfg.probe_mode
+        out = []
+        for setid, dests in self.sets.items():
+            out.append({"setid": setid, "destinations": [{
+                "uri": d.uri, "state": d.state, "flags": d.flags(mode), "probing": d.probing,
+                "priority": d.priority, "weight": d.weight, "duid": d.duid,
+                "attrs": dict(d.entry.attrs), "calls": d.calls, "failures": d.failures,
+                "last_probe": d.last_probe,
+                "last_probe_age": None if d.last_probe_at is None else round(now - d.last_probe_at, 1),
+            } for d in dests]})
+        return out
+
+    # -- selection and failover (for routing classes) -----------------------------------
+    def select(self, ctx: RequestContext, setid: int, alg: int | str, limit: int = 0,
+               rewrite_uri: bool = False) -> list[DsDestination]:
+        """Kamailio's ds_select: the usable destinations of ``setid`` in the
+        order ``alg`` gives them (at most ``limit``, 0 = all), remembered in
+        ``ctx.vars["dispatcher"]`` for relay_next()/next(). ValueError for an
+        unknown algorithm; [] for an unknown set or none usable."""
+        number = algorithm_number(alg)
+        req = ctx.request
+        key = _hash_key(number, req)
+        counter = self.rr.get(setid, 0)
+        if number == 4:
+            self.rr[setid] = counter + 1
+        chosen: list[DsDestination] = candidates(number, self.sets.get(setid, []), key, counter)  # type: ignore[assignment]
+        if limit > 0:
+            chosen = chosen[:limit]
+        ctx.vars["dispatcher"] = Attempt(setid, number, list(chosen), rewrite_uri)
+        return chosen
+
+    def relay(self, ctx: RequestContext, setid: int, alg: int | str = 4, limit: int = 0,
+              rewrite_uri: bool = False) -> bool:
+        """ds_select_dst + t_relay: send the request to the first choice;
+        False (nothing sent) when the set has no usable destination.
+
+        The Request-URI is kept and the request sent to the destination's
+        address (Kamailio's $du) when it is an IP address; a destination
+        named by a host name, or ``rewrite_uri=True``, gets its host and
+        port put in the Request-URI instead (ds_select_domain)."""
+        if not self.select(ctx, setid, alg, limit, rewrite_uri):
+            return False
+        return self.relay_next(ctx)
+
+    def relay_next(self, ctx: RequestContext) -> bool:
+        """Send to the next remembered destination still usable; False when none is left."""
+        attempt: Attempt | None = ctx.vars.get("dispatcher")
+        if attempt is None:
+            return False
+        while attempt.remaining:
+            d = attempt.remaining.pop(0)
+            if not d.usable:
+                continue
+            attempt.current = d
+            req = ctx.request
+            if req.method == "INVITE":
+                self._count_call(req.call_id, d)
+            pctx = ctx.proxy_ctx
+            before = len(pctx.branches) if pctx is not None else 0
+            ctx.relay([self._destination(ctx, d, attempt.rewrite)])
+            pctx = ctx.proxy_ctx
+            if pctx is not None and len(pctx.branches) > before:
+                attempt.branch = pctx.branches[-1]
+            else:
+                # Nothing went out (CANCELed meanwhile, an ACK): no call to count.
+                attempt.branch = None
+                if req.method == "INVITE":
+                    self.call_ended(req.call_id)
+            self.core.count("dispatcher.relayed")
+            return True
+        attempt.current = None
+        return False
+
+    def next(self, ctx: RequestContext, response: Response,
+             codes: frozenset[int] | set[int] = FAILOVER) -> bool:
+        """For failure_route (ds_next_dst + t_relay): the destination just
+        tried failed; when its answer is one of ``codes`` (default 408, 5xx,
+        6xx) and the caller did not cancel, relay to the next destination.
+        A destination that did not answer at all (timeout, unreachable) has
+        that counted toward being marked inactive, as a failed probe is.
+        True when the request went on."""
+        attempt: Attempt | None = ctx.vars.get("dispatcher")
+        if attempt is None:
+            return False
+        failed = attempt.current
+        branch = attempt.branch
+        status = branch.response.status if branch is not None and branch.response is not None \
+            else response.status
+        if failed is not None:
+            self.call_ended(ctx.request.call_id)
+            if branch is not None and self._no_answer(branch):
+                self.core.count("dispatcher.no_answer")
+                self._result(failed, False, f"no answer to {ctx.request.method}")
+        pctx = ctx.proxy_ctx
+        if (pctx is not None and pctx.cancelled) or status not in codes:
+            return False
+        if self.relay_next(ctx):
+            self.core.count("dispatcher.failover")
+            now = attempt.current
+            log.info("dispatcher: {m} (call-id {c}) failed over from {f} ({s}) to {t}",
+                     m=ctx.request.method, c=ctx.request.call_id,
+                     f=failed.uri if failed is not None else "-", s=status,
+                     t=now.uri if now is not None else "-")
+            return True
+        return False
+
+    def on_reply(self, ctx: RequestContext, response: Response) -> None:
+        """For reply_route: a final failure from the destination ends its call."""
+        attempt: Attempt | None = ctx.vars.get("dispatcher")
+        if attempt is not None and response.status >= 300 and ctx.request.method == "INVITE":
+            self.call_ended(ctx.request.call_id)
+
+    def call_ended(self, call_id: str) -> None:
+        """A call counted for algorithm 10 ended (BYE, failure)."""
+        entry = self.calls.pop(call_id, None)
+        if entry is not None:
+            entry[0].calls = max(0, entry[0].calls - 1)
+
+    def _count_call(self, call_id: str, d: DsDestination) -> None:
+        self.call_ended(call_id)
+        now = self.clock.seconds()
+        calls = self.calls
+        limit = now - self.cfg.call_timeout
+        # Oldest first (insertion order): forget calls that never saw a BYE.
+        while calls:
+            first = next(iter(calls))
+            dest, since = calls[first]
+            if since > limit and len(calls) < MAX_CALLS:
+                break
+            self.call_ended(first)
+        calls[call_id] = (d, now)
+        d.calls += 1
+
+    def _no_answer(self, branch: Branch) -> bool:
+        resp = branch.response
+        return (not branch.provisional and resp is not None
+                and resp.to_tag == branch.ctx.local_tag and resp.status in (408, 503))
+
+    def _destination(self, ctx: RequestContext, d: DsDestination, rewrite: bool) -> Destination:
+        uri = ctx.request.uri
+        if d.target is not None and not rewrite:
+            return Destination(uri, dst=d.target)
+        new = uri.copy() if uri.scheme in ("sip", "sips") else URI("sip", uri.user or None)
+        new.scheme = d.parsed.scheme
+        new.host = d.parsed.host
+        new.port = d.parsed.port
+        # Where the request goes is the destination's business alone: the
+        # caller's maddr or transport would steer it elsewhere.
+        new.params.pop("maddr", None)
+        new.params.pop("transport", None)
+        if d.parsed.transport:
+            new.params["transport"] = d.parsed.transport
+        return Destination(new)
+
+    def _result(self, d: DsDestination, ok: bool, why: str, probe: bool = False) -> None:
+        """One probe answer (or a call the destination did not answer): the
+        thresholds move it between active and inactive."""
+        cfg = self.cfg
+        if probe:
+            d.last_probe = why
+            d.last_probe_at = self.clock.seconds()
+        if d.state == "disabled":
+            return
+        if ok:
+            d.failures = 0
+            if d.state != "inactive":
+                return
+            d.successes += 1
+            if d.successes >= cfg.probe_successes:
+                d.state = "active"
+                d.successes = 0
+                if cfg.probe_mode == "inactive":
+                    d.probing = False
+                log.info("dispatcher: {u} in set {s} is active again ({w})", u=d.uri, s=d.setid,
+                         w=why)
+            return
+        d.successes = 0
+        if d.state != "active":
+            return
+        d.failures += 1
+        if d.failures >= cfg.probe_failures:
+            d.state = "inactive"
+            d.probing = True
+            log.warn("dispatcher: {u} in set {s} marked inactive after {n} failure(s) ({w})",
+                     u=d.uri, s=d.setid, n=d.failures, w=why)
+
+
+def _hash_key(alg: int, req: Any) -> str:
+    """The text algorithms 0-3 and 9 hash (user@host of a URI, as Kamailio does)."""
+    if alg == 1:
+        uri = req.from_.uri
+    elif alg == 2:
+        uri = req.to.uri
+    elif alg == 3:
+        uri = req.uri
+    else:
+        return req.call_id
+    return f"{uri.user or ''}@{uri.host}"
+
+
+# ---------------------------------------------------------------------------
+# Wiring and management.
+
+
+class DispatcherService(service.Service):
+    """Runs the probes while the proxy runs."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def startService(self) -> None:
+        super().startService()
+        self.dispatcher.start()
+
+    def stopService(self) -> Any:
+        self.dispatcher.stop()
+        return super().stopService()
+
+
+def attach_dispatcher(core: ProxyCore, parent: service.MultiService) -> Dispatcher | None:
+    """Give the core its dispatcher when ``[dispatcher]`` names destinations;
+    a bad list file stops start-up with one line naming the file and line."""
+    cfg = core.config.dispatcher
+    if not cfg.list_file and not cfg.sets:
+        core.dispatcher = None
+        return None
+    try:
+        dispatcher = Dispatcher(core)
+    except ListError as e:
+        raise StartupError(f"dispatcher: {e}") from None
+    core.dispatcher = dispatcher
+    DispatcherService(dispatcher).setServiceParent(parent)
+    n = sum(len(v) for v in dispatcher.sets.values())
+    log.info("dispatcher: {s} set(s), {n} destination(s)", s=len(dispatcher.sets), n=n)
+    return dispatcher
+
+
+NO_DISPATCHER = -32010
+LIST_REFUSED = -32011
+NO_DESTINATION = -32012
+
+
+def register_dispatcher_methods(registry: RpcRegistry, core: ProxyCore) -> None:
+    from sipsuite.ops.errors import INVALID_PARAMS, RpcError
+
+    def get() -> Dispatcher:
+        d = getattr(core, "dispatcher", None)
+        if d is None:
+            raise RpcError(NO_DISPATCHER, "no dispatcher: [dispatcher] names no list_file and no sets")
+        return d
+
+    def dump() -> list[dict[str, Any]]:
+        return get().dump()
+
+    def reload() -> dict[str, Any]:
+        try:
+            return get().reload()
+        except ListError as e:
+            raise RpcError(LIST_REFUSED, f"list refused, the old sets stay: {e}") from None
+
+    def set_state(setid: int, uri: str, state: str) -> dict[str, Any]:
+        if isinstance(setid, str) and setid.isdigit():
+            setid = int(setid)
+        if isinstance(setid, bool) or not isinstance(setid, int):
+            raise RpcError(INVALID_PARAMS, "setid must be a whole number")
+        if not isinstance(uri, str) or not isinstance(state, str):
+            raise RpcError(INVALID_PARAMS, "uri and state must be strings")
+        try:
+            d = get().set_state(setid, uri, state)
+        except ValueError as e:
+            raise RpcError(INVALID_PARAMS, str(e)) from None
+        except KeyError as e:
+            raise RpcError(NO_DESTINATION, e.args[0]) from None
+        return {"setid": setid, "uri": d.uri, "state": d.state, "probing": d.probing}
+
+    registry.register("dispatcher.dump", dump,
+                      "dispatcher.dump(): every set and destination with state (flags as"
+                      " Kamailio's: A/I/D/T + P/X), priority, weight, active calls, last probe")
+    registry.register("dispatcher.reload", reload,
+                      "dispatcher.reload(): re-read [dispatcher] list_file; a bad file is"
+                      f" refused (error {LIST_REFUSED}) and the old sets stay")
+    registry.register("dispatcher.set_state", set_state,
+                      "dispatcher.set_state(setid, uri, state): state active, inactive, probing"
+                      " (inactive until probes answer) or disabled; kamcmd's a, ap, i, ip, d too")

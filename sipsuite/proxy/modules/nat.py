@@ -1,0 +1,109 @@
+"""NAT detection for signalling and media, like Kamailio's nathelper.
+
+``signalling_nat`` is nat_uac_test(19) (the registrar's ``behind_nat``: a
+private Contact, or a top Via naming another address or port than the
+packet came from); ``media_nat`` is nat_uac_test(8) (a private address in
+the SDP).  ``needs_relay`` is the decision the default routing takes for a
+call's media, kept free of I/O so it is unit-tested on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sipsuite.proxy.net.resolver import Target
+from sipsuite.proxy.registrar.registrar import behind_nat
+from sipsuite.sip import sdp
+from sipsuite.sip.message import Message, Request
+
+__all__ = [
+    "NAT_PARAM", "add_contact_alias", "handle_ruri_alias", "media_nat", "needs_relay",
+    "parse_sdp", "signalling_nat",
+]
+
+#: The Record-Route parameter marking a call with a party behind NAT
+#: (kamailio.cfg's ``add_rr_param(";nat=yes")``).
+NAT_PARAM = "nat=yes"
+
+
+def signalling_nat(req: Request, source: Any) -> bool:
+    """nathelper's nat_uac_test(19) on a request and where it came from."""
+    try:
+        return behind_nat(req, source)
+    except ValueError:
+        # An unparsable Contact: nothing to tell, and routing goes on.
+        return False
+
+
+# Kamailio's alias protocol numbers (PROTO_UDP, PROTO_TCP, PROTO_TLS).
+_PROTO_NUMBER = {"udp": "1", "tcp": "2", "tls": "3"}
+_PROTO_NAME = {v: k for k, v in _PROTO_NUMBER.items()}
+
+
+def add_contact_alias(req: Request, source: Any) -> bool:
+    """nathelper's add_contact_alias(): ``;alias=IP~PORT~PROTO`` (where the
+    request really came from) on its one Contact URI, so requests sent back
+    to that Contact in the dialog reach the NAT binding, not the private
+    address the phone wrote.  False (nothing changed) unless there is
+    exactly one Contact without an alias yet."""
+    try:
+        contacts = req.contacts
+    except ValueError:
+        return False
+    if len(contacts) != 1 or req.contact_star:
+        return False
+    contact = contacts[0]
+    if "alias" in contact.uri.params or contact.uri.scheme not in ("sip", "sips"):
+        return False
+    host = f"[{source.host}]" if ":" in source.host else source.host
+    contact.uri.params["alias"] = f"{host}~{source.port}~{_PROTO_NUMBER.get(source.transport, '1')}"
+    # A bare addr-spec would turn the URI parameter into a header parameter.
+    contact.angle = True
+    req.set_header("Contact", str(contact))
+    return True
+
+
+def handle_ruri_alias(req: Request) -> Target | None:
+    """nathelper's handle_ruri_alias(): the next hop an ``;alias`` in the
+    Request-URI names (the parameter is removed), or None without one."""
+    alias = req.uri.params.get("alias")
+    if not alias:
+        return None
+    parts = alias.split("~")
+    if len(parts) != 3 or not parts[1].isdigit() or parts[2] not in _PROTO_NAME:
+        return None
+    host, port, proto = parts[0].strip("[]"), int(parts[1]), _PROTO_NAME[parts[2]]
+    del req.uri.params["alias"]
+    return Target(proto, host, port)
+
+
+def parse_sdp(msg: Message) -> sdp.SessionDescription | None:
+    """The message's SDP, or None when it has none (or none we can read).
+
+    A body that is not SDP is forwarded untouched, as Kamailio does with a
+    body its rtpproxy module cannot parse."""
+    if not msg.body:
+        return None
+    ctype = (msg.header("content-type") or "").split(";", 1)[0].strip().lower()
+    if ctype and ctype != "application/sdp":
+        return None
+    try:
+        sd = sdp.parse(msg.body)
+    except sdp.SDPError:
+        return None
+    return sd if sd.media else None
+
+
+def media_nat(sd: sdp.SessionDescription | None) -> bool:
+    """nathelper's nat_uac_test(8): a private address in the SDP."""
+    return sd is not None and sdp.has_private_address(sd)
+
+
+def needs_relay(mode: str, *, signalling: bool, media: bool, known: bool = False) -> bool:
+    """Whether a call's media goes through a relay.
+
+    ``mode`` is ``[media] relay``: "always", or "nat" (only when a party is
+    behind NAT: its signalling or its SDP says so).  ``known`` says the call
+    is already on a relay (a re-INVITE of a relayed call stays relayed even
+    when the re-INVITE's sender is not behind NAT)."""
+    return mode == "always" or known or signalling or media

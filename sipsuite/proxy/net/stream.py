@@ -1,0 +1,218 @@
+"""TCP and TLS: one SIPStreamProtocol per connection (framing by Content-Length,
+the idle and whole-message timeouts), and the factories that admit inbound
+connections and make outbound ones.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.logger import LogLevel
+from zope.interface import implementer
+
+from sipsuite.log import enabled, get_logger
+from sipsuite.proxy.net.listener import Listener, Source, bracket, log_wire
+from sipsuite.proxy.net.localaddr import (
+    is_wildcard,
+)
+from sipsuite.sip.message import (
+    KeepAlive,
+    ParseError,
+    StreamParser,
+)
+
+if TYPE_CHECKING:
+    from sipsuite.proxy.net.transport import TransportLayer
+
+
+log = get_logger("sipsuite.proxy.transport")
+
+
+@implementer(IHandshakeListener)
+class SIPStreamProtocol(protocol.Protocol):
+    """One TCP or TLS connection, inbound or outbound; both carry requests and
+    responses in either direction (RFC 3261 18.3)."""
+
+    def __init__(self, layer: TransportLayer, listener: Listener) -> None:
+        self.layer = layer
+        self.listener = listener
+        self.kind = listener.transport  # 'tcp' | 'tls'
+        self.outbound = False
+        self.secured = False
+        self.tls_name = ""  # outbound TLS: the name the server's certificate was checked for
+        self.parser = StreamParser()
+        self.peer: tuple[str, int] = ("", 0)
+        self.idle_call: Any = None
+        # Running while a message is being read: [proxy] tcp_message_timeout.
+        self.message_call: Any = None
+        # Counted in layer.limits (under this source, None for one we opened).
+        self.counted = False
+        self.source_key: str | None = None
+        self.pending: list[bytes] = []
+        self.connected_ok = False
+        self.closed = False
+        self.aliases: set[tuple[str, int]] = set()  # keys aliased to it (TransportLayer.alias)
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer = (peer.host, peer.port)
+        if not self.outbound and is_wildcard(self.listener.host):
+            # Accepted on a wildcard: the connection's own socket knows which address.
+            self.listener = self.layer.local_listener(self.listener, self.transport.getHost().host)
+        self.connected_ok = True
+        self.layer.connection_up(self)
+        for data in self.pending:
+            self.transport.write(data)
+        self.pending.clear()
+        self.touch()
+        if self.kind == "tls" and not self.secured:
+            # The handshake is timed like a message: its bytes never reach
+            # dataReceived, so they would not even touch the idle timer.
+            self.message_call = self.layer.clock.callLater(self.layer.tcp_message_timeout,
+                                                           self.message_timeout)
+
+    def touch(self) -> None:
+        timeout = self.layer.tcp_idle_timeout
+        if self.idle_call is not None and self.idle_call.active():
+            self.idle_call.reset(timeout)
+        else:
+            self.idle_call = self.layer.clock.callLater(timeout, self.idle_timeout)
+
+    def handshakeCompleted(self) -> None:
+        self.secured = True
+        if self.message_call is not None:
+            self.message_call.cancel()
+            self.message_call = None
+
+    def idle_timeout(self) -> None:
+        log.debug("closing idle {k} connection to {p}", k=self.kind, p=self.peer)
+        self.transport.loseConnection()
+
+    def message_timeout(self) -> None:
+        """A message begun more than tcp_message_timeout ago is still not
+        complete: a slowloris (one byte now and then holds a connection
+        forever against the idle timer alone), or a peer gone silent
+        mid-message. Aborted, not closed: it may not read what we write."""
+        self.message_call = None
+        self.layer.stats_drop("tcp_message_timeout")
+        what = "complete message" if self.secured or self.kind != "tls" else "TLS handshake"
+        log.info("closing {k} connection with {h}:{p}: no {w} within {t} s", k=self.kind,
+                 h=bracket(self.peer[0]), p=self.peer[1], w=what, t=self.layer.tcp_message_timeout)
+        self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.touch()
+        if enabled(LogLevel.debug):
+            log_wire("received from", self.kind, self.peer[0], self.peer[1], data)
+        if self.message_call is None and data.strip(b"\r\n"):
+            # A message begins (CRLF keep-alives between messages do not
+            # start one). It may also end in this very read, then the timer
+            # stops below; what follows an ended message is timed from the
+            # next read on, at most one idle timeout later.
+            self.message_call = self.layer.clock.callLater(self.layer.tcp_message_timeout,
+                                                           self.message_timeout)
+        for item in self.parser.feed(data):
+            if not isinstance(item, KeepAlive) and self.message_call is not None:
+                self.message_call.cancel()
+                self.message_call = None
+            if isinstance(item, KeepAlive):
+                # RFC 5626 3.5.1: a double-CRLF ping is answered with one CRLF.
+                self.transport.write(b"\r\n")
+                continue
+            if isinstance(item, ParseError):
+                self.layer.stats_drop("parse")
+                reply = item.response_bytes()
+                if reply is not None:
+                    self.transport.write(reply)
+                # Framing is lost after a malformed message: the stream cannot
+                # be resynchronised (RFC 4475 3.1.2.3).
+                self.transport.loseConnection()
+                return
+            source = Source(self.kind, self.peer[0], self.peer[1], self.listener, self)
+            try:
+                self.layer.handler(item, source)
+            except Exception:  # noqa: BLE001
+                log.failure("unhandled error processing a message from {src}", src=source)
+
+    def send(self, data: bytes) -> bool:
+        if self.closed:
+            return False
+        if enabled(LogLevel.debug):
+            log_wire("sending to", self.kind, self.peer[0], self.peer[1], data)
+        if not self.connected_ok:
+            self.pending.append(data)
+            return True
+        self.transport.write(data)
+        self.touch()
+        return True
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed = True
+        if self.idle_call is not None and self.idle_call.active():
+            self.idle_call.cancel()
+        if self.message_call is not None:
+            self.message_call.cancel()
+            self.message_call = None
+        self.layer.uncount(self)
+        if self.kind == "tls" and not self.secured:
+            # No handshake: a peer without an acceptable certificate, an
+            # impostor, or not TLS at all.  Outbound, the branches waiting on
+            # it fail over now instead of at timer B/F.
+            why = reason.getErrorMessage() if reason is not None else "closed"
+            log.info("tls handshake with {h}:{p} failed: {r}", h=bracket(self.peer[0]),
+                     p=self.peer[1], r=why)
+            self.layer.stats_drop("tls_handshake")
+            if self.outbound:
+                self.layer.connection_failed(self)
+                return
+        self.layer.connection_down(self)
+
+
+class InboundFactory(protocol.ServerFactory):
+    def __init__(self, layer: TransportLayer, listener: Listener) -> None:
+        self.layer = layer
+        self.listener = listener
+
+    def buildProtocol(self, addr: Any) -> SIPStreamProtocol:
+        proto = SIPStreamProtocol(self.layer, self.listener)
+        self.layer.count(proto, addr.host)
+        return proto
+
+
+class Admission(protocol.ServerFactory):
+    """In front of a listener's factory (the TLS one too, which cannot be
+    told no): a connection over a limit gets no protocol, so Twisted closes
+    it as soon as it is accepted."""
+
+    def __init__(self, layer: TransportLayer, inner: protocol.Factory) -> None:
+        self.layer = layer
+        self.inner = inner
+
+    def doStart(self) -> None:
+        self.inner.doStart()
+
+    def doStop(self) -> None:
+        self.inner.doStop()
+
+    def logPrefix(self) -> str:
+        return self.inner.logPrefix()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if not self.layer.admit(addr.host):
+            return None
+        return self.inner.buildProtocol(addr)
+
+
+class OutboundFactory(protocol.ClientFactory):
+    def __init__(self, proto: SIPStreamProtocol) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> SIPStreamProtocol:
+        return self.proto
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.proto.closed = True
+        self.proto.layer.uncount(self.proto)
+        self.proto.layer.connection_failed(self.proto)

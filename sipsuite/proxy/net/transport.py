@@ -1,0 +1,354 @@
+"""UDP, TCP and TLS transports: bytes in from the network, parsed messages out
+to the core; bytes out to a (transport, host, port) destination.  TLS is the
+TCP stream handling under a TLS layer (contexts from sipsuite.tlsctx).
+
+The core never touches sockets. It hands every received message to
+``handler(message, source)`` and sends with ``TransportLayer.send``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import LogLevel
+
+from sipsuite.log import enabled, get_logger
+from sipsuite.proxy.net.listener import Handler, Listener, Source, log_wire, strip_brackets
+from sipsuite.proxy.net.localaddr import (
+    PKTINFO,
+    WildcardListeners,
+    is_wildcard,
+    listen_pktinfo,
+    source_ancillary,
+)
+from sipsuite.proxy.net.stream import (
+    Admission,
+    InboundFactory,
+    OutboundFactory,
+    SIPStreamProtocol,
+)
+from sipsuite.proxy.net.stun import stun_reply
+from sipsuite.proxy.net.tcplimits import ConnectionLimits
+from sipsuite.sip.message import (
+    ParseError,
+    parse_datagram,
+)
+
+log = get_logger("sipsuite.proxy.transport")
+
+# RFC 3261 18.1.1: a request within 200 bytes of the path MTU must not go over
+# UDP unreliably fragmented; we only warn-and-send, since switching a call to
+# TCP behind the caller's back breaks phones that do not listen on TCP.
+MAX_UDP = 65507
+
+
+def _grow_buffers(sock: socket.socket, size: int) -> None:
+    """A burst (or a pause of ours) must queue in the kernel, not be lost:
+    an ACK for a 2xx is never retransmitted. The default 208 KiB holds well
+    under a second of a few hundred calls/s."""
+    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+                         (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+        try:
+            # The FORCE variants pass net.core.*mem_max when we run as root.
+            sock.setsockopt(socket.SOL_SOCKET, force if force is not None else plain, size)
+        except OSError:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
+            except OSError:
+                log.warn("could not set UDP socket buffers to {n} bytes", n=size)
+
+
+class SIPDatagramProtocol(protocol.DatagramProtocol):
+    def __init__(self, layer: TransportLayer, listener: Listener) -> None:
+        self.layer = layer
+        self.listener = listener
+        # Set when the socket reports each datagram's local address (localaddr).
+        self.pktinfo = False
+
+    def datagramReceived(self, data: bytes, addr: tuple[Any, ...], local: str | None = None) -> None:
+        host, port = addr[0], addr[1]
+        if enabled(LogLevel.debug):
+            log_wire("received from", "udp", host, port, data)
+        if len(data) <= 4 and not data.strip():
+            # CRLF keep-alives from phones behind NAT (RFC 5626 allows them on UDP too).
+            return
+        listener = self.listener if local is None else self.layer.local_listener(self.listener, local)
+        origin = listener.host if listener.parent is not None else None
+        if data[0] < 2 and self.layer.stun():
+            # No SIP message starts with a control byte; a STUN one does (RFC 5389 6).
+            reply = stun_reply(data, host, port)
+            if reply is not None:
+                self.send(reply, host, port, origin)
+            return
+        try:
+            msg = parse_datagram(data)
+        except ParseError as err:
+            self.layer.stats_drop("parse")
+            self.layer.answer_parse_error(err, data, host, port, self, origin)
+            return
+        source = Source("udp", host, port, listener)
+        try:
+            self.layer.handler(msg, source)
+        except Exception:  # noqa: BLE001 - one bad message must never stop the socket
+            log.failure("unhandled error processing a message from {src}", src=source)
+
+    def send(self, data: bytes, host: str, port: int, origin: str | None = None) -> bool:
+        """``origin``: the local address to send from (a wildcard socket's
+        child listener), else the kernel's choice."""
+        transport = self.transport
+        if transport is None:
+            return False
+        if enabled(LogLevel.debug):
+            log_wire("sending to", "udp", host, port, data)
+        try:
+            # Straight to the socket: Port.write re-validates the address
+            # family on every datagram, and our destinations are always IP
+            # literals of the listener's family (pick_listener saw to that).
+            if origin is not None and self.pktinfo:
+                transport.socket.sendmsg([data], source_ancillary(origin), 0, (host, port))
+            else:
+                transport.socket.sendto(data, (host, port))
+        except InterruptedError:
+            return self.send(data, host, port, origin)
+        except (OSError, AttributeError) as exc:
+            self.layer.stats_drop("send")
+            log.warn("udp send to {h}:{p} failed: {e}", h=host, p=port, e=exc)
+            return False
+        return True
+
+
+class TransportLayer(WildcardListeners):
+    """Owns the listeners and the TCP connection table."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        handler: Handler,
+        tcp_idle_timeout: float = 600.0,
+        udp_buffer: int = 4 * 1024 * 1024,
+        tcp_message_timeout: float = 20.0,
+    ) -> None:
+        super().__init__()
+        self.udp_buffer = udp_buffer
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.handler = handler
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_message_timeout = tcp_message_timeout
+        self.limits = ConnectionLimits()
+        self.listeners: list[Listener] = []
+        self.udp: dict[Listener, SIPDatagramProtocol] = {}
+        # (host, port) -> connection; inbound and outbound alike, so responses
+        # and in-dialog requests go back over the connection the peer opened.
+        self.connections: dict[tuple[str, int], SIPStreamProtocol] = {}
+        # (host, port) -> a connection from host at another port (its phone
+        # registered that port as its Contact): see alias().
+        self.aliases: dict[tuple[str, int], SIPStreamProtocol] = {}
+        # Answer STUN Binding requests on UDP listeners (RFC 5626 8).
+        self.stun: Callable[[], bool] = lambda: False
+        self.drops: dict[str, int] = {}
+        # sipsuite.tlsctx.TLSContexts, set by the service when a tls: listener exists.
+        self.tls: Any = None
+        # The listeners (as configured) whose clients must show a certificate.
+        self.require_client_cert: Callable[[], set[str]] = set
+        self.on_connection_failed: Callable[[str, int], None] | None = None
+
+    # -- set-up --------------------------------------------------------------
+    def listen(self, listener: Listener) -> None:
+        if listener.transport == "udp":
+            proto = SIPDatagramProtocol(self, listener)
+            if is_wildcard(listener.host) and PKTINFO and hasattr(self.reactor, "addReader"):
+                listener.port_obj = listen_pktinfo(self.reactor, listener.port, proto,
+                                                   listener.host, MAX_UDP)
+                proto.pktinfo = True
+            else:
+                listener.port_obj = self.reactor.listenUDP(
+                    listener.port, proto, interface=listener.host, maxPacketSize=MAX_UDP
+                )
+            if listener.port == 0:
+                listener.port = listener.port_obj.getHost().port
+            _grow_buffers(listener.port_obj.getHandle(), self.udp_buffer)
+            self.udp[listener] = proto
+        elif listener.transport == "tcp":
+            listener.port_obj = self.reactor.listenTCP(
+                listener.port, Admission(self, InboundFactory(self, listener)),
+                interface=listener.host
+            )
+            if listener.port == 0:
+                listener.port = listener.port_obj.getHost().port
+        elif listener.transport == "tls" and self.tls is not None:
+            configured = repr(listener)
+            factory = self.tls.server_factory(
+                InboundFactory(self, listener), lambda: configured in self.require_client_cert())
+            listener.port_obj = self.reactor.listenTCP(listener.port, Admission(self, factory),
+                                                       interface=listener.host)
+            if listener.port == 0:
+                listener.port = listener.port_obj.getHost().port
+        else:
+            raise ValueError(f"unsupported transport {listener.transport}")
+        self.listeners.append(listener)
+
+    def stop(self) -> list[Any]:
+        results = []
+        for listener in self.listeners:
+            if listener.port_obj is not None:
+                results.append(listener.port_obj.stopListening())
+        for conn in list(self.connections.values()):
+            conn.transport.loseConnection()
+        return results
+
+    # -- choosing an outgoing socket ----------------------------------------
+    def pick_listener(self, transport: str, host: str, prefer: Listener | None,
+                      peer: str | None = None) -> Listener | None:
+        """The listener to send to ``host`` from: ``prefer`` (the one a
+        request arrived on) when it fits, else the first of the transport and
+        family; on a wildcard, which local address (localaddr.outgoing)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        chosen = None
+        if prefer is not None and prefer.transport == transport and prefer.family == family:
+            chosen = prefer
+        else:
+            chosen = next((li for li in self.listeners
+                           if li.transport == transport and li.family == family), None)
+        if chosen is None or not is_wildcard(chosen.root.host):
+            return chosen
+        # The local address the request arrived on, whichever transport it used.
+        arrived = (prefer.host if prefer is not None and prefer.parent is not None
+                   and prefer.family == family else None)
+        return self.outgoing(chosen.root, strip_brackets(host), peer, arrived)
+
+    # -- sending ---------------------------------------------------------------
+    def send(self, data: bytes, transport: str, host: str, port: int, listener: Listener,
+             name: str = "", connect: bool = True) -> bool:
+        """``name``: for TLS, the host the certificate must be for (default:
+        ``host``). ``connect=False``: over an existing connection only (a flow)."""
+        host = strip_brackets(host)
+        if transport == "udp":
+            proto = self.udp.get(listener.root)
+            if proto is None:
+                return False
+            return proto.send(data, host, port, listener.host if listener.parent is not None else None)
+        conn = self.connection_to(host, port)
+        if not connect and (conn is None or conn.kind != transport):
+            return False
+        if (conn is None or conn.closed or conn.kind != transport
+                or (transport == "tls" and not self._proves(conn, name or host, bool(name)))):
+            if transport == "tls" and (self.tls is None or not self.tls.name_ok(name or host)):
+                # No TLS, or a name no certificate can be checked for (IDNA
+                # refuses it): the branch fails over now.
+                self.stats_drop("tls_name")
+                return False
+            if not self.admit(None):
+                return False
+            conn = self.connect(host, port, listener, name)
+        return conn.send(data)
+
+    @staticmethod
+    def _proves(conn: SIPStreamProtocol, name: str, named: bool) -> bool:
+        """Whether a TLS connection may carry a request for ``name``: one we
+        opened and checked for that name (two names may share an address).
+        A connection the peer opened was checked for no name at all: fine
+        for an address (a phone's flow, a response), never for a host name
+        (RFC 5922: the certificate must be for the name we meant)."""
+        if conn.outbound:
+            return conn.tls_name == name
+        return not named
+
+    def connection_to(self, host: str, port: int) -> SIPStreamProtocol | None:
+        """The live connection to (host, port), or one aliased to it."""
+        conn = self.connections.get((host, port)) or self.aliases.get((host, port))
+        return None if conn is None or conn.closed else conn
+
+    def alias(self, conn: SIPStreamProtocol, host: str, port: int) -> None:
+        """Kamailio's tcp connection aliasing: requests to (host, port) go
+        over ``conn`` while it lives, unless a connection of its own exists."""
+        key = (host, port)
+        if key not in self.connections and not conn.closed:
+            self.aliases[key] = conn
+            conn.aliases.add(key)
+
+    def send_on(self, data: bytes, conn: SIPStreamProtocol) -> bool:
+        return conn.send(data)
+
+    def connect(self, host: str, port: int, listener: Listener, name: str = "") -> SIPStreamProtocol:
+        proto = SIPStreamProtocol(self, listener)
+        proto.peer = (host, port)
+        proto.outbound = True
+        self.count(proto, None)
+        self.connections[(host, port)] = proto
+        factory: Any = OutboundFactory(proto)
+        if proto.kind == "tls":
+            proto.tls_name = name or host
+            factory = self.tls.client_factory(factory, proto.tls_name)
+        # From a wildcard's child: from the address our Via and Record-Route name.
+        if listener.parent is not None:
+            self.reactor.connectTCP(host, port, factory, timeout=10, bindAddress=(listener.host, 0))
+        else:
+            self.reactor.connectTCP(host, port, factory, timeout=10)
+        return proto
+
+    def connection_up(self, conn: SIPStreamProtocol) -> None:
+        self.connections[conn.peer] = conn
+
+    def connection_down(self, conn: SIPStreamProtocol) -> None:
+        if self.connections.get(conn.peer) is conn:
+            del self.connections[conn.peer]
+        for key in conn.aliases:
+            if self.aliases.get(key) is conn:
+                del self.aliases[key]
+
+    def connection_failed(self, conn: SIPStreamProtocol) -> None:
+        self.connection_down(conn)
+        if self.on_connection_failed is not None:
+            self.on_connection_failed(conn.peer[0], conn.peer[1])
+
+    # -- limits --------------------------------------------------------------------
+    def configure(self, proxy: Any) -> None:
+        """Take the [proxy] TCP settings that may change at run time; open
+        connections over a lowered limit stay, new ones are refused."""
+        self.tcp_message_timeout = proxy.tcp_message_timeout
+        self.limits.max_connections = proxy.tcp_max_connections
+        self.limits.max_per_source = proxy.tcp_max_per_source
+
+    def admit(self, host: str | None) -> bool:
+        """Whether one more connection (from ``host``, or None: to a next hop) may open."""
+        cause = self.limits.refusal(host)
+        if cause is None:
+            return True
+        self.stats_drop(cause)
+        self.limits.refused(cause, host)
+        return False
+
+    def count(self, conn: SIPStreamProtocol, host: str | None) -> None:
+        conn.counted = True
+        conn.source_key = host
+        self.limits.opened(host)
+
+    def uncount(self, conn: SIPStreamProtocol) -> None:
+        if conn.counted:
+            conn.counted = False
+            self.limits.closed(conn.source_key)
+
+    # -- malformed input -------------------------------------------------------
+    def stats_drop(self, cause: str) -> None:
+        self.drops[cause] = self.drops.get(cause, 0) + 1
+
+    def answer_parse_error(
+        self, err: ParseError, data: bytes, host: str, port: int, proto: SIPDatagramProtocol,
+        origin: str | None = None,
+    ) -> None:
+        reply = err.response_bytes()
+        log.info("malformed message from udp:{h}:{p}: {s} {r}", h=host, p=port, s=err.status, r=err.reason)
+        if reply is None:
+            return
+        # Answer where RFC 3261 18.2.2 / RFC 3581 would: the source address,
+        # at the rport (source port) when asked, else the Via sent-by port.
+        via = err.source_via
+        dest_port = port
+        if via is not None and via.rport is None:
+            dest_port = via.port or 5060
+        proto.send(reply, host, dest_port, origin)

@@ -1,0 +1,185 @@
+"""Routing: Kamailio's routing blocks as methods of a Python class.
+
+``request_route`` is Kamailio's ``request_route``; ``branch_route``,
+``reply_route`` and ``failure_route`` are its ``branch_route[]``,
+``onreply_route[]`` and ``failure_route[]``. Any of them may be ``async``
+(a location lookup in Redis is awaited). Users subclass ``DefaultRouting``
+and name their class in ``[proxy] routing = "package.module:Class"``.
+
+Each hook receives a ``RequestContext`` (``ctx``): the request, where it
+came from, and the actions a script takes (``reply``, ``relay``, ``drop``,
+``record_route``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sipsuite.proxy.net.resolver import Target
+from sipsuite.proxy.registrar.location import Binding
+from sipsuite.sip.message import Request, Response
+from sipsuite.sip.uri import URI
+
+if TYPE_CHECKING:
+    from sipsuite.proxy.core.context import Branch, ProxyContext
+    from sipsuite.proxy.core.proxy import ProxyCore
+
+
+# Methods that create a dialog and so are record-routed by the default
+# script (kamailio.cfg record-routes INVITE and SUBSCRIBE; REFER also
+# creates an implicit subscription, RFC 3515).
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+
+
+class RequestContext:
+    """What a routing hook sees of one incoming request and can do with it."""
+
+    __slots__ = ("core", "request", "source", "proxy_ctx", "loose_routed", "handled", "vars",
+                 "tx_key", "debug")
+
+    def __init__(self, core: ProxyCore, request: Request, source: Any, loose_routed: bool) -> None:
+        self.core = core
+        self.request = request
+        self.source = source
+        # A Route header naming this proxy was removed (Kamailio's loose_route()).
+        self.loose_routed = loose_routed
+        self.proxy_ctx: ProxyContext | None = None
+        self.handled = False
+        self.vars: dict[str, Any] = {}
+        # The server transaction's key, once known: saves computing it again
+        # for every reply and relay (it parses the top Via).
+        self.tx_key: tuple | None = None
+        # [features] debug as it was when routing began: log every step.
+        self.debug = False
+
+    # -- facts -----------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    @property
+    def in_dialog(self) -> bool:
+        return self.request.to_tag is not None
+
+    def is_myself(self, uri: URI) -> bool:
+        """The URI names this proxy: one of its addresses (and a listening
+        port) or one of its configured domains."""
+        return self.core.is_myself(uri.host, uri.port)
+
+    def is_local_domain(self, uri: URI) -> bool:
+        return self.core.is_local_domain(uri.host)
+
+    def source_trusted(self) -> bool:
+        return self.core.is_trusted(self.source.host)
+
+    async def lookup(self, user: str) -> list[Binding]:
+        """The user's bindings: static ones from the config, then registered
+        ones, highest q first. Raises StoreUnavailable when the store (Redis)
+        cannot answer in time."""
+        return await self.core.lookup(user)
+
+    # -- actions ---------------------------------------------------------------
+    async def register(self) -> None:
+        """Store the REGISTER's bindings and answer it (Kamailio's save("location"))."""
+        self.handled = True
+        await self.core.registrar.register(self)
+
+    async def auth_check(self, user: str, *, proxy: bool) -> bool:
+        """Kamailio's auth_check: True when the request has valid digest
+        credentials for ``user``; otherwise it has been answered (401/407
+        challenge or 403) and the hook should return."""
+        ok = await self.core.auth.check(self, user, proxy=proxy)
+        if not ok:
+            self.handled = True
+        return ok
+
+    def consume_credentials(self, *, proxy: bool) -> None:
+        self.core.auth.consume(self, proxy=proxy)
+
+    def reply(self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:
+        """Answer the request from here (Kamailio's sl_send_reply / t_reply)."""
+        self.handled = True
+        self.core.reply(self, status, reason, headers or [])
+
+    def relay(self, targets: list[URI | str | Destination] | None = None) -> None:
+        """Forward to every target in parallel (one branch each); ``None``
+        forwards to the Request-URI (or the pre-loaded Route)."""
+        self.handled = True
+        out: list[URI | Destination] = []
+        for target in targets or [self.request.uri]:
+            out.append(URI.parse(target) if isinstance(target, str) else target)
+        self.core.relay(self, out)
+
+    def record_route(self) -> None:
+        self.vars["record_route"] = True
+
+    def drop(self) -> None:
+        """Neither answer nor forward (Kamailio's ``drop`` / ``exit``)."""
+        self.handled = True
+
+
+class Destination:
+    """A branch target with more than a Request-URI: a route set to put in
+    front (a registered Path) and a fixed next hop (Kamailio's ``$du``: the
+    address a NAT'ed phone registered from)."""
+
+    __slots__ = ("uri", "route", "dst")
+
+    def __init__(self, uri: URI, route: list[str] | None = None, dst: Target | None = None) -> None:
+        self.uri = uri
+        self.route = route or []
+        self.dst = dst
+
+    @classmethod
+    def of(cls, binding: Binding) -> Destination:
+        """Where a request for ``binding`` goes: through its Path if it has
+        one (the edge proxy there knows the way), else to the address it
+        registered from when it is behind NAT, else to its Contact."""
+        dst = None
+        if binding.nat and not binding.path and binding.received:
+            dst = parse_address(binding.received)
+        return cls(binding.uri, list(binding.path), dst)
+
+    def __repr__(self) -> str:
+        return f"<Destination {self.uri} route={self.route} dst={self.dst}>"
+
+
+def parse_address(text: str) -> Target | None:
+    """'udp:192.0.2.1:5060' / 'tcp:[2001:db8::1]:5060' -> Target."""
+    transport, _, rest = text.partition(":")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or transport not in ("udp", "tcp", "tls"):
+        return None
+    return Target(transport, host.strip("[]"), int(port))
+
+
+class Routing:
+    """Base class: hooks that do nothing. Subclass ``DefaultRouting``
+    rather than this unless you want to start from scratch."""
+
+    def __init__(self, core: ProxyCore) -> None:
+        self.core = core
+
+    @property
+    def config(self) -> Any:
+        """The core's current config: ``cfg set`` replaces it at run time,
+        so never keep a copy of it or of a section."""
+        return self.core.config
+
+    def request_route(self, ctx: RequestContext) -> Any:
+        ctx.reply(500, "No routing")
+
+    def branch_route(self, ctx: RequestContext, branch: Branch) -> Any:
+        """Called for each new branch before it is sent; may edit
+        ``branch.request`` (headers, Request-URI)."""
+
+    def reply_route(self, ctx: RequestContext, branch: Branch, response: Response) -> Any:
+        """Called for every response a branch receives."""
+
+    def failure_route(self, ctx: RequestContext, response: Response) -> Any:
+        """Called once every branch has a failure (3xx-6xx) and before the
+        best one goes upstream; ``ctx.relay(...)`` here starts new branches
+        (serial forking, gateway failover), ``ctx.reply`` replaces the answer.
+        It runs for a CANCELed request too (``ctx.proxy_ctx.cancelled``, the
+        answer a 487), to release what the call held: relay() starts no
+        branch then, and a reply() should not be made."""

@@ -1,0 +1,353 @@
+"""DefaultRouting: the default kamailio.cfg's request_route and its blocks, as a Routing.
+
+Users subclass it and name their class in ``[proxy] routing``; its default,
+``sipsuite.proxy.routing:DefaultRouting``, is this class.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sipsuite.log import get_logger
+from sipsuite.proxy.modules.nat import (
+    add_contact_alias,
+    handle_ruri_alias,
+    parse_sdp,
+    signalling_nat,
+)
+from sipsuite.proxy.registrar.location import Binding, StoreUnavailable
+from sipsuite.proxy.routing.base import DIALOG_CREATING, Destination, RequestContext, Routing
+from sipsuite.proxy.routing.features import FeatureRoutes
+from sipsuite.sip.message import Response
+
+if TYPE_CHECKING:
+    from sipsuite.proxy.core.context import Branch
+
+
+log = get_logger("sipsuite.proxy.routing")
+
+
+class DefaultRouting(FeatureRoutes, Routing):
+    """The shape of the default kamailio.cfg: keep-alives, in-dialog
+    routing, authentication (``[features] auth``), the registrar, and the
+    location lookup with parallel (or serial) forking; the optional blocks
+    (pstn, voicemail, block3xx, block401407, debug) come from FeatureRoutes."""
+
+    async def request_route(self, ctx: RequestContext) -> None:
+        req = ctx.request
+        method = req.method
+        uri = req.uri
+        ctx.debug = debug = self.config.features.debug
+
+        # Keep-alive pings to the proxy itself (kamailio.cfg: OPTIONS to
+        # myself without a user part gets 200 Keepalive).
+        if method == "OPTIONS" and not uri.user and uri.scheme in ("sip", "sips") and ctx.is_myself(uri):
+            if debug:
+                self.trace(ctx, "keepalive: OPTIONS to myself -> 200 Keepalive")
+            ctx.reply(200, "Keepalive")
+            return
+
+        media = self.core.media
+        if self.config.features.nat:
+            # kamailio.cfg's route[NATDETECT]: remembered for the media
+            # decision and the Record-Route's nat marker; the Contact of a
+            # NAT'ed caller gets its real address as an alias.
+            ctx.vars["nat"] = nat = signalling_nat(req, ctx.source)
+            if nat and method != "REGISTER":
+                add_contact_alias(req, ctx.source)
+            if debug:
+                self.trace(ctx, f"natdetect: from {ctx.source.host}:{ctx.source.port} "
+                                + ("behind NAT" if nat else "not behind NAT"))
+
+        if ctx.in_dialog:
+            if media is not None and method in ("BYE", "INVITE", "UPDATE", "ACK", "PRACK") and (
+                    ctx.loose_routed or req.routes):
+                await self.media_in_dialog(ctx)
+            self.within_dialog(ctx)
+            return
+
+        local_ruri = uri.scheme in ("sip", "sips") and ctx.is_local_domain(uri)
+        if not await self.authenticate(ctx, local_ruri):
+            return
+
+        # Initial requests: drop pre-loaded Route headers (kamailio.cfg's
+        # remove_hf("Route")). Honouring them would let anyone relay through
+        # us to any host by naming a local user in the Request-URI.
+        if req.has_header("route"):
+            if debug:
+                self.trace(ctx, "initial request: pre-loaded Route removed")
+            req.remove_header("route")
+
+        if method == "REGISTER" and local_ruri:
+            if debug:
+                self.trace(ctx, "registrar: REGISTER for our domain -> save")
+            await ctx.register()
+            return
+
+        if self.config.proxy.record_route and method in DIALOG_CREATING:
+            ctx.record_route()
+
+        if not local_ruri:
+            # Callers authenticated above (or trusted) may call out.
+            if ctx.source_trusted() or ctx.vars.get("authenticated"):
+                if debug:
+                    self.trace(ctx, f"sipout: {uri.host} is not ours -> relay")
+                await self.media_offer(ctx)
+                ctx.relay()
+            else:
+                if debug:
+                    self.trace(ctx, f"sipout: {uri.host} is not ours -> 403 Not relaying")
+                ctx.reply(403, "Not relaying")
+            return
+
+        if not uri.user:
+            if debug:
+                self.trace(ctx, "no user in the Request-URI -> 484")
+            ctx.reply(484, "Address Incomplete")
+            return
+        user = uri.user_unescaped
+        if await self.route_pstn(ctx, user):
+            return
+        await self.location(ctx, user)
+
+    async def authenticate(self, ctx: RequestContext, local_ruri: bool) -> bool:
+        """kamailio.cfg's route[AUTH]; False when the request was answered."""
+        features = self.config.features
+        if not features.auth:
+            if ctx.debug:
+                self.trace(ctx, "auth: off")
+            return True
+        req = ctx.request
+        if req.method == "REGISTER":
+            to = req.to.uri
+            if not await ctx.auth_check(to.user_unescaped if to.user else "", proxy=False):
+                if ctx.debug:
+                    self.trace(ctx, "auth: REGISTER without valid credentials -> 401 or 403")
+                return False
+            if ctx.debug:
+                self.trace(ctx, f"auth: REGISTER authenticated as {to.user_unescaped!r}")
+            ctx.vars["authenticated"] = True
+            return True
+        if req.method in ("ACK", "CANCEL"):
+            # Neither can be challenged (RFC 3261 22.1): they ride on the
+            # INVITE's authentication.
+            return True
+        if features.ipauth and ctx.source_trusted():
+            # WITH_IPAUTH: allow_source_address() skips authentication.
+            if ctx.debug:
+                self.trace(ctx, f"auth: {ctx.source.host} is trusted (ipauth) -> not challenged")
+            ctx.vars["ipauth"] = True
+            return True
+        from_uri = req.from_.uri
+        from_local = from_uri.scheme in ("sip", "sips") and ctx.is_local_domain(from_uri)
+        if from_local:
+            user = from_uri.user_unescaped if from_uri.user else ""
+            if not await ctx.auth_check(user, proxy=True):
+                if ctx.debug:
+                    self.trace(ctx, f"auth: from our user {user!r} without valid credentials"
+                                    " -> 407 or 403")
+                return False
+            ctx.consume_credentials(proxy=True)
+            if ctx.debug:
+                self.trace(ctx, f"auth: authenticated as {user!r}")
+            ctx.vars["authenticated"] = True
+        elif not local_ruri:
+            if ctx.debug:
+                self.trace(ctx, "auth: foreign caller to a foreign domain -> 403 Not relaying")
+            ctx.reply(403, "Not relaying")
+            return False
+        elif ctx.debug:
+            self.trace(ctx, "auth: foreign caller to our domain -> not challenged")
+        return True
+
+    async def location(self, ctx: RequestContext, user: str) -> None:
+        """kamailio.cfg's route[LOCATION]: fork to the user's bindings; a
+        user with none gets voicemail ([features] voicemail) or 404."""
+        ctx.vars["oexten"] = user  # the dialled user, for voicemail
+        try:
+            bindings = await ctx.lookup(user)
+        except StoreUnavailable as e:
+            log.warn("lookup of {u} failed: location store unavailable: {e}", u=user, e=e)
+            if ctx.debug:
+                self.trace(ctx, f"location: {user!r}: store unavailable -> 503")
+            ctx.reply(503, "Location Store Unavailable",
+                      [("Retry-After", str(self.config.registrar.retry_after))])
+            return
+        # Each with where it is reached; outbound bindings whose flow failed drop out.
+        reached = await self.core.flows.destinations(user, bindings)
+        if not reached:
+            if ctx.debug:
+                self.trace(ctx, f"location: {user!r}: no bindings")
+            if await self.route_voicemail(ctx):
+                return
+            if ctx.debug:
+                self.trace(ctx, f"location: {user!r}: not found -> 404")
+            ctx.reply(404, "Not Found")
+            return
+        ctx.vars["location"] = True
+        if self.config.registrar.serial_forking:
+            groups: list[list[tuple[Binding, Destination]]] = []
+            for pair in reached:  # highest q first
+                if groups and groups[-1][0][0].q == pair[0].q:
+                    groups[-1].append(pair)
+                else:
+                    groups.append([pair])
+            ctx.vars["serial"] = groups[1:]
+            reached = groups[0]
+        if ctx.debug:
+            self.trace(ctx, f"location: {user!r}: {len(reached)} binding(s) -> relay to "
+                            + ", ".join(str(d.uri) for _, d in reached))
+        await self.media_offer(ctx)
+        ctx.relay([d for _, d in reached])
+
+    # -- media (kamailio.cfg's WITH_NAT + rtpproxy_manage) -------------------------
+
+    async def media_offer(self, ctx: RequestContext) -> None:
+        """Anchor an initial INVITE's media on a relay when [features] nat
+        says so (sipsuite.proxy.media); a relay that fails leaves it as is."""
+        media = self.core.media
+        if media is None:
+            return
+        if not await media.offer(ctx):
+            media.late_offer(ctx)
+            return
+        pctx = ctx.proxy_ctx
+        if pctx is not None and pctx.cancelled:
+            # CANCELed while the relay answered: nothing will be forwarded.
+            await self._media_delete(ctx)
+
+    async def media_in_dialog(self, ctx: RequestContext) -> None:
+        """BYE ends the relay session; a re-INVITE / UPDATE with SDP of a
+        relayed call (or one that needs it now) gets a new offer."""
+        media = self.core.media
+        assert media is not None
+        req = ctx.request
+        if req.method == "BYE":
+            if media.mode == "always" or media.is_relayed(req.call_id):
+                await media.delete(req.call_id, req.from_tag, req.to_tag)
+            return
+        if req.method in ("ACK", "PRACK"):
+            # The answer to a late offer (the offer came in the 2xx).
+            await media.answer_in_request(ctx)
+            return
+        await media.offer(ctx)
+
+    def reply_route(self, ctx: RequestContext, branch: Branch, response: Response) -> Any:
+        # A plain function that returns a coroutine only when there is relay
+        # work: every other answer skips the driver altogether.
+        if self.core.media is None:
+            return None
+        if ctx.vars.get("late_offer") and response.status < 300:
+            # The 2xx carries the offer (and so does each retransmission of
+            # it: the same U again, which the relay answers the same way).
+            if response.status >= 200 and response.body:
+                return self._media_offer_reply(ctx, response)
+            return None
+        if not ctx.vars.get("media"):
+            return None
+        if 100 < response.status < 300 and response.body and parse_sdp(response) is not None:
+            return self._media_answer(ctx, response)
+        # A failure ends the relay session in failure_route, which runs once
+        # every branch has ended (CANCELed calls too), and knows whether the
+        # call goes on to new branches (serial forking, voicemail, failover).
+        return None
+
+    async def _media_offer_reply(self, ctx: RequestContext, response: Response) -> None:
+        media = self.core.media
+        if media is not None:
+            await media.offer_in_reply(ctx, response)
+
+    async def _media_answer(self, ctx: RequestContext, response: Response) -> None:
+        media = self.core.media
+        if media is not None:
+            await media.answer(ctx, response)
+
+    async def _media_delete(self, ctx: RequestContext) -> None:
+        media = self.core.media
+        if media is None or ctx.vars.get("media_deleted"):
+            return
+        ctx.vars["media_deleted"] = True
+        await media.delete(ctx.request.call_id, ctx.request.from_tag)
+
+    def failure_route(self, ctx: RequestContext, response: Response) -> Any:
+        pctx = ctx.proxy_ctx
+        before = len(pctx.branches) if pctx is not None else 0
+        if pctx is None or not pctx.cancelled:
+            self.manage_failure(ctx, response)
+        if not ctx.vars.get("media") or ctx.vars.get("media_deleted"):
+            return None
+        if pctx is not None and len(pctx.branches) > before:
+            return None  # serial forking goes on with the same relay session
+        return self._media_delete(ctx)
+
+    def manage_failure(self, ctx: RequestContext, response: Response) -> None:
+        """kamailio.cfg's failure_route[MANAGE_FAILURE]: serial forking goes
+        on first; the answer that ends the search may then be blocked
+        (block3xx, block401407) or send the call to voicemail (486, 408);
+        else an unreachable user gets 480."""
+        if self.serial_next(ctx, response):
+            return
+        if self.block_failure(ctx, response) or self.voicemail_failure(ctx, response):
+            return
+        self.location_failure(ctx, response)
+        if ctx.debug:
+            pctx = ctx.proxy_ctx
+            if pctx is None or not pctx.final_sent:
+                self.trace(ctx, f"failure route: {response.status} {response.reason} -> upstream")
+
+    def serial_next(self, ctx: RequestContext, response: Response) -> bool:
+        """Serial forking: the next q-value group of bindings; True when
+        there was one."""
+        if not ctx.vars.get("location"):
+            return False
+        groups = ctx.vars.get("serial")
+        if groups and response.status < 600:
+            group = groups.pop(0)
+            if ctx.debug:
+                self.trace(ctx, f"failure route: {response.status} -> next serial group: "
+                                + ", ".join(str(d.uri) for _, d in group))
+            ctx.relay([d for _, d in group])
+            return True
+        return False
+
+    def location_failure(self, ctx: RequestContext, response: Response) -> None:
+        """The 480 of an unreachable user."""
+        if not ctx.vars.get("location"):
+            return
+        pctx = ctx.proxy_ctx
+        if pctx is not None and pctx.cancelled:
+            return
+        if pctx is not None and pctx.best_local and not any(b.provisional for b in pctx.branches):
+            # No binding answered at all, not even 100 (timeouts, refused
+            # connections, unresolvable hosts): the user is registered but
+            # not reachable now (RFC 3261 21.4.18). A phone that rang and
+            # was not picked up keeps its 408.
+            if ctx.debug:
+                self.trace(ctx, f"failure route: {response.status}, no binding answered -> 480")
+            ctx.reply(480, "Temporarily Unavailable")
+
+    def within_dialog(self, ctx: RequestContext) -> None:
+        req = ctx.request
+        if ctx.loose_routed or req.routes:
+            if self.config.features.nat and not req.routes:
+                # kamailio.cfg's route[DLGURI]: a Request-URI with an alias
+                # (a NAT'ed party's Contact) goes to the address it names.
+                dst = handle_ruri_alias(req)
+                if dst is not None:
+                    if ctx.debug:
+                        self.trace(ctx, f"within dialog: alias in the Request-URI -> relay to {dst}")
+                    ctx.relay([Destination(req.uri, dst=dst)])
+                    return
+            if ctx.debug:
+                self.trace(ctx, "within dialog: loose-routed -> relay")
+            ctx.relay()
+            return
+        if req.method == "ACK":
+            # An ACK with no route and no transaction is for nobody here.
+            if ctx.debug:
+                self.trace(ctx, "within dialog: ACK without route or transaction -> drop")
+            ctx.drop()
+            return
+        if ctx.debug:
+            self.trace(ctx, "within dialog: not routed to us -> 404 Not here")
+        ctx.reply(404, "Not here")

@@ -1,0 +1,184 @@
+"""The ``#!define WITH_*`` route blocks of the default kamailio.cfg that
+``DefaultRouting`` inherits: route[PSTN], route[TOVOICEMAIL] and the
+switches of failure_route[MANAGE_FAILURE] (WITH_BLOCK3XX,
+WITH_BLOCK401407, WITH_VOICEMAIL), plus the step log of WITH_DEBUG.
+
+Each block is a method a user's routing class may override, and each reads
+its switch and settings from ``self.config`` when a request uses it, so a
+run-time change of the config (``sipsuite-ctl cfg set``) applies to the next
+request.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from sipsuite.log import get_logger
+from sipsuite.sip.uri import URI
+
+if TYPE_CHECKING:
+    from sipsuite.config import Config
+    from sipsuite.proxy.core.proxy import ProxyCore
+    from sipsuite.proxy.routing.base import RequestContext
+    from sipsuite.sip.message import Response
+
+log = get_logger("sipsuite.proxy.routing")
+
+# RFC 3261 25.1 user characters that need no escaping (unreserved and
+# user-unreserved); everything else in a dialled user is %-escaped.
+_USER_SAFE = "-_.!~*'()&=+$,;?/"
+
+# kamailio.cfg's TOVOICEMAIL serves INVITE (calls) and SUBSCRIBE (message
+# waiting indication) to a user who is not registered.
+VOICEMAIL_METHODS = frozenset({"INVITE", "SUBSCRIBE"})
+
+
+@lru_cache(maxsize=8)
+def _compile(pattern: str) -> re.Pattern[str]:
+    # The config validated the pattern; a changed pattern (cfg set) gets
+    # compiled once on its first use.
+    return re.compile(pattern)
+
+
+def pstn_number(user: str, pattern: str) -> str | None:
+    """The number to send to the gateway, or None when ``user`` is not a
+    PSTN number: a match of ``pattern``, a leading ``00`` turned into ``+``
+    (kamailio.cfg's strip(2); prefix("+"))."""
+    if not _compile(pattern).search(user):
+        return None
+    return "+" + user[2:] if user.startswith("00") else user
+
+
+def target_uri(user: str, host: str, port: int) -> URI:
+    """sip:USER@HOST:PORT with USER escaped as a SIP URI needs it."""
+    return URI(scheme="sip", user=quote(user, safe=_USER_SAFE), host=host, port=port)
+
+
+class FeatureRoutes:
+    """Mixin of DefaultRouting: the optional kamailio.cfg route blocks."""
+
+    core: ProxyCore
+    config: Config
+
+    # Set once the "pstn on but no gateway" note has been logged.
+    _pstn_no_gw_logged = False
+
+    # -- WITH_DEBUG ----------------------------------------------------------------
+
+    def trace(self, ctx: RequestContext, step: str) -> None:
+        """One line of the routing-step log (``[features] debug``). Callers
+        check ``ctx.debug`` first, so nothing is formatted when it is off."""
+        req = ctx.request
+        log.info("route {method} {uri} cid={cid}: {step}", method=req.method, uri=req.uri,
+                 cid=req.call_id, step=step)
+
+    # -- WITH_PSTN -----------------------------------------------------------------
+
+    async def route_pstn(self, ctx: RequestContext, user: str) -> bool:
+        """kamailio.cfg's route[PSTN]: True when the request was sent to the
+        gateway or refused (403), False when it is not for the PSTN."""
+        if not self.config.features.pstn:
+            return False
+        pstn = self.config.pstn
+        if not pstn.gw_ip:
+            if not self._pstn_no_gw_logged:
+                self._pstn_no_gw_logged = True
+                log.debug("[features] pstn is on but pstn.gw_ip is empty: no PSTN routing")
+            if ctx.debug:
+                self.trace(ctx, "pstn: no gateway (pstn.gw_ip empty) -> skip")
+            return False
+        number = pstn_number(user, pstn.pattern)
+        if number is None:
+            if ctx.debug:
+                self.trace(ctx, f"pstn: {user!r} does not match pstn.pattern -> skip")
+            return False
+        if not self.pstn_allowed(ctx):
+            if ctx.debug:
+                self.trace(ctx, "pstn: caller not local or not authenticated -> 403 Not Allowed")
+            ctx.reply(403, "Not Allowed")
+            return True
+        target = target_uri(number, pstn.gw_ip, pstn.gw_port)
+        if ctx.debug:
+            self.trace(ctx, f"pstn: {user} -> {target}")
+        ctx.vars["pstn"] = True
+        await self.media_offer(ctx)
+        ctx.relay([target])
+        return True
+
+    def pstn_allowed(self, ctx: RequestContext) -> bool:
+        """Only our own users call out (kamailio.cfg: from_uri==myself):
+        the From is one of our domains, and with auth on the caller either
+        authenticated or came from a trusted network with ipauth."""
+        from_uri = ctx.request.from_.uri
+        if from_uri.scheme not in ("sip", "sips") or not ctx.is_local_domain(from_uri):
+            return False
+        if not self.config.features.auth:
+            return True
+        return bool(ctx.vars.get("authenticated") or ctx.vars.get("ipauth"))
+
+    # -- WITH_VOICEMAIL ------------------------------------------------------------
+
+    async def route_voicemail(self, ctx: RequestContext) -> bool:
+        """kamailio.cfg's route[TOVOICEMAIL] from route[LOCATION]: a user with
+        no binding gets the call on the voicemail server; True when it did."""
+        target = self.voicemail_target(ctx)
+        if target is None:
+            return False
+        await self.media_offer(ctx)  # type: ignore[attr-defined]  # DefaultRouting's
+        ctx.relay([target])
+        return True
+
+    def voicemail_target(self, ctx: RequestContext) -> URI | None:
+        """sip:DIALLED@srv_ip:srv_port for an INVITE/SUBSCRIBE that went
+        through location() ($avp(oexten)) and not to voicemail yet; None
+        when voicemail is off or has no server."""
+        if not self.config.features.voicemail:
+            return None
+        user = ctx.vars.get("oexten")
+        if ctx.request.method not in VOICEMAIL_METHODS or not user or ctx.vars.get("voicemail"):
+            return None
+        vm = self.config.voicemail
+        if not vm.srv_ip:
+            if ctx.debug:
+                self.trace(ctx, "voicemail: no server (voicemail.srv_ip empty) -> skip")
+            return None
+        target = target_uri(user, vm.srv_ip, vm.srv_port)
+        if ctx.debug:
+            self.trace(ctx, f"voicemail: {user} -> {target}")
+        ctx.vars["voicemail"] = True
+        return target
+
+    # -- failure_route[MANAGE_FAILURE] ---------------------------------------------
+
+    def block_failure(self, ctx: RequestContext, response: Response) -> bool:
+        """WITH_BLOCK3XX / WITH_BLOCK401407: such an answer to an INVITE
+        goes upstream as 404; True when it was replaced."""
+        if ctx.request.method != "INVITE":
+            return False
+        status = response.status
+        features = self.config.features
+        if 300 <= status < 400 and features.block3xx:
+            switch = "block3xx"
+        elif status in (401, 407) and features.block401407:
+            switch = "block401407"
+        else:
+            return False
+        if ctx.debug:
+            self.trace(ctx, f"failure route: {status} blocked ({switch}) -> 404 Not Found")
+        ctx.reply(404, "Not Found")
+        return True
+
+    def voicemail_failure(self, ctx: RequestContext, response: Response) -> bool:
+        """WITH_VOICEMAIL in failure_route: busy (486) or no answer (408)
+        sends the call to voicemail (the call's relay session, if any, goes
+        on to the new branch); True when it did."""
+        if response.status not in (486, 408):
+            return False
+        target = self.voicemail_target(ctx)
+        if target is None:
+            return False
+        ctx.relay([target])
+        return True

@@ -1,0 +1,106 @@
+"""examples/dispatcher_routing.py with media relaying and callers it must
+refuse: the relay session follows the call through failover and is not
+left behind when no gateway is usable; strangers do not reach the gateways."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from proxykit import ProxyKit, answer
+from twisted.internet.defer import Deferred, fail, succeed
+
+from sipsuite.proxy.media.client import RelayError
+from sipsuite.proxy.media.manager import MediaManager
+from sipsuite.proxy.modules.dispatcher.dispatcher import Dispatcher
+
+GW = ["sip:127.0.0.11:5060", "sip:127.0.0.12:5060"]
+ROUTING = "examples.dispatcher_routing:DispatcherRouting"
+SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
+       "m=audio 4000 RTP/AVP 0\r\n")
+
+
+class Relay:
+    """Keeps sessions like a relay: an answer for a deleted one fails."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.sessions: set[str] = set()
+        self.calls_held = 0
+
+    def offer(self, call_id: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        self.calls.append("U")
+        self.sessions.add(call_id)
+        return succeed(("203.0.113.7", 30000))
+
+    def answer(self, call_id: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        self.calls.append("L")
+        if call_id not in self.sessions:
+            return fail(RelayError(50, "no session"))
+        return succeed(("203.0.113.7", 30002))
+
+    def delete(self, call_id: str, *args: Any) -> Deferred[Any]:
+        self.calls.append("D")
+        self.sessions.discard(call_id)
+        return succeed(True)
+
+    def relay_of(self, call_id: str) -> str | None:
+        return "udp:127.0.0.1:7722" if call_id in self.sessions else None
+
+
+def invite(from_uri: str = "sip:alice@sipsuite.test") -> bytes:
+    lines = ["INVITE sip:+4930123@sipsuite.test SIP/2.0",
+             "Via: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bKds1;rport",
+             "Max-Forwards: 70", f"From: <{from_uri}>;tag=caller",
+             "To: <sip:+4930123@sipsuite.test>", "Call-ID: c1", "CSeq: 1 INVITE",
+             "Contact: <sip:alice@127.0.0.2:5070>", "Content-Type: application/sdp",
+             f"Content-Length: {len(SDP)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n" + SDP).encode()
+
+
+def kit_with(tmp_path: Path, sets: dict[str, list[str]]) -> tuple[ProxyKit, Relay]:
+    kit = ProxyKit(tmp_path, proxy={"routing": ROUTING}, dispatcher={"probe_interval": 0.0},
+                   **{"dispatcher.sets": sets})
+    kit.core.dispatcher = ds = Dispatcher(kit.core, clock=kit.clock)
+    ds.start()
+    relay = Relay()
+    kit.core.media = MediaManager(relay, "always")  # type: ignore[arg-type]
+    return kit, relay
+
+
+def invites(sent: list[tuple[Any, str, int]]) -> list[Any]:
+    return [m for m, _, _ in sent if getattr(m, "method", None) == "INVITE"]
+
+
+def test_the_relay_session_follows_the_call_to_the_next_gateway(tmp_path: Path) -> None:
+    kit, relay = kit_with(tmp_path, {"1": GW})
+    kit.feed(invite(), "127.0.0.2")
+    [first] = invites(kit.take())
+    kit.feed(answer(first, 503, to_tag="gw1"), "127.0.0.11", 5060)
+    [second] = invites(kit.take())
+    assert b"203.0.113.7" in second.body
+    ok = answer(second, 200, to_tag="gw2")
+    ok.body = SDP.replace("127.0.0.2", "127.0.0.12").encode()
+    ok.add_header("Content-Type", "application/sdp")
+    kit.feed(ok, "127.0.0.12", 5060)
+    assert relay.calls == ["U", "L"], "the session was deleted before the failover"
+    [to_caller] = [m for m, h, _ in kit.take() if h == "127.0.0.2" and m.status == 200]
+    assert b"203.0.113.7" in to_caller.body
+
+
+def test_no_usable_gateway_releases_the_offer(tmp_path: Path) -> None:
+    kit, relay = kit_with(tmp_path, {"1": [GW[0] + " 4"]})  # flag 4: disabled
+    kit.feed(invite(), "127.0.0.2")
+    assert [m.status for m, h, _ in kit.take() if h == "127.0.0.2"] == [100, 503]
+    assert relay.calls == ["U", "D"] and relay.sessions == set()
+
+
+def test_a_stranger_does_not_reach_the_gateways(tmp_path: Path) -> None:
+    """[features] auth off (the default): a From of another domain from an
+    untrusted address is refused, as route[PSTN] refuses it."""
+    kit, relay = kit_with(tmp_path, {"1": GW[:1]})
+    kit.feed(invite("sip:mallory@evil.example"), "198.51.100.66")
+    sent = kit.take()
+    assert invites(sent) == []
+    assert [m.status for m, h, _ in sent if h == "198.51.100.66"] == [100, 403]
+    assert relay.calls == []
