@@ -376,8 +376,3 @@ class ManagementService(service.Service):
             return listener.stopListening()
         return None
 
-
-# ---------------------------------------------------------------------------
-# kamctl-like methods over the stores.
-
-# RFC 3261 25.1 user = 1*( unreserved / escaped / user-unreserved )

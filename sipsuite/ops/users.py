@@ -28,6 +28,7 @@ from sipsuite.proxy.registrar.location import (
 )
 from sipsuite.sip.uri import URI
 
+# RFC 3261 25.1 user = 1*( unreserved / escaped / user-unreserved )
 _USER_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,;?/%")
 _ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")

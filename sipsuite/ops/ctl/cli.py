@@ -142,7 +142,7 @@ def _reason(reason: Any) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Output.
+# Commands.
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ async def _wait(d: defer.Deferred[T]) -> T:
 DEFAULT_PORT = 6379
 
 
+# ---------------------------------------------------------------------------
 # Where Redis is.
 
 
@@ -311,6 +312,3 @@ class RedisConnection:
             return failure
 
         return d.addErrback(timed_out)
-
-
-# ---------------------------------------------------------------------------
