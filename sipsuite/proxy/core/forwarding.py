@@ -28,6 +28,7 @@ from sipsuite.sip.message import REASONS, Request, Response
 from sipsuite.sip.transaction import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
+    TxState,
     cancel_target_key,
     client_key,
     new_branch,
@@ -165,7 +166,7 @@ class Forwarding:
     # -- CANCEL (16.10) ----------------------------------------------------------
     def _cancel(self, cancel: Request, holder: ServerTx) -> None:
         target = self.server_txs.get(cancel_target_key(cancel))
-        if target is None or target.tx.state != "proceeding":
+        if target is None or target.tx.state != TxState.PROCEEDING:
             self._reply_tx(holder, cancel, 481, "Call/Transaction Does Not Exist", [])
             return
         self._reply_tx(holder, cancel, 200, "OK", [])

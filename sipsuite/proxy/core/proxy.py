@@ -59,6 +59,7 @@ from sipsuite.sip.transaction import (
     ServerInviteTransaction,
     ServerNonInviteTransaction,
     TimerSettings,
+    TxState,
     local_tag,
     server_key,
 )
@@ -72,6 +73,10 @@ COUNTED_METHODS = frozenset({
     "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "SUBSCRIBE", "NOTIFY", "REFER",
     "MESSAGE", "INFO", "PRACK", "UPDATE", "PUBLISH",
 })
+
+#: RFC 3261 17.2.1: an ACK for a non-2xx final answer belongs to the INVITE
+#: server transaction only once that answer has been sent.
+_ABSORBS_ACK = (TxState.COMPLETED, TxState.CONFIRMED)
 
 
 class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
@@ -228,7 +233,7 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         if method == "ACK":
             key = server_key(req)
             holder = self.server_txs.get(key)
-            if holder is not None and holder.tx.state in ("completed", "confirmed"):
+            if holder is not None and holder.tx.state in _ABSORBS_ACK:
                 self._run(holder, holder.tx.receive(req, self.clock.seconds()))
                 return
             if holder is None and req.to_tag == self.local_tag(key, req):
