@@ -131,8 +131,7 @@ class Forwarding:
                 req.add_header("Record-Route", record_route_value(inbound, params, sips), top=True)
             req.add_header("Record-Route", record_route_value(listener, params, sips), top=True)
         branch_id = f"{BRANCH_TAG}{self._loop_hash(ctx.request)}.{new_branch()[7:]}"
-        req.add_header("Via", f"SIP/2.0/{listener.transport.upper()} {listener.sent_by()};branch={branch_id}",
-                       top=True)
+        req.add_header("Via", listener.via(branch_id), top=True)
         branch.sent = req
         reliable = target.transport != "udp"
         if req.method == "INVITE":
@@ -236,8 +235,7 @@ class Forwarding:
                 branch = BRANCH_TAG + "0" + hashlib.blake2s(seed.encode("utf-8", "surrogateescape"),
                                                             digest_size=8).hexdigest()
                 out = req.copy()
-                out.add_header("Via", f"SIP/2.0/{listener.transport.upper()} {listener.sent_by()};branch={branch}",
-                               top=True)
+                out.add_header("Via", listener.via(branch), top=True)
                 self.transport.send(out.to_bytes(), target.transport, target.host, target.port, listener,
                                     target.name, connect=target.listener is None)
                 return

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 log = get_logger("sipsuite.proxy.transport")
 
+#: The Via a locally made answer carries in place of ours, for the forwarder
+#: to pop as it pops ours from a real answer.
+PLACEHOLDER_VIA = "SIP/2.0/UDP 0.0.0.0;branch=z9hG4bKlocal"
+
 
 def strip_brackets(host: str) -> str:
     if host.startswith("["):
@@ -92,6 +96,12 @@ class Listener:
 
     def sent_by(self) -> str:
         return f"{bracket(self.advertise)}:{self.advertise_port or self.port}"
+
+    def via(self, branch: str, *, rport: bool = False) -> str:
+        """The value of the Via this listener puts on a request it sends;
+        ``rport`` asks the peer to answer where the request came from (RFC 3581)."""
+        return (f"SIP/2.0/{self.transport.upper()} {self.sent_by()};branch={branch}"
+                + (";rport" if rport else ""))
 
     def __repr__(self) -> str:
         return f"{self.transport}:{bracket(self.host)}:{self.port}"
