@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from sipsuite.hosts import is_ip, unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.core.checks import BRANCH_TAG
 from sipsuite.proxy.core.context import Branch, ProxyContext
@@ -21,7 +22,7 @@ from sipsuite.proxy.net.addresses import (
     is_unicast,
     record_route_value,
 )
-from sipsuite.proxy.net.listener import Listener, Source, is_ip, strip_brackets
+from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.net.resolver import Target, named
 from sipsuite.proxy.routing.base import RequestContext
 from sipsuite.sip.message import REASONS, Request, Response
@@ -87,11 +88,11 @@ class Forwarding:
         transport = (hop.params.get("transport") or "").lower() or None
         secure = hop.scheme == "sips"
         if is_ip(host) and not secure:
-            then([Target(transport or "udp", strip_brackets(host),
+            then([Target(transport or "udp", unbracket(host),
                          hop.port or (5061 if transport == "tls" else 5060))])
             return
         d = self.resolver.resolve(host, hop.port, transport, secure)
-        d.addCallback(lambda targets: then(named(targets, strip_brackets(host))))
+        d.addCallback(lambda targets: then(named(targets, unbracket(host))))
         d.addErrback(lambda f: (log.failure("resolving {h}", f, h=host), then([])))
 
     def _branch_targets(self, branch: Branch, targets: list[Target]) -> None:
@@ -204,7 +205,7 @@ class Forwarding:
         if len(vias) < 2:
             return
         nxt = vias[1]
-        host = nxt.received or strip_brackets(nxt.host)
+        host = nxt.received or unbracket(nxt.host)
         if not is_unicast(host):
             self.count("drop.response.broadcast")
             return

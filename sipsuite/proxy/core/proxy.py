@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
+from sipsuite.hosts import unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.core.checks import RequestChecks
 from sipsuite.proxy.core.context import ProxyContext
@@ -36,7 +37,7 @@ from sipsuite.proxy.net.addresses import (
     split_advertise,
     via_text,
 )
-from sipsuite.proxy.net.listener import Listener, Source, strip_brackets
+from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.net.resolver import Resolver
 from sipsuite.proxy.net.transport import TransportLayer
 from sipsuite.proxy.registrar.location import (
@@ -271,7 +272,7 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         if source.transport != "udp" and via.rport is None:
             return via
         changed = False
-        if strip_brackets(via.host) != source.host:
+        if unbracket(via.host) != source.host:
             via.params["received"] = source.host
             changed = True
         if via.rport is not None and via.rport != str(source.port):

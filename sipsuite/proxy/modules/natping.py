@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
+from sipsuite.hosts import bracket
 from sipsuite.log import get_logger
-from sipsuite.proxy.net.listener import bracket
 from sipsuite.proxy.registrar.location import Binding, StoreUnavailable
 from sipsuite.proxy.routing.base import parse_address
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Any
 
+from sipsuite.hosts import bracket
 from sipsuite.log import get_logger
-from sipsuite.proxy.net.listener import bracket
 from sipsuite.proxy.net.resolver import Target
 
 if TYPE_CHECKING:
