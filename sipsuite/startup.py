@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from sipsuite.hosts import host_port
+
 __all__ = ["StartupError", "cannot_listen", "check_twistd_files", "check_writable", "show_address"]
 
 
@@ -25,8 +27,7 @@ class StartupError(Exception):
 
 def show_address(transport: str, host: str, port: int) -> str:
     """``udp 0.0.0.0:5060``, ``tcp [::1]:7060``: a socket as the errors name it."""
-    shown = f"[{host}]" if ":" in host else (host or "*")
-    return f"{transport} {shown}:{port}"
+    return f"{transport} {host_port(host or '*', port)}"
 
 
 def cannot_listen(what: str, exc: BaseException) -> StartupError:

@@ -17,7 +17,6 @@ of the URI, not the address DNS gave).
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +33,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from sipsuite.config import Config, TLSConfig
+from sipsuite.hosts import host_port, is_ip, unbracket
 from sipsuite.log import get_logger
 from sipsuite.startup import StartupError
 
@@ -183,17 +183,9 @@ class _ClientCreator:
             return ClientTLSOptions(make, self.name).clientConnectionForTLS(tls_protocol)
         conn = make(tls_protocol)
         conn.set_verify(SSL.VERIFY_NONE, lambda *a: True)
-        if not _is_ip(self.name):
+        if not is_ip(self.name):
             conn.set_tlsext_host_name(self.name.encode("idna"))
         return conn
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 class TLSContexts:
@@ -227,8 +219,8 @@ class TLSContexts:
         """Whether a server certificate can be checked for ``name``: an IP,
         or a host name IDNA accepts (Twisted encodes it at the handshake,
         where a refusal would leave the connection hanging)."""
-        name = name.strip("[]")
-        if _is_ip(name):
+        name = unbracket(name)
+        if is_ip(name):
             return True
         try:
             ClientTLSOptions(lambda _: None, name)
@@ -238,7 +230,7 @@ class TLSContexts:
         return True
 
     def client_factory(self, wrapped: Factory, name: str) -> TLSMemoryBIOFactory:
-        return TLSMemoryBIOFactory(_ClientCreator(self, name.strip("[]")), True, wrapped)
+        return TLSMemoryBIOFactory(_ClientCreator(self, unbracket(name)), True, wrapped)
 
 
 def load_at_start(config: Callable[[], Config]) -> TLSContexts:
@@ -337,7 +329,7 @@ def list_connections(transport: Any) -> list[dict[str, Any]]:
             subject = cert.to_cryptography().subject.rfc4514_string()
         host, port = conn.peer
         out.append({
-            "peer": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "peer": host_port(host, port),
             "direction": "out" if conn.outbound else "in",
             "secured": conn.secured,
             "checked_name": conn.tls_name,

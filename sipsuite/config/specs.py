@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sipsuite.config.values import Invalid, is_ip, list_of, show_value
+from sipsuite.hosts import host_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +29,7 @@ class ListenSpec:
     port: int  # 0: the operating system picks one
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port}"
+        return f"{self.transport}:{host_port(self.host, self.port)}"
 
 
 LISTEN_TRANSPORTS = ("udp", "tcp", "tls")
@@ -88,8 +88,7 @@ class ControlSpec:
     def __str__(self) -> str:
         if self.transport == "unix":
             return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port}"
+        return f"{self.transport}:{host_port(self.host, self.port)}"
 
 
 _CONTROL_EXPECTED = (

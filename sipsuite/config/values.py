@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sipsuite import hosts
+
 Validator = Callable[[Any], Any]
 
 
@@ -141,10 +143,8 @@ def list_of(item: Validator, *, non_empty: bool = False, unique: bool = False) -
 
 
 def is_ip(text: str, version: int) -> bool:
-    try:
-        return ipaddress.ip_address(text).version == version
-    except ValueError:
-        return False
+    """An IP address of ``version``, written bare (no brackets)."""
+    return not text.startswith("[") and hosts.is_ip(text, version)
 
 
 # RFC 3261 hostname: labels of letters, digits and '-'; the last one starts with a letter.
@@ -177,7 +177,7 @@ def domain(value: Any) -> str:
     host = _host(f"[{value}]" if is_ip(value, 6) else value)
     if host is None:
         raise Invalid(expected, value)
-    return host.strip("[]")
+    return hosts.unbracket(host)
 
 
 def host_port(value: Any) -> str:

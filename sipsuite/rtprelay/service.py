@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from sipsuite.config import Config, RelayConfig
 from sipsuite.config.specs import ControlSpec
 from sipsuite.gcpolicy import GCPolicy
+from sipsuite.hosts import host_port
 from sipsuite.log import get_logger
 from sipsuite.ops.errors import INVALID_PARAMS, RpcError
 from sipsuite.ops.server import ManagementService, RpcRegistry
@@ -330,8 +331,7 @@ def _show_control(spec: ControlSpec) -> str:
 def _show_addr(addr: Addr | None) -> str | None:
     if addr is None:
         return None
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(*addr)
 
 
 def register_relay_methods(registry: RpcRegistry, relay: RelayService) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from enum import StrEnum
 
 from sipsuite.sip.message import Message, Request, Response, make_ack
 
@@ -35,6 +36,7 @@ __all__ = [
     "Terminated",
     "Timeout",
     "TimerSettings",
+    "TxState",
     "cancel_target_key",
     "client_key",
     "local_tag",
@@ -47,6 +49,19 @@ _COOKIE_LEN = len(MAGIC_COOKIE)
 # RFC 3261 17.1.1.2: D must cover the longest 2xx-less retransmission window
 # of an unreliable INVITE server (64*T1 with the default T1), fixed at 32 s.
 _TIMER_D_UNRELIABLE = 32.0
+
+
+class TxState(StrEnum):
+    """RFC 3261 17 transaction states (+ RFC 6026's Accepted).  A StrEnum so a
+    state still prints and compares as its lower-case RFC name."""
+
+    CALLING = "calling"
+    TRYING = "trying"
+    PROCEEDING = "proceeding"
+    COMPLETED = "completed"
+    CONFIRMED = "confirmed"
+    ACCEPTED = "accepted"
+    TERMINATED = "terminated"
 
 
 @dataclass(slots=True)
@@ -149,7 +164,7 @@ class ClientInviteTransaction:
         self.reliable = reliable
         self.timers = timers
         self.use_timer_c = use_timer_c
-        self.state = "calling"
+        self.state = TxState.CALLING
         self.cancelled = False
         self.key: tuple[str | None, str] = (request.top_via.branch, request.method)
         self.ack: Request | None = None  # built once for the first non-2xx final
@@ -169,11 +184,11 @@ class ClientInviteTransaction:
     def receive(self, response: Response, now: float) -> list[Action]:
         state = self.state
         status = response.status
-        if state == "calling" or state == "proceeding":
+        if state == TxState.CALLING or state == TxState.PROCEEDING:
             if status < 200:
                 out: list[Action] = []
-                if state == "calling":
-                    self.state = "proceeding"
+                if state == TxState.CALLING:
+                    self.state = TxState.PROCEEDING
                     if not self.reliable:
                         out.append(_DISARM_A)
                     if self.cancelled:
@@ -190,28 +205,28 @@ class ClientInviteTransaction:
             if status < 300:
                 # RFC 6026: stay around to pass up 2xx retransmissions and
                 # forked 2xx; the TU (not us) ACKs them.
-                self.state = "accepted"
+                self.state = TxState.ACCEPTED
                 out.append(PassUp(response))
                 out.append(Arm("M", 64 * self.timers.t1))
                 return out
-            self.state = "completed"
+            self.state = TxState.COMPLETED
             ack = self.ack = make_ack(self.request, response)
             out.append(Send(ack))
             out.append(PassUp(response))
             out.append(Arm("D", 0.0 if self.reliable else _TIMER_D_UNRELIABLE))
             return out
-        if state == "accepted":
+        if state == TxState.ACCEPTED:
             if 200 <= status < 300:
                 return [PassUp(response)]
             return _nothing()
-        if state == "completed" and status >= 300 and self.ack is not None:
+        if state == TxState.COMPLETED and status >= 300 and self.ack is not None:
             # Our ACK was lost: the retransmitted final is absorbed, not passed up.
             return [Send(self.ack)]
         return _nothing()
 
-    def _leave_pending(self, state: str) -> list[Action]:
+    def _leave_pending(self, state: TxState) -> list[Action]:
         out: list[Action] = []
-        if state == "calling":
+        if state == TxState.CALLING:
             if not self.reliable:
                 out.append(_DISARM_A)
             out.append(_DISARM_B)
@@ -234,29 +249,29 @@ class ClientInviteTransaction:
             return _nothing()
         self.cancelled = True
         self._cancel_at = now
-        if self.state == "proceeding":
+        if self.state == TxState.PROCEEDING:
             return [Arm("B", 64 * self.timers.t1)]
         return _nothing()
 
     def timer(self, name: str, now: float) -> list[Action]:
         state = self.state
         if name == "A":
-            if state != "calling":
+            if state != TxState.CALLING:
                 return _nothing()
             # RFC 3261 17.1.1.2: INVITE retransmissions double without a T2 cap.
             self._a_interval *= 2
             return [Send(self.request), Arm("A", self._a_interval)]
         if name == "B":
-            if state == "calling" or (state == "proceeding" and self.cancelled):
-                self.state = "terminated"
+            if state == TxState.CALLING or (state == TxState.PROCEEDING and self.cancelled):
+                self.state = TxState.TERMINATED
                 return [_TIMEOUT_B, _TERMINATED]
             return _nothing()
         if name == "C":
-            if state == "calling" or state == "proceeding":
+            if state == TxState.CALLING or state == TxState.PROCEEDING:
                 return [_TIMEOUT_C]
             return _nothing()
-        if (name == "D" and state == "completed") or (name == "M" and state == "accepted"):
-            self.state = "terminated"
+        if (name == "D" and state == TxState.COMPLETED) or (name == "M" and state == TxState.ACCEPTED):
+            self.state = TxState.TERMINATED
             return [_TERMINATED]
         return _nothing()
 
@@ -270,7 +285,7 @@ class ClientNonInviteTransaction:
         self.request = request
         self.reliable = reliable
         self.timers = timers
-        self.state = "trying"
+        self.state = TxState.TRYING
         self.key: tuple[str | None, str] = (request.top_via.branch, request.method)
         self._e_interval = timers.t1
 
@@ -282,12 +297,12 @@ class ClientNonInviteTransaction:
 
     def receive(self, response: Response, now: float) -> list[Action]:
         state = self.state
-        if state != "trying" and state != "proceeding":
+        if state != TxState.TRYING and state != TxState.PROCEEDING:
             return _nothing()  # retransmitted finals in 'completed' are absorbed
         if response.status < 200:
-            self.state = "proceeding"
+            self.state = TxState.PROCEEDING
             return [PassUp(response)]
-        self.state = "completed"
+        self.state = TxState.COMPLETED
         out: list[Action] = [PassUp(response), _DISARM_F]
         if self.reliable:
             out.append(Arm("K", 0.0))
@@ -299,21 +314,21 @@ class ClientNonInviteTransaction:
     def timer(self, name: str, now: float) -> list[Action]:
         state = self.state
         if name == "E":
-            if state == "trying":
+            if state == TxState.TRYING:
                 iv = self._e_interval = min(2 * self._e_interval, self.timers.t2)
-            elif state == "proceeding":
+            elif state == TxState.PROCEEDING:
                 # 17.1.2.2: once a provisional arrived, retransmit every T2.
                 iv = self._e_interval = self.timers.t2
             else:
                 return _nothing()
             return [Send(self.request), Arm("E", iv)]
         if name == "F":
-            if state == "trying" or state == "proceeding":
-                self.state = "terminated"
+            if state == TxState.TRYING or state == TxState.PROCEEDING:
+                self.state = TxState.TERMINATED
                 return [_TIMEOUT_F, _TERMINATED]
             return _nothing()
-        if name == "K" and state == "completed":
-            self.state = "terminated"
+        if name == "K" and state == TxState.COMPLETED:
+            self.state = TxState.TERMINATED
             return [_TERMINATED]
         return _nothing()
 
@@ -341,16 +356,16 @@ class ServerInviteTransaction:
         self.request = request
         self.reliable = reliable
         self.timers = timers
-        self.state = "proceeding"
+        self.state = TxState.PROCEEDING
         self.last_response: Response | None = None
         self._g_interval = timers.t1
 
     def receive(self, request: Request, now: float) -> list[Action]:
         state = self.state
         if request.method == "ACK":
-            if state == "completed":
+            if state == TxState.COMPLETED:
                 # The ACK for our non-2xx final: absorbed, it never goes to the TU.
-                self.state = "confirmed"
+                self.state = TxState.CONFIRMED
                 out: list[Action] = [_DISARM_H]
                 if self.reliable:
                     out.append(Arm("I", 0.0))
@@ -358,33 +373,33 @@ class ServerInviteTransaction:
                     out.append(_DISARM_G)
                     out.append(Arm("I", self.timers.t4))
                 return out
-            if state == "accepted":
+            if state == TxState.ACCEPTED:
                 # RFC 6026 fig. 5: an ACK matching in Accepted (2xx ACK that
                 # hit the RFC 2543 key) goes to the TU to be forwarded.
                 return [PassUp(request)]
             return _nothing()
         # A retransmitted INVITE.  In 'accepted' it is absorbed silently
         # (RFC 6026 7.1): the 2xx is retransmitted end-to-end, not by us.
-        if (state == "proceeding" or state == "completed") and self.last_response is not None:
+        if (state == TxState.PROCEEDING or state == TxState.COMPLETED) and self.last_response is not None:
             return [Send(self.last_response)]
         return _nothing()
 
     def send(self, response: Response, now: float) -> list[Action]:
         state = self.state
         status = response.status
-        if state == "proceeding":
+        if state == TxState.PROCEEDING:
             self.last_response = response
             if status < 200:
                 return [Send(response)]
             t = self.timers
             if status < 300:
-                self.state = "accepted"
+                self.state = TxState.ACCEPTED
                 return [Send(response), Arm("L", 64 * t.t1)]
-            self.state = "completed"
+            self.state = TxState.COMPLETED
             if self.reliable:
                 return [Send(response), Arm("H", 64 * t.t1)]
             return [Send(response), Arm("G", t.t1), Arm("H", 64 * t.t1)]
-        if state == "accepted" and 200 <= status < 300:
+        if state == TxState.ACCEPTED and 200 <= status < 300:
             # Retransmitted or forked 2xx coming up through the proxy.
             return [Send(response)]
         return _nothing()
@@ -392,17 +407,17 @@ class ServerInviteTransaction:
     def timer(self, name: str, now: float) -> list[Action]:
         state = self.state
         if name == "G":
-            if state != "completed" or self.last_response is None:
+            if state != TxState.COMPLETED or self.last_response is None:
                 return _nothing()
             iv = self._g_interval = min(2 * self._g_interval, self.timers.t2)
             return [Send(self.last_response), Arm("G", iv)]
         if name == "H":
-            if state == "completed":
-                self.state = "terminated"
+            if state == TxState.COMPLETED:
+                self.state = TxState.TERMINATED
                 return [_TIMEOUT_H, _TERMINATED]
             return _nothing()
-        if (name == "I" and state == "confirmed") or (name == "L" and state == "accepted"):
-            self.state = "terminated"
+        if (name == "I" and state == TxState.CONFIRMED) or (name == "L" and state == TxState.ACCEPTED):
+            self.state = TxState.TERMINATED
             return [_TERMINATED]
         return _nothing()
 
@@ -416,30 +431,30 @@ class ServerNonInviteTransaction:
         self.request = request
         self.reliable = reliable
         self.timers = timers
-        self.state = "trying"
+        self.state = TxState.TRYING
         self.last_response: Response | None = None
 
     def receive(self, request: Request, now: float) -> list[Action]:
         # In 'trying' there is nothing to repeat yet: the retransmission is
         # simply absorbed (17.2.2).
-        if self.state in ("proceeding", "completed") and self.last_response is not None:
+        if self.state in (TxState.PROCEEDING, TxState.COMPLETED) and self.last_response is not None:
             return [Send(self.last_response)]
         return _nothing()
 
     def send(self, response: Response, now: float) -> list[Action]:
         state = self.state
-        if state != "trying" and state != "proceeding":
+        if state != TxState.TRYING and state != TxState.PROCEEDING:
             return _nothing()
         self.last_response = response
         if response.status < 200:
-            self.state = "proceeding"
+            self.state = TxState.PROCEEDING
             return [Send(response)]
-        self.state = "completed"
+        self.state = TxState.COMPLETED
         return [Send(response), Arm("J", 0.0 if self.reliable else 64 * self.timers.t1)]
 
     def timer(self, name: str, now: float) -> list[Action]:
-        if name == "J" and self.state == "completed":
-            self.state = "terminated"
+        if name == "J" and self.state == TxState.COMPLETED:
+            self.state = TxState.TERMINATED
             return [_TERMINATED]
         return _nothing()
 

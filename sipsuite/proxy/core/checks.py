@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 
-from sipsuite.proxy.net.listener import strip_brackets
+from sipsuite.hosts import unbracket
 from sipsuite.proxy.net.transport import TransportLayer
 from sipsuite.sip.message import Request
 from sipsuite.sip.uri import URI
@@ -31,7 +31,7 @@ class RequestChecks:
 
     # -- who we are ---------------------------------------------------------------
     def is_myself(self, host: str, port: int | None) -> bool:
-        h = strip_brackets(host).lower()
+        h = unbracket(host).lower()
         if h not in self.addresses and h not in self.domains:
             return False
         if port is None:
@@ -44,13 +44,13 @@ class RequestChecks:
         and its port, which we always write. A domain of ours is not one."""
         if uri.scheme not in ("sip", "sips") or uri.user or uri.port is None:
             return False
-        host = strip_brackets(uri.host).lower()
+        host = unbracket(uri.host).lower()
         return any(uri.port == (li.advertise_port or li.port)
-                   and strip_brackets(li.advertise).lower() == host
+                   and unbracket(li.advertise).lower() == host
                    for li in self.transport.all_listeners())
 
     def is_local_domain(self, host: str) -> bool:
-        h = strip_brackets(host).lower()
+        h = unbracket(host).lower()
         return h in self.domains or h in self.addresses
 
     def is_trusted(self, host: str) -> bool:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from twisted.python.failure import Failure
 
 from sipsuite.proxy.core.hookerrors import hook_failed
+from sipsuite.proxy.net.listener import PLACEHOLDER_VIA
 from sipsuite.proxy.routing.driver import drive
 from sipsuite.sip.message import Request, Response, make_cancel, make_response
 
@@ -184,7 +185,7 @@ class ProxyContext:
         if branch.sent is None:
             # No Via of ours was added, so there is none to pop on the way up;
             # add a placeholder the forwarder removes.
-            resp.add_header("Via", "SIP/2.0/UDP 0.0.0.0;branch=z9hG4bKlocal", top=True)
+            resp.add_header("Via", PLACEHOLDER_VIA, top=True)
         self._handle(branch, resp, local=True)
 
     def check_complete(self) -> None:
@@ -221,7 +222,7 @@ class ProxyContext:
 
     def _local(self, status: int, reason: str) -> Response:
         resp = make_response(self.request, status, reason, to_tag=self.local_tag)
-        resp.add_header("Via", "SIP/2.0/UDP 0.0.0.0;branch=z9hG4bKlocal", top=True)
+        resp.add_header("Via", PLACEHOLDER_VIA, top=True)
         return resp
 
     def _forward(self, resp: Response) -> None:

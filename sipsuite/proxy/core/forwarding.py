@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from sipsuite.hosts import is_ip, unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.core.checks import BRANCH_TAG
 from sipsuite.proxy.core.context import Branch, ProxyContext
@@ -21,13 +22,14 @@ from sipsuite.proxy.net.addresses import (
     is_unicast,
     record_route_value,
 )
-from sipsuite.proxy.net.listener import Listener, Source, is_ip, strip_brackets
+from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.net.resolver import Target, named
 from sipsuite.proxy.routing.base import RequestContext
 from sipsuite.sip.message import REASONS, Request, Response
 from sipsuite.sip.transaction import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
+    TxState,
     cancel_target_key,
     client_key,
     new_branch,
@@ -86,11 +88,11 @@ class Forwarding:
         transport = (hop.params.get("transport") or "").lower() or None
         secure = hop.scheme == "sips"
         if is_ip(host) and not secure:
-            then([Target(transport or "udp", strip_brackets(host),
+            then([Target(transport or "udp", unbracket(host),
                          hop.port or (5061 if transport == "tls" else 5060))])
             return
         d = self.resolver.resolve(host, hop.port, transport, secure)
-        d.addCallback(lambda targets: then(named(targets, strip_brackets(host))))
+        d.addCallback(lambda targets: then(named(targets, unbracket(host))))
         d.addErrback(lambda f: (log.failure("resolving {h}", f, h=host), then([])))
 
     def _branch_targets(self, branch: Branch, targets: list[Target]) -> None:
@@ -130,8 +132,7 @@ class Forwarding:
                 req.add_header("Record-Route", record_route_value(inbound, params, sips), top=True)
             req.add_header("Record-Route", record_route_value(listener, params, sips), top=True)
         branch_id = f"{BRANCH_TAG}{self._loop_hash(ctx.request)}.{new_branch()[7:]}"
-        req.add_header("Via", f"SIP/2.0/{listener.transport.upper()} {listener.sent_by()};branch={branch_id}",
-                       top=True)
+        req.add_header("Via", listener.via(branch_id), top=True)
         branch.sent = req
         reliable = target.transport != "udp"
         if req.method == "INVITE":
@@ -165,7 +166,7 @@ class Forwarding:
     # -- CANCEL (16.10) ----------------------------------------------------------
     def _cancel(self, cancel: Request, holder: ServerTx) -> None:
         target = self.server_txs.get(cancel_target_key(cancel))
-        if target is None or target.tx.state != "proceeding":
+        if target is None or target.tx.state != TxState.PROCEEDING:
             self._reply_tx(holder, cancel, 481, "Call/Transaction Does Not Exist", [])
             return
         self._reply_tx(holder, cancel, 200, "OK", [])
@@ -204,7 +205,7 @@ class Forwarding:
         if len(vias) < 2:
             return
         nxt = vias[1]
-        host = nxt.received or strip_brackets(nxt.host)
+        host = nxt.received or unbracket(nxt.host)
         if not is_unicast(host):
             self.count("drop.response.broadcast")
             return
@@ -235,8 +236,7 @@ class Forwarding:
                 branch = BRANCH_TAG + "0" + hashlib.blake2s(seed.encode("utf-8", "surrogateescape"),
                                                             digest_size=8).hexdigest()
                 out = req.copy()
-                out.add_header("Via", f"SIP/2.0/{listener.transport.upper()} {listener.sent_by()};branch={branch}",
-                               top=True)
+                out.add_header("Via", listener.via(branch), top=True)
                 self.transport.send(out.to_bytes(), target.transport, target.host, target.port, listener,
                                     target.name, connect=target.listener is None)
                 return

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
+from sipsuite.hosts import unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.core.checks import RequestChecks
 from sipsuite.proxy.core.context import ProxyContext
@@ -36,7 +37,7 @@ from sipsuite.proxy.net.addresses import (
     split_advertise,
     via_text,
 )
-from sipsuite.proxy.net.listener import Listener, Source, strip_brackets
+from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.net.resolver import Resolver
 from sipsuite.proxy.net.transport import TransportLayer
 from sipsuite.proxy.registrar.location import (
@@ -59,6 +60,7 @@ from sipsuite.sip.transaction import (
     ServerInviteTransaction,
     ServerNonInviteTransaction,
     TimerSettings,
+    TxState,
     local_tag,
     server_key,
 )
@@ -72,6 +74,10 @@ COUNTED_METHODS = frozenset({
     "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "SUBSCRIBE", "NOTIFY", "REFER",
     "MESSAGE", "INFO", "PRACK", "UPDATE", "PUBLISH",
 })
+
+#: RFC 3261 17.2.1: an ACK for a non-2xx final answer belongs to the INVITE
+#: server transaction only once that answer has been sent.
+_ABSORBS_ACK = (TxState.COMPLETED, TxState.CONFIRMED)
 
 
 class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
@@ -228,7 +234,7 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         if method == "ACK":
             key = server_key(req)
             holder = self.server_txs.get(key)
-            if holder is not None and holder.tx.state in ("completed", "confirmed"):
+            if holder is not None and holder.tx.state in _ABSORBS_ACK:
                 self._run(holder, holder.tx.receive(req, self.clock.seconds()))
                 return
             if holder is None and req.to_tag == self.local_tag(key, req):
@@ -266,7 +272,7 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         if source.transport != "udp" and via.rport is None:
             return via
         changed = False
-        if strip_brackets(via.host) != source.host:
+        if unbracket(via.host) != source.host:
             via.params["received"] = source.host
             changed = True
         if via.rport is not None and via.rport != str(source.port):

@@ -9,12 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.sip.headers import Via
-from sipsuite.sip.transaction import Arm, Disarm, PassUp, Send, Terminated, Timeout
+from sipsuite.sip.transaction import Arm, Disarm, PassUp, Send, Terminated, Timeout, TxState
 
 if TYPE_CHECKING:
     from sipsuite.proxy.core.context import Branch, ProxyContext
     from sipsuite.proxy.net.resolver import Target
     from sipsuite.proxy.routing.base import RequestContext
+
+
+#: States of a transaction whose final answer is still to come.
+_PENDING = (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING)
 
 
 class _TxHolder:
@@ -64,9 +68,8 @@ class TransactionDriver:
     def in_flight(self) -> int:
         """Requests still being handled: received ones not answered finally
         yet, forwarded ones waiting for their final answer."""
-        pending = ("calling", "trying", "proceeding")
-        return (sum(1 for h in self.server_txs.values() if h.alive and h.tx.state in pending)
-                + sum(1 for h in self.client_txs.values() if h.alive and h.tx.state in pending))
+        return (sum(1 for h in self.server_txs.values() if h.alive and h.tx.state in _PENDING)
+                + sum(1 for h in self.client_txs.values() if h.alive and h.tx.state in _PENDING))
 
     def _run(self, holder: Any, actions: list[Any]) -> None:
         for action in actions:

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 
+from sipsuite.hosts import bracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.core.hookerrors import RequestRejected
 from sipsuite.proxy.media.client import (
@@ -363,4 +364,4 @@ class MediaManager:
 def _warn_agent(rctx: RequestContext) -> str:
     """RFC 3261 20.43 warn-agent: the address this proxy goes by there."""
     host = getattr(rctx.source.listener, "advertise", "") or "sipsuite"
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return bracket(host)

@@ -18,10 +18,10 @@ by the pruning that runs when the table is full.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from sipsuite.hosts import ip_literal
 from sipsuite.log import get_logger
 
 if TYPE_CHECKING:
@@ -190,10 +190,10 @@ def _check_address(value: Any) -> str:
 
     if not isinstance(value, str):
         raise RpcError(INVALID_PARAMS, "address must be a string")
-    try:
-        return str(ipaddress.ip_address(value.strip().strip("[]")))
-    except ValueError:
-        raise RpcError(INVALID_PARAMS, f"{value!r} is not an IP address") from None
+    address = ip_literal(value.strip())
+    if address is None:
+        raise RpcError(INVALID_PARAMS, f"{value!r} is not an IP address")
+    return address
 
 
 def register_flood_methods(registry: RpcRegistry, core: ProxyCore) -> None:

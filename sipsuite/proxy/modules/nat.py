@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sipsuite.hosts import bracket, unbracket
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.registrar import behind_nat
 from sipsuite.sip import sdp
@@ -55,8 +56,7 @@ def add_contact_alias(req: Request, source: Any) -> bool:
     contact = contacts[0]
     if "alias" in contact.uri.params or contact.uri.scheme not in ("sip", "sips"):
         return False
-    host = f"[{source.host}]" if ":" in source.host else source.host
-    contact.uri.params["alias"] = f"{host}~{source.port}~{_PROTO_NUMBER.get(source.transport, '1')}"
+    contact.uri.params["alias"] = f"{bracket(source.host)}~{source.port}~{_PROTO_NUMBER.get(source.transport, '1')}"
     # A bare addr-spec would turn the URI parameter into a header parameter.
     contact.angle = True
     req.set_header("Contact", str(contact))
@@ -72,7 +72,7 @@ def handle_ruri_alias(req: Request) -> Target | None:
     parts = alias.split("~")
     if len(parts) != 3 or not parts[1].isdigit() or parts[2] not in _PROTO_NAME:
         return None
-    host, port, proto = parts[0].strip("[]"), int(parts[1]), _PROTO_NAME[parts[2]]
+    host, port, proto = unbracket(parts[0]), int(parts[1]), _PROTO_NAME[parts[2]]
     del req.uri.params["alias"]
     return Target(proto, host, port)
 

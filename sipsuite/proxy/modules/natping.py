@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
+from sipsuite.hosts import bracket
 from sipsuite.log import get_logger
-from sipsuite.proxy.net.listener import bracket
 from sipsuite.proxy.registrar.location import Binding, StoreUnavailable
 from sipsuite.proxy.routing.base import parse_address
 
@@ -154,7 +154,7 @@ class NatKeepalive:
         sent_by = listener.sent_by()
         data = (
             f"OPTIONS {b.contact} SIP/2.0\r\n"
-            f"Via: SIP/2.0/{listener.transport.upper()} {sent_by};branch={branch}\r\n"
+            f"Via: {listener.via(branch)}\r\n"
             f"Max-Forwards: 70\r\n"
             f"From: <sip:keepalive@{sent_by}>;tag={secrets.token_hex(4)}\r\n"
             f"To: <{b.contact}>\r\n"

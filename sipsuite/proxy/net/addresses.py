@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from sipsuite.proxy.net.listener import Listener, strip_brackets
+from sipsuite.hosts import unbracket
+from sipsuite.proxy.net.listener import Listener
 from sipsuite.sip.headers import Via
 
 
@@ -42,7 +43,7 @@ def is_unicast(host: str) -> bool:
     x.y.z.255 host is legal in wider subnets: those are left to the router,
     which does not forward directed broadcasts by default."""
     try:
-        addr = ipaddress.ip_address(strip_brackets(host))
+        addr = ipaddress.ip_address(unbracket(host))
     except ValueError:
         return True
     if addr.is_multicast or addr.is_unspecified:

@@ -1,6 +1,4 @@
-"""Where SIP is heard and where a message came from: Listener and Source, and the
-host-text helpers every transport uses.
-"""
+"""Where SIP is heard and where a message came from: Listener and Source."""
 
 from __future__ import annotations
 
@@ -9,6 +7,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from sipsuite.hosts import bracket, host_port
 from sipsuite.log import get_logger
 from sipsuite.sip.message import (
     Request,
@@ -21,26 +20,9 @@ if TYPE_CHECKING:
 
 log = get_logger("sipsuite.proxy.transport")
 
-
-def strip_brackets(host: str) -> str:
-    if host.startswith("["):
-        return host[1:-1]
-    return host
-
-
-def bracket(host: str) -> str:
-    """IPv6 literals carry brackets in Via, Record-Route and URIs."""
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    return host
-
-
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(strip_brackets(host))
-    except ValueError:
-        return False
-    return True
+#: The Via a locally made answer carries in place of ours, for the forwarder
+#: to pop as it pops ours from a real answer.
+PLACEHOLDER_VIA = "SIP/2.0/UDP 0.0.0.0;branch=z9hG4bKlocal"
 
 
 def log_wire(what: str, transport: str, host: str, port: int, data: bytes) -> None:
@@ -91,10 +73,16 @@ class Listener:
         return child
 
     def sent_by(self) -> str:
-        return f"{bracket(self.advertise)}:{self.advertise_port or self.port}"
+        return host_port(self.advertise, self.advertise_port or self.port)
+
+    def via(self, branch: str, *, rport: bool = False) -> str:
+        """The value of the Via this listener puts on a request it sends;
+        ``rport`` asks the peer to answer where the request came from (RFC 3581)."""
+        return (f"SIP/2.0/{self.transport.upper()} {self.sent_by()};branch={branch}"
+                + (";rport" if rport else ""))
 
     def __repr__(self) -> str:
-        return f"{self.transport}:{bracket(self.host)}:{self.port}"
+        return f"{self.transport}:{host_port(self.host, self.port)}"
 
 
 class Source:
@@ -118,7 +106,7 @@ class Source:
         self.connection = connection
 
     def __str__(self) -> str:
-        return f"{self.transport}:{bracket(self.host)}:{self.port}"
+        return f"{self.transport}:{host_port(self.host, self.port)}"
 
 
 Handler = Callable[[Request | Response, Source], None]

@@ -14,7 +14,6 @@ advertises one guessed address as before.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 import struct
 import sys
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import udp
 from twisted.python import log as twisted_log
 
+from sipsuite.hosts import ip_literal
 from sipsuite.log import get_logger
 
 if TYPE_CHECKING:
@@ -159,13 +159,6 @@ def is_local(host: str) -> bool:
     return True
 
 
-def _ip(text: str) -> str | None:
-    try:
-        return str(ipaddress.ip_address(text.strip("[]")))
-    except ValueError:
-        return None
-
-
 class WildcardListeners:
     """The TransportLayer's wildcard listeners: a child Listener per local
     address they are reached on, and which one a message leaves from."""
@@ -213,7 +206,7 @@ class WildcardListeners:
                 return listener
         transport, _, rest = name.partition(":")
         text, _, port = rest.rpartition(":")
-        host = _ip(text)
+        host = ip_literal(text)
         if host is None or not port.isdigit():
             return None
         for listener in self.listeners:

@@ -25,6 +25,8 @@ from twisted.names.error import DomainError
 from twisted.python import log
 from twisted.python.runtime import platform
 
+from sipsuite.hosts import ip_literal
+
 __all__ = ["Resolver", "Target"]
 
 DEFAULT_PORT = {"udp": 5060, "tcp": 5060, "tls": 5061}
@@ -91,16 +93,6 @@ class _Outcome:
 
     def saw(self, ttl: int) -> None:
         self.ttl = ttl if self.ttl is None else min(self.ttl, ttl)
-
-
-def _ip_literal(host: str) -> str | None:
-    """Return the canonical text of an IP literal, or None for a name."""
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return None
 
 
 def _srv_target(rec: dns.Record_SRV) -> str:
@@ -217,7 +209,7 @@ class Resolver:
         name = host.strip().lower()
         if not name.startswith("["):
             name = name.rstrip(".")  # FQDN form; also "192.0.2.1." is numeric
-        literal = _ip_literal(name)
+        literal = ip_literal(name)
         if name.startswith("[") and literal is None:
             return defer.succeed([])  # brackets around a non-IPv6 thing
         tport = transport.lower() if transport else None
@@ -392,7 +384,7 @@ class Resolver:
         IPv4 is listed first: a broken IPv6 path costs a whole transaction
         timeout before fail-over, and IPv4 is the more likely to work.
         """
-        literal = _ip_literal(name)
+        literal = ip_literal(name)
         if literal is not None:
             # Not allowed in SRV targets, but seen in the wild; harmless.
             return defer.succeed([literal])

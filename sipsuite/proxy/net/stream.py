@@ -12,8 +12,9 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import LogLevel
 from zope.interface import implementer
 
+from sipsuite.hosts import bracket
 from sipsuite.log import enabled, get_logger
-from sipsuite.proxy.net.listener import Listener, Source, bracket, log_wire
+from sipsuite.proxy.net.listener import Listener, Source, log_wire
 from sipsuite.proxy.net.localaddr import (
     is_wildcard,
 )

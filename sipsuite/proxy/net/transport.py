@@ -16,8 +16,9 @@ from twisted.internet import protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 
+from sipsuite.hosts import unbracket
 from sipsuite.log import enabled, get_logger
-from sipsuite.proxy.net.listener import Handler, Listener, Source, log_wire, strip_brackets
+from sipsuite.proxy.net.listener import Handler, Listener, Source, log_wire
 from sipsuite.proxy.net.localaddr import (
     PKTINFO,
     WildcardListeners,
@@ -219,14 +220,14 @@ class TransportLayer(WildcardListeners):
         # The local address the request arrived on, whichever transport it used.
         arrived = (prefer.host if prefer is not None and prefer.parent is not None
                    and prefer.family == family else None)
-        return self.outgoing(chosen.root, strip_brackets(host), peer, arrived)
+        return self.outgoing(chosen.root, unbracket(host), peer, arrived)
 
     # -- sending ---------------------------------------------------------------
     def send(self, data: bytes, transport: str, host: str, port: int, listener: Listener,
              name: str = "", connect: bool = True) -> bool:
         """``name``: for TLS, the host the certificate must be for (default:
         ``host``). ``connect=False``: over an existing connection only (a flow)."""
-        host = strip_brackets(host)
+        host = unbracket(host)
         if transport == "udp":
             proto = self.udp.get(listener.root)
             if proto is None:

@@ -25,8 +25,9 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sipsuite.hosts import bracket, unbracket
 from sipsuite.log import get_logger
-from sipsuite.proxy.net.listener import Listener, Source, bracket
+from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.net.stream import SIPStreamProtocol
 from sipsuite.proxy.registrar.location import Binding, StoreUnavailable
@@ -119,7 +120,7 @@ class Flows:
             return
         for text in contacts:
             uri = URI.parse(text)
-            if uri.host.strip("[]") != source.host:
+            if unbracket(uri.host) != source.host:
                 continue
             secure = uri.scheme == "sips" or uri.params.get("transport", "").lower() == "tls"
             port = uri.port or (5061 if secure else 5060)
@@ -175,7 +176,7 @@ class Flows:
         if b.outbound or b.nat:
             return True
         received = parse_address(b.received or "")
-        return received is not None and received.host == b.uri.host.strip("[]")
+        return received is not None and received.host == unbracket(b.uri.host)
 
     async def destinations(self, aor: str, bindings: list[Binding]) -> list[tuple[Binding, Destination]]:
         """Each binding with its Destination; outbound bindings whose flow

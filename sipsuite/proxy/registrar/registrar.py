@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
+from sipsuite.hosts import unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.registrar.location import Binding, LocationStore, StoreUnavailable
 from sipsuite.sip.headers import split_values
@@ -100,7 +101,7 @@ def is_private(host: str) -> bool:
     """RFC 1918, RFC 6598 (carrier-grade NAT), link-local and ULA addresses
     (the ranges nathelper's tests use, shared with the SDP test): where a
     Contact points that nobody outside the phone's LAN can reach."""
-    host = host.strip("[]")
+    host = unbracket(host)
     if ":" not in host and not host[:3].startswith(("10.", "17", "19", "10", "16")):
         # Every private IPv4 range starts so; this skips ipaddress (the
         # costliest step of a REGISTER's NAT test) for the rest and for names.
@@ -117,12 +118,12 @@ def behind_nat(req: Request, source: Source) -> bool:
     address, the top Via names another address than the packet came from,
     or another port."""
     via = req.top_via
-    via_host = via.host.strip("[]")
+    via_host = unbracket(via.host)
     if via_host != source.host:
         return True
     if (via.port or 5060) != source.port and source.transport == "udp":
         return True
-    return any(is_private(c.uri.host) and c.uri.host.strip("[]") != source.host
+    return any(is_private(c.uri.host) and unbracket(c.uri.host) != source.host
                for c in req.contacts)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sipsuite.hosts import unbracket
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.location import Binding
 from sipsuite.sip.message import Request, Response
@@ -150,7 +151,7 @@ def parse_address(text: str) -> Target | None:
     host, _, port = rest.rpartition(":")
     if not host or not port.isdigit() or transport not in ("udp", "tcp", "tls"):
         return None
-    return Target(transport, host.strip("[]"), int(port))
+    return Target(transport, unbracket(host), int(port))
 
 
 class Routing:

@@ -31,6 +31,13 @@ def test_record_route_uses_the_advertised_port_and_transport() -> None:
     assert record_route_value(tcp) == "<sip:[::1]:5060;transport=tcp;lr>"
 
 
+def test_via_carries_the_advertised_address_transport_and_rport_on_request() -> None:
+    udp = Listener("udp", "0.0.0.0", 5060, "192.0.2.7", 5099)
+    tls = Listener("tls", "::1", 5061, "::1")
+    assert udp.via("z9hG4bKx") == "SIP/2.0/UDP 192.0.2.7:5099;branch=z9hG4bKx"
+    assert tls.via("z9hG4bKy", rport=True) == "SIP/2.0/TLS [::1]:5061;branch=z9hG4bKy;rport"
+
+
 @pytest.mark.parametrize(
     ("host", "unicast"),
     [("192.0.2.1", True), ("255.255.255.255", False), ("192.0.2.255", True), ("0.0.0.0", False),

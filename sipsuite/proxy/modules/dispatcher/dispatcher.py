@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.application import service
 
 from sipsuite.config.values import DispatcherEntry
+from sipsuite.hosts import is_ip, unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.modules.dispatcher.lists import (
     FLAG_DISABLED,
@@ -37,7 +38,6 @@ from sipsuite.proxy.modules.dispatcher.lists import (
     read_list,
 )
 from sipsuite.proxy.modules.dispatcher.probe import PROBE_BRANCH, Prober, _Probe
-from sipsuite.proxy.net.listener import is_ip, strip_brackets
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.routing.base import Destination, RequestContext
 from sipsuite.sip.uri import URI
@@ -83,7 +83,7 @@ class DsDestination:
         self.entry = entry
         self.uri = entry.uri
         self.parsed = URI.parse(entry.uri)
-        host = strip_brackets(self.parsed.host)
+        host = unbracket(self.parsed.host)
         # An IP address is sent to directly, the Request-URI kept (ds_select_dst's
         # $du); a host name goes in the Request-URI and is resolved there.
         self.target: Target | None = None

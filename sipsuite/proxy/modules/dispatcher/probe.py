@@ -14,8 +14,8 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Any
 
+from sipsuite.hosts import bracket
 from sipsuite.log import get_logger
-from sipsuite.proxy.net.listener import bracket
 from sipsuite.proxy.net.resolver import Target
 
 if TYPE_CHECKING:
@@ -120,10 +120,9 @@ class Prober:
                          "cannot resolve")
             return
         cfg = self.cfg
-        sent_by = listener.sent_by()
         probe.data = (
             f"OPTIONS {probe.uri} SIP/2.0\r\n"
-            f"Via: SIP/2.0/{listener.transport.upper()} {sent_by};branch={probe.branch};rport\r\n"
+            f"Via: {listener.via(probe.branch, rport=True)}\r\n"
             f"Max-Forwards: 70\r\n"
             f"From: <{cfg.probe_from}>;tag={secrets.token_hex(4)}\r\n"
             f"To: <{probe.uri}>\r\n"
