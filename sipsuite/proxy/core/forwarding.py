@@ -257,8 +257,6 @@ class Forwarding:
     def _send_response(self, holder: ServerTx, resp: Response) -> None:
         self.reply_classes[resp.status // 100 % 7] += 1
         self._run(holder, holder.tx.send(resp, self.clock.seconds()))
-        if self.config.features.accounting:
-            self.accounting.response(holder, resp)
         for owner, hook in self.hooks.response_out:
             try:
                 hook(holder, resp)

@@ -31,7 +31,6 @@ from sipsuite.proxy.core.modules import ModuleRegistry
 from sipsuite.proxy.core.timers import TimerHeap
 from sipsuite.proxy.core.txlayer import ClientTx, ServerTx, TransactionDriver
 from sipsuite.proxy.media.manager import MediaManager
-from sipsuite.proxy.modules.accounting import Accounting
 from sipsuite.proxy.modules.antiflood import RequestGuard
 from sipsuite.proxy.modules.auth import Authenticator
 from sipsuite.proxy.modules.natping import NatKeepalive
@@ -156,7 +155,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         self.dispatcher: Any = None
         self.routing: Routing = make_routing(self)
         self.guard = RequestGuard(self)
-        self.accounting = Accounting(self)
         # Set while the suite drains (sipsuite.drain): when the drain ends at the latest.
         self.drain_deadline: float | None = None
         # Feature modules plug in here (api.CoreAPI.hooks / .modules); the
@@ -225,7 +223,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
 
     def stop(self) -> list[Any]:
         self.keepalive.stop()
-        self.accounting.stop()
         waits = self.modules.stop()
         for holder in list(self.server_txs.values()) + list(self.client_txs.values()):
             self._cancel_timers(holder)
