@@ -16,6 +16,7 @@ from twisted.internet import task
 from sipsuite.config import load_config
 from sipsuite.proxy.core.proxy import ProxyCore
 from sipsuite.proxy.net.listener import Listener, Source
+from sipsuite.proxy.service import BUILTIN_MODULES
 from sipsuite.sip.message import Request, Response, make_response, parse_datagram
 
 START = 1_800_000_000.0  # a wall-clock-like epoch for the task.Clock
@@ -51,6 +52,7 @@ class ProxyKit:
         self.clock = task.Clock()
         self.clock.advance(START)
         self.core = core = ProxyCore(load_config(str(path)), self.clock)
+        core.modules.setup_all(BUILTIN_MODULES, core.config)  # as proxy/service.py does
         self.listener = Listener("udp", "127.0.0.1", 5060, "127.0.0.1")
         core.addresses.add("127.0.0.1")
         core.ports.add(5060)

@@ -198,3 +198,33 @@ def test_examples_use_the_public_api() -> None:
                 if target not in allowed and not target.startswith("sipsuite.sip."):
                     bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: imports {target}")
     assert not bad, "\n".join(bad)
+
+
+#: The feature imports the core still makes (issue 13 step B): each later
+#: step converts a feature to a module on the core's hooks and removes its
+#: entry here; the last one empties the list.  Accounting, the first module,
+#: is not on it: the core importing it again fails the test below.
+CORE_FEATURE_IMPORTS_PENDING = frozenset({
+    "sipsuite.proxy.media.manager",
+    "sipsuite.proxy.modules.antiflood",
+    "sipsuite.proxy.modules.auth",
+    "sipsuite.proxy.modules.natping",
+    "sipsuite.proxy.registrar.location",
+    "sipsuite.proxy.registrar.outbound",
+    "sipsuite.proxy.registrar.registrar",
+})
+FEATURE_PACKAGES = ("sipsuite.proxy.modules", "sipsuite.proxy.media", "sipsuite.proxy.registrar")
+
+
+def test_core_imports_no_feature_module() -> None:
+    modules = all_modules()
+    bad = []
+    for name, path in modules.items():
+        if not name.startswith("sipsuite.proxy.core."):
+            continue
+        for target, line in imported_names(path, name):
+            if (target in modules and target.startswith(FEATURE_PACKAGES)
+                    and target not in CORE_FEATURE_IMPORTS_PENDING
+                    and target not in FEATURE_PACKAGES):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
+    assert bad == [], "the core imports a feature module:\n" + "\n".join(bad)

@@ -321,6 +321,9 @@ def apply_config(core: ProxyCore, new: Config) -> None:
     if core.media is not None:
         core.media.max_streams = new.media.max_streams
         core.media.max_sessions_per_source = new.media.max_sessions_per_source
+    # Modules: run-time switches ([features] accounting) set up or stop
+    # theirs, then each module takes its part of the new config.
+    core.modules.reconfigure(old, new)
     if new.log.level != sipsuite_log.get_level():
         sipsuite_log.set_level(new.log.level)
 

@@ -16,6 +16,7 @@ from sipsuite.ops.users import register_store_methods
 from sipsuite.proxy.core.proxy import ProxyCore
 from sipsuite.proxy.media.client import RelayClient
 from sipsuite.proxy.media.manager import MediaManager
+from sipsuite.proxy.modules import accounting
 from sipsuite.proxy.modules.antiflood import register_flood_methods
 from sipsuite.proxy.modules.dispatcher.dispatcher import (
     attach_dispatcher,
@@ -25,6 +26,10 @@ from sipsuite.proxy.registrar.location import MemoryLocationStore, MemorySubscri
 from sipsuite.tlsctx import attach_tls, register_tls_methods
 
 log = get_logger("sipsuite.proxy.service")
+
+#: The feature modules converted to the module interface (issue 13), in
+#: set-up order; the core's registry stops them in reverse.
+BUILTIN_MODULES = (accounting.SPEC,)
 
 
 class ProxyService(service.Service):
@@ -41,6 +46,7 @@ class ProxyService(service.Service):
         self.redis: Any = None
         location, subscribers = self._stores()
         self.core = ProxyCore(config, reactor, location=location, subscribers=subscribers)
+        self.core.modules.setup_all(BUILTIN_MODULES, config)
         self.gc = GCPolicy(reactor)
 
     def _stores(self) -> tuple[Any, Any]:

@@ -16,6 +16,7 @@ from sipsuite.hosts import is_ip, unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.core.checks import BRANCH_TAG
 from sipsuite.proxy.core.context import Branch, ProxyContext
+from sipsuite.proxy.core.hookerrors import hook_failed
 from sipsuite.proxy.core.txlayer import ClientTx, ServerTx
 from sipsuite.proxy.modules.natping import KEEPALIVE_BRANCH
 from sipsuite.proxy.net.addresses import (
@@ -256,8 +257,11 @@ class Forwarding:
     def _send_response(self, holder: ServerTx, resp: Response) -> None:
         self.reply_classes[resp.status // 100 % 7] += 1
         self._run(holder, holder.tx.send(resp, self.clock.seconds()))
-        if self.config.features.accounting:
-            self.accounting.response(holder, resp)
+        for owner, hook in self.hooks.response_out:
+            try:
+                hook(holder, resp)
+            except Exception:  # noqa: BLE001 - observers only: the answer is sent already
+                hook_failed(f"{owner}.response_out", holder.tx.request, holder.source)
 
     def _wire_response(self, holder: ServerTx, data: bytes) -> None:
         src = holder.source

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.error import CannotListenError
@@ -24,10 +26,11 @@ from sipsuite.proxy.core.checks import RequestChecks
 from sipsuite.proxy.core.context import ProxyContext
 from sipsuite.proxy.core.forwarding import Forwarding
 from sipsuite.proxy.core.hookerrors import answer_for, hook_failed
+from sipsuite.proxy.core.hooks import HookPoints
+from sipsuite.proxy.core.modules import ModuleRegistry
 from sipsuite.proxy.core.timers import TimerHeap
 from sipsuite.proxy.core.txlayer import ClientTx, ServerTx, TransactionDriver
 from sipsuite.proxy.media.manager import MediaManager
-from sipsuite.proxy.modules.accounting import Accounting
 from sipsuite.proxy.modules.antiflood import RequestGuard
 from sipsuite.proxy.modules.auth import Authenticator
 from sipsuite.proxy.modules.natping import NatKeepalive
@@ -80,6 +83,14 @@ COUNTED_METHODS = frozenset({
 _ABSORBS_ACK = (TxState.COMPLETED, TxState.CONFIRMED)
 
 
+class StatCounters(dict[str, int]):
+    """The core's named counters: a dict (``core.stats["requests"]``, read by
+    the stats RPCs) that is also api.Counters for the modules."""
+
+    def count(self, name: str, n: int = 1) -> None:
+        self[name] = self.get(name, 0) + n
+
+
 class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
     def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None,
                  location: LocationStore | None = None,
@@ -130,7 +141,7 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         # (local_tag): one tag per transaction, the same for its retransmissions.
         self.tag_secret = secrets.token_bytes(16)
         self.server_header = p.server_header
-        self.stats: dict[str, int] = {}
+        self.stats = StatCounters()
         # Per-method requests and per-class replies sent (liveops stats,
         # /metrics): a dict and a list increment per message, nothing more.
         self.method_stats: dict[str, int] = {}
@@ -144,14 +155,33 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         self.dispatcher: Any = None
         self.routing: Routing = make_routing(self)
         self.guard = RequestGuard(self)
-        self.accounting = Accounting(self)
         # Set while the suite drains (sipsuite.drain): when the drain ends at the latest.
         self.drain_deadline: float | None = None
+        # Feature modules plug in here (api.CoreAPI.hooks / .modules); the
+        # service wiring sets them up (proxy/service.py).
+        self.hooks = HookPoints()
+        self.modules = ModuleRegistry(self, self.hooks)
+
+    # -- api.CoreAPI -------------------------------------------------------------------
+    def wall(self) -> float:
+        return time.time()
+
+    def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> Any:
+        return self.timer_heap.call_later(delay, fn, *args)
+
+    @property
+    def identity(self) -> ProxyCore:
+        return self
+
+    @property
+    def transactions(self) -> ProxyCore:
+        return self
 
     # -- set-up ------------------------------------------------------------------
     def start(self) -> None:
         self.listen()
         self.keepalive.start()
+        self.modules.start()
 
     def listen(self) -> None:
         """Bind the [proxy] listen sockets (once: twistd binds them before it
@@ -193,11 +223,11 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
 
     def stop(self) -> list[Any]:
         self.keepalive.stop()
-        self.accounting.stop()
+        waits = self.modules.stop()
         for holder in list(self.server_txs.values()) + list(self.client_txs.values()):
             self._cancel_timers(holder)
         self.timer_heap.stop()
-        return self.transport.stop()
+        return [*self.transport.stop(), *waits]
 
     async def lookup(self, user: str) -> list[Binding]:
         found = await self.location.lookup(user)
@@ -212,7 +242,7 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         return local_tag(self.tag_secret, key, req)
 
     def count(self, name: str) -> None:
-        self.stats[name] = self.stats.get(name, 0) + 1
+        self.stats.count(name)
 
     # -- input ---------------------------------------------------------------------
     def receive(self, msg: Request | Response, source: Source) -> None:
@@ -225,6 +255,12 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         self.count("requests")
         if not self.guard.admit(req, source):
             return  # antiflood ban or scanner: no answer at all (antiflood.py)
+        for owner, hook in self.hooks.request_in:
+            try:
+                if hook(req, source) is False:
+                    return  # dropped by a module: no answer at all
+            except Exception:  # noqa: BLE001 - fail-open: a broken module must not black-hole SIP
+                hook_failed(f"{owner}.request_in", req, source)
         via = self._mark_via(req, source)
         method = req.method
         # Unknown method names are lumped together: a flood of made-up

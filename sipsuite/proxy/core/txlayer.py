@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.sip.headers import Via
 from sipsuite.sip.transaction import Arm, Disarm, PassUp, Send, Terminated, Timeout, TxState
@@ -34,7 +35,7 @@ class _TxHolder:
 
 
 class ServerTx(_TxHolder):
-    __slots__ = ("source", "context", "rctx", "via")
+    __slots__ = ("source", "context", "rctx", "via", "call")
 
     def __init__(self, tx: Any, key: tuple, source: Source, via: Via) -> None:
         super().__init__(tx, key)
@@ -42,6 +43,13 @@ class ServerTx(_TxHolder):
         self.via = via
         self.context: ProxyContext | None = None
         self.rctx: RequestContext | None = None
+        # The modules' per-call state (api.CallState), there from the 100 Trying on.
+        self.call = CallState()
+
+    @property
+    def request(self) -> Any:
+        """The request that made the transaction (api.ServerTxView)."""
+        return self.tx.request
 
 
 class ClientTx(_TxHolder):
@@ -64,6 +72,10 @@ class TransactionDriver:
     transport: Any
     timer_heap: Any
     clock: Any
+
+    def counts(self) -> tuple[int, int]:
+        """(server, client) transactions in the tables (api.TransactionView)."""
+        return len(self.server_txs), len(self.client_txs)
 
     def in_flight(self) -> int:
         """Requests still being handled: received ones not answered finally

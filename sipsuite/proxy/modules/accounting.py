@@ -1,9 +1,11 @@
 """Call accounting (Kamailio's acc module, ``[features] accounting``): one
 JSON line per call in ``[accounting] file``.
 
-Records come from the answers the proxy sends upstream (the one hook,
-``ProxyCore._send_response``), so forwarded and locally made answers count
-alike:
+A feature module (issue 13): ``SPEC`` sets it up when ``[features]
+accounting`` is on, at start or by ``cfg set`` (a run-time switch), and it
+plugs into the core through the one hook it needs, ``response_out``: the
+answers the proxy sends upstream, so forwarded and locally made answers
+count alike:
 
 - the final answer to an initial INVITE: a 2xx starts tracking an answered
   call; 408/480/486/487/600/603 write a "missed" record (the callee did not
@@ -13,11 +15,16 @@ alike:
 - the final answer to a BYE (2xx, or 408/481: the dialog is gone either
   way) writes the "answered" record of its call, with who hung up.
 
-Answered calls are held in a dict in the order they were answered (so the
+An INVITE's start time (its 100 Trying) lives in the transaction's
+CallState (:class:`AccState`) and goes with it.  Answered calls are held in a dict in the order they were answered (so the
 oldest is at the front), bounded by ``max_calls``; one timer, armed for the
 oldest call, ends calls that pass ``max_duration`` without a BYE. Writes are
 appended and flushed per record; a failure is logged (at most once a
 minute) and counted, never raised into SIP handling.
+
+Calls still up when the module stops are written as they stand: with
+``"ended_by": "shutdown"`` when the proxy stops, ``"disabled"`` when
+``cfg set features.accounting false`` switches accounting off.
 """
 
 from __future__ import annotations
@@ -25,15 +32,17 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sipsuite.log import get_logger
 from sipsuite.proxy.core.hookerrors import hook_failed
 
 if TYPE_CHECKING:
-    from sipsuite.proxy.core.proxy import ProxyCore
-    from sipsuite.proxy.core.txlayer import ServerTx
+    from sipsuite.config import Config
+    from sipsuite.proxy.api import CoreAPI, ServerTxView, ServiceKey, Timer
     from sipsuite.sip.message import Request, Response
 
 log = get_logger("sipsuite.proxy.accounting")
@@ -53,6 +62,17 @@ ERROR_LOG_INTERVAL = 60.0
 def iso(t: float) -> str:
     """Epoch seconds -> '2026-11-26T15:04:05.123Z'."""
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class AccState:
+    """Accounting's part of an INVITE transaction's CallState."""
+
+    start: float | None = None  # when its 100 Trying went out
+    # (call-id, from tag, to tag) of the 2xx already counted: the INVITE
+    # transaction outlives the call's BYE by 64*T1 (RFC 6026 Accepted), and a
+    # 2xx retransmitted then is the same answer, not a new call.
+    answered: set[tuple[str, str, str]] = field(default_factory=set)
 
 
 class AnsweredCall:
@@ -79,7 +99,7 @@ class AccountingLog:
     """Appends JSON lines to the configured file, reopening it when the
     path changes (``cfg set``) or the file was moved away (rotation)."""
 
-    def __init__(self, core: ProxyCore) -> None:
+    def __init__(self, core: CoreAPI) -> None:
         self.core = core
         self._file: Any = None
         self._path: str | None = None
@@ -97,14 +117,14 @@ class AccountingLog:
             f.write(line)
             f.flush()
         except (OSError, ValueError) as e:
-            self.core.count("accounting.write_errors")
+            self.core.stats.count("accounting.write_errors")
             self.close()
             now = self.core.clock.seconds()
             if now - self._last_error >= ERROR_LOG_INTERVAL:
                 self._last_error = now
                 log.error("accounting: cannot write to {p}: {e}", p=path, e=e)
             return False
-        self.core.count("accounting.records")
+        self.core.stats.count("accounting.records")
         return True
 
     @staticmethod
@@ -135,66 +155,65 @@ class AccountingLog:
 class Accounting:
     """Turns the answers going upstream into call records."""
 
-    def __init__(self, core: ProxyCore) -> None:
+    name: ClassVar[str] = "accounting"
+
+    def __init__(self, core: CoreAPI) -> None:
         self.core = core
         self.log = AccountingLog(core)
-        # INVITE server transaction key -> arrival time (its 100 Trying).
-        self.pending: OrderedDict[tuple, float] = OrderedDict()
         # (call-id, from tag, to tag) -> the call, oldest answered first
         # (OrderedDict: O(1) access to the oldest, however many BYEs came).
         self.calls: OrderedDict[tuple[str, str, str], AnsweredCall] = OrderedDict()
-        self._timer: Any = None
+        self._timer: Timer | None = None
+        self._ended_by = "shutdown"
+
+    # -- the module's life -----------------------------------------------------
+    def start(self) -> None:
+        pass
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        # The writer reopens by itself on a new file; max_* are read at use.
+        if not new.features.accounting:
+            self._ended_by = "disabled"  # the registry stops us next
+
+    def stats(self) -> Mapping[str, object]:
+        return {"calls": len(self.calls)}
 
     # -- the hook ------------------------------------------------------------
-    def response(self, holder: ServerTx, resp: Response) -> None:
-        """Called for every answer sent upstream, while accounting is on."""
+    def response(self, tx: ServerTxView, resp: Response) -> None:
+        """response_out: called for every answer sent upstream."""
         try:
-            req = holder.tx.request
+            req = tx.request
             method = req.method
             if method == "INVITE":
                 if req.to_tag is None:
-                    self._invite(holder, req, resp)
+                    self._invite(tx, req, resp)
             elif method == "BYE" and resp.status >= 200:
                 status = resp.status
                 if status < 300 or status in BYE_ENDS:
                     self._bye(req, status)
         except Exception:  # noqa: BLE001 - accounting must never break a call
             # One warning per request, not a critical traceback (hookerrors).
-            hook_failed("accounting", holder.tx.request, holder.source)
+            hook_failed("accounting", tx.request, tx.source)
 
-    def _invite(self, holder: ServerTx, req: Request, resp: Response) -> None:
+    def _invite(self, tx: ServerTxView, req: Request, resp: Response) -> None:
         status = resp.status
         now = self.core.clock.seconds()
+        state = tx.call.get(AccState)
         if status < 200:
             if status == 100:
-                pending = self.pending
-                if len(pending) >= self.core.config.accounting.max_calls:
-                    # An INVITE that never got a final answer (dropped by
-                    # routing): forget the oldest.
-                    pending.popitem(last=False)
-                pending[holder.key] = now
+                state.start = now
             return
-        rctx = holder.rctx
-        start = self.pending.pop(holder.key, None)
-        if start is None:
-            # A second 2xx of a forked call: the first one stashed the start.
-            start = rctx.vars.get("acc_start", now) if rctx is not None else now
-        elif rctx is not None:
-            rctx.vars["acc_start"] = start
+        # A second 2xx of a forked call finds the start the first one saw.
+        start = state.start if state.start is not None else now
         if status in CHALLENGES:
             return
-        src = holder.source
+        src = tx.source
         source = f"{src.transport}:{src.host}:{src.port}"
         if status < 300:
-            if rctx is not None:
-                # The INVITE transaction outlives the call's BYE by 64*T1
-                # (RFC 6026 Accepted): a 2xx retransmitted then is the same
-                # answer, not a new call.
-                seen = rctx.vars.setdefault("acc_answered", set())
-                key = (req.call_id, req.from_tag or "", resp.to_tag or "")
-                if key in seen:
-                    return
-                seen.add(key)
+            key = (req.call_id, req.from_tag or "", resp.to_tag or "")
+            if key in state.answered:
+                return
+            state.answered.add(key)
             self._answered(req, resp, source, start, now)
             return
         kind = "missed" if status in MISSED else "failed"
@@ -257,7 +276,7 @@ class Accounting:
         oldest = calls[next(iter(calls))]
         due = oldest.answer + self.core.config.accounting.max_duration
         delay = min(max(due - now, 0.0), MAX_TIMER)
-        self._timer = self.core.timer_heap.call_later(delay, self._expire)
+        self._timer = self.core.call_later(delay, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
@@ -274,9 +293,10 @@ class Accounting:
         self._arm(now)
 
     def stop(self) -> None:
-        """The proxy stops: calls still up are written as they stand
-        ("ended_by": "shutdown", the duration so far), so a restart loses
-        no record; the BYE will pass another node or none."""
+        """The proxy stops (or accounting is switched off): calls still up are
+        written as they stand ("ended_by": "shutdown" or "disabled", the
+        duration so far), so a restart loses no record; the BYE will pass
+        another node or none."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -285,8 +305,28 @@ class Accounting:
             now = self.core.clock.seconds()
             try:
                 for call in list(calls.values()):
-                    self._write_answered(call, now, "shutdown", None)
+                    self._write_answered(call, now, self._ended_by, None)
             except Exception:  # noqa: BLE001 - stopping must go on
                 log.failure("accounting failed at shutdown")
             calls.clear()
         self.log.close()
+
+
+class AccountingSpec:
+    """``[features] accounting``: a run-time switch (cfg set sets the module
+    up or stops it)."""
+
+    name = "accounting"
+    requires: tuple[ServiceKey[Any], ...] = ()
+    runtime_switch = True
+
+    def enabled(self, config: Config) -> bool:
+        return bool(config.features.accounting)
+
+    def setup(self, core: CoreAPI, config: Config) -> Accounting:
+        acc = Accounting(core)
+        core.hooks.on_response_out(acc.response)
+        return acc
+
+
+SPEC = AccountingSpec()

@@ -11,6 +11,7 @@ from typing import Any
 
 from proxykit import START, ProxyKit, answer, request
 
+from sipsuite.ops.liveops import cfg_set
 from sipsuite.proxy.modules.accounting import iso
 from sipsuite.sip.message import Request
 
@@ -31,6 +32,11 @@ def records(kit: ProxyKit) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def acc(kit: ProxyKit) -> Any:
+    """The accounting module, None when it is not set up."""
+    return kit.core.modules.by_name("accounting")
 
 
 def invite(kit: ProxyKit, call_id: str = "call-1", user: str = "bob") -> Request:
@@ -93,7 +99,7 @@ def test_answered_call_record(tmp_path: Path) -> None:
     assert rec["setup_time"] == 1.5 and rec["duration"] == 30.25
     assert rec["ended_by"] == "caller" and rec["bye_code"] == 200
     assert rec["source"] == f"udp:{CALLER}:5070"
-    assert kit.core.accounting.calls == {}
+    assert acc(kit).calls == {}
     assert kit.core.stats["accounting.records"] == 1
 
 
@@ -106,7 +112,7 @@ def test_calls_up_at_shutdown_are_written(tmp_path: Path) -> None:
     [rec] = records(kit)
     assert rec["kind"] == "answered" and rec["ended_by"] == "shutdown"
     assert rec["duration"] == 12.5 and "bye_code" not in rec
-    assert kit.core.accounting.calls == {}
+    assert acc(kit).calls == {}
 
 
 def test_2xx_retransmitted_after_the_bye_is_not_a_new_call(tmp_path: Path) -> None:
@@ -119,7 +125,7 @@ def test_2xx_retransmitted_after_the_bye_is_not_a_new_call(tmp_path: Path) -> No
     bye(kit)
     kit.clock.advance(0.5)
     assert callee_says(kit, fwd, 200) == [200]
-    assert kit.core.accounting.calls == {}
+    assert acc(kit).calls == {}
     kit.clock.advance(43200 + 61)
     assert [(r["kind"], r["ended_by"]) for r in records(kit)] == [("answered", "caller")]
 
@@ -196,7 +202,6 @@ def test_challenge_is_not_a_call(tmp_path: Path) -> None:
     kit.feed(request("INVITE", "sip:bob@sipsuite.test"), CALLER)
     assert [m.status for m, _, _ in kit.sent] == [100, 407]
     assert records(kit) == []
-    assert kit.core.accounting.pending == {}
 
 
 def test_reinvite_is_not_a_new_call(tmp_path: Path) -> None:
@@ -208,7 +213,7 @@ def test_reinvite_is_not_a_new_call(tmp_path: Path) -> None:
     fwd = [m for m, h, _ in kit.sent if h == CALLEE and not hasattr(m, "status")]
     kit.feed(answer(fwd[-1], 491, to_tag="callee"), CALLEE, 5099)
     assert records(kit) == []
-    assert len(kit.core.accounting.calls) == 1
+    assert len(acc(kit).calls) == 1
 
 
 def test_call_without_bye_ends_at_max_duration(tmp_path: Path) -> None:
@@ -220,7 +225,7 @@ def test_call_without_bye_ends_at_max_duration(tmp_path: Path) -> None:
     [rec] = records(kit)
     assert rec["ended_by"] == "timeout" and rec["duration"] == 100.0
     assert "bye_code" not in rec
-    assert kit.core.accounting.calls == {}
+    assert acc(kit).calls == {}
     bye(kit)  # the BYE that comes after all: nothing more to write
     assert len(records(kit)) == 1
 
@@ -242,7 +247,7 @@ def test_tracked_calls_are_bounded(tmp_path: Path) -> None:
     for n in range(5):
         callee_says(kit, invite(kit, call_id=f"c{n}"), 200)
         kit.clock.advance(1)
-    assert len(kit.core.accounting.calls) == 3
+    assert len(acc(kit).calls) == 3
     assert [(r["call_id"], r["ended_by"]) for r in records(kit)] == [
         ("c0", "evicted"), ("c1", "evicted")]
 
@@ -255,7 +260,7 @@ def test_off_writes_no_file(tmp_path: Path) -> None:
     callee_says(kit, fwd, 486)
     assert not Path(kit.core.config.accounting.file).exists()
     assert not (tmp_path / "acc").exists()
-    assert kit.core.accounting.calls == {} and kit.core.accounting.pending == {}
+    assert acc(kit) is None
 
 
 def test_write_failure_is_logged_not_raised(tmp_path: Path) -> None:
@@ -281,3 +286,21 @@ def test_rotated_file_is_reopened(tmp_path: Path) -> None:
     assert [r["call_id"] for r in records(kit)] == ["c2"]
     old = path.with_suffix(".1").read_text().splitlines()
     assert [json.loads(x)["call_id"] for x in old] == ["c1"]
+
+
+def test_cfg_set_switches_accounting_at_run_time(tmp_path: Path) -> None:
+    kit = make_kit(tmp_path, on=False)
+    assert acc(kit) is None and kit.core.hooks.response_out == ()
+    cfg_set(kit.core, "features.accounting", True)
+    assert acc(kit) is not None
+    callee_says(kit, invite(kit), 200)
+    kit.clock.advance(5)
+    assert records(kit) == []
+    # Switched off: the call still up is written now, and nothing more.
+    cfg_set(kit.core, "features.accounting", False)
+    [rec] = records(kit)
+    assert (rec["call_id"], rec["ended_by"], rec["duration"]) == ("call-1", "disabled", 5.0)
+    assert acc(kit) is None and kit.core.hooks.response_out == ()
+    bye(kit)
+    callee_says(kit, invite(kit, call_id="c2"), 486)
+    assert len(records(kit)) == 1

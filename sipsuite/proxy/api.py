@@ -1,0 +1,183 @@
+"""What a module may use of the proxy core (issue 13, docs/design/decoupling-plan.md 2.2-2.5).
+
+A feature module (accounting, antiflood, auth, ...) is handed a :class:`CoreAPI`
+in its ``setup(core, config)``, registers its hooks through ``core.hooks`` and
+finds other modules' services through ``core.modules``; it never reaches into
+the core's tables, transport or routing.  :class:`ProxyCore` implements this
+Protocol, so does the tests' ``FakeCore``.
+
+Members of the plan's CoreAPI left for later steps (no module converted so far
+needs them): ``net`` (the Network view over the transport layer), ``uac``,
+``resolve``, ``Identity.is_own_address`` and ``Counters.figures``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IReactorTime
+
+    from sipsuite.config import Config
+    from sipsuite.proxy.core.context import Branch
+    from sipsuite.proxy.net.listener import Source
+    from sipsuite.proxy.routing.base import RequestContext
+    from sipsuite.sip.message import Request, Response
+
+__all__ = [
+    "CallState", "CoreAPI", "Counters", "Hooks", "Identity", "Module", "ModuleSpec",
+    "Registry", "ServerTxView", "ServiceKey", "Timer", "TransactionView",
+]
+
+T = TypeVar("T")
+
+
+class Timer(Protocol):
+    def active(self) -> bool: ...
+    def cancel(self) -> None: ...
+
+
+class Identity(Protocol):
+    """Who "we" are (the core's RequestChecks)."""
+
+    def is_myself(self, host: str, port: int | None) -> bool: ...
+    def is_local_domain(self, host: str) -> bool: ...
+    def is_trusted(self, host: str) -> bool: ...
+
+
+class TransactionView(Protocol):
+    def counts(self) -> tuple[int, int]: ...   # (server, client)
+    def in_flight(self) -> int: ...
+
+
+class Counters(Protocol):
+    """The core's named counters ("drop.flood", "accounting.records")."""
+
+    def count(self, name: str, n: int = 1) -> None: ...
+
+
+class CallState:
+    """Per-transaction state shared by the core, the script and the modules.
+
+    Created with the server transaction (so response_out sees it on the 100
+    Trying, before routing starts).  Each module keeps its own typed state in
+    it (``call.get(AccState)``), made on first use and gone with the
+    transaction, so no module needs a table of its own keyed by transaction.
+    """
+
+    __slots__ = ("record_route", "rr_params", "_ext")
+
+    def __init__(self) -> None:
+        self.record_route = False
+        self.rr_params: list[str] = []
+        self._ext: dict[type, object] = {}
+
+    def get(self, cls: type[T]) -> T:
+        """The state of type ``cls``, made with ``cls()`` on first use."""
+        obj = self._ext.get(cls)
+        if obj is None:
+            obj = self._ext[cls] = cls()
+        return obj  # type: ignore[return-value]
+
+    def peek(self, cls: type[T]) -> T | None:
+        return self._ext.get(cls)  # type: ignore[return-value]
+
+    def put(self, obj: object) -> None:
+        self._ext[type(obj)] = obj
+
+
+class ServerTxView(Protocol):
+    """What response_out sees of a server transaction."""
+
+    @property
+    def request(self) -> Request: ...
+    @property
+    def source(self) -> Source: ...
+    @property
+    def call(self) -> CallState: ...
+
+
+RequestInHook = Callable[["Request", "Source"], bool]
+RequestReceivedHook = Callable[["RequestContext"], None]
+BranchOutHook = Callable[["RequestContext", "Branch"], None]
+ResponseInHook = Callable[["RequestContext", "Branch", "Response"], None]
+ResponseOutHook = Callable[[ServerTxView, "Response"], None]
+
+
+class Hooks(Protocol):
+    """Hook registration (plan 2.3).  Hooks run in module set-up order; one
+    that raises costs a warning line and the core goes on (fail-open)."""
+
+    def on_request_in(self, fn: RequestInHook) -> None: ...
+    def on_request_received(self, fn: RequestReceivedHook) -> None: ...
+    def on_branch_out(self, fn: BranchOutHook) -> None: ...
+    def on_response_in(self, fn: ResponseInHook) -> None: ...
+    def on_response_out(self, fn: ResponseOutHook) -> None: ...
+
+
+class ServiceKey(Generic[T]):
+    """A typed name for a service a module offers (``AUTH: ServiceKey[AuthService]``):
+    mypy refuses a Protocol class as a ``type[T]`` argument, a typed key does not."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"ServiceKey({self.name!r})"
+
+
+class Module(Protocol):
+    name: ClassVar[str]
+
+    def start(self) -> None: ...
+    def reconfigure(self, old: Config, new: Config) -> None: ...
+    def stats(self) -> Mapping[str, object] | Deferred[Mapping[str, object]]: ...
+    def stop(self) -> Deferred[None] | None: ...
+
+
+class Registry(Protocol):
+    """What a module sees of the module registry."""
+
+    def provide(self, key: ServiceKey[T], impl: T) -> None: ...
+    def get(self, key: ServiceKey[T]) -> T | None: ...
+    def require(self, key: ServiceKey[T]) -> T: ...
+    def by_name(self, name: str) -> Module | None: ...
+
+
+class CoreAPI(Protocol):
+    @property
+    def config(self) -> Config: ...
+    # The current config, replaced whole by cfg set: read it at use.
+
+    @property
+    def clock(self) -> IReactorTime: ...
+
+    def wall(self) -> float: ...
+
+    def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> Timer: ...
+
+    @property
+    def identity(self) -> Identity: ...
+    @property
+    def transactions(self) -> TransactionView: ...
+    @property
+    def stats(self) -> Counters: ...
+    @property
+    def hooks(self) -> Hooks: ...
+    @property
+    def modules(self) -> Registry: ...
+
+
+class ModuleSpec(Protocol):
+    """What a feature module exports as ``SPEC``."""
+
+    name: str
+    requires: tuple[ServiceKey[Any], ...]
+    runtime_switch: bool  # enabled() may change with cfg set
+
+    def enabled(self, config: Config) -> bool: ...
+    def setup(self, core: CoreAPI, config: Config) -> Module: ...
