@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,53 +110,29 @@ def load_config(
         else:
             values[f.name] = _build_table(f.metadata, name, raw, where)
 
-    if listen is not None:
-        try:
-            specs = LISTEN_LIST(list(listen))
-        except Invalid as e:
-            raise ConfigError(f"--listen: expected {e.expected}, got {show_value(e.got)}") from None
-        values["proxy"] = dataclasses.replace(values["proxy"], listen=specs)
-
-    if redis is not None:
-        try:
-            url = redis_url(redis)
-        except Invalid as e:
-            raise ConfigError(f"--redis: expected {e.expected}, got {show_value(e.got)}") from None
-        values["redis"] = dataclasses.replace(values["redis"], url=url)
-
-    relay_overrides = {}
-    for option, key, raw_value, check in (
-        ("--control", "control", control, CONTROL_LIST),
-        ("--media-address", "media_addresses", media_addresses, media_address_list),
-        ("--ports", "ports", ports, port_range),
-    ):
+    # Command-line options replace one key each, checked by the key's own
+    # validator; in this order, which error a bad command line reports.
+    options: tuple[tuple[str, str, str, Any, Callable[[Any], Any]], ...] = (
+        ("--listen", "proxy", "listen", listen, LISTEN_LIST),
+        ("--redis", "redis", "url", redis, redis_url),
+        ("--control", "relay", "control", control, CONTROL_LIST),
+        ("--media-address", "relay", "media_addresses", media_addresses, media_address_list),
+        ("--ports", "relay", "ports", ports, port_range),
+        ("--relay", "media", "relays", relays, relay_list),
+        ("--management", "management", "listen", management, tcp_listen_or_off),
+        ("--management", "management", "relay_listen", relay_management, tcp_listen_or_off),
+    )
+    overrides: dict[str, dict[str, Any]] = {}
+    for option, section_name, key, raw_value, check in options:
         if raw_value is None:
             continue
         try:
-            relay_overrides[key] = check(list(raw_value) if isinstance(raw_value, list)
-                                         else raw_value)
+            value = check(list(raw_value) if isinstance(raw_value, list | tuple) else raw_value)
         except Invalid as e:
             raise ConfigError(f"{option}: expected {e.expected}, got {show_value(e.got)}") from None
-    if relay_overrides:
-        values["relay"] = dataclasses.replace(values["relay"], **relay_overrides)
-
-    if relays is not None:
-        try:
-            specs_ = relay_list(list(relays))
-        except Invalid as e:
-            raise ConfigError(f"--relay: expected {e.expected}, got {show_value(e.got)}") from None
-        values["media"] = dataclasses.replace(values["media"], relays=specs_)
-
-    management_overrides = {}
-    for key, raw_value in (("listen", management), ("relay_listen", relay_management)):
-        if raw_value is None:
-            continue
-        try:
-            management_overrides[key] = tcp_listen_or_off(raw_value)
-        except Invalid as e:
-            raise ConfigError(f"--management: expected {e.expected}, got {show_value(e.got)}") from None
-    if management_overrides:
-        values["management"] = dataclasses.replace(values["management"], **management_overrides)
+        overrides.setdefault(section_name, {})[key] = value
+    for section_name, changes in overrides.items():
+        values[section_name] = dataclasses.replace(values[section_name], **changes)
 
     config = Config(**values, path=path)
     check_consistency(config, where)
