@@ -16,13 +16,33 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.application import service
+
 from sipsuite.hosts import host_port
 
-__all__ = ["StartupError", "cannot_listen", "check_twistd_files", "check_writable", "show_address"]
+__all__ = ["BindsEarly", "StartupError", "cannot_listen", "check_twistd_files", "check_writable", "show_address"]
 
 
 class StartupError(Exception):
     """The service cannot start; ``str()`` is one line for the operator."""
+
+
+class BindsEarly(service.Service):
+    """A service that binds its sockets in ``_bind`` (once: it must return at
+    once when already bound), called from ``privilegedStartService``, which
+    the plugin runs before twistd daemonises, and again from ``startService``
+    for a service built and started without twistd."""
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._bind()
+
+    def startService(self) -> None:
+        self._bind()
+        super().startService()
+
+    def _bind(self) -> None:
+        raise NotImplementedError
 
 
 def show_address(transport: str, host: str, port: int) -> str:

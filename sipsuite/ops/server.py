@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
@@ -37,7 +36,7 @@ from sipsuite.ops.errors import (
     RpcError,
 )
 from sipsuite.ops.http import MAX_BATCH, MAX_BODY, MAX_DEPTH, BoundedRequest, too_deep
-from sipsuite.startup import cannot_listen, show_address
+from sipsuite.startup import BindsEarly, cannot_listen, show_address
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -330,7 +329,7 @@ def parse_management_listen(text: str) -> tuple[str, int]:
     return str(addr), int(m.group("port"))
 
 
-class ManagementService(service.Service):
+class ManagementService(BindsEarly):
     """Listens for the management interface while running; ``.port`` is the
     bound port once started (the OS's pick when the address says port 0)."""
 
@@ -347,14 +346,6 @@ class ManagementService(service.Service):
         self.reactor = reactor
         self.port: int | None = None
         self._listener: Any = None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._bind()
-
-    def startService(self) -> None:
-        self._bind()
-        super().startService()
 
     def _bind(self) -> None:
         """Bind the port once: before twistd daemonises (see sipsuite.startup),

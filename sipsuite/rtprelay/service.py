@@ -36,7 +36,7 @@ from sipsuite.rtprelay.control import ControlDispatcher, ReplyCache, listen_cont
 from sipsuite.rtprelay.media import MediaPorts, check_media_address
 from sipsuite.rtprelay.session import Addr, Leg, Session
 from sipsuite.rtprelay.table import SessionTable
-from sipsuite.startup import StartupError, cannot_listen, show_address
+from sipsuite.startup import BindsEarly, StartupError, cannot_listen, show_address
 
 __all__ = ["RelayService", "make_relay_service", "register_relay_methods"]
 
@@ -76,7 +76,7 @@ def _redirect_stop_signals(reactor: Any, action: Callable[[], None]) -> Callable
     return restore
 
 
-class RelayService(service.Service):
+class RelayService(BindsEarly):
     """The RTP relay: control listeners, media ports, expiry, drain."""
 
     def __init__(self, config: RelayConfig, reactor: Any | None = None,
@@ -112,13 +112,8 @@ class RelayService(service.Service):
 
     # -- start ----------------------------------------------------------------
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._bind()
-
     def startService(self) -> None:
-        self._bind()
-        super().startService()
+        super().startService()  # binds (BindsEarly) unless twistd's plugin did
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = self.reactor
         self._loop.start(TICK, now=False)
