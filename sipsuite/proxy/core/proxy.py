@@ -372,8 +372,7 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         req = rctx.request
         if req.method == "ACK":
             return
-        key = rctx.tx_key
-        holder = self.server_txs.get(key if key is not None else server_key(req))
+        holder = self._server_tx(rctx)
         if holder is None:
             return
         ctx = holder.context
@@ -393,6 +392,11 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         log.info("{m} {u} from {s} answered {st} {r} (call-id {c})", m=req.method, u=req.uri,
                  s=holder.source, st=status, r=resp.reason, c=req.call_id)
 
+    def _server_tx(self, rctx: RequestContext) -> ServerTx | None:
+        """The server transaction ``rctx`` routes (gone once it ended)."""
+        key = rctx.tx_key
+        return self.server_txs.get(key if key is not None else server_key(rctx.request))
+
     def relay(self, rctx: RequestContext, targets: list[URI | Destination]) -> None:
         req = rctx.request
         if req.method == "ACK":
@@ -402,8 +406,7 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
                 else:
                     self._forward_stateless(rctx, target)
             return
-        key = rctx.tx_key
-        holder = self.server_txs.get(key if key is not None else server_key(req))
+        holder = self._server_tx(rctx)
         if holder is None:
             return
         ctx = holder.context
