@@ -37,7 +37,6 @@ from sipsuite.config.values import Invalid, show_value
 from sipsuite.log import get_logger
 from sipsuite.proxy.routing.base import Routing
 from sipsuite.proxy.routing.loader import describe_error as _describe
-from sipsuite.sip.transaction import TimerSettings
 
 if TYPE_CHECKING:
     from sipsuite.ops.server import RpcRegistry
@@ -292,14 +291,10 @@ def cfg_set(core: ProxyCore, name: str, value: Any) -> dict[str, Any]:
 
 
 def apply_config(core: ProxyCore, new: Config) -> None:
-    """Make ``new`` the core's config and push the sections that components
-    copied at start-up (timers, registrar, auth, NAT keep-alives, domains)."""
+    """Make ``new`` the core's config: push the sections that features not yet
+    converted to modules copied at start-up, then ``core.reconfigure`` (the
+    core's own sections and every module's part)."""
     old = core.config
-    core.config = new
-    if new.timers != old.timers:
-        # New transactions take the new values; running ones keep theirs.
-        t = new.timers
-        core.timers = TimerSettings(t1=t.t1, t2=t.t2, t4=t.t4, timer_c=t.timer_c)
     core.registrar.cfg = new.registrar
     auth = core.auth
     auth.cfg = new.auth
@@ -314,16 +309,10 @@ def apply_config(core: ProxyCore, new: Config) -> None:
         keepalive.stop()
         keepalive.loop = None
         keepalive.start()
-    core.domains = {d.lower() for d in new.proxy.domains}
-    core.trusted = list(new.proxy.trusted)
-    core.server_header = new.proxy.server_header
-    core.transport.configure(new.proxy)
     if core.media is not None:
         core.media.max_streams = new.media.max_streams
         core.media.max_sessions_per_source = new.media.max_sessions_per_source
-    # Modules: run-time switches ([features] accounting) set up or stop
-    # theirs, then each module takes its part of the new config.
-    core.modules.reconfigure(old, new)
+    core.reconfigure(new)
     if new.log.level != sipsuite_log.get_level():
         sipsuite_log.set_level(new.log.level)
 

@@ -7,13 +7,12 @@ the core's tables, transport or routing.  :class:`ProxyCore` implements this
 Protocol, so does the tests' ``FakeCore``.
 
 Members of the plan's CoreAPI left for later steps (no module converted so far
-needs them): ``net`` (the Network view over the transport layer), ``uac``,
-``resolve``, ``Identity.is_own_address`` and ``Counters.figures``.
+needs them): ``uac``, ``Identity.is_own_address`` and ``Counters.figures``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -22,13 +21,15 @@ if TYPE_CHECKING:
 
     from sipsuite.config import Config
     from sipsuite.proxy.core.context import Branch
-    from sipsuite.proxy.net.listener import Source
+    from sipsuite.proxy.net.listener import Listener, Source
+    from sipsuite.proxy.net.resolver import Target
     from sipsuite.proxy.routing.base import RequestContext
     from sipsuite.sip.message import Request, Response
 
 __all__ = [
-    "CallState", "CoreAPI", "Counters", "Hooks", "Identity", "Module", "ModuleSpec",
-    "Registry", "ServerTxView", "ServiceKey", "Timer", "TransactionView",
+    "CallState", "Connection", "CoreAPI", "Counters", "Hooks", "Identity", "Module",
+    "ModuleSpec", "Network", "Registry", "ServerTxView", "ServiceKey", "Timer",
+    "TransactionView",
 ]
 
 T = TypeVar("T")
@@ -45,6 +46,30 @@ class Identity(Protocol):
     def is_myself(self, host: str, port: int | None) -> bool: ...
     def is_local_domain(self, host: str) -> bool: ...
     def is_trusted(self, host: str) -> bool: ...
+
+
+class Connection(Protocol):
+    """A TCP/TLS connection, as a module may use it (send on a flow, alias it)."""
+
+    closed: bool
+    listener: Listener
+
+    def send(self, data: bytes) -> bool: ...
+
+
+class Network(Protocol):
+    """What a module may do with the transport layer: no tables handed out."""
+
+    @property
+    def listeners(self) -> Sequence[Listener]: ...
+    def listener_named(self, name: str) -> Listener | None: ...
+    def pick_listener(self, transport: str, host: str, prefer: Listener | None,
+                      peer: str | None = None) -> Listener | None: ...
+    def send(self, data: bytes, transport: str, host: str, port: int, listener: Listener,
+             name: str = "", connect: bool = True) -> bool: ...
+    def connection_to(self, host: str, port: int) -> Any: ...   # Connection | None; aliases too
+    def alias(self, conn: Any, host: str, port: int) -> None: ...
+    def set_stun(self, enabled: Callable[[], bool]) -> None: ...  # RFC 5626 8 answers
 
 
 class TransactionView(Protocol):
@@ -162,6 +187,10 @@ class CoreAPI(Protocol):
 
     @property
     def identity(self) -> Identity: ...
+    @property
+    def net(self) -> Network: ...
+    def resolve(self, uri: Any) -> Deferred[list[Target]]: ...
+    # RFC 3263 for a URI: the same path the core's branches take.
     @property
     def transactions(self) -> TransactionView: ...
     @property

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from twisted.internet.defer import Deferred
+
 from sipsuite.hosts import is_ip, unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.core.checks import BRANCH_TAG
@@ -81,7 +83,16 @@ class Forwarding:
             # A fixed destination (Kamailio's $du): a NAT'ed phone's source address.
             then([dst])
             return
-        hop = self._next_hop(req)
+        self._resolve_hop(self._next_hop(req), then)
+
+    def resolve(self, uri: URI) -> Deferred[list[Target]]:
+        """api.CoreAPI.resolve: RFC 3263 for ``uri`` (maddr, transport and sips
+        honoured), the way a branch to it would go; never errbacks."""
+        d: Deferred[list[Target]] = Deferred()
+        self._resolve_hop(uri, d.callback)
+        return d
+
+    def _resolve_hop(self, hop: URI, then: Any) -> None:
         if hop.scheme not in ("sip", "sips"):
             then([])
             return
@@ -123,10 +134,15 @@ class Forwarding:
         ctx = branch.ctx
         req = branch.request.copy()
         rctx = ctx.rctx
-        if rctx.vars.get("record_route"):
+        call = rctx.call
+        if call.record_route:
             inbound = ctx.server.source.listener
-            # kamailio.cfg's add_rr_param(";nat=yes"): a caller behind NAT.
-            params = ";nat=yes" if rctx.vars.get("nat") else ""
+            # Parameters after ;lr that modules asked for (nathelper's
+            # add_rr_param(";nat=yes") for a caller behind NAT).
+            rr = call.rr_params
+            if rctx.vars.get("nat") and "nat=yes" not in rr:
+                rr.append("nat=yes")
+            params = "".join(f";{p}" for p in rr)
             # RFC 3261 16.6 step 4: a sips Request-URI gets a sips Record-Route.
             sips = ctx.request.uri.scheme == "sips"
             if inbound is not listener:

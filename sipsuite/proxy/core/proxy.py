@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from sipsuite.hosts import unbracket
 from sipsuite.log import get_logger
+from sipsuite.proxy.api import ServiceKey
 from sipsuite.proxy.core.checks import RequestChecks
 from sipsuite.proxy.core.context import ProxyContext
 from sipsuite.proxy.core.forwarding import Forwarding
@@ -57,6 +58,15 @@ from sipsuite.proxy.registrar.registrar import Registrar
 from sipsuite.proxy.routing.base import Destination, RequestContext, Routing
 from sipsuite.proxy.routing.driver import drive
 from sipsuite.proxy.routing.loader import make_routing
+from sipsuite.proxy.services import (
+    AUTH,
+    DISPATCHER,
+    FLOWS,
+    MEDIA,
+    NATPING,
+    REGISTRAR,
+    SUBSCRIBERS,
+)
 from sipsuite.sip.headers import Via
 from sipsuite.sip.message import REASONS, Request, Response, make_response
 from sipsuite.sip.transaction import (
@@ -83,6 +93,14 @@ COUNTED_METHODS = frozenset({
 _ABSORBS_ACK = (TxState.COMPLETED, TxState.CONFIRMED)
 
 
+#: Core attributes of the features that became modules, and the service
+#: each now resolves to (see ProxyCore.__getattr__).
+_LEGACY_SERVICES: dict[str, ServiceKey[Any]] = {
+    "auth": AUTH, "dispatcher": DISPATCHER, "flows": FLOWS, "keepalive": NATPING,
+    "media": MEDIA, "registrar": REGISTRAR, "subscribers": SUBSCRIBERS,
+}
+
+
 class StatCounters(dict[str, int]):
     """The core's named counters: a dict (``core.stats["requests"]``, read by
     the stats RPCs) that is also api.Counters for the modules."""
@@ -97,6 +115,10 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
                  subscribers: SubscriberStore | None = None) -> None:
         self.config = config
         self.clock = reactor
+        # Feature modules plug in here (api.CoreAPI.hooks / .modules); the
+        # service wiring sets them up (proxy/service.py).
+        self.hooks = HookPoints()
+        self.modules = ModuleRegistry(self, self.hooks)
         self.timer_heap = TimerHeap(reactor)
         p = config.proxy
         self.timers = TimerSettings(
@@ -129,7 +151,7 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         self.keepalive = NatKeepalive(self, config.nat, self.registrar.clock)
         self.flows = Flows(self, config.auth.secret)
         self.registrar.flows = self.flows
-        self.transport.stun = lambda: self.config.registrar.outbound
+        self.transport.set_stun(lambda: self.config.registrar.outbound)
         self.registrar.on_nat = self.keepalive.track
         self.domains = {d.lower() for d in p.domains}
         self.trusted = list(p.trusted)
@@ -157,10 +179,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         self.guard = RequestGuard(self)
         # Set while the suite drains (sipsuite.drain): when the drain ends at the latest.
         self.drain_deadline: float | None = None
-        # Feature modules plug in here (api.CoreAPI.hooks / .modules); the
-        # service wiring sets them up (proxy/service.py).
-        self.hooks = HookPoints()
-        self.modules = ModuleRegistry(self, self.hooks)
 
     # -- api.CoreAPI -------------------------------------------------------------------
     def wall(self) -> float:
@@ -176,6 +194,37 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
     @property
     def transactions(self) -> ProxyCore:
         return self
+
+    @property
+    def net(self) -> TransportLayer:
+        return self.transport
+
+    def __getattr__(self, name: str) -> Any:
+        # Names features had on the core before they became modules
+        # (``core.media``, ``core.dispatcher``, ...): routing classes written
+        # against them keep working, resolved through the module registry.
+        # Only reached for an attribute the core does not have itself.
+        key = _LEGACY_SERVICES.get(name)
+        if key is None or name == "modules":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self.modules.get(key)
+
+    def reconfigure(self, new: Any) -> None:
+        """Make ``new`` the config (``cfg set``): the core applies its own
+        sections, then every module its part (run-time switches set up or
+        tear down their module first).  Raises when a part refuses; the
+        caller re-applies the old config (ops.liveops.cfg_set)."""
+        old, self.config = self.config, new
+        if new.timers != old.timers:
+            # New transactions take the new values; running ones keep theirs.
+            t = new.timers
+            self.timers = TimerSettings(t1=t.t1, t2=t.t2, t4=t.t4, timer_c=t.timer_c)
+        p = new.proxy
+        self.domains = {d.lower() for d in p.domains}
+        self.trusted = list(p.trusted)
+        self.server_header = p.server_header
+        self.transport.configure(p)
+        self.modules.reconfigure(old, new)
 
     # -- set-up ------------------------------------------------------------------
     def start(self) -> None:
@@ -336,7 +385,7 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             return
         flow = self.flows.route_flow(req)
         loose = self._preprocess_routes(req)
-        rctx = RequestContext(self, req, source, loose)
+        rctx = RequestContext(self, req, source, loose, holder.call if holder is not None else None)
         if holder is not None:
             holder.rctx = rctx
             rctx.tx_key = holder.key

@@ -272,6 +272,11 @@ class TransportLayer(WildcardListeners):
             self.aliases[key] = conn
             conn.aliases.add(key)
 
+    def set_stun(self, enabled: Callable[[], bool]) -> None:
+        """Answer STUN Binding requests on the UDP listeners while
+        ``enabled()`` says so (outbound, RFC 5626 8)."""
+        self.stun = enabled
+
     def send_on(self, data: bytes, conn: SIPStreamProtocol) -> bool:
         return conn.send(data)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sipsuite.hosts import unbracket
+from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.location import Binding
 from sipsuite.sip.message import Request, Response
@@ -36,9 +37,10 @@ class RequestContext:
     """What a routing hook sees of one incoming request and can do with it."""
 
     __slots__ = ("core", "request", "source", "proxy_ctx", "loose_routed", "handled", "vars",
-                 "tx_key", "debug")
+                 "tx_key", "debug", "call")
 
-    def __init__(self, core: ProxyCore, request: Request, source: Any, loose_routed: bool) -> None:
+    def __init__(self, core: ProxyCore, request: Request, source: Any, loose_routed: bool,
+                 call: CallState | None = None) -> None:
         self.core = core
         self.request = request
         self.source = source
@@ -46,7 +48,11 @@ class RequestContext:
         self.loose_routed = loose_routed
         self.proxy_ctx: ProxyContext | None = None
         self.handled = False
+        # The user's own variables (a script's $var/$avp); nothing built in uses it.
         self.vars: dict[str, Any] = {}
+        # Per-call state of the core and the modules: the server transaction's
+        # (the same object its answers see), or its own for a stateless ACK.
+        self.call = call if call is not None else CallState()
         # The server transaction's key, once known: saves computing it again
         # for every reply and relay (it parses the top Via).
         self.tx_key: tuple | None = None
@@ -112,7 +118,8 @@ class RequestContext:
         self.core.relay(self, out)
 
     def record_route(self) -> None:
-        self.vars["record_route"] = True
+        """Kamailio's record_route(): this proxy stays on the dialog's path."""
+        self.call.record_route = True
 
     def drop(self) -> None:
         """Neither answer nor forward (Kamailio's ``drop`` / ``exit``)."""

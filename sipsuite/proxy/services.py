@@ -1,0 +1,109 @@
+"""The services feature modules offer the routing script (decoupling plan 2.6).
+
+A module provides its service under a key in ``setup()``
+(``core.modules.provide(AUTH, self)``); the script asks
+``self.modules.get(AUTH)``: ``None`` means the module is not set up, the
+twin of a kamailio.cfg ``#!ifdef WITH_AUTH`` that is off.  Each Protocol
+names what the script and the other modules use, nothing more; the module
+behind it may offer more to its own RPCs and tests.
+
+The keys are declared here, all in one place, so that a module and its users
+meet on an interface and never import each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sipsuite.proxy.api import ServiceKey
+
+if TYPE_CHECKING:
+    from sipsuite.proxy.net.listener import Source
+    from sipsuite.proxy.net.resolver import Target
+    from sipsuite.proxy.registrar.location import Binding
+    from sipsuite.proxy.routing.base import Destination, RequestContext
+    from sipsuite.sip.message import Request, Response
+
+__all__ = [
+    "AUTH", "DISPATCHER", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REGISTRAR",
+    "SUBSCRIBERS", "AuthService", "FlowService", "LoadBalancerService", "LocationService",
+    "MediaService", "NatPingService", "NatService", "RegistrarService",
+]
+
+
+class LocationService(Protocol):
+    """usrloc: the bindings of a user, static ones from the config first."""
+
+    async def lookup(self, user: str) -> list[Binding]: ...
+    async def remove(self, aor: str, contact: str) -> None: ...
+
+
+class RegistrarService(Protocol):
+    """registrar: save("location") for a REGISTER, answered here."""
+
+    async def save(self, ctx: RequestContext) -> None: ...
+    def on_nat_binding(self, fn: Callable[[Binding], None]) -> None: ...
+
+
+class FlowService(Protocol):
+    """outbound (RFC 5626): flow tokens and the way to a registered flow."""
+
+    async def destinations(self, aor: str,
+                           bindings: list[Binding]) -> list[tuple[Binding, Destination]]: ...
+    def flow_uri(self, source: Source) -> str: ...
+    def registered(self, source: Source, contacts: list[str]) -> None: ...
+
+
+class AuthService(Protocol):
+    """auth / auth_db: digest challenges and checks."""
+
+    async def check(self, ctx: RequestContext, user: str, *, proxy: bool) -> bool: ...
+    def consume(self, ctx: RequestContext, *, proxy: bool) -> None: ...
+
+
+class NatService(Protocol):
+    """nathelper: is the sender behind NAT, and where does a dialog go."""
+
+    def detect(self, ctx: RequestContext) -> bool: ...
+    def behind_nat(self, ctx: RequestContext) -> bool: ...
+    def dialog_target(self, req: Request) -> Target | None: ...
+
+
+class NatPingService(Protocol):
+    """nathelper's keep-alives: bindings behind NAT, pinged on a period."""
+
+    def track(self, binding: Binding) -> None: ...
+
+
+class MediaService(Protocol):
+    """rtpproxy_manage: media anchored on a relay."""
+
+    mode: str
+
+    async def offer(self, ctx: RequestContext) -> bool: ...
+    async def in_dialog(self, ctx: RequestContext) -> None: ...
+    def on_reply(self, ctx: RequestContext, resp: Response) -> Coroutine[Any, Any, Any] | None: ...
+    async def end_call(self, ctx: RequestContext) -> None: ...
+    def relayed(self, ctx: RequestContext) -> bool: ...
+
+
+class LoadBalancerService(Protocol):
+    """dispatcher: destination sets, algorithms, failover."""
+
+    def relay(self, ctx: RequestContext, setid: int, alg: int | str = 4, limit: int = 0,
+              rewrite_uri: bool = False) -> bool: ...
+    def next(self, ctx: RequestContext, response: Response,
+             codes: Collection[int] = ...) -> bool: ...
+    def call_ended(self, call_id: str) -> None: ...
+
+
+LOCATION: ServiceKey[LocationService] = ServiceKey("location")
+SUBSCRIBERS: ServiceKey[Any] = ServiceKey("subscribers")
+REGISTRAR: ServiceKey[RegistrarService] = ServiceKey("registrar")
+FLOWS: ServiceKey[FlowService] = ServiceKey("outbound")
+AUTH: ServiceKey[AuthService] = ServiceKey("auth")
+NAT: ServiceKey[NatService] = ServiceKey("nat")
+NATPING: ServiceKey[NatPingService] = ServiceKey("natping")
+MEDIA: ServiceKey[MediaService] = ServiceKey("media")
+DISPATCHER: ServiceKey[LoadBalancerService] = ServiceKey("dispatcher")
