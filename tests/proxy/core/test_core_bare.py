@@ -1,0 +1,102 @@
+"""The core with no feature module at all carries a call (issue 13).
+
+Nothing is set up in ``core.modules``: no registrar, no auth, no NAT, no
+media, no accounting.  A two-line routing class relays every request to its
+Request-URI and record-routes; the core alone (RFC 3261 16) must forward the
+INVITE with its Via and Record-Route, send the answers back, and pass the ACK
+and the BYE along the recorded route.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import task
+
+from proxykit import START, answer, request
+from sipsuite.config import load_config
+from sipsuite.proxy import RequestContext, Routing
+from sipsuite.proxy.core.proxy import ProxyCore
+from sipsuite.proxy.net.listener import Listener, Source
+from sipsuite.sip.message import Request, Response, parse_datagram
+
+CALLER = "127.0.0.2"
+CALLEE = "127.0.0.9"
+
+
+class RelayAll(Routing):
+    def request_route(self, ctx: RequestContext) -> None:
+        if ctx.method == "INVITE":
+            ctx.record_route()
+        ctx.relay()
+
+
+class BareCore:
+    def __init__(self, tmp_path: Path) -> None:
+        path = tmp_path / "bare.toml"
+        path.write_text('[proxy]\nlisten = ["udp:127.0.0.1:5060"]\n'
+                        '[management]\nlisten = ""\n')
+        self.clock = task.Clock()
+        self.clock.advance(START)
+        self.core = core = ProxyCore(load_config(str(path)), self.clock)
+        core.routing = RelayAll(core)
+        self.listener = Listener("udp", "127.0.0.1", 5060, "127.0.0.1")
+        core.addresses.add("127.0.0.1")
+        core.ports.add(5060)
+        self.sent: list[tuple[Any, str, int]] = []
+        core.transport.send = self._send  # type: ignore[method-assign]
+        core.transport.pick_listener = lambda *a, **k: self.listener  # type: ignore[method-assign]
+
+    def _send(self, data: bytes, transport: str, host: str, port: int, listener: Any,
+              name: str = "", connect: bool = True) -> bool:
+        self.sent.append((parse_datagram(data), host, port))
+        return True
+
+    def feed(self, msg: bytes | Request | Response, host: str, port: int) -> None:
+        parsed = parse_datagram(msg) if isinstance(msg, bytes) else msg
+        self.core.receive(parsed, Source("udp", host, port, self.listener))
+
+    def take(self) -> list[tuple[Any, str, int]]:
+        out, self.sent = self.sent, []
+        return out
+
+
+def test_a_core_with_no_module_carries_a_call(tmp_path: Path) -> None:
+    bare = BareCore(tmp_path)
+    assert bare.core.modules.names() == []
+
+    bare.feed(request("INVITE", f"sip:bob@{CALLEE}:5099", call_id="bare-1"), CALLER, 5070)
+    sent = bare.take()
+    trying = [m for m, h, _ in sent if isinstance(m, Response)]
+    forwarded = [(m, h, p) for m, h, p in sent if isinstance(m, Request)]
+    assert [r.status for r in trying] == [100]
+    assert len(forwarded) == 1
+    invite, host, port = forwarded[0]
+    assert (invite.method, host, port) == ("INVITE", CALLEE, 5099)
+    vias = invite.header_all("via")
+    assert len(vias) == 2 and "127.0.0.1:5060" in vias[0] and vias[0].startswith("SIP/2.0/UDP")
+    assert invite.header_all("record-route") == ["<sip:127.0.0.1:5060;lr>"]
+    assert invite.max_forwards == 69
+
+    bare.feed(answer(invite, 180, to_tag="callee"), CALLEE, 5099)
+    final = answer(invite, 200, to_tag="callee")
+    final.add_header("Record-Route", invite.header_all("record-route")[0])  # RFC 3261 12.1.1
+    bare.feed(final, CALLEE, 5099)
+    upstream = bare.take()
+    assert [(m.status, h, p) for m, h, p in upstream] == [(180, CALLER, 5070), (200, CALLER, 5070)]
+    ok = upstream[1][0]
+    assert len(ok.header_all("via")) == 1  # ours taken off (16.7 step 3)
+    assert ok.header_all("record-route") == ["<sip:127.0.0.1:5060;lr>"]
+
+    route = "<sip:127.0.0.1:5060;lr>"
+    for method, cseq, branch in (("ACK", 1, "ack1"), ("BYE", 2, "bye1")):
+        bare.feed(request(method, "sip:bob@127.0.0.9:5099", call_id="bare-1", cseq=cseq,
+                          branch=branch, to_tag="callee", route=route), CALLER, 5070)
+        out = bare.take()
+        assert [(m.method, h, p) for m, h, p in out] == [(method, CALLEE, 5099)], method
+        assert out[0][0].header_all("route") == []  # our own Route entry consumed (16.4)
+
+    bye = out[0][0]
+    bare.feed(answer(bye, 200), CALLEE, 5099)
+    assert [(m.status, m.header("cseq")) for m, _, _ in bare.take()] == [(200, "2 BYE")]
