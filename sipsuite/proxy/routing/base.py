@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sipsuite.hosts import unbracket
+from sipsuite.log import get_logger
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.location import Binding
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from sipsuite.proxy.core.context import Branch, ProxyContext
     from sipsuite.proxy.core.proxy import ProxyCore
 
+
+_route_log = get_logger("sipsuite.proxy.routing")
 
 # Methods that create a dialog and so are record-routed by the default
 # script (kamailio.cfg record-routes INVITE and SUBSCRIBE; REFER also
@@ -124,6 +127,18 @@ class RequestContext:
     def drop(self) -> None:
         """Neither answer nor forward (Kamailio's ``drop`` / ``exit``)."""
         self.handled = True
+
+    def trace(self, fmt: str, /, **fields: object) -> None:
+        """One line of the routing-step log, only while ``ctx.debug`` is on
+        (DefaultRouting sets it from ``[features] debug``, kamailio.cfg's
+        WITH_DEBUG): ``ctx.trace("lookup: {n} binding(s)", n=len(found))``.
+        The fields are formatted by the logger, and not at all when tracing
+        is off, so a script needs no ``if ctx.debug:`` around the call."""
+        if not self.debug:
+            return
+        req = self.request
+        _route_log.info("route {method} {uri} cid={cid}: " + fmt, method=req.method,
+                        uri=req.uri, cid=req.call_id, **fields)
 
 
 class Destination:
