@@ -11,13 +11,24 @@ ds_next_dst in route[DISPATCH] and failure_route[RTF_DISPATCH]).
 
 Everything else is the default routing. Subclass it to change ``prefix``,
 ``domain``, ``setid`` or ``algorithm``.
+
+The dispatcher module provides the DISPATCHER service when ``[dispatcher]``
+names destinations (``self.core.modules.get(DISPATCHER)`` is None
+otherwise); it counts the calls of algorithm 10 from the answers itself,
+and only the end of a call (BYE) comes from here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sipsuite.proxy import DefaultRouting, RequestContext, add_contact_alias, signalling_nat
+from sipsuite.proxy import (
+    DISPATCHER,
+    DefaultRouting,
+    RequestContext,
+    add_contact_alias,
+    signalling_nat,
+)
 
 
 class DispatcherRouting(DefaultRouting):
@@ -38,7 +49,7 @@ class DispatcherRouting(DefaultRouting):
                     or (self.domain and uri.host.lower() == self.domain))
 
     async def request_route(self, ctx: RequestContext) -> None:
-        ds = self.core.dispatcher
+        ds = self.core.modules.get(DISPATCHER)
         if ds is None:
             await super().request_route(ctx)
             return
@@ -76,19 +87,15 @@ class DispatcherRouting(DefaultRouting):
             ctx.reply(503, "No Gateway Available")
             return
         if ctx.debug:
-            d = ctx.vars["dispatcher"].current
-            self.trace(ctx, f"dispatcher: set {self.setid} ({self.algorithm}) -> {d.uri}")
-
-    def reply_route(self, ctx: RequestContext, branch: Any, response: Any) -> Any:
-        ds = self.core.dispatcher
-        if ds is not None:
-            ds.on_reply(ctx, response)
-        return super().reply_route(ctx, branch, response)
+            attempt = ds.attempt(ctx)
+            d = attempt.current if attempt is not None else None
+            self.trace(ctx, f"dispatcher: set {self.setid} ({self.algorithm}) ->"
+                            f" {d.uri if d is not None else '-'}")
 
     def failure_route(self, ctx: RequestContext, response: Any) -> Any:
-        ds = self.core.dispatcher
+        ds = self.core.modules.get(DISPATCHER)
         # Timeout, 408, 5xx, 6xx: the next gateway of the set; when none is
         # left the best answer goes upstream.
-        if ds is not None and ctx.vars.get("dispatcher") is not None and ds.next(ctx, response):
+        if ds is not None and ds.attempt(ctx) is not None and ds.next(ctx, response):
             return None
         return super().failure_route(ctx, response)

@@ -62,3 +62,7 @@ class FakeCore:
     def response_out(self, tx: Any, resp: Any) -> None:
         for _, hook in self.hooks.response_out:
             hook(tx, resp)
+
+    def response_in(self, ctx: Any, branch: Any, resp: Any) -> None:
+        for _, hook in self.hooks.response_in:
+            hook(ctx, branch, resp)

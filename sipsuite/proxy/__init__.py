@@ -13,8 +13,10 @@ the RTP relay client, and ``service`` builds them from the configuration.
 
 from sipsuite.proxy.modules.nat import add_contact_alias, handle_ruri_alias, signalling_nat
 from sipsuite.proxy.routing import DefaultRouting, Destination, RequestContext, Routing
+from sipsuite.proxy.services import DISPATCHER
 
 __all__ = [
+    "DISPATCHER",
     "DefaultRouting",
     "Destination",
     "RequestContext",

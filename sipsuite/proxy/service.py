@@ -18,10 +18,8 @@ from sipsuite.proxy.media.client import RelayClient
 from sipsuite.proxy.media.manager import MediaManager
 from sipsuite.proxy.modules import accounting
 from sipsuite.proxy.modules.antiflood import register_flood_methods
-from sipsuite.proxy.modules.dispatcher.dispatcher import (
-    attach_dispatcher,
-    register_dispatcher_methods,
-)
+from sipsuite.proxy.modules.dispatcher import dispatcher
+from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_methods
 from sipsuite.proxy.registrar.location import MemoryLocationStore, MemorySubscriberStore
 from sipsuite.tlsctx import attach_tls, register_tls_methods
 
@@ -29,7 +27,7 @@ log = get_logger("sipsuite.proxy.service")
 
 #: The feature modules converted to the module interface (issue 13), in
 #: set-up order; the core's registry stops them in reverse.
-BUILTIN_MODULES = (accounting.SPEC,)
+BUILTIN_MODULES = (dispatcher.SPEC, accounting.SPEC)
 
 
 class ProxyService(service.Service):
@@ -121,7 +119,6 @@ def make_proxy_service(config: Config) -> service.MultiService:
     if config.features.nat and media.relays:
         attach_media(proxy.core, RelayClient(media.relays, command_timeout=media.command_timeout,
                                              disable_time=media.disable_time, tls=tls), top)
-    attach_dispatcher(proxy.core, top)
     if config.management.listen:
         registry = RpcRegistry()
         core = proxy.core

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sipsuite.proxy.api import ServiceKey
 
 if TYPE_CHECKING:
+    from sipsuite.proxy.modules.dispatcher.dispatcher import Attempt
     from sipsuite.proxy.net.listener import Source
     from sipsuite.proxy.net.resolver import Target
     from sipsuite.proxy.registrar.location import Binding
@@ -89,13 +90,17 @@ class MediaService(Protocol):
 
 
 class LoadBalancerService(Protocol):
-    """dispatcher: destination sets, algorithms, failover."""
+    """dispatcher: destination sets, algorithms, failover (ds_select_dst,
+    ds_next_dst).  The module counts calls for algorithm 10 from the answers
+    itself; a BYE's end of the call comes from the script."""
 
     def relay(self, ctx: RequestContext, setid: int, alg: int | str = 4, limit: int = 0,
               rewrite_uri: bool = False) -> bool: ...
     def next(self, ctx: RequestContext, response: Response,
              codes: Collection[int] = ...) -> bool: ...
+    def attempt(self, ctx: RequestContext) -> Attempt | None: ...  # .current: tried now
     def call_ended(self, call_id: str) -> None: ...
+    def on_reply(self, ctx: RequestContext, response: Response) -> None: ...  # deprecated no-op
 
 
 LOCATION: ServiceKey[LocationService] = ServiceKey("location")

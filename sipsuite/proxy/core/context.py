@@ -104,6 +104,13 @@ class ProxyContext:
 
     # -- responses from branches -----------------------------------------------
     def on_response(self, branch: Branch, resp: Response) -> None:
+        # response_in (Kamailio's TMCB_RESPONSE_IN): every answer a branch
+        # receives, as it arrives, before reply_route.
+        for owner, hook in self.core.hooks.response_in:
+            try:
+                hook(self.rctx, branch, resp)
+            except Exception:  # noqa: BLE001 - fail-open: observers must not lose the answer
+                hook_failed(f"{owner}.response_in", self.rctx.request, self.rctx.source)
         if self.reply_queue is not None:
             self.reply_queue.append((branch, resp))
             return

@@ -76,6 +76,11 @@ class Forwarding:
         branch = Branch(ctx, uri, req)
         ctx.branches.append(branch)
         self.call_hook("branch_route", ctx.rctx, branch)
+        for owner, hook in self.hooks.branch_out:
+            try:
+                hook(ctx.rctx, branch)
+            except Exception:  # noqa: BLE001 - fail-open: the branch goes out all the same
+                hook_failed(f"{owner}.branch_out", ctx.rctx.request, ctx.rctx.source)
         self._resolve(branch.request, lambda targets: self._branch_targets(branch, targets), dst)
 
     def _resolve(self, req: Request, then: Any, dst: Target | None = None) -> None:

@@ -172,9 +172,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         # The media manager ([features] nat with a relay); set by the service
         # wiring, which owns the relay client.  None: media is never touched.
         self.media: MediaManager | None = None
-        # The dispatcher (sipsuite.proxy.modules.dispatcher.dispatcher) when [dispatcher] names
-        # destinations; set by the service wiring.
-        self.dispatcher: Any = None
         self.routing: Routing = make_routing(self)
         self.guard = RequestGuard(self)
         # Set while the suite drains (sipsuite.drain): when the drain ends at the latest.

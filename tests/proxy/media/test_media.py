@@ -10,6 +10,7 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 
 from sipsuite.proxy.core.context import ProxyContext
+from sipsuite.proxy.core.hooks import HookPoints
 from sipsuite.proxy.media.client import RelayError, RelayUnavailable
 from sipsuite.proxy.media.local import LocalRelayClient
 from sipsuite.proxy.media.manager import MediaManager
@@ -211,7 +212,7 @@ class _Routing:
 
 def test_answers_wait_for_an_async_reply_route_and_keep_their_order() -> None:
     routing = _Routing()
-    core = SimpleNamespace(routing=routing)
+    core = SimpleNamespace(routing=routing, hooks=HookPoints())  # no response_in hook
     req = invite()
     handled: list[int] = []
 

@@ -19,10 +19,12 @@ from sipsuite.config import ConfigError, load_config
 from sipsuite.config.values import parse_dispatcher_entry
 from sipsuite.ops.errors import RpcError
 from sipsuite.ops.server import RpcRegistry
+from sipsuite.proxy.api import CallState
 from sipsuite.proxy.modules.dispatcher.dispatcher import (
     PROBE_BRANCH,
     Dispatcher,
     DsDestination,
+    LoadBalancer,
     register_dispatcher_methods,
 )
 from sipsuite.proxy.modules.dispatcher.lists import (
@@ -173,7 +175,7 @@ def test_least_calls_and_maxload() -> None:
 
 
 def kit_with(tmp_path: Path, *, sets: dict[str, list[str]] | None = None, list_file: str = "",
-             routing: str = ROUTING, **dispatcher: Any) -> tuple[ProxyKit, Dispatcher]:
+             routing: str = ROUTING, **dispatcher: Any) -> tuple[ProxyKit, LoadBalancer]:
     tables: dict[str, dict[str, Any]] = {
         "proxy": {"routing": routing},
         "timers": {"t1": 0.5, "t2": 4.0},
@@ -183,8 +185,9 @@ def kit_with(tmp_path: Path, *, sets: dict[str, list[str]] | None = None, list_f
     if sets is not None:
         tables["dispatcher.sets"] = sets
     kit = ProxyKit(tmp_path, **tables)
-    ds = Dispatcher(kit.core, clock=kit.clock)
-    kit.core.dispatcher = ds
+    # Set up by its SPEC, as proxy/service.py does; started as the core starts it.
+    ds = kit.core.modules.by_name("dispatcher")
+    assert isinstance(ds, LoadBalancer)
     ds.start()
     return kit, ds
 
@@ -194,7 +197,7 @@ def probes(kit: ProxyKit) -> list[tuple[Any, str, int]]:
             if getattr(m, "method", None) == "OPTIONS" and m.top_via.branch.startswith(PROBE_BRANCH)]
 
 
-def state(ds: Dispatcher, uri: str, setid: int = 1) -> str:
+def state(ds: LoadBalancer, uri: str, setid: int = 1) -> str:
     d = ds.find(setid, uri)
     assert d is not None
     return d.state
@@ -460,28 +463,38 @@ async def test_rpc_methods(tmp_path: Path) -> None:
     with pytest.raises(RpcError) as info:
         await registry.call("dispatcher.reload")
     assert info.value.code == -32011 and "d.list:1:" in info.value.message
-    kit.core.dispatcher = None
+    # No dispatcher module: the methods are there all the same and say so.
+    plain = ProxyKit(tmp_path)
+    registry = RpcRegistry()
+    register_dispatcher_methods(registry, plain.core)
     with pytest.raises(RpcError) as info:
         await registry.call("dispatcher.dump")
     assert info.value.code == -32010
 
 
 def test_bad_list_file_stops_start_up_with_file_and_line(tmp_path: Path) -> None:
-    from twisted.application import service
-
-    from sipsuite.proxy.modules.dispatcher.dispatcher import attach_dispatcher
-
     listf = tmp_path / "dispatcher.list"
     listf.write_text("1 sip:192.0.2.1\n2 sip:192.0.2.2 0 0 weight=heavy\n")
-    kit = ProxyKit(tmp_path, dispatcher={"list_file": str(listf)})
     with pytest.raises(StartupError) as info:
-        attach_dispatcher(kit.core, service.MultiService())
+        ProxyKit(tmp_path, dispatcher={"list_file": str(listf)})  # sets the modules up
     assert str(info.value) == (f"dispatcher: {listf}:2: attrs: weight: expected a whole number"
                                " from 0 to 9999, got 'heavy'")
     # No [dispatcher] destinations: no dispatcher at all.
     plain = ProxyKit(tmp_path)
-    assert attach_dispatcher(plain.core, service.MultiService()) is None
+    assert plain.core.modules.by_name("dispatcher") is None
     assert plain.core.dispatcher is None
+
+
+def test_module_is_the_service_and_the_old_names(tmp_path: Path) -> None:
+    """The DISPATCHER service is the module; core.dispatcher (routing classes
+    written before) and the class's old name still reach it."""
+    from sipsuite.proxy import DISPATCHER
+
+    kit, ds = kit_with(tmp_path, sets={"1": GW})
+    assert kit.core.modules.get(DISPATCHER) is ds
+    assert kit.core.dispatcher is ds
+    assert Dispatcher is LoadBalancer
+    assert [owner for owner, _ in kit.core.hooks.response_in] == ["dispatcher"]
 
 
 def test_ctl_dump_table(tmp_path: Path) -> None:
@@ -504,7 +517,7 @@ def test_select_hashes_the_right_header(tmp_path: Path) -> None:
 
     def first(alg: int | str, ruri: str, call_id: str) -> str:
         req = parse_datagram(request("INVITE", ruri, call_id=call_id))
-        ctx = SimpleNamespace(request=req, vars={})
+        ctx = SimpleNamespace(request=req, vars={}, call=CallState())
         return ds.select(ctx, 1, alg)[0].uri  # type: ignore[arg-type]
 
     # Request-URI hash: the same number always goes to the same gateway.
@@ -518,6 +531,7 @@ def test_select_hashes_the_right_header(tmp_path: Path) -> None:
     assert len({first(1, "sip:+49@sipsuite.test", f"c{i}") for i in range(20)}) == 1
     assert len({first(2, "sip:+49@sipsuite.test", f"c{i}") for i in range(20)}) == 1
     assert ds.select(SimpleNamespace(request=parse_datagram(request("INVITE", "sip:x@h")),
-                                     vars={}), 7, 4) == []  # type: ignore[arg-type]
+                                     vars={}, call=CallState()), 7, 4) == []  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        ds.select(SimpleNamespace(request=None, vars={}), 1, "random")  # type: ignore[arg-type]
+        ds.select(SimpleNamespace(request=None, vars={}, call=CallState()), 1,  # type: ignore[arg-type]
+                  "random")

@@ -2,14 +2,26 @@
 routing class sends requests to, chosen by an algorithm, probed with SIP
 OPTIONS, and failed over in ``failure_route``.
 
-A routing class reaches it as ``self.core.dispatcher`` (None when
-``[dispatcher]`` names no destination)::
+A feature module (issue 13): ``SPEC`` sets up the :class:`LoadBalancer`
+when ``[dispatcher]`` names a list file or sets, and it provides the
+``DISPATCHER`` service.  A routing class finds it there (None when there is
+no destination)::
 
-    if not self.core.dispatcher.relay(ctx, 1, "round-robin"):   # ds_select_dst + t_relay
+    from sipsuite.proxy import DISPATCHER
+
+    ds = self.core.modules.get(DISPATCHER)
+    if not ds.relay(ctx, 1, "round-robin"):          # ds_select_dst + t_relay
         ctx.reply(503, "No gateway available")
     ...
     def failure_route(self, ctx, response):
-        self.core.dispatcher.next(ctx, response)                  # ds_next_dst + t_relay
+        ds = self.core.modules.get(DISPATCHER)
+        ds.next(ctx, response)                        # ds_next_dst + t_relay
+
+(``self.core.dispatcher`` still finds it, through the core's bridge for
+names of features that became modules.)  A request's walk through its set,
+the :class:`Attempt`, lives in the transaction's CallState:
+``ds.attempt(ctx)``.  The module sees the answers itself (``response_in``),
+so algorithm 10's call counts need no help from ``reply_route``.
 
 States, as Kamailio's flags: ``active`` (A) takes requests; ``inactive``
 (I) does not, and comes back after ``probe_successes`` accepted answers to
@@ -21,9 +33,8 @@ probe.py, the list format and the algorithms in lists.py.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from twisted.application import service
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sipsuite.config.values import DispatcherEntry
 from sipsuite.hosts import is_ip, unbracket
@@ -40,19 +51,20 @@ from sipsuite.proxy.modules.dispatcher.lists import (
 from sipsuite.proxy.modules.dispatcher.probe import PROBE_BRANCH, Prober, _Probe
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.routing.base import Destination, RequestContext
+from sipsuite.proxy.services import DISPATCHER
 from sipsuite.sip.uri import URI
 from sipsuite.startup import StartupError
 
 if TYPE_CHECKING:
-    from sipsuite.config import DispatcherConfig
+    from sipsuite.config import Config, DispatcherConfig
     from sipsuite.ops.server import RpcRegistry
+    from sipsuite.proxy.api import CoreAPI, ServiceKey
     from sipsuite.proxy.core.context import Branch
-    from sipsuite.proxy.core.proxy import ProxyCore
     from sipsuite.sip.message import Response
 
 log = get_logger("sipsuite.proxy.dispatcher")
 
-__all__ = ["PROBE_BRANCH", "Attempt", "Dispatcher", "DsDestination", "attach_dispatcher",
+__all__ = ["PROBE_BRANCH", "SPEC", "Attempt", "Dispatcher", "DsDestination", "LoadBalancer",
            "register_dispatcher_methods"]
 
 #: What failure_route fails over on by default: no answer (408, local or
@@ -125,7 +137,9 @@ class DsDestination:
 
 
 class Attempt:
-    """A request's walk through one set (kept in ``ctx.vars["dispatcher"]``)."""
+    """A request's walk through one set: its part of the transaction's
+    CallState (``LoadBalancer.attempt(ctx)``).  ``ctx.vars["dispatcher"]``
+    names the same object for scripts written before; deprecated."""
 
     __slots__ = ("setid", "alg", "remaining", "current", "branch", "rewrite")
 
@@ -138,9 +152,16 @@ class Attempt:
         self.rewrite = rewrite
 
 
-class Dispatcher(Prober):
-    def __init__(self, core: ProxyCore, clock: Any = None) -> None:
-        self.core = core
+class LoadBalancer(Prober):
+    """The dispatcher module: the sets, selection and failover for routing
+    classes (the DISPATCHER service), probing while the proxy runs."""
+
+    name: ClassVar[str] = "dispatcher"
+
+    def __init__(self, core: CoreAPI, clock: Any = None) -> None:
+        # The prober (probe.py) still sends through the core's resolver and
+        # transport, which a module's core passes through.
+        self.core = core  # type: ignore[assignment]
         self.clock = clock if clock is not None else core.clock
         self.sets: dict[int, list[DsDestination]] = {}
         self.by_uri: dict[str, list[DsDestination]] = {}
@@ -150,12 +171,24 @@ class Dispatcher(Prober):
         self.inflight: dict[str, _Probe] = {}  # by URI
         self.branches: dict[str, _Probe] = {}  # by Via branch
         self.timer: Any = None
+        # SPEC.setup registered response_in: on_reply has nothing left to do.
+        self.hooked = False
         self.install(self.load())
 
     @property
     def cfg(self) -> DispatcherConfig:
         # Read at use: `sipsuite-ctl cfg set` replaces core.config.
         return self.core.config.dispatcher
+
+    # -- the module's life (start and stop: the prober's) ------------------------------
+    def reconfigure(self, old: Config, new: Config) -> None:
+        # Nothing to push: the prober reads cfg each round, selection at use;
+        # the sets change with `dispatcher reload`, not with cfg set.
+        pass
+
+    def stats(self) -> Mapping[str, object]:
+        return {"sets": len(self.sets), "destinations": sum(len(v) for v in self.sets.values()),
+                "calls": len(self.calls)}
 
     # -- the sets ------------------------------------------------------------------
     def load(self) -> dict[int, list[DispatcherEntry]]:
@@ -257,8 +290,8 @@ class Dispatcher(Prober):
                rewrite_uri: bool = False) -> list[DsDestination]:
         """Kamailio's ds_select: the usable destinations of ``setid`` in the
         order ``alg`` gives them (at most ``limit``, 0 = all), remembered in
-        ``ctx.vars["dispatcher"]`` for relay_next()/next(). ValueError for an
-        unknown algorithm; [] for an unknown set or none usable."""
+        the transaction's CallState (:meth:`attempt`) for relay_next()/next().
+        ValueError for an unknown algorithm; [] for an unknown set or none usable."""
         number = algorithm_number(alg)
         req = ctx.request
         key = _hash_key(number, req)
@@ -268,8 +301,17 @@ class Dispatcher(Prober):
         chosen: list[DsDestination] = candidates(number, self.sets.get(setid, []), key, counter)  # type: ignore[assignment]
         if limit > 0:
             chosen = chosen[:limit]
-        ctx.vars["dispatcher"] = Attempt(setid, number, list(chosen), rewrite_uri)
+        attempt = Attempt(setid, number, list(chosen), rewrite_uri)
+        ctx.call.put(attempt)
+        # Deprecated (one release): scripts read ctx.vars["dispatcher"].current.
+        ctx.vars["dispatcher"] = attempt
         return chosen
+
+    @staticmethod
+    def attempt(ctx: RequestContext) -> Attempt | None:
+        """The request's walk through its set (``.current``: the destination
+        tried now), None when select()/relay() did not run for it."""
+        return ctx.call.peek(Attempt)
 
     def relay(self, ctx: RequestContext, setid: int, alg: int | str = 4, limit: int = 0,
               rewrite_uri: bool = False) -> bool:
@@ -286,7 +328,7 @@ class Dispatcher(Prober):
 
     def relay_next(self, ctx: RequestContext) -> bool:
         """Send to the next remembered destination still usable; False when none is left."""
-        attempt: Attempt | None = ctx.vars.get("dispatcher")
+        attempt = ctx.call.peek(Attempt)
         if attempt is None:
             return False
         while attempt.remaining:
@@ -308,20 +350,20 @@ class Dispatcher(Prober):
                 attempt.branch = None
                 if req.method == "INVITE":
                     self.call_ended(req.call_id)
-            self.core.count("dispatcher.relayed")
+            self.core.stats.count("dispatcher.relayed")
             return True
         attempt.current = None
         return False
 
     def next(self, ctx: RequestContext, response: Response,
-             codes: frozenset[int] | set[int] = FAILOVER) -> bool:
+             codes: Collection[int] = FAILOVER) -> bool:
         """For failure_route (ds_next_dst + t_relay): the destination just
         tried failed; when its answer is one of ``codes`` (default 408, 5xx,
         6xx) and the caller did not cancel, relay to the next destination.
         A destination that did not answer at all (timeout, unreachable) has
         that counted toward being marked inactive, as a failed probe is.
         True when the request went on."""
-        attempt: Attempt | None = ctx.vars.get("dispatcher")
+        attempt = ctx.call.peek(Attempt)
         if attempt is None:
             return False
         failed = attempt.current
@@ -331,13 +373,13 @@ class Dispatcher(Prober):
         if failed is not None:
             self.call_ended(ctx.request.call_id)
             if branch is not None and self._no_answer(branch):
-                self.core.count("dispatcher.no_answer")
+                self.core.stats.count("dispatcher.no_answer")
                 self._result(failed, False, f"no answer to {ctx.request.method}")
         pctx = ctx.proxy_ctx
         if (pctx is not None and pctx.cancelled) or status not in codes:
             return False
         if self.relay_next(ctx):
-            self.core.count("dispatcher.failover")
+            self.core.stats.count("dispatcher.failover")
             now = attempt.current
             log.info("dispatcher: {m} (call-id {c}) failed over from {f} ({s}) to {t}",
                      m=ctx.request.method, c=ctx.request.call_id,
@@ -347,9 +389,25 @@ class Dispatcher(Prober):
         return False
 
     def on_reply(self, ctx: RequestContext, response: Response) -> None:
-        """For reply_route: a final failure from the destination ends its call."""
-        attempt: Attempt | None = ctx.vars.get("dispatcher")
+        """For reply_route, kept for scripts written before: the module set
+        up by SPEC sees the answers itself (``response_in``), so this does
+        nothing then (a call is never ended twice).  A LoadBalancer built by
+        hand, without the hook, still ends the call on a final failure."""
+        if self.hooked:
+            return
+        attempt = ctx.call.peek(Attempt)
         if attempt is not None and response.status >= 300 and ctx.request.method == "INVITE":
+            self.call_ended(ctx.request.call_id)
+
+    def response_in(self, ctx: RequestContext, branch: Branch, response: Response) -> None:
+        """The response_in hook: a final failure from the destination the
+        request was sent to ends its call (algorithm 10's count).  Only the
+        dispatcher's own branch, and not one given up on already (timer C):
+        a late answer must not end the call of the next destination."""
+        if response.status < 300 or ctx.request.method != "INVITE":
+            return
+        attempt = ctx.call.peek(Attempt)
+        if attempt is not None and attempt.branch is branch and not branch.done:
             self.call_ended(ctx.request.call_id)
 
     def call_ended(self, call_id: str) -> None:
@@ -444,37 +502,38 @@ def _hash_key(alg: int, req: Any) -> str:
 # Wiring and management.
 
 
-class DispatcherService(service.Service):
-    """Runs the probes while the proxy runs."""
-
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.dispatcher = dispatcher
-
-    def startService(self) -> None:
-        super().startService()
-        self.dispatcher.start()
-
-    def stopService(self) -> Any:
-        self.dispatcher.stop()
-        return super().stopService()
+#: The name the documentation used before the rename (one meaning per name:
+#: "dispatcher" is the module, the load balancer is its class); one release.
+Dispatcher = LoadBalancer
 
 
-def attach_dispatcher(core: ProxyCore, parent: service.MultiService) -> Dispatcher | None:
-    """Give the core its dispatcher when ``[dispatcher]`` names destinations;
-    a bad list file stops start-up with one line naming the file and line."""
-    cfg = core.config.dispatcher
-    if not cfg.list_file and not cfg.sets:
-        core.dispatcher = None
-        return None
-    try:
-        dispatcher = Dispatcher(core)
-    except ListError as e:
-        raise StartupError(f"dispatcher: {e}") from None
-    core.dispatcher = dispatcher
-    DispatcherService(dispatcher).setServiceParent(parent)
-    n = sum(len(v) for v in dispatcher.sets.values())
-    log.info("dispatcher: {s} set(s), {n} destination(s)", s=len(dispatcher.sets), n=n)
-    return dispatcher
+class DispatcherSpec:
+    """Set up when ``[dispatcher]`` names a list file or sets (read at
+    start-up only, so no run-time switch); a bad list file stops start-up
+    with one line naming the file and line."""
+
+    name = "dispatcher"
+    requires: tuple[ServiceKey[Any], ...] = ()
+    runtime_switch = False
+
+    def enabled(self, config: Config) -> bool:
+        cfg = config.dispatcher
+        return bool(cfg.list_file or cfg.sets)
+
+    def setup(self, core: CoreAPI, config: Config) -> LoadBalancer:
+        try:
+            ds = LoadBalancer(core)
+        except ListError as e:
+            raise StartupError(f"dispatcher: {e}") from None
+        core.hooks.on_response_in(ds.response_in)
+        ds.hooked = True
+        core.modules.provide(DISPATCHER, ds)
+        n = sum(len(v) for v in ds.sets.values())
+        log.info("dispatcher: {s} set(s), {n} destination(s)", s=len(ds.sets), n=n)
+        return ds
+
+
+SPEC = DispatcherSpec()
 
 
 NO_DISPATCHER = -32010
@@ -482,12 +541,14 @@ LIST_REFUSED = -32011
 NO_DESTINATION = -32012
 
 
-def register_dispatcher_methods(registry: RpcRegistry, core: ProxyCore) -> None:
+def register_dispatcher_methods(registry: RpcRegistry, core: CoreAPI) -> None:
+    """The dispatcher.* RPCs, registered always: they find the module when
+    called and answer NOT_IN_USE while there is none."""
     from sipsuite.ops.errors import INVALID_PARAMS, RpcError
 
-    def get() -> Dispatcher:
-        d = getattr(core, "dispatcher", None)
-        if d is None:
+    def get() -> LoadBalancer:
+        d = core.modules.by_name("dispatcher")
+        if not isinstance(d, LoadBalancer):
             raise RpcError(NO_DISPATCHER, "no dispatcher: [dispatcher] names no list_file and no sets")
         return d
 
