@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from proxykit import START, answer, request
 from twisted.internet import task
 
-from proxykit import START, answer, request
 from sipsuite.config import load_config
 from sipsuite.proxy import RequestContext, Routing
 from sipsuite.proxy.core.proxy import ProxyCore
