@@ -16,4 +16,8 @@ fi
 .venv/bin/python -m pip install -q --config-settings editable_mode=compat -e '.[test]'
 
 .venv/bin/ruff check .
+# Type check, with setup.cfg's [mypy] section (files = sipsuite, the strict
+# API modules).  Enabled when issue 13 step B lands: the files the wave-2
+# steps rewrite still have errors until they are all merged.
+# .venv/bin/mypy
 .venv/bin/python -m pytest -q "$@"

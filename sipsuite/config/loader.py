@@ -93,8 +93,8 @@ def load_config(
     where = path if path is not None else "<defaults>"
     if path is not None:
         try:
-            with open(path, "rb") as f:
-                doc = tomllib.load(f)
+            with open(path, "rb") as stream:
+                doc = tomllib.load(stream)
         except OSError as e:
             raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
         except tomllib.TOMLDecodeError as e:

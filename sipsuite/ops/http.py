@@ -30,9 +30,9 @@ import json
 import operator
 from io import BytesIO
 from itertools import accumulate, repeat
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web import server
 
@@ -128,7 +128,9 @@ class BoundedRequest(server.Request):
             return
         self._body_seen += len(data)
         if self._body_seen > MAX_BODY:  # chunked body with no Content-Length
-            self.content = BytesIO()
+            # (twisted.web leaves Request.content typed by its class default,
+            # None; gotLength puts a BinaryIO there the same way.)
+            self.content = BytesIO()  # type: ignore[assignment]
             self._answer_now(413, "Content Too Large",
                              f"invalid request: body over the limit of {MAX_BODY} bytes")
             return
@@ -160,7 +162,8 @@ class BoundedRequest(server.Request):
         """Answer before the request is complete, then close the connection."""
         self.answered = True
         self._stop_deadline()
-        transport = self.channel.transport
+        # A TCP (or TLS) connection's: HTTPChannel types it as any ITransport.
+        transport = cast("ITCPTransport | None", self.channel.transport)
         if transport is None:
             return
         transport.write(_error_answer(status, reason, message))

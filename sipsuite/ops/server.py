@@ -24,7 +24,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from sipsuite.log import get_logger
 from sipsuite.ops.errors import (
@@ -278,7 +278,7 @@ class RpcResource(resource.Resource):
 
 
 class _Site(server.Site):
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         # An access-log line per call, at info, would flood the proxy's log
         # during provisioning; the calls that change something log themselves.
         log.debug("management {m} {p} from {c}", m=request.method, p=request.uri,
@@ -353,8 +353,12 @@ class ManagementService(BindsEarly):
         if self._listener is not None:
             return
         try:
+            # (Twisted's Factory is invariant in its protocol type, so its own
+            # Site is no plain ServerFactory to listenTCP's annotation.)
             self._listener = self.reactor.listenTCP(
-                self.wanted_port, make_site(self.registry, self.http_children), interface=self.host)
+                self.wanted_port,
+                make_site(self.registry, self.http_children),  # type: ignore[arg-type]
+                interface=self.host)
         except CannotListenError as exc:
             raise cannot_listen("management " + show_address("tcp", self.host, self.wanted_port),
                                 exc) from None

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import ITCPTransport, IUDPTransport
 from twisted.python.failure import Failure
 
 from sipsuite.config import ControlSpec
@@ -382,6 +383,7 @@ class ControlDatagramProtocol(protocol.DatagramProtocol):
     """A UDP control socket: commands with cookies, replies from this socket."""
 
     noisy = False
+    transport: IUDPTransport  # set by listenUDP before any datagram arrives
 
     def __init__(self, dispatcher: ControlDispatcher, cache: ReplyCache,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -411,6 +413,11 @@ class ControlDatagramProtocol(protocol.DatagramProtocol):
 class ControlStreamProtocol(protocol.Protocol):
     """One unix-socket connection: one command (the first read, as rtpproxy
     reads it; or up to a newline), one reply without a cookie, then close."""
+
+    # Set by makeConnection before any method here runs.  A unix (or TLS)
+    # stream: Twisted's unix Server is a tcp.Server, and ITCPTransport is the
+    # interface that declares abortConnection.
+    transport: ITCPTransport
 
     def __init__(self, dispatcher: ControlDispatcher, reactor: Any) -> None:
         self.dispatcher = dispatcher

@@ -215,6 +215,7 @@ class Via:
     # _src: the ';params' text of a value parsed with lazy_params, which
     # ``params`` is built from on first use (see __getattr__).
     __slots__ = ("protocol", "transport", "host", "port", "params", "_src")
+    _src: str | None
 
     def __init__(
         self,
@@ -344,6 +345,7 @@ class NameAddr:
     # _src: for a value taken by the fast path, its regex match, which
     # ``uri`` is built from on first use (see __getattr__).
     __slots__ = ("display", "uri", "params", "angle", "_src")
+    _src: re.Match[str]
 
     def __init__(
         self,
@@ -370,7 +372,8 @@ class NameAddr:
             if m.re is _NAME_ADDR_FAST:
                 uri = uri_from_match(*m.group(3, 4, 5, 6, 7, 8))
             else:  # _ADDR_SPEC_FAST: no URI params, they are the header's
-                uri = uri_from_match(*m.group(1, 2, 3, 4, 5), "")
+                text, scheme, user, host, port_text = m.group(1, 2, 3, 4, 5)
+                uri = uri_from_match(text, scheme, user, host, port_text, "")
             if uri is None:  # the fast path checked the port already
                 raise AssertionError(f"unbuildable URI {m.group()!r}")
             self.uri = uri

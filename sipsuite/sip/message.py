@@ -313,9 +313,9 @@ class Message:
     @property
     def vias(self) -> list[Via]:
         try:
-            return self._cache["via"]  # type: ignore[no-any-return]
+            return self._cache["via"]
         except KeyError:
-            return self._typed("via")  # type: ignore[no-any-return]
+            return self._typed("via")
 
     @property
     def top_via(self) -> Via:
@@ -325,35 +325,35 @@ class Message:
             vias = self._typed("via")
         if not vias:
             raise ValueError("no Via header")
-        return vias[0]  # type: ignore[no-any-return]
+        return vias[0]
 
     @property
     def cseq(self) -> CSeq:
         try:
-            return self._cache["cseq"]  # type: ignore[no-any-return]
+            return self._cache["cseq"]
         except KeyError:
-            return self._typed("cseq")  # type: ignore[no-any-return]
+            return self._typed("cseq")
 
     @property
     def call_id(self) -> str:
         try:
-            return self._cache["call-id"]  # type: ignore[no-any-return]
+            return self._cache["call-id"]
         except KeyError:
-            return self._typed("call-id")  # type: ignore[no-any-return]
+            return self._typed("call-id")
 
     @property
     def from_(self) -> NameAddr:
         try:
-            return self._cache["from"]  # type: ignore[no-any-return]
+            return self._cache["from"]
         except KeyError:
-            return self._typed("from")  # type: ignore[no-any-return]
+            return self._typed("from")
 
     @property
     def to(self) -> NameAddr:
         try:
-            return self._cache["to"]  # type: ignore[no-any-return]
+            return self._cache["to"]
         except KeyError:
-            return self._typed("to")  # type: ignore[no-any-return]
+            return self._typed("to")
 
     @property
     def from_tag(self) -> str | None:
@@ -363,7 +363,7 @@ class Message:
             if _first(self._headers, "from") is None:
                 return None
             addr = self._typed("from")
-        return addr.params.get("tag")  # type: ignore[no-any-return]
+        return addr.params.get("tag")
 
     @property
     def to_tag(self) -> str | None:
@@ -373,36 +373,36 @@ class Message:
             if _first(self._headers, "to") is None:
                 return None
             addr = self._typed("to")
-        return addr.params.get("tag")  # type: ignore[no-any-return]
+        return addr.params.get("tag")
 
     @property
     def max_forwards(self) -> int | None:
         try:
-            return self._cache["max-forwards"]  # type: ignore[no-any-return]
+            return self._cache["max-forwards"]
         except KeyError:
-            return self._typed("max-forwards")  # type: ignore[no-any-return]
+            return self._typed("max-forwards")
 
     @property
     def routes(self) -> list[NameAddr]:
         try:
-            return self._cache["route"]  # type: ignore[no-any-return]
+            return self._cache["route"]
         except KeyError:
-            return self._typed("route")  # type: ignore[no-any-return]
+            return self._typed("route")
 
     @property
     def record_routes(self) -> list[NameAddr]:
         try:
-            return self._cache["record-route"]  # type: ignore[no-any-return]
+            return self._cache["record-route"]
         except KeyError:
-            return self._typed("record-route")  # type: ignore[no-any-return]
+            return self._typed("record-route")
 
     @property
     def contacts(self) -> list[NameAddr]:
-        return self._typed("contact")[0]  # type: ignore[no-any-return]
+        return self._typed("contact")[0]
 
     @property
     def contact_star(self) -> bool:
-        return self._typed("contact")[1]  # type: ignore[no-any-return]
+        return self._typed("contact")[1]
 
     # --- raw header access ---------------------------------------------------
 

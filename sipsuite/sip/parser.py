@@ -320,18 +320,18 @@ def parse_head(head: str) -> tuple[Request | Response, int | None]:
         cseq = cache["cseq"] = CSeq.parse(first["cseq"])
         if not is_response:
             key = "max-forwards"
-            value = first.get("max-forwards")
-            cache["max-forwards"] = None if value is None else parse_max_forwards(value)
+            present = first.get("max-forwards")
+            cache["max-forwards"] = None if present is None else parse_max_forwards(present)
             key = "contact"
-            value = first.get("contact")
-            if value is None:
+            present = first.get("contact")
+            if present is None:
                 cache["contact"] = ([], False)
             elif more is not None and "contact" in more:
                 cache["contact"] = parse_contacts(more["contact"])
-            elif value and value != "*" and "," not in value:
-                cache["contact"] = ([NameAddr.parse(value)], False)
+            elif present and present != "*" and "," not in present:
+                cache["contact"] = ([NameAddr.parse(present)], False)
             else:
-                cache["contact"] = parse_contacts([value])
+                cache["contact"] = parse_contacts([present])
             key = "route"
             cache["route"] = _addr_list(first, more, "route") if "route" in first else []
             key = "record-route"
@@ -472,6 +472,7 @@ class StreamParser:
         buf = self._buf
         buf += data
         out: list[Request | Response | ParseError | KeepAlive] = []
+        length: int | None  # a pending body's (int), or a new head's (maybe None)
         while True:
             pending = self._pending
             if pending is not None:

@@ -538,7 +538,9 @@ def _parse_connection(value: bytes, index: int) -> Connection:
     tokens = _TOKEN.findall(value)
     if len(tokens) != 3:
         raise SDPError(f"c= line {value!r} needs <nettype> <addrtype> <address>")
-    nettype, addrtype, address, ttl, count = _parse_address(*tokens, "c= line")
+    nettype, addrtype, address, ttl, count = _parse_address(
+        tokens[0], tokens[1], tokens[2], "c= line"
+    )
     return Connection(nettype, addrtype, address, ttl, count, index)
 
 
@@ -551,7 +553,7 @@ def _parse_rtcp(value: bytes, index: int) -> Rtcp:
         raise SDPError(f"a=rtcp:{value!r} cannot have a port count")
     if len(tokens) == 1:
         return Rtcp(port, None, None, None, index)
-    nettype, addrtype, address, _, _ = _parse_address(*tokens[1:], "a=rtcp")
+    nettype, addrtype, address, _, _ = _parse_address(tokens[1], tokens[2], tokens[3], "a=rtcp")
     return Rtcp(port, nettype, addrtype, address, index)
 
 

@@ -161,16 +161,16 @@ class URI:
 
     @classmethod
     def _parse_general(cls, text: str) -> URI:
-        colon = text.find(":")
-        if colon <= 0:
+        scheme_end = text.find(":")
+        if scheme_end <= 0:
             raise ValueError(f"URI without scheme: {text!r}")
-        scheme = text[:colon]
+        scheme = text[:scheme_end]
         if scheme.strip(_SCHEME_CHARS) or not scheme[0].isalpha():
             raise ValueError(f"bad URI scheme in {text!r}")
         if not _FORBIDDEN.isdisjoint(text):
             raise ValueError(f"forbidden character in URI {text!r}")
         scheme = scheme.lower()
-        rest = text[colon + 1 :]
+        rest = text[scheme_end + 1 :]
         if not rest:
             raise ValueError(f"empty URI after scheme: {text!r}")
         uri = cls.__new__(cls)
@@ -219,12 +219,12 @@ class URI:
             uri.port = None
             uri.opaque = rest
             uri.host = ""
-            number, semi, ptext = rest.partition(";")
+            number, has_params, ptext = rest.partition(";")
             if not number:
                 raise ValueError(f"empty tel number: {text!r}")
             _check_chars(number, _PARAM_CHARS, "tel number")
             uri.user = number
-            uri.params = _parse_uri_params(ptext) if semi else {}
+            uri.params = _parse_uri_params(ptext) if has_params else {}
         else:
             uri.port = None
             uri.opaque = rest

@@ -167,7 +167,8 @@ class Command:
     show: Callable[[Any, argparse.Namespace], str] = show_json
     params: Callable[[argparse.Namespace], Any] | None = None  # overrides args -> params
     group_help: str = ""  # help of words[0] when it is a group ("user", "ul")
-    extra: Callable[[argparse.ArgumentParser], None] | None = field(default=None, compare=False)
+    # (What it returns, e.g. add_argument's Action, is not used.)
+    extra: Callable[[argparse.ArgumentParser], object] | None = field(default=None, compare=False)
 
 
 def _positive_int(text: str) -> int:

@@ -10,9 +10,11 @@ which holds the state these methods use.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from sipsuite.hosts import is_ip, unbracket
 from sipsuite.log import get_logger
@@ -39,11 +41,40 @@ from sipsuite.sip.transaction import (
 )
 from sipsuite.sip.uri import URI
 
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from sipsuite.proxy.core.hooks import HookPoints
+    from sipsuite.proxy.core.proxy import ProxyCore
+    from sipsuite.proxy.net.resolver import Resolver
+    from sipsuite.proxy.net.transport import TransportLayer
+    from sipsuite.sip.transaction import TimerSettings
+
 log = get_logger("sipsuite.proxy.core")
 
 
 class Forwarding:
     """Branches, CANCEL and responses (mixed into ProxyCore)."""
+
+    # What these methods use of ProxyCore and of its other mixins
+    # (RequestChecks, TransactionDriver), declared for the type checker.
+    clock: IReactorTime
+    timers: TimerSettings
+    transport: TransportLayer
+    resolver: Resolver
+    hooks: HookPoints
+    server_txs: dict[tuple, ServerTx]
+    client_txs: dict[tuple, ClientTx]
+    reply_classes: list[int]
+    keepalive: Any  # features (modules/): the core does not import their types
+    dispatcher: Any
+    count: Callable[[str], None]
+    call_hook: Callable[..., None]
+    is_myself: Callable[[str, int | None], bool]
+    _loop_hash: Callable[[Request], str]
+    _run: Callable[[Any, list[Any]], None]
+    _terminate: Callable[[Any], None]
+    _reply_tx: Callable[[ServerTx, Request, int, str | None, list[tuple[str, str]]], None]
 
     # -- branches -------------------------------------------------------------------
     def _build_forward(self, req: Request, uri: URI, route: list[str] | None = None) -> Request:
@@ -110,7 +141,12 @@ class Forwarding:
             return
         d = self.resolver.resolve(host, hop.port, transport, secure)
         d.addCallback(lambda targets: then(named(targets, unbracket(host))))
-        d.addErrback(lambda f: (log.failure("resolving {h}", f, h=host), then([])))
+
+        def failed(f: Failure) -> None:
+            log.failure("resolving {h}", f, h=host)
+            then([])
+
+        d.addErrback(failed)
 
     def _branch_targets(self, branch: Branch, targets: list[Target]) -> None:
         branch.targets = [t for t in targets if t.transport in ("udp", "tcp", "tls")]
@@ -196,7 +232,8 @@ class Forwarding:
         if ctx is None:
             # Routing has not relayed yet (async lookup in flight).
             if target.rctx is not None:
-                ctx = target.context = ProxyContext(self, target.rctx, target)
+                core = cast("ProxyCore", self)  # the ProxyCore this is mixed into
+                ctx = target.context = ProxyContext(core, target.rctx, target)
                 target.rctx.proxy_ctx = ctx
             else:
                 return

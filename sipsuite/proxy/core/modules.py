@@ -77,7 +77,7 @@ class ModuleRegistry:
         scoped = ScopedCore(self.core, self.points, spec.name, rank)
         self._setting_up = spec.name
         try:
-            module = spec.setup(scoped, config)  # type: ignore[arg-type]
+            module = spec.setup(scoped, config)
         except BaseException:
             self._forget(spec.name)
             raise

@@ -64,7 +64,7 @@ class Listener:
     def child(self, local: str) -> Listener:
         """This wildcard listener as reached on the local address ``local``."""
         # An IPv4 peer of a [::] socket reached ::ffff:a.b.c.d: it knows us as a.b.c.d.
-        mapped = ipaddress.ip_address(local).ipv4_mapped if ":" in local else None
+        mapped = ipaddress.IPv6Address(local).ipv4_mapped if ":" in local else None
         shown = self.advertise if self.pinned else str(mapped or local)
         child = Listener(self.transport, local, self.port, shown, self.advertise_port, self.pinned)
         child.family = self.family  # the socket's: a [::] socket reaches v4-mapped peers too

@@ -16,7 +16,7 @@ import random
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -337,10 +337,14 @@ class Resolver:
         found_srv = False
         srv_sets: list[tuple[str, list[dns.Record_SRV]]] = []
         for chosen, query in zip(candidates, queries, strict=True):
+            # (`is not None` first: mypy-zope narrows an `interface | None`
+            # by isinstance only once None is out.)
             records = [
                 rr.payload
                 for rr in await query
-                if rr.type == dns.SRV and isinstance(rr.payload, dns.Record_SRV)
+                if rr.type == dns.SRV
+                and rr.payload is not None
+                and isinstance(rr.payload, dns.Record_SRV)
             ]
             if records:
                 found_srv = True
@@ -395,12 +399,16 @@ class Resolver:
 
         async def collect() -> list[str]:
             found: list[str] = []
+            # The type tag decides the payload's class (dns.Message decodes it
+            # so), which RRHeader's `payload: IEncodableRecord | None` cannot say.
             for rr in await v4:
                 if rr.type == dns.A:
-                    found.append(str(ipaddress.IPv4Address(rr.payload.address)))
+                    a = cast(dns.Record_A, rr.payload)
+                    found.append(str(ipaddress.IPv4Address(a.address)))
             for rr in await v6:
                 if rr.type == dns.AAAA:
-                    found.append(str(ipaddress.IPv6Address(rr.payload.address)))
+                    aaaa = cast(dns.Record_AAAA, rr.payload)
+                    found.append(str(ipaddress.IPv6Address(aaaa.address)))
             # Same address reached via two names is tried once only.
             return list(dict.fromkeys(found))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, ITCPTransport
 from twisted.logger import LogLevel
 from zope.interface import implementer
 
@@ -35,6 +35,10 @@ log = get_logger("sipsuite.proxy.transport")
 class SIPStreamProtocol(protocol.Protocol):
     """One TCP or TLS connection, inbound or outbound; both carry requests and
     responses in either direction (RFC 3261 18.3)."""
+
+    # Set by makeConnection before any method here runs, and a TCP one (TLS's
+    # transport is an ITLSTransport, which extends ITCPTransport).
+    transport: ITCPTransport
 
     def __init__(self, layer: TransportLayer, listener: Listener) -> None:
         self.layer = layer

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import protocol
+from twisted.internet import protocol, udp
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 
@@ -64,6 +64,10 @@ def _grow_buffers(sock: socket.socket, size: int) -> None:
 
 
 class SIPDatagramProtocol(protocol.DatagramProtocol):
+    # listenUDP's (or listen_pktinfo's) port, whose socket send() writes to
+    # directly; None until it listens.
+    transport: udp.Port | None
+
     def __init__(self, layer: TransportLayer, listener: Listener) -> None:
         self.layer = layer
         self.listener = listener

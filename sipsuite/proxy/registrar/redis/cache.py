@@ -51,6 +51,7 @@ import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import ITCPTransport
 from twisted.python.failure import Failure
 
 from sipsuite.log import get_logger
@@ -75,6 +76,8 @@ TOUCHED_MAX = 10_000
 
 class _Invalidations(protocol.Protocol):
     """The connection Redis sends its invalidation messages to."""
+
+    transport: ITCPTransport  # set by makeConnection before any method here runs
 
     def __init__(self, cache: SubscriberCache) -> None:
         self.cache = cache

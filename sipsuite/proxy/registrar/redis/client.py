@@ -164,7 +164,7 @@ class RedisConnection:
         if reactor is None:
             from twisted.internet import reactor as installed
 
-            reactor = installed  # type: ignore[assignment]
+            reactor = installed
         self.timeout = timeout
         self.reactor = reactor
         self.max_delay = max_delay

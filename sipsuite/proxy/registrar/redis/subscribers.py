@@ -4,6 +4,7 @@ connection it shares with the location store, are keys.py and client.py."""
 
 from __future__ import annotations
 
+import builtins
 import time
 from typing import Any
 
@@ -206,7 +207,7 @@ class RedisSubscriberStore:
     async def list(self) -> list[Subscriber]:
         return await self.conn.bounded(self._list())
 
-    async def _list(self) -> list[Subscriber]:
+    async def _list(self) -> builtins.list[Subscriber]:  # (`list` is the method above)
         users = sorted(to_str(u) for u in await self.conn.command("SMEMBERS", self._index))
         replies = await self._hgetall(users)
         subs = (self._decode(u, r) for u, r in zip(users, replies, strict=True))
