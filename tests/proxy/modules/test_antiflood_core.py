@@ -151,16 +151,29 @@ def test_antiflood_off_answers_all(tmp_path: Path) -> None:
     assert "drop.flood" not in kit.core.stats
 
 
+def switch_antiflood(core: Any, on: bool) -> None:
+    """As ``cfg set features.antiflood`` does: the registry sets the module up or stops it."""
+    core.reconfigure(dataclasses.replace(
+        core.config, features=dataclasses.replace(core.config.features, antiflood=on)))
+
+
 def test_antiflood_switched_at_run_time(tmp_path: Path) -> None:
     kit = ProxyKit(tmp_path, antiflood=FLOOD)
     core = kit.core
-    core.config = dataclasses.replace(
-        core.config, features=dataclasses.replace(core.config.features, antiflood=True))
+    assert core.modules.by_name("antiflood") is None
+    switch_antiflood(core, True)
     assert burst(kit, 6) == [200] * 4 + [0, 0]
+    # The limits are read at use: no reconfigure needed for them.
     core.config = dataclasses.replace(
         core.config, antiflood=dataclasses.replace(core.config.antiflood, requests=100))
     kit.clock.advance(61)
     assert burst(kit, 20) == [200] * 20
+    # Off again: the module and its hook go, a burst is answered in full.
+    switch_antiflood(core, False)
+    assert core.modules.by_name("antiflood") is None
+    assert [owner for owner, _ in core.hooks.request_in] == ["scanners"]
+    kit.clock.advance(61)
+    assert burst(kit, 120) == [200] * 120
 
 
 def test_trusted_and_own_addresses_never_banned(tmp_path: Path) -> None:
@@ -168,7 +181,7 @@ def test_trusted_and_own_addresses_never_banned(tmp_path: Path) -> None:
                    proxy={"trusted": ["127.0.0.64/26"]})
     assert burst(kit, 20, "127.0.0.70") == [200] * 20
     assert burst(kit, 20, "127.0.0.1") == [200] * 20  # the proxy's own address
-    assert kit.core.guard.table.bans == {}
+    assert kit.core.modules.by_name("antiflood").table.bans == {}
     assert burst(kit, 6, "127.0.0.2") == [200] * 4 + [0, 0]
 
 
