@@ -477,9 +477,9 @@ def attach_dispatcher(core: ProxyCore, parent: service.MultiService) -> Dispatch
     return dispatcher
 
 
-NO_DISPATCHER = -32010
-LIST_REFUSED = -32011
-NO_DESTINATION = -32012
+from sipsuite.ops.errors import NO_SUCH_ENTRY as NO_DESTINATION  # noqa: E402 - codes from the one table
+from sipsuite.ops.errors import NOT_IN_USE as NO_DISPATCHER  # noqa: E402 - codes from the one table
+from sipsuite.ops.errors import REFUSED as LIST_REFUSED  # noqa: E402 - codes from the one table
 
 
 def register_dispatcher_methods(registry: RpcRegistry, core: ProxyCore) -> None:
