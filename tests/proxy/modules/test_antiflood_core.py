@@ -152,9 +152,10 @@ def test_antiflood_off_answers_all(tmp_path: Path) -> None:
 
 
 def switch_antiflood(core: Any, on: bool) -> None:
-    """As ``cfg set features.antiflood`` does: the registry sets the module up or stops it."""
-    core.reconfigure(dataclasses.replace(
-        core.config, features=dataclasses.replace(core.config.features, antiflood=on)))
+    """``cfg set features.antiflood``: the registry sets the module up or stops it."""
+    from sipsuite.ops.liveops import cfg_set
+
+    cfg_set(core, "features.antiflood", on)
 
 
 def test_antiflood_switched_at_run_time(tmp_path: Path) -> None:
@@ -228,6 +229,20 @@ def test_empty_scanner_list_drops_none(tmp_path: Path) -> None:
     kit = ProxyKit(tmp_path, proxy={"drop_user_agents": []})
     kit.feed(options(1, ua="friendly-scanner"), "127.0.0.2")
     assert [m.status for m, _, _ in kit.sent] == [200]
+
+
+def test_scanner_list_switched_by_cfg_set(tmp_path: Path) -> None:
+    from sipsuite.ops.liveops import cfg_set
+
+    kit = ProxyKit(tmp_path)
+    core = kit.core
+    cfg_set(core, "proxy.drop_user_agents", "[]")
+    assert core.modules.by_name("scanners") is None
+    kit.feed(options(1, ua="friendly-scanner"), "127.0.0.2")
+    cfg_set(core, "proxy.drop_user_agents", '["friendly-scanner"]')
+    kit.feed(options(2, ua="friendly-scanner"), "127.0.0.2")
+    assert [m.status for m, _, _ in kit.sent] == [200]
+    assert core.stats["drop.scanner"] == 1
 
 
 def test_scanner_list_read_at_use_time(tmp_path: Path) -> None:
