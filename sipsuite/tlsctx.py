@@ -250,14 +250,9 @@ def attach_tls(core: Any) -> TLSContexts | None:
             or any(r.uri.lower().startswith("tls:") for r in cfg.media.relays)):
         return None
     contexts = load_at_start(lambda: core.config)
-    core.transport.tls = contexts
-    core.transport.require_client_cert = lambda: {
-        str(s) for s in core.config.tls.require_client_cert}
+    core.transport.use_tls(contexts, lambda: {
+        str(s) for s in core.config.tls.require_client_cert})
     return contexts
-
-
-#: The answer of the tls methods where nothing in the config uses TLS.
-NO_TLS = -32010
 
 
 def register_tls_methods(registry: Any, contexts: TLSContexts | None,
@@ -270,7 +265,7 @@ def register_tls_methods(registry: Any, contexts: TLSContexts | None,
     ``contexts`` None (no tls: listener, relay or control socket) still
     registers the methods, so ``sipsuite-ctl tls reload`` says that TLS is
     not in use rather than that the method does not exist."""
-    from sipsuite.ops.errors import RpcError
+    from sipsuite.ops.errors import NOT_IN_USE, REFUSED, RpcError
 
     if transport is not None:
         registry.register("tls.list", lambda: list_connections(transport),
@@ -287,7 +282,7 @@ def register_tls_methods(registry: Any, contexts: TLSContexts | None,
 
     def in_use() -> None:
         if not served:
-            raise RpcError(NO_TLS, "TLS is not in use: no tls: listener, relay or control"
+            raise RpcError(NOT_IN_USE, "TLS is not in use: no tls: listener, relay or control"
                                    " socket in the configuration")
 
     def reload() -> list[dict[str, Any]]:
@@ -299,7 +294,7 @@ def register_tls_methods(registry: Any, contexts: TLSContexts | None,
             loaded = [_Material(owner.config()) for owner in served]
         except TLSError as e:
             log.warn("tls reload refused: {e}", e=str(e))
-            raise RpcError(-32000, f"reload refused, the old certificate keeps serving: {e}")\
+            raise RpcError(REFUSED, f"reload refused, the old certificate keeps serving: {e}")\
                 from None
         return [owner.reload(material) for owner, material in zip(served, loaded, strict=True)]
 

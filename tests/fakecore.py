@@ -36,6 +36,7 @@ class FakeCore:
         self.hooks = HookPoints()
         self.modules = ModuleRegistry(self, self.hooks)  # type: ignore[arg-type]
         self.identity = self
+        self.own_addresses: set[str] = set()  # is_own_address: the test adds ours
         self.transactions = self
 
     def wall(self) -> float:
@@ -52,6 +53,16 @@ class FakeCore:
 
     def is_trusted(self, host: str) -> bool:
         return False
+
+    def is_own_address(self, host: str) -> bool:
+        return host.lower() in self.own_addresses
+
+    def request_in(self, req: Any, source: Any) -> bool:
+        """Run the request_in hooks as the core does: False = dropped."""
+        for _, hook in self.hooks.request_in:
+            if hook(req, source) is False:
+                return False
+        return True
 
     def counts(self) -> tuple[int, int]:
         return 0, 0

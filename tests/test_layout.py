@@ -206,7 +206,6 @@ def test_examples_use_the_public_api() -> None:
 #: is not on it: the core importing it again fails the test below.
 CORE_FEATURE_IMPORTS_PENDING = frozenset({
     "sipsuite.proxy.media.manager",
-    "sipsuite.proxy.modules.antiflood",
     "sipsuite.proxy.modules.auth",
     "sipsuite.proxy.modules.natping",
     "sipsuite.proxy.registrar.location",

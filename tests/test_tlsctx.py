@@ -12,7 +12,7 @@ import tlscerts
 
 from sipsuite.config import ConfigError, TLSConfig, load_config
 from sipsuite.config.specs import RelayAddress, parse_control, parse_relay_uri
-from sipsuite.ops.errors import RpcError
+from sipsuite.ops.errors import NOT_IN_USE, REFUSED, RpcError
 from sipsuite.ops.server import RpcRegistry
 from sipsuite.proxy.net.addresses import record_route_value
 from sipsuite.proxy.net.listener import Listener
@@ -163,8 +163,9 @@ def test_rpc_methods_serve_every_set_and_refuse_all_or_nothing(pki: tlscerts.Tes
     assert ["CN=proxy" in s["subject"] for s in shown] == [True, False]
     assert len(registry._methods["tls.reload"].func()) == 2
     relay_cert.cert.write_text("gone")
-    with pytest.raises(RpcError, match="reload refused.*tls.certificate"):
+    with pytest.raises(RpcError, match="reload refused.*tls.certificate") as err:
         registry._methods["tls.reload"].func()
+    assert err.value.code == REFUSED  # refused, the old one stays: as a list or routing reload
     assert (proxy.reloads, relay.reloads) == (1, 1)  # the proxy's set did not switch alone
 
 
@@ -177,7 +178,7 @@ def test_rpc_methods_without_tls_say_it_is_not_in_use(pki: tlscerts.TestPKI) -> 
     for name in ("tls.reload", "tls.show"):
         with pytest.raises(RpcError, match="TLS is not in use") as err:
             registry._methods[name].func()
-        assert err.value.code == -32010
+        assert err.value.code == NOT_IN_USE
     relay = TLSContexts(lambda: _cfg(pki.issue("relay")))
     register_tls_methods(registry, relay)
     assert ["CN=relay" in s["subject"] for s in registry._methods["tls.show"].func()] == [True]
@@ -227,7 +228,7 @@ class _Conn:
 
 def _layer(pki: tlscerts.TestPKI) -> tuple[TransportLayer, list[str]]:
     layer = TransportLayer(reactor=None, handler=lambda *a: None)
-    layer.tls = TLSContexts(lambda: _cfg(pki.issue("proxy")))
+    layer.use_tls(TLSContexts(lambda: _cfg(pki.issue("proxy"))), set)
     opened: list[str] = []
 
     def connect(host: str, port: int, listener: Listener, name: str = "") -> _Conn:

@@ -1,6 +1,10 @@
 """The management interface's error codes, in one table: JSON-RPC 2.0's own and
 sipsuite's (-32000 to -32099, the range JSON-RPC leaves to servers), and the
 RpcError a method raises to answer with one.
+
+Each code has one meaning whatever the method, so a client (sipsuite-ctl, a
+script) can act on the code alone; methods and sipsuite-ctl import them from
+here, never spell the number.
 """
 
 from __future__ import annotations
@@ -16,6 +20,14 @@ INTERNAL_ERROR = -32603
 USER_EXISTS = -32001
 NO_SUCH_USER = -32002
 STORE_UNAVAILABLE = -32003
+#: The feature the method serves is not configured or not in use (no
+#: dispatcher sets, no TLS socket): the method exists all the same.
+NOT_IN_USE = -32010
+#: A reload was refused and the old one stays in use (dispatcher list,
+#: routing class, TLS certificate).
+REFUSED = -32011
+#: The entry named does not exist (a dispatcher destination).
+NO_SUCH_ENTRY = -32012
 
 
 class RpcError(Exception):

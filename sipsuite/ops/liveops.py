@@ -452,7 +452,7 @@ class LiveOpsService(service.Service):
 
 def register_liveops_methods(registry: RpcRegistry, core: ProxyCore) -> None:
     """``debug``, ``cfg.get``, ``cfg.set``, ``cfg.list`` and ``routing.reload``."""
-    from sipsuite.ops.errors import INVALID_PARAMS, RpcError
+    from sipsuite.ops.errors import INVALID_PARAMS, REFUSED, RpcError
 
     def debug(level: Any = None) -> dict[str, Any]:
         if level is None:
@@ -478,7 +478,7 @@ def register_liveops_methods(registry: RpcRegistry, core: ProxyCore) -> None:
         try:
             return reload_routing(core)
         except ReloadFailed as exc:
-            raise RpcError(ROUTING_REFUSED, f"routing reload refused: {exc}") from None
+            raise RpcError(REFUSED, f"routing reload refused: {exc}") from None
 
     registry.register("debug", debug,
                       "debug([level]): the log level, or set it: debug, info, warn, error or a"
@@ -497,6 +497,3 @@ def register_liveops_methods(registry: RpcRegistry, core: ProxyCore) -> None:
                       "routing.reload(): re-import the [proxy] routing module and swap the"
                       " routing class; refused (old one kept) on any error")
 
-
-#: JSON-RPC error code of a refused routing reload.
-ROUTING_REFUSED = -32010

@@ -7,7 +7,7 @@ the core's tables, transport or routing.  :class:`ProxyCore` implements this
 Protocol, so does the tests' ``FakeCore``.
 
 Members of the plan's CoreAPI left for later steps (no module converted so far
-needs them): ``uac``, ``Identity.is_own_address`` and ``Counters.figures``.
+needs them): ``uac`` and ``Counters.figures``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class Identity(Protocol):
     def is_myself(self, host: str, port: int | None) -> bool: ...
     def is_local_domain(self, host: str) -> bool: ...
     def is_trusted(self, host: str) -> bool: ...
+    def is_own_address(self, host: str) -> bool: ...   # a listener's address, never a domain
 
 
 class Connection(Protocol):

@@ -37,6 +37,7 @@ from sipsuite.ops.ctl.output import (
     show_unban,
     show_users,
 )
+from sipsuite.ops.errors import METHOD_NOT_FOUND
 
 __all__ = ["COMMANDS", "DEFAULT_RELAY_URL", "DEFAULT_URL", "Arg", "Command", "RpcClient",
            "RpcFailure", "main"]
@@ -49,7 +50,6 @@ DEFAULT_URL = "http://127.0.0.1:7060/"
 # commands go when no URL was chosen and the proxy's address has no relay.
 DEFAULT_RELAY_URL = "http://127.0.0.1:7061/"
 URL_ENV = "SIPSUITE_CTL_URL"
-METHOD_NOT_FOUND = -32601
 
 
 class CtlError(Exception):

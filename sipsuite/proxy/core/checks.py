@@ -53,6 +53,12 @@ class RequestChecks:
         h = unbracket(host).lower()
         return h in self.domains or h in self.addresses
 
+    def is_own_address(self, host: str) -> bool:
+        """An address of one of our listeners (every local address of a
+        wildcard one, and those messages reached it on): antiflood never
+        bans it.  A domain of ours is not an address."""
+        return unbracket(host).lower() in self.addresses
+
     def is_trusted(self, host: str) -> bool:
         if not self.trusted:
             return False

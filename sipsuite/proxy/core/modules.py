@@ -34,6 +34,13 @@ class ScopedCore:
         self._core = core
         self.hooks = ScopedHooks(points, owner, rank)
 
+    @property
+    def config(self) -> Any:
+        # Read at every use, per packet by request_in modules: a property,
+        # since the __getattr__ fallback below first fails a normal lookup
+        # and costs ten times as much.
+        return self._core.config
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._core, name)
 

@@ -32,7 +32,6 @@ from sipsuite.proxy.core.modules import ModuleRegistry
 from sipsuite.proxy.core.timers import TimerHeap
 from sipsuite.proxy.core.txlayer import ClientTx, ServerTx, TransactionDriver
 from sipsuite.proxy.media.manager import MediaManager
-from sipsuite.proxy.modules.antiflood import RequestGuard
 from sipsuite.proxy.modules.auth import Authenticator
 from sipsuite.proxy.modules.natping import NatKeepalive
 from sipsuite.proxy.net.addresses import (
@@ -173,7 +172,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         # wiring, which owns the relay client.  None: media is never touched.
         self.media: MediaManager | None = None
         self.routing: Routing = make_routing(self)
-        self.guard = RequestGuard(self)
         # Set while the suite drains (sipsuite.drain): when the drain ends at the latest.
         self.drain_deadline: float | None = None
 
@@ -299,8 +297,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
 
     def receive_request(self, req: Request, source: Source) -> None:
         self.count("requests")
-        if not self.guard.admit(req, source):
-            return  # antiflood ban or scanner: no answer at all (antiflood.py)
         for owner, hook in self.hooks.request_in:
             try:
                 if hook(req, source) is False:

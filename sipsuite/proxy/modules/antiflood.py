@@ -1,12 +1,12 @@
 """The first look at every request, before any transaction exists:
-kamailio.cfg's pike + ipban (``[features] antiflood``) and the scanner
-User-Agents its route[REQINIT] drops (here also looked for in the display
-name and user of From, To and Contact, for scanners that send no User-Agent).
+kamailio.cfg's pike + ipban (``[features] antiflood``).  A feature module on
+the core's ``request_in`` hook; the scanner drop of route[REQINIT], which
+runs right after it, is its sibling module (``scanners.py``).
 
-Both drop silently: no answer at all, so a flooder or a scanner learns
+A banned source is dropped silently: no answer at all, so a flooder learns
 nothing and costs us no more than a dict lookup. The check runs ahead of
 transaction matching, so a flood of retransmissions counts like new
-requests, and an INVITE from a scanner gets no 100 Trying either.
+requests.
 
 Memory stays bounded whatever the sources: windows are fixed-size (one
 counter per source, reset when its window has passed), kept in a dict in
@@ -19,14 +19,17 @@ by the pruning that runs when the table is full.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sipsuite.hosts import ip_literal
 from sipsuite.log import get_logger
+from sipsuite.ops.errors import INVALID_PARAMS, RpcError
 
 if TYPE_CHECKING:
+    from sipsuite.config import Config
     from sipsuite.ops.server import RpcRegistry
-    from sipsuite.proxy.core.proxy import ProxyCore
+    from sipsuite.proxy.api import CoreAPI, ServiceKey
     from sipsuite.proxy.net.listener import Source
     from sipsuite.sip.message import Request
 
@@ -126,68 +129,75 @@ class FloodTable:
         return self.bans.pop(addr, None) is not None
 
 
-_ADDRESS_HEADERS = ("from", "to", "contact")
+class Antiflood:
+    """``[features] antiflood`` on the ``request_in`` hook: False (drop,
+    unanswered) while the source is banned or when this request starts a
+    ban.  The limits are read from ``core.config`` on every request (they
+    change at run time); the table lives as long as the module, so
+    switching antiflood off forgets every ban."""
 
+    name: ClassVar[str] = "antiflood"
 
-def _contains(text: str, needles: tuple[str, ...]) -> bool:
-    # A plain loop: any() over a generator costs more, on every request.
-    for needle in needles:
-        if needle in text:
-            return True
-    return False
+    __slots__ = ("core", "table", "_clock", "_stats")
 
-
-class RequestGuard:
-    """The hook at the top of ``ProxyCore.receive_request``: ``admit()``
-    is False for a request to drop unanswered. Settings are read from
-    ``core.config`` on every call (they change at run time)."""
-
-    __slots__ = ("core", "table", "_agents_src", "_agents")
-
-    def __init__(self, core: ProxyCore) -> None:
+    def __init__(self, core: CoreAPI) -> None:
         self.core = core
         self.table = FloodTable(self._exempt)
-        self._agents_src: Any = None
-        self._agents: tuple[str, ...] = ()
+        # Per packet: the reactor and the counters are the core's for its
+        # whole life, so they are looked up once, not through the core each time.
+        self._clock = core.clock
+        self._stats = core.stats
 
     def admit(self, req: Request, source: Source) -> bool:
-        config = self.core.config
-        if config.features.antiflood:
-            a = config.antiflood
-            if self.table.hit(source.host, self.core.clock.seconds(), a.requests, a.window,
-                              a.ban_time, a.max_sources):
-                self.core.count("drop.flood")
-                return False
-        agents = config.proxy.drop_user_agents
-        if agents:
-            if agents is not self._agents_src:
-                # Lower-cased once per config object, not per request.
-                self._agents = tuple(a.lower() for a in agents)
-                self._agents_src = agents
-            needles = self._agents
-            ua = req.header("user-agent")
-            if ua and _contains(ua.lower(), needles):
-                self.core.count("drop.scanner")
-                return False
-            # sipvicious with -c sends no User-Agent, but svmap still names
-            # itself in From/To ("sipvicious"<sip:100@1.1.1.1>).  Only the
-            # part before the "@" (display name, scheme, user) is looked at:
-            # a host such as sipclient.example.net is someone's real domain.
-            for name in _ADDRESS_HEADERS:
-                value = req.header(name)
-                if value and _contains(value.partition("@")[0].lower(), needles):
-                    self.core.count("drop.scanner_address")
-                    return False
+        a = self.core.config.antiflood
+        if self.table.hit(source.host, self._clock.seconds(), a.requests, a.window,
+                          a.ban_time, a.max_sources):
+            self._stats.count("drop.flood")
+            return False
         return True
 
     def _exempt(self, addr: str) -> bool:
-        core = self.core
-        return addr.lower() in core.addresses or core.is_trusted(addr)
+        # Asked only when a source crosses the limit: never ban ourselves
+        # (a wildcard listener's addresses included) or a trusted network.
+        identity = self.core.identity
+        return identity.is_own_address(addr) or identity.is_trusted(addr)
+
+    # -- the module's life -----------------------------------------------------------
+    def start(self) -> None:
+        pass
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        pass  # the limits are read at use
+
+    def stats(self) -> Mapping[str, object]:
+        return {"tracked": len(self.table.windows), "banned": len(self.table.bans)}
+
+    def stop(self) -> None:
+        pass
+
+
+class AntifloodSpec:
+    """``[features] antiflood``: a run-time switch (``cfg set
+    features.antiflood``), set up before the scanner drop so a flood is
+    counted and banned whatever its User-Agent."""
+
+    name = "antiflood"
+    requires: tuple[ServiceKey[Any], ...] = ()
+    runtime_switch = True
+
+    def enabled(self, config: Config) -> bool:
+        return bool(config.features.antiflood)
+
+    def setup(self, core: CoreAPI, config: Config) -> Antiflood:
+        module = Antiflood(core)
+        core.hooks.on_request_in(module.admit)
+        return module
+
+
+SPEC = AntifloodSpec()
 
 
 def _check_address(value: Any) -> str:
-    from sipsuite.ops.errors import INVALID_PARAMS, RpcError
-
     if not isinstance(value, str):
         raise RpcError(INVALID_PARAMS, "address must be a string")
     address = ip_literal(value.strip())
@@ -196,18 +206,24 @@ def _check_address(value: Any) -> str:
     return address
 
 
-def register_flood_methods(registry: RpcRegistry, core: ProxyCore) -> None:
-    """``flood.show`` and ``flood.unban`` (the ipban htable's dump and delete)."""
-    guard: RequestGuard = core.guard
+def register_flood_methods(registry: RpcRegistry, core: CoreAPI) -> None:
+    """``flood.show`` and ``flood.unban`` (the ipban htable's dump and delete).
+
+    Registered whether antiflood is on or not (it can be switched on later):
+    each call finds the module as it is now; while it is off there is no
+    table, so nothing is banned or tracked and nothing can be unbanned."""
+
+    def module() -> Antiflood | None:
+        found = core.modules.by_name(Antiflood.name)
+        return found if isinstance(found, Antiflood) else None
 
     def flood_show(top: int = 10) -> dict[str, Any]:
         if isinstance(top, bool) or not isinstance(top, int) or top < 0:
-            from sipsuite.ops.errors import INVALID_PARAMS, RpcError
-
             raise RpcError(INVALID_PARAMS, "top must be a whole number, 0 or more")
         now = core.clock.seconds()
         config = core.config
-        table = guard.table
+        on = module()
+        table = on.table if on is not None else FloodTable()
         return {
             "enabled": config.features.antiflood,
             "requests": config.antiflood.requests,
@@ -222,7 +238,8 @@ def register_flood_methods(registry: RpcRegistry, core: ProxyCore) -> None:
 
     def flood_unban(address: str) -> dict[str, Any]:
         addr = _check_address(address)
-        unbanned = guard.table.unban(addr)
+        on = module()
+        unbanned = on is not None and on.table.unban(addr)
         if unbanned:
             log.info("antiflood: {a} unbanned by the operator", a=addr)
         return {"address": addr, "unbanned": unbanned}

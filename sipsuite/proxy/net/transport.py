@@ -156,7 +156,7 @@ class TransportLayer(WildcardListeners):
         # Answer STUN Binding requests on UDP listeners (RFC 5626 8).
         self.stun: Callable[[], bool] = lambda: False
         self.drops: dict[str, int] = {}
-        # sipsuite.tlsctx.TLSContexts, set by the service when a tls: listener exists.
+        # sipsuite.tlsctx.TLSContexts when a tls: listener exists (use_tls).
         self.tls: Any = None
         # The listeners (as configured) whose clients must show a certificate.
         self.require_client_cert: Callable[[], set[str]] = set
@@ -280,6 +280,14 @@ class TransportLayer(WildcardListeners):
         """Answer STUN Binding requests on the UDP listeners while
         ``enabled()`` says so (outbound, RFC 5626 8)."""
         self.stun = enabled
+
+    def use_tls(self, contexts: Any, require_client_cert: Callable[[], set[str]]) -> None:
+        """Serve and open TLS with ``contexts`` (a sipsuite.tlsctx.TLSContexts);
+        ``require_client_cert()`` names the listeners (as configured) whose
+        clients must show a certificate, asked at each handshake.  Called by
+        the wiring before the listeners are bound."""
+        self.tls = contexts
+        self.require_client_cert = require_client_cert
 
     def send_on(self, data: bytes, conn: SIPStreamProtocol) -> bool:
         return conn.send(data)

@@ -151,16 +151,30 @@ def test_antiflood_off_answers_all(tmp_path: Path) -> None:
     assert "drop.flood" not in kit.core.stats
 
 
+def switch_antiflood(core: Any, on: bool) -> None:
+    """``cfg set features.antiflood``: the registry sets the module up or stops it."""
+    from sipsuite.ops.liveops import cfg_set
+
+    cfg_set(core, "features.antiflood", on)
+
+
 def test_antiflood_switched_at_run_time(tmp_path: Path) -> None:
     kit = ProxyKit(tmp_path, antiflood=FLOOD)
     core = kit.core
-    core.config = dataclasses.replace(
-        core.config, features=dataclasses.replace(core.config.features, antiflood=True))
+    assert core.modules.by_name("antiflood") is None
+    switch_antiflood(core, True)
     assert burst(kit, 6) == [200] * 4 + [0, 0]
+    # The limits are read at use: no reconfigure needed for them.
     core.config = dataclasses.replace(
         core.config, antiflood=dataclasses.replace(core.config.antiflood, requests=100))
     kit.clock.advance(61)
     assert burst(kit, 20) == [200] * 20
+    # Off again: the module and its hook go, a burst is answered in full.
+    switch_antiflood(core, False)
+    assert core.modules.by_name("antiflood") is None
+    assert [owner for owner, _ in core.hooks.request_in] == ["scanners"]
+    kit.clock.advance(61)
+    assert burst(kit, 120) == [200] * 120
 
 
 def test_trusted_and_own_addresses_never_banned(tmp_path: Path) -> None:
@@ -168,7 +182,7 @@ def test_trusted_and_own_addresses_never_banned(tmp_path: Path) -> None:
                    proxy={"trusted": ["127.0.0.64/26"]})
     assert burst(kit, 20, "127.0.0.70") == [200] * 20
     assert burst(kit, 20, "127.0.0.1") == [200] * 20  # the proxy's own address
-    assert kit.core.guard.table.bans == {}
+    assert kit.core.modules.by_name("antiflood").table.bans == {}
     assert burst(kit, 6, "127.0.0.2") == [200] * 4 + [0, 0]
 
 
@@ -215,6 +229,20 @@ def test_empty_scanner_list_drops_none(tmp_path: Path) -> None:
     kit = ProxyKit(tmp_path, proxy={"drop_user_agents": []})
     kit.feed(options(1, ua="friendly-scanner"), "127.0.0.2")
     assert [m.status for m, _, _ in kit.sent] == [200]
+
+
+def test_scanner_list_switched_by_cfg_set(tmp_path: Path) -> None:
+    from sipsuite.ops.liveops import cfg_set
+
+    kit = ProxyKit(tmp_path)
+    core = kit.core
+    cfg_set(core, "proxy.drop_user_agents", "[]")
+    assert core.modules.by_name("scanners") is None
+    kit.feed(options(1, ua="friendly-scanner"), "127.0.0.2")
+    cfg_set(core, "proxy.drop_user_agents", '["friendly-scanner"]')
+    kit.feed(options(2, ua="friendly-scanner"), "127.0.0.2")
+    assert [m.status for m, _, _ in kit.sent] == [200]
+    assert core.stats["drop.scanner"] == 1
 
 
 def test_scanner_list_read_at_use_time(tmp_path: Path) -> None:

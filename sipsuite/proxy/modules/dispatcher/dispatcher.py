@@ -536,9 +536,9 @@ class DispatcherSpec:
 SPEC = DispatcherSpec()
 
 
-NO_DISPATCHER = -32010
-LIST_REFUSED = -32011
-NO_DESTINATION = -32012
+from sipsuite.ops.errors import NO_SUCH_ENTRY as NO_DESTINATION  # noqa: E402 - codes from the one table
+from sipsuite.ops.errors import NOT_IN_USE as NO_DISPATCHER  # noqa: E402 - codes from the one table
+from sipsuite.ops.errors import REFUSED as LIST_REFUSED  # noqa: E402 - codes from the one table
 
 
 def register_dispatcher_methods(registry: RpcRegistry, core: CoreAPI) -> None:
