@@ -4,14 +4,10 @@ request was forked to, their answers, and the choice of what goes upstream.
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING
 
-from twisted.python.failure import Failure
-
-from sipsuite.proxy.core.hookerrors import hook_failed
+from sipsuite.proxy.core.hookrun import run_hooks, run_script
 from sipsuite.proxy.net.listener import PLACEHOLDER_VIA
-from sipsuite.proxy.routing.driver import drive
 from sipsuite.sip.message import Request, Response, make_cancel, make_response
 
 if TYPE_CHECKING:
@@ -64,7 +60,7 @@ class ProxyContext:
 
     __slots__ = (
         "core", "rctx", "server", "branches", "final_sent", "cancelled",
-        "best", "best_local", "failure_hook_ran", "pending_routing",
+        "best", "best_local", "failure_hook_ran", "pending_routing", "failure_async",
         "reply_queue", "reply_current",
     )
 
@@ -80,7 +76,8 @@ class ProxyContext:
         self.best_local = False
         self.failure_hook_ran = 0
         # A failure_route is running (maybe awaiting): don't pick an answer yet.
-        self.pending_routing = False
+        self.pending_routing = False  # failure_route is running
+        self.failure_async = False  # ... and went on past run_failure_route's return
         # reply_route may be async and the answer waits for it: while one
         # runs, later answers of this transaction queue here so they still
         # go upstream in the order they came (a 180 must not overtake the
@@ -106,11 +103,10 @@ class ProxyContext:
     def on_response(self, branch: Branch, resp: Response) -> None:
         # response_in (Kamailio's TMCB_RESPONSE_IN): every answer a branch
         # receives, as it arrives, before reply_route.
-        for owner, hook in self.core.hooks.response_in:
-            try:
-                hook(self.rctx, branch, resp)
-            except Exception:  # noqa: BLE001 - fail-open: observers must not lose the answer
-                hook_failed(f"{owner}.response_in", self.rctx.request, self.rctx.source)
+        hooks = self.core.hooks.response_in
+        if hooks:
+            run_hooks("response_in", hooks, self.rctx.request, self.rctx.source,
+                      self.rctx, branch, resp)
         if self.reply_queue is not None:
             self.reply_queue.append((branch, resp))
             return
@@ -125,23 +121,17 @@ class ProxyContext:
             self._reply_routed()
             return
         self.reply_current = (branch, resp)
-        try:
-            result = self.core.routing.reply_route(self.rctx, branch, resp)
-        except Exception:  # noqa: BLE001 - a script bug must not lose the answer
-            hook_failed("reply_route", self.rctx.request, self.rctx.source)
-            result = None
-        if not inspect.iscoroutine(result):
-            self._reply_routed()
-            return
-        if self.reply_queue is None:
+        if run_script("reply_route", self.rctx, self.core.routing.reply_route, branch, resp,
+                      done=self._reply_routed) and self.reply_queue is None:
+            # Still awaiting: answers that come meanwhile wait their turn.
             self.reply_queue = []
-        # Bound methods, no closures: the driver drops them when it ends, so
-        # a finished transaction leaves no cycle behind.
-        drive(result, self._reply_routed, self._reply_route_failed)
 
-    def _reply_route_failed(self, failure: Failure) -> None:
-        hook_failed("reply_route", self.rctx.request, self.rctx.source, failure)
-        self._reply_routed()
+    def failure_routed(self) -> None:
+        """failure_route ended (run_failure_route's ``done``)."""
+        self.pending_routing = False
+        if self.failure_async:
+            self.failure_async = False
+            self.check_complete()
 
     def _reply_routed(self) -> None:
         current, self.reply_current = self.reply_current, None

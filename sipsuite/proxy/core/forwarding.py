@@ -20,7 +20,7 @@ from sipsuite.hosts import is_ip, unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.core.checks import BRANCH_TAG
 from sipsuite.proxy.core.context import Branch, ProxyContext
-from sipsuite.proxy.core.hookerrors import hook_failed
+from sipsuite.proxy.core.hookrun import run_hooks
 from sipsuite.proxy.core.txlayer import ClientTx, ServerTx
 from sipsuite.proxy.modules.natping import KEEPALIVE_BRANCH
 from sipsuite.proxy.net.addresses import (
@@ -107,11 +107,9 @@ class Forwarding:
         branch = Branch(ctx, uri, req)
         ctx.branches.append(branch)
         self.call_hook("branch_route", ctx.rctx, branch)
-        for owner, hook in self.hooks.branch_out:
-            try:
-                hook(ctx.rctx, branch)
-            except Exception:  # noqa: BLE001 - fail-open: the branch goes out all the same
-                hook_failed(f"{owner}.branch_out", ctx.rctx.request, ctx.rctx.source)
+        hooks = self.hooks.branch_out
+        if hooks:
+            run_hooks("branch_out", hooks, ctx.rctx.request, ctx.rctx.source, ctx.rctx, branch)
         self._resolve(branch.request, lambda targets: self._branch_targets(branch, targets), dst)
 
     def _resolve(self, req: Request, then: Any, dst: Target | None = None) -> None:
@@ -315,11 +313,9 @@ class Forwarding:
     def _send_response(self, holder: ServerTx, resp: Response) -> None:
         self.reply_classes[resp.status // 100 % 7] += 1
         self._run(holder, holder.tx.send(resp, self.clock.seconds()))
-        for owner, hook in self.hooks.response_out:
-            try:
-                hook(holder, resp)
-            except Exception:  # noqa: BLE001 - observers only: the answer is sent already
-                hook_failed(f"{owner}.response_out", holder.tx.request, holder.source)
+        hooks = self.hooks.response_out
+        if hooks:
+            run_hooks("response_out", hooks, holder.tx.request, holder.source, holder, resp)
 
     def _wire_response(self, holder: ServerTx, data: bytes) -> None:
         src = holder.source

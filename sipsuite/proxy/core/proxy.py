@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.error import CannotListenError
-from twisted.python.failure import Failure
 
 from sipsuite.hosts import unbracket
 from sipsuite.log import get_logger
@@ -26,7 +25,8 @@ from sipsuite.proxy.api import ServiceKey
 from sipsuite.proxy.core.checks import RequestChecks
 from sipsuite.proxy.core.context import ProxyContext
 from sipsuite.proxy.core.forwarding import Forwarding
-from sipsuite.proxy.core.hookerrors import answer_for, hook_failed
+from sipsuite.proxy.core.hookerrors import hook_failed
+from sipsuite.proxy.core.hookrun import run_script
 from sipsuite.proxy.core.hooks import HookPoints
 from sipsuite.proxy.core.modules import ModuleRegistry
 from sipsuite.proxy.core.timers import TimerHeap
@@ -55,7 +55,6 @@ from sipsuite.proxy.registrar.location import (
 from sipsuite.proxy.registrar.outbound import Flows
 from sipsuite.proxy.registrar.registrar import Registrar
 from sipsuite.proxy.routing.base import Destination, RequestContext, Routing
-from sipsuite.proxy.routing.driver import drive
 from sipsuite.proxy.routing.loader import make_routing
 from sipsuite.proxy.services import (
     AUTH,
@@ -387,22 +386,11 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             # part) routed this to a phone's flow we hold (RFC 5626 5.3).
             self.flows.forward(rctx, flow)
             return
-        try:
-            result = self.routing.request_route(rctx)
-        except Exception:  # noqa: BLE001 - a script bug must not kill the proxy
-            self._routing_error(rctx, Failure())
-            return
-        drive(result, lambda: self._routing_done(rctx), lambda f: self._routing_error(rctx, f))
+        run_script("request_route", rctx, self.routing.request_route,
+                   done=lambda: self._routing_done(rctx), answer=True)
 
-    def _routing_error(self, rctx: RequestContext, failure: Failure) -> None:
-        # One warning line, not a critical traceback: see hookerrors.
-        status, reason, headers = answer_for(failure.value)
-        answered = None if rctx.handled or rctx.request.method == "ACK" else status
-        hook_failed("request_route", rctx.request, rctx.source, failure, answered)
-        if answered is not None:
-            rctx.reply(status, reason, headers)
-
-    def _routing_done(self, rctx: RequestContext) -> None:
+    @staticmethod
+    def _routing_done(rctx: RequestContext) -> None:
         if not rctx.handled and rctx.request.method != "ACK":
             log.warn("routing ended without an answer for {m} {u}; answering 500",
                      m=rctx.request.method, u=rctx.request.uri)
@@ -464,39 +452,16 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
                 self._start_branch(ctx, target)
 
     def call_hook(self, name: str, rctx: RequestContext, *args: Any) -> None:
-        def failed(f: Failure) -> None:
-            hook_failed(name, rctx.request, rctx.source, f)
-
-        try:
-            result = getattr(self.routing, name)(rctx, *args)
-        except Exception:  # noqa: BLE001 - a script bug must not kill the proxy
-            hook_failed(name, rctx.request, rctx.source)
-            return
-        drive(result, lambda: None, failed)
+        run_script(name, rctx, getattr(self.routing, name), *args)
 
     def run_failure_route(self, ctx: ProxyContext, best: Response) -> bool:
         """Give failure_route its chance; True when it started new branches,
         answered itself, or is still running (it calls check_complete again)."""
         before = len(ctx.branches)
         ctx.pending_routing = True
-        state = {"sync": True}
-
-        def done() -> None:
-            ctx.pending_routing = False
-            if not state["sync"]:
-                ctx.check_complete()
-
-        def failed(f: Failure) -> None:
-            hook_failed("failure_route", ctx.rctx.request, ctx.rctx.source, f)
-            done()
-
-        try:
-            result = self.routing.failure_route(ctx.rctx, best)
-        except Exception:  # noqa: BLE001
-            hook_failed("failure_route", ctx.rctx.request, ctx.rctx.source)
-            result = None
-        drive(result, done, failed)
-        if ctx.pending_routing:
-            state["sync"] = False
+        ctx.failure_async = False
+        if run_script("failure_route", ctx.rctx, self.routing.failure_route, best,
+                      done=ctx.failure_routed):
+            ctx.failure_async = True  # failure_routed() weighs the branches again
             return True
         return len(ctx.branches) > before or ctx.final_sent
