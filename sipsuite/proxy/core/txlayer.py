@@ -80,9 +80,9 @@ class ClientTx(_TxHolder):
         self.is_cancel = False
 
     def pass_up(self, core: TransactionDriver, msg: Any) -> None:
-        if not self.is_cancel:
-            branch = self.branch
-            branch.ctx.on_response(branch, msg)  # type: ignore[union-attr]
+        branch = self.branch
+        if not self.is_cancel and branch is not None:
+            branch.ctx.on_response(branch, msg)
 
     def time_out(self, core: TransactionDriver, timer: str) -> None:
         core._timeout(self, timer)
