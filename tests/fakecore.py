@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import task
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.core.hooks import HookPoints
 from sipsuite.proxy.core.modules import ModuleRegistry
+from sipsuite.proxy.net.resolver import Target
 
 
 class FakeCounters(dict[str, int]):
@@ -108,9 +109,20 @@ class FakeCore:
         self.transactions = self
         self.uac = FakeUAC()
         self.net = FakeNet()
+        self.dns: dict[str, list[Target]] = {}
 
     def wall(self) -> float:
         return self.clock.seconds()
+
+    def resolve(self, uri: Any) -> Deferred[list[Target]]:
+        """An IP URI resolves to itself; a name to what ``self.dns`` says."""
+        if uri.host in self.dns:
+            return succeed(list(self.dns[uri.host]))
+        transport = uri.transport or "udp"
+        if not uri.host[:1].isdigit() and not uri.host.startswith("["):
+            return succeed([])
+        return succeed([Target(transport, uri.host.strip("[]"),
+                               uri.port or (5061 if transport == "tls" else 5060))])
 
     def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> Any:
         return self.clock.callLater(delay, fn, *args)

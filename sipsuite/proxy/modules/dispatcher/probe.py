@@ -1,5 +1,5 @@
 """OPTIONS probing of dispatcher destinations (ds_ping_interval): the
-part of :class:`sipsuite.proxy.modules.dispatcher.dispatcher.Dispatcher` that sends probes
+part of :class:`sipsuite.proxy.modules.dispatcher.dispatcher.LoadBalancer` that sends probes
 and weighs their answers.
 
 Probes go out through the core's local UAC (``core.uac``, proxy/core/uac.py)
@@ -18,7 +18,7 @@ from sipsuite.proxy.api import UAC_BRANCH
 
 if TYPE_CHECKING:
     from sipsuite.config import DispatcherConfig
-    from sipsuite.proxy.core.proxy import ProxyCore
+    from sipsuite.proxy.api import CoreAPI
     from sipsuite.proxy.modules.dispatcher.dispatcher import DsDestination
     from sipsuite.proxy.net.resolver import Target
     from sipsuite.sip.message import Response
@@ -42,9 +42,10 @@ class _Probe:
 
 
 class Prober:
-    """Probing for the Dispatcher, which provides the attributes below."""
+    """Probing for the LoadBalancer, which provides the attributes below;
+    uses nothing of the core but api.CoreAPI (resolve, net, uac, stats)."""
 
-    core: ProxyCore
+    core: CoreAPI
     clock: Any
     by_uri: dict[str, list[DsDestination]]
     inflight: dict[str, _Probe]  # by URI
@@ -109,7 +110,7 @@ class Prober:
                          "cannot resolve")
             return
         cfg = self.cfg
-        self.core.count("dispatcher.probes")
+        self.core.stats.count("dispatcher.probes")
         # What is left of probe_timeout after the resolution.
         left = max(probe.timeout.getTime() - self.clock.seconds(), 0.0)
         probe.sending = True
@@ -136,6 +137,6 @@ class Prober:
         self._cancel_probe(probe)
         del self.inflight[probe.uri]
         if not ok:
-            self.core.count("dispatcher.probe_failures")
+            self.core.stats.count("dispatcher.probe_failures")
         for d in self.by_uri.get(probe.uri, []):
             self._result(d, ok, why, probe=True)
