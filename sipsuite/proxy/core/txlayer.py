@@ -198,8 +198,9 @@ class TransactionDriver:
         if ctx is not None:
             _release_if_done(ctx)
         table = self.server_txs if isinstance(holder, ServerTx) else self.client_txs
-        if table.get(holder.key) is holder:
-            del table[holder.key]
+        key = holder.key
+        if table.get(key) is holder:
+            del table[key]
 
     # Provided by ProxyCore.
     def _wire_response(self, holder: ServerTx, data: bytes) -> None:

@@ -18,7 +18,7 @@ core's local UAC (``core.uac``), sent once each; CRLF pings straight through
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred
@@ -42,7 +42,7 @@ CRLF_PING = b"\r\n\r\n"
 
 
 class NatPing:
-    name = "natping"
+    name: ClassVar[str] = "natping"
 
     def __init__(self, core: CoreAPI) -> None:
         self.core = core
