@@ -4,13 +4,16 @@ a task.Clock, a dict of counters, hooks kept in lists the test calls."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import task
+from twisted.internet.defer import Deferred, succeed
 
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.core.hooks import HookPoints
 from sipsuite.proxy.core.modules import ModuleRegistry
+from sipsuite.proxy.net.resolver import Target
 
 
 class FakeCounters(dict[str, int]):
@@ -27,6 +30,72 @@ class FakeTx:
         self.call = CallState()
 
 
+@dataclass
+class UacRequest:
+    """One core.uac.request() a module made; the test fires ``result``."""
+
+    method: str
+    uri: str
+    target: Any
+    options: dict[str, Any]
+    result: Deferred[Any] = field(default_factory=Deferred)
+
+
+class FakeUAC:
+    """api.LocalUAC that sends nothing: the test answers by firing
+    ``requests[i].result`` with a Response or None."""
+
+    def __init__(self) -> None:
+        self.requests: list[UacRequest] = []
+
+    def request(self, method: str, uri: str, target: Any, **options: Any) -> Deferred[Any]:
+        req = UacRequest(method, uri, target, options)
+        self.requests.append(req)
+        return req.result
+
+
+class FakeConnection:
+    def __init__(self, listener: Any = None) -> None:
+        self.closed = False
+        self.listener = listener
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> bool:
+        self.sent.append(data)
+        return True
+
+
+class FakeNet:
+    """api.Network over lists: what is sent is recorded, connections (and
+    aliases) are a dict the test fills."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Any] = []
+        self.sent: list[tuple[bytes, str, str, int, Any]] = []
+        self.connections: dict[tuple[str, int], FakeConnection] = {}
+
+    def listener_named(self, name: str) -> Any:
+        return next((li for li in self.listeners if repr(li) == name), None)
+
+    def pick_listener(self, transport: str, host: str, prefer: Any, peer: str | None = None) -> Any:
+        return next((li for li in self.listeners if li.transport == transport), None)
+
+    def send(self, data: bytes, transport: str, host: str, port: int, listener: Any,
+             name: str = "", connect: bool = True) -> bool:
+        self.sent.append((data, transport, host, port, listener))
+        return True
+
+    def connection_to(self, host: str, port: int) -> FakeConnection | None:
+        conn = self.connections.get((host, port))
+        return None if conn is None or conn.closed else conn
+
+    def alias(self, conn: Any, host: str, port: int) -> None:
+        self.connections.setdefault((host, port), conn)
+
+    def set_stun(self, enabled: Callable[[], bool]) -> None:
+        pass
+
+
 class FakeCore:
     def __init__(self, config: Any, start: float = 1_800_000_000.0) -> None:
         self.config = config
@@ -38,9 +107,22 @@ class FakeCore:
         self.identity = self
         self.own_addresses: set[str] = set()  # is_own_address: the test adds ours
         self.transactions = self
+        self.uac = FakeUAC()
+        self.net = FakeNet()
+        self.dns: dict[str, list[Target]] = {}
 
     def wall(self) -> float:
         return self.clock.seconds()
+
+    def resolve(self, uri: Any) -> Deferred[list[Target]]:
+        """An IP URI resolves to itself; a name to what ``self.dns`` says."""
+        if uri.host in self.dns:
+            return succeed(list(self.dns[uri.host]))
+        transport = uri.transport or "udp"
+        if not uri.host[:1].isdigit() and not uri.host.startswith("["):
+            return succeed([])
+        return succeed([Target(transport, uri.host.strip("[]"),
+                               uri.port or (5061 if transport == "tls" else 5060))])
 
     def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> Any:
         return self.clock.callLater(delay, fn, *args)

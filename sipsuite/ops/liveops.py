@@ -294,21 +294,11 @@ def apply_config(core: ProxyCore, new: Config) -> None:
     """Make ``new`` the core's config: push the sections that features not yet
     converted to modules copied at start-up, then ``core.reconfigure`` (the
     core's own sections and every module's part)."""
-    old = core.config
     core.registrar.cfg = new.registrar
     auth = core.auth
     auth.cfg = new.auth
     auth.retry_after = str(new.registrar.retry_after)
     auth.nonces.lifetime = new.auth.nonce_expires
-    keepalive = core.keepalive
-    keepalive.cfg = new.nat
-    running = keepalive.loop is not None and keepalive.loop.running
-    if new.nat.keepalive_interval != old.nat.keepalive_interval and (
-            running or core.transport.listeners):
-        # The LoopingCall took the interval when it started.
-        keepalive.stop()
-        keepalive.loop = None
-        keepalive.start()
     if core.media is not None:
         core.media.max_streams = new.media.max_streams
         core.media.max_sessions_per_source = new.media.max_sessions_per_source

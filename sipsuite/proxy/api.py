@@ -7,7 +7,7 @@ the core's tables, transport or routing.  :class:`ProxyCore` implements this
 Protocol, so does the tests' ``FakeCore``.
 
 Members of the plan's CoreAPI left for later steps (no module converted so far
-needs them): ``uac`` and ``Counters.figures``.
+needs them): ``Counters.figures``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from sipsuite.sip.message import Request, Response
 
 __all__ = [
-    "CallState", "Connection", "CoreAPI", "Counters", "Hooks", "Identity", "Module",
+    "CallState", "Connection", "CoreAPI", "Counters", "Hooks", "Identity", "LocalUAC", "Module",
     "ModuleSpec", "Network", "Registry", "ServerTxView", "ServiceKey", "Timer",
-    "TransactionView",
+    "TransactionView", "UAC_BRANCH",
 ]
 
 T = TypeVar("T")
@@ -71,6 +71,27 @@ class Network(Protocol):
     def connection_to(self, host: str, port: int) -> Any: ...   # Connection | None; aliases too
     def alias(self, conn: Any, host: str, port: int) -> None: ...
     def set_stun(self, enabled: Callable[[], bool]) -> None: ...  # RFC 5626 8 answers
+
+
+#: Via branch prefix of the requests the local UAC sends (keep-alives,
+#: probes); begins with the core's BRANCH_TAG, so a late answer is known as ours.
+UAC_BRANCH = "z9hG4bKspsu"
+
+
+class LocalUAC(Protocol):
+    """Requests the proxy sends on its own (keep-alives, probes), run as
+    client transactions of the core (proxy/core/uac.py)."""
+
+    def request(self, method: str, uri: str, target: Target, *,
+                listener: Listener | None = None,       # None: pick_listener(target)
+                from_uri: str | None = None,            # None: sip:sipsuite@SENT-BY
+                headers: Sequence[tuple[str, str]] = (),
+                timeout: float | None = None,           # give up sooner than timer F
+                retransmit: bool = True,                # UDP: T1 doubling to T2 (17.1.2.2)
+                connect: bool = True,                   # False: existing connection only
+                rport: bool = False) -> Deferred[Response | None]: ...
+    # Fires with the first final answer, or None: timeout, timer F, transport
+    # error, no listener.  Never errbacks.
 
 
 class TransactionView(Protocol):
@@ -194,6 +215,8 @@ class CoreAPI(Protocol):
     # RFC 3263 for a URI: the same path the core's branches take.
     @property
     def transactions(self) -> TransactionView: ...
+    @property
+    def uac(self) -> LocalUAC: ...
     @property
     def stats(self) -> Counters: ...
     @property

@@ -74,7 +74,9 @@ class NatService(Protocol):
 class NatPingService(Protocol):
     """nathelper's keep-alives: bindings behind NAT, pinged on a period."""
 
-    def track(self, binding: Binding) -> None: ...
+    def track(self, aor: str) -> None: ...
+    # The registrar stored a NAT'ed binding of ``aor``: ping it from the
+    # next round on (the module finds those of before a restart itself).
 
 
 class MediaService(Protocol):

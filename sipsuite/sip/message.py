@@ -722,3 +722,21 @@ def make_ack(invite: Request, response: Response) -> Request:
         ("content-length", "Content-Length: 0", "0"),
     ]
     return _new_request("ACK", invite.uri.copy(), entries)
+
+
+def make_request(method: str, uri: URI, *, via: str, from_: str, to: str, call_id: str,
+                 cseq: int = 1, headers: Iterable[tuple[str, str]] = ()) -> Request:
+    """A request of the proxy's own, outside any dialog and without a body
+    (a keep-alive or probe OPTIONS): Max-Forwards 70, ``headers`` before
+    Content-Length."""
+    entries = [
+        _entry("Via", via),
+        ("max-forwards", "Max-Forwards: 70", "70"),
+        _entry("From", from_),
+        _entry("To", to),
+        _entry("Call-ID", call_id),
+        ("cseq", f"CSeq: {cseq} {method}", f"{cseq} {method}"),
+    ]
+    entries += [_entry(name, value) for name, value in headers]
+    entries.append(("content-length", "Content-Length: 0", "0"))
+    return _new_request(method, uri, entries)

@@ -22,7 +22,6 @@ from sipsuite.proxy.core.checks import BRANCH_TAG
 from sipsuite.proxy.core.context import Branch, ProxyContext
 from sipsuite.proxy.core.hookrun import run_hooks
 from sipsuite.proxy.core.txlayer import ClientTx, ServerTx
-from sipsuite.proxy.modules.natping import KEEPALIVE_BRANCH
 from sipsuite.proxy.net.addresses import (
     is_unicast,
     record_route_value,
@@ -242,11 +241,6 @@ class Forwarding:
         self.count("responses")
         holder = self.client_txs.get(client_key(resp))
         if holder is None:
-            if (resp.top_via.branch or "").startswith(KEEPALIVE_BRANCH):
-                self.keepalive.response(resp)
-                return
-            if self.dispatcher is not None and self.dispatcher.probe_response(resp):
-                return
             self._forward_response_stateless(resp)
             return
         self._run(holder, holder.tx.receive(resp, self.clock.seconds()))
@@ -365,9 +359,9 @@ class Forwarding:
     def _client_transport_error(self, holder: ClientTx) -> None:
         if holder.is_cancel or not holder.alive:
             return
-        self._terminate(holder)
+        self._terminate(holder)  # a LocalTx's Deferred fires None here
         branch = holder.branch
-        if branch.done:
+        if branch is None or branch.done:
             return
         self.count("transport_errors")
         # RFC 3263 4.3: try the next address of the same next hop.

@@ -31,9 +31,9 @@ from sipsuite.proxy.core.hooks import HookPoints
 from sipsuite.proxy.core.modules import ModuleRegistry
 from sipsuite.proxy.core.timers import TimerHeap
 from sipsuite.proxy.core.txlayer import ClientTx, ServerTx, TransactionDriver
+from sipsuite.proxy.core.uac import LocalUAC
 from sipsuite.proxy.media.manager import MediaManager
 from sipsuite.proxy.modules.auth import Authenticator
-from sipsuite.proxy.modules.natping import NatKeepalive
 from sipsuite.proxy.net.addresses import (
     guess_address,
     local_addresses,
@@ -146,17 +146,17 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         self.registrar = Registrar(self.location, config.registrar)
         self.auth = Authenticator(self.subscribers, config.auth,
                                   retry_after=config.registrar.retry_after)
-        self.keepalive = NatKeepalive(self, config.nat, self.registrar.clock)
         self.flows = Flows(self, config.auth.secret)
         self.registrar.flows = self.flows
         self.transport.set_stun(lambda: self.config.registrar.outbound)
-        self.registrar.on_nat = self.keepalive.track
         self.domains = {d.lower() for d in p.domains}
         self.trusted = list(p.trusted)
         self.addresses: set[str] = set()
         self.ports: set[int] = set()
         self.server_txs: dict[tuple, ServerTx] = {}
         self.client_txs: dict[tuple, ClientTx] = {}
+        # Requests of the proxy's own (keep-alives, probes): api.CoreAPI.uac.
+        self.uac = LocalUAC(self)
         # The key of the To tags of the answers this proxy makes itself
         # (local_tag): one tag per transaction, the same for its retransmissions.
         self.tag_secret = secrets.token_bytes(16)
@@ -223,7 +223,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
     # -- set-up ------------------------------------------------------------------
     def start(self) -> None:
         self.listen()
-        self.keepalive.start()
         self.modules.start()
 
     def listen(self) -> None:
@@ -265,7 +264,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         self.drain_deadline = deadline
 
     def stop(self) -> list[Any]:
-        self.keepalive.stop()
         waits = self.modules.stop()
         for holder in list(self.server_txs.values()) + list(self.client_txs.values()):
             self._cancel_timers(holder)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
+
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.sip.headers import Via
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
     from sipsuite.proxy.core.context import Branch, ProxyContext
     from sipsuite.proxy.net.resolver import Target
     from sipsuite.proxy.routing.base import RequestContext
+    from sipsuite.sip.message import Response
 
 
 #: States of a transaction whose final answer is still to come.
@@ -51,16 +54,76 @@ class ServerTx(_TxHolder):
         """The request that made the transaction (api.ServerTxView)."""
         return self.tx.request
 
+    def pass_up(self, core: TransactionDriver, msg: Any) -> None:
+        # An ACK matching an accepted INVITE (RFC 2543 peer): route it.
+        core._route(msg, self.source, None)
+
+    def time_out(self, core: TransactionDriver, timer: str) -> None:
+        pass  # H: no ACK came; nothing to tell anybody.
+
+    def detach(self) -> ProxyContext | None:
+        ctx = self.context
+        self.context = None
+        self.rctx = None
+        return ctx
+
 
 class ClientTx(_TxHolder):
     __slots__ = ("branch", "target", "listener", "is_cancel")
 
-    def __init__(self, tx: Any, key: tuple, branch: Branch, target: Target, listener: Listener) -> None:
+    def __init__(self, tx: Any, key: tuple, branch: Branch | None, target: Target,
+                 listener: Listener) -> None:
         super().__init__(tx, key)
-        self.branch = branch
+        self.branch = branch  # None: a request of the proxy's own (LocalTx)
         self.target = target
         self.listener = listener
         self.is_cancel = False
+
+    def pass_up(self, core: TransactionDriver, msg: Any) -> None:
+        branch = self.branch
+        if not self.is_cancel and branch is not None:
+            branch.ctx.on_response(branch, msg)
+
+    def time_out(self, core: TransactionDriver, timer: str) -> None:
+        core._timeout(self, timer)
+
+    def detach(self) -> ProxyContext | None:
+        branch = self.branch
+        if branch is None:
+            return None
+        if branch.client is self:
+            branch.client = None
+        return branch.ctx
+
+
+class LocalTx(ClientTx):
+    """A request the proxy sends on its own (proxy/core/uac.py: keep-alives,
+    probes): its first final answer, or None when none comes, fires
+    ``result``; no branch, no response context, no routing hook."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, tx: Any, key: tuple, target: Target, listener: Listener,
+                 result: Deferred[Response | None]) -> None:
+        super().__init__(tx, key, None, target, listener)
+        self.result: Deferred[Response | None] | None = result
+
+    def settle(self, resp: Response | None) -> None:
+        d, self.result = self.result, None
+        if d is not None:
+            d.callback(resp)
+
+    def pass_up(self, core: TransactionDriver, msg: Any) -> None:
+        if msg.status >= 200:
+            self.settle(msg)
+
+    def time_out(self, core: TransactionDriver, timer: str) -> None:
+        self.settle(None)
+
+    def detach(self) -> ProxyContext | None:
+        # Ended without an answer (transport error, the UAC's own timeout).
+        self.settle(None)
+        return None
 
 
 class TransactionDriver:
@@ -80,8 +143,11 @@ class TransactionDriver:
     def in_flight(self) -> int:
         """Requests still being handled: received ones not answered finally
         yet, forwarded ones waiting for their final answer."""
+        # The proxy's own requests (LocalTx: keep-alives, probes) are no
+        # work of anybody's: a drain must not wait for a dead phone's OPTIONS.
         return (sum(1 for h in self.server_txs.values() if h.alive and h.tx.state in _PENDING)
-                + sum(1 for h in self.client_txs.values() if h.alive and h.tx.state in _PENDING))
+                + sum(1 for h in self.client_txs.values()
+                      if h.alive and h.tx.state in _PENDING and h.branch is not None))
 
     def _run(self, holder: Any, actions: list[Any]) -> None:
         for action in actions:
@@ -106,14 +172,9 @@ class TransactionDriver:
                 if old is not None and old.active():
                     old.cancel()
             elif kind is PassUp:
-                if isinstance(holder, ClientTx):
-                    if not holder.is_cancel:
-                        holder.branch.ctx.on_response(holder.branch, action.msg)
-                else:
-                    # An ACK matching an accepted INVITE (RFC 2543 peer): route it.
-                    self._route(action.msg, holder.source, None)
+                holder.pass_up(self, action.msg)
             elif kind is Timeout:
-                self._timeout(holder, action.timer)
+                holder.time_out(self, action.timer)
             elif kind is Terminated:
                 self._terminate(holder)
 
@@ -133,19 +194,13 @@ class TransactionDriver:
         self._cancel_timers(holder)
         # Break the obvious cycles so reference counting frees a finished
         # call at once instead of leaving it to a full garbage collection.
-        if isinstance(holder, ServerTx):
-            ctx = holder.context
-            holder.context = None
-            holder.rctx = None
-        else:
-            ctx = holder.branch.ctx
-            if holder.branch.client is holder:
-                holder.branch.client = None
+        ctx = holder.detach()
         if ctx is not None:
             _release_if_done(ctx)
         table = self.server_txs if isinstance(holder, ServerTx) else self.client_txs
-        if table.get(holder.key) is holder:
-            del table[holder.key]
+        key = holder.key
+        if table.get(key) is holder:
+            del table[key]
 
     # Provided by ProxyCore.
     def _wire_response(self, holder: ServerTx, data: bytes) -> None:

@@ -2,46 +2,51 @@
 nathelper ``natping``): without traffic the NAT forgets the phone's mapping
 and calls to it stop arriving.
 
+A feature module (issue 13): ``SPEC`` sets it up while ``[nat]
+keepalive_interval`` is above 0 (a run-time switch: ``cfg set`` to 0 stops
+it, back above 0 sets it up again), and it provides NATPING.
+
 Each proxy node pings only the bindings its own listeners took, so nodes
 sharing a Redis store do not ping the same phone twice. With OPTIONS
 (``[features] natsipping``, nathelper's ``sipping``) an unanswered binding is
 removed after ``[nat] keepalive_timeout``; CRLF pings get no answer over UDP
 to check. Both are read from ``core.config`` at each ping, so a run-time
-change of the switch takes effect on the next round.
+change of the switch takes effect on the next round. OPTIONS go through the
+core's local UAC (``core.uac``), sent once each; CRLF pings straight through
+``core.net``.
 """
 
 from __future__ import annotations
 
-import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
-from sipsuite.hosts import bracket
 from sipsuite.log import get_logger
+from sipsuite.proxy.api import ServiceKey
 from sipsuite.proxy.registrar.location import Binding, StoreUnavailable
 from sipsuite.proxy.routing.base import parse_address
+from sipsuite.proxy.services import LOCATION, NATPING, REGISTRAR
 
 if TYPE_CHECKING:
-    from sipsuite.config import NatConfig
-    from sipsuite.proxy.core.proxy import ProxyCore
+    from sipsuite.config import Config
+    from sipsuite.proxy.api import CoreAPI
     from sipsuite.sip.message import Response
+
+__all__ = ["SPEC", "NatPing", "NatPingSpec"]
 
 log = get_logger("sipsuite.proxy.keepalive")
 
-#: Branch prefix of keep-alive OPTIONS: their answers belong to no transaction.
-KEEPALIVE_BRANCH = "z9hG4bKspska"
+CRLF_PING = b"\r\n\r\n"
 
 
-class NatKeepalive:
-    def __init__(self, core: ProxyCore, cfg: NatConfig, clock: Any) -> None:
+class NatPing:
+    name: ClassVar[str] = "natping"
+
+    def __init__(self, core: CoreAPI) -> None:
         self.core = core
-        self.cfg = cfg
-        self.clock = clock  # wall clock (time.time): bindings' times are epoch seconds
         self.loop: task.LoopingCall | None = None
-        # branch -> (aor, contact) of an OPTIONS in flight
-        self.pending: dict[str, tuple[str, str]] = {}
         # (aor, contact) -> epoch of the last answer to an OPTIONS
         self.answered: dict[tuple[str, str], float] = {}
         self.sent = 0
@@ -57,23 +62,47 @@ class NatKeepalive:
         # which finds those stored before this process started (the store's
         # NAT index: a restart does not read every AOR either).
         self.tracked: set[str] | None = None
+        self.stopped = False
 
+    # -- api.Module ------------------------------------------------------------------
     def track(self, aor: str) -> None:
-        if self.tracked is not None:
+        """The registrar stored a NAT'ed binding of ``aor`` (NatPingService)."""
+        if self.tracked is not None and not self.stopped:
             self.tracked.add(aor)
 
     def start(self) -> None:
-        if self.cfg.keepalive_interval <= 0:
+        interval = self.core.config.nat.keepalive_interval
+        if interval <= 0:
             return
         self.loop = task.LoopingCall(self._tick)
         self.loop.clock = self.core.clock
-        self.loop.start(self.cfg.keepalive_interval, now=False).addErrback(
+        self.loop.start(interval, now=False).addErrback(
             lambda f: log.failure("keep-alive loop stopped", f))
 
-    def stop(self) -> None:
+    def _stop_loop(self) -> None:
         if self.loop is not None and self.loop.running:
             self.loop.stop()
+        self.loop = None
 
+    def reconfigure(self, old: Config, new: Config) -> None:
+        running = self.loop is not None and self.loop.running
+        if new.nat.keepalive_interval != old.nat.keepalive_interval and (
+                running or self.core.net.listeners):
+            # The LoopingCall took the interval when it started.
+            self._stop_loop()
+            self.start()
+
+    def stats(self) -> dict[str, object]:
+        return {"sent": self.sent, "removed": self.removed}
+
+    def stop(self) -> None:
+        self._stop_loop()
+        # Switched off at run time: the registrar may still hold track();
+        # it must not grow a set nobody reads.
+        self.stopped = True
+        self.tracked = None
+
+    # -- rounds ----------------------------------------------------------------------
     def _tick(self) -> Any:
         if self.running:  # the previous round still waits on the store
             return None
@@ -86,11 +115,16 @@ class NatKeepalive:
     def _done(self, _: Any) -> None:
         self.running = False
 
+    def _store(self) -> Any:
+        # The location store: a core attribute until the usrloc step makes
+        # it the LOCATION service of a module.
+        store = self.core.modules.get(LOCATION)
+        return store if store is not None else getattr(self.core, "location")  # noqa: B009
+
     async def round(self) -> None:
-        store = self.core.location
-        mine = {repr(listener) for listener in self.core.transport.all_listeners()}
-        now = self.clock()
-        self.pending.clear()
+        store = self._store()
+        net = self.core.net
+        now = self.core.wall()
         try:
             if self.tracked is None:
                 aors = await store.nat_aors()
@@ -100,7 +134,7 @@ class NatKeepalive:
             seen: set[tuple[str, str]] = set()
             for aor in aors:
                 ours = [b for b in await store.lookup(aor) if b.nat and b.received
-                        and (b.socket in mine or self.core.transport.listener_named(b.socket or ""))]
+                        and net.listener_named(b.socket or "") is not None]
                 if not ours:
                     self.tracked.discard(aor)
                     continue
@@ -117,21 +151,22 @@ class NatKeepalive:
         dst = parse_address(b.received or "")
         if dst is None:
             return
+        net = self.core.net
         # From the address the phone registered to: its NAT maps only that one.
-        listener = self.core.transport.listener_named(b.socket or "")
+        listener = net.listener_named(b.socket or "")
         if listener is None or listener.transport != dst.transport:
-            listener = self.core.transport.pick_listener(dst.transport, dst.host, None)
+            listener = net.pick_listener(dst.transport, dst.host, None)
         if listener is None:
             return
         config = self.core.config
         if not config.features.natsipping:
             self.options_since = None
             if dst.transport == "udp":
-                self.core.transport.send(b"\r\n\r\n", "udp", dst.host, dst.port, listener)
+                net.send(CRLF_PING, "udp", dst.host, dst.port, listener)
             else:
-                conn = self.core.transport.connections.get((dst.host, dst.port))
-                if conn is not None and not conn.closed:
-                    conn.send(b"\r\n\r\n")
+                conn = net.connection_to(dst.host, dst.port)
+                if conn is not None:
+                    conn.send(CRLF_PING)
             self.sent += 1
             return
         if self.options_since is None:
@@ -141,32 +176,53 @@ class NatKeepalive:
         if now - last > config.nat.keepalive_timeout:
             log.info("removing {c} of {aor}: no answer to keep-alives for {t:.0f} s",
                      c=b.contact, aor=aor, t=now - last)
-            await self.core.location.remove(aor, b.contact)
+            await self._store().remove(aor, b.contact)
             self.answered.pop(key, None)
             self.removed += 1
             return
-        if dst.transport != "udp":
-            conn = self.core.transport.connections.get((dst.host, dst.port))
-            if conn is None or conn.closed:
-                return  # never open a connection to a NAT'ed phone: it cannot be reached
-        branch = KEEPALIVE_BRANCH + secrets.token_hex(8)
-        self.pending[branch] = key
-        sent_by = listener.sent_by()
-        data = (
-            f"OPTIONS {b.contact} SIP/2.0\r\n"
-            f"Via: {listener.via(branch)}\r\n"
-            f"Max-Forwards: 70\r\n"
-            f"From: <sip:keepalive@{sent_by}>;tag={secrets.token_hex(4)}\r\n"
-            f"To: <{b.contact}>\r\n"
-            f"Call-ID: {branch}@{bracket(listener.advertise)}\r\n"
-            f"CSeq: 1 OPTIONS\r\n"
-            f"Content-Length: 0\r\n\r\n"
-        ).encode("utf-8", "surrogateescape")
-        self.core.transport.send(data, dst.transport, dst.host, dst.port, listener)
+        if dst.transport != "udp" and net.connection_to(dst.host, dst.port) is None:
+            return  # never open a connection to a NAT'ed phone: it cannot be reached
+        d = self.core.uac.request(
+            "OPTIONS", b.contact, dst, listener=listener,
+            from_uri=f"sip:keepalive@{listener.sent_by()}", timeout=config.nat.keepalive_interval,
+            retransmit=False, connect=False)
+        d.addCallback(self._answered, key)
         self.sent += 1
 
-    def response(self, resp: Response) -> None:
+    def _answered(self, resp: Response | None, key: tuple[str, str]) -> None:
         """Any answer, even 404 or 501, shows the phone and its NAT mapping are alive."""
-        key = self.pending.pop(resp.top_via.branch or "", None)
-        if key is not None:
-            self.answered[key] = self.clock()
+        if resp is not None:
+            self.answered[key] = self.core.wall()
+
+
+def _subscribe(core: CoreAPI, ping: NatPing) -> None:
+    """Have the registrar tell ``ping`` of each NAT'ed binding it stores:
+    through the REGISTRAR service once the registrar is a module, else the
+    registrar's ``on_nat`` slot (a core attribute until then)."""
+    registrar: Any = core.modules.get(REGISTRAR)
+    if registrar is not None and hasattr(registrar, "on_nat_binding"):
+        registrar.on_nat_binding(ping.track)
+        return
+    legacy = getattr(core, "registrar", None)
+    if legacy is not None:
+        legacy.on_nat = ping.track
+
+
+class NatPingSpec:
+    """``[nat] keepalive_interval`` above 0: a run-time switch."""
+
+    name = "natping"
+    requires: tuple[ServiceKey[Any], ...] = ()
+    runtime_switch = True
+
+    def enabled(self, config: Config) -> bool:
+        return config.nat.keepalive_interval > 0
+
+    def setup(self, core: CoreAPI, config: Config) -> NatPing:
+        ping = NatPing(core)
+        _subscribe(core, ping)
+        core.modules.provide(NATPING, ping)
+        return ping
+
+
+SPEC = NatPingSpec()

@@ -159,9 +159,7 @@ class LoadBalancer(Prober):
     name: ClassVar[str] = "dispatcher"
 
     def __init__(self, core: CoreAPI, clock: Any = None) -> None:
-        # The prober (probe.py) still sends through the core's resolver and
-        # transport, which a module's core passes through.
-        self.core = core  # type: ignore[assignment]
+        self.core = core
         self.clock = clock if clock is not None else core.clock
         self.sets: dict[int, list[DsDestination]] = {}
         self.by_uri: dict[str, list[DsDestination]] = {}

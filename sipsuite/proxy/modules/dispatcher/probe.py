@@ -1,59 +1,54 @@
 """OPTIONS probing of dispatcher destinations (ds_ping_interval): the
-part of :class:`sipsuite.proxy.modules.dispatcher.dispatcher.Dispatcher` that sends probes
+part of :class:`sipsuite.proxy.modules.dispatcher.dispatcher.LoadBalancer` that sends probes
 and weighs their answers.
 
-Probes go out through the proxy's own listeners like the NAT keep-alives
-(modules/natping.py): raw requests with a branch prefix of their own, their
-answers picked out by it in ``ProxyCore.receive_response``. Over UDP a
-probe is retransmitted like any non-INVITE request (T1 doubling up to T2)
+Probes go out through the core's local UAC (``core.uac``, proxy/core/uac.py)
+after the same RFC 3263 resolution a call to the destination takes
+(``core.resolve``): a client transaction of the core, so over UDP a probe is
+retransmitted like any non-INVITE request (T1 doubling up to T2, ``[timers]``)
 until it is answered or ``probe_timeout`` passes.
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import TYPE_CHECKING, Any
 
-from sipsuite.hosts import bracket
 from sipsuite.log import get_logger
-from sipsuite.proxy.net.resolver import Target
+from sipsuite.proxy.api import UAC_BRANCH
 
 if TYPE_CHECKING:
     from sipsuite.config import DispatcherConfig
-    from sipsuite.proxy.core.proxy import ProxyCore
+    from sipsuite.proxy.api import CoreAPI
     from sipsuite.proxy.modules.dispatcher.dispatcher import DsDestination
-    from sipsuite.proxy.net.listener import Listener
+    from sipsuite.proxy.net.resolver import Target
     from sipsuite.sip.message import Response
     from sipsuite.sip.uri import URI
 
 log = get_logger("sipsuite.proxy.dispatcher")
 
-#: Branch prefix of probe OPTIONS: their answers belong to no transaction.
-PROBE_BRANCH = "z9hG4bKspsds"
+#: Branch prefix of probe OPTIONS: the local UAC's.
+PROBE_BRANCH = UAC_BRANCH
 
 
 class _Probe:
-    __slots__ = ("uri", "branch", "data", "target", "listener", "interval", "retrans", "timeout")
+    """One destination URI's probe in flight."""
+
+    __slots__ = ("uri", "timeout", "sending")
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.branch = PROBE_BRANCH + secrets.token_hex(8)
-        self.data = b""
-        self.target: Target | None = None
-        self.listener: Listener | None = None
-        self.interval = 0.0
-        self.retrans: Any = None
-        self.timeout: Any = None
+        self.timeout: Any = None  # probe_timeout from the start, resolution included
+        self.sending = False  # inside uac.request: a None now is a failed send
 
 
 class Prober:
-    """Probing for the Dispatcher, which provides the attributes below."""
+    """Probing for the LoadBalancer, which provides the attributes below;
+    uses nothing of the core but api.CoreAPI (resolve, net, uac, stats)."""
 
-    core: ProxyCore
+    core: CoreAPI
     clock: Any
     by_uri: dict[str, list[DsDestination]]
     inflight: dict[str, _Probe]  # by URI
-    branches: dict[str, _Probe]  # by Via branch
     timer: Any
 
     @property
@@ -73,7 +68,6 @@ class Prober:
         for probe in list(self.inflight.values()):
             self._cancel_probe(probe)
         self.inflight.clear()
-        self.branches.clear()
 
     def _schedule(self) -> None:
         interval = self.cfg.probe_interval
@@ -101,18 +95,14 @@ class Prober:
         self.inflight[uri] = probe
         probe.timeout = self.clock.callLater(self.cfg.probe_timeout, self._finish, probe, False,
                                              "timeout")
-        host = parsed.params.get("maddr") or parsed.host
-        d = self.core.resolver.resolve(host, parsed.port, parsed.transport,
-                                       parsed.scheme == "sips")
-        d.addCallback(self._send_probe, probe)
-        d.addErrback(lambda f: self._finish(probe, False, f"cannot resolve: {f.getErrorMessage()}"))
+        self.core.resolve(parsed).addCallback(self._send_probe, probe)
 
     def _send_probe(self, targets: list[Target], probe: _Probe) -> None:
         if self.inflight.get(probe.uri) is not probe:
             return  # timed out (or stopped) while resolving
-        transport = self.core.transport
+        net = self.core.net
         for target in targets:
-            listener = transport.pick_listener(target.transport, target.host, None)
+            listener = net.pick_listener(target.transport, target.host, None)
             if listener is not None:
                 break
         else:
@@ -120,61 +110,33 @@ class Prober:
                          "cannot resolve")
             return
         cfg = self.cfg
-        probe.data = (
-            f"OPTIONS {probe.uri} SIP/2.0\r\n"
-            f"Via: {listener.via(probe.branch, rport=True)}\r\n"
-            f"Max-Forwards: 70\r\n"
-            f"From: <{cfg.probe_from}>;tag={secrets.token_hex(4)}\r\n"
-            f"To: <{probe.uri}>\r\n"
-            f"Call-ID: {probe.branch[len(PROBE_BRANCH):]}@{bracket(listener.advertise)}\r\n"
-            f"CSeq: 1 OPTIONS\r\n"
-            f"Content-Length: 0\r\n\r\n"
-        ).encode("utf-8", "surrogateescape")
-        probe.target, probe.listener = target, listener
-        self.branches[probe.branch] = probe
-        self.core.count("dispatcher.probes")
-        if not transport.send(probe.data, target.transport, target.host, target.port, listener,
-                              target.name):
-            self._finish(probe, False, "send failed")
-            return
-        if target.transport == "udp":
-            # Non-INVITE retransmissions (RFC 3261 17.1.2.2): T1 doubling up to T2.
-            probe.interval = self.core.config.timers.t1
-            probe.retrans = self.clock.callLater(probe.interval, self._retransmit, probe)
+        self.core.stats.count("dispatcher.probes")
+        # What is left of probe_timeout after the resolution.
+        left = max(probe.timeout.getTime() - self.clock.seconds(), 0.0)
+        probe.sending = True
+        d = self.core.uac.request("OPTIONS", probe.uri, target, listener=listener,
+                                  from_uri=cfg.probe_from, timeout=left, rport=True)
+        d.addCallback(self._answer, probe)  # at once if the send failed
+        probe.sending = False
 
-    def _retransmit(self, probe: _Probe) -> None:
-        target, listener = probe.target, probe.listener
-        if self.branches.get(probe.branch) is not probe or target is None or listener is None:
+    def _answer(self, resp: Response | None, probe: _Probe) -> None:
+        if resp is None:
+            self._finish(probe, False, "send failed" if probe.sending else "timeout")
             return
-        self.core.transport.send(probe.data, target.transport, target.host, target.port, listener)
-        probe.interval = min(probe.interval * 2, self.core.config.timers.t2)
-        probe.retrans = self.clock.callLater(probe.interval, self._retransmit, probe)
-
-    def probe_response(self, resp: Response) -> bool:
-        """An answer with a probe's branch; False when it is not one (the core goes on)."""
-        branch = resp.top_via.branch or ""
-        if not branch.startswith(PROBE_BRANCH):
-            return False
-        probe = self.branches.get(branch)
-        if probe is not None and resp.status >= 200:
-            cfg = self.cfg
-            ok = 200 <= resp.status < 300 or resp.status in cfg.probe_reply_codes
-            self._finish(probe, ok, f"{resp.status} {resp.reason}".strip())
-        return True
+        ok = 200 <= resp.status < 300 or resp.status in self.cfg.probe_reply_codes
+        self._finish(probe, ok, f"{resp.status} {resp.reason}".strip())
 
     def _cancel_probe(self, probe: _Probe) -> None:
-        for call in (probe.retrans, probe.timeout):
-            if call is not None and call.active():
-                call.cancel()
-        probe.retrans = probe.timeout = None
+        if probe.timeout is not None and probe.timeout.active():
+            probe.timeout.cancel()
+        probe.timeout = None
 
     def _finish(self, probe: _Probe, ok: bool, why: str) -> None:
         if self.inflight.get(probe.uri) is not probe:
             return
         self._cancel_probe(probe)
         del self.inflight[probe.uri]
-        self.branches.pop(probe.branch, None)
         if not ok:
-            self.core.count("dispatcher.probe_failures")
+            self.core.stats.count("dispatcher.probe_failures")
         for d in self.by_uri.get(probe.uri, []):
             self._result(d, ok, why, probe=True)

@@ -1,0 +1,84 @@
+"""The load balancer's prober on a FakeCore: probes go out as
+core.uac.request() after core.resolve(), and the FakeUAC's Deferreds, fired
+by the test, are the answers (the wire side is test_dispatcher.py's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fakecore import FakeCore
+from proxykit import request
+
+from sipsuite.config import load_config
+from sipsuite.proxy.modules.dispatcher.dispatcher import SPEC, LoadBalancer
+from sipsuite.proxy.net.listener import Listener
+from sipsuite.proxy.net.resolver import Target
+from sipsuite.proxy.services import DISPATCHER
+from sipsuite.sip.message import make_response, parse_datagram
+
+GW = ["sip:127.0.0.11:5060", "sip:gw.example.org"]
+UDP = Listener("udp", "127.0.0.1", 5060, "127.0.0.1")
+
+
+def make(tmp_path: Path) -> tuple[FakeCore, LoadBalancer]:
+    path = tmp_path / "c.toml"
+    path.write_text('[management]\nlisten = ""\n[dispatcher]\nprobe_interval = 10.0\n'
+                    'probe_timeout = 2.0\nprobe_failures = 1\nprobe_from = "sip:ping@lb.test"\n'
+                    '[dispatcher.sets]\n1 = [' + ", ".join(f'"{u}"' for u in GW) + "]\n")
+    core = FakeCore(load_config(str(path)))
+    core.net.listeners.append(UDP)
+    core.dns["gw.example.org"] = [Target("udp", "127.0.0.12", 5070)]
+    core.modules.setup_all([SPEC], core.config)
+    ds = core.modules.get(DISPATCHER)
+    assert isinstance(ds, LoadBalancer)
+    core.modules.start()
+    return core, ds
+
+
+def status(ds: LoadBalancer) -> dict[str, tuple[str, str | None]]:
+    return {d["uri"]: (d["state"], d["last_probe"]) for d in ds.dump()[0]["destinations"]}
+
+
+def test_probes_are_uac_requests_after_resolution(tmp_path: Path) -> None:
+    core, ds = make(tmp_path)
+    core.clock.advance(10.0)
+    sent = {r.uri: r for r in core.uac.requests}
+    assert sorted(sent) == sorted(GW)
+    ip, named = sent[GW[0]], sent[GW[1]]
+    assert (ip.method, ip.target) == ("OPTIONS", Target("udp", "127.0.0.11", 5060))
+    assert named.target == Target("udp", "127.0.0.12", 5070)
+    assert ip.options == {"listener": UDP, "from_uri": "sip:ping@lb.test", "timeout": 2.0,
+                          "rport": True}
+    assert core.stats["dispatcher.probes"] == 2
+    # Any 2xx (or a probe_reply_codes one) keeps it up; None (no answer) takes it down.
+    ok = make_response(parse_datagram(request("OPTIONS", GW[0])), 200, "OK")
+    ip.result.callback(ok)
+    named.result.callback(None)
+    assert status(ds) == {GW[0]: ("active", "200 OK"), GW[1]: ("inactive", "timeout")}
+    assert core.stats["dispatcher.probe_failures"] == 1
+
+
+def test_a_probe_in_flight_is_not_doubled_and_stop_forgets_it(tmp_path: Path) -> None:
+    core, ds = make(tmp_path)
+    core.clock.advance(10.0)
+    core.clock.advance(1.0)
+    assert len(core.uac.requests) == 2
+    core.clock.advance(1.0)  # probe_timeout: both time out on the prober's own clock
+    assert {s for s, _ in status(ds).values()} == {"inactive"}
+    core.clock.advance(8.0)
+    assert len(core.uac.requests) == 4
+    ds.stop()
+    for r in core.uac.requests[2:]:
+        r.result.callback(None)  # late: ignored
+    assert {w for _, w in status(ds).values()} == {"timeout"}
+    assert core.stats["dispatcher.probe_failures"] == 2
+
+
+def test_nothing_to_send_to(tmp_path: Path) -> None:
+    core, ds = make(tmp_path)
+    core.net.listeners.clear()
+    core.dns["gw.example.org"] = []
+    core.clock.advance(10.0)
+    assert core.uac.requests == []
+    assert status(ds) == {GW[0]: ("inactive", "no address or no listener for it"),
+                          GW[1]: ("inactive", "cannot resolve")}
