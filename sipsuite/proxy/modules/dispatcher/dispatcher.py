@@ -39,10 +39,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from sipsuite.config.values import DispatcherEntry
 from sipsuite.hosts import is_ip, unbracket
 from sipsuite.log import get_logger
+from sipsuite.ops.errors import NO_SUCH_ENTRY as NO_DESTINATION
+from sipsuite.ops.errors import NOT_IN_USE as NO_DISPATCHER
+from sipsuite.ops.errors import REFUSED as LIST_REFUSED
 from sipsuite.proxy.modules.dispatcher.lists import (
     FLAG_DISABLED,
     FLAG_INACTIVE,
     FLAG_PROBING,
+    DsState,
     ListError,
     algorithm_number,
     candidates,
@@ -73,13 +77,13 @@ FAILOVER = frozenset({408, *range(500, 700)})
 #: Most calls counted at once for algorithm 10; the oldest go first past it.
 MAX_CALLS = 100_000
 
-STATES = ("active", "inactive", "disabled")
+STATES = tuple(DsState)
+_A, _I, _D = DsState.ACTIVE, DsState.INACTIVE, DsState.DISABLED
 # set_state words (ours and kamcmd's letters) -> (state, probing flag or None: keep)
-_STATE_WORDS: dict[str, tuple[str, bool | None]] = {
-    "active": ("active", None), "a": ("active", False), "ap": ("active", True),
-    "inactive": ("inactive", None), "i": ("inactive", False),
-    "probing": ("inactive", True), "ip": ("inactive", True), "p": ("inactive", True),
-    "disabled": ("disabled", None), "d": ("disabled", False), "dp": ("disabled", True),
+_STATE_WORDS: dict[str, tuple[DsState, bool | None]] = {
+    "active": (_A, None), "a": (_A, False), "ap": (_A, True),
+    "inactive": (_I, None), "i": (_I, False), "probing": (_I, True), "ip": (_I, True),
+    "p": (_I, True), "disabled": (_D, None), "d": (_D, False), "dp": (_D, True),
 }
 
 
@@ -108,8 +112,8 @@ class DsDestination:
         self.maxload = int(entry.attr("maxload") or 0)
         self.duid = entry.attr("duid") or ""
         flags = entry.flags
-        self.state = ("disabled" if flags & FLAG_DISABLED else
-                      "inactive" if flags & FLAG_INACTIVE else "active")
+        self.state = (DsState.DISABLED if flags & FLAG_DISABLED else
+                      DsState.INACTIVE if flags & FLAG_INACTIVE else DsState.ACTIVE)
         self.probing = bool(flags & FLAG_PROBING)
         self.failures = 0  # consecutive
         self.successes = 0  # consecutive, while inactive
@@ -119,7 +123,7 @@ class DsDestination:
 
     @property
     def usable(self) -> bool:
-        return self.state == "active"
+        return self.state == DsState.ACTIVE
 
     def take_state(self, old: DsDestination) -> None:
         """Keep the run-time state of the same destination before a reload."""
@@ -128,8 +132,8 @@ class DsDestination:
         self.last_probe, self.last_probe_at = old.last_probe, old.last_probe_at
 
     def flags(self, mode: str) -> str:
-        first = {"active": "T" if self.failures else "A", "inactive": "I", "disabled": "D"}[self.state]
-        probed = self.state != "disabled" and (self.probing or mode == "all")
+        first = {_A: "T" if self.failures else "A", _I: "I", _D: "D"}[self.state]
+        probed = self.state != DsState.DISABLED and (self.probing or mode == "all")
         return first + ("P" if probed else "X")
 
     def __repr__(self) -> str:
@@ -167,7 +171,6 @@ class LoadBalancer(Prober):
         # Call-ID -> (destination, when): the calls algorithm 10 counts.
         self.calls: dict[str, tuple[DsDestination, float]] = {}
         self.inflight: dict[str, _Probe] = {}  # by URI
-        self.branches: dict[str, _Probe] = {}  # by Via branch
         self.timer: Any = None
         # SPEC.setup registered response_in: on_reply has nothing left to do.
         self.hooked = False
@@ -457,15 +460,15 @@ class LoadBalancer(Prober):
         if probe:
             d.last_probe = why
             d.last_probe_at = self.clock.seconds()
-        if d.state == "disabled":
+        if d.state == DsState.DISABLED:
             return
         if ok:
             d.failures = 0
-            if d.state != "inactive":
+            if d.state != DsState.INACTIVE:
                 return
             d.successes += 1
             if d.successes >= cfg.probe_successes:
-                d.state = "active"
+                d.state = DsState.ACTIVE
                 d.successes = 0
                 if cfg.probe_mode == "inactive":
                     d.probing = False
@@ -473,11 +476,11 @@ class LoadBalancer(Prober):
                          w=why)
             return
         d.successes = 0
-        if d.state != "active":
+        if d.state != DsState.ACTIVE:
             return
         d.failures += 1
         if d.failures >= cfg.probe_failures:
-            d.state = "inactive"
+            d.state = DsState.INACTIVE
             d.probing = True
             log.warn("dispatcher: {u} in set {s} marked inactive after {n} failure(s) ({w})",
                      u=d.uri, s=d.setid, n=d.failures, w=why)
@@ -534,9 +537,6 @@ class DispatcherSpec:
 SPEC = DispatcherSpec()
 
 
-from sipsuite.ops.errors import NO_SUCH_ENTRY as NO_DESTINATION  # noqa: E402 - codes from the one table
-from sipsuite.ops.errors import NOT_IN_USE as NO_DISPATCHER  # noqa: E402 - codes from the one table
-from sipsuite.ops.errors import REFUSED as LIST_REFUSED  # noqa: E402 - codes from the one table
 
 
 def register_dispatcher_methods(registry: RpcRegistry, core: CoreAPI) -> None:

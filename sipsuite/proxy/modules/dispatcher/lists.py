@@ -7,9 +7,19 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Protocol
 
 from sipsuite.config.values import DispatcherEntry, parse_dispatcher_entry
+
+
+class DsState(StrEnum):
+    """A destination's state, as ``dispatcher.list`` shows it (a StrEnum: it
+    still equals, and serialises as, its word)."""
+
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    DISABLED = "disabled"
 
 __all__ = [
     "ALGORITHMS",

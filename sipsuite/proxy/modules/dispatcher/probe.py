@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sipsuite.log import get_logger
 from sipsuite.proxy.api import UAC_BRANCH
+from sipsuite.proxy.modules.dispatcher.lists import DsState
 
 if TYPE_CHECKING:
     from sipsuite.config import DispatcherConfig
@@ -87,7 +88,7 @@ class Prober:
         for uri, dests in list(self.by_uri.items()):
             if uri in self.inflight:
                 continue  # the last probe still waits for its answer
-            if any(d.state != "disabled" and (mode == "all" or d.probing) for d in dests):
+            if any(d.state != DsState.DISABLED and (mode == "all" or d.probing) for d in dests):
                 self._probe(uri, dests[0].parsed)
 
     def _probe(self, uri: str, parsed: URI) -> None:
