@@ -20,7 +20,7 @@ from twisted.internet import defer
 from twisted.web import resource, server
 
 from sipsuite.log import get_logger
-from sipsuite.proxy.registrar.location import StoreUnavailable
+from sipsuite.proxy.registrar.bindings import StoreUnavailable
 
 if TYPE_CHECKING:
     from sipsuite.ops.server import RpcRegistry

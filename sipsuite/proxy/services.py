@@ -21,7 +21,7 @@ from sipsuite.proxy.api import ServiceKey
 if TYPE_CHECKING:
     from sipsuite.proxy.net.listener import Source
     from sipsuite.proxy.net.resolver import Target
-    from sipsuite.proxy.registrar.location import Binding
+    from sipsuite.proxy.registrar.bindings import Binding
     from sipsuite.proxy.routing.base import Destination, RequestContext
     from sipsuite.sip.message import Request, Response
 

@@ -30,7 +30,7 @@ from sipsuite.log import get_logger
 from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.net.stream import SIPStreamProtocol
-from sipsuite.proxy.registrar.location import Binding, StoreUnavailable
+from sipsuite.proxy.registrar.bindings import Binding, StoreUnavailable
 from sipsuite.proxy.routing.base import DIALOG_CREATING, Destination, parse_address
 from sipsuite.sip.uri import URI
 

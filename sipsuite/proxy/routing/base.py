@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sipsuite.hosts import unbracket
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.resolver import Target
-from sipsuite.proxy.registrar.location import Binding
+from sipsuite.proxy.registrar.bindings import Binding
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.uri import URI
 

@@ -15,7 +15,7 @@ from sipsuite.proxy.modules.nat import (
     parse_sdp,
     signalling_nat,
 )
-from sipsuite.proxy.registrar.location import Binding, StoreUnavailable
+from sipsuite.proxy.registrar.bindings import Binding, StoreUnavailable
 from sipsuite.proxy.routing.base import DIALOG_CREATING, Destination, RequestContext, Routing
 from sipsuite.proxy.routing.features import FeatureRoutes
 from sipsuite.sip.message import Response
