@@ -384,8 +384,9 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             self._reply_tx(holder, req, 503, "Service Unavailable", [("Retry-After", str(wait))])
             return
         flow = self.flows.route_flow(req)
-        loose = self._preprocess_routes(req)
+        loose, removed = self._preprocess_routes(req)
         rctx = RequestContext(self, req, source, loose, holder.call if holder is not None else None)
+        rctx.removed_routes = removed
         if holder is not None:
             holder.rctx = rctx
             rctx.tx_key = holder.key
@@ -394,6 +395,16 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             # part) routed this to a phone's flow we hold (RFC 5626 5.3).
             self.flows.forward(rctx, flow)
             return
+        for owner, hook in self.hooks.request_received:
+            # A module may take the request before the script (outbound's
+            # flow forwarding); one that raises is answered like the script.
+            try:
+                hook(rctx)
+            except Exception:  # noqa: BLE001 - a module bug must not kill the proxy
+                self._routing_error(rctx, Failure(), f"{owner}.request_received")
+                return
+            if rctx.handled:
+                return
         try:
             result = self.routing.request_route(rctx)
         except Exception:  # noqa: BLE001 - a script bug must not kill the proxy
@@ -401,11 +412,12 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             return
         drive(result, lambda: self._routing_done(rctx), lambda f: self._routing_error(rctx, f))
 
-    def _routing_error(self, rctx: RequestContext, failure: Failure) -> None:
+    def _routing_error(self, rctx: RequestContext, failure: Failure,
+                       hook: str = "request_route") -> None:
         # One warning line, not a critical traceback: see hookerrors.
         status, reason, headers = answer_for(failure.value)
         answered = None if rctx.handled or rctx.request.method == "ACK" else status
-        hook_failed("request_route", rctx.request, rctx.source, failure, answered)
+        hook_failed(hook, rctx.request, rctx.source, failure, answered)
         if answered is not None:
             rctx.reply(status, reason, headers)
 

@@ -13,12 +13,14 @@ came from, and the actions a script takes (``reply``, ``relay``, ``drop``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sipsuite.hosts import unbracket
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.bindings import Binding
+from sipsuite.sip.headers import NameAddr
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.uri import URI
 
@@ -36,8 +38,8 @@ DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 class RequestContext:
     """What a routing hook sees of one incoming request and can do with it."""
 
-    __slots__ = ("core", "request", "source", "proxy_ctx", "loose_routed", "handled", "vars",
-                 "tx_key", "debug", "call")
+    __slots__ = ("core", "request", "source", "proxy_ctx", "loose_routed", "removed_routes",
+                 "handled", "vars", "tx_key", "debug", "call")
 
     def __init__(self, core: ProxyCore, request: Request, source: Any, loose_routed: bool,
                  call: CallState | None = None) -> None:
@@ -46,6 +48,9 @@ class RequestContext:
         self.source = source
         # A Route header naming this proxy was removed (Kamailio's loose_route()).
         self.loose_routed = loose_routed
+        # The Route entries naming this proxy that 16.4 removed (top first):
+        # what our own Route carried, e.g. outbound's flow token.
+        self.removed_routes: Sequence[NameAddr] = ()
         self.proxy_ctx: ProxyContext | None = None
         self.handled = False
         # The user's own variables (a script's $var/$avp); nothing built in uses it.
