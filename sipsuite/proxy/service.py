@@ -22,6 +22,7 @@ from sipsuite.proxy.modules.dispatcher.dispatcher import (
     attach_dispatcher,
     register_dispatcher_methods,
 )
+from sipsuite.proxy.registrar import outbound, registrar
 from sipsuite.proxy.registrar.location import MemoryLocationStore, MemorySubscriberStore
 from sipsuite.tlsctx import attach_tls, register_tls_methods
 
@@ -29,7 +30,7 @@ log = get_logger("sipsuite.proxy.service")
 
 #: The feature modules converted to the module interface (issue 13), in
 #: set-up order; the core's registry stops them in reverse.
-BUILTIN_MODULES = (accounting.SPEC,)
+BUILTIN_MODULES = (outbound.SPEC, registrar.SPEC, accounting.SPEC)
 
 
 class ProxyService(service.Service):

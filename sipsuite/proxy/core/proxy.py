@@ -53,8 +53,6 @@ from sipsuite.proxy.registrar.location import (
     SubscriberStore,
     current,
 )
-from sipsuite.proxy.registrar.outbound import Flows
-from sipsuite.proxy.registrar.registrar import Registrar
 from sipsuite.proxy.routing.base import Destination, RequestContext, Routing
 from sipsuite.proxy.routing.driver import drive
 from sipsuite.proxy.routing.loader import make_routing
@@ -145,14 +143,9 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         # [location.static] entries live beside the store, never in it: they
         # are config, and must not be written to a Redis that other nodes share.
         self.static = StaticLocationStore(config.location_static) if config.location_static else None
-        self.registrar = Registrar(self.location, config.registrar)
         self.auth = Authenticator(self.subscribers, config.auth,
                                   retry_after=config.registrar.retry_after)
-        self.keepalive = NatKeepalive(self, config.nat, self.registrar.clock)
-        self.flows = Flows(self, config.auth.secret)
-        self.registrar.flows = self.flows
-        self.transport.set_stun(lambda: self.config.registrar.outbound)
-        self.registrar.on_nat = self.keepalive.track
+        self.keepalive = NatKeepalive(self, config.nat, self.wall)
         self.domains = {d.lower() for d in p.domains}
         self.trusted = list(p.trusted)
         self.addresses: set[str] = set()
@@ -283,7 +276,7 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         if self.static is not None:
             fixed = await self.static.lookup(user)
             if fixed:
-                return current(fixed + found, self.registrar.clock())
+                return current(fixed + found, self.wall())
         return found
 
     def local_tag(self, key: tuple, req: Request) -> str:
@@ -383,18 +376,12 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             wait = max(1, math.ceil(self.drain_deadline - self.clock.seconds()))
             self._reply_tx(holder, req, 503, "Service Unavailable", [("Retry-After", str(wait))])
             return
-        flow = self.flows.route_flow(req)
         loose, removed = self._preprocess_routes(req)
         rctx = RequestContext(self, req, source, loose, holder.call if holder is not None else None)
         rctx.removed_routes = removed
         if holder is not None:
             holder.rctx = rctx
             rctx.tx_key = holder.key
-        if flow is not None:
-            # Our flow token in the Route: another node (or our registrar
-            # part) routed this to a phone's flow we hold (RFC 5626 5.3).
-            self.flows.forward(rctx, flow)
-            return
         for owner, hook in self.hooks.request_received:
             # A module may take the request before the script (outbound's
             # flow forwarding); one that raises is answered like the script.

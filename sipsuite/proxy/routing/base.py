@@ -20,6 +20,7 @@ from sipsuite.hosts import unbracket
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.bindings import Binding
+from sipsuite.proxy.services import REGISTRAR
 from sipsuite.sip.headers import NameAddr
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.uri import URI
@@ -94,7 +95,7 @@ class RequestContext:
     async def register(self) -> None:
         """Store the REGISTER's bindings and answer it (Kamailio's save("location"))."""
         self.handled = True
-        await self.core.registrar.register(self)
+        await self.core.modules.require(REGISTRAR).save(self)
 
     async def auth_check(self, user: str, *, proxy: bool) -> bool:
         """Kamailio's auth_check: True when the request has valid digest

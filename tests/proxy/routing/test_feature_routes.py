@@ -14,11 +14,14 @@ from twisted.logger import globalLogPublisher
 
 from sipsuite.config import Config, load_config
 from sipsuite.config.values import Invalid, host_or_empty, regex
+from sipsuite.proxy.core.hooks import HookPoints
+from sipsuite.proxy.core.modules import ModuleRegistry
 from sipsuite.proxy.registrar.location import Binding
 from sipsuite.proxy.registrar.outbound import Flows
 from sipsuite.proxy.routing.base import RequestContext
 from sipsuite.proxy.routing.default import DefaultRouting
 from sipsuite.proxy.routing.features import pstn_number, target_uri
+from sipsuite.proxy.services import FLOWS
 from sipsuite.sip.message import make_response, parse_datagram
 
 PATTERN = r"^(\+|00)[1-9][0-9]{3,20}$"
@@ -34,7 +37,9 @@ class FakeCore:
         self.trusted_hosts: set[str] = set()
         self.replies: list[tuple[int, str | None]] = []
         self.relays: list[list[str]] = []
-        self.flows = Flows(self, "")  # type: ignore[arg-type]
+        self.identity = self
+        self.modules = ModuleRegistry(self, HookPoints())  # type: ignore[arg-type]
+        self.modules.provide(FLOWS, Flows(self, ""))  # type: ignore[arg-type]
 
     def is_myself(self, host: str, port: int | None) -> bool:
         return host == "sipsuite.test"
