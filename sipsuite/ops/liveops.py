@@ -295,10 +295,6 @@ def apply_config(core: ProxyCore, new: Config) -> None:
     converted to modules copied at start-up, then ``core.reconfigure`` (the
     core's own sections and every module's part)."""
     old = core.config
-    auth = core.auth
-    auth.cfg = new.auth
-    auth.retry_after = str(new.registrar.retry_after)
-    auth.nonces.lifetime = new.auth.nonce_expires
     keepalive = core.keepalive
     keepalive.cfg = new.nat
     running = keepalive.loop is not None and keepalive.loop.running

@@ -16,7 +16,7 @@ from sipsuite.ops.users import register_store_methods
 from sipsuite.proxy.core.proxy import ProxyCore
 from sipsuite.proxy.media.client import RelayClient
 from sipsuite.proxy.media.manager import MediaManager
-from sipsuite.proxy.modules import accounting
+from sipsuite.proxy.modules import accounting, auth
 from sipsuite.proxy.modules.antiflood import register_flood_methods
 from sipsuite.proxy.modules.dispatcher.dispatcher import (
     attach_dispatcher,
@@ -30,7 +30,7 @@ log = get_logger("sipsuite.proxy.service")
 
 #: The feature modules converted to the module interface (issue 13), in
 #: set-up order; the core's registry stops them in reverse.
-BUILTIN_MODULES = (outbound.SPEC, registrar.SPEC, accounting.SPEC)
+BUILTIN_MODULES = (outbound.SPEC, registrar.SPEC, auth.SPEC, accounting.SPEC)
 
 
 class ProxyService(service.Service):

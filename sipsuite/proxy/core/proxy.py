@@ -33,7 +33,6 @@ from sipsuite.proxy.core.timers import TimerHeap
 from sipsuite.proxy.core.txlayer import ClientTx, ServerTx, TransactionDriver
 from sipsuite.proxy.media.manager import MediaManager
 from sipsuite.proxy.modules.antiflood import RequestGuard
-from sipsuite.proxy.modules.auth import Authenticator
 from sipsuite.proxy.modules.natping import NatKeepalive
 from sipsuite.proxy.net.addresses import (
     guess_address,
@@ -143,8 +142,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         # [location.static] entries live beside the store, never in it: they
         # are config, and must not be written to a Redis that other nodes share.
         self.static = StaticLocationStore(config.location_static) if config.location_static else None
-        self.auth = Authenticator(self.subscribers, config.auth,
-                                  retry_after=config.registrar.retry_after)
         self.keepalive = NatKeepalive(self, config.nat, self.wall)
         self.domains = {d.lower() for d in p.domains}
         self.trusted = list(p.trusted)

@@ -20,7 +20,7 @@ from sipsuite.hosts import unbracket
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.bindings import Binding
-from sipsuite.proxy.services import REGISTRAR
+from sipsuite.proxy.services import AUTH, REGISTRAR
 from sipsuite.sip.headers import NameAddr
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.uri import URI
@@ -101,13 +101,13 @@ class RequestContext:
         """Kamailio's auth_check: True when the request has valid digest
         credentials for ``user``; otherwise it has been answered (401/407
         challenge or 403) and the hook should return."""
-        ok = await self.core.auth.check(self, user, proxy=proxy)
+        ok = await self.core.modules.require(AUTH).check(self, user, proxy=proxy)
         if not ok:
             self.handled = True
         return ok
 
     def consume_credentials(self, *, proxy: bool) -> None:
-        self.core.auth.consume(self, proxy=proxy)
+        self.core.modules.require(AUTH).consume(self, proxy=proxy)
 
     def reply(self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:
         """Answer the request from here (Kamailio's sl_send_reply / t_reply)."""

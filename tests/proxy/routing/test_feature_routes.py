@@ -21,7 +21,7 @@ from sipsuite.proxy.registrar.outbound import Flows
 from sipsuite.proxy.routing.base import RequestContext
 from sipsuite.proxy.routing.default import DefaultRouting
 from sipsuite.proxy.routing.features import pstn_number, target_uri
-from sipsuite.proxy.services import FLOWS
+from sipsuite.proxy.services import AUTH, FLOWS
 from sipsuite.sip.message import make_response, parse_datagram
 
 PATTERN = r"^(\+|00)[1-9][0-9]{3,20}$"
@@ -155,7 +155,7 @@ def test_pstn_with_auth_needs_authentication_or_ipauth() -> None:
     without ipauth and goes to the gateway with it."""
     features = {"pstn": True, "auth": True}
     core = FakeCore(config(features=features, pstn=PSTN_ON["pstn"]))
-    core.auth = SimpleNamespace(check=_challenge)
+    core.modules.provide(AUTH, SimpleNamespace(check=_challenge))  # type: ignore[arg-type]
     core.trusted_hosts.add("192.0.2.5")
     route(core, invite("sip:+4930123456@sipsuite.test"))
     assert core.relays == [] and core.challenged == 1  # type: ignore[attr-defined]
