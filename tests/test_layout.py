@@ -207,11 +207,7 @@ def test_examples_use_the_public_api() -> None:
 CORE_FEATURE_IMPORTS_PENDING = frozenset({
     "sipsuite.proxy.media.manager",
     "sipsuite.proxy.modules.antiflood",
-    "sipsuite.proxy.modules.auth",
     "sipsuite.proxy.modules.natping",
-    "sipsuite.proxy.registrar.location",
-    "sipsuite.proxy.registrar.outbound",
-    "sipsuite.proxy.registrar.registrar",
 })
 FEATURE_PACKAGES = ("sipsuite.proxy.modules", "sipsuite.proxy.media", "sipsuite.proxy.registrar")
 

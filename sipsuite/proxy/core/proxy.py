@@ -43,15 +43,6 @@ from sipsuite.proxy.net.addresses import (
 from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.net.resolver import Resolver
 from sipsuite.proxy.net.transport import TransportLayer
-from sipsuite.proxy.registrar.location import (
-    Binding,
-    LocationStore,
-    MemoryLocationStore,
-    MemorySubscriberStore,
-    StaticLocationStore,
-    SubscriberStore,
-    current,
-)
 from sipsuite.proxy.routing.base import Destination, RequestContext, Routing
 from sipsuite.proxy.routing.driver import drive
 from sipsuite.proxy.routing.loader import make_routing
@@ -59,6 +50,7 @@ from sipsuite.proxy.services import (
     AUTH,
     DISPATCHER,
     FLOWS,
+    LOCATION,
     MEDIA,
     NATPING,
     REGISTRAR,
@@ -94,7 +86,7 @@ _ABSORBS_ACK = (TxState.COMPLETED, TxState.CONFIRMED)
 #: each now resolves to (see ProxyCore.__getattr__).
 _LEGACY_SERVICES: dict[str, ServiceKey[Any]] = {
     "auth": AUTH, "dispatcher": DISPATCHER, "flows": FLOWS, "keepalive": NATPING,
-    "media": MEDIA, "registrar": REGISTRAR, "subscribers": SUBSCRIBERS,
+    "location": LOCATION, "media": MEDIA, "registrar": REGISTRAR, "subscribers": SUBSCRIBERS,
 }
 
 
@@ -107,9 +99,7 @@ class StatCounters(dict[str, int]):
 
 
 class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
-    def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None,
-                 location: LocationStore | None = None,
-                 subscribers: SubscriberStore | None = None) -> None:
+    def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None) -> None:
         self.config = config
         self.clock = reactor
         # Feature modules plug in here (api.CoreAPI.hooks / .modules); the
@@ -135,13 +125,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             resolver = Resolver(reactor, timeout=p.dns_timeout, resolver=dns,
                                 transports=frozenset({"udp", "tcp", *tls}))
         self.resolver = resolver
-        self.location: LocationStore = location if location is not None else MemoryLocationStore()
-        self.subscribers: SubscriberStore = (
-            subscribers if subscribers is not None else MemorySubscriberStore()
-        )
-        # [location.static] entries live beside the store, never in it: they
-        # are config, and must not be written to a Redis that other nodes share.
-        self.static = StaticLocationStore(config.location_static) if config.location_static else None
         self.keepalive = NatKeepalive(self, config.nat, self.wall)
         self.domains = {d.lower() for d in p.domains}
         self.trusted = list(p.trusted)
@@ -267,14 +250,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             self._cancel_timers(holder)
         self.timer_heap.stop()
         return [*self.transport.stop(), *waits]
-
-    async def lookup(self, user: str) -> list[Binding]:
-        found = await self.location.lookup(user)
-        if self.static is not None:
-            fixed = await self.static.lookup(user)
-            if fixed:
-                return current(fixed + found, self.wall())
-        return found
 
     def local_tag(self, key: tuple, req: Request) -> str:
         """The To tag of our own answer to ``req``, whose server_key() is ``key``."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sipsuite.log import get_logger
 from sipsuite.proxy.registrar.bindings import StoreUnavailable
-from sipsuite.proxy.services import AUTH
+from sipsuite.proxy.services import AUTH, SUBSCRIBERS
 from sipsuite.sip import digest
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class Authenticator:
 
     @property
     def subscribers(self) -> SubscriberStore:
-        return self.core.subscribers  # type: ignore[attr-defined, no-any-return]
+        return self.core.modules.require(SUBSCRIBERS)
 
     def clock(self) -> float:
         return self.core.wall()
@@ -165,7 +165,7 @@ class AuthSpec:
     """Always set up (see the module's docstring)."""
 
     name = "auth"
-    requires: tuple[ServiceKey[Any], ...] = ()
+    requires: tuple[ServiceKey[Any], ...] = (SUBSCRIBERS,)
     runtime_switch = False
 
     def enabled(self, config: Config) -> bool:

@@ -39,7 +39,7 @@ from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.net.stream import SIPStreamProtocol
 from sipsuite.proxy.registrar.bindings import Binding, StoreUnavailable
 from sipsuite.proxy.routing.base import DIALOG_CREATING, Destination, parse_address
-from sipsuite.proxy.services import FLOWS
+from sipsuite.proxy.services import FLOWS, LOCATION
 from sipsuite.sip.uri import URI
 
 if TYPE_CHECKING:
@@ -202,8 +202,11 @@ class Flows:
                 continue
             self.failed += 1
             log.info("flow of {c} ({aor}) failed: binding removed", c=b.contact, aor=aor)
+            location = self.core.modules.get(LOCATION)
+            if location is None:
+                continue
             try:
-                await self.core.location.remove(aor, b.contact)
+                await location.remove(aor, b.contact)
             except StoreUnavailable as e:
                 log.warn("could not remove {c} of {aor}: {e}", c=b.contact, aor=aor, e=e)
         return out

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from sipsuite.hosts import unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.registrar.bindings import Binding, StoreUnavailable
-from sipsuite.proxy.services import FLOWS, REGISTRAR
+from sipsuite.proxy.services import FLOWS, LOCATION, REGISTRAR
 from sipsuite.sip.headers import split_values
 from sipsuite.sip.sdp import PRIVATE_NETWORKS
 from sipsuite.sip.uri import URI
@@ -319,7 +319,8 @@ class Registrar:
 
     @property
     def store(self) -> LocationStore:
-        return self.core.location  # type: ignore[attr-defined, no-any-return]
+        """The store of registered bindings (LOCATION's, without the static ones)."""
+        return self.core.modules.require(LOCATION).store
 
     @property
     def flows(self) -> Any:
@@ -403,7 +404,7 @@ class RegistrarSpec:
     """Always set up: REGISTER for our domains is answered here."""
 
     name = "registrar"
-    requires: tuple[ServiceKey[Any], ...] = ()
+    requires: tuple[ServiceKey[Any], ...] = (LOCATION,)
     runtime_switch = False
 
     def enabled(self, config: Config) -> bool:

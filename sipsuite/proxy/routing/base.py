@@ -20,7 +20,7 @@ from sipsuite.hosts import unbracket
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.bindings import Binding
-from sipsuite.proxy.services import AUTH, REGISTRAR
+from sipsuite.proxy.services import AUTH, LOCATION, REGISTRAR
 from sipsuite.sip.headers import NameAddr
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.uri import URI
@@ -89,7 +89,7 @@ class RequestContext:
         """The user's bindings: static ones from the config, then registered
         ones, highest q first. Raises StoreUnavailable when the store (Redis)
         cannot answer in time."""
-        return await self.core.lookup(user)
+        return await self.core.modules.require(LOCATION).lookup(user)
 
     # -- actions ---------------------------------------------------------------
     async def register(self) -> None:

@@ -21,7 +21,7 @@ from sipsuite.proxy.registrar.outbound import Flows
 from sipsuite.proxy.routing.base import RequestContext
 from sipsuite.proxy.routing.default import DefaultRouting
 from sipsuite.proxy.routing.features import pstn_number, target_uri
-from sipsuite.proxy.services import AUTH, FLOWS
+from sipsuite.proxy.services import AUTH, FLOWS, LOCATION
 from sipsuite.sip.message import make_response, parse_datagram
 
 PATTERN = r"^(\+|00)[1-9][0-9]{3,20}$"
@@ -40,6 +40,7 @@ class FakeCore:
         self.identity = self
         self.modules = ModuleRegistry(self, HookPoints())  # type: ignore[arg-type]
         self.modules.provide(FLOWS, Flows(self, ""))  # type: ignore[arg-type]
+        self.modules.provide(LOCATION, self)  # type: ignore[arg-type]
 
     def is_myself(self, host: str, port: int | None) -> bool:
         return host == "sipsuite.test"
