@@ -27,6 +27,29 @@ class FakeTx:
         self.call = CallState()
 
 
+class FakeNet:
+    """The transport as a module sees it (api.Network): listeners and
+    connections the test puts in, aliases and the STUN switch recorded."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Any] = []
+        self.connections: dict[tuple[str, int], Any] = {}
+        self.aliases: list[tuple[Any, str, int]] = []
+        self.stun: Callable[[], bool] | None = None
+
+    def listener_named(self, name: str) -> Any:
+        return next((li for li in self.listeners if repr(li) == name), None)
+
+    def connection_to(self, host: str, port: int) -> Any:
+        return self.connections.get((host, port))
+
+    def alias(self, conn: Any, host: str, port: int) -> None:
+        self.aliases.append((conn, host, port))
+
+    def set_stun(self, enabled: Callable[[], bool]) -> None:
+        self.stun = enabled
+
+
 class FakeCore:
     def __init__(self, config: Any, start: float = 1_800_000_000.0) -> None:
         self.config = config
@@ -37,6 +60,12 @@ class FakeCore:
         self.modules = ModuleRegistry(self, self.hooks)  # type: ignore[arg-type]
         self.identity = self
         self.transactions = self
+        self.net = FakeNet()
+        # (host, port) pairs is_myself() says are ours (a None port: any).
+        self.myself: set[tuple[str, int | None]] = set()
+        # What a RequestContext on this core answered or relayed to.
+        self.replies: list[tuple[int, str | None, list[tuple[str, str]]]] = []
+        self.relays: list[list[Any]] = []
 
     def wall(self) -> float:
         return self.clock.seconds()
@@ -45,7 +74,7 @@ class FakeCore:
         return self.clock.callLater(delay, fn, *args)
 
     def is_myself(self, host: str, port: int | None) -> bool:
-        return False
+        return (host, port) in self.myself or (host, None) in self.myself
 
     def is_local_domain(self, host: str) -> bool:
         return False
@@ -62,3 +91,17 @@ class FakeCore:
     def response_out(self, tx: Any, resp: Any) -> None:
         for _, hook in self.hooks.response_out:
             hook(tx, resp)
+
+    def request_received(self, ctx: Any) -> None:
+        for _, hook in self.hooks.request_received:
+            hook(ctx)
+            if ctx.handled:
+                return
+
+    # -- what RequestContext calls on its core --------------------------------
+    def reply(self, ctx: Any, status: int, reason: str | None,
+              headers: list[tuple[str, str]]) -> None:
+        self.replies.append((status, reason, headers))
+
+    def relay(self, ctx: Any, targets: list[Any]) -> None:
+        self.relays.append(targets)
