@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from sipsuite.proxy.net.listener import Source
     from sipsuite.proxy.registrar.location import LocationStore
     from sipsuite.proxy.routing.base import RequestContext
+    from sipsuite.proxy.services import FlowService
     from sipsuite.sip.message import Request
 
 log = get_logger("sipsuite.proxy.registrar")
@@ -227,7 +228,8 @@ def _outbound(req: Request, reg: RegisterRequest, cfg: RegistrarConfig) -> None:
     reg.outbound = wants and any(c.reg_id is not None and c.instance for c in reg.contacts)
 
 
-def first_hop_flow(flows: Any, source: Source | None, outbound: bool, path: list[str]) -> str | None:
+def first_hop_flow(flows: FlowService | None, source: Source | None, outbound: bool,
+                   path: list[str]) -> str | None:
     """The flow a REGISTER's bindings record: none behind an edge proxy (its
     Path routes), for TCP/TLS always (connection reuse), for UDP with outbound."""
     if flows is None or source is None or path:
@@ -323,7 +325,7 @@ class Registrar:
         return self.core.modules.require(LOCATION).store
 
     @property
-    def flows(self) -> Any:
+    def flows(self) -> FlowService | None:
         """The outbound module's flows, if it is set up (records the flow a REGISTER came over)."""
         return self.core.modules.get(FLOWS)
 
