@@ -150,3 +150,23 @@ def test_request_received_hook_raising_answers_500_with_one_warning(
     kit.feed(request("OPTIONS", "sip:bob@sipsuite.test"), CALLER)
     assert statuses(kit) == [500]
     assert "'a b'" in one_warning(events, "core.request_received")
+
+
+def test_preprocess_routes_returns_the_entries_of_ours_it_removed(tmp_path: Path) -> None:
+    from sipsuite.sip.message import parse_datagram
+
+    kit = kit_for(tmp_path)
+    core = kit.core
+    core.transport.listeners.append(kit.listener)  # what we record-route with
+    ours, theirs = "<sip:127.0.0.1:5060;lr>", "<sip:192.0.2.8;lr>"
+    req = parse_datagram(request("BYE", "sip:bob@192.0.2.9", route=f"{ours}, {ours}, {theirs}"))
+    loose, removed = core._preprocess_routes(req)
+    assert loose and [str(r) for r in removed] == [ours, ours]
+    assert req.header_all("route") == [theirs]
+    # A strict router put our Record-Route in the Request-URI: loose-routed,
+    # the last Route value is the target, and no entry of ours was removed.
+    req = parse_datagram(request("BYE", "sip:127.0.0.1:5060", route="<sip:bob@192.0.2.9>"))
+    loose, removed = core._preprocess_routes(req)
+    assert loose and removed == [] and str(req.uri) == "sip:bob@192.0.2.9"
+    req = parse_datagram(request("BYE", "sip:bob@192.0.2.9", route=theirs))
+    assert core._preprocess_routes(req) == (False, [])
