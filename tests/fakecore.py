@@ -66,13 +66,15 @@ class FakeConnection:
 
 
 class FakeNet:
-    """api.Network over lists: what is sent is recorded, connections (and
-    aliases) are a dict the test fills."""
+    """api.Network over lists: what is sent is recorded, connections are a
+    dict the test fills; aliases and the STUN switch are recorded."""
 
     def __init__(self) -> None:
         self.listeners: list[Any] = []
         self.sent: list[tuple[bytes, str, str, int, Any]] = []
-        self.connections: dict[tuple[str, int], FakeConnection] = {}
+        self.connections: dict[tuple[str, int], Any] = {}
+        self.aliases: list[tuple[Any, str, int]] = []
+        self.stun: Callable[[], bool] | None = None
 
     def listener_named(self, name: str) -> Any:
         return next((li for li in self.listeners if repr(li) == name), None)
@@ -85,15 +87,16 @@ class FakeNet:
         self.sent.append((data, transport, host, port, listener))
         return True
 
-    def connection_to(self, host: str, port: int) -> FakeConnection | None:
+    def connection_to(self, host: str, port: int) -> Any:
         conn = self.connections.get((host, port))
-        return None if conn is None or conn.closed else conn
+        return None if conn is None or getattr(conn, "closed", False) else conn
 
     def alias(self, conn: Any, host: str, port: int) -> None:
+        self.aliases.append((conn, host, port))
         self.connections.setdefault((host, port), conn)
 
     def set_stun(self, enabled: Callable[[], bool]) -> None:
-        pass
+        self.stun = enabled
 
 
 class FakeCore:
@@ -110,6 +113,11 @@ class FakeCore:
         self.uac = FakeUAC()
         self.net = FakeNet()
         self.dns: dict[str, list[Target]] = {}
+        # (host, port) pairs is_myself() says are ours (a None port: any).
+        self.myself: set[tuple[str, int | None]] = set()
+        # What a RequestContext on this core answered or relayed to.
+        self.replies: list[tuple[int, str | None, list[tuple[str, str]]]] = []
+        self.relays: list[list[Any]] = []
 
     def wall(self) -> float:
         return self.clock.seconds()
@@ -128,7 +136,7 @@ class FakeCore:
         return self.clock.callLater(delay, fn, *args)
 
     def is_myself(self, host: str, port: int | None) -> bool:
-        return False
+        return (host, port) in self.myself or (host, None) in self.myself
 
     def is_local_domain(self, host: str) -> bool:
         return False
@@ -159,3 +167,17 @@ class FakeCore:
     def response_in(self, ctx: Any, branch: Any, resp: Any) -> None:
         for _, hook in self.hooks.response_in:
             hook(ctx, branch, resp)
+
+    def request_received(self, ctx: Any) -> None:
+        for _, hook in self.hooks.request_received:
+            hook(ctx)
+            if ctx.handled:
+                return
+
+    # -- what RequestContext calls on its core --------------------------------
+    def reply(self, ctx: Any, status: int, reason: str | None,
+              headers: list[tuple[str, str]]) -> None:
+        self.replies.append((status, reason, headers))
+
+    def relay(self, ctx: Any, targets: list[Any]) -> None:
+        self.relays.append(targets)

@@ -294,11 +294,6 @@ def apply_config(core: ProxyCore, new: Config) -> None:
     """Make ``new`` the core's config: push the sections that features not yet
     converted to modules copied at start-up, then ``core.reconfigure`` (the
     core's own sections and every module's part)."""
-    core.registrar.cfg = new.registrar
-    auth = core.auth
-    auth.cfg = new.auth
-    auth.retry_after = str(new.registrar.retry_after)
-    auth.nonces.lifetime = new.auth.nonce_expires
     if core.media is not None:
         core.media.max_streams = new.media.max_streams
         core.media.max_sessions_per_source = new.media.max_sessions_per_source

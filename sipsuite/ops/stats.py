@@ -20,7 +20,6 @@ from twisted.internet import defer
 from twisted.web import resource, server
 
 from sipsuite.log import get_logger
-from sipsuite.proxy.registrar.location import StoreUnavailable
 
 if TYPE_CHECKING:
     from sipsuite.ops.server import RpcRegistry
@@ -42,24 +41,16 @@ def uptime(core: ProxyCore, wall: Callable[[], float] = time.time) -> dict[str, 
     }
 
 
-async def _registrations(core: ProxyCore) -> dict[str, Any]:
-    counts = getattr(core.location, "counts", None)
-    if counts is None:
-        return {"aors": None, "bindings": None}
-    try:
-        aors, bindings = await counts()
-    except StoreUnavailable as exc:
-        return {"aors": None, "bindings": None, "error": f"store unavailable: {exc}"}
-    return {"aors": aors, "bindings": bindings}
-
-
-def _subscriber_cache(core: ProxyCore) -> dict[str, Any] | None:
-    """The Redis subscriber store's node-local cache (registrar/redis/cache.py), if any."""
-    cache = getattr(core.subscribers, "cache", None)
-    if cache is None:
-        return None
-    return {"live": cache.live, "entries": len(cache.entries), "hits": cache.hits,
-            "misses": cache.misses}
+async def _module_figure(core: ProxyCore, module: str, key: str, default: Any) -> Any:
+    """``key`` of a module's stats() (the location module's "registrations",
+    the subscribers module's "subscriber_cache"); ``default`` without the module."""
+    found = core.modules.by_name(module)
+    if found is None:
+        return default
+    figures = found.stats()
+    if isinstance(figures, defer.Deferred):
+        figures = await figures
+    return figures.get(key, default)
 
 
 async def _relay(core: ProxyCore, registry: RpcRegistry | None) -> dict[str, Any] | None:
@@ -97,8 +88,9 @@ async def collect_stats(core: ProxyCore, registry: RpcRegistry | None = None) ->
         "replies_sent_by_class": {f"{c}xx": classes[c] for c in range(1, 7)},
         "retransmissions": s.get("retransmissions", 0),
         "transactions": {"server": len(core.server_txs), "client": len(core.client_txs)},
-        "registrations": await _registrations(core),
-        "subscriber_cache": _subscriber_cache(core),
+        "registrations": await _module_figure(core, "location", "registrations",
+                                              {"aors": None, "bindings": None}),
+        "subscriber_cache": await _module_figure(core, "subscribers", "subscriber_cache", None),
         "relay": await _relay(core, registry),
         "drops": dict(sorted(drops.items())),
         "uptime": uptime(core)["uptime"],

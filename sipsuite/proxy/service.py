@@ -16,23 +16,28 @@ from sipsuite.ops.users import register_store_methods
 from sipsuite.proxy.core.proxy import ProxyCore
 from sipsuite.proxy.media.client import RelayClient
 from sipsuite.proxy.media.manager import MediaManager
-from sipsuite.proxy.modules import accounting, antiflood, natping, scanners
+from sipsuite.proxy.modules import accounting, antiflood, auth, natping, scanners
 from sipsuite.proxy.modules.antiflood import register_flood_methods
 from sipsuite.proxy.modules.dispatcher import dispatcher
 from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_methods
-from sipsuite.proxy.registrar.location import MemoryLocationStore, MemorySubscriberStore
+from sipsuite.proxy.registrar import outbound, registrar, subscribers, usrloc
+from sipsuite.proxy.registrar.redis import module as redis
+from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
 from sipsuite.tlsctx import attach_tls, register_tls_methods
 
 log = get_logger("sipsuite.proxy.service")
 
 #: The feature modules converted to the module interface (issue 13), in
 #: set-up order; the core's registry stops them in reverse.
-BUILTIN_MODULES = (antiflood.SPEC, scanners.SPEC, natping.SPEC, dispatcher.SPEC, accounting.SPEC)
+BUILTIN_MODULES = (
+    redis.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC, scanners.SPEC, outbound.SPEC,
+    registrar.SPEC, auth.SPEC, natping.SPEC, dispatcher.SPEC, accounting.SPEC,
+)
 
 
 class ProxyService(service.Service):
-    """The proxy core under twistd: its listeners, Redis connection and
-    garbage-collector policy."""
+    """The proxy core under twistd: its listeners, its modules (the Redis
+    connection among them) and the garbage-collector policy."""
 
     def __init__(self, config: Config, reactor: Any | None = None) -> None:
         if reactor is None:
@@ -41,26 +46,9 @@ class ProxyService(service.Service):
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
-        self.redis: Any = None
-        location, subscribers = self._stores()
-        self.core = ProxyCore(config, reactor, location=location, subscribers=subscribers)
+        self.core = ProxyCore(config, reactor)
         self.core.modules.setup_all(BUILTIN_MODULES, config)
         self.gc = GCPolicy(reactor)
-
-    def _stores(self) -> tuple[Any, Any]:
-        """In-memory stores, or Redis ones when ``[redis] url`` (or --redis) names a server."""
-        cfg = self.config.redis
-        if not cfg.url:
-            return MemoryLocationStore(), MemorySubscriberStore()
-        from sipsuite.proxy.registrar.redis.client import RedisConnection
-        from sipsuite.proxy.registrar.redis.location import RedisLocationStore
-        from sipsuite.proxy.registrar.redis.subscribers import RedisSubscriberStore
-
-        self.redis = RedisConnection(cfg.url, cfg.timeout, self.reactor)
-        return (
-            RedisLocationStore(self.redis, prefix=cfg.prefix),
-            RedisSubscriberStore(self.redis, prefix=cfg.prefix, cache_size=cfg.subscriber_cache),
-        )
 
     def privilegedStartService(self) -> None:
         """Bind the SIP listeners: twistd's plugin calls this before it
@@ -72,11 +60,6 @@ class ProxyService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.redis is not None:
-            # Connects in the background: the proxy serves everything that
-            # needs no Redis even while Redis is down, and reconnects by itself.
-            self.redis.start()
-            log.info("location and subscribers in Redis at {u}", u=self.config.redis.url)
         self.core.start()  # binds the listeners unless privilegedStartService did
         self.gc.start()
         if self.config.features.nat and self.core.media is None:
@@ -93,10 +76,7 @@ class ProxyService(service.Service):
         self.gc.stop()
         from twisted.internet import defer
 
-        waits = self.core.stop()
-        if self.redis is not None:
-            waits.append(self.redis.stop())
-        return defer.DeferredList(waits)
+        return defer.DeferredList(self.core.stop())
 
 
 def attach_media(core: ProxyCore, client: RelayClient, parent: service.MultiService) -> None:
@@ -122,7 +102,8 @@ def make_proxy_service(config: Config) -> service.MultiService:
     if config.management.listen:
         registry = RpcRegistry()
         core = proxy.core
-        register_store_methods(registry, core.location, core.subscribers, config.auth.realm)
+        register_store_methods(registry, core.modules.require(LOCATION).store,
+                               core.modules.require(SUBSCRIBERS), config.auth.realm)
         register_dispatcher_methods(registry, core)
         register_flood_methods(registry, core)
         register_liveops_methods(registry, core)

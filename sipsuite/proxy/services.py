@@ -22,29 +22,41 @@ if TYPE_CHECKING:
     from sipsuite.proxy.modules.dispatcher.dispatcher import Attempt
     from sipsuite.proxy.net.listener import Source
     from sipsuite.proxy.net.resolver import Target
-    from sipsuite.proxy.registrar.location import Binding
+    from sipsuite.proxy.registrar.bindings import Binding
+    from sipsuite.proxy.registrar.location import LocationStore, SubscriberStore
     from sipsuite.proxy.routing.base import Destination, RequestContext
     from sipsuite.sip.message import Request, Response
 
 __all__ = [
-    "AUTH", "DISPATCHER", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REGISTRAR",
+    "AUTH", "DISPATCHER", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS", "REGISTRAR",
     "SUBSCRIBERS", "AuthService", "FlowService", "LoadBalancerService", "LocationService",
     "MediaService", "NatPingService", "NatService", "RegistrarService",
 ]
 
 
 class LocationService(Protocol):
-    """usrloc: the bindings of a user, static ones from the config first."""
+    """usrloc: the bindings of a user, static ones from the config first.
+    Every call may raise StoreUnavailable (Redis did not answer in time)."""
+
+    @property
+    def store(self) -> LocationStore: ...
+    # The registered bindings (memory or Redis), without the static ones:
+    # what the registrar writes and the ul.* RPCs show.
 
     async def lookup(self, user: str) -> list[Binding]: ...
-    async def remove(self, aor: str, contact: str) -> None: ...
+    # Static then registered bindings, highest q first (ctx.lookup).
+    async def remove(self, aor: str, contact: str | None = None) -> int: ...
+    # One contact (compared as URIs) or, with None, every binding; how many went.
+    async def nat_aors(self) -> list[str]: ...
+    # The AORs holding a binding registered from behind NAT (keep-alives).
 
 
 class RegistrarService(Protocol):
     """registrar: save("location") for a REGISTER, answered here."""
 
     async def save(self, ctx: RequestContext) -> None: ...
-    def on_nat_binding(self, fn: Callable[[Binding], None]) -> None: ...
+    def on_nat_binding(self, fn: Callable[[str], None]) -> None: ...
+    # fn(aor) for each REGISTER that stores a binding from behind NAT.
 
 
 class FlowService(Protocol):
@@ -52,14 +64,20 @@ class FlowService(Protocol):
 
     async def destinations(self, aor: str,
                            bindings: list[Binding]) -> list[tuple[Binding, Destination]]: ...
+    # Each binding with where it is reached; outbound bindings whose flow
+    # failed are left out (and removed from LOCATION).
     def flow_uri(self, source: Source) -> str: ...
+    # The Route URI naming this node and the flow a REGISTER came over.
     def registered(self, source: Source, contacts: list[str]) -> None: ...
+    # TCP/TLS aliasing of a registered connection.
 
 
 class AuthService(Protocol):
-    """auth / auth_db: digest challenges and checks."""
+    """auth / auth_db: digest challenges and checks (ctx.auth_check,
+    ctx.consume_credentials)."""
 
     async def check(self, ctx: RequestContext, user: str, *, proxy: bool) -> bool: ...
+    # True for valid credentials of user; else ctx was answered (401/407, 403, 500).
     def consume(self, ctx: RequestContext, *, proxy: bool) -> None: ...
 
 
@@ -105,8 +123,10 @@ class LoadBalancerService(Protocol):
     def on_reply(self, ctx: RequestContext, response: Response) -> None: ...  # deprecated no-op
 
 
+#: The Redis connection the stores share (redis/client.py's RedisConnection).
+REDIS: ServiceKey[Any] = ServiceKey("redis")
 LOCATION: ServiceKey[LocationService] = ServiceKey("location")
-SUBSCRIBERS: ServiceKey[Any] = ServiceKey("subscribers")
+SUBSCRIBERS: ServiceKey[SubscriberStore] = ServiceKey("subscribers")
 REGISTRAR: ServiceKey[RegistrarService] = ServiceKey("registrar")
 FLOWS: ServiceKey[FlowService] = ServiceKey("outbound")
 AUTH: ServiceKey[AuthService] = ServiceKey("auth")

@@ -10,6 +10,7 @@ import ipaddress
 
 from sipsuite.hosts import unbracket
 from sipsuite.proxy.net.transport import TransportLayer
+from sipsuite.sip.headers import NameAddr
 from sipsuite.sip.message import Request
 from sipsuite.sip.uri import URI
 
@@ -100,7 +101,11 @@ class RequestChecks:
         prefix = BRANCH_TAG + self._loop_hash(req)
         return any((v.branch or "").startswith(prefix) for v in ours)
 
-    def _preprocess_routes(self, req: Request) -> bool:
+    def _preprocess_routes(self, req: Request) -> tuple[bool, list[NameAddr]]:
+        """16.4: (loose-routed, the Route entries naming us that were
+        removed from the top, in order).  Those entries are the request's
+        RequestContext.removed_routes, where a module reads what our own
+        Route carried (outbound's flow token)."""
         uri = req.uri
         routes = req.routes
         if (routes and self.is_record_route_uri(uri)
@@ -120,13 +125,13 @@ class RequestChecks:
             strict = True
         else:
             strict = False
-        removed = strict
+        removed: list[NameAddr] = []
         while routes and self.is_myself(routes[0].uri.host, routes[0].uri.port):
             # Our own Route entry (two of them after double record-routing).
+            removed.append(routes[0])
             req.pop_first_value("route")
             routes = req.routes
-            removed = True
-        return removed
+        return strict or bool(removed), removed
 
 def _remove_last_value(req: Request, name: str) -> None:
     values = req.header_all(name)

@@ -33,7 +33,6 @@ from sipsuite.proxy.core.timers import TimerHeap
 from sipsuite.proxy.core.txlayer import ClientTx, ServerTx, TransactionDriver
 from sipsuite.proxy.core.uac import LocalUAC
 from sipsuite.proxy.media.manager import MediaManager
-from sipsuite.proxy.modules.auth import Authenticator
 from sipsuite.proxy.net.addresses import (
     guess_address,
     local_addresses,
@@ -43,23 +42,13 @@ from sipsuite.proxy.net.addresses import (
 from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.net.resolver import Resolver
 from sipsuite.proxy.net.transport import TransportLayer
-from sipsuite.proxy.registrar.location import (
-    Binding,
-    LocationStore,
-    MemoryLocationStore,
-    MemorySubscriberStore,
-    StaticLocationStore,
-    SubscriberStore,
-    current,
-)
-from sipsuite.proxy.registrar.outbound import Flows
-from sipsuite.proxy.registrar.registrar import Registrar
 from sipsuite.proxy.routing.base import Destination, RequestContext, Routing
 from sipsuite.proxy.routing.loader import make_routing
 from sipsuite.proxy.services import (
     AUTH,
     DISPATCHER,
     FLOWS,
+    LOCATION,
     MEDIA,
     NATPING,
     REGISTRAR,
@@ -95,7 +84,7 @@ _ABSORBS_ACK = (TxState.COMPLETED, TxState.CONFIRMED)
 #: each now resolves to (see ProxyCore.__getattr__).
 _LEGACY_SERVICES: dict[str, ServiceKey[Any]] = {
     "auth": AUTH, "dispatcher": DISPATCHER, "flows": FLOWS, "keepalive": NATPING,
-    "media": MEDIA, "registrar": REGISTRAR, "subscribers": SUBSCRIBERS,
+    "location": LOCATION, "media": MEDIA, "registrar": REGISTRAR, "subscribers": SUBSCRIBERS,
 }
 
 
@@ -108,9 +97,7 @@ class StatCounters(dict[str, int]):
 
 
 class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
-    def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None,
-                 location: LocationStore | None = None,
-                 subscribers: SubscriberStore | None = None) -> None:
+    def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None) -> None:
         self.config = config
         self.clock = reactor
         # Feature modules plug in here (api.CoreAPI.hooks / .modules); the
@@ -136,19 +123,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             resolver = Resolver(reactor, timeout=p.dns_timeout, resolver=dns,
                                 transports=frozenset({"udp", "tcp", *tls}))
         self.resolver = resolver
-        self.location: LocationStore = location if location is not None else MemoryLocationStore()
-        self.subscribers: SubscriberStore = (
-            subscribers if subscribers is not None else MemorySubscriberStore()
-        )
-        # [location.static] entries live beside the store, never in it: they
-        # are config, and must not be written to a Redis that other nodes share.
-        self.static = StaticLocationStore(config.location_static) if config.location_static else None
-        self.registrar = Registrar(self.location, config.registrar)
-        self.auth = Authenticator(self.subscribers, config.auth,
-                                  retry_after=config.registrar.retry_after)
-        self.flows = Flows(self, config.auth.secret)
-        self.registrar.flows = self.flows
-        self.transport.set_stun(lambda: self.config.registrar.outbound)
         self.domains = {d.lower() for d in p.domains}
         self.trusted = list(p.trusted)
         self.addresses: set[str] = set()
@@ -270,14 +244,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         self.timer_heap.stop()
         return [*self.transport.stop(), *waits]
 
-    async def lookup(self, user: str) -> list[Binding]:
-        found = await self.location.lookup(user)
-        if self.static is not None:
-            fixed = await self.static.lookup(user)
-            if fixed:
-                return current(fixed + found, self.registrar.clock())
-        return found
-
     def local_tag(self, key: tuple, req: Request) -> str:
         """The To tag of our own answer to ``req``, whose server_key() is ``key``."""
         return local_tag(self.tag_secret, key, req)
@@ -373,17 +339,18 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             wait = max(1, math.ceil(self.drain_deadline - self.clock.seconds()))
             self._reply_tx(holder, req, 503, "Service Unavailable", [("Retry-After", str(wait))])
             return
-        flow = self.flows.route_flow(req)
-        loose = self._preprocess_routes(req)
+        loose, removed = self._preprocess_routes(req)
         rctx = RequestContext(self, req, source, loose, holder.call if holder is not None else None)
+        rctx.removed_routes = removed
         if holder is not None:
             holder.rctx = rctx
             rctx.tx_key = holder.key
-        if flow is not None:
-            # Our flow token in the Route: another node (or our registrar
-            # part) routed this to a phone's flow we hold (RFC 5626 5.3).
-            self.flows.forward(rctx, flow)
-            return
+        for owner, hook in self.hooks.request_received:
+            # A module may take the request before the script (outbound's
+            # flow forwarding); one that raises is answered like the script.
+            run_script(f"{owner}.request_received", rctx, hook, answer=True)
+            if rctx.handled:
+                return
         run_script("request_route", rctx, self.routing.request_route,
                    done=lambda: self._routing_done(rctx), answer=True)
 

@@ -6,36 +6,63 @@ so any proxy node sharing the secret accepts a nonce another one issued. The
 nonce-count check against replays is kept per node, as Kamailio keeps it per
 instance: a replay sent to another node is caught there only by the nonce's
 short lifetime.
+
+A module (issue 13): ``SPEC`` sets it up always, whatever ``[features]
+auth`` says: that switch is the default script's (kamailio.cfg's
+WITH_AUTH), and a routing class of one's own may call ``ctx.auth_check``
+with it off.  It provides AUTH and reads ``[auth]`` at use; only the nonce
+lifetime is handed over on ``cfg set``.
 """
 
 from __future__ import annotations
 
 import secrets
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sipsuite.log import get_logger
-from sipsuite.proxy.registrar.location import StoreUnavailable, SubscriberStore
+from sipsuite.proxy.registrar.bindings import StoreUnavailable
+from sipsuite.proxy.services import AUTH, SUBSCRIBERS
 from sipsuite.sip import digest
 
 if TYPE_CHECKING:
-    from sipsuite.config import AuthConfig
+    from sipsuite.config import AuthConfig, Config
+    from sipsuite.proxy.api import CoreAPI, ServiceKey
+    from sipsuite.proxy.registrar.location import SubscriberStore
     from sipsuite.proxy.routing.base import RequestContext
 
 log = get_logger("sipsuite.proxy.auth")
 
 
 class Authenticator:
-    def __init__(self, subscribers: SubscriberStore, cfg: AuthConfig, clock: Any = time.time,
-                 retry_after: int = 5) -> None:
-        self.subscribers = subscribers
-        self.cfg = cfg
-        self.retry_after = str(retry_after)
-        self.realm = cfg.realm
-        self.clock = clock
-        secret = cfg.secret.encode() if cfg.secret else secrets.token_bytes(32)
-        self.nonces = digest.NonceFactory(secret, cfg.nonce_expires)
+    name: ClassVar[str] = "auth"
+
+    def __init__(self, core: CoreAPI, secret: str, nonce_expires: float) -> None:
+        self.core = core
+        # "" (a single node): random, so nonces die with the process.
+        key = secret.encode() if secret else secrets.token_bytes(32)
+        self.nonces = digest.NonceFactory(key, nonce_expires)
         self.counter = digest.NonceCounter()
+
+    # Read at use: cfg set replaces the config whole.
+    @property
+    def cfg(self) -> AuthConfig:
+        return self.core.config.auth
+
+    @property
+    def realm(self) -> str:
+        return self.core.config.auth.realm
+
+    @property
+    def retry_after(self) -> str:
+        return str(self.core.config.registrar.retry_after)
+
+    @property
+    def subscribers(self) -> SubscriberStore:
+        return self.core.modules.require(SUBSCRIBERS)
+
+    def clock(self) -> float:
+        return self.core.wall()
 
     def _credentials(self, ctx: RequestContext, header: str) -> digest.Credentials | None:
         """Our realm's credentials among the request's (a request that crossed
@@ -118,3 +145,36 @@ class Authenticator:
         name = "Proxy-Authorization" if proxy else "Authorization"
         for value in keep:
             req.add_header(name, value, top=False)
+
+    # -- the module's life --------------------------------------------------------
+    def start(self) -> None:
+        pass
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        # The factory took the lifetime when it was made; the rest is read at use.
+        self.nonces.lifetime = new.auth.nonce_expires
+
+    def stats(self) -> Mapping[str, object]:
+        return {}
+
+    def stop(self) -> None:
+        pass
+
+
+class AuthSpec:
+    """Always set up (see the module's docstring)."""
+
+    name = "auth"
+    requires: tuple[ServiceKey[Any], ...] = (SUBSCRIBERS,)
+    runtime_switch = False
+
+    def enabled(self, config: Config) -> bool:
+        return True
+
+    def setup(self, core: CoreAPI, config: Config) -> Authenticator:
+        auth = Authenticator(core, config.auth.secret, config.auth.nonce_expires)
+        core.modules.provide(AUTH, auth)
+        return auth
+
+
+SPEC = AuthSpec()

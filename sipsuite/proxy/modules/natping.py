@@ -116,10 +116,7 @@ class NatPing:
         self.running = False
 
     def _store(self) -> Any:
-        # The location store: a core attribute until the usrloc step makes
-        # it the LOCATION service of a module.
-        store = self.core.modules.get(LOCATION)
-        return store if store is not None else getattr(self.core, "location")  # noqa: B009
+        return self.core.modules.require(LOCATION)
 
     async def round(self) -> None:
         store = self._store()
@@ -195,24 +192,11 @@ class NatPing:
             self.answered[key] = self.core.wall()
 
 
-def _subscribe(core: CoreAPI, ping: NatPing) -> None:
-    """Have the registrar tell ``ping`` of each NAT'ed binding it stores:
-    through the REGISTRAR service once the registrar is a module, else the
-    registrar's ``on_nat`` slot (a core attribute until then)."""
-    registrar: Any = core.modules.get(REGISTRAR)
-    if registrar is not None and hasattr(registrar, "on_nat_binding"):
-        registrar.on_nat_binding(ping.track)
-        return
-    legacy = getattr(core, "registrar", None)
-    if legacy is not None:
-        legacy.on_nat = ping.track
-
-
 class NatPingSpec:
     """``[nat] keepalive_interval`` above 0: a run-time switch."""
 
     name = "natping"
-    requires: tuple[ServiceKey[Any], ...] = ()
+    requires: tuple[ServiceKey[Any], ...] = (LOCATION, REGISTRAR)
     runtime_switch = True
 
     def enabled(self, config: Config) -> bool:
@@ -220,7 +204,8 @@ class NatPingSpec:
 
     def setup(self, core: CoreAPI, config: Config) -> NatPing:
         ping = NatPing(core)
-        _subscribe(core, ping)
+        # The registrar tells us of each NAT'ed binding it stores.
+        core.modules.require(REGISTRAR).on_nat_binding(ping.track)
         core.modules.provide(NATPING, ping)
         return ping
 

@@ -14,6 +14,12 @@ Without outbound (Kamailio's tcp aliasing) a TCP/TLS binding is reached over
 its connection while the connection lives, then at its Contact as before;
 an outbound binding whose flow failed is skipped and removed, so the AOR's
 other bindings (another reg-id) take the call (RFC 5626 7).
+
+A module (issue 13): ``SPEC`` sets it up always; it provides FLOWS (the
+registrar records flows through it, the script reaches bindings through it),
+takes requests routed to a flow of ours on ``request_received`` (the flow
+token is in the Route entry 16.4 removed) and answers STUN on the SIP ports
+while ``[registrar] outbound`` is on (RFC 5626 8).
 """
 
 from __future__ import annotations
@@ -22,22 +28,25 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sipsuite.hosts import bracket, unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.net.stream import SIPStreamProtocol
-from sipsuite.proxy.registrar.location import Binding, StoreUnavailable
+from sipsuite.proxy.registrar.bindings import Binding, StoreUnavailable
 from sipsuite.proxy.routing.base import DIALOG_CREATING, Destination, parse_address
+from sipsuite.proxy.services import FLOWS, LOCATION
 from sipsuite.sip.uri import URI
 
 if TYPE_CHECKING:
-    from sipsuite.proxy.core.proxy import ProxyCore
+    from sipsuite.config import Config
+    from sipsuite.proxy.api import CoreAPI, ServiceKey
     from sipsuite.proxy.routing.base import RequestContext
-    from sipsuite.sip.message import Request
+    from sipsuite.sip.headers import NameAddr
 
 log = get_logger("sipsuite.proxy.outbound")
 
@@ -92,10 +101,12 @@ class FlowTokens:
 
 
 class Flows:
-    """The core's flows: what the registrar records, and how requests for a
+    """The proxy's flows: what the registrar records, and how requests for a
     binding (or carrying a flow token in their Route) reach the phone."""
 
-    def __init__(self, core: ProxyCore, secret: str) -> None:
+    name: ClassVar[str] = "outbound"
+
+    def __init__(self, core: CoreAPI, secret: str) -> None:
         self.core = core
         # "" (a single node): random, so flows die with the process, as
         # their TCP connections do anyway.
@@ -125,24 +136,26 @@ class Flows:
             secure = uri.scheme == "sips" or uri.params.get("transport", "").lower() == "tls"
             port = uri.port or (5061 if secure else 5060)
             if port != source.port:
-                self.core.transport.alias(conn, source.host, port)
+                self.core.net.alias(conn, source.host, port)
 
     # -- reading flows -----------------------------------------------------------
     def local(self, uri: URI) -> Flow | None:
         """The flow a flow URI of this node names, None if it is gone (its
         connection closed, its listener no more); raises ForgedToken."""
         transport, listener_name, host, port = self.tokens.read(uri.user or "")
-        listener = self.core.transport.listener_named(listener_name)
+        net = self.core.net
+        listener = net.listener_named(listener_name)
         if listener is None:
             return None
         if transport in ("tcp", "tls"):
-            conn = self.core.transport.connection_to(host, port)
+            conn = net.connection_to(host, port)
             if conn is None or conn.listener is not listener:
                 return None
         return Flow(transport, listener, host, port)
 
     def connection(self, flow: Flow) -> SIPStreamProtocol | None:
-        return self.core.transport.connection_to(flow.host, flow.port)
+        conn: SIPStreamProtocol | None = self.core.net.connection_to(flow.host, flow.port)
+        return conn
 
     def destination(self, b: Binding) -> Destination | None:
         """Where a request for ``b`` goes; None when it is an outbound
@@ -153,7 +166,7 @@ class Flows:
             uri = URI.parse(b.flow.strip("<>"))
         except ValueError:
             return None if b.outbound else Destination.of(b)
-        if not self.core.is_myself(uri.host, uri.port):
+        if not self.core.identity.is_myself(uri.host, uri.port):
             # Another node holds the connection: through it, as through an edge proxy.
             return Destination(b.uri, [b.flow])
         try:
@@ -189,23 +202,35 @@ class Flows:
                 continue
             self.failed += 1
             log.info("flow of {c} ({aor}) failed: binding removed", c=b.contact, aor=aor)
+            location = self.core.modules.get(LOCATION)
+            if location is None:
+                continue
             try:
-                await self.core.location.remove(aor, b.contact)
+                await location.remove(aor, b.contact)
             except StoreUnavailable as e:
                 log.warn("could not remove {c} of {aor}: {e}", c=b.contact, aor=aor, e=e)
         return out
 
     # -- requests routed to a flow of ours -----------------------------------------
-    def route_flow(self, req: Request) -> Flow | ForgedToken | bool | None:
-        """Peeks at the top Route: None when it is no flow URI of ours; a
-        Flow to send over; False for a flow that failed; ForgedToken."""
-        if not req.has_header("route"):
+    def request_received(self, rctx: RequestContext) -> None:
+        """The request_received hook: a request whose top Route was a flow
+        URI of ours (another node, or our registrar part, routed it to a
+        phone's flow we hold, RFC 5626 5.3) goes over that flow; the script
+        never sees it."""
+        flow = self.route_flow(rctx.removed_routes)
+        if flow is not None:
+            self.forward(rctx, flow)
+
+    def route_flow(self, removed: Sequence[NameAddr]) -> Flow | ForgedToken | bool | None:
+        """What the request's top Route named, given the Route entries of
+        ours 16.4 removed (the top one first, when it was ours): None when it
+        is no flow URI of ours; a Flow to send over; False for a flow that
+        failed; ForgedToken."""
+        if not removed:
             return None
-        try:
-            uri = req.routes[0].uri
-        except (ValueError, IndexError):
-            return None
-        if "ob" not in uri.params or not uri.user or not self.core.is_myself(uri.host, uri.port):
+        uri = removed[0].uri
+        if ("ob" not in uri.params or not uri.user
+                or not self.core.identity.is_myself(uri.host, uri.port)):
             return None
         try:
             flow = self.local(uri)
@@ -230,3 +255,40 @@ class Flows:
             rctx.record_route()
         rctx.relay([Destination(rctx.request.uri, [], flow.target())])
 
+    # -- the module's life --------------------------------------------------------
+    def start(self) -> None:
+        pass
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        pass  # [registrar] outbound is read at use (STUN, the registrar)
+
+    def stats(self) -> Mapping[str, object]:
+        return {"failed": self.failed}
+
+    def stop(self) -> None:
+        pass
+
+
+class OutboundSpec:
+    """Always set up: TCP/TLS connection reuse needs it even with
+    ``[registrar] outbound`` off."""
+
+    name = "outbound"
+    requires: tuple[ServiceKey[Any], ...] = ()
+    runtime_switch = False
+
+    def enabled(self, config: Config) -> bool:
+        return True
+
+    def setup(self, core: CoreAPI, config: Config) -> Flows:
+        # "" (a single node): a random key, see Flows.
+        flows = Flows(core, config.auth.secret)
+        core.hooks.on_request_received(flows.request_received)
+        core.modules.provide(FLOWS, flows)
+        # RFC 5626 8: STUN keep-alives answered while outbound is on (read at
+        # each one, so cfg set registrar.outbound applies at once).
+        core.net.set_stun(lambda: core.config.registrar.outbound)
+        return flows
+
+
+SPEC = OutboundSpec()

@@ -9,28 +9,35 @@ another proxy node. ``Registrar.register`` ties them to a store and answers
 Beyond RFC 3261: Path (RFC 3327), +sip.instance/reg-id (RFC 5626), a per-AOR
 contact limit, and Kamailio's "received": the address a REGISTER came from,
 used instead of the Contact when the phone is behind NAT.
+
+A module (issue 13): ``SPEC`` sets it up always; it provides REGISTRAR
+(``ctx.register()`` is its ``save``), writes bindings through LOCATION and
+records flows through FLOWS when the outbound module is there.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sipsuite.hosts import unbracket
 from sipsuite.log import get_logger
-from sipsuite.proxy.registrar.location import Binding, LocationStore, StoreUnavailable
+from sipsuite.proxy.registrar.bindings import Binding, StoreUnavailable
+from sipsuite.proxy.services import FLOWS, LOCATION, REGISTRAR
 from sipsuite.sip.headers import split_values
 from sipsuite.sip.sdp import PRIVATE_NETWORKS
 from sipsuite.sip.uri import URI
 
 if TYPE_CHECKING:
-    from sipsuite.config import RegistrarConfig
+    from sipsuite.config import Config, RegistrarConfig
+    from sipsuite.proxy.api import CoreAPI, ServiceKey
     from sipsuite.proxy.net.listener import Source
+    from sipsuite.proxy.registrar.location import LocationStore
     from sipsuite.proxy.routing.base import RequestContext
+    from sipsuite.proxy.services import FlowService
     from sipsuite.sip.message import Request
 
 log = get_logger("sipsuite.proxy.registrar")
@@ -221,7 +228,8 @@ def _outbound(req: Request, reg: RegisterRequest, cfg: RegistrarConfig) -> None:
     reg.outbound = wants and any(c.reg_id is not None and c.instance for c in reg.contacts)
 
 
-def first_hop_flow(flows: Any, source: Source | None, outbound: bool, path: list[str]) -> str | None:
+def first_hop_flow(flows: FlowService | None, source: Source | None, outbound: bool,
+                   path: list[str]) -> str | None:
     """The flow a REGISTER's bindings record: none behind an edge proxy (its
     Path routes), for TCP/TLS always (connection reuse), for UDP with outbound."""
     if flows is None or source is None or path:
@@ -293,18 +301,40 @@ def contact_values(bindings: list[Binding], now: float) -> list[str]:
 
 
 class Registrar:
-    """Answers REGISTER requests for our domains from a LocationStore."""
+    """Answers REGISTER requests for our domains from the location store."""
 
-    def __init__(self, store: LocationStore, cfg: RegistrarConfig, clock: Any = time.time) -> None:
-        self.store = store
-        self.cfg = cfg
-        self.clock = clock
-        # Told of every AOR that got a binding from behind NAT (keep-alives).
+    name: ClassVar[str] = "registrar"
+
+    def __init__(self, core: CoreAPI) -> None:
+        self.core = core
+        # Told of every AOR that got a binding from behind NAT (keep-alives):
+        # on_nat_binding() subscribers, and the one older slot.
+        self._nat_listeners: list[Callable[[str], None]] = []
         self.on_nat: Callable[[str], None] | None = None
-        # sipsuite.proxy.registrar.outbound.Flows: records the flow a REGISTER came over.
-        self.flows: Any = None
         self._date_at = -1
         self._date_text = ""
+
+    # Read at use: cfg set replaces the config whole.
+    @property
+    def cfg(self) -> RegistrarConfig:
+        return self.core.config.registrar
+
+    @property
+    def store(self) -> LocationStore:
+        """The store of registered bindings (LOCATION's, without the static ones)."""
+        return self.core.modules.require(LOCATION).store
+
+    @property
+    def flows(self) -> FlowService | None:
+        """The outbound module's flows, if it is set up (records the flow a REGISTER came over)."""
+        return self.core.modules.get(FLOWS)
+
+    def clock(self) -> float:
+        return self.core.wall()
+
+    def on_nat_binding(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(aor)`` for each REGISTER that stores a binding from behind NAT."""
+        self._nat_listeners.append(fn)
 
     def _date(self, now: float) -> str:
         """The Date header for ``now``: formatted once per second, not per 200."""
@@ -314,7 +344,8 @@ class Registrar:
             self._date_text = formatdate(second, usegmt=True)
         return self._date_text
 
-    async def register(self, ctx: RequestContext) -> None:
+    async def save(self, ctx: RequestContext) -> None:
+        """Kamailio's save("location"): store the REGISTER's bindings and answer it."""
         req = ctx.request
         try:
             reg = parse_register(req, ctx.source, self.cfg)
@@ -322,7 +353,8 @@ class Registrar:
             ctx.reply(e.status, e.reason, e.headers)
             return
         cfg = self.cfg
-        reg.flow = first_hop_flow(self.flows, ctx.source, reg.outbound, reg.path)
+        flows = self.flows
+        reg.flow = first_hop_flow(flows, ctx.source, reg.outbound, reg.path)
         try:
             if reg.contacts or reg.star:
                 bindings = await self.store.update(
@@ -337,10 +369,13 @@ class Registrar:
             log.warn("REGISTER for {aor}: location store unavailable: {e}", aor=reg.aor, e=e)
             ctx.reply(500, "Location Store Unavailable", [("Retry-After", str(cfg.retry_after))])
             return
-        if reg.nat and reg.contacts and self.on_nat is not None:
-            self.on_nat(reg.aor)
-        if reg.flow is not None and self.flows is not None and ctx.source is not None:
-            self.flows.registered(ctx.source, [c.contact for c in reg.contacts if c.expires])
+        if reg.nat and reg.contacts:
+            for fn in self._nat_listeners:
+                fn(reg.aor)
+            if self.on_nat is not None:
+                self.on_nat(reg.aor)
+        if reg.flow is not None and flows is not None and ctx.source is not None:
+            flows.registered(ctx.source, [c.contact for c in reg.contacts if c.expires])
         now = self.clock()
         headers = [("Contact", v) for v in contact_values(bindings, now)]
         if reg.outbound:
@@ -349,3 +384,38 @@ class Registrar:
             headers += [("Path", p) for p in reg.path]
         headers.append(("Date", self._date(now)))
         ctx.reply(200, "OK", headers)
+
+    #: The name user routing classes used before save() (core.registrar.register(ctx)).
+    register = save
+
+    # -- the module's life --------------------------------------------------------
+    def start(self) -> None:
+        pass
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        pass  # [registrar] is read at use
+
+    def stats(self) -> Mapping[str, object]:
+        return {}
+
+    def stop(self) -> None:
+        pass
+
+
+class RegistrarSpec:
+    """Always set up: REGISTER for our domains is answered here."""
+
+    name = "registrar"
+    requires: tuple[ServiceKey[Any], ...] = (LOCATION,)
+    runtime_switch = False
+
+    def enabled(self, config: Config) -> bool:
+        return True
+
+    def setup(self, core: CoreAPI, config: Config) -> Registrar:
+        registrar = Registrar(core)
+        core.modules.provide(REGISTRAR, registrar)
+        return registrar
+
+
+SPEC = RegistrarSpec()

@@ -13,13 +13,16 @@ came from, and the actions a script takes (``reply``, ``relay``, ``drop``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sipsuite.hosts import unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.resolver import Target
-from sipsuite.proxy.registrar.location import Binding
+from sipsuite.proxy.registrar.bindings import Binding
+from sipsuite.proxy.services import AUTH, LOCATION, REGISTRAR
+from sipsuite.sip.headers import NameAddr
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.uri import URI
 
@@ -39,8 +42,8 @@ DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 class RequestContext:
     """What a routing hook sees of one incoming request and can do with it."""
 
-    __slots__ = ("core", "request", "source", "proxy_ctx", "loose_routed", "handled", "vars",
-                 "tx_key", "debug", "call")
+    __slots__ = ("core", "request", "source", "proxy_ctx", "loose_routed", "removed_routes",
+                 "handled", "vars", "tx_key", "debug", "call")
 
     def __init__(self, core: ProxyCore, request: Request, source: Any, loose_routed: bool,
                  call: CallState | None = None) -> None:
@@ -49,6 +52,9 @@ class RequestContext:
         self.source = source
         # A Route header naming this proxy was removed (Kamailio's loose_route()).
         self.loose_routed = loose_routed
+        # The Route entries naming this proxy that 16.4 removed (top first):
+        # what our own Route carried, e.g. outbound's flow token.
+        self.removed_routes: Sequence[NameAddr] = ()
         self.proxy_ctx: ProxyContext | None = None
         self.handled = False
         # The user's own variables (a script's $var/$avp); nothing built in uses it.
@@ -86,25 +92,25 @@ class RequestContext:
         """The user's bindings: static ones from the config, then registered
         ones, highest q first. Raises StoreUnavailable when the store (Redis)
         cannot answer in time."""
-        return await self.core.lookup(user)
+        return await self.core.modules.require(LOCATION).lookup(user)
 
     # -- actions ---------------------------------------------------------------
     async def register(self) -> None:
         """Store the REGISTER's bindings and answer it (Kamailio's save("location"))."""
         self.handled = True
-        await self.core.registrar.register(self)
+        await self.core.modules.require(REGISTRAR).save(self)
 
     async def auth_check(self, user: str, *, proxy: bool) -> bool:
         """Kamailio's auth_check: True when the request has valid digest
         credentials for ``user``; otherwise it has been answered (401/407
         challenge or 403) and the hook should return."""
-        ok = await self.core.auth.check(self, user, proxy=proxy)
+        ok = await self.core.modules.require(AUTH).check(self, user, proxy=proxy)
         if not ok:
             self.handled = True
         return ok
 
     def consume_credentials(self, *, proxy: bool) -> None:
-        self.core.auth.consume(self, proxy=proxy)
+        self.core.modules.require(AUTH).consume(self, proxy=proxy)
 
     def reply(self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:
         """Answer the request from here (Kamailio's sl_send_reply / t_reply)."""

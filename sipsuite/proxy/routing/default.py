@@ -15,9 +15,10 @@ from sipsuite.proxy.modules.nat import (
     parse_sdp,
     signalling_nat,
 )
-from sipsuite.proxy.registrar.location import Binding, StoreUnavailable
+from sipsuite.proxy.registrar.bindings import Binding, StoreUnavailable
 from sipsuite.proxy.routing.base import DIALOG_CREATING, Destination, RequestContext, Routing
 from sipsuite.proxy.routing.features import FeatureRoutes
+from sipsuite.proxy.services import FLOWS
 from sipsuite.sip.message import Response
 
 if TYPE_CHECKING:
@@ -174,7 +175,9 @@ class DefaultRouting(FeatureRoutes, Routing):
                       [("Retry-After", str(self.config.registrar.retry_after))])
             return
         # Each with where it is reached; outbound bindings whose flow failed drop out.
-        reached = await self.core.flows.destinations(user, bindings)
+        flows = self.core.modules.get(FLOWS)
+        reached = (await flows.destinations(user, bindings) if flows is not None
+                   else [(b, Destination.of(b)) for b in bindings])
         if not reached:
             if ctx.debug:
                 self.trace(ctx, f"location: {user!r}: no bindings")

@@ -18,6 +18,7 @@ from twisted.internet import protocol, task
 
 from sipsuite.config import load_config
 from sipsuite.proxy.core.proxy import ProxyCore
+from sipsuite.proxy.service import BUILTIN_MODULES
 from sipsuite.sip.message import make_response, parse_datagram
 
 
@@ -82,6 +83,7 @@ def test_calls_leave_no_cyclic_garbage(reactor: Any, tmp_path: Path) -> Any:
         f'cancel-me = ["sip:cancel-me@127.0.0.1:{cport}"]\n'
     )
     core = ProxyCore(load_config(str(cfg)), real)
+    core.modules.setup_all(BUILTIN_MODULES, core.config)  # as proxy/service.py does
     core.start()
     pport = core.transport.listeners[0].port
     caller = Caller()

@@ -121,3 +121,52 @@ def test_other_hooks_raising_leave_the_call_answered(
     # The caller still learns the outcome: the hook's failure lost no answer.
     assert statuses(kit)[-1] == 486
     one_warning(events, hook)
+
+
+def test_request_received_hook_sees_removed_routes_and_may_take_the_request(
+        tmp_path: Path) -> None:
+    """request_received runs after 16.4 with the Route entries it removed;
+    a hook that answers keeps the script from running."""
+    kit = kit_for(tmp_path)
+    seen: list[list[str]] = []
+
+    def take(ctx: Any) -> None:
+        seen.append([str(r.uri) for r in ctx.removed_routes])
+        if ctx.method == "OPTIONS":
+            ctx.reply(202, "Taken")
+
+    kit.core.hooks.on_request_received(take)
+    kit.core.routing.request_route = boom  # type: ignore[method-assign]
+    kit.feed(request("OPTIONS", "sip:bob@sipsuite.test", route="<sip:127.0.0.1:5060;lr>"),
+             CALLER)
+    assert seen == [["sip:127.0.0.1:5060;lr"]]
+    assert statuses(kit) == [202]
+
+
+def test_request_received_hook_raising_answers_500_with_one_warning(
+        tmp_path: Path, events: list[dict[str, Any]]) -> None:
+    kit = kit_for(tmp_path)
+    kit.core.hooks.on_request_received(boom)
+    kit.feed(request("OPTIONS", "sip:bob@sipsuite.test"), CALLER)
+    assert statuses(kit) == [500]
+    assert "'a b'" in one_warning(events, "core.request_received")
+
+
+def test_preprocess_routes_returns_the_entries_of_ours_it_removed(tmp_path: Path) -> None:
+    from sipsuite.sip.message import parse_datagram
+
+    kit = kit_for(tmp_path)
+    core = kit.core
+    core.transport.listeners.append(kit.listener)  # what we record-route with
+    ours, theirs = "<sip:127.0.0.1:5060;lr>", "<sip:192.0.2.8;lr>"
+    req = parse_datagram(request("BYE", "sip:bob@192.0.2.9", route=f"{ours}, {ours}, {theirs}"))
+    loose, removed = core._preprocess_routes(req)
+    assert loose and [str(r) for r in removed] == [ours, ours]
+    assert req.header_all("route") == [theirs]
+    # A strict router put our Record-Route in the Request-URI: loose-routed,
+    # the last Route value is the target, and no entry of ours was removed.
+    req = parse_datagram(request("BYE", "sip:127.0.0.1:5060", route="<sip:bob@192.0.2.9>"))
+    loose, removed = core._preprocess_routes(req)
+    assert loose and removed == [] and str(req.uri) == "sip:bob@192.0.2.9"
+    req = parse_datagram(request("BYE", "sip:bob@192.0.2.9", route=theirs))
+    assert core._preprocess_routes(req) == (False, [])

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import pytest_twisted
 from fakecore import FakeConnection, FakeCore
 from proxykit import request
@@ -20,6 +21,7 @@ from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.location import Binding, MemoryLocationStore
 from sipsuite.proxy.services import LOCATION, NATPING, REGISTRAR
 from sipsuite.sip.message import make_response, parse_datagram
+from sipsuite.startup import StartupError
 
 START = 1_800_000_000.0
 UDP = Listener("udp", "127.0.0.1", 5060, "127.0.0.1")
@@ -34,6 +36,7 @@ def make(tmp_path: Path, natsipping: bool = False, interval: float = 10.0,
     core = FakeCore(load_config(str(path)), start=START)
     core.net.listeners += [UDP, TCP]
     core.location = MemoryLocationStore(core.wall)  # type: ignore[attr-defined]
+    core.modules.provide(LOCATION, core.location)  # type: ignore[attr-defined]
     return core
 
 
@@ -54,16 +57,14 @@ def test_spec_follows_keepalive_interval_and_subscribes(tmp_path: Path) -> None:
     off = dataclasses.replace(core.config,
                               nat=dataclasses.replace(core.config.nat, keepalive_interval=0.0))
     assert not SPEC.enabled(off)
-    # The registrar as a core attribute (before it is a module): its on_nat slot.
-    core.registrar = SimpleNamespace(on_nat=None)  # type: ignore[attr-defined]
-    core.modules.setup_all([SPEC], core.config)
-    ping = core.modules.get(NATPING)
-    assert isinstance(ping, NatPing) and core.registrar.on_nat == ping.track  # type: ignore[attr-defined]
-    # The registrar as a module: its on_nat_binding.
+    # Set up after the registrar, which it needs (and tells it of NAT'ed bindings).
+    with pytest.raises(StartupError, match="natping needs the registrar service"):
+        core.modules.setup_all([SPEC], core.config)
     core2 = make(tmp_path)
     subscribed: list[Any] = []
     core2.modules.provide(REGISTRAR, SimpleNamespace(on_nat_binding=subscribed.append))  # type: ignore[arg-type]
     core2.modules.setup_all([SPEC], core2.config)
+    assert isinstance(core2.modules.get(NATPING), NatPing)
     assert subscribed == [core2.modules.get(NATPING).track]  # type: ignore[union-attr]
 
 

@@ -14,11 +14,14 @@ from twisted.logger import globalLogPublisher
 
 from sipsuite.config import Config, load_config
 from sipsuite.config.values import Invalid, host_or_empty, regex
+from sipsuite.proxy.core.hooks import HookPoints
+from sipsuite.proxy.core.modules import ModuleRegistry
 from sipsuite.proxy.registrar.location import Binding
 from sipsuite.proxy.registrar.outbound import Flows
 from sipsuite.proxy.routing.base import RequestContext
 from sipsuite.proxy.routing.default import DefaultRouting
 from sipsuite.proxy.routing.features import pstn_number, target_uri
+from sipsuite.proxy.services import AUTH, FLOWS, LOCATION
 from sipsuite.sip.message import make_response, parse_datagram
 
 PATTERN = r"^(\+|00)[1-9][0-9]{3,20}$"
@@ -34,7 +37,10 @@ class FakeCore:
         self.trusted_hosts: set[str] = set()
         self.replies: list[tuple[int, str | None]] = []
         self.relays: list[list[str]] = []
-        self.flows = Flows(self, "")  # type: ignore[arg-type]
+        self.identity = self
+        self.modules = ModuleRegistry(self, HookPoints())  # type: ignore[arg-type]
+        self.modules.provide(FLOWS, Flows(self, ""))  # type: ignore[arg-type]
+        self.modules.provide(LOCATION, self)  # type: ignore[arg-type]
 
     def is_myself(self, host: str, port: int | None) -> bool:
         return host == "sipsuite.test"
@@ -150,7 +156,7 @@ def test_pstn_with_auth_needs_authentication_or_ipauth() -> None:
     without ipauth and goes to the gateway with it."""
     features = {"pstn": True, "auth": True}
     core = FakeCore(config(features=features, pstn=PSTN_ON["pstn"]))
-    core.auth = SimpleNamespace(check=_challenge)
+    core.modules.provide(AUTH, SimpleNamespace(check=_challenge))  # type: ignore[arg-type]
     core.trusted_hosts.add("192.0.2.5")
     route(core, invite("sip:+4930123456@sipsuite.test"))
     assert core.relays == [] and core.challenged == 1  # type: ignore[attr-defined]
