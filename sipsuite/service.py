@@ -44,7 +44,7 @@ def make_suite_service(config: Config) -> service.MultiService:
         # sipsuite.proxy.media.local.LocalRelayClient); named relays take over.
         # The dispatcher works from construction on: the proxy (started
         # first) may check it before the relay's own startService.
-        client = LocalRelayClient(lambda: relay_service.dispatcher,
+        client = LocalRelayClient(lambda: relay_service.commands,
                                   command_timeout=config.media.command_timeout,
                                   disable_time=config.media.disable_time)
         attach_media(core, client, proxy)

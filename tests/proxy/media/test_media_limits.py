@@ -16,7 +16,7 @@ from twisted.internet import task
 from sipsuite.ops.liveops import cfg_set
 from sipsuite.proxy.media.local import LocalRelayClient
 from sipsuite.proxy.media.manager import MediaManager
-from sipsuite.rtprelay.control import ControlDispatcher
+from sipsuite.rtprelay.control import ControlHandler
 from sipsuite.rtprelay.table import SessionTable
 from sipsuite.sip.message import make_response
 
@@ -148,7 +148,7 @@ def test_sessions_end_when_the_relay_client_forgets_the_call() -> None:
     # give the source its sessions back.
     clock = task.Clock()
     table = SessionTable(MemoryPorts(30000, 30999))
-    dispatcher = ControlDispatcher(table, table.ports, ["127.0.0.1"])  # type: ignore[arg-type]
+    dispatcher = ControlHandler(table, table.ports, ["127.0.0.1"])  # type: ignore[arg-type]
     client = LocalRelayClient(lambda: dispatcher, reactor=clock, call_idle_time=100,
                               max_calls=3)
     media = MediaManager(client, "always", max_sessions_per_source=10)
