@@ -299,9 +299,6 @@ def apply_config(core: ProxyCore, new: Config) -> None:
     auth.cfg = new.auth
     auth.retry_after = str(new.registrar.retry_after)
     auth.nonces.lifetime = new.auth.nonce_expires
-    if core.media is not None:
-        core.media.max_streams = new.media.max_streams
-        core.media.max_sessions_per_source = new.media.max_sessions_per_source
     core.reconfigure(new)
     if new.log.level != sipsuite_log.get_level():
         sipsuite_log.set_level(new.log.level)

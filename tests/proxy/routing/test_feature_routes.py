@@ -14,6 +14,8 @@ from twisted.logger import globalLogPublisher
 
 from sipsuite.config import Config, load_config
 from sipsuite.config.values import Invalid, host_or_empty, regex
+from sipsuite.proxy.core.hooks import HookPoints
+from sipsuite.proxy.core.modules import ModuleRegistry
 from sipsuite.proxy.registrar.location import Binding
 from sipsuite.proxy.registrar.outbound import Flows
 from sipsuite.proxy.routing.base import RequestContext
@@ -29,7 +31,7 @@ class FakeCore:
 
     def __init__(self, config: Config, bindings: dict[str, list[Binding]] | None = None) -> None:
         self.config = config
-        self.media = None
+        self.modules = ModuleRegistry(self, HookPoints())  # type: ignore[arg-type]  # none set up
         self.bindings = bindings or {}
         self.trusted_hosts: set[str] = set()
         self.replies: list[tuple[int, str | None]] = []
