@@ -46,7 +46,7 @@ per m= line and relies on rtpproxy's port range):
 :class:`~sipsuite.proxy.media.local.LocalRelayClient` is the relay client of ``twistd -n sipsuite`` when
 no ``[media] relays`` are named: the same client logic (stickiness, V/VF
 checks, counters), but each command handed straight to the in-process
-relay's dispatcher instead of a socket, so there is no control port to
+relay's command handler instead of a socket, so there is no control port to
 share, pick or secure, and no datagram per command.
 """
 
