@@ -73,7 +73,9 @@ async def _relay(core: ProxyCore, registry: RpcRegistry | None) -> dict[str, Any
         out["packets_relayed"] = relay.get("packets_relayed")
     media = core.modules.by_name("media")
     if media is not None:
-        out.update(media.stats())  # calls_anchored, offers, answers, deletes, failures, refused
+        # calls_anchored, offers, answers, deletes, failures, refused
+        figures = media.stats()
+        out.update(await figures if isinstance(figures, defer.Deferred) else figures)
     return out or None
 
 
