@@ -22,13 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sipsuite.proxy import (
-    DISPATCHER,
-    DefaultRouting,
-    RequestContext,
-    add_contact_alias,
-    signalling_nat,
-)
+from sipsuite.proxy import DISPATCHER, NAT, DefaultRouting, RequestContext
 
 
 class DispatcherRouting(DefaultRouting):
@@ -63,10 +57,9 @@ class DispatcherRouting(DefaultRouting):
         # networks need not), no pre-loaded Route.
         req = ctx.request
         ctx.debug = self.config.features.debug
-        if self.config.features.nat:
-            ctx.vars["nat"] = signalling_nat(req, ctx.source)
-            if ctx.vars["nat"]:
-                add_contact_alias(req, ctx.source)
+        nat = self.core.modules.get(NAT)  # None unless [features] nat
+        if nat is not None:
+            nat.detect(ctx)  # and the Contact's alias, our Record-Route's ;nat=yes
         if not await self.authenticate(ctx, False):
             return
         if not (self.pstn_allowed(ctx) or ctx.source_trusted()):

@@ -8,7 +8,8 @@ from sipsuite.config import Config
 from sipsuite.drain import SuiteService
 from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.proxy.media.local import LocalRelayClient
-from sipsuite.proxy.service import ProxyService, attach_media, make_proxy_service
+from sipsuite.proxy.modules.media import add_media
+from sipsuite.proxy.service import ProxyService, make_proxy_service
 from sipsuite.rtprelay.service import RelayService, make_relay_service
 
 
@@ -42,10 +43,10 @@ def make_suite_service(config: Config) -> service.MultiService:
     if config.features.nat and not config.media.relays:
         # The proxy drives the relay beside it without a socket (see
         # sipsuite.proxy.media.local.LocalRelayClient); named relays take over.
-        # The dispatcher works from construction on: the proxy (started
-        # first) may check it before the relay's own startService.
-        client = LocalRelayClient(lambda: relay_service.dispatcher,
+        # The command handler works from construction on: the proxy
+        # (started first) may check it before the relay's own startService.
+        client = LocalRelayClient(lambda: relay_service.commands,
                                   command_timeout=config.media.command_timeout,
                                   disable_time=config.media.disable_time)
-        attach_media(core, client, proxy)
+        add_media(core, client)  # the media module, started and stopped with the core
     return top

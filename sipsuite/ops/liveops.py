@@ -136,7 +136,7 @@ RUNTIME_KEYS: dict[str, tuple[str, ...] | str] = {
     # The writer reopens when the file setting changes (accounting.py).
     "accounting": ("file", "max_duration", "max_calls"),
     "log": ("level",),
-    # Read at each offer (media.py; apply_config hands them over).
+    # The media module reads them from the config at each offer.
     "media": ("max_streams", "max_sessions_per_source"),
 }
 
@@ -147,8 +147,9 @@ _STARTUP_WORDS = frozenset({"listen", "file", "path", "dir", "url", "cert", "cer
 
 
 # Keys of "*" sections that are wired at start-up all the same: [features] nat
-# decides whether the media manager and its relay client exist at all, so
-# switching it later would detect NAT in signalling but never relay media.
+# decides whether the nat and media modules (and the relay client) exist at
+# all, so switching it later would detect NAT in signalling but never relay
+# media.
 _STARTUP_ONLY = frozenset({"features.nat"})
 
 
@@ -294,9 +295,6 @@ def apply_config(core: ProxyCore, new: Config) -> None:
     """Make ``new`` the core's config: push the sections that features not yet
     converted to modules copied at start-up, then ``core.reconfigure`` (the
     core's own sections and every module's part)."""
-    if core.media is not None:
-        core.media.max_streams = new.media.max_streams
-        core.media.max_sessions_per_source = new.media.max_sessions_per_source
     core.reconfigure(new)
     if new.log.level != sipsuite_log.get_level():
         sipsuite_log.set_level(new.log.level)

@@ -62,14 +62,11 @@ async def _relay(core: ProxyCore, registry: RpcRegistry | None) -> dict[str, Any
         out["sessions"] = relay.get("sessions_active")
         out["sessions_created"] = relay.get("sessions_created")
         out["packets_relayed"] = relay.get("packets_relayed")
-    media = core.media
+    media = core.modules.by_name("media")
     if media is not None:
-        out["calls_anchored"] = media.client.calls_held
-        out["offers"] = media.offers
-        out["answers"] = media.answers
-        out["deletes"] = media.deletes
-        out["failures"] = media.failures
-        out["refused"] = media.refused  # offers over [media] max_streams / per-source sessions
+        # calls_anchored, offers, answers, deletes, failures, refused
+        figures = media.stats()
+        out.update(await figures if isinstance(figures, defer.Deferred) else figures)
     return out or None
 
 

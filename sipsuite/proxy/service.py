@@ -14,9 +14,7 @@ from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.ops.stats import MetricsResource, register_stats_methods
 from sipsuite.ops.users import register_store_methods
 from sipsuite.proxy.core.proxy import ProxyCore
-from sipsuite.proxy.media.client import RelayClient
-from sipsuite.proxy.media.manager import MediaManager
-from sipsuite.proxy.modules import accounting, antiflood, auth, natping, scanners
+from sipsuite.proxy.modules import accounting, antiflood, auth, media, nat, natping, scanners
 from sipsuite.proxy.modules.antiflood import register_flood_methods
 from sipsuite.proxy.modules.dispatcher import dispatcher
 from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_methods
@@ -31,7 +29,8 @@ log = get_logger("sipsuite.proxy.service")
 #: set-up order; the core's registry stops them in reverse.
 BUILTIN_MODULES = (
     redis.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC, scanners.SPEC, outbound.SPEC,
-    registrar.SPEC, auth.SPEC, natping.SPEC, dispatcher.SPEC, accounting.SPEC,
+    registrar.SPEC, auth.SPEC, nat.SPEC, natping.SPEC, media.SPEC, dispatcher.SPEC,
+    accounting.SPEC,
 )
 
 
@@ -47,6 +46,8 @@ class ProxyService(service.Service):
         self.config = config
         self.reactor = reactor
         self.core = ProxyCore(config, reactor)
+        # Before the modules: the media module's tls: relays need the contexts.
+        self.tls = attach_tls(self.core)
         self.core.modules.setup_all(BUILTIN_MODULES, config)
         self.gc = GCPolicy(reactor)
 
@@ -62,10 +63,6 @@ class ProxyService(service.Service):
         super().startService()
         self.core.start()  # binds the listeners unless privilegedStartService did
         self.gc.start()
-        if self.config.features.nat and self.core.media is None:
-            # sip-proxy with [features] nat but no [media] relays / --relay.
-            log.warn("[features] nat is on but no media relay is configured:"
-                     " media will not be relayed")
         # Logged once the reactor runs (and twistd's signal handlers are in
         # place): the moment the proxy really serves.
         self.reactor.callWhenRunning(
@@ -79,26 +76,12 @@ class ProxyService(service.Service):
         return defer.DeferredList(self.core.stop())
 
 
-def attach_media(core: ProxyCore, client: RelayClient, parent: service.MultiService) -> None:
-    """Give the core its media manager: ``client`` runs under ``parent``
-    (its pings start and its sockets close with the proxy)."""
-    client.setServiceParent(parent)
-    media = core.config.media
-    core.media = MediaManager(client, media.relay, max_streams=media.max_streams,
-                              max_sessions_per_source=media.max_sessions_per_source,
-                              is_trusted=core.is_trusted)
-
-
 def make_proxy_service(config: Config) -> service.MultiService:
     """Build the proxy's services (transports, core, routing, management) from config."""
     top = service.MultiService()
     proxy = ProxyService(config)
     proxy.setServiceParent(top)
-    tls = attach_tls(proxy.core)
-    media = config.media
-    if config.features.nat and media.relays:
-        attach_media(proxy.core, RelayClient(media.relays, command_timeout=media.command_timeout,
-                                             disable_time=media.disable_time, tls=tls), top)
+    tls = proxy.tls
     if config.management.listen:
         registry = RpcRegistry()
         core = proxy.core

@@ -85,8 +85,10 @@ class NatService(Protocol):
     """nathelper: is the sender behind NAT, and where does a dialog go."""
 
     def detect(self, ctx: RequestContext) -> bool: ...
-    def behind_nat(self, ctx: RequestContext) -> bool: ...
-    def dialog_target(self, req: Request) -> Target | None: ...
+    # route[NATDETECT]: True when behind NAT; then the Contact gets its
+    # alias and our Record-Route ";nat=yes" (ctx.call.rr_params).
+    def behind_nat(self, ctx: RequestContext) -> bool: ...  # what detect() found
+    def dialog_target(self, req: Request) -> Target | None: ...  # handle_ruri_alias
 
 
 class NatPingService(Protocol):
@@ -100,13 +102,17 @@ class NatPingService(Protocol):
 class MediaService(Protocol):
     """rtpproxy_manage: media anchored on a relay."""
 
-    mode: str
+    @property
+    def mode(self) -> str: ...  # [media] relay: "nat" or "always"
 
     async def offer(self, ctx: RequestContext) -> bool: ...
-    async def in_dialog(self, ctx: RequestContext) -> None: ...
+    # An initial request's offer: True when relayed; an INVITE without SDP
+    # that needs the relay becomes a late offer (on_reply relays the 2xx's).
+    async def in_dialog(self, ctx: RequestContext) -> None: ...  # BYE/ACK/PRACK/re-INVITE/UPDATE
     def on_reply(self, ctx: RequestContext, resp: Response) -> Coroutine[Any, Any, Any] | None: ...
-    async def end_call(self, ctx: RequestContext) -> None: ...
-    def relayed(self, ctx: RequestContext) -> bool: ...
+    # The relay work of a 1xx/2xx as a coroutine, or None (most answers).
+    async def end_call(self, ctx: RequestContext) -> None: ...  # D; idempotent
+    def relayed(self, ctx: RequestContext) -> bool: ...  # on the relay, not ended yet
 
 
 class LoadBalancerService(Protocol):

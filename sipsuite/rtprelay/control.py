@@ -1,6 +1,6 @@
 """The relay's control server: RTPProxy's protocol over UDP, unix sockets and TLS.
 
-:class:`ControlDispatcher` turns one command (bytes) into one reply (bytes)
+:class:`ControlHandler` turns one command (bytes) into one reply (bytes)
 against the SessionTable and the relay's ports; it never raises whatever the
 input, so a malformed command costs an ``E<n>`` reply and nothing else.  The
 listeners around it:
@@ -53,7 +53,7 @@ from sipsuite.rtprelay.table import (
 __all__ = [
     "SUPPORTED_CAPABILITIES",
     "ControlDatagramProtocol",
-    "ControlDispatcher",
+    "ControlHandler",
     "ControlStreamFactory",
     "ReplyCache",
     "listen_control",
@@ -130,7 +130,7 @@ def _cookie_of(data: bytes) -> str:
     return head.decode("latin-1")
 
 
-class ControlDispatcher:
+class ControlHandler:
     """Commands in, replies out, against a SessionTable and its MediaPorts.
 
     ``addresses`` are the media addresses: [internal] or [internal, external].
@@ -385,9 +385,9 @@ class ControlDatagramProtocol(protocol.DatagramProtocol):
     noisy = False
     transport: IUDPTransport  # set by listenUDP before any datagram arrives
 
-    def __init__(self, dispatcher: ControlDispatcher, cache: ReplyCache,
+    def __init__(self, handler: ControlHandler, cache: ReplyCache,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.dispatcher = dispatcher
+        self.handler = handler
         self.cache = cache
         self.clock = clock
 
@@ -397,7 +397,7 @@ class ControlDatagramProtocol(protocol.DatagramProtocol):
         cookie = _cookie_of(data)
         reply = self.cache.get(cookie, source, data, now) if cookie else None
         if reply is None:
-            reply = self.dispatcher.handle(data, datagram=True)
+            reply = self.handler.handle(data, datagram=True)
             if cookie:
                 self.cache.put(cookie, source, data, reply, now)
         log.debug("relay control {src}: {cmd!r} -> {reply!r}", src=source, cmd=data[:200],
@@ -419,8 +419,8 @@ class ControlStreamProtocol(protocol.Protocol):
     # interface that declares abortConnection.
     transport: ITCPTransport
 
-    def __init__(self, dispatcher: ControlDispatcher, reactor: Any) -> None:
-        self.dispatcher = dispatcher
+    def __init__(self, handler: ControlHandler, reactor: Any) -> None:
+        self.handler = handler
         self.reactor = reactor
         self.buffer = b""
         self.answered = False
@@ -446,7 +446,7 @@ class ControlStreamProtocol(protocol.Protocol):
         # Kamailio writes the whole command in one writev and sends no newline;
         # a unix stream delivers that in one read.
         self.answered = True
-        reply = self.dispatcher.handle(command, datagram=False)
+        reply = self.handler.handle(command, datagram=False)
         log.debug("relay control unix: {cmd!r} -> {reply!r}", cmd=command[:200],
                   reply=reply[:200])
         self.transport.write(reply)
@@ -456,12 +456,12 @@ class ControlStreamProtocol(protocol.Protocol):
 class ControlStreamFactory(protocol.Factory):
     noisy = False
 
-    def __init__(self, dispatcher: ControlDispatcher, reactor: Any) -> None:
-        self.dispatcher = dispatcher
+    def __init__(self, handler: ControlHandler, reactor: Any) -> None:
+        self.handler = handler
         self.reactor = reactor
 
     def buildProtocol(self, addr: Any) -> ControlStreamProtocol:
-        return ControlStreamProtocol(self.dispatcher, self.reactor)
+        return ControlStreamProtocol(self.handler, self.reactor)
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -486,7 +486,7 @@ def _remove_stale_socket(path: str) -> None:
         probe.close()
 
 
-def listen_control(spec: ControlSpec, dispatcher: ControlDispatcher, cache: ReplyCache,
+def listen_control(spec: ControlSpec, handler: ControlHandler, cache: ReplyCache,
                    reactor: Any, clock: Callable[[], float] = time.monotonic,
                    tls: Any = None) -> Any:
     """Listen on one control socket; returns the listening port.  Raises
@@ -494,10 +494,10 @@ def listen_control(spec: ControlSpec, dispatcher: ControlDispatcher, cache: Repl
     (``tls``: sipsuite.tlsctx.TLSContexts) speak the unix stream exchange
     over TLS and serve only clients whose certificate verifies (mutual TLS)."""
     if spec.transport == "tls":
-        factory = tls.server_factory(ControlStreamFactory(dispatcher, reactor), lambda: True)
+        factory = tls.server_factory(ControlStreamFactory(handler, reactor), lambda: True)
         return reactor.listenTCP(spec.port, factory, interface=spec.host)
     if spec.transport == "unix":
         _remove_stale_socket(spec.path)
-        return reactor.listenUNIX(spec.path, ControlStreamFactory(dispatcher, reactor))
-    return reactor.listenUDP(spec.port, ControlDatagramProtocol(dispatcher, cache, clock),
+        return reactor.listenUNIX(spec.path, ControlStreamFactory(handler, reactor))
+    return reactor.listenUDP(spec.port, ControlDatagramProtocol(handler, cache, clock),
                              interface=spec.host)

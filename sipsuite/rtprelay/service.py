@@ -32,7 +32,7 @@ from sipsuite.log import get_logger
 from sipsuite.ops.errors import INVALID_PARAMS, RpcError
 from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.rtpproxy.ids import encode_call_id
-from sipsuite.rtprelay.control import ControlDispatcher, ReplyCache, listen_control
+from sipsuite.rtprelay.control import ControlHandler, ReplyCache, listen_control
 from sipsuite.rtprelay.media import MediaPorts, check_media_address
 from sipsuite.rtprelay.session import Addr, Leg, Session
 from sipsuite.rtprelay.table import SessionTable
@@ -97,8 +97,10 @@ class RelayService(BindsEarly):
             hold_timeout=config.hold_timeout,
             max_sessions_per_call=config.max_sessions_per_call,
         )
-        self.dispatcher = ControlDispatcher(self.table, self.media, config.media_addresses, clock)
-        self.dispatcher.on_drain_progress = self._check_drained
+        # The rtpproxy command handler: the control sockets and the proxy's
+        # in-process client (sipsuite.proxy.media.local) hand it commands.
+        self.commands = ControlHandler(self.table, self.media, config.media_addresses, clock)
+        self.commands.on_drain_progress = self._check_drained
         self.cache = ReplyCache()
         self.listeners: list[Any] = []
         self._loop: task.LoopingCall | None = None
@@ -139,7 +141,7 @@ class RelayService(BindsEarly):
         for spec in self.config.control:
             try:
                 self.listeners.append(
-                    listen_control(spec, self.dispatcher, self.cache, self.reactor, self.clock,
+                    listen_control(spec, self.commands, self.cache, self.reactor, self.clock,
                                    self.tls))
             except (CannotListenError, OSError) as exc:
                 self._close_listeners()
@@ -149,6 +151,12 @@ class RelayService(BindsEarly):
     def control_ports(self) -> list[int]:
         """The bound UDP control ports (the OS's picks for port 0), in config order."""
         return [p.getHost().port for p in self.listeners if hasattr(p.getHost(), "port")]
+
+    @property
+    def dispatcher(self) -> ControlHandler:
+        """The command handler's name before issue 13 (``commands`` now);
+        kept one release for code written against it."""
+        return self.commands
 
     # -- the tick ---------------------------------------------------------------
 
@@ -171,7 +179,7 @@ class RelayService(BindsEarly):
         cpu = time.process_time()
         last_cpu, last_now = self._cpu
         if now > last_now:
-            self.dispatcher.load = min(1.0, max(0.0, (cpu - last_cpu) / (now - last_now)))
+            self.commands.load = min(1.0, max(0.0, (cpu - last_cpu) / (now - last_now)))
         self._cpu = (cpu, now)
         self._check_drained()
 
@@ -309,11 +317,11 @@ class RelayService(BindsEarly):
             "ports_total": media.capacity * 2,
             "ports_free": media.free_count * 2,
             "ports_held": media.held_count * 2,
-            "commands": self.dispatcher.commands,
-            "command_errors": self.dispatcher.errors,
+            "commands": self.commands.commands,
+            "command_errors": self.commands.errors,
             "retransmissions": self.cache.hits,
             "draining": self.table.draining,
-            "load": round(self.dispatcher.load, 3),
+            "load": round(self.commands.load, 3),
         }
 
 

@@ -17,7 +17,7 @@ from sipsuite.rtpproxy.ids import (
     encode_id,
     is_raw,
 )
-from sipsuite.rtprelay.control import ControlDispatcher
+from sipsuite.rtprelay.control import ControlHandler
 from sipsuite.rtprelay.table import SessionTable
 from sipsuite.sip.message import ParseError, Request, parse_datagram
 
@@ -140,7 +140,7 @@ def odd_inputs() -> list[tuple[str, str]]:
 
 def test_every_call_id_and_tag_the_parser_takes_reaches_its_session() -> None:
     table = SessionTable(MemoryPorts(30000, 30099))
-    dispatcher = ControlDispatcher(table, table.ports, ["127.0.0.1"])  # type: ignore[arg-type]
+    dispatcher = ControlHandler(table, table.ports, ["127.0.0.1"])  # type: ignore[arg-type]
     client = LocalRelayClient(lambda: dispatcher)
     for call_id, from_tag in odd_inputs():
         what = f"call-id {call_id!r} tag {from_tag!r}"

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sipsuite.rtprelay.control import ControlDispatcher
+from sipsuite.rtprelay.control import ControlHandler
 from sipsuite.rtprelay.ports import PortAllocator
 from sipsuite.rtprelay.table import DEFAULT_MAX_SESSIONS_PER_CALL, SessionTable, TooManySessions
 
@@ -45,7 +45,7 @@ def test_table_refuses_a_session_past_the_cap_and_creates_nothing() -> None:
 def test_kamailio_style_flood_of_streams_gets_e98_after_the_cap() -> None:
     ports = MemoryPorts(30000, 39999)
     table = SessionTable(ports)
-    dispatcher = ControlDispatcher(table, ports, ["127.0.0.1"])  # type: ignore[arg-type]
+    dispatcher = ControlHandler(table, ports, ["127.0.0.1"])  # type: ignore[arg-type]
     replies = [dispatcher.handle(f"k{n} U flood@h 192.0.2.10 {4000 + 2 * n} ft;{n}".encode())
                for n in range(1, 201)]
     cap = DEFAULT_MAX_SESSIONS_PER_CALL

@@ -171,16 +171,12 @@ class Forwarding:
     def _send_branch(self, branch: Branch, target: Target, listener: Listener) -> None:
         ctx = branch.ctx
         req = branch.request.copy()
-        rctx = ctx.rctx
-        call = rctx.call
+        call = ctx.rctx.call
         if call.record_route:
             inbound = ctx.server.source.listener
             # Parameters after ;lr that modules asked for (nathelper's
             # add_rr_param(";nat=yes") for a caller behind NAT).
-            rr = call.rr_params
-            if rctx.vars.get("nat") and "nat=yes" not in rr:
-                rr.append("nat=yes")
-            params = "".join(f";{p}" for p in rr)
+            params = "".join(f";{p}" for p in call.rr_params)
             # RFC 3261 16.6 step 4: a sips Request-URI gets a sips Record-Route.
             sips = ctx.request.uri.scheme == "sips"
             if inbound is not listener:

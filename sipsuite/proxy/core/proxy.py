@@ -32,7 +32,6 @@ from sipsuite.proxy.core.modules import ModuleRegistry
 from sipsuite.proxy.core.timers import TimerHeap
 from sipsuite.proxy.core.txlayer import ClientTx, ServerTx, TransactionDriver
 from sipsuite.proxy.core.uac import LocalUAC
-from sipsuite.proxy.media.manager import MediaManager
 from sipsuite.proxy.net.addresses import (
     guess_address,
     local_addresses,
@@ -141,9 +140,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         self.method_stats: dict[str, int] = {}
         self.reply_classes = [0] * 7  # index = status // 100, 1..6 used
         self.started_at = reactor.seconds()
-        # The media manager ([features] nat with a relay); set by the service
-        # wiring, which owns the relay client.  None: media is never touched.
-        self.media: MediaManager | None = None
         self.routing: Routing = make_routing(self)
         # Set while the suite drains (sipsuite.drain): when the drain ends at the latest.
         self.drain_deadline: float | None = None

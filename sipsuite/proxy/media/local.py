@@ -1,5 +1,5 @@
 """The in-process relay adapter: ``twistd sipsuite`` runs the relay in the proxy's
-process, and the proxy's MediaManager talks to it through this RelayClient
+process, and the proxy's media module talks to it through this RelayClient
 without a socket.
 """
 
@@ -20,8 +20,8 @@ from sipsuite.proxy.media.peers import NoAnswer, RelayState
 LOCAL_RELAY_URI = "unix:in-process"
 
 
-class Dispatcher(Protocol):
-    """The relay's ``ControlDispatcher``: one command in, one reply out."""
+class RelayCommandHandler(Protocol):
+    """The relay's ``ControlHandler``: one rtpproxy command in, one reply out."""
 
     def handle(self, data: bytes, *, datagram: bool = True) -> bytes: ...
 
@@ -29,15 +29,15 @@ class Dispatcher(Protocol):
 class LocalRelayClient(RelayClient):
     """A RelayClient whose one relay is the relay in this process.
 
-    ``dispatcher`` returns the relay's dispatcher, or None while there is
+    ``handler`` returns the relay's command handler, or None while there is
     none (not built yet): then the relay counts as not answering."""
 
-    def __init__(self, dispatcher: Callable[[], Dispatcher | None], **kwargs: Any) -> None:
+    def __init__(self, handler: Callable[[], RelayCommandHandler | None], **kwargs: Any) -> None:
         super().__init__([RelaySpec(LOCAL_RELAY_URI)], **kwargs)
-        self._dispatcher = dispatcher
+        self._handler = handler
 
     def _exchange_stream(self, relay: RelayState, data: bytes) -> Deferred[bytes]:
-        target = self._dispatcher()
+        target = self._handler()
         if target is None:
             return fail(NoAnswer("the in-process relay is not running"))
         # Stream framing (no cookie): a retransmission cache has nothing to do here.

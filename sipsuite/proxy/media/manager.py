@@ -1,6 +1,9 @@
 """Media anchoring: what Kamailio's ``rtpproxy_manage`` does, for the routing.
 
-:class:`MediaManager` turns SIP events into relay commands and SDP rewrites:
+:class:`MediaManager` is the ``media`` module (issue 13; set up by
+sipsuite.proxy.modules.media) and the MEDIA service the script calls
+(sipsuite.proxy.services.MediaService).  It turns SIP events into relay
+commands and SDP rewrites:
 
 * **offer** (U) on an INVITE / UPDATE with SDP, before it is forwarded: one U
   per m= section (``media_index`` 1, 2, ...: Kamailio's ``tag;medianum``),
@@ -43,14 +46,15 @@ per m= line and relies on rtpproxy's port range):
 :class:`~sipsuite.proxy.media.local.LocalRelayClient` is the relay client of ``twistd -n sipsuite`` when
 no ``[media] relays`` are named: the same client logic (stickiness, V/VF
 checks, counters), but each command handed straight to the in-process
-relay's dispatcher instead of a socket, so there is no control port to
+relay's command handler instead of a socket, so there is no control port to
 share, pick or secure, and no datagram per command.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet.defer import Deferred
 
@@ -63,13 +67,16 @@ from sipsuite.proxy.media.client import (
     RelayUnavailable,
 )
 from sipsuite.proxy.modules.nat import media_nat, needs_relay, parse_sdp
+from sipsuite.proxy.services import NAT
 from sipsuite.sip import sdp
 from sipsuite.sip.message import Message, Request, Response
 
 if TYPE_CHECKING:
+    from sipsuite.config import Config
+    from sipsuite.proxy.api import CoreAPI
     from sipsuite.proxy.routing.base import RequestContext
 
-__all__ = ["MediaManager"]
+__all__ = ["MediaManager", "MediaState"]
 
 log = get_logger("sipsuite.proxy.media")
 
@@ -89,21 +96,29 @@ DEFAULT_MAX_STREAMS = 8
 DEFAULT_MAX_SESSIONS_PER_SOURCE = 200
 
 
+@dataclass(slots=True)
+class MediaState:
+    """The media module's part of a transaction's CallState."""
+
+    relayed: bool = False     # its offer went to the relay (U)
+    late_offer: bool = False  # an INVITE without SDP whose call needs a relay
+    deleted: bool = False     # end_call sent the call's D
+
+
 class MediaManager:
-    """Relay commands for the default routing; ``mode`` is ``[media] relay``.
+    """Relay commands for the default routing.
 
-    ``is_trusted(host)``: sources exempt from ``max_sessions_per_source``
-    (0 = no limit).  Both limits may change at run time (liveops)."""
+    ``[media] relay`` (the mode), ``max_streams`` and
+    ``max_sessions_per_source`` (0 = no limit) are read from the core's
+    config at each use, so ``cfg set`` applies to the next offer; sources
+    in ``[proxy] trusted`` are exempt from the per-source limit.  The module
+    owns ``client``: start() starts its pings, stop() closes its sockets."""
 
-    def __init__(self, client: RelayClient, mode: str = "nat", *,
-                 max_streams: int = DEFAULT_MAX_STREAMS,
-                 max_sessions_per_source: int = DEFAULT_MAX_SESSIONS_PER_SOURCE,
-                 is_trusted: Callable[[str], bool] | None = None) -> None:
+    name: ClassVar[str] = "media"
+
+    def __init__(self, core: CoreAPI, client: RelayClient) -> None:
+        self.core = core
         self.client = client
-        self.mode = mode
-        self.max_streams = max_streams
-        self.max_sessions_per_source = max_sessions_per_source
-        self.is_trusted: Callable[[str], bool] = is_trusted or (lambda _host: False)
         self.offers = 0
         self.answers = 0
         self.deletes = 0
@@ -116,9 +131,111 @@ class MediaManager:
         self._per_source: dict[str, int] = {}
         client.forgotten = self._release
 
+    @property
+    def mode(self) -> str:
+        """``[media] relay``: "nat" or "always"."""
+        return self.core.config.media.relay
+
+    @property
+    def max_streams(self) -> int:
+        return self.core.config.media.max_streams
+
+    @property
+    def max_sessions_per_source(self) -> int:
+        return self.core.config.media.max_sessions_per_source
+
+    def is_trusted(self, host: str) -> bool:
+        return self.core.identity.is_trusted(host)
+
     def sessions_of(self, host: str) -> int:
         """Relay sessions charged to this source address now."""
         return self._per_source.get(host, 0)
+
+    # -- the module -----------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self.client.running:
+            self.client.startService()  # the relay pings
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        pass  # the limits are read at use
+
+    def stats(self) -> Mapping[str, object]:
+        """The figures ``stats`` shows under "relay"."""
+        return {
+            "calls_anchored": self.client.calls_held,
+            "offers": self.offers,
+            "answers": self.answers,
+            "deletes": self.deletes,
+            "failures": self.failures,
+            "refused": self.refused,  # offers over [media] max_streams / per-source sessions
+        }
+
+    def stop(self) -> Deferred[Any] | None:
+        if not self.client.running:
+            return None
+        return self.client.stopService()
+
+    # -- the MEDIA service ----------------------------------------------------------
+
+    async def offer(self, rctx: RequestContext) -> bool:
+        """An initial request's offer (route[NATMANAGE]): U for its SDP and
+        rewrite it; True when the media is now relayed.  An INVITE without
+        SDP that needs a relay is marked a late offer instead (its 2xx
+        carries the offer, on_reply relays it).  Call before forwarding."""
+        if await self.offer_request(rctx):
+            return True
+        self.late_offer(rctx)
+        return False
+
+    async def in_dialog(self, rctx: RequestContext) -> None:
+        """A request inside a relayed (or to-be-relayed) call: BYE ends the
+        relay session, ACK/PRACK carry the answer to a late offer, a
+        re-INVITE / UPDATE with SDP is a new offer."""
+        req = rctx.request
+        if req.method == "BYE":
+            if self.mode == "always" or self.is_relayed(req.call_id):
+                await self.delete(req.call_id, req.from_tag, req.to_tag)
+            return
+        if req.method in ("ACK", "PRACK"):
+            await self.answer_in_request(rctx)
+            return
+        await self.offer_request(rctx)
+
+    def on_reply(self, rctx: RequestContext,
+                 resp: Response) -> Coroutine[Any, Any, bool] | None:
+        """The relay work a response needs, as a coroutine, or None (most
+        answers: the script's reply_route then stays synchronous).  Failures
+        are not handled here: end_call in failure_route, once every branch
+        has ended."""
+        state = rctx.call.peek(MediaState)
+        if state is None:
+            return None
+        if state.late_offer and resp.status < 300:
+            # The 2xx carries the offer (and so does each retransmission of
+            # it: the same U again, which the relay answers the same way).
+            if resp.status >= 200 and resp.body:
+                return self.offer_in_reply(rctx, resp)
+            return None
+        if (state.relayed and 100 < resp.status < 300 and resp.body
+                and parse_sdp(resp) is not None):
+            return self.answer(rctx, resp)
+        return None
+
+    async def end_call(self, rctx: RequestContext) -> None:
+        """D for the call of this transaction (it failed or was cancelled);
+        once: a second call does nothing."""
+        state = rctx.call.get(MediaState)
+        if state.deleted:
+            return
+        state.deleted = True
+        await self.delete(rctx.request.call_id, rctx.request.from_tag)
+
+    def relayed(self, rctx: RequestContext) -> bool:
+        """This transaction's offer is on the relay and end_call has not
+        released it yet."""
+        state = rctx.call.peek(MediaState)
+        return state is not None and state.relayed and not state.deleted
 
     # -- decisions ----------------------------------------------------------------
 
@@ -126,9 +243,14 @@ class MediaManager:
         """This proxy has the call on a relay (it sent the call's offer)."""
         return self.client.relay_of(call_id) is not None
 
+    def _behind_nat(self, rctx: RequestContext) -> bool:
+        """The nat module's answer for this request (no nat module: no)."""
+        nat = self.core.modules.get(NAT)
+        return nat is not None and nat.behind_nat(rctx)
+
     # -- commands -----------------------------------------------------------------
 
-    async def offer(self, rctx: RequestContext) -> bool:
+    async def offer_request(self, rctx: RequestContext) -> bool:
         """U for the request's SDP and rewrite it; True when the media is now
         relayed.  Call before the request is forwarded."""
         req = rctx.request
@@ -137,7 +259,7 @@ class MediaManager:
         sd = parse_sdp(req)
         if sd is None:
             return False
-        signalling = bool(rctx.vars.get("nat"))
+        signalling = self._behind_nat(rctx)
         if not needs_relay(self.mode, signalling=signalling, media=media_nat(sd),
                            known=self.is_relayed(req.call_id)):
             return False
@@ -157,7 +279,7 @@ class MediaManager:
             log.warn("call {c}: cannot rewrite SDP for the relay: {e}", c=req.call_id, e=e)
             return False
         self.offers += 1
-        rctx.vars["media"] = True
+        rctx.call.get(MediaState).relayed = True
         return True
 
     def late_offer(self, rctx: RequestContext) -> bool:
@@ -166,10 +288,10 @@ class MediaManager:
         Marks the call; True when it is one."""
         req = rctx.request
         if req.method != "INVITE" or req.body or not needs_relay(
-                self.mode, signalling=bool(rctx.vars.get("nat")), media=False,
+                self.mode, signalling=self._behind_nat(rctx), media=False,
                 known=self.is_relayed(req.call_id)):
             return False
-        rctx.vars["late_offer"] = True
+        rctx.call.get(MediaState).late_offer = True
         return True
 
     async def offer_in_reply(self, rctx: RequestContext, resp: Response) -> bool:
@@ -193,7 +315,7 @@ class MediaManager:
         if not self._rewrite(resp, sd, endpoints):
             return False
         self.offers += 1
-        rctx.vars["media"] = True
+        rctx.call.get(MediaState).relayed = True
         return True
 
     async def answer_in_request(self, rctx: RequestContext) -> bool:
@@ -205,7 +327,7 @@ class MediaManager:
         sd = parse_sdp(req)
         if sd is None:
             return False
-        signalling = bool(rctx.vars.get("nat"))
+        signalling = self._behind_nat(rctx)
         source_host = rctx.source.host if signalling and media_nat(sd) else None
         endpoints = await self._update(self.client.answer, req, req, sd, rctx, source_host,
                                        swap=True)
@@ -226,7 +348,8 @@ class MediaManager:
     async def answer(self, rctx: RequestContext, resp: Response) -> bool:
         """L for a response's SDP to a request whose offer went to the relay,
         and rewrite it; True when rewritten."""
-        if not rctx.vars.get("media") or resp.status >= 300:
+        state = rctx.call.peek(MediaState)
+        if state is None or not state.relayed or resp.status >= 300:
             return False
         sd = parse_sdp(resp)
         if sd is None:

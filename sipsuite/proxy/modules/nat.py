@@ -5,22 +5,39 @@ private Contact, or a top Via naming another address or port than the
 packet came from); ``media_nat`` is nat_uac_test(8) (a private address in
 the SDP).  ``needs_relay`` is the decision the default routing takes for a
 call's media, kept free of I/O so it is unit-tested on its own.
+
+The ``nat`` module (``[features] nat``, set at start only: the media module
+and its relay client exist or not from start-up on) offers them to the
+script as the NAT service (sipsuite.proxy.services.NatService):
+``detect(ctx)`` is kamailio.cfg's route[NATDETECT], its answer kept in the
+transaction's CallState (:class:`NatState`) for the media decisions.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sipsuite.hosts import bracket, unbracket
+from sipsuite.log import get_logger
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.registrar import behind_nat
+from sipsuite.proxy.services import MEDIA, NAT
 from sipsuite.sip import sdp
 from sipsuite.sip.message import Message, Request
 
+if TYPE_CHECKING:
+    from sipsuite.config import Config
+    from sipsuite.proxy.api import CoreAPI, ServiceKey
+    from sipsuite.proxy.routing.base import RequestContext
+
 __all__ = [
-    "NAT_PARAM", "add_contact_alias", "handle_ruri_alias", "media_nat", "needs_relay",
-    "parse_sdp", "signalling_nat",
+    "NAT_PARAM", "SPEC", "NatModule", "NatSpec", "NatState", "add_contact_alias", "handle_ruri_alias",
+    "media_nat", "needs_relay", "parse_sdp", "signalling_nat",
 ]
+
+log = get_logger("sipsuite.proxy.nat")
 
 #: The Record-Route parameter marking a call with a party behind NAT
 #: (kamailio.cfg's ``add_rr_param(";nat=yes")``).
@@ -107,3 +124,90 @@ def needs_relay(mode: str, *, signalling: bool, media: bool, known: bool = False
     is already on a relay (a re-INVITE of a relayed call stays relayed even
     when the re-INVITE's sender is not behind NAT)."""
     return mode == "always" or known or signalling or media
+
+
+# -- the module --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class NatState:
+    """The nat module's part of a transaction's CallState."""
+
+    behind_nat: bool = False  # the sender's signalling is NAT'ed (nat_uac_test 19)
+
+
+class NatModule:
+    """nathelper for the script: NAT detection, the Contact alias, the
+    Record-Route marker and where an aliased Request-URI goes."""
+
+    name: ClassVar[str] = "nat"
+
+    def __init__(self, core: CoreAPI) -> None:
+        self.core = core
+
+    def detect(self, ctx: RequestContext) -> bool:
+        """kamailio.cfg's route[NATDETECT]: True when the sender is behind
+        NAT; then its Contact gets the alias of where it really is (not on a
+        REGISTER: the registrar keeps the source itself) and our
+        Record-Route ``;nat=yes``."""
+        req = ctx.request
+        behind = signalling_nat(req, ctx.source)
+        ctx.call.get(NatState).behind_nat = behind
+        # Before issue 13 the script kept this in ctx.vars, where user
+        # routing classes read it: set there too for one release.
+        ctx.vars["nat"] = behind
+        if behind:
+            if req.method != "REGISTER":
+                add_contact_alias(req, ctx.source)
+            rr = ctx.call.rr_params
+            if NAT_PARAM not in rr:
+                rr.append(NAT_PARAM)
+        return behind
+
+    def behind_nat(self, ctx: RequestContext) -> bool:
+        """What detect() found for this transaction (False before it ran)."""
+        state = ctx.call.peek(NatState)
+        return state is not None and state.behind_nat
+
+    def dialog_target(self, req: Request) -> Target | None:
+        """kamailio.cfg's route[DLGURI]: the address an ``;alias`` in the
+        Request-URI names (the parameter removed), or None."""
+        return handle_ruri_alias(req)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        # After every module is set up, the suite's hand-added media one too.
+        if self.core.modules.get(MEDIA) is None:
+            # sip-proxy with [features] nat but no [media] relays / --relay.
+            log.warn("[features] nat is on but no media relay is configured:"
+                     " media will not be relayed")
+
+    def reconfigure(self, old: Config, new: Config) -> None:
+        pass
+
+    def stats(self) -> Mapping[str, object]:
+        return {}
+
+    def stop(self) -> None:
+        return None
+
+
+class NatSpec:
+    """``[features] nat``."""
+
+    name = "nat"
+    requires: tuple[ServiceKey[Any], ...] = ()
+    # Start-up only (liveops' _STARTUP_ONLY): switching it later would
+    # detect NAT in signalling but never relay media.
+    runtime_switch = False
+
+    def enabled(self, config: Config) -> bool:
+        return bool(config.features.nat)
+
+    def setup(self, core: CoreAPI, config: Config) -> NatModule:
+        module = NatModule(core)
+        core.modules.provide(NAT, module)
+        return module
+
+
+SPEC = NatSpec()

@@ -9,16 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sipsuite.log import get_logger
-from sipsuite.proxy.modules.nat import (
-    add_contact_alias,
-    handle_ruri_alias,
-    parse_sdp,
-    signalling_nat,
-)
 from sipsuite.proxy.registrar.bindings import Binding, StoreUnavailable
 from sipsuite.proxy.routing.base import DIALOG_CREATING, Destination, RequestContext, Routing
 from sipsuite.proxy.routing.features import FeatureRoutes
-from sipsuite.proxy.services import FLOWS
+from sipsuite.proxy.services import FLOWS, MEDIA, NAT
 from sipsuite.sip.message import Response
 
 if TYPE_CHECKING:
@@ -48,21 +42,19 @@ class DefaultRouting(FeatureRoutes, Routing):
             ctx.reply(200, "Keepalive")
             return
 
-        media = self.core.media
-        if self.config.features.nat:
+        nat_service = self.core.modules.get(NAT)
+        if nat_service is not None:
             # kamailio.cfg's route[NATDETECT]: remembered for the media
             # decision and the Record-Route's nat marker; the Contact of a
             # NAT'ed caller gets its real address as an alias.
-            ctx.vars["nat"] = nat = signalling_nat(req, ctx.source)
-            if nat and method != "REGISTER":
-                add_contact_alias(req, ctx.source)
+            nat = nat_service.detect(ctx)
             if debug:
                 self.trace(ctx, f"natdetect: from {ctx.source.host}:{ctx.source.port} "
                                 + ("behind NAT" if nat else "not behind NAT"))
 
         if ctx.in_dialog:
-            if media is not None and method in ("BYE", "INVITE", "UPDATE", "ACK", "PRACK") and (
-                    ctx.loose_routed or req.routes):
+            if method in ("BYE", "INVITE", "UPDATE", "ACK", "PRACK") and (
+                    ctx.loose_routed or req.routes) and self.core.modules.get(MEDIA) is not None:
                 await self.media_in_dialog(ctx)
             self.within_dialog(ctx)
             return
@@ -207,12 +199,9 @@ class DefaultRouting(FeatureRoutes, Routing):
 
     async def media_offer(self, ctx: RequestContext) -> None:
         """Anchor an initial INVITE's media on a relay when [features] nat
-        says so (sipsuite.proxy.media); a relay that fails leaves it as is."""
-        media = self.core.media
-        if media is None:
-            return
-        if not await media.offer(ctx):
-            media.late_offer(ctx)
+        says so (the media module); a relay that fails leaves it as is."""
+        media = self.core.modules.get(MEDIA)
+        if media is None or not await media.offer(ctx):
             return
         pctx = ctx.proxy_ctx
         if pctx is not None and pctx.cancelled:
@@ -221,63 +210,35 @@ class DefaultRouting(FeatureRoutes, Routing):
 
     async def media_in_dialog(self, ctx: RequestContext) -> None:
         """BYE ends the relay session; a re-INVITE / UPDATE with SDP of a
-        relayed call (or one that needs it now) gets a new offer."""
-        media = self.core.media
-        assert media is not None
-        req = ctx.request
-        if req.method == "BYE":
-            if media.mode == "always" or media.is_relayed(req.call_id):
-                await media.delete(req.call_id, req.from_tag, req.to_tag)
-            return
-        if req.method in ("ACK", "PRACK"):
-            # The answer to a late offer (the offer came in the 2xx).
-            await media.answer_in_request(ctx)
-            return
-        await media.offer(ctx)
+        relayed call (or one that needs it now) gets a new offer, an ACK or
+        PRACK the answer to a late offer."""
+        media = self.core.modules.get(MEDIA)
+        if media is not None:
+            await media.in_dialog(ctx)
 
     def reply_route(self, ctx: RequestContext, branch: Branch, response: Response) -> Any:
         # A plain function that returns a coroutine only when there is relay
-        # work: every other answer skips the driver altogether.
-        if self.core.media is None:
+        # work: every other answer skips the driver altogether.  A failure
+        # ends the relay session in failure_route, which runs once every
+        # branch has ended (CANCELed calls too), and knows whether the call
+        # goes on to new branches (serial forking, voicemail, failover).
+        media = self.core.modules.get(MEDIA)
+        if media is None:
             return None
-        if ctx.vars.get("late_offer") and response.status < 300:
-            # The 2xx carries the offer (and so does each retransmission of
-            # it: the same U again, which the relay answers the same way).
-            if response.status >= 200 and response.body:
-                return self._media_offer_reply(ctx, response)
-            return None
-        if not ctx.vars.get("media"):
-            return None
-        if 100 < response.status < 300 and response.body and parse_sdp(response) is not None:
-            return self._media_answer(ctx, response)
-        # A failure ends the relay session in failure_route, which runs once
-        # every branch has ended (CANCELed calls too), and knows whether the
-        # call goes on to new branches (serial forking, voicemail, failover).
-        return None
-
-    async def _media_offer_reply(self, ctx: RequestContext, response: Response) -> None:
-        media = self.core.media
-        if media is not None:
-            await media.offer_in_reply(ctx, response)
-
-    async def _media_answer(self, ctx: RequestContext, response: Response) -> None:
-        media = self.core.media
-        if media is not None:
-            await media.answer(ctx, response)
+        return media.on_reply(ctx, response)
 
     async def _media_delete(self, ctx: RequestContext) -> None:
-        media = self.core.media
-        if media is None or ctx.vars.get("media_deleted"):
-            return
-        ctx.vars["media_deleted"] = True
-        await media.delete(ctx.request.call_id, ctx.request.from_tag)
+        media = self.core.modules.get(MEDIA)
+        if media is not None:
+            await media.end_call(ctx)  # once per call: a second one does nothing
 
     def failure_route(self, ctx: RequestContext, response: Response) -> Any:
         pctx = ctx.proxy_ctx
         before = len(pctx.branches) if pctx is not None else 0
         if pctx is None or not pctx.cancelled:
             self.manage_failure(ctx, response)
-        if not ctx.vars.get("media") or ctx.vars.get("media_deleted"):
+        media = self.core.modules.get(MEDIA)
+        if media is None or not media.relayed(ctx):
             return None
         if pctx is not None and len(pctx.branches) > before:
             return None  # serial forking goes on with the same relay session
@@ -332,10 +293,11 @@ class DefaultRouting(FeatureRoutes, Routing):
     def within_dialog(self, ctx: RequestContext) -> None:
         req = ctx.request
         if ctx.loose_routed or req.routes:
-            if self.config.features.nat and not req.routes:
+            nat_service = self.core.modules.get(NAT)
+            if nat_service is not None and not req.routes:
                 # kamailio.cfg's route[DLGURI]: a Request-URI with an alias
                 # (a NAT'ed party's Contact) goes to the address it names.
-                dst = handle_ruri_alias(req)
+                dst = nat_service.dialog_target(req)
                 if dst is not None:
                     if ctx.debug:
                         self.trace(ctx, f"within dialog: alias in the Request-URI -> relay to {dst}")

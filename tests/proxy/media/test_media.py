@@ -7,14 +7,24 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fakecore import FakeCore
 from twisted.internet.defer import Deferred, fail, succeed
 
+from sipsuite.proxy.api import CallState
 from sipsuite.proxy.core.context import ProxyContext
 from sipsuite.proxy.core.hooks import HookPoints
 from sipsuite.proxy.media.client import RelayError, RelayUnavailable
 from sipsuite.proxy.media.local import LocalRelayClient
-from sipsuite.proxy.media.manager import MediaManager
-from sipsuite.proxy.modules.nat import media_nat, needs_relay, parse_sdp, signalling_nat
+from sipsuite.proxy.media.manager import MediaManager, MediaState
+from sipsuite.proxy.modules import nat as nat_module
+from sipsuite.proxy.modules.media import add_media
+from sipsuite.proxy.modules.nat import (
+    NatState,
+    media_nat,
+    needs_relay,
+    parse_sdp,
+    signalling_nat,
+)
 from sipsuite.rtpproxy import protocol as rp
 from sipsuite.sip.message import Request, Response, make_response, parse_datagram
 
@@ -93,8 +103,25 @@ class FakeClient:
         return "udp:127.0.0.1:7722" if call_id in self.known else None
 
 
+def media_config(mode: str = "always", *, max_streams: int = 8,
+                 max_sessions_per_source: int = 200) -> Any:
+    return SimpleNamespace(
+        features=SimpleNamespace(nat=True),
+        media=SimpleNamespace(relay=mode, relays=[], max_streams=max_streams,
+                              max_sessions_per_source=max_sessions_per_source))
+
+
+def manager(client: Any, mode: str = "always", **limits: int) -> MediaManager:
+    """The media module on a FakeCore, beside the nat module, over ``client``."""
+    core = FakeCore(media_config(mode, **limits))
+    core.modules.setup_all([nat_module.SPEC], core.config)
+    return add_media(core, client)
+
+
 def rctx_for(req: Request, nat: bool = False) -> Any:
-    return SimpleNamespace(request=req, source=source(), vars={"nat": nat})
+    call = CallState()
+    call.put(NatState(behind_nat=nat))  # what the nat module's detect() found
+    return SimpleNamespace(request=req, source=source(), vars={}, call=call)
 
 
 def run(coro: Any) -> Any:
@@ -107,7 +134,7 @@ def run(coro: Any) -> Any:
 
 def test_offer_and_answer_rewrite_sdp() -> None:
     client = FakeClient(("203.0.113.7", 30000), ("203.0.113.7", 30002))
-    media = MediaManager(client, "always")  # type: ignore[arg-type]
+    media = manager(client, "always")
     req = invite()
     rctx = rctx_for(req)
     assert run(media.offer(rctx)) is True
@@ -115,7 +142,7 @@ def test_offer_and_answer_rewrite_sdp() -> None:
     body = req.body.decode()
     assert "c=IN IP4 203.0.113.7" in body and "m=audio 30000 " in body
     assert "a=rtcp:30001" in body and "o=- 1 8 IN IP4" in body
-    assert rctx.vars["media"] is True
+    assert rctx.call.get(MediaState).relayed is True and media.relayed(rctx)
 
     resp = make_response(req, 200, to_tag="tt")
     resp.body = SDP.replace(b"{addr}", b"192.0.2.20")
@@ -127,7 +154,7 @@ def test_offer_and_answer_rewrite_sdp() -> None:
 
 def test_not_relayed_without_nat_in_nat_mode() -> None:
     client = FakeClient()
-    media = MediaManager(client, "nat")  # type: ignore[arg-type]
+    media = manager(client, "nat")
     req = invite()
     before = req.body
     assert run(media.offer(rctx_for(req))) is False
@@ -136,7 +163,7 @@ def test_not_relayed_without_nat_in_nat_mode() -> None:
 
 def test_nated_caller_uses_signalling_source_for_private_sdp() -> None:
     client = FakeClient(("203.0.113.7", 30000))
-    media = MediaManager(client, "nat")  # type: ignore[arg-type]
+    media = manager(client, "nat")
     req = invite("10.0.0.8", via="10.0.0.8:5060")
     rctx = rctx_for(req, nat=True)
     assert run(media.offer(rctx)) is True
@@ -148,18 +175,18 @@ def test_nated_caller_uses_signalling_source_for_private_sdp() -> None:
     RelayError(rp.ErrorCode.LSTFAIL_2, "answered E8"),
 ])
 def test_relay_failure_leaves_call_unrelayed(error: Exception) -> None:
-    media = MediaManager(FakeClient(error), "always")  # type: ignore[arg-type]
+    media = manager(FakeClient(error), "always")
     req = invite()
     before = req.body
     rctx = rctx_for(req)
     assert run(media.offer(rctx)) is False
-    assert req.body == before and "media" not in rctx.vars
+    assert req.body == before and rctx.call.peek(MediaState) is None
     assert media.failures == 1
 
 
 def test_answer_only_after_a_relayed_offer() -> None:
     client = FakeClient()
-    media = MediaManager(client, "always")  # type: ignore[arg-type]
+    media = manager(client, "always")
     req = invite()
     resp = make_response(req, 200, to_tag="tt")
     resp.body = SDP.replace(b"{addr}", b"192.0.2.20")

@@ -11,7 +11,7 @@ from typing import Any
 from proxykit import ProxyKit, answer, request
 from test_media import FakeClient
 
-from sipsuite.proxy.media.manager import MediaManager
+from sipsuite.proxy.modules.media import add_media
 
 CALLER, CALLEE, VOICEMAIL = "127.0.0.2", "127.0.0.9", "127.0.0.77"
 SDP = (b"v=0\r\no=- 1 7 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
@@ -20,9 +20,10 @@ SDP = (b"v=0\r\no=- 1 7 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r
 
 def relayed_kit(tmp_path: Path, **tables: Any) -> tuple[ProxyKit, FakeClient]:
     kit = ProxyKit(tmp_path, static={"bob": f"sip:bob@{CALLEE}:5099"},
-                   features={"nat": True, **tables.pop("features", {})}, **tables)
+                   features={"nat": True, **tables.pop("features", {})},
+                   media={"relay": "always"}, **tables)
     client = FakeClient(("203.0.113.7", 30000), ("203.0.113.7", 30002), ("203.0.113.7", 30004))
-    kit.core.media = MediaManager(client, "always")
+    add_media(kit.core, client)
     return kit, client
 
 

@@ -10,13 +10,14 @@ from typing import Any
 
 from memoryrelay import MemoryPorts, result_of
 from proxykit import ProxyKit, answer, request
-from test_media import FakeClient, invite, rctx_for, run
+from test_media import FakeClient, invite, manager, rctx_for, run
 from twisted.internet import task
 
 from sipsuite.ops.liveops import cfg_set
+from sipsuite.proxy.api import CallState
 from sipsuite.proxy.media.local import LocalRelayClient
-from sipsuite.proxy.media.manager import MediaManager
-from sipsuite.rtprelay.control import ControlDispatcher
+from sipsuite.proxy.modules.media import add_media
+from sipsuite.rtprelay.control import ControlHandler
 from sipsuite.rtprelay.table import SessionTable
 from sipsuite.sip.message import make_response
 
@@ -39,8 +40,8 @@ def with_sdp(data: bytes, body: bytes) -> bytes:
 
 def kit_with(tmp_path: Path, client: Any, **limits: Any) -> ProxyKit:
     kit = ProxyKit(tmp_path, static={"bob": f"sip:bob@{CALLEE}:5099"}, features={"nat": True},
-                   proxy={"trusted": [f"{GATEWAY}/32"]})
-    kit.core.media = MediaManager(client, "always", is_trusted=kit.core.is_trusted, **limits)
+                   proxy={"trusted": [f"{GATEWAY}/32"]}, media={"relay": "always", **limits})
+    add_media(kit.core, client)
     return kit
 
 
@@ -103,7 +104,7 @@ def test_reinvite_adding_streams_past_the_limit_gets_488(tmp_path: Path) -> None
 
 def test_answer_over_max_streams_goes_unrelayed() -> None:
     client = FakeClient(RELAY)
-    media = MediaManager(client, "always", max_streams=1)  # type: ignore[arg-type]
+    media = manager(client, "always", max_streams=1)
     req = invite()
     rctx = rctx_for(req)
     assert run(media.offer(rctx)) is True
@@ -144,20 +145,21 @@ def test_trusted_sources_are_not_limited(tmp_path: Path) -> None:
 
 
 def test_sessions_end_when_the_relay_client_forgets_the_call() -> None:
-    # The real client and relay dispatcher: D, idle expiry and eviction all
+    # The real client and relay command handler: D, idle expiry and eviction all
     # give the source its sessions back.
     clock = task.Clock()
     table = SessionTable(MemoryPorts(30000, 30999))
-    dispatcher = ControlDispatcher(table, table.ports, ["127.0.0.1"])  # type: ignore[arg-type]
-    client = LocalRelayClient(lambda: dispatcher, reactor=clock, call_idle_time=100,
+    handler = ControlHandler(table, table.ports, ["127.0.0.1"])  # type: ignore[arg-type]
+    client = LocalRelayClient(lambda: handler, reactor=clock, call_idle_time=100,
                               max_calls=3)
-    media = MediaManager(client, "always", max_sessions_per_source=10)
+    media = manager(client, "always", max_sessions_per_source=10)
 
     def offer(call_id: str) -> None:
         req = invite(body=sdp(2))
         req.set_header("Call-ID", call_id)
         assert run(media.offer(SimpleNamespace(request=req, source=SimpleNamespace(
-            host=CALLER, listener=SimpleNamespace(advertise="127.0.0.1")), vars={}))) is True
+            host=CALLER, listener=SimpleNamespace(advertise="127.0.0.1")), vars={},
+            call=CallState()))) is True
 
     offer("x 1")
     offer("x\u00ff2")

@@ -11,8 +11,8 @@ from proxykit import ProxyKit, answer
 from twisted.internet.defer import Deferred, fail, succeed
 
 from sipsuite.proxy.media.client import RelayError
-from sipsuite.proxy.media.manager import MediaManager
 from sipsuite.proxy.modules.dispatcher.dispatcher import LoadBalancer
+from sipsuite.proxy.modules.media import add_media
 
 GW = ["sip:127.0.0.11:5060", "sip:127.0.0.12:5060"]
 ROUTING = "examples.dispatcher_routing:DispatcherRouting"
@@ -60,12 +60,12 @@ def invite(from_uri: str = "sip:alice@sipsuite.test") -> bytes:
 
 def kit_with(tmp_path: Path, sets: dict[str, list[str]]) -> tuple[ProxyKit, Relay]:
     kit = ProxyKit(tmp_path, proxy={"routing": ROUTING}, dispatcher={"probe_interval": 0.0},
-                   **{"dispatcher.sets": sets})
+                   media={"relay": "always"}, **{"dispatcher.sets": sets})
     ds = kit.core.modules.by_name("dispatcher")  # set up by its SPEC
     assert isinstance(ds, LoadBalancer)
     ds.start()
     relay = Relay()
-    kit.core.media = MediaManager(relay, "always")  # type: ignore[arg-type]
+    add_media(kit.core, relay)
     return kit, relay
 
 

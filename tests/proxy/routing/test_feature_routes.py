@@ -32,7 +32,7 @@ class FakeCore:
 
     def __init__(self, config: Config, bindings: dict[str, list[Binding]] | None = None) -> None:
         self.config = config
-        self.media = None
+        self.modules = ModuleRegistry(self, HookPoints())  # type: ignore[arg-type]  # none set up
         self.bindings = bindings or {}
         self.trusted_hosts: set[str] = set()
         self.replies: list[tuple[int, str | None]] = []
