@@ -188,6 +188,12 @@ class _ClientCreator:
         return conn
 
 
+def _no_context(_: Any) -> SSL.Connection:
+    # name_ok builds ClientTLSOptions only to see whether Twisted accepts the
+    # name; no connection is ever made from them.
+    raise AssertionError("not used for a connection")
+
+
 class TLSContexts:
     """The current TLS material; ``config`` returns the current [tls] section
     (settings may change at run time), read at each use."""
@@ -223,7 +229,7 @@ class TLSContexts:
         if is_ip(name):
             return True
         try:
-            ClientTLSOptions(lambda _: None, name)
+            ClientTLSOptions(_no_context, name)
             name.encode("idna")
         except (ValueError, UnicodeError):
             return False

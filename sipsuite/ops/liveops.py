@@ -320,7 +320,8 @@ def _fresh_import(module_name: str) -> Any:
     spec = getattr(old, "__spec__", None)
     origin = getattr(spec, "origin", None)
     loader = getattr(spec, "loader", None)
-    if spec is None or not origin or not origin.endswith(".py") or not hasattr(loader, "get_data"):
+    if (spec is None or not origin or not origin.endswith(".py") or loader is None
+            or not hasattr(loader, "get_data")):
         return importlib.reload(old)  # no plain source file: the standard way
     source = loader.get_data(origin)
     code = compile(source, origin, "exec", dont_inherit=True)
@@ -396,7 +397,7 @@ class LiveOpsService(service.Service):
 
             reactor = default_reactor
         self.core = core
-        self.reactor = reactor
+        self.reactor: Any = reactor  # IReactorThreads too (callFromThread)
         self._previous: Any = None
         self._installed = False
 

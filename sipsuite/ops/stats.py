@@ -175,7 +175,7 @@ class _Snapshot:
 
 def render_metrics(figures: dict[str, Any]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(figures))  # type: ignore[arg-type]
+    registry.register(_Snapshot(figures))
     return generate_latest(registry)
 
 

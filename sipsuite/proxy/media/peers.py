@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITCPTransport
 from twisted.python.failure import Failure
 
 from sipsuite.config.specs import RelaySpec, parse_relay_uri
@@ -105,6 +106,10 @@ class ControlSocket(protocol.DatagramProtocol):
 
 class StreamExchange(protocol.Protocol):
     """One command over one stream connection: write it, read one reply, close."""
+
+    # A TCP connection (or TLS over one): abortConnection ends a relay that
+    # does not answer within the command timeout.
+    transport: ITCPTransport | None
 
     def __init__(self, data: bytes, done: Deferred[bytes]) -> None:
         self.data = data

@@ -133,7 +133,7 @@ class Flows:
             uri = URI.parse(text)
             if unbracket(uri.host) != source.host:
                 continue
-            secure = uri.scheme == "sips" or uri.params.get("transport", "").lower() == "tls"
+            secure = uri.scheme == "sips" or (uri.params.get("transport") or "").lower() == "tls"
             port = uri.port or (5061 if secure else 5060)
             if port != source.port:
                 self.core.net.alias(conn, source.host, port)
