@@ -106,7 +106,7 @@ class FakeCore:
         self.clock.advance(start)
         self.stats = FakeCounters()
         self.hooks = HookPoints()
-        self.modules = ModuleRegistry(self, self.hooks)  # type: ignore[arg-type]
+        self.modules = ModuleRegistry(self, self.hooks)
         self.identity = self
         self.own_addresses: set[str] = set()  # is_own_address: the test adds ours
         self.transactions = self

@@ -163,16 +163,6 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
     def net(self) -> TransportLayer:
         return self.transport
 
-    def __getattr__(self, name: str) -> Any:
-        # Names features had on the core before they became modules
-        # (``core.media``, ``core.dispatcher``, ...): routing classes written
-        # against them keep working, resolved through the module registry.
-        # Only reached for an attribute the core does not have itself.
-        key = _LEGACY_SERVICES.get(name)
-        if key is None or name == "modules":
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return self.modules.get(key)
-
     def reconfigure(self, new: Any) -> None:
         """Make ``new`` the config (``cfg set``): the core applies its own
         sections, then every module its part (run-time switches set up or
@@ -426,3 +416,20 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             ctx.failure_async = True  # failure_routed() weighs the branches again
             return True
         return len(ctx.branches) > before or ctx.final_sent
+
+
+def _legacy(name: str, key: ServiceKey[Any]) -> property:
+    def get(core: ProxyCore) -> Any:
+        return core.modules.get(key)
+
+    get.__doc__ = f"Deprecated: ``core.modules.get({key.name.upper()})``."
+    return property(get)
+
+
+# Names features had on the core before they became modules (``core.media``,
+# ``core.dispatcher``...): routing classes written against them keep working
+# for a release, resolved through the module registry.  Set outside the
+# class body so a type checker does not count them as the core's own (the
+# CoreAPI conformance check in tests/typing_checks.py must not be vacuous).
+for _name, _key in _LEGACY_SERVICES.items():
+    setattr(ProxyCore, _name, _legacy(_name, _key))
