@@ -101,7 +101,7 @@ def set_debug(core: ProxyCore, level: Any) -> str:
     sipsuite_log.set_level(name)
     config = core.config
     if config.log.level != name:
-        core.config = dataclasses.replace(config, log=dataclasses.replace(config.log, level=name))
+        core.reconfigure(dataclasses.replace(config, log=dataclasses.replace(config.log, level=name)))
     log.info("log level set to {n}", n=name)
     return name
 
@@ -370,8 +370,7 @@ def reload_routing(core: ProxyCore) -> dict[str, Any]:
         reason = _describe(exc)
         log.error("routing reload refused, the old routing keeps running: {e}", e=reason)
         raise ReloadFailed(reason) from None
-    previous = core.routing
-    core.routing = routing
+    previous = core.set_routing(routing)
     closer = getattr(previous, "close", None)
     if callable(closer):
         # A routing that started something (timers, probes) stops it here.

@@ -163,6 +163,12 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
     def net(self) -> TransportLayer:
         return self.transport
 
+    def set_routing(self, routing: Routing) -> Routing:
+        """Route new requests (and the later hooks of calls in flight) with
+        ``routing``; returns the one it replaces (``routing reload``)."""
+        previous, self.routing = self.routing, routing
+        return previous
+
     def reconfigure(self, new: Any) -> None:
         """Make ``new`` the config (``cfg set``): the core applies its own
         sections, then every module its part (run-time switches set up or
