@@ -1,8 +1,8 @@
 """The proxy's figures for ``sipsuite-ctl stats`` / ``uptime`` and ``/metrics``.
 
-Nothing here runs per message: the core keeps plain counters
-(``core.stats``, ``core.method_stats``, ``core.reply_classes``, the
-transport's ``drops``) and :func:`collect_stats` reads them when asked. The
+Nothing here runs per message: the core keeps plain counters and
+:func:`collect_stats` asks for a snapshot of them (``core.figures()``) and
+each module for its own (``stats()``) when asked. The
 Prometheus endpoint uses a custom collector over one such snapshot per
 scrape, so no prometheus-client call is ever made on the SIP path.
 """
@@ -32,7 +32,7 @@ __all__ = ["MetricsResource", "collect_stats", "register_stats_methods", "uptime
 
 def uptime(core: ProxyCore, wall: Callable[[], float] = time.time) -> dict[str, Any]:
     """Start time (epoch and ISO 8601 UTC) and seconds up."""
-    up = max(0.0, core.clock.seconds() - core.started_at)
+    up = core.figures().uptime
     started = wall() - up
     return {
         "started": round(started, 3),
@@ -72,25 +72,21 @@ async def _relay(core: ProxyCore, registry: RpcRegistry | None) -> dict[str, Any
 
 async def collect_stats(core: ProxyCore, registry: RpcRegistry | None = None) -> dict[str, Any]:
     """Every figure, as ``stats`` returns it."""
-    s = core.stats
-    drops = {k.removeprefix("drop."): v for k, v in s.items() if k.startswith("drop.")}
-    for cause, n in core.transport.drops.items():
-        key = f"transport.{cause}"
-        drops[key] = drops.get(key, 0) + n
-    classes = core.reply_classes
+    f = core.figures()
+    server, client = f.transactions
     return {
-        "requests": s.get("requests", 0),
-        "requests_by_method": dict(sorted(core.method_stats.items())),
-        "responses_received": s.get("responses", 0),
-        "replies_sent_by_class": {f"{c}xx": classes[c] for c in range(1, 7)},
-        "retransmissions": s.get("retransmissions", 0),
-        "transactions": {"server": len(core.server_txs), "client": len(core.client_txs)},
+        "requests": f.requests,
+        "requests_by_method": dict(f.requests_by_method),
+        "responses_received": f.responses,
+        "replies_sent_by_class": dict(f.replies_by_class),
+        "retransmissions": f.retransmissions,
+        "transactions": {"server": server, "client": client},
         "registrations": await _module_figure(core, "location", "registrations",
                                               {"aors": None, "bindings": None}),
         "subscriber_cache": await _module_figure(core, "subscribers", "subscriber_cache", None),
         "relay": await _relay(core, registry),
-        "drops": dict(sorted(drops.items())),
-        "uptime": uptime(core)["uptime"],
+        "drops": dict(f.drops),
+        "uptime": round(f.uptime, 3),
     }
 
 

@@ -13,6 +13,7 @@ needs them): ``Counters.figures``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from sipsuite.sip.message import Request, Response
 
 __all__ = [
-    "CallState", "Connection", "CoreAPI", "Counters", "Hooks", "Identity", "LocalUAC", "Module",
+    "CallState", "Connection", "CoreFigures", "CoreAPI", "Counters", "Hooks", "Identity", "LocalUAC", "Module",
     "ModuleSpec", "Network", "Registry", "ServerTxView", "ServiceKey", "Timer",
     "TransactionView", "UAC_BRANCH",
 ]
@@ -103,6 +104,20 @@ class Counters(Protocol):
     """The core's named counters ("drop.flood", "accounting.records")."""
 
     def count(self, name: str, n: int = 1) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CoreFigures:
+    """A snapshot of the core's own counters (the ``stats`` RPC, /metrics)."""
+
+    requests: int
+    requests_by_method: Mapping[str, int]
+    responses: int
+    replies_by_class: Mapping[str, int]  # "1xx".."6xx": answers sent upstream
+    retransmissions: int
+    transactions: tuple[int, int]  # (server, client)
+    drops: Mapping[str, int]  # by cause; the transport's as "transport.<cause>"
+    uptime: float  # seconds, on the core's clock
 
 
 class CallState:

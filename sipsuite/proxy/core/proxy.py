@@ -21,7 +21,7 @@ from twisted.internet.error import CannotListenError
 
 from sipsuite.hosts import unbracket
 from sipsuite.log import get_logger
-from sipsuite.proxy.api import ServiceKey
+from sipsuite.proxy.api import CoreFigures, ServiceKey
 from sipsuite.proxy.core.checks import RequestChecks
 from sipsuite.proxy.core.context import ProxyContext
 from sipsuite.proxy.core.forwarding import Forwarding
@@ -162,6 +162,25 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
     @property
     def net(self) -> TransportLayer:
         return self.transport
+
+    def figures(self) -> CoreFigures:
+        """The core's counters as one snapshot (ops/stats.py reads this, not the tables)."""
+        s = self.stats
+        drops = {k.removeprefix("drop."): v for k, v in s.items() if k.startswith("drop.")}
+        for cause, n in self.transport.drops.items():
+            key = f"transport.{cause}"
+            drops[key] = drops.get(key, 0) + n
+        classes = self.reply_classes
+        return CoreFigures(
+            requests=s.get("requests", 0),
+            requests_by_method=dict(sorted(self.method_stats.items())),
+            responses=s.get("responses", 0),
+            replies_by_class={f"{c}xx": classes[c] for c in range(1, 7)},
+            retransmissions=s.get("retransmissions", 0),
+            transactions=self.counts(),
+            drops=dict(sorted(drops.items())),
+            uptime=max(0.0, self.clock.seconds() - self.started_at),
+        )
 
     def set_routing(self, routing: Routing) -> Routing:
         """Route new requests (and the later hooks of calls in flight) with
