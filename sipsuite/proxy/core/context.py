@@ -21,13 +21,13 @@ class Branch:
     """One target of a (possibly forked) request."""
 
     __slots__ = (
-        "ctx", "uri", "request", "targets", "target_index", "client",
+        "response_ctx", "uri", "request", "targets", "target_index", "client",
         "sent", "provisional", "response", "done", "cancel_wanted",
         "cancel_sent",
     )
 
-    def __init__(self, ctx: ProxyContext, uri: URI, request: Request) -> None:
-        self.ctx = ctx
+    def __init__(self, response_ctx: ResponseContext, uri: URI, request: Request) -> None:
+        self.response_ctx = response_ctx
         self.uri = uri
         self.request = request  # the request as it leaves, without our Via
         self.targets: list[Target] = []
@@ -55,18 +55,21 @@ def _rank(status: int) -> tuple[int, int]:
     return (cls, prefer)
 
 
-class ProxyContext:
-    """Stateful forwarding of one server transaction to its branches."""
+class ResponseContext:
+    """Stateful forwarding of one server transaction to its branches: RFC
+    3261 16.7's response context.  The script reaches it as ``ctx.response``
+    (``request_ctx`` is that RequestContext); the core makes it at the first
+    relay() of a transaction (or at a CANCEL that comes before one)."""
 
     __slots__ = (
-        "core", "rctx", "server", "branches", "final_sent", "cancelled",
+        "core", "request_ctx", "server", "branches", "final_sent", "cancelled",
         "best", "best_local", "failure_hook_ran", "pending_routing", "failure_async",
         "reply_queue", "reply_current",
     )
 
-    def __init__(self, core: ProxyCore, rctx: RequestContext, server: ServerTx) -> None:
+    def __init__(self, core: ProxyCore, ctx: RequestContext, server: ServerTx) -> None:
         self.core = core
-        self.rctx = rctx
+        self.request_ctx = ctx
         self.server = server
         self.branches: list[Branch] = []
         self.final_sent = False
@@ -87,7 +90,7 @@ class ProxyContext:
 
     @property
     def request(self) -> Request:
-        return self.rctx.request
+        return self.request_ctx.request
 
     @property
     def local_tag(self) -> str:
@@ -97,7 +100,7 @@ class ProxyContext:
 
     @property
     def is_invite(self) -> bool:
-        return self.rctx.request.method == "INVITE"
+        return self.request_ctx.request.method == "INVITE"
 
     # -- responses from branches -----------------------------------------------
     def on_response(self, branch: Branch, resp: Response) -> None:
@@ -105,8 +108,8 @@ class ProxyContext:
         # receives, as it arrives, before reply_route.
         hooks = self.core.hooks.response_in
         if hooks:
-            run_hooks("response_in", hooks, self.rctx.request, self.rctx.source,
-                      self.rctx, branch, resp)
+            ctx = self.request_ctx
+            run_hooks("response_in", hooks, ctx.request, ctx.source, ctx, branch, resp)
         if self.reply_queue is not None:
             self.reply_queue.append((branch, resp))
             return
@@ -121,8 +124,8 @@ class ProxyContext:
             self._reply_routed()
             return
         self.reply_current = (branch, resp)
-        if run_script("reply_route", self.rctx, self.core.routing.reply_route, branch, resp,
-                      done=self._reply_routed) and self.reply_queue is None:
+        if run_script("reply_route", self.request_ctx, self.core.routing.reply_route, branch,
+                      resp, done=self._reply_routed) and self.reply_queue is None:
             # Still awaiting: answers that come meanwhile wait their turn.
             self.reply_queue = []
 
@@ -269,3 +272,8 @@ class ProxyContext:
             cancel.add_header("Reason", reason, top=False)
         self.core.send_cancel(branch, cancel)
         self.core.arm_cancel_guard(branch)
+
+
+#: Deprecated: the class's name before it took RFC 3261 16.7's; kept for
+#: routing scripts written against it.
+ProxyContext = ResponseContext

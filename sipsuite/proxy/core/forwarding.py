@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from sipsuite.hosts import is_ip, unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.core.checks import BRANCH_TAG
-from sipsuite.proxy.core.context import Branch, ProxyContext
+from sipsuite.proxy.core.context import Branch, ResponseContext
 from sipsuite.proxy.core.hookrun import run_hooks
 from sipsuite.proxy.core.txlayer import ClientTx, ServerTx
 from sipsuite.proxy.net.addresses import (
@@ -100,15 +100,16 @@ class Forwarding:
         routes = req.routes
         return routes[0].uri if routes else req.uri
 
-    def _start_branch(self, ctx: ProxyContext, uri: URI, route: list[str] | None = None,
+    def _start_branch(self, rsp: ResponseContext, uri: URI, route: list[str] | None = None,
                       dst: Target | None = None) -> None:
-        req = self._build_forward(ctx.request, uri, route)
-        branch = Branch(ctx, uri, req)
-        ctx.branches.append(branch)
-        self.call_hook("branch_route", ctx.rctx, branch)
+        req = self._build_forward(rsp.request, uri, route)
+        branch = Branch(rsp, uri, req)
+        rsp.branches.append(branch)
+        self.call_hook("branch_route", rsp.request_ctx, branch)
         hooks = self.hooks.branch_out
         if hooks:
-            run_hooks("branch_out", hooks, ctx.rctx.request, ctx.rctx.source, ctx.rctx, branch)
+            ctx = rsp.request_ctx
+            run_hooks("branch_out", hooks, ctx.request, ctx.source, ctx, branch)
         self._resolve(branch.request, lambda targets: self._branch_targets(branch, targets), dst)
 
     def _resolve(self, req: Request, then: Any, dst: Target | None = None) -> None:
@@ -149,40 +150,40 @@ class Forwarding:
         branch.targets = [t for t in targets if t.transport in ("udp", "tcp", "tls")]
         if branch.done:
             return
-        if branch.ctx.cancelled or branch.cancel_wanted:
-            branch.ctx.branch_failed(branch, 487, "Request Terminated")
+        if branch.response_ctx.cancelled or branch.cancel_wanted:
+            branch.response_ctx.branch_failed(branch, 487, "Request Terminated")
             return
         self._try_target(branch)
 
     def _try_target(self, branch: Branch) -> None:
-        ctx = branch.ctx
+        rsp = branch.response_ctx
         while branch.target_index < len(branch.targets):
             target = branch.targets[branch.target_index]
             branch.target_index += 1
-            source = ctx.server.source
+            source = rsp.server.source
             listener = target.listener or self.transport.pick_listener(
                 target.transport, target.host, source.listener, source.host)
             if listener is None:
                 continue
             self._send_branch(branch, target, listener)
             return
-        ctx.branch_failed(branch, 503, "Service Unavailable")
+        rsp.branch_failed(branch, 503, "Service Unavailable")
 
     def _send_branch(self, branch: Branch, target: Target, listener: Listener) -> None:
-        ctx = branch.ctx
+        rsp = branch.response_ctx
         req = branch.request.copy()
-        call = ctx.rctx.call
+        call = rsp.request_ctx.call
         if call.record_route:
-            inbound = ctx.server.source.listener
+            inbound = rsp.server.source.listener
             # Parameters after ;lr that modules asked for (nathelper's
             # add_rr_param(";nat=yes") for a caller behind NAT).
             params = "".join(f";{p}" for p in call.rr_params)
             # RFC 3261 16.6 step 4: a sips Request-URI gets a sips Record-Route.
-            sips = ctx.request.uri.scheme == "sips"
+            sips = rsp.request.uri.scheme == "sips"
             if inbound is not listener:
                 req.add_header("Record-Route", record_route_value(inbound, params, sips), top=True)
             req.add_header("Record-Route", record_route_value(listener, params, sips), top=True)
-        branch_id = f"{BRANCH_TAG}{self._loop_hash(ctx.request)}.{new_branch()[7:]}"
+        branch_id = f"{BRANCH_TAG}{self._loop_hash(rsp.request)}.{new_branch()[7:]}"
         req.add_header("Via", listener.via(branch_id), top=True)
         branch.sent = req
         reliable = target.transport != "udp"
@@ -221,16 +222,16 @@ class Forwarding:
             self._reply_tx(holder, cancel, 481, "Call/Transaction Does Not Exist", [])
             return
         self._reply_tx(holder, cancel, 200, "OK", [])
-        ctx = target.context
-        if ctx is None:
+        rsp = target.response_ctx
+        if rsp is None:
             # Routing has not relayed yet (async lookup in flight).
-            if target.rctx is not None:
+            if target.request_ctx is not None:
                 core = cast("ProxyCore", self)  # the ProxyCore this is mixed into
-                ctx = target.context = ProxyContext(core, target.rctx, target)
-                target.rctx.proxy_ctx = ctx
+                rsp = target.response_ctx = ResponseContext(core, target.request_ctx, target)
+                target.request_ctx.response = rsp
             else:
                 return
-        ctx.cancel()
+        rsp.cancel()
 
     # -- responses --------------------------------------------------------------
     def receive_response(self, resp: Response, source: Source) -> None:
@@ -265,21 +266,21 @@ class Forwarding:
         self.reply_classes[resp.status // 100 % 7] += 1
         self.transport.send(resp.to_bytes(), transport, host, port, listener)
 
-    def _forward_stateless(self, rctx: RequestContext, uri: URI, route: list[str] | None = None,
+    def _forward_stateless(self, ctx: RequestContext, uri: URI, route: list[str] | None = None,
                            dst: Target | None = None) -> None:
         """ACK for a 2xx (16.11): no transaction, a branch derived from the
         incoming one so retransmissions keep it."""
-        req = self._build_forward(rctx.request, uri, route)
+        req = self._build_forward(ctx.request, uri, route)
 
         def send(targets: list[Target]) -> None:
             for target in targets:
                 if target.transport not in ("udp", "tcp", "tls"):
                     continue
                 listener = target.listener or self.transport.pick_listener(
-                    target.transport, target.host, rctx.source.listener, rctx.source.host)
+                    target.transport, target.host, ctx.source.listener, ctx.source.host)
                 if listener is None:
                     continue
-                seed = (rctx.request.top_via.branch or "") + str(rctx.request.uri)
+                seed = (ctx.request.top_via.branch or "") + str(ctx.request.uri)
                 branch = BRANCH_TAG + "0" + hashlib.blake2s(seed.encode("utf-8", "surrogateescape"),
                                                             digest_size=8).hexdigest()
                 out = req.copy()
@@ -335,14 +336,14 @@ class Forwarding:
         if timer == "C":
             self.count("timer_c")
             if branch.provisional:
-                branch.ctx.send_cancel(branch)
+                branch.response_ctx.send_cancel(branch)
             else:
                 # Nothing answered: the transaction goes, as if 408 came (16.8).
                 self._terminate(holder)
-            branch.ctx.branch_failed(branch, 408, "Request Timeout")
+            branch.response_ctx.branch_failed(branch, 408, "Request Timeout")
             return
         status = 487 if branch.cancel_wanted else 408
-        branch.ctx.branch_failed(branch, status, REASONS.get(status))
+        branch.response_ctx.branch_failed(branch, status, REASONS.get(status))
 
     def _tcp_connect_failed(self, host: str, port: int) -> None:
         """A TCP next hop refused or timed out the connection: every branch

@@ -23,7 +23,7 @@ from sipsuite.hosts import unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.api import CoreFigures, ServiceKey
 from sipsuite.proxy.core.checks import RequestChecks
-from sipsuite.proxy.core.context import ProxyContext
+from sipsuite.proxy.core.context import ResponseContext
 from sipsuite.proxy.core.forwarding import Forwarding
 from sipsuite.proxy.core.hookerrors import hook_failed
 from sipsuite.proxy.core.hookrun import run_script
@@ -351,40 +351,40 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             self._reply_tx(holder, req, 503, "Service Unavailable", [("Retry-After", str(wait))])
             return
         loose, removed = self._preprocess_routes(req)
-        rctx = RequestContext(self, req, source, loose, holder.call if holder is not None else None)
-        rctx.removed_routes = removed
+        ctx = RequestContext(self, req, source, loose, holder.call if holder is not None else None)
+        ctx.removed_routes = removed
         if holder is not None:
-            holder.rctx = rctx
-            rctx.tx_key = holder.key
+            holder.request_ctx = ctx
+            ctx.tx_key = holder.key
         for owner, hook in self.hooks.request_received:
             # A module may take the request before the script (outbound's
             # flow forwarding); one that raises is answered like the script.
-            run_script(f"{owner}.request_received", rctx, hook, answer=True)
-            if rctx.handled:
+            run_script(f"{owner}.request_received", ctx, hook, answer=True)
+            if ctx.handled:
                 return
-        run_script("request_route", rctx, self.routing.request_route,
-                   done=lambda: self._routing_done(rctx), answer=True)
+        run_script("request_route", ctx, self.routing.request_route,
+                   done=lambda: self._routing_done(ctx), answer=True)
 
     @staticmethod
-    def _routing_done(rctx: RequestContext) -> None:
-        if not rctx.handled and rctx.request.method != "ACK":
+    def _routing_done(ctx: RequestContext) -> None:
+        if not ctx.handled and ctx.request.method != "ACK":
             log.warn("routing ended without an answer for {m} {u}; answering 500",
-                     m=rctx.request.method, u=rctx.request.uri)
-            rctx.reply(500, "Server Internal Error")
+                     m=ctx.request.method, u=ctx.request.uri)
+            ctx.reply(500, "Server Internal Error")
 
     # -- actions requested by the routing ---------------------------------------
-    def reply(self, rctx: RequestContext, status: int, reason: str | None,
+    def reply(self, ctx: RequestContext, status: int, reason: str | None,
               headers: list[tuple[str, str]]) -> None:
-        req = rctx.request
+        req = ctx.request
         if req.method == "ACK":
             return
-        holder = self._server_tx(rctx)
+        holder = self._server_tx(ctx)
         if holder is None:
             return
-        ctx = holder.context
-        if ctx is not None and ctx.pending_routing:
+        rsp = holder.response_ctx
+        if rsp is not None and rsp.pending_routing:
             # Answer from failure_route: it replaces the best response.
-            ctx.final_sent = True
+            rsp.final_sent = True
         self._reply_tx(holder, req, status, reason, headers)
 
     def _reply_tx(self, holder: ServerTx, req: Request, status: int, reason: str | None,
@@ -398,49 +398,49 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         log.info("{m} {u} from {s} answered {st} {r} (call-id {c})", m=req.method, u=req.uri,
                  s=holder.source, st=status, r=resp.reason, c=req.call_id)
 
-    def _server_tx(self, rctx: RequestContext) -> ServerTx | None:
-        """The server transaction ``rctx`` routes (gone once it ended)."""
-        key = rctx.tx_key
-        return self.server_txs.get(key if key is not None else server_key(rctx.request))
+    def _server_tx(self, ctx: RequestContext) -> ServerTx | None:
+        """The server transaction ``ctx`` routes (gone once it ended)."""
+        key = ctx.tx_key
+        return self.server_txs.get(key if key is not None else server_key(ctx.request))
 
-    def relay(self, rctx: RequestContext, targets: list[URI | Destination]) -> None:
-        req = rctx.request
+    def relay(self, ctx: RequestContext, targets: list[URI | Destination]) -> None:
+        req = ctx.request
         if req.method == "ACK":
             for target in targets:
                 if isinstance(target, Destination):
-                    self._forward_stateless(rctx, target.uri, target.route, target.dst)
+                    self._forward_stateless(ctx, target.uri, target.route, target.dst)
                 else:
-                    self._forward_stateless(rctx, target)
+                    self._forward_stateless(ctx, target)
             return
-        holder = self._server_tx(rctx)
+        holder = self._server_tx(ctx)
         if holder is None:
             return
-        ctx = holder.context
-        if ctx is None:
-            ctx = holder.context = ProxyContext(self, rctx, holder)
-            rctx.proxy_ctx = ctx
-        if ctx.cancelled or ctx.final_sent:
+        rsp = holder.response_ctx
+        if rsp is None:
+            rsp = holder.response_ctx = ResponseContext(self, ctx, holder)
+            ctx.response = rsp
+        if rsp.cancelled or rsp.final_sent:
             return
         for target in targets:
             if isinstance(target, Destination):
-                self._start_branch(ctx, target.uri, target.route, target.dst)
+                self._start_branch(rsp, target.uri, target.route, target.dst)
             else:
-                self._start_branch(ctx, target)
+                self._start_branch(rsp, target)
 
-    def call_hook(self, name: str, rctx: RequestContext, *args: Any) -> None:
-        run_script(name, rctx, getattr(self.routing, name), *args)
+    def call_hook(self, name: str, ctx: RequestContext, *args: Any) -> None:
+        run_script(name, ctx, getattr(self.routing, name), *args)
 
-    def run_failure_route(self, ctx: ProxyContext, best: Response) -> bool:
+    def run_failure_route(self, rsp: ResponseContext, best: Response) -> bool:
         """Give failure_route its chance; True when it started new branches,
         answered itself, or is still running (it calls check_complete again)."""
-        before = len(ctx.branches)
-        ctx.pending_routing = True
-        ctx.failure_async = False
-        if run_script("failure_route", ctx.rctx, self.routing.failure_route, best,
-                      done=ctx.failure_routed):
-            ctx.failure_async = True  # failure_routed() weighs the branches again
+        before = len(rsp.branches)
+        rsp.pending_routing = True
+        rsp.failure_async = False
+        if run_script("failure_route", rsp.request_ctx, self.routing.failure_route, best,
+                      done=rsp.failure_routed):
+            rsp.failure_async = True  # failure_routed() weighs the branches again
             return True
-        return len(ctx.branches) > before or ctx.final_sent
+        return len(rsp.branches) > before or rsp.final_sent
 
 
 def _legacy(name: str, key: ServiceKey[Any]) -> property:

@@ -15,7 +15,7 @@ from sipsuite.sip.headers import Via
 from sipsuite.sip.transaction import Arm, Disarm, PassUp, Send, Terminated, Timeout, TxState
 
 if TYPE_CHECKING:
-    from sipsuite.proxy.core.context import Branch, ProxyContext
+    from sipsuite.proxy.core.context import Branch, ResponseContext
     from sipsuite.proxy.net.resolver import Target
     from sipsuite.proxy.routing.base import RequestContext
     from sipsuite.sip.message import Response
@@ -38,14 +38,14 @@ class _TxHolder:
 
 
 class ServerTx(_TxHolder):
-    __slots__ = ("source", "context", "rctx", "via", "call")
+    __slots__ = ("source", "response_ctx", "request_ctx", "via", "call")
 
     def __init__(self, tx: Any, key: tuple, source: Source, via: Via) -> None:
         super().__init__(tx, key)
         self.source = source
         self.via = via
-        self.context: ProxyContext | None = None
-        self.rctx: RequestContext | None = None
+        self.response_ctx: ResponseContext | None = None
+        self.request_ctx: RequestContext | None = None
         # The modules' per-call state (api.CallState), there from the 100 Trying on.
         self.call = CallState()
 
@@ -61,11 +61,11 @@ class ServerTx(_TxHolder):
     def time_out(self, core: TransactionDriver, timer: str) -> None:
         pass  # H: no ACK came; nothing to tell anybody.
 
-    def detach(self) -> ProxyContext | None:
-        ctx = self.context
-        self.context = None
-        self.rctx = None
-        return ctx
+    def detach(self) -> ResponseContext | None:
+        rsp = self.response_ctx
+        self.response_ctx = None
+        self.request_ctx = None
+        return rsp
 
 
 class ClientTx(_TxHolder):
@@ -82,18 +82,18 @@ class ClientTx(_TxHolder):
     def pass_up(self, core: TransactionDriver, msg: Any) -> None:
         branch = self.branch
         if not self.is_cancel and branch is not None:
-            branch.ctx.on_response(branch, msg)
+            branch.response_ctx.on_response(branch, msg)
 
     def time_out(self, core: TransactionDriver, timer: str) -> None:
         core._timeout(self, timer)
 
-    def detach(self) -> ProxyContext | None:
+    def detach(self) -> ResponseContext | None:
         branch = self.branch
         if branch is None:
             return None
         if branch.client is self:
             branch.client = None
-        return branch.ctx
+        return branch.response_ctx
 
 
 class LocalTx(ClientTx):
@@ -120,7 +120,7 @@ class LocalTx(ClientTx):
     def time_out(self, core: TransactionDriver, timer: str) -> None:
         self.settle(None)
 
-    def detach(self) -> ProxyContext | None:
+    def detach(self) -> ResponseContext | None:
         # Ended without an answer (transport error, the UAC's own timeout).
         self.settle(None)
         return None
@@ -194,9 +194,9 @@ class TransactionDriver:
         self._cancel_timers(holder)
         # Break the obvious cycles so reference counting frees a finished
         # call at once instead of leaving it to a full garbage collection.
-        ctx = holder.detach()
-        if ctx is not None:
-            _release_if_done(ctx)
+        rsp = holder.detach()
+        if rsp is not None:
+            _release_if_done(rsp)
         table = self.server_txs if isinstance(holder, ServerTx) else self.client_txs
         key = holder.key
         if table.get(key) is holder:
@@ -216,12 +216,12 @@ class TransactionDriver:
         raise NotImplementedError
 
 
-def _release_if_done(ctx: ProxyContext) -> None:
+def _release_if_done(rsp: ResponseContext) -> None:
     """Once the server transaction and every branch's client transaction
     are gone, cut the context's back-references: its branches and request
     context point at it, and those cycles would otherwise wait for a full
     garbage collection, whose pause grows with every call still alive."""
-    if ctx.server.alive or any(b.client is not None for b in ctx.branches):
+    if rsp.server.alive or any(b.client is not None for b in rsp.branches):
         return
-    ctx.branches = []
-    ctx.rctx.proxy_ctx = None
+    rsp.branches = []
+    rsp.request_ctx.response = None

@@ -178,63 +178,63 @@ class MediaManager:
 
     # -- the MEDIA service ----------------------------------------------------------
 
-    async def offer(self, rctx: RequestContext) -> bool:
+    async def offer(self, ctx: RequestContext) -> bool:
         """An initial request's offer (route[NATMANAGE]): U for its SDP and
         rewrite it; True when the media is now relayed.  An INVITE without
         SDP that needs a relay is marked a late offer instead (its 2xx
         carries the offer, on_reply relays it).  Call before forwarding."""
-        if await self.offer_request(rctx):
+        if await self.offer_request(ctx):
             return True
-        self.late_offer(rctx)
+        self.late_offer(ctx)
         return False
 
-    async def in_dialog(self, rctx: RequestContext) -> None:
+    async def in_dialog(self, ctx: RequestContext) -> None:
         """A request inside a relayed (or to-be-relayed) call: BYE ends the
         relay session, ACK/PRACK carry the answer to a late offer, a
         re-INVITE / UPDATE with SDP is a new offer."""
-        req = rctx.request
+        req = ctx.request
         if req.method == "BYE":
             if self.mode == "always" or self.is_relayed(req.call_id):
                 await self.delete(req.call_id, req.from_tag, req.to_tag)
             return
         if req.method in ("ACK", "PRACK"):
-            await self.answer_in_request(rctx)
+            await self.answer_in_request(ctx)
             return
-        await self.offer_request(rctx)
+        await self.offer_request(ctx)
 
-    def on_reply(self, rctx: RequestContext,
+    def on_reply(self, ctx: RequestContext,
                  resp: Response) -> Coroutine[Any, Any, bool] | None:
         """The relay work a response needs, as a coroutine, or None (most
         answers: the script's reply_route then stays synchronous).  Failures
         are not handled here: end_call in failure_route, once every branch
         has ended."""
-        state = rctx.call.peek(MediaState)
+        state = ctx.call.peek(MediaState)
         if state is None:
             return None
         if state.late_offer and resp.status < 300:
             # The 2xx carries the offer (and so does each retransmission of
             # it: the same U again, which the relay answers the same way).
             if resp.status >= 200 and resp.body:
-                return self.offer_in_reply(rctx, resp)
+                return self.offer_in_reply(ctx, resp)
             return None
         if (state.relayed and 100 < resp.status < 300 and resp.body
                 and parse_sdp(resp) is not None):
-            return self.answer(rctx, resp)
+            return self.answer(ctx, resp)
         return None
 
-    async def end_call(self, rctx: RequestContext) -> None:
+    async def end_call(self, ctx: RequestContext) -> None:
         """D for the call of this transaction (it failed or was cancelled);
         once: a second call does nothing."""
-        state = rctx.call.get(MediaState)
+        state = ctx.call.get(MediaState)
         if state.deleted:
             return
         state.deleted = True
-        await self.delete(rctx.request.call_id, rctx.request.from_tag)
+        await self.delete(ctx.request.call_id, ctx.request.from_tag)
 
-    def relayed(self, rctx: RequestContext) -> bool:
+    def relayed(self, ctx: RequestContext) -> bool:
         """This transaction's offer is on the relay and end_call has not
         released it yet."""
-        state = rctx.call.peek(MediaState)
+        state = ctx.call.peek(MediaState)
         return state is not None and state.relayed and not state.deleted
 
     # -- decisions ----------------------------------------------------------------
@@ -243,93 +243,93 @@ class MediaManager:
         """This proxy has the call on a relay (it sent the call's offer)."""
         return self.client.relay_of(call_id) is not None
 
-    def _behind_nat(self, rctx: RequestContext) -> bool:
+    def _behind_nat(self, ctx: RequestContext) -> bool:
         """The nat module's answer for this request (no nat module: no)."""
         nat = self.core.modules.get(NAT)
-        return nat is not None and nat.behind_nat(rctx)
+        return nat is not None and nat.behind_nat(ctx)
 
     # -- commands -----------------------------------------------------------------
 
-    async def offer_request(self, rctx: RequestContext) -> bool:
+    async def offer_request(self, ctx: RequestContext) -> bool:
         """U for the request's SDP and rewrite it; True when the media is now
         relayed.  Call before the request is forwarded."""
-        req = rctx.request
+        req = ctx.request
         if req.method not in OFFER_METHODS:
             return False
         sd = parse_sdp(req)
         if sd is None:
             return False
-        signalling = self._behind_nat(rctx)
+        signalling = self._behind_nat(ctx)
         if not needs_relay(self.mode, signalling=signalling, media=media_nat(sd),
                            known=self.is_relayed(req.call_id)):
             return False
-        refusal = self._refusal(rctx, req.call_id, sd)
+        refusal = self._refusal(ctx, req.call_id, sd)
         if refusal is not None:
             raise refusal
         # Kamailio without its 'r' flag: a NAT'ed party's media comes from
         # where its signalling did, not from the private address it wrote.
-        source_host = rctx.source.host if signalling and media_nat(sd) else None
-        endpoints = await self._update(self.client.offer, req, req, sd, rctx, source_host)
+        source_host = ctx.source.host if signalling and media_nat(sd) else None
+        endpoints = await self._update(self.client.offer, req, req, sd, ctx, source_host)
         if endpoints is None:
             return False
-        self._charge(req.call_id, rctx.source.host, endpoints)
+        self._charge(req.call_id, ctx.source.host, endpoints)
         try:
             req.body = sdp.rewrite(sd, endpoints).to_bytes()
         except ValueError as e:
             log.warn("call {c}: cannot rewrite SDP for the relay: {e}", c=req.call_id, e=e)
             return False
         self.offers += 1
-        rctx.call.get(MediaState).relayed = True
+        ctx.call.get(MediaState).relayed = True
         return True
 
-    def late_offer(self, rctx: RequestContext) -> bool:
+    def late_offer(self, ctx: RequestContext) -> bool:
         """An INVITE without SDP whose call needs a relay: the offer will come
         in the 2xx and the answer in the ACK (RFC 3261 13.2.1's late offer).
         Marks the call; True when it is one."""
-        req = rctx.request
+        req = ctx.request
         if req.method != "INVITE" or req.body or not needs_relay(
-                self.mode, signalling=self._behind_nat(rctx), media=False,
+                self.mode, signalling=self._behind_nat(ctx), media=False,
                 known=self.is_relayed(req.call_id)):
             return False
-        rctx.call.get(MediaState).late_offer = True
+        ctx.call.get(MediaState).late_offer = True
         return True
 
-    async def offer_in_reply(self, rctx: RequestContext, resp: Response) -> bool:
+    async def offer_in_reply(self, ctx: RequestContext, resp: Response) -> bool:
         """U for the offer a 2xx carries after a late-offer INVITE, and
         rewrite it. The offer comes from the callee, so the tags go swapped
         (rtpproxy_manage does the same for an offer in a reply)."""
         sd = parse_sdp(resp)
         if sd is None:
             return False
-        refusal = self._refusal(rctx, resp.call_id, sd)
+        refusal = self._refusal(ctx, resp.call_id, sd)
         if refusal is not None:
             # A response cannot be refused: it goes on, its media unrelayed.
             log.warn("call {c}: offer in a {s} not relayed: {e}", c=resp.call_id,
                      s=resp.status, e=refusal.detail)
             return False
-        endpoints = await self._update(self.client.offer, rctx.request, resp, sd, rctx, None,
+        endpoints = await self._update(self.client.offer, ctx.request, resp, sd, ctx, None,
                                        swap=True)
         if endpoints is None:
             return False
-        self._charge(resp.call_id, rctx.source.host, endpoints)
+        self._charge(resp.call_id, ctx.source.host, endpoints)
         if not self._rewrite(resp, sd, endpoints):
             return False
         self.offers += 1
-        rctx.call.get(MediaState).relayed = True
+        ctx.call.get(MediaState).relayed = True
         return True
 
-    async def answer_in_request(self, rctx: RequestContext) -> bool:
+    async def answer_in_request(self, ctx: RequestContext) -> bool:
         """L for the answer an ACK (or PRACK) carries to a late offer the
         relay took, and rewrite it; the tags go swapped, as for the offer."""
-        req = rctx.request
+        req = ctx.request
         if not self.is_relayed(req.call_id):
             return False
         sd = parse_sdp(req)
         if sd is None:
             return False
-        signalling = self._behind_nat(rctx)
-        source_host = rctx.source.host if signalling and media_nat(sd) else None
-        endpoints = await self._update(self.client.answer, req, req, sd, rctx, source_host,
+        signalling = self._behind_nat(ctx)
+        source_host = ctx.source.host if signalling and media_nat(sd) else None
+        endpoints = await self._update(self.client.answer, req, req, sd, ctx, source_host,
                                        swap=True)
         if endpoints is None or not self._rewrite(req, sd, endpoints):
             return False
@@ -345,16 +345,16 @@ class MediaManager:
             return False
         return True
 
-    async def answer(self, rctx: RequestContext, resp: Response) -> bool:
+    async def answer(self, ctx: RequestContext, resp: Response) -> bool:
         """L for a response's SDP to a request whose offer went to the relay,
         and rewrite it; True when rewritten."""
-        state = rctx.call.peek(MediaState)
+        state = ctx.call.peek(MediaState)
         if state is None or not state.relayed or resp.status >= 300:
             return False
         sd = parse_sdp(resp)
         if sd is None:
             return False
-        endpoints = await self._update(self.client.answer, rctx.request, resp, sd, rctx, None)
+        endpoints = await self._update(self.client.answer, ctx.request, resp, sd, ctx, None)
         if endpoints is None:
             return False
         try:
@@ -382,7 +382,7 @@ class MediaManager:
         return bool(deleted)
 
     async def _update(self, command: UpdateCommand, req: Request, msg: Message,
-                      sd: sdp.SessionDescription, rctx: RequestContext,
+                      sd: sdp.SessionDescription, ctx: RequestContext,
                       source_host: str | None, *, swap: bool = False
                       ) -> list[tuple[str, int]] | None:
         """One U/L per live m= section: the relay's (address, port) for each
@@ -415,7 +415,7 @@ class MediaManager:
                 if relay_host is None:
                     # A relay bound on every address named none: the one the
                     # SIP message reached us on is the best guess a phone has.
-                    relay_host = rctx.source.listener.advertise
+                    relay_host = ctx.source.listener.advertise
                 results.append((relay_host, relay_port))
         except (RelayUnavailable, RelayError) as e:
             self.failures += 1
@@ -432,11 +432,11 @@ class MediaManager:
 
     # -- limits -------------------------------------------------------------------
 
-    def _refusal(self, rctx: RequestContext, call_id: str,
+    def _refusal(self, ctx: RequestContext, call_id: str,
                  sd: sdp.SessionDescription) -> RequestRejected | None:
         """Why this offer may not be relayed (488 / 503), or None."""
         streams = sum(1 for _address, port in sdp.media_addresses(sd) if port)
-        agent = _warn_agent(rctx)
+        agent = _warn_agent(ctx)
         if streams > self.max_streams:
             self.refused += 1
             text = f"Too many media streams: {streams}, at most {self.max_streams}"
@@ -444,7 +444,7 @@ class MediaManager:
                                    [("Warning", f'399 {agent} "{text}"')])
         limit = self.max_sessions_per_source
         held = self._charges.get(RelayClient.key_of(call_id))
-        source = held[0] if held is not None else rctx.source.host
+        source = held[0] if held is not None else ctx.source.host
         extra = streams - (held[1] if held is not None else 0)
         if extra <= 0 or not limit or self.is_trusted(source):
             return None
@@ -484,7 +484,7 @@ class MediaManager:
             self._per_source.pop(host, None)
 
 
-def _warn_agent(rctx: RequestContext) -> str:
+def _warn_agent(ctx: RequestContext) -> str:
     """RFC 3261 20.43 warn-agent: the address this proxy goes by there."""
-    host = getattr(rctx.source.listener, "advertise", "") or "sipsuite"
+    host = getattr(ctx.source.listener, "advertise", "") or "sipsuite"
     return bracket(host)

@@ -212,14 +212,14 @@ class Flows:
         return out
 
     # -- requests routed to a flow of ours -----------------------------------------
-    def request_received(self, rctx: RequestContext) -> None:
+    def request_received(self, ctx: RequestContext) -> None:
         """The request_received hook: a request whose top Route was a flow
         URI of ours (another node, or our registrar part, routed it to a
         phone's flow we hold, RFC 5626 5.3) goes over that flow; the script
         never sees it."""
-        flow = self.route_flow(rctx.removed_routes)
+        flow = self.route_flow(ctx.removed_routes)
         if flow is not None:
-            self.forward(rctx, flow)
+            self.forward(ctx, flow)
 
     def route_flow(self, removed: Sequence[NameAddr]) -> Flow | ForgedToken | bool | None:
         """What the request's top Route named, given the Route entries of
@@ -238,22 +238,22 @@ class Flows:
             return e
         return flow if flow is not None else False
 
-    def forward(self, rctx: RequestContext, flow: Flow | ForgedToken | bool) -> None:
+    def forward(self, ctx: RequestContext, flow: Flow | ForgedToken | bool) -> None:
         """RFC 5626 5.3, the edge proxy's part: over the flow, 430 Flow Failed
         when it is gone, 403 for a token we never made."""
         if isinstance(flow, ForgedToken):
-            log.info("{m} from {s}: forged flow token refused", m=rctx.method, s=rctx.source)
-            rctx.reply(403, "Forbidden (Invalid Flow Token)")
+            log.info("{m} from {s}: forged flow token refused", m=ctx.method, s=ctx.source)
+            ctx.reply(403, "Forbidden (Invalid Flow Token)")
             return
         if not isinstance(flow, Flow):
-            rctx.reply(430, "Flow Failed")
+            ctx.reply(430, "Flow Failed")
             return
-        log.debug("{m} to {u} over the flow to {t}:{h}:{p}", m=rctx.method, u=rctx.request.uri,
+        log.debug("{m} to {u} over the flow to {t}:{h}:{p}", m=ctx.method, u=ctx.request.uri,
                   t=flow.transport, h=bracket(flow.host), p=flow.port)
-        if self.core.config.proxy.record_route and rctx.method in DIALOG_CREATING:
+        if self.core.config.proxy.record_route and ctx.method in DIALOG_CREATING:
             # The dialog's later requests come back here, to the node holding the flow.
-            rctx.record_route()
-        rctx.relay([Destination(rctx.request.uri, [], flow.target())])
+            ctx.record_route()
+        ctx.relay([Destination(ctx.request.uri, [], flow.target())])
 
     # -- the module's life --------------------------------------------------------
     def start(self) -> None:

@@ -27,7 +27,7 @@ from sipsuite.sip.message import Request, Response
 from sipsuite.sip.uri import URI
 
 if TYPE_CHECKING:
-    from sipsuite.proxy.core.context import Branch, ProxyContext
+    from sipsuite.proxy.core.context import Branch, ResponseContext
     from sipsuite.proxy.core.proxy import ProxyCore
 
 
@@ -42,7 +42,7 @@ DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 class RequestContext:
     """What a routing hook sees of one incoming request and can do with it."""
 
-    __slots__ = ("core", "request", "source", "proxy_ctx", "loose_routed", "removed_routes",
+    __slots__ = ("core", "request", "source", "response", "loose_routed", "removed_routes",
                  "handled", "vars", "tx_key", "debug", "call")
 
     def __init__(self, core: ProxyCore, request: Request, source: Any, loose_routed: bool,
@@ -55,7 +55,8 @@ class RequestContext:
         # The Route entries naming this proxy that 16.4 removed (top first):
         # what our own Route carried, e.g. outbound's flow token.
         self.removed_routes: Sequence[NameAddr] = ()
-        self.proxy_ctx: ProxyContext | None = None
+        # The response context (RFC 3261 16.7), made at the first relay().
+        self.response: ResponseContext | None = None
         self.handled = False
         # The user's own variables (a script's $var/$avp); nothing built in uses it.
         self.vars: dict[str, Any] = {}
@@ -67,6 +68,15 @@ class RequestContext:
         self.tx_key: tuple | None = None
         # [features] debug as it was when routing began: log every step.
         self.debug = False
+
+    @property
+    def proxy_ctx(self) -> ResponseContext | None:
+        """Deprecated name of ``response`` (documented before the rename)."""
+        return self.response
+
+    @proxy_ctx.setter
+    def proxy_ctx(self, value: ResponseContext | None) -> None:
+        self.response = value
 
     # -- facts -----------------------------------------------------------------
     @property
@@ -209,6 +219,6 @@ class Routing:
         """Called once every branch has a failure (3xx-6xx) and before the
         best one goes upstream; ``ctx.relay(...)`` here starts new branches
         (serial forking, gateway failover), ``ctx.reply`` replaces the answer.
-        It runs for a CANCELed request too (``ctx.proxy_ctx.cancelled``, the
-        answer a 487), to release what the call held: relay() starts no
+        It runs for a CANCELed request too (``ctx.response.cancelled``, the
+        response context's flag, and ``response`` a 487), to release what the call held: relay() starts no
         branch then, and a reply() should not be made."""

@@ -203,8 +203,8 @@ class DefaultRouting(FeatureRoutes, Routing):
         media = self.core.modules.get(MEDIA)
         if media is None or not await media.offer(ctx):
             return
-        pctx = ctx.proxy_ctx
-        if pctx is not None and pctx.cancelled:
+        rsp = ctx.response
+        if rsp is not None and rsp.cancelled:
             # CANCELed while the relay answered: nothing will be forwarded.
             await self._media_delete(ctx)
 
@@ -233,14 +233,14 @@ class DefaultRouting(FeatureRoutes, Routing):
             await media.end_call(ctx)  # once per call: a second one does nothing
 
     def failure_route(self, ctx: RequestContext, response: Response) -> Any:
-        pctx = ctx.proxy_ctx
-        before = len(pctx.branches) if pctx is not None else 0
-        if pctx is None or not pctx.cancelled:
+        rsp = ctx.response
+        before = len(rsp.branches) if rsp is not None else 0
+        if rsp is None or not rsp.cancelled:
             self.manage_failure(ctx, response)
         media = self.core.modules.get(MEDIA)
         if media is None or not media.relayed(ctx):
             return None
-        if pctx is not None and len(pctx.branches) > before:
+        if rsp is not None and len(rsp.branches) > before:
             return None  # serial forking goes on with the same relay session
         return self._media_delete(ctx)
 
@@ -255,8 +255,8 @@ class DefaultRouting(FeatureRoutes, Routing):
             return
         self.location_failure(ctx, response)
         if ctx.debug:
-            pctx = ctx.proxy_ctx
-            if pctx is None or not pctx.final_sent:
+            rsp = ctx.response
+            if rsp is None or not rsp.final_sent:
                 self.trace(ctx, f"failure route: {response.status} {response.reason} -> upstream")
 
     def serial_next(self, ctx: RequestContext, response: Response) -> bool:
@@ -278,10 +278,10 @@ class DefaultRouting(FeatureRoutes, Routing):
         """The 480 of an unreachable user."""
         if not ctx.vars.get("location"):
             return
-        pctx = ctx.proxy_ctx
-        if pctx is not None and pctx.cancelled:
+        rsp = ctx.response
+        if rsp is not None and rsp.cancelled:
             return
-        if pctx is not None and pctx.best_local and not any(b.provisional for b in pctx.branches):
+        if rsp is not None and rsp.best_local and not any(b.provisional for b in rsp.branches):
             # No binding answered at all, not even 100 (timeouts, refused
             # connections, unresolvable hosts): the user is registered but
             # not reachable now (RFC 3261 21.4.18). A phone that rang and

@@ -69,7 +69,7 @@ def test_async_request_route_raising_after_a_wait(
     kit = kit_for(tmp_path)
     waiting: Deferred[None] = Deferred()
 
-    async def late(rctx: Any) -> None:
+    async def late(ctx: Any) -> None:
         await waiting
         raise KeyError("gone")
 
@@ -85,7 +85,7 @@ def test_a_malformed_header_the_hook_reads_gets_the_parsers_400(
         tmp_path: Path, events: list[dict[str, Any]]) -> None:
     kit = kit_for(tmp_path)
 
-    def reads_bad_header(rctx: Any) -> None:
+    def reads_bad_header(ctx: Any) -> None:
         raise ParseError(400, "Bad Contact")
 
     kit.core.routing.request_route = reads_bad_header  # type: ignore[method-assign]

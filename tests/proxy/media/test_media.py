@@ -11,7 +11,7 @@ from fakecore import FakeCore
 from twisted.internet.defer import Deferred, fail, succeed
 
 from sipsuite.proxy.api import CallState
-from sipsuite.proxy.core.context import ProxyContext
+from sipsuite.proxy.core.context import ResponseContext
 from sipsuite.proxy.core.hooks import HookPoints
 from sipsuite.proxy.media.client import RelayError, RelayUnavailable
 from sipsuite.proxy.media.local import LocalRelayClient
@@ -118,7 +118,7 @@ def manager(client: Any, mode: str = "always", **limits: int) -> MediaManager:
     return add_media(core, client)
 
 
-def rctx_for(req: Request, nat: bool = False) -> Any:
+def ctx_for(req: Request, nat: bool = False) -> Any:
     call = CallState()
     call.put(NatState(behind_nat=nat))  # what the nat module's detect() found
     return SimpleNamespace(request=req, source=source(), vars={}, call=call)
@@ -136,18 +136,18 @@ def test_offer_and_answer_rewrite_sdp() -> None:
     client = FakeClient(("203.0.113.7", 30000), ("203.0.113.7", 30002))
     media = manager(client, "always")
     req = invite()
-    rctx = rctx_for(req)
-    assert run(media.offer(rctx)) is True
+    ctx = ctx_for(req)
+    assert run(media.offer(ctx)) is True
     assert client.calls[0] == ("U", "call-1", "ft", None, "192.0.2.10", 4000, 1)
     body = req.body.decode()
     assert "c=IN IP4 203.0.113.7" in body and "m=audio 30000 " in body
     assert "a=rtcp:30001" in body and "o=- 1 8 IN IP4" in body
-    assert rctx.call.get(MediaState).relayed is True and media.relayed(rctx)
+    assert ctx.call.get(MediaState).relayed is True and media.relayed(ctx)
 
     resp = make_response(req, 200, to_tag="tt")
     resp.body = SDP.replace(b"{addr}", b"192.0.2.20")
     resp.set_header("Content-Type", "application/sdp")
-    assert run(media.answer(rctx, resp)) is True
+    assert run(media.answer(ctx, resp)) is True
     assert client.calls[1] == ("L", "call-1", "ft", "tt", "192.0.2.20", 4000, 1)
     assert b"m=audio 30002 " in resp.body and b"c=IN IP4 203.0.113.7" in resp.body
 
@@ -157,7 +157,7 @@ def test_not_relayed_without_nat_in_nat_mode() -> None:
     media = manager(client, "nat")
     req = invite()
     before = req.body
-    assert run(media.offer(rctx_for(req))) is False
+    assert run(media.offer(ctx_for(req))) is False
     assert req.body == before and client.calls == []
 
 
@@ -165,8 +165,8 @@ def test_nated_caller_uses_signalling_source_for_private_sdp() -> None:
     client = FakeClient(("203.0.113.7", 30000))
     media = manager(client, "nat")
     req = invite("10.0.0.8", via="10.0.0.8:5060")
-    rctx = rctx_for(req, nat=True)
-    assert run(media.offer(rctx)) is True
+    ctx = ctx_for(req, nat=True)
+    assert run(media.offer(ctx)) is True
     assert client.calls[0][4] == "192.0.2.10"  # where its signalling came from
 
 
@@ -178,9 +178,9 @@ def test_relay_failure_leaves_call_unrelayed(error: Exception) -> None:
     media = manager(FakeClient(error), "always")
     req = invite()
     before = req.body
-    rctx = rctx_for(req)
-    assert run(media.offer(rctx)) is False
-    assert req.body == before and rctx.call.peek(MediaState) is None
+    ctx = ctx_for(req)
+    assert run(media.offer(ctx)) is False
+    assert req.body == before and ctx.call.peek(MediaState) is None
     assert media.failures == 1
 
 
@@ -190,7 +190,7 @@ def test_answer_only_after_a_relayed_offer() -> None:
     req = invite()
     resp = make_response(req, 200, to_tag="tt")
     resp.body = SDP.replace(b"{addr}", b"192.0.2.20")
-    assert run(media.answer(rctx_for(req), resp)) is False
+    assert run(media.answer(ctx_for(req), resp)) is False
     assert client.calls == []
 
 
@@ -225,7 +225,7 @@ class _Routing:
     def __init__(self) -> None:
         self.waits: list[Deferred[None]] = []
 
-    def reply_route(self, rctx: Any, branch: Any, resp: Response) -> Any:
+    def reply_route(self, ctx: Any, branch: Any, resp: Response) -> Any:
         if resp.status != 183:
             return None
 
@@ -243,20 +243,20 @@ def test_answers_wait_for_an_async_reply_route_and_keep_their_order() -> None:
     req = invite()
     handled: list[int] = []
 
-    class Recording(ProxyContext):
+    class Recording(ResponseContext):
         __slots__ = ()
 
         def _handle(self, branch: Any, resp: Response, local: bool) -> None:
             handled.append(resp.status)
 
-    ctx = Recording(core, SimpleNamespace(request=req), None)  # type: ignore[arg-type]
+    rsp = Recording(core, SimpleNamespace(request=req), None)  # type: ignore[arg-type]
     branch = SimpleNamespace(done=False)
     for status in (183, 180, 200):
-        ctx.on_response(branch, make_response(req, status, to_tag="tt"))  # type: ignore[arg-type]
+        rsp.on_response(branch, make_response(req, status, to_tag="tt"))  # type: ignore[arg-type]
     assert handled == [] and len(routing.waits) == 1
     routing.waits[0].callback(None)
     assert handled == [183, 180, 200]
-    assert ctx.reply_queue is None
+    assert rsp.reply_queue is None
 
 
 def test_record_route_carries_the_nat_marker() -> None:

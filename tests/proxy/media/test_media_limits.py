@@ -10,7 +10,7 @@ from typing import Any
 
 from memoryrelay import MemoryPorts, result_of
 from proxykit import ProxyKit, answer, request
-from test_media import FakeClient, invite, manager, rctx_for, run
+from test_media import FakeClient, ctx_for, invite, manager, run
 from twisted.internet import task
 
 from sipsuite.ops.liveops import cfg_set
@@ -106,12 +106,12 @@ def test_answer_over_max_streams_goes_unrelayed() -> None:
     client = FakeClient(RELAY)
     media = manager(client, "always", max_streams=1)
     req = invite()
-    rctx = rctx_for(req)
-    assert run(media.offer(rctx)) is True
+    ctx = ctx_for(req)
+    assert run(media.offer(ctx)) is True
     resp = make_response(req, 200, to_tag="tt")
     resp.set_header("Content-Type", "application/sdp")
     resp.body = sdp(2)
-    assert run(media.answer(rctx, resp)) is False
+    assert run(media.answer(ctx, resp)) is False
     assert resp.body == sdp(2) and [c[0] for c in client.calls] == ["U"]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from fakecore import FakeCore
 from proxykit import ProxyKit
-from test_media import SDP, FakeClient, invite, manager, media_config, rctx_for, run
+from test_media import SDP, FakeClient, ctx_for, invite, manager, media_config, run
 
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.core.hookerrors import RequestRejected
@@ -63,7 +63,7 @@ def test_late_offer_is_relayed_from_the_2xx() -> None:
     client = FakeClient(RELAY)
     media = manager(client, "always")
     req = no_sdp_invite()
-    ctx = rctx_for(req)
+    ctx = ctx_for(req)
     assert run(media.offer(ctx)) is False
     state = ctx.call.get(MediaState)
     assert state.late_offer and not state.relayed and not media.relayed(ctx)
@@ -80,12 +80,12 @@ def test_answers_go_through_on_reply_only_for_a_relayed_offer() -> None:
     client = FakeClient(RELAY, ("203.0.113.7", 30002))
     media = manager(client, "always")
     req = invite()
-    plain = rctx_for(invite())
+    plain = ctx_for(invite())
     ringing = make_response(req, 183, to_tag="tt")
     ringing.set_header("Content-Type", "application/sdp")
     ringing.body = SDP.replace(b"{addr}", b"192.0.2.20")
     assert media.on_reply(plain, ringing) is None  # nothing relayed: stays synchronous
-    ctx = rctx_for(req)
+    ctx = ctx_for(req)
     assert run(media.offer(ctx)) is True
     assert media.on_reply(ctx, make_response(req, 180, to_tag="tt")) is None  # no SDP
     assert run(media.on_reply(ctx, ringing)) is True
@@ -95,7 +95,7 @@ def test_answers_go_through_on_reply_only_for_a_relayed_offer() -> None:
 def test_end_call_deletes_once() -> None:
     client = FakeClient(RELAY)
     media = manager(client, "always")
-    ctx = rctx_for(invite())
+    ctx = ctx_for(invite())
     assert run(media.offer(ctx)) is True
     run(media.end_call(ctx))
     run(media.end_call(ctx))
@@ -107,13 +107,13 @@ def test_end_call_deletes_once() -> None:
 def test_in_dialog_bye_deletes_what_the_relay_holds() -> None:
     client = FakeClient()
     nat_mode = manager(client, "nat")
-    run(nat_mode.in_dialog(rctx_for(bye())))
+    run(nat_mode.in_dialog(ctx_for(bye())))
     assert client.calls == []  # not relayed, "nat" mode: nothing to delete
     client.known.add("call-1")
-    run(nat_mode.in_dialog(rctx_for(bye())))
+    run(nat_mode.in_dialog(ctx_for(bye())))
     assert client.calls == [("D", "call-1", "tt", "ft")]
     always = FakeClient()
-    run(manager(always, "always").in_dialog(rctx_for(bye("call-2"))))
+    run(manager(always, "always").in_dialog(ctx_for(bye("call-2"))))
     assert [c[0] for c in always.calls] == ["D"]
 
 
@@ -121,12 +121,12 @@ def test_the_nat_module_decides_in_nat_mode() -> None:
     # No NatState in the call: the nat module saw no NAT (or is not there).
     client = FakeClient(RELAY)
     media = manager(client, "nat")
-    ctx = rctx_for(invite())
+    ctx = ctx_for(invite())
     ctx.call = CallState()
     assert run(media.offer(ctx)) is False and client.calls == []
     nat = media.core.modules.get(NAT)
     assert nat is not None
-    detected = rctx_for(invite(via="10.0.0.8:5060"))
+    detected = ctx_for(invite(via="10.0.0.8:5060"))
     detected.call = CallState()
     assert nat.detect(detected) is True
     assert run(media.offer(detected)) is True
@@ -136,10 +136,10 @@ def test_limits_are_read_from_the_config_at_use() -> None:
     client = FakeClient(RELAY, RELAY)
     media = manager(client, "always", max_streams=2)
     two = SDP.replace(b"{addr}", b"192.0.2.10") + b"m=audio 4002 RTP/AVP 8\r\n"
-    assert run(media.offer(rctx_for(invite(body=two)))) is True
+    assert run(media.offer(ctx_for(invite(body=two)))) is True
     # cfg set replaces the config whole; the next offer sees the new limit.
     media.core.config = media_config("always", max_streams=1)
-    failure = run(media.offer(rctx_for(invite(body=two))))
+    failure = run(media.offer(ctx_for(invite(body=two))))
     assert isinstance(failure.value, RequestRejected) and failure.value.status == 488
     assert [c[0] for c in client.calls] == ["U", "U"] and media.refused == 1
 
@@ -173,6 +173,6 @@ def test_stats_are_the_relay_figures() -> None:
     client = FakeClient(RELAY)
     client.calls_held = 1  # type: ignore[attr-defined]
     media = manager(client, "always")
-    assert run(media.offer(rctx_for(invite()))) is True
+    assert run(media.offer(ctx_for(invite()))) is True
     assert media.stats() == {"calls_anchored": 1, "offers": 1, "answers": 0, "deletes": 0,
                              "failures": 0, "refused": 0}

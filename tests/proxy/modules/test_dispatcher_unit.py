@@ -39,8 +39,8 @@ def with_sets(tmp_path: Path, uris: list[str] = GW, alg_line: str = "") -> tuple
 
 
 class FakeBranch:
-    def __init__(self, ctx: FakeProxyCtx, dest: Any) -> None:
-        self.ctx = ctx
+    def __init__(self, response_ctx: FakeResponseCtx, dest: Any) -> None:
+        self.response_ctx = response_ctx
         self.dest = dest
         self.done = False
         self.provisional = False
@@ -48,7 +48,7 @@ class FakeBranch:
         self.local_tag = "ours"
 
 
-class FakeProxyCtx:
+class FakeResponseCtx:
     def __init__(self) -> None:
         self.branches: list[FakeBranch] = []
         self.cancelled = False
@@ -63,13 +63,13 @@ class FakeCtx:
         self.request = parse_datagram(request(method, "sip:+4930123@sipsuite.test", call_id=call_id))
         self.call = CallState()
         self.vars: dict[str, Any] = {}
-        self.proxy_ctx: FakeProxyCtx | None = None
+        self.response: FakeResponseCtx | None = None
 
     def relay(self, targets: list[Any]) -> None:
-        if self.proxy_ctx is None:
-            self.proxy_ctx = FakeProxyCtx()
+        if self.response is None:
+            self.response = FakeResponseCtx()
         for t in targets:
-            self.proxy_ctx.branches.append(FakeBranch(self.proxy_ctx, t))
+            self.response.branches.append(FakeBranch(self.response, t))
 
 
 def calls(ds: LoadBalancer) -> list[int]:
@@ -107,7 +107,7 @@ def test_relay_keeps_the_attempt_in_the_call_state(tmp_path: Path) -> None:
     assert attempt is not None and ds.attempt(ctx) is attempt
     assert ctx.vars["dispatcher"] is attempt  # deprecated name, same object
     assert attempt.current is ds.sets[1][0]
-    [branch] = ctx.proxy_ctx.branches
+    [branch] = ctx.response.branches
     assert attempt.branch is branch
     # An IP destination: the Request-URI is kept, sent to the address ($du).
     assert str(branch.dest.uri) == "sip:+4930123@sipsuite.test"
@@ -117,21 +117,21 @@ def test_relay_keeps_the_attempt_in_the_call_state(tmp_path: Path) -> None:
     # Round robin: the next call starts on the next one.
     other: Any = FakeCtx(call_id="call-2")
     ds.relay(other, 1, 4)
-    assert other.proxy_ctx.branches[0].dest.dst.host == "127.0.0.12"
+    assert other.response.branches[0].dest.dst.host == "127.0.0.12"
     # An unknown set: nothing sent, nothing remembered but an empty walk.
     empty: Any = FakeCtx(call_id="call-3")
-    assert ds.relay(empty, 9) is False and empty.proxy_ctx is None
+    assert ds.relay(empty, 9) is False and empty.response is None
 
 
 def test_failover_and_call_counts_from_response_in(tmp_path: Path) -> None:
     core, ds = with_sets(tmp_path)
     ctx: Any = FakeCtx()
     ds.relay(ctx, 1, "least-calls")
-    [first] = ctx.proxy_ctx.branches
+    [first] = ctx.response.branches
     assert calls(ds) == [1, 0, 0]
     # A provisional answer and another branch's failure end nothing.
     core.response_in(ctx, first, answer(ctx.request, 180, to_tag="gw1"))
-    stranger = FakeBranch(ctx.proxy_ctx, None)
+    stranger = FakeBranch(ctx.response, None)
     core.response_in(ctx, stranger, answer(ctx.request, 503, to_tag="x"))
     assert calls(ds) == [1, 0, 0]
     # The destination's failure ends its call, as it arrives (before reply_route)...
@@ -142,7 +142,7 @@ def test_failover_and_call_counts_from_response_in(tmp_path: Path) -> None:
     ds.on_reply(ctx, failure)
     first.done, first.response = True, failure
     assert ds.next(ctx, failure) is True
-    second = ctx.proxy_ctx.branches[-1]
+    second = ctx.response.branches[-1]
     assert ds.attempt(ctx).current is ds.sets[1][1]  # type: ignore[union-attr]
     assert ds.attempt(ctx).branch is second  # type: ignore[union-attr]
     assert calls(ds) == [0, 1, 0]

@@ -54,10 +54,10 @@ class FakeCore:
     async def lookup(self, user: str) -> list[Binding]:
         return self.bindings.get(user, [])
 
-    def reply(self, rctx: Any, status: int, reason: str | None, headers: Any) -> None:
+    def reply(self, ctx: Any, status: int, reason: str | None, headers: Any) -> None:
         self.replies.append((status, reason))
 
-    def relay(self, rctx: Any, targets: list[Any]) -> None:
+    def relay(self, ctx: Any, targets: list[Any]) -> None:
         self.relays.append([str(getattr(t, "uri", t)) for t in targets])
 
 

@@ -340,12 +340,12 @@ class LoadBalancer(Prober):
             req = ctx.request
             if req.method == "INVITE":
                 self._count_call(req.call_id, d)
-            pctx = ctx.proxy_ctx
-            before = len(pctx.branches) if pctx is not None else 0
+            rsp = ctx.response
+            before = len(rsp.branches) if rsp is not None else 0
             ctx.relay([self._destination(ctx, d, attempt.rewrite)])
-            pctx = ctx.proxy_ctx
-            if pctx is not None and len(pctx.branches) > before:
-                attempt.branch = pctx.branches[-1]
+            rsp = ctx.response
+            if rsp is not None and len(rsp.branches) > before:
+                attempt.branch = rsp.branches[-1]
             else:
                 # Nothing went out (CANCELed meanwhile, an ACK): no call to count.
                 attempt.branch = None
@@ -376,8 +376,8 @@ class LoadBalancer(Prober):
             if branch is not None and self._no_answer(branch):
                 self.core.stats.count("dispatcher.no_answer")
                 self._result(failed, False, f"no answer to {ctx.request.method}")
-        pctx = ctx.proxy_ctx
-        if (pctx is not None and pctx.cancelled) or status not in codes:
+        rsp = ctx.response
+        if (rsp is not None and rsp.cancelled) or status not in codes:
             return False
         if self.relay_next(ctx):
             self.core.stats.count("dispatcher.failover")
@@ -435,7 +435,7 @@ class LoadBalancer(Prober):
     def _no_answer(self, branch: Branch) -> bool:
         resp = branch.response
         return (not branch.provisional and resp is not None
-                and resp.to_tag == branch.ctx.local_tag and resp.status in (408, 503))
+                and resp.to_tag == branch.response_ctx.local_tag and resp.status in (408, 503))
 
     def _destination(self, ctx: RequestContext, d: DsDestination, rewrite: bool) -> Destination:
         uri = ctx.request.uri
