@@ -96,6 +96,17 @@ class StatCounters(dict[str, int]):
 
 
 class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
+    """The transaction-stateful SIP proxy of one process: api.CoreAPI.
+
+    It owns the transports, the resolver, the transaction tables and their
+    timer heap, the routing class and the per-transaction response contexts;
+    RequestChecks (16.3), Forwarding (branches, CANCEL, responses) and
+    TransactionDriver (the transactions' actions) are mixed in.  It knows no
+    feature: registrar, auth, media, dispatcher... are modules in
+    ``modules``, which reach the core through ``hooks`` and the CoreAPI
+    surface only.  Made by the proxy service (proxy/service.py), which sets
+    the modules up; ``start()`` binds the sockets and starts the modules."""
+
     def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None) -> None:
         self.config = config
         self.clock = reactor

@@ -20,6 +20,10 @@ def _noop(*args: Any) -> None:
 
 
 class Timer:
+    """One armed timer: what runs at ``deadline``, unless cancelled.  It has
+    the two methods of a DelayedCall the transaction code uses, ``cancel()``
+    and ``active()``."""
+
     __slots__ = ("deadline", "func", "args", "cancelled")
 
     def __init__(self, deadline: float, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -40,6 +44,11 @@ class Timer:
 
 
 class TimerHeap:
+    """The proxy core's timers (api.CoreAPI.call_later and every transaction
+    timer): a heap of Timers ordered by deadline, served by one reactor
+    DelayedCall for the earliest; cancelled ones stay as shells until popped
+    or compacted."""
+
     def __init__(self, clock: Any, resolution: float = 0.01) -> None:
         self.clock = clock
         self.resolution = resolution

@@ -35,6 +35,11 @@ log = get_logger("sipsuite.proxy.auth")
 
 
 class Authenticator:
+    """The auth module, provided as AUTH: challenges a request (401/407 with
+    a fresh nonce), checks its credentials against the subscriber store
+    (``check``, the script's ``ctx.auth_check``) and strips them before
+    forwarding (``consume``)."""
+
     name: ClassVar[str] = "auth"
 
     def __init__(self, core: CoreAPI, secret: str, nonce_expires: float) -> None:

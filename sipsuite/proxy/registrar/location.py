@@ -39,6 +39,11 @@ T = TypeVar("T")
 
 
 class LocationStore(Protocol):
+    """The location service (Kamailio's usrloc table): the registered
+    bindings of each AOR.  MemoryLocationStore here, RedisLocationStore
+    (redis/location.py) shared by the nodes; the location module
+    (usrloc.py) puts the static bindings in front of it."""
+
     async def lookup(self, aor: str) -> list[Binding]:
         """Every current binding of ``aor``, highest q first; never an expired one."""
         ...
@@ -172,6 +177,11 @@ class Subscriber:
 
 
 class SubscriberStore(Protocol):
+    """The users who may authenticate (Kamailio's subscriber table), each
+    with its HA1s.  MemorySubscriberStore here, RedisSubscriberStore
+    (redis/subscribers.py) shared by the nodes; the subscribers module
+    provides it, the ``user.*`` RPCs manage it."""
+
     async def get(self, user: str) -> Subscriber | None: ...
 
     async def add(self, sub: Subscriber) -> bool:
@@ -190,6 +200,9 @@ class SubscriberStore(Protocol):
 
 
 class MemorySubscriberStore:
+    """Subscribers in this process's memory (the default store); lost when
+    it stops, so the ``user.*`` RPCs or a test fill it."""
+
     def __init__(self) -> None:
         self._subs: dict[str, Subscriber] = {}
 

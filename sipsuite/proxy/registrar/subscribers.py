@@ -21,6 +21,9 @@ __all__ = ["SPEC", "Subscribers", "SubscribersSpec"]
 
 
 class Subscribers:
+    """The subscribers module: holds the store it provides as SUBSCRIBERS
+    and reports its cache's figures in ``stats``."""
+
     name: ClassVar[str] = "subscribers"
 
     def __init__(self, store: SubscriberStore) -> None:

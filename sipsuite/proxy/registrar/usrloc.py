@@ -36,6 +36,10 @@ def _static(config: Config, clock: Callable[[], float]) -> StaticLocationStore |
 
 
 class Location:
+    """The location module, provided as LOCATION: the store of registered
+    bindings (``store``) and the static bindings of the config, looked up
+    together (see the module's docstring)."""
+
     name: ClassVar[str] = "location"
 
     def __init__(self, core: CoreAPI, store: LocationStore,

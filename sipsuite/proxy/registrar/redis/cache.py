@@ -2,10 +2,10 @@
 
 Why: every authenticated request needs its user's HA1. Read from Redis each
 time, that is one more round trip per REGISTER and per challenged INVITE: a
-send, a wake-up for the reply and the Deferred chain around it. Measured on
-``bench/register_rate.py`` it was about a tenth of the proxy's CPU per
-registration and a third of redis-server's. Subscriber records change
-rarely and are read all the time, which is what a cache is for.
+send, a wake-up for the reply and the Deferred chain around it, a share of
+each registration's CPU worth saving (docs/benchmarks.md, REGISTER with
+digest authentication). Subscriber records change rarely and are read all
+the time, which is what a cache is for.
 
 How it stays right: Redis's server-assisted client-side caching (CLIENT
 TRACKING, Redis 6 and later) in broadcast mode. A second connection
