@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REASONS", "KeepAlive", "Message", "ParseError", "Request", "Response",
-    "StreamParser", "make_ack", "make_cancel", "make_response", "parse_datagram",
+    "StreamParser", "make_response", "parse_datagram",
 ]
 
 REASONS: dict[int, str] = {
@@ -666,77 +666,3 @@ def make_response(
     out.append(("content-length", "Content-Length: 0", "0"))
     resp._headers = out
     return resp
-
-
-def _new_request(method: str, uri: URI, entries: list[Entry]) -> Request:
-    req = Request.__new__(Request)
-    req.method = method
-    req.uri = uri
-    req.version = "SIP/2.0"
-    req.body = b""
-    req._cache = {}
-    req._headers = entries
-    return req
-
-
-def _top_via_entry(req: Request) -> Entry:
-    for key, raw, value in req._headers:
-        if key == "via":
-            values = split_values(value)
-            if len(values) == 1:
-                return (key, raw, value)
-            return ("via", f"Via: {values[0]}", values[0])
-    raise ValueError("request without Via")
-
-
-def _copied(msg: Message, key: str) -> Entry:
-    for e in msg._headers:
-        if e[0] == key:
-            return e
-    raise ValueError(f"request without {key}")
-
-
-def make_cancel(invite: Request) -> Request:
-    """CANCEL for ``invite`` (RFC 3261 9.1)."""
-    entries = [_top_via_entry(invite)]
-    entries.extend(e for e in invite._headers if e[0] == "route")
-    entries += [_copied(invite, "from"), _copied(invite, "to"), _copied(invite, "call-id")]
-    number = invite.cseq.number
-    entries += [
-        ("cseq", f"CSeq: {number} CANCEL", f"{number} CANCEL"),
-        ("max-forwards", "Max-Forwards: 70", "70"),
-        ("content-length", "Content-Length: 0", "0"),
-    ]
-    return _new_request("CANCEL", invite.uri.copy(), entries)
-
-
-def make_ack(invite: Request, response: Response) -> Request:
-    """ACK for a non-2xx final response to ``invite`` (RFC 3261 17.1.1.3)."""
-    entries = [_top_via_entry(invite)]
-    entries.extend(e for e in invite._headers if e[0] == "route")
-    entries += [_copied(invite, "from"), _copied(response, "to"), _copied(invite, "call-id")]
-    number = invite.cseq.number
-    entries += [
-        ("cseq", f"CSeq: {number} ACK", f"{number} ACK"),
-        ("max-forwards", "Max-Forwards: 70", "70"),
-        ("content-length", "Content-Length: 0", "0"),
-    ]
-    return _new_request("ACK", invite.uri.copy(), entries)
-
-
-def make_request(method: str, uri: URI, *, via: str, from_: str, to: str, call_id: str,
-                 cseq: int = 1, headers: Iterable[tuple[str, str]] = ()) -> Request:
-    """A request of the proxy's own, outside any dialog and without a body
-    (a keep-alive or probe OPTIONS): Max-Forwards 70, ``headers`` before
-    Content-Length."""
-    entries = [
-        _entry("Via", via),
-        ("max-forwards", "Max-Forwards: 70", "70"),
-        _entry("From", from_),
-        _entry("To", to),
-        _entry("Call-ID", call_id),
-        ("cseq", f"CSeq: {cseq} {method}", f"{cseq} {method}"),
-    ]
-    entries += [_entry(name, value) for name, value in headers]
-    entries.append(("content-length", "Content-Length: 0", "0"))
-    return _new_request(method, uri, entries)

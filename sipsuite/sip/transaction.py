@@ -20,7 +20,8 @@ import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sipsuite.sip.message import Message, Request, Response, make_ack
+from sipsuite.sip.builders import make_ack
+from sipsuite.sip.message import Message, Request, Response
 
 __all__ = [
     "MAGIC_COOKIE",

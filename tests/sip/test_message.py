@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sipsuite.sip.builders import make_ack, make_cancel
 from sipsuite.sip.headers import Via
 from sipsuite.sip.message import (
     REASONS,
@@ -12,8 +13,6 @@ from sipsuite.sip.message import (
     Request,
     Response,
     StreamParser,
-    make_ack,
-    make_cancel,
     make_response,
     parse_datagram,
 )

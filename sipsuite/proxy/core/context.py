@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from sipsuite.proxy.core.hookrun import run_hooks, run_script
 from sipsuite.proxy.net.listener import PLACEHOLDER_VIA
-from sipsuite.sip.message import Request, Response, make_cancel, make_response
+from sipsuite.sip.builders import make_cancel
+from sipsuite.sip.message import Request, Response, make_response
 
 if TYPE_CHECKING:
     from sipsuite.proxy.core.proxy import ClientTx, ProxyCore, ServerTx

@@ -23,7 +23,7 @@ from sipsuite.hosts import bracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.api import UAC_BRANCH
 from sipsuite.proxy.core.txlayer import LocalTx
-from sipsuite.sip.message import make_request
+from sipsuite.sip.builders import make_request
 from sipsuite.sip.transaction import ClientNonInviteTransaction
 from sipsuite.sip.uri import URI
 
