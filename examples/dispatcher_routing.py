@@ -65,8 +65,7 @@ class DispatcherRouting(DefaultRouting):
         if not (self.pstn_allowed(ctx) or ctx.source_trusted()):
             # Gateways cost money: only our own users (authenticated when
             # auth is on) and trusted networks, as route[PSTN] allows.
-            if ctx.debug:
-                self.trace(ctx, "dispatcher: caller not ours and not trusted -> 403")
+            ctx.trace("dispatcher: caller not ours and not trusted -> 403")
             ctx.reply(403, "Not Allowed")
             return
         if req.has_header("route"):
@@ -74,16 +73,14 @@ class DispatcherRouting(DefaultRouting):
         ctx.record_route()
         await self.media_offer(ctx)
         if not ds.relay(ctx, self.setid, self.algorithm):
-            if ctx.debug:
-                self.trace(ctx, f"dispatcher: set {self.setid} has no usable destination -> 503")
+            ctx.trace("dispatcher: set {setid} has no usable destination -> 503", setid=self.setid)
             await self._media_delete(ctx)  # the offer made above goes nowhere
             ctx.reply(503, "No Gateway Available")
             return
-        if ctx.debug:
-            attempt = ds.attempt(ctx)
-            d = attempt.current if attempt is not None else None
-            self.trace(ctx, f"dispatcher: set {self.setid} ({self.algorithm}) ->"
-                            f" {d.uri if d is not None else '-'}")
+        attempt = ds.attempt(ctx)
+        d = attempt.current if attempt is not None else None
+        ctx.trace("dispatcher: set {setid} ({alg}) -> {dest}", setid=self.setid,
+                  alg=self.algorithm, dest=d.uri if d is not None else "-")
 
     def failure_route(self, ctx: RequestContext, response: Any) -> Any:
         ds = self.core.modules.get(DISPATCHER)

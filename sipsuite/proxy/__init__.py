@@ -14,7 +14,7 @@ A routing class reaches the modules' services by key:
 """
 
 from sipsuite.proxy.modules.nat import add_contact_alias, handle_ruri_alias, signalling_nat
-from sipsuite.proxy.routing import DefaultRouting, Destination, RequestContext, Routing
+from sipsuite.proxy.routing import DefaultRouting, Destination, RequestContext, RouteState, Routing
 from sipsuite.proxy.services import DISPATCHER, MEDIA, NAT
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "DefaultRouting",
     "Destination",
     "RequestContext",
+    "RouteState",
     "Routing",
     "add_contact_alias",
     "handle_ruri_alias",

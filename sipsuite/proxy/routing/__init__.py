@@ -12,5 +12,6 @@ blocks, ``loader`` the ``[proxy] routing = "package.module:Class"`` loader and
 
 from sipsuite.proxy.routing.base import Destination, RequestContext, Routing
 from sipsuite.proxy.routing.default import DefaultRouting
+from sipsuite.proxy.routing.features import RouteState
 
-__all__ = ["DefaultRouting", "Destination", "RequestContext", "Routing"]
+__all__ = ["DefaultRouting", "Destination", "RequestContext", "RouteState", "Routing"]

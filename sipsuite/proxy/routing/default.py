@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from sipsuite.log import get_logger
 from sipsuite.proxy.registrar.bindings import Binding, StoreUnavailable
 from sipsuite.proxy.routing.base import DIALOG_CREATING, Destination, RequestContext, Routing
-from sipsuite.proxy.routing.features import FeatureRoutes
-from sipsuite.proxy.services import FLOWS, MEDIA, NAT
+from sipsuite.proxy.routing.features import FeatureRoutes, RouteState
+from sipsuite.proxy.services import FLOWS, LOCATION, MEDIA, NAT, REGISTRAR
 from sipsuite.sip.message import Response
 
 if TYPE_CHECKING:
@@ -22,23 +22,41 @@ if TYPE_CHECKING:
 log = get_logger("sipsuite.proxy.routing")
 
 
+class _Uris:
+    """The branch targets of a trace line, joined only when the line is
+    formatted (never while ``[features] debug`` is off)."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[Binding, Destination]]) -> None:
+        self.pairs = pairs
+
+    def __str__(self) -> str:
+        return ", ".join(str(d.uri) for _, d in self.pairs)
+
+
 class DefaultRouting(FeatureRoutes, Routing):
     """The shape of the default kamailio.cfg: keep-alives, in-dialog
     routing, authentication (``[features] auth``), the registrar, and the
     location lookup with parallel (or serial) forking; the optional blocks
-    (pstn, voicemail, block3xx, block401407, debug) come from FeatureRoutes."""
+    (pstn, voicemail, block3xx, block401407, debug) come from FeatureRoutes.
+
+    The features that are modules are reached through ``self.core.modules``
+    (NAT, MEDIA, LOCATION, FLOWS, REGISTRAR): one that is not set up is the
+    ``#!ifdef WITH_X`` left off.  ``[features] auth, ipauth, pstn, voicemail,
+    block3xx, block401407, debug`` are this script's own switches.  What it
+    keeps of a request is its RouteState in ``ctx.call``."""
 
     async def request_route(self, ctx: RequestContext) -> None:
         req = ctx.request
         method = req.method
         uri = req.uri
-        ctx.debug = debug = self.config.features.debug
+        ctx.debug = self.config.features.debug
 
         # Keep-alive pings to the proxy itself (kamailio.cfg: OPTIONS to
         # myself without a user part gets 200 Keepalive).
         if method == "OPTIONS" and not uri.user and uri.scheme in ("sip", "sips") and ctx.is_myself(uri):
-            if debug:
-                self.trace(ctx, "keepalive: OPTIONS to myself -> 200 Keepalive")
+            ctx.trace("keepalive: OPTIONS to myself -> 200 Keepalive")
             ctx.reply(200, "Keepalive")
             return
 
@@ -48,9 +66,8 @@ class DefaultRouting(FeatureRoutes, Routing):
             # decision and the Record-Route's nat marker; the Contact of a
             # NAT'ed caller gets its real address as an alias.
             nat = nat_service.detect(ctx)
-            if debug:
-                self.trace(ctx, f"natdetect: from {ctx.source.host}:{ctx.source.port} "
-                                + ("behind NAT" if nat else "not behind NAT"))
+            ctx.trace("natdetect: from {host}:{port} {nat}", host=ctx.source.host,
+                      port=ctx.source.port, nat="behind NAT" if nat else "not behind NAT")
 
         if ctx.in_dialog:
             if method in ("BYE", "INVITE", "UPDATE", "ACK", "PRACK") and (
@@ -67,13 +84,17 @@ class DefaultRouting(FeatureRoutes, Routing):
         # remove_hf("Route")). Honouring them would let anyone relay through
         # us to any host by naming a local user in the Request-URI.
         if req.has_header("route"):
-            if debug:
-                self.trace(ctx, "initial request: pre-loaded Route removed")
+            ctx.trace("initial request: pre-loaded Route removed")
             req.remove_header("route")
 
         if method == "REGISTER" and local_ruri:
-            if debug:
-                self.trace(ctx, "registrar: REGISTER for our domain -> save")
+            if self.core.modules.get(REGISTRAR) is None:
+                # No registrar set up (kamailio.cfg without the registrar
+                # module): REGISTER is a method this server does not do.
+                ctx.trace("registrar: REGISTER for our domain, no registrar -> 501")
+                ctx.reply(501, "Not Implemented")
+                return
+            ctx.trace("registrar: REGISTER for our domain -> save")
             await ctx.register()
             return
 
@@ -82,20 +103,18 @@ class DefaultRouting(FeatureRoutes, Routing):
 
         if not local_ruri:
             # Callers authenticated above (or trusted) may call out.
-            if ctx.source_trusted() or ctx.vars.get("authenticated"):
-                if debug:
-                    self.trace(ctx, f"sipout: {uri.host} is not ours -> relay")
+            state = ctx.call.peek(RouteState)
+            if ctx.source_trusted() or (state is not None and state.authenticated):
+                ctx.trace("sipout: {host} is not ours -> relay", host=uri.host)
                 await self.media_offer(ctx)
                 ctx.relay()
             else:
-                if debug:
-                    self.trace(ctx, f"sipout: {uri.host} is not ours -> 403 Not relaying")
+                ctx.trace("sipout: {host} is not ours -> 403 Not relaying", host=uri.host)
                 ctx.reply(403, "Not relaying")
             return
 
         if not uri.user:
-            if debug:
-                self.trace(ctx, "no user in the Request-URI -> 484")
+            ctx.trace("no user in the Request-URI -> 484")
             ctx.reply(484, "Address Incomplete")
             return
         user = uri.user_unescaped
@@ -107,19 +126,16 @@ class DefaultRouting(FeatureRoutes, Routing):
         """kamailio.cfg's route[AUTH]; False when the request was answered."""
         features = self.config.features
         if not features.auth:
-            if ctx.debug:
-                self.trace(ctx, "auth: off")
+            ctx.trace("auth: off")
             return True
         req = ctx.request
         if req.method == "REGISTER":
             to = req.to.uri
             if not await ctx.auth_check(to.user_unescaped if to.user else "", proxy=False):
-                if ctx.debug:
-                    self.trace(ctx, "auth: REGISTER without valid credentials -> 401 or 403")
+                ctx.trace("auth: REGISTER without valid credentials -> 401 or 403")
                 return False
-            if ctx.debug:
-                self.trace(ctx, f"auth: REGISTER authenticated as {to.user_unescaped!r}")
-            ctx.vars["authenticated"] = True
+            ctx.trace("auth: REGISTER authenticated as {user!r}", user=to.user_unescaped)
+            self._authenticated(ctx)
             return True
         if req.method in ("ACK", "CANCEL"):
             # Neither can be challenged (RFC 3261 22.1): they ride on the
@@ -127,59 +143,63 @@ class DefaultRouting(FeatureRoutes, Routing):
             return True
         if features.ipauth and ctx.source_trusted():
             # WITH_IPAUTH: allow_source_address() skips authentication.
-            if ctx.debug:
-                self.trace(ctx, f"auth: {ctx.source.host} is trusted (ipauth) -> not challenged")
-            ctx.vars["ipauth"] = True
+            ctx.trace("auth: {host} is trusted (ipauth) -> not challenged", host=ctx.source.host)
+            ctx.call.get(RouteState).ipauth = True
             return True
         from_uri = req.from_.uri
         from_local = from_uri.scheme in ("sip", "sips") and ctx.is_local_domain(from_uri)
         if from_local:
             user = from_uri.user_unescaped if from_uri.user else ""
             if not await ctx.auth_check(user, proxy=True):
-                if ctx.debug:
-                    self.trace(ctx, f"auth: from our user {user!r} without valid credentials"
-                                    " -> 407 or 403")
+                ctx.trace("auth: from our user {user!r} without valid credentials -> 407 or 403",
+                          user=user)
                 return False
             ctx.consume_credentials(proxy=True)
-            if ctx.debug:
-                self.trace(ctx, f"auth: authenticated as {user!r}")
-            ctx.vars["authenticated"] = True
+            ctx.trace("auth: authenticated as {user!r}", user=user)
+            self._authenticated(ctx)
         elif not local_ruri:
-            if ctx.debug:
-                self.trace(ctx, "auth: foreign caller to a foreign domain -> 403 Not relaying")
+            ctx.trace("auth: foreign caller to a foreign domain -> 403 Not relaying")
             ctx.reply(403, "Not relaying")
             return False
-        elif ctx.debug:
-            self.trace(ctx, "auth: foreign caller to our domain -> not challenged")
+        else:
+            ctx.trace("auth: foreign caller to our domain -> not challenged")
         return True
+
+    @staticmethod
+    def _authenticated(ctx: RequestContext) -> None:
+        ctx.call.get(RouteState).authenticated = True
+        ctx.vars["authenticated"] = True  # deprecated (one release): RouteState.authenticated
 
     async def location(self, ctx: RequestContext, user: str) -> None:
         """kamailio.cfg's route[LOCATION]: fork to the user's bindings; a
         user with none gets voicemail ([features] voicemail) or 404."""
-        ctx.vars["oexten"] = user  # the dialled user, for voicemail
-        try:
-            bindings = await ctx.lookup(user)
-        except StoreUnavailable as e:
-            log.warn("lookup of {u} failed: location store unavailable: {e}", u=user, e=e)
-            if ctx.debug:
-                self.trace(ctx, f"location: {user!r}: store unavailable -> 503")
-            ctx.reply(503, "Location Store Unavailable",
-                      [("Retry-After", str(self.config.registrar.retry_after))])
-            return
+        state = ctx.call.get(RouteState)
+        state.dialled = user  # for voicemail
+        ctx.vars["oexten"] = user  # deprecated (one release): RouteState.dialled
+        if self.core.modules.get(LOCATION) is None:
+            bindings: list[Binding] = []  # no location module: nobody is registered here
+        else:
+            try:
+                bindings = await ctx.lookup(user)
+            except StoreUnavailable as e:
+                log.warn("lookup of {u} failed: location store unavailable: {e}", u=user, e=e)
+                ctx.trace("location: {user!r}: store unavailable -> 503", user=user)
+                ctx.reply(503, "Location Store Unavailable",
+                          [("Retry-After", str(self.config.registrar.retry_after))])
+                return
         # Each with where it is reached; outbound bindings whose flow failed drop out.
         flows = self.core.modules.get(FLOWS)
         reached = (await flows.destinations(user, bindings) if flows is not None
                    else [(b, Destination.of(b)) for b in bindings])
         if not reached:
-            if ctx.debug:
-                self.trace(ctx, f"location: {user!r}: no bindings")
+            ctx.trace("location: {user!r}: no bindings", user=user)
             if await self.route_voicemail(ctx):
                 return
-            if ctx.debug:
-                self.trace(ctx, f"location: {user!r}: not found -> 404")
+            ctx.trace("location: {user!r}: not found -> 404", user=user)
             ctx.reply(404, "Not Found")
             return
-        ctx.vars["location"] = True
+        state.located = True
+        ctx.vars["location"] = True  # deprecated (one release): RouteState.located
         if self.config.registrar.serial_forking:
             groups: list[list[tuple[Binding, Destination]]] = []
             for pair in reached:  # highest q first
@@ -187,11 +207,10 @@ class DefaultRouting(FeatureRoutes, Routing):
                     groups[-1].append(pair)
                 else:
                     groups.append([pair])
-            ctx.vars["serial"] = groups[1:]
+            state.serial = groups[1:]
             reached = groups[0]
-        if ctx.debug:
-            self.trace(ctx, f"location: {user!r}: {len(reached)} binding(s) -> relay to "
-                            + ", ".join(str(d.uri) for _, d in reached))
+        ctx.trace("location: {user!r}: {n} binding(s) -> relay to {targets}", user=user,
+                  n=len(reached), targets=_Uris(reached))
         await self.media_offer(ctx)
         ctx.relay([d for _, d in reached])
 
@@ -254,29 +273,30 @@ class DefaultRouting(FeatureRoutes, Routing):
         if self.block_failure(ctx, response) or self.voicemail_failure(ctx, response):
             return
         self.location_failure(ctx, response)
-        if ctx.debug:
-            rsp = ctx.response
-            if rsp is None or not rsp.final_sent:
-                self.trace(ctx, f"failure route: {response.status} {response.reason} -> upstream")
+        rsp = ctx.response
+        if rsp is None or not rsp.final_sent:
+            ctx.trace("failure route: {status} {reason} -> upstream", status=response.status,
+                      reason=response.reason)
 
     def serial_next(self, ctx: RequestContext, response: Response) -> bool:
         """Serial forking: the next q-value group of bindings; True when
         there was one."""
-        if not ctx.vars.get("location"):
+        state = ctx.call.peek(RouteState)
+        if state is None or not state.located:
             return False
-        groups = ctx.vars.get("serial")
+        groups = state.serial
         if groups and response.status < 600:
             group = groups.pop(0)
-            if ctx.debug:
-                self.trace(ctx, f"failure route: {response.status} -> next serial group: "
-                                + ", ".join(str(d.uri) for _, d in group))
+            ctx.trace("failure route: {status} -> next serial group: {targets}",
+                      status=response.status, targets=_Uris(group))
             ctx.relay([d for _, d in group])
             return True
         return False
 
     def location_failure(self, ctx: RequestContext, response: Response) -> None:
         """The 480 of an unreachable user."""
-        if not ctx.vars.get("location"):
+        state = ctx.call.peek(RouteState)
+        if state is None or not state.located:
             return
         rsp = ctx.response
         if rsp is not None and rsp.cancelled:
@@ -286,8 +306,8 @@ class DefaultRouting(FeatureRoutes, Routing):
             # connections, unresolvable hosts): the user is registered but
             # not reachable now (RFC 3261 21.4.18). A phone that rang and
             # was not picked up keeps its 408.
-            if ctx.debug:
-                self.trace(ctx, f"failure route: {response.status}, no binding answered -> 480")
+            ctx.trace("failure route: {status}, no binding answered -> 480",
+                      status=response.status)
             ctx.reply(480, "Temporarily Unavailable")
 
     def within_dialog(self, ctx: RequestContext) -> None:
@@ -299,20 +319,16 @@ class DefaultRouting(FeatureRoutes, Routing):
                 # (a NAT'ed party's Contact) goes to the address it names.
                 dst = nat_service.dialog_target(req)
                 if dst is not None:
-                    if ctx.debug:
-                        self.trace(ctx, f"within dialog: alias in the Request-URI -> relay to {dst}")
+                    ctx.trace("within dialog: alias in the Request-URI -> relay to {dst}", dst=dst)
                     ctx.relay([Destination(req.uri, dst=dst)])
                     return
-            if ctx.debug:
-                self.trace(ctx, "within dialog: loose-routed -> relay")
+            ctx.trace("within dialog: loose-routed -> relay")
             ctx.relay()
             return
         if req.method == "ACK":
             # An ACK with no route and no transaction is for nobody here.
-            if ctx.debug:
-                self.trace(ctx, "within dialog: ACK without route or transaction -> drop")
+            ctx.trace("within dialog: ACK without route or transaction -> drop")
             ctx.drop()
             return
-        if ctx.debug:
-            self.trace(ctx, "within dialog: not routed to us -> 404 Not here")
+        ctx.trace("within dialog: not routed to us -> 404 Not here")
         ctx.reply(404, "Not here")

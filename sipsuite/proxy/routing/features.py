@@ -6,12 +6,16 @@ WITH_BLOCK401407, WITH_VOICEMAIL), plus the step log of WITH_DEBUG.
 Each block is a method a user's routing class may override, and each reads
 its switch and settings from ``self.config`` when a request uses it, so a
 run-time change of the config (``sipsuite-ctl cfg set``) applies to the next
-request.
+request.  What the script remembers of a request between its blocks (who
+authenticated, the dialled user, the serial-forking groups) is a
+:class:`RouteState` in the request's ``ctx.call``; ``ctx.vars`` is left to
+user scripts.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -22,7 +26,8 @@ from sipsuite.sip.uri import URI
 if TYPE_CHECKING:
     from sipsuite.config import Config
     from sipsuite.proxy.core.proxy import ProxyCore
-    from sipsuite.proxy.routing.base import RequestContext
+    from sipsuite.proxy.registrar.bindings import Binding
+    from sipsuite.proxy.routing.base import Destination, RequestContext
     from sipsuite.sip.message import Response
 
 log = get_logger("sipsuite.proxy.routing")
@@ -34,6 +39,31 @@ _USER_SAFE = "-_.!~*'()&=+$,;?/"
 # kamailio.cfg's TOVOICEMAIL serves INVITE (calls) and SUBSCRIBE (message
 # waiting indication) to a user who is not registered.
 VOICEMAIL_METHODS = frozenset({"INVITE", "SUBSCRIBE"})
+
+
+@dataclass(slots=True)
+class RouteState:
+    """DefaultRouting's part of a request's CallState:
+    ``ctx.call.get(RouteState)``, made on first use, seen by every hook of the
+    transaction (failure_route reads what request_route left)."""
+
+    # route[AUTH] found valid credentials (REGISTER, or a caller of ours).
+    authenticated: bool = False
+    # WITH_IPAUTH: a trusted source, not challenged.
+    ipauth: bool = False
+    # kamailio.cfg's $avp(oexten): the user location() looked up, the one
+    # voicemail gets the call for.
+    dialled: str | None = None
+    # location() found bindings and relayed to them: failure_route's serial
+    # forking and its 480 apply.
+    located: bool = False
+    # The bindings still to try, one group per q-value, highest first
+    # ([registrar] serial_forking).
+    serial: list[list[tuple[Binding, Destination]]] = field(default_factory=list)
+    # route[PSTN] sent the call to the gateway (for a subclass's failure_route).
+    to_pstn: bool = False
+    # The call went to voicemail already: a busy voicemail is the caller's answer.
+    to_voicemail: bool = False
 
 
 @lru_cache(maxsize=8)
@@ -66,14 +96,17 @@ class FeatureRoutes:
     # Set once the "pstn on but no gateway" note has been logged.
     _pstn_no_gw_logged = False
 
+    if TYPE_CHECKING:
+        # DefaultRouting's: route[NATMANAGE] for the request sent on.
+        async def media_offer(self, ctx: RequestContext) -> None: ...
+
     # -- WITH_DEBUG ----------------------------------------------------------------
 
     def trace(self, ctx: RequestContext, step: str) -> None:
-        """One line of the routing-step log (``[features] debug``). Callers
-        check ``ctx.debug`` first, so nothing is formatted when it is off."""
-        req = ctx.request
-        log.info("route {method} {uri} cid={cid}: {step}", method=req.method, uri=req.uri,
-                 cid=req.call_id, step=step)
+        """Deprecated (one release): ``ctx.trace(fmt, **fields)``, which
+        formats nothing while ``ctx.debug`` is off.  One line of the
+        routing-step log, logged only while ``ctx.debug`` is on."""
+        ctx.trace("{step}", step=step)
 
     # -- WITH_PSTN -----------------------------------------------------------------
 
@@ -87,23 +120,19 @@ class FeatureRoutes:
             if not self._pstn_no_gw_logged:
                 self._pstn_no_gw_logged = True
                 log.debug("[features] pstn is on but pstn.gw_ip is empty: no PSTN routing")
-            if ctx.debug:
-                self.trace(ctx, "pstn: no gateway (pstn.gw_ip empty) -> skip")
+            ctx.trace("pstn: no gateway (pstn.gw_ip empty) -> skip")
             return False
         number = pstn_number(user, pstn.pattern)
         if number is None:
-            if ctx.debug:
-                self.trace(ctx, f"pstn: {user!r} does not match pstn.pattern -> skip")
+            ctx.trace("pstn: {user!r} does not match pstn.pattern -> skip", user=user)
             return False
         if not self.pstn_allowed(ctx):
-            if ctx.debug:
-                self.trace(ctx, "pstn: caller not local or not authenticated -> 403 Not Allowed")
+            ctx.trace("pstn: caller not local or not authenticated -> 403 Not Allowed")
             ctx.reply(403, "Not Allowed")
             return True
         target = target_uri(number, pstn.gw_ip, pstn.gw_port)
-        if ctx.debug:
-            self.trace(ctx, f"pstn: {user} -> {target}")
-        ctx.vars["pstn"] = True
+        ctx.trace("pstn: {user} -> {target}", user=user, target=target)
+        ctx.call.get(RouteState).to_pstn = True
         await self.media_offer(ctx)
         ctx.relay([target])
         return True
@@ -117,7 +146,8 @@ class FeatureRoutes:
             return False
         if not self.config.features.auth:
             return True
-        return bool(ctx.vars.get("authenticated") or ctx.vars.get("ipauth"))
+        state = ctx.call.peek(RouteState)
+        return state is not None and (state.authenticated or state.ipauth)
 
     # -- WITH_VOICEMAIL ------------------------------------------------------------
 
@@ -127,28 +157,28 @@ class FeatureRoutes:
         target = self.voicemail_target(ctx)
         if target is None:
             return False
-        await self.media_offer(ctx)  # type: ignore[attr-defined]  # DefaultRouting's
+        await self.media_offer(ctx)
         ctx.relay([target])
         return True
 
     def voicemail_target(self, ctx: RequestContext) -> URI | None:
         """sip:DIALLED@srv_ip:srv_port for an INVITE/SUBSCRIBE that went
-        through location() ($avp(oexten)) and not to voicemail yet; None
-        when voicemail is off or has no server."""
+        through location() (RouteState.dialled, kamailio.cfg's $avp(oexten))
+        and not to voicemail yet; None when voicemail is off or has no server."""
         if not self.config.features.voicemail:
             return None
-        user = ctx.vars.get("oexten")
-        if ctx.request.method not in VOICEMAIL_METHODS or not user or ctx.vars.get("voicemail"):
+        state = ctx.call.peek(RouteState)
+        if (ctx.request.method not in VOICEMAIL_METHODS or state is None or not state.dialled
+                or state.to_voicemail):
             return None
+        user = state.dialled
         vm = self.config.voicemail
         if not vm.srv_ip:
-            if ctx.debug:
-                self.trace(ctx, "voicemail: no server (voicemail.srv_ip empty) -> skip")
+            ctx.trace("voicemail: no server (voicemail.srv_ip empty) -> skip")
             return None
         target = target_uri(user, vm.srv_ip, vm.srv_port)
-        if ctx.debug:
-            self.trace(ctx, f"voicemail: {user} -> {target}")
-        ctx.vars["voicemail"] = True
+        ctx.trace("voicemail: {user} -> {target}", user=user, target=target)
+        state.to_voicemail = True
         return target
 
     # -- failure_route[MANAGE_FAILURE] ---------------------------------------------
@@ -166,8 +196,8 @@ class FeatureRoutes:
             switch = "block401407"
         else:
             return False
-        if ctx.debug:
-            self.trace(ctx, f"failure route: {status} blocked ({switch}) -> 404 Not Found")
+        ctx.trace("failure route: {status} blocked ({switch}) -> 404 Not Found", status=status,
+                  switch=switch)
         ctx.reply(404, "Not Found")
         return True
 

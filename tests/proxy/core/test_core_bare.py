@@ -5,6 +5,11 @@ media, no accounting.  A two-line routing class relays every request to its
 Request-URI and record-routes; the core alone (RFC 3261 16) must forward the
 INVITE with its Via and Record-Route, send the answers back, and pass the ACK
 and the BYE along the recorded route.
+
+DefaultRouting on that core is kamailio.cfg with every ``#!ifdef WITH_X`` off
+and no registrar or usrloc loaded: a trusted caller's call to a foreign domain
+is carried the same way, a REGISTER for our domain gets 501 and a call to one
+of our users 404 (nobody can be registered).
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from proxykit import START, answer, request
 from twisted.internet import task
 
 from sipsuite.config import load_config
-from sipsuite.proxy import RequestContext, Routing
+from sipsuite.proxy import DefaultRouting, RequestContext, Routing
 from sipsuite.proxy.core.proxy import ProxyCore
 from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.sip.message import Request, Response, parse_datagram
@@ -33,14 +39,15 @@ class RelayAll(Routing):
 
 
 class BareCore:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, routing: type[Routing] = RelayAll) -> None:
         path = tmp_path / "bare.toml"
-        path.write_text('[proxy]\nlisten = ["udp:127.0.0.1:5060"]\n'
+        path.write_text('[proxy]\nlisten = ["udp:127.0.0.1:5060"]\ndomains = ["sipsuite.test"]\n'
+                        f'trusted = ["{CALLER}/32"]\n'
                         '[management]\nlisten = ""\n')
         self.clock = task.Clock()
         self.clock.advance(START)
         self.core = core = ProxyCore(load_config(str(path)), self.clock)
-        core.routing = RelayAll(core)
+        core.routing = routing(core)
         self.listener = Listener("udp", "127.0.0.1", 5060, "127.0.0.1")
         core.addresses.add("127.0.0.1")
         core.ports.add(5060)
@@ -62,8 +69,9 @@ class BareCore:
         return out
 
 
-def test_a_core_with_no_module_carries_a_call(tmp_path: Path) -> None:
-    bare = BareCore(tmp_path)
+@pytest.mark.parametrize("routing", [RelayAll, DefaultRouting])
+def test_a_core_with_no_module_carries_a_call(tmp_path: Path, routing: type[Routing]) -> None:
+    bare = BareCore(tmp_path, routing)
     assert bare.core.modules.names() == []
 
     bare.feed(request("INVITE", f"sip:bob@{CALLEE}:5099", call_id="bare-1"), CALLER, 5070)
@@ -100,3 +108,22 @@ def test_a_core_with_no_module_carries_a_call(tmp_path: Path) -> None:
     bye = out[0][0]
     bare.feed(answer(bye, 200), CALLEE, 5099)
     assert [(m.status, m.header("cseq")) for m, _, _ in bare.take()] == [(200, "2 BYE")]
+
+
+def test_default_routing_with_no_module_answers_what_it_cannot_do(tmp_path: Path) -> None:
+    """No REGISTRAR: REGISTER for our domain is 501 (not the 500 of a missing
+    service); no LOCATION: our users have no binding, 404; an untrusted
+    caller still may not relay to a foreign domain."""
+    bare = BareCore(tmp_path, DefaultRouting)
+    assert bare.core.modules.names() == []
+
+    bare.feed(request("REGISTER", "sip:sipsuite.test", call_id="bare-reg"), CALLER, 5070)
+    assert [(m.status, m.reason) for m, _, _ in bare.take()] == [(501, "Not Implemented")]
+
+    bare.feed(request("INVITE", "sip:carol@sipsuite.test", call_id="bare-404"), CALLER, 5070)
+    assert [(m.status, m.reason) for m, _, _ in bare.take()] == [(100, "Trying"), (404, "Not Found")]
+
+    bare.feed(request("INVITE", f"sip:bob@{CALLEE}:5099", call_id="bare-403", host="127.0.0.3"),
+              "127.0.0.3", 5070)
+    assert [(m.status, m.reason) for m, _, _ in bare.take()] == [(100, "Trying"),
+                                                                  (403, "Not relaying")]

@@ -9,6 +9,7 @@ from typing import Any
 
 from proxykit import ProxyKit, answer
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import formatEvent, globalLogPublisher
 
 from sipsuite.proxy.media.client import RelayError
 from sipsuite.proxy.modules.dispatcher.dispatcher import LoadBalancer
@@ -58,9 +59,10 @@ def invite(from_uri: str = "sip:alice@sipsuite.test") -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n" + SDP).encode()
 
 
-def kit_with(tmp_path: Path, sets: dict[str, list[str]]) -> tuple[ProxyKit, Relay]:
+def kit_with(tmp_path: Path, sets: dict[str, list[str]],
+             **tables: dict[str, Any]) -> tuple[ProxyKit, Relay]:
     kit = ProxyKit(tmp_path, proxy={"routing": ROUTING}, dispatcher={"probe_interval": 0.0},
-                   media={"relay": "always"}, **{"dispatcher.sets": sets})
+                   media={"relay": "always"}, **{"dispatcher.sets": sets}, **tables)
     ds = kit.core.modules.by_name("dispatcher")  # set up by its SPEC
     assert isinstance(ds, LoadBalancer)
     ds.start()
@@ -105,3 +107,29 @@ def test_a_stranger_does_not_reach_the_gateways(tmp_path: Path) -> None:
     assert invites(sent) == []
     assert [m.status for m, h, _ in sent if h == "198.51.100.66"] == [100, 403]
     assert relay.calls == []
+
+
+def test_the_example_traces_its_steps_with_debug(tmp_path: Path) -> None:
+    """[features] debug: the example's own steps are on the routing-step log
+    (ctx.trace), as the default script's are."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        kit, _ = kit_with(tmp_path, {"1": GW[:1], "2": [GW[1] + " 4"]},
+                          features={"debug": True})
+        for n, (caller, source) in enumerate([("sip:alice@sipsuite.test", "127.0.0.2"),
+                                              ("sip:mallory@evil.example", "198.51.100.66"),
+                                              ("sip:alice@sipsuite.test", "127.0.0.2")]):
+            if n == 2:
+                kit.core.routing.setid = 2  # type: ignore[attr-defined]  # its gateway disabled
+            kit.feed(invite(caller).replace(b"ds1", b"ds%d" % n).replace(b"Call-ID: c1",
+                                                                         b"Call-ID: c%d" % n),
+                     source)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if e.get("log_namespace") == "sipsuite.proxy.routing"]
+    steps = [line.split(": ", 1)[1] for line in lines if line.startswith("route INVITE ")
+             and ": dispatcher: " in line]
+    assert steps == ["dispatcher: set 1 (round-robin) -> sip:127.0.0.11:5060",
+                     "dispatcher: caller not ours and not trusted -> 403",
+                     "dispatcher: set 2 has no usable destination -> 503"]

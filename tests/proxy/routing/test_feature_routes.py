@@ -5,12 +5,13 @@ the config is swapped between requests the way ``sipsuite-ctl cfg set`` does."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from sipsuite.config import Config, load_config
 from sipsuite.config.values import Invalid, host_or_empty, regex
@@ -20,7 +21,7 @@ from sipsuite.proxy.registrar.location import Binding
 from sipsuite.proxy.registrar.outbound import Flows
 from sipsuite.proxy.routing.base import RequestContext
 from sipsuite.proxy.routing.default import DefaultRouting
-from sipsuite.proxy.routing.features import pstn_number, target_uri
+from sipsuite.proxy.routing.features import RouteState, pstn_number, target_uri
 from sipsuite.proxy.services import AUTH, FLOWS, LOCATION
 from sipsuite.sip.message import make_response, parse_datagram
 
@@ -98,9 +99,20 @@ def logged() -> Iterator[list[dict[str, Any]]]:
     globalLogPublisher.removeObserver(observer)
 
 
+_PREFIX = re.compile(r"^route \S+ \S+ cid=\S+: ")
+
+
+def step_of(event: dict[str, Any]) -> str | None:
+    """The step of a routing-step log line (what follows "route METHOD URI
+    cid=CID: "), None for any other event."""
+    if event.get("log_namespace") != "sipsuite.proxy.routing":
+        return None
+    text = formatEvent(event)
+    return text[m.end():] if (m := _PREFIX.match(text)) else None
+
+
 def route_lines(events: list[dict[str, Any]]) -> list[str]:
-    return [e["step"] for e in events if e.get("log_namespace") == "sipsuite.proxy.routing"
-            and "step" in e]
+    return [s for s in map(step_of, events) if s is not None]
 
 
 # --- pure helpers --------------------------------------------------------------------
@@ -237,7 +249,86 @@ def test_debug_switch_is_read_per_request(logged: list[dict[str, Any]]) -> None:
     route(core, invite("sip:carol@sipsuite.test"))
     steps = route_lines(logged)
     assert steps == ["auth: off", "location: 'carol': no bindings", "location: 'carol': not found -> 404"]
-    event = next(e for e in logged if e.get("step") == "auth: off")
+    event = next(e for e in logged if step_of(e) == "auth: off")
     assert event["log_level"].name == "info"
     assert (event["method"], str(event["uri"]), event["cid"]) == ("INVITE", "sip:carol@sipsuite.test",
                                                                   "feat-1")
+
+
+def test_trace_alias_logs_the_same_line_only_with_debug(logged: list[dict[str, Any]]) -> None:
+    """FeatureRoutes.trace(ctx, step), deprecated, is ctx.trace: silent while
+    debug is off, the same "route ..." line when it is on."""
+    core = FakeCore(config())
+    ctx = RequestContext(core, invite("sip:carol@sipsuite.test"), None, False)  # type: ignore[arg-type]
+    routing = DefaultRouting(core)  # type: ignore[arg-type]
+    routing.trace(ctx, "custom {step} with braces")
+    assert route_lines(logged) == []
+    ctx.debug = True
+    routing.trace(ctx, "custom {step} with braces")
+    assert route_lines(logged) == ["custom {step} with braces"]
+
+
+# --- RouteState: what the script keeps of a request --------------------------------
+
+
+def _binding(user: str, q: float) -> Binding:
+    return Binding(contact=f"sip:{user}@192.0.2.{int(q * 10)}", expires=1e12, q=q, call_id="c",
+                   cseq=1, updated=0.0)
+
+
+def test_route_state_carries_serial_forking_to_the_failure_route(
+        logged: list[dict[str, Any]]) -> None:
+    """location() keeps the dialled user, that it relayed and the groups of
+    lower q in ctx.call's RouteState; the failure route takes the next group
+    from there, and ctx.vars is left to the user (but for the deprecated
+    mirrors of one release)."""
+    bindings = [_binding("eve", 0.9), _binding("eve2", 0.9), _binding("eve", 0.5)]
+    core = FakeCore(config(registrar={"serial_forking": True}, features={"debug": True}),
+                    {"eve": bindings})
+    ctx = route(core, invite("sip:eve@sipsuite.test"))
+    state = ctx.call.get(RouteState)
+    assert (state.dialled, state.located, state.authenticated, state.to_voicemail) == (
+        "eve", True, False, False)
+    assert [[b.contact for b, _ in group] for group in state.serial] == [["sip:eve@192.0.2.5"]]
+    assert core.relays == [["sip:eve@192.0.2.9", "sip:eve2@192.0.2.9"]]
+    assert ctx.vars == {"oexten": "eve", "location": True}
+    _failure(core, ctx, 480)
+    assert core.relays[1:] == [["sip:eve@192.0.2.5"]] and state.serial == []
+    assert route_lines(logged)[-2:] == [
+        "location: 'eve': 2 binding(s) -> relay to sip:eve@192.0.2.9, sip:eve2@192.0.2.9",
+        "failure route: 480 -> next serial group: sip:eve@192.0.2.5"]
+
+
+def test_route_state_marks_the_authenticated_caller() -> None:
+    core = FakeCore(config(features={"auth": True}))
+    core.modules.provide(AUTH, SimpleNamespace(  # type: ignore[arg-type]
+        check=_accept, consume=lambda ctx, proxy: None))
+    ctx = route(core, invite("sip:1234@other.example"))
+    assert ctx.call.get(RouteState).authenticated and not ctx.call.get(RouteState).ipauth
+    assert ctx.vars["authenticated"] is True  # the deprecated mirror
+    assert core.relays == [["sip:1234@other.example"]]
+
+
+async def _accept(ctx: RequestContext, user: str, proxy: bool) -> bool:
+    return True
+
+
+def test_route_state_is_not_made_by_requests_that_do_not_need_it() -> None:
+    """A foreign caller to a foreign domain is refused before anything is kept."""
+    core = FakeCore(config())
+    ctx = route(core, invite("sip:1234@other.example", from_host="other.example"))
+    assert core.replies == [(403, "Not relaying")]
+    assert ctx.call.peek(RouteState) is None and ctx.vars == {}
+
+
+def test_no_location_service_is_no_binding() -> None:
+    """Without the location module (usrloc not loaded) a call to one of our
+    users goes to voicemail, or gets 404, as a user with no binding does."""
+    core = FakeCore(config(**VM_ON))
+    core.modules = ModuleRegistry(core, HookPoints())  # type: ignore[arg-type]  # nothing set up
+    ctx = route(core, invite("sip:carol@sipsuite.test"))
+    assert core.relays == [["sip:carol@192.0.2.77:5060"]]
+    assert ctx.call.get(RouteState).to_voicemail
+    core.config = config()
+    route(core, invite("sip:carol@sipsuite.test"))
+    assert core.replies == [(404, "Not Found")]
