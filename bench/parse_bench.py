@@ -35,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sipsuite.sip.message import Message, Request, parse_datagram  # noqa: E402
+from sipsuite.sip.message import Message, Request  # noqa: E402
+from sipsuite.sip.parser import parse_datagram  # noqa: E402
 
 Parse = Callable[[bytes], Message]
 

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sipsuite.sip import digest, sdp
-from sipsuite.sip.message import Message, ParseError, Request, Response, parse_datagram
-from sipsuite.sip.parser import StreamParser
+from sipsuite.sip.message import Message, ParseError, Request, Response
+from sipsuite.sip.parser import StreamParser, parse_datagram
 
 SIZE = 64000  # under the UDP datagram limit and StreamParser's 65536 default
 

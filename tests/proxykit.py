@@ -17,7 +17,8 @@ from sipsuite.config import load_config
 from sipsuite.proxy.core.proxy import ProxyCore
 from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.service import BUILTIN_MODULES
-from sipsuite.sip.message import Request, Response, make_response, parse_datagram
+from sipsuite.sip.message import Request, Response, make_response
+from sipsuite.sip.parser import parse_datagram
 
 START = 1_800_000_000.0  # a wall-clock-like epoch for the task.Clock
 

@@ -8,15 +8,15 @@ parsed on first use and cached until a mutation touches that header.
 Header text is ``str`` decoded as UTF-8 with 'surrogateescape', which
 round-trips every octet; bodies stay ``bytes``.
 
-The parser lives in :mod:`sipsuite.sip.parser`; ``parse_datagram`` and
-``StreamParser`` are importable from here as well.
+The parser (``parse_datagram``, ``StreamParser``) is :mod:`sipsuite.sip.parser`,
+which builds these classes; this module does not import it.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sipsuite.sip.headers import (
     MULTI_VALUE,
@@ -28,12 +28,9 @@ from sipsuite.sip.headers import (
 )
 from sipsuite.sip.uri import URI
 
-if TYPE_CHECKING:
-    from sipsuite.sip.parser import StreamParser, parse_datagram
-
 __all__ = [
     "REASONS", "KeepAlive", "Message", "ParseError", "Request", "Response",
-    "StreamParser", "make_response", "parse_datagram",
+    "make_response",
 ]
 
 REASONS: dict[int, str] = {
@@ -67,16 +64,6 @@ REASONS: dict[int, str] = {
 }
 
 _MISSING: Any = object()
-
-
-def __getattr__(name: str) -> Any:
-    # The parser imports this module for the classes it builds; resolving its
-    # names lazily (PEP 562) makes either import order work without a cycle.
-    if name in ("parse_datagram", "StreamParser"):
-        from sipsuite.sip import parser
-
-        return getattr(parser, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class KeepAlive:

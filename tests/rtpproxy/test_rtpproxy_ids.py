@@ -19,7 +19,8 @@ from sipsuite.rtpproxy.ids import (
 )
 from sipsuite.rtprelay.control import ControlHandler
 from sipsuite.rtprelay.table import SessionTable
-from sipsuite.sip.message import ParseError, Request, parse_datagram
+from sipsuite.sip.message import ParseError, Request
+from sipsuite.sip.parser import parse_datagram
 
 # What breaks a raw command: whitespace, the sub-command token, ";N" look-alikes,
 # text Latin-1 cannot hold, bytes UTF-8 cannot decode (surrogateescape), NUL.

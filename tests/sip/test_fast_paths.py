@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from sipsuite.sip import parser
 from sipsuite.sip.headers import CSeq, NameAddr, Via, _quote_end, _split_outside_quotes
-from sipsuite.sip.message import Request, parse_datagram
+from sipsuite.sip.message import Request
+from sipsuite.sip.parser import parse_datagram
 from sipsuite.sip.uri import URI
 
 MANY = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])

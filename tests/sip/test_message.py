@@ -6,16 +6,8 @@ import pytest
 
 from sipsuite.sip.builders import make_ack, make_cancel
 from sipsuite.sip.headers import Via
-from sipsuite.sip.message import (
-    REASONS,
-    KeepAlive,
-    ParseError,
-    Request,
-    Response,
-    StreamParser,
-    make_response,
-    parse_datagram,
-)
+from sipsuite.sip.message import REASONS, KeepAlive, ParseError, Request, Response, make_response
+from sipsuite.sip.parser import StreamParser, parse_datagram
 from sipsuite.sip.uri import URI
 
 SDP = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"

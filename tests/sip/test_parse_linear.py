@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from sipsuite.sip import digest, parser, sdp
 from sipsuite.sip.headers import NameAddr, _quote_end
-from sipsuite.sip.message import ParseError, parse_datagram
-from sipsuite.sip.parser import StreamParser
+from sipsuite.sip.message import ParseError
+from sipsuite.sip.parser import StreamParser, parse_datagram
 from sipsuite.sip.uri import URI
 
 RATIO = 20.0

@@ -17,15 +17,8 @@ from sipsuite.sip.headers import (
     parse_params,
     split_values,
 )
-from sipsuite.sip.message import (
-    KeepAlive,
-    Message,
-    ParseError,
-    Request,
-    Response,
-    StreamParser,
-    parse_datagram,
-)
+from sipsuite.sip.message import KeepAlive, Message, ParseError, Request, Response
+from sipsuite.sip.parser import StreamParser, parse_datagram
 from sipsuite.sip.uri import URI
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sipsuite.sip.message import ParseError, Request, Response, parse_datagram
+from sipsuite.sip.message import ParseError, Request, Response
+from sipsuite.sip.parser import parse_datagram
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 RFC4475 = DATA / "rfc4475"

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from sipsuite.sip.message import Request, Response, parse_datagram
+from sipsuite.sip.message import Request, Response
+from sipsuite.sip.parser import parse_datagram
 from sipsuite.sip.transaction import (
     Arm,
     ClientInviteTransaction,

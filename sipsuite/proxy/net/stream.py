@@ -18,11 +18,8 @@ from sipsuite.proxy.net.listener import Listener, Source, log_wire
 from sipsuite.proxy.net.localaddr import (
     is_wildcard,
 )
-from sipsuite.sip.message import (
-    KeepAlive,
-    ParseError,
-    StreamParser,
-)
+from sipsuite.sip.message import KeepAlive, ParseError
+from sipsuite.sip.parser import StreamParser
 
 if TYPE_CHECKING:
     from sipsuite.proxy.net.transport import TransportLayer

@@ -34,10 +34,8 @@ from sipsuite.proxy.net.stream import (
 )
 from sipsuite.proxy.net.stun import stun_reply
 from sipsuite.proxy.net.tcplimits import ConnectionLimits
-from sipsuite.sip.message import (
-    ParseError,
-    parse_datagram,
-)
+from sipsuite.sip.message import ParseError
+from sipsuite.sip.parser import parse_datagram
 
 log = get_logger("sipsuite.proxy.transport")
 

@@ -25,7 +25,8 @@ from sipsuite.config import load_config
 from sipsuite.proxy import DefaultRouting, RequestContext, Routing
 from sipsuite.proxy.core.proxy import ProxyCore
 from sipsuite.proxy.net.listener import Listener, Source
-from sipsuite.sip.message import Request, Response, parse_datagram
+from sipsuite.sip.message import Request, Response
+from sipsuite.sip.parser import parse_datagram
 
 CALLER = "127.0.0.2"
 CALLEE = "127.0.0.9"

@@ -19,7 +19,8 @@ from twisted.internet import protocol, task
 from sipsuite.config import load_config
 from sipsuite.proxy.core.proxy import ProxyCore
 from sipsuite.proxy.service import BUILTIN_MODULES
-from sipsuite.sip.message import make_response, parse_datagram
+from sipsuite.sip.message import make_response
+from sipsuite.sip.parser import parse_datagram
 
 
 class Callee(protocol.DatagramProtocol):

@@ -153,7 +153,7 @@ def test_request_received_hook_raising_answers_500_with_one_warning(
 
 
 def test_preprocess_routes_returns_the_entries_of_ours_it_removed(tmp_path: Path) -> None:
-    from sipsuite.sip.message import parse_datagram
+    from sipsuite.sip.parser import parse_datagram
 
     kit = kit_for(tmp_path)
     core = kit.core

@@ -26,7 +26,8 @@ from sipsuite.proxy.modules.nat import (
     signalling_nat,
 )
 from sipsuite.rtpproxy import protocol as rp
-from sipsuite.sip.message import Request, Response, make_response, parse_datagram
+from sipsuite.sip.message import Request, Response, make_response
+from sipsuite.sip.parser import parse_datagram
 
 SDP = (b"v=0\r\no=- 1 7 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n"
        b"m=audio 4000 RTP/AVP 8\r\na=rtcp:4001\r\na=sendrecv\r\n")

@@ -18,7 +18,8 @@ from sipsuite.proxy.media.manager import MediaManager, MediaState
 from sipsuite.proxy.modules import nat as nat_module
 from sipsuite.proxy.modules.media import SPEC, add_media
 from sipsuite.proxy.services import MEDIA, NAT
-from sipsuite.sip.message import Request, make_response, parse_datagram
+from sipsuite.sip.message import Request, make_response
+from sipsuite.sip.parser import parse_datagram
 
 RELAY = ("203.0.113.7", 30000)
 

@@ -14,7 +14,7 @@ from proxykit import answer, request
 from sipsuite.config import load_config
 from sipsuite.proxy.modules.accounting import SPEC
 from sipsuite.proxy.net.listener import Source
-from sipsuite.sip.message import parse_datagram
+from sipsuite.sip.parser import parse_datagram
 
 
 def make(tmp_path: Path, on: bool = True) -> FakeCore:

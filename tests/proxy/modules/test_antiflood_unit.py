@@ -16,7 +16,8 @@ from sipsuite.ops.server import RpcRegistry
 from sipsuite.proxy.modules import antiflood, scanners
 from sipsuite.proxy.modules.antiflood import register_flood_methods
 from sipsuite.proxy.net.listener import Source
-from sipsuite.sip.message import Request, parse_datagram
+from sipsuite.sip.message import Request
+from sipsuite.sip.parser import parse_datagram
 
 SPECS = [antiflood.SPEC, scanners.SPEC]
 

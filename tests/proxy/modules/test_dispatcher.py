@@ -511,7 +511,7 @@ def test_ctl_dump_table(tmp_path: Path) -> None:
 
 
 def test_select_hashes_the_right_header(tmp_path: Path) -> None:
-    from sipsuite.sip.message import parse_datagram
+    from sipsuite.sip.parser import parse_datagram
 
     kit, ds = kit_with(tmp_path, sets={"1": GW})
 

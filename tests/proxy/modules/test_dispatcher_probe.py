@@ -14,7 +14,8 @@ from sipsuite.proxy.modules.dispatcher.dispatcher import SPEC, LoadBalancer
 from sipsuite.proxy.net.listener import Listener
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.services import DISPATCHER
-from sipsuite.sip.message import make_response, parse_datagram
+from sipsuite.sip.message import make_response
+from sipsuite.sip.parser import parse_datagram
 
 GW = ["sip:127.0.0.11:5060", "sip:gw.example.org"]
 UDP = Listener("udp", "127.0.0.1", 5060, "127.0.0.1")

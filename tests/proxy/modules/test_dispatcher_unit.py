@@ -16,7 +16,8 @@ from sipsuite.config import load_config
 from sipsuite.proxy import DISPATCHER
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.modules.dispatcher.dispatcher import SPEC, Attempt, LoadBalancer
-from sipsuite.sip.message import Response, parse_datagram
+from sipsuite.sip.message import Response
+from sipsuite.sip.parser import parse_datagram
 from sipsuite.startup import StartupError
 
 GW = ["sip:127.0.0.11:5060", "sip:127.0.0.12:5060", "sip:127.0.0.13:5060"]

@@ -15,7 +15,8 @@ from sipsuite.proxy.api import CallState
 from sipsuite.proxy.modules.nat import NAT_PARAM, SPEC, NatModule, NatState
 from sipsuite.proxy.net.listener import Source
 from sipsuite.proxy.services import MEDIA, NAT
-from sipsuite.sip.message import Request, parse_datagram
+from sipsuite.sip.message import Request
+from sipsuite.sip.parser import parse_datagram
 
 
 def config(nat: bool = True) -> Any:

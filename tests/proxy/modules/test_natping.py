@@ -20,7 +20,8 @@ from sipsuite.proxy.net.listener import Listener
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.location import Binding, MemoryLocationStore
 from sipsuite.proxy.services import LOCATION, NATPING, REGISTRAR
-from sipsuite.sip.message import make_response, parse_datagram
+from sipsuite.sip.message import make_response
+from sipsuite.sip.parser import parse_datagram
 from sipsuite.startup import StartupError
 
 START = 1_800_000_000.0

@@ -27,7 +27,7 @@ from sipsuite.proxy.registrar.redis import module as redis
 from sipsuite.proxy.routing.base import RequestContext
 from sipsuite.proxy.services import AUTH, FLOWS, LOCATION, REDIS, REGISTRAR, SUBSCRIBERS
 from sipsuite.sip.headers import NameAddr
-from sipsuite.sip.message import parse_datagram
+from sipsuite.sip.parser import parse_datagram
 from sipsuite.startup import StartupError
 
 LISTENER = Listener("udp", "127.0.0.1", 5060, "127.0.0.1")

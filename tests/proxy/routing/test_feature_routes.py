@@ -23,7 +23,8 @@ from sipsuite.proxy.routing.base import RequestContext
 from sipsuite.proxy.routing.default import DefaultRouting
 from sipsuite.proxy.routing.features import RouteState, pstn_number, target_uri
 from sipsuite.proxy.services import AUTH, FLOWS, LOCATION
-from sipsuite.sip.message import make_response, parse_datagram
+from sipsuite.sip.message import make_response
+from sipsuite.sip.parser import parse_datagram
 
 PATTERN = r"^(\+|00)[1-9][0-9]{3,20}$"
 

@@ -7,7 +7,7 @@ from typing import Any
 from twisted.logger import formatEvent, globalLogPublisher
 
 from sipsuite.proxy.routing.base import RequestContext
-from sipsuite.sip.message import parse_datagram
+from sipsuite.sip.parser import parse_datagram
 
 INVITE = (b"INVITE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bKt1\r\n"
           b"From: <sip:alice@example.test>;tag=a\r\nTo: <sip:bob@example.test>\r\n"
