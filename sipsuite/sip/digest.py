@@ -29,6 +29,7 @@ import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 __all__ = [
@@ -256,6 +257,14 @@ _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 _FUTURE_SKEW = 5.0
 
 
+class NonceState(StrEnum):
+    """What NonceFactory.check says of a nonce (a StrEnum: equals its word)."""
+
+    VALID = "valid"
+    STALE = "stale"
+    INVALID = "invalid"
+
+
 class NonceFactory:
     """Stateless nonces: issue time + random bytes + truncated HMAC-SHA256.
 
@@ -311,14 +320,14 @@ class NonceFactory:
             return None
         return _NONCE_TS.unpack_from(head)[0] / 1000
 
-    def check(self, nonce: str, now: float, realm: str = "") -> str:
-        """Return "valid", "stale" (authentic but expired) or "invalid"."""
+    def check(self, nonce: str, now: float, realm: str = "") -> NonceState:
+        """VALID, STALE (authentic but expired: rechallenge with stale=true) or INVALID."""
         issued = self._issued_at(nonce, realm)
         if issued is None or issued > now + _FUTURE_SKEW:
-            return "invalid"
+            return NonceState.INVALID
         if now - issued > self.lifetime:
-            return "stale"
-        return "valid"
+            return NonceState.STALE
+        return NonceState.VALID
 
     def expires_at(self, nonce: str, realm: str = "") -> float | None:
         """When an authentic nonce goes stale (for ``NonceCounter.accept``); else None."""

@@ -101,7 +101,7 @@ class Authenticator:
             return False
         now = self.clock()
         state = self.nonces.check(creds.nonce, now, self.realm)
-        if state == "invalid":
+        if state == digest.NonceState.INVALID:
             self.challenge(ctx, proxy)
             return False
         try:
@@ -116,7 +116,7 @@ class Authenticator:
                      u=creds.username)
             self.challenge(ctx, proxy)
             return False
-        if state == "stale":
+        if state == digest.NonceState.STALE:
             # Right password, old nonce: the phone retries with a new one
             # without asking its user (RFC 2617 3.2.1 stale).
             self.challenge(ctx, proxy, stale=True)
