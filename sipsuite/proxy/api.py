@@ -1,13 +1,10 @@
-"""What a module may use of the proxy core (issue 13, docs/design/decoupling-plan.md 2.2-2.5).
+"""What a module may use of the proxy core (docs/architecture.md, "The proxy inside").
 
 A feature module (accounting, antiflood, auth, ...) is handed a :class:`CoreAPI`
 in its ``setup(core, config)``, registers its hooks through ``core.hooks`` and
 finds other modules' services through ``core.modules``; it never reaches into
 the core's tables, transport or routing.  :class:`ProxyCore` implements this
 Protocol, so does the tests' ``FakeCore``.
-
-Members of the plan's CoreAPI left for later steps (no module converted so far
-needs them): ``Counters.figures``.
 """
 
 from __future__ import annotations
@@ -169,7 +166,7 @@ ResponseOutHook = Callable[[ServerTxView, "Response"], None]
 
 
 class Hooks(Protocol):
-    """Hook registration (plan 2.3).  Hooks run in module set-up order; one
+    """Hook registration.  Hooks run in module set-up order; one
     that raises costs a warning line and the core goes on (fail-open)."""
 
     def on_request_in(self, fn: RequestInHook) -> None: ...

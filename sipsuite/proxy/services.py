@@ -1,4 +1,4 @@
-"""The services feature modules offer the routing script (decoupling plan 2.6).
+"""The services feature modules offer the routing script.
 
 A module provides its service under a key in ``setup()``
 (``core.modules.provide(AUTH, self)``); the script asks

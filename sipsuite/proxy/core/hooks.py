@@ -1,4 +1,4 @@
-"""The core's hook points (decoupling plan 2.3) and their registration.
+"""The core's hook points and their registration.
 
 Each point is a tuple of ``(owner, hook)`` pairs, rebuilt when a module
 registers or goes, so the core runs a point with one loop over a tuple (an

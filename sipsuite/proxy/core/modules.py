@@ -1,4 +1,4 @@
-"""The module registry (decoupling plan 2.4): sets feature modules up in
+"""The module registry: sets feature modules up in
 order, finds their services, switches them at run time and fans out
 start, stats and stop.
 

@@ -1,4 +1,4 @@
-"""The proxy's local UAC (decoupling plan 2.8): requests the proxy sends on
+"""The proxy's local UAC: requests the proxy sends on
 its own behalf, such as NAT keep-alive OPTIONS (modules/natping.py) and
 load-balancer probes (modules/dispatcher/probe.py).
 

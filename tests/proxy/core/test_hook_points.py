@@ -1,4 +1,4 @@
-"""The core calls branch_out and response_in (decoupling plan 2.3): each
+"""The core calls branch_out and response_in: each
 branch after branch_route, each answer a branch receives before
 reply_route; a hook that raises costs one warning and nothing else."""
 
