@@ -8,6 +8,7 @@ no sockets; what the core sends is recorded, messages are fed in by hand.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ def _toml(value: Any) -> str:
 
 class ProxyKit:
     def __init__(self, tmp_path: Path, static: dict[str, str] | None = None,
-                 **tables: dict[str, Any]) -> None:
+                 modules: Sequence[Any] | None = None, **tables: dict[str, Any]) -> None:
+        """``modules``: the module SPECs to set up (default: the built-in ones,
+        as proxy/service.py; ``()`` for a core with none)."""
         doc = {
             "proxy": {"listen": ["udp:127.0.0.1:5060"], "domains": ["sipsuite.test"]},
             "management": {"listen": ""},
@@ -53,7 +56,7 @@ class ProxyKit:
         self.clock = task.Clock()
         self.clock.advance(START)
         self.core = core = ProxyCore(load_config(str(path)), self.clock)
-        core.modules.setup_all(BUILTIN_MODULES, core.config)  # as proxy/service.py does
+        core.modules.setup_all(BUILTIN_MODULES if modules is None else modules, core.config)
         self.listener = Listener("udp", "127.0.0.1", 5060, "127.0.0.1")
         core.addresses.add("127.0.0.1")
         core.ports.add(5060)

@@ -15,18 +15,12 @@ of our users 404 (nobody can be registered).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from proxykit import START, answer, request
-from twisted.internet import task
+from proxykit import ProxyKit, answer, request
 
-from sipsuite.config import load_config
 from sipsuite.proxy import DefaultRouting, RequestContext, Routing
-from sipsuite.proxy.core.proxy import ProxyCore
-from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.sip.message import Request, Response
-from sipsuite.sip.parser import parse_datagram
 
 CALLER = "127.0.0.2"
 CALLEE = "127.0.0.9"
@@ -39,40 +33,16 @@ class RelayAll(Routing):
         ctx.relay()
 
 
-class BareCore:
-    def __init__(self, tmp_path: Path, routing: type[Routing] = RelayAll) -> None:
-        path = tmp_path / "bare.toml"
-        path.write_text('[proxy]\nlisten = ["udp:127.0.0.1:5060"]\ndomains = ["sipsuite.test"]\n'
-                        f'trusted = ["{CALLER}/32"]\n'
-                        '[management]\nlisten = ""\n')
-        self.clock = task.Clock()
-        self.clock.advance(START)
-        self.core = core = ProxyCore(load_config(str(path)), self.clock)
-        core.routing = routing(core)
-        self.listener = Listener("udp", "127.0.0.1", 5060, "127.0.0.1")
-        core.addresses.add("127.0.0.1")
-        core.ports.add(5060)
-        self.sent: list[tuple[Any, str, int]] = []
-        core.transport.send = self._send  # type: ignore[method-assign]
-        core.transport.pick_listener = lambda *a, **k: self.listener  # type: ignore[method-assign]
-
-    def _send(self, data: bytes, transport: str, host: str, port: int, listener: Any,
-              name: str = "", connect: bool = True) -> bool:
-        self.sent.append((parse_datagram(data), host, port))
-        return True
-
-    def feed(self, msg: bytes | Request | Response, host: str, port: int) -> None:
-        parsed = parse_datagram(msg) if isinstance(msg, bytes) else msg
-        self.core.receive(parsed, Source("udp", host, port, self.listener))
-
-    def take(self) -> list[tuple[Any, str, int]]:
-        out, self.sent = self.sent, []
-        return out
+def bare_core(tmp_path: Path, routing: type[Routing] = RelayAll) -> ProxyKit:
+    """A ProxyKit core with no module set up, routing with ``routing``."""
+    kit = ProxyKit(tmp_path, modules=(), proxy={"trusted": [f"{CALLER}/32"]})
+    kit.core.set_routing(routing(kit.core))
+    return kit
 
 
 @pytest.mark.parametrize("routing", [RelayAll, DefaultRouting])
 def test_a_core_with_no_module_carries_a_call(tmp_path: Path, routing: type[Routing]) -> None:
-    bare = BareCore(tmp_path, routing)
+    bare = bare_core(tmp_path, routing)
     assert bare.core.modules.names() == []
 
     bare.feed(request("INVITE", f"sip:bob@{CALLEE}:5099", call_id="bare-1"), CALLER, 5070)
@@ -115,7 +85,7 @@ def test_default_routing_with_no_module_answers_what_it_cannot_do(tmp_path: Path
     """No REGISTRAR: REGISTER for our domain is 501 (not the 500 of a missing
     service); no LOCATION: our users have no binding, 404; an untrusted
     caller still may not relay to a foreign domain."""
-    bare = BareCore(tmp_path, DefaultRouting)
+    bare = bare_core(tmp_path, DefaultRouting)
     assert bare.core.modules.names() == []
 
     bare.feed(request("REGISTER", "sip:sipsuite.test", call_id="bare-reg"), CALLER, 5070)
