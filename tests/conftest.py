@@ -69,3 +69,14 @@ def make_redis_server() -> Iterator[Callable[..., redisproc.RedisServer]]:
     finally:
         for server in servers:
             server.close()
+
+
+@pytest.fixture
+def events() -> Iterator[list[dict[str, object]]]:
+    """Every twisted.logger event emitted while the test runs."""
+    from twisted.logger import globalLogPublisher
+
+    seen: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)

@@ -43,30 +43,27 @@ def _copied(msg: Message, key: str) -> Entry:
 
 def make_cancel(invite: Request) -> Request:
     """CANCEL for ``invite`` (RFC 3261 9.1)."""
-    entries = [_top_via_entry(invite)]
-    entries.extend(e for e in invite._headers if e[0] == "route")
-    entries += [_copied(invite, "from"), _copied(invite, "to"), _copied(invite, "call-id")]
-    number = invite.cseq.number
-    entries += [
-        ("cseq", f"CSeq: {number} CANCEL", f"{number} CANCEL"),
-        ("max-forwards", "Max-Forwards: 70", "70"),
-        ("content-length", "Content-Length: 0", "0"),
-    ]
-    return _new_request("CANCEL", invite.uri.copy(), entries)
+    return _same_transaction(invite, "CANCEL", _copied(invite, "to"))
 
 
 def make_ack(invite: Request, response: Response) -> Request:
     """ACK for a non-2xx final response to ``invite`` (RFC 3261 17.1.1.3)."""
+    return _same_transaction(invite, "ACK", _copied(response, "to"))
+
+
+def _same_transaction(invite: Request, method: str, to: Entry) -> Request:
+    # CANCEL and ACK (for a non-2xx) share the INVITE's top Via, Route set,
+    # From, Call-ID and CSeq number; only the To may differ (the answer's tag).
     entries = [_top_via_entry(invite)]
     entries.extend(e for e in invite._headers if e[0] == "route")
-    entries += [_copied(invite, "from"), _copied(response, "to"), _copied(invite, "call-id")]
+    entries += [_copied(invite, "from"), to, _copied(invite, "call-id")]
     number = invite.cseq.number
     entries += [
-        ("cseq", f"CSeq: {number} ACK", f"{number} ACK"),
+        ("cseq", f"CSeq: {number} {method}", f"{number} {method}"),
         ("max-forwards", "Max-Forwards: 70", "70"),
         ("content-length", "Content-Length: 0", "0"),
     ]
-    return _new_request("ACK", invite.uri.copy(), entries)
+    return _new_request(method, invite.uri.copy(), entries)
 
 
 def make_request(method: str, uri: URI, *, via: str, from_: str, to: str, call_id: str,

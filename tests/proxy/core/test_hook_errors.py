@@ -4,27 +4,18 @@ hook it is and whether it raises at once or after awaiting."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from proxykit import ProxyKit, answer, request
 from twisted.internet.defer import Deferred
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 
 from sipsuite import log as sipsuite_log
 from sipsuite.sip.message import ParseError
 
 CALLER, CALLEE = "127.0.0.2", "127.0.0.9"
-
-
-@pytest.fixture
-def events() -> Iterator[list[dict[str, Any]]]:
-    seen: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(seen.append)
-    yield seen
-    globalLogPublisher.removeObserver(seen.append)
 
 
 def warnings_and_worse(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -4,23 +4,14 @@ reply_route; a hook that raises costs one warning and nothing else."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from proxykit import ProxyKit, answer, request
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 
 CALLER, CALLEE = "127.0.0.2", "127.0.0.9"
-
-
-@pytest.fixture
-def events() -> Iterator[list[dict[str, Any]]]:
-    seen: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(seen.append)
-    yield seen
-    globalLogPublisher.removeObserver(seen.append)
 
 
 def call(kit: ProxyKit) -> list[int]:
