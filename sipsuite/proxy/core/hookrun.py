@@ -48,22 +48,7 @@ def run_script(hook: str, ctx: RequestContext, fn: Callable[..., Any], *args: An
     if not inspect.iscoroutine(result):
         done()
         return False
-    return _Driver(result, done, _Failed(hook, ctx, answer, done)).step(None)
-
-
-class _Failed:
-    """The error path of one driven hook (a plain object, not a closure: the
-    driver drops it when it ends, so no reference cycle is left)."""
-
-    __slots__ = ("answer", "ctx", "done", "hook")
-
-    def __init__(self, hook: str, ctx: RequestContext, answer: bool,
-                 done: Callable[[], None]) -> None:
-        self.hook, self.ctx, self.answer, self.done = hook, ctx, answer, done
-
-    def __call__(self, failure: Failure) -> None:
-        _failed(self.hook, self.ctx, failure, self.answer)
-        self.done()
+    return _ScriptDriver(result, done, hook, ctx, answer).step(None)
 
 
 def _failed(hook: str, ctx: RequestContext, failure: Failure, answer: bool) -> None:
@@ -153,3 +138,23 @@ class _Driver:
             on_done()
         else:
             on_error(failure)
+
+
+class _ScriptDriver(_Driver):
+    """A driver that reports its own failure (no second object per hook:
+    this runs for most requests, and most never fail)."""
+
+    __slots__ = ("answer", "ctx", "hook")
+
+    def __init__(self, coro: Any, done: Callable[[], None], hook: str, ctx: RequestContext,
+                 answer: bool) -> None:
+        super().__init__(coro, done, None)
+        self.hook, self.ctx, self.answer = hook, ctx, answer
+
+    def finish(self, failure: Failure | None) -> None:
+        if failure is not None:
+            _failed(self.hook, self.ctx, failure, self.answer)
+        done = self.on_done
+        self.ctx = None  # type: ignore[assignment]
+        self.coro = self.on_done = self.on_error = None
+        done()
