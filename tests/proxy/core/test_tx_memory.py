@@ -257,3 +257,46 @@ def test_invite_2xx_frees_at_once_and_the_accepted_window_holds(tmp_path: Path,
     assert wire.take() == [(ok, CALLER)]
     wire.kit.clock.advance(31.5)  # timers L and M
     assert core.server_txs == {} and core.client_txs == {}
+
+
+class ForkTwo(Routing):
+    def request_route(self, ctx: RequestContext) -> None:
+        ctx.relay([f"sip:bob@{CALLEE}:5099", f"sip:bob@{OTHER}:5099"])
+
+
+OTHER = "127.0.0.8"
+
+
+def test_forked_call_is_freed_when_its_last_branch_ends(tmp_path: Path, no_gc: None) -> None:
+    """Two branches: one answers 200, the other is CANCELed and ends with
+    487 later.  The call is decided only then: the context lives until the
+    last branch's final, then everything goes at once, the CANCEL's own
+    transaction included; a repeated 200 still goes up."""
+    wire = Wire(tmp_path)
+    core = wire.kit.core
+    core.set_routing(ForkTwo(core))
+    wire.kit.feed(fresh("INVITE", "fork"), CALLER)
+    sent = wire.take()
+    [to_a] = [d for d, h in sent if h == CALLEE]
+    [to_b] = [d for d, h in sent if h == OTHER]
+    wire.kit.feed(answer(parsed(to_b), 180, to_tag="b"), OTHER, 5099)
+    [server] = core.server_txs.values()
+    rsp = server.response_ctx
+    wire.kit.feed(answer(parsed(to_a), 200, to_tag="a"), CALLEE, 5099)
+    sent = wire.take()
+    ok = [d for d, h in sent if h == CALLER and d.startswith(b"SIP/2.0 200 ")]
+    [cancel] = [d for d, h in sent if h == OTHER]
+    assert len(ok) == 1 and cancel.startswith(b"CANCEL ")
+    # Branch b has no final yet: nothing is finished, the context is alive.
+    assert server.tx.state == TxState.ACCEPTED and not server.finished
+    assert server.response_ctx is rsp and len(rsp.branches) == 2
+    wire.kit.feed(answer(parsed(cancel), 200), OTHER, 5099)
+    wire.kit.feed(answer(parsed(to_b), 487, to_tag="b"), OTHER, 5099)
+    assert [h for d, h in wire.take()] == [OTHER]  # the ACK of the 487, nothing upstream
+    assert server.finished and rsp.branches == []
+    assert all(h.finished for h in core.client_txs.values()) and len(core.client_txs) == 3
+    assert sys.getrefcount(rsp) == 2, "the decided call's ResponseContext is still held"
+    del rsp
+    assert live("fork") == []
+    wire.kit.feed(answer(parsed(to_a), 200, to_tag="a"), CALLEE, 5099)
+    assert wire.take() == [(ok[0], CALLER)]
