@@ -402,11 +402,9 @@ class ServerInviteTransaction:
         self._g_interval = timers.t1
 
     def finish(self, data: bytes | None = None) -> None:
-        """Keep only what the rest of its life needs once the final answer
-        went out: in 'completed' the answer to repeat on a retransmitted
-        INVITE (and on timer G), as bytes (``data``: as it was sent); in
-        'accepted' and later nothing (retransmissions are absorbed, the 2xx
-        is the TU's to repeat).  The proxy calls it to free the messages."""
+        """Once the final went out, keep in 'completed' the answer to repeat
+        (retransmitted INVITE, timer G) as bytes (``data``: as sent); in
+        'accepted' and later nothing (the 2xx is the TU's to repeat)."""
         state = self.state
         if state == TxState.PROCEEDING:
             return
