@@ -38,6 +38,7 @@ __all__ = [
     "Timeout",
     "TimerSettings",
     "TxState",
+    "Wire",
     "cancel_target_key",
     "client_key",
     "local_tag",
@@ -73,12 +74,26 @@ class TimerSettings:
     timer_c: float = 180.0
 
 
+class Wire:
+    """A message already serialised: all a finished transaction still has to
+    send again (the last answer of a server transaction, the ACK of a client
+    INVITE's non-2xx), kept as bytes so the parsed message can go."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def to_bytes(self) -> bytes:
+        return self.data
+
+
 # --- actions -----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    msg: Message
+    msg: Message | Wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,19 +176,22 @@ class ClientInviteTransaction:
         timers: TimerSettings,
         use_timer_c: bool = False,
     ) -> None:
-        self.request = request
+        # None once finished (finish()): only 'calling' sends it again.
+        self.request: Request | None = request
         self.reliable = reliable
         self.timers = timers
         self.use_timer_c = use_timer_c
         self.state = TxState.CALLING
         self.cancelled = False
         self.key: tuple[str | None, str] = (request.top_via.branch, request.method)
-        self.ack: Request | None = None  # built once for the first non-2xx final
+        # Built once for the first non-2xx final; bytes after finish().
+        self.ack: Request | Wire | None = None
         self._a_interval = timers.t1
         self._cancel_at = 0.0
 
     def start(self, now: float) -> list[Action]:
         t = self.timers
+        assert self.request is not None, "started after finish()"
         out: list[Action] = [Send(self.request)]
         if not self.reliable:
             out.append(Arm("A", t.t1))
@@ -211,6 +229,7 @@ class ClientInviteTransaction:
                 out.append(Arm("M", 64 * self.timers.t1))
                 return out
             self.state = TxState.COMPLETED
+            assert self.request is not None  # finish() comes after the final only
             ack = self.ack = make_ack(self.request, response)
             out.append(Send(ack))
             out.append(PassUp(response))
@@ -237,6 +256,16 @@ class ClientInviteTransaction:
             out.append(_DISARM_C)
         return out
 
+    def finish(self) -> None:
+        """Keep only what the rest of its life needs, once the final answer
+        came: the ACK to repeat on a retransmitted non-2xx, as bytes.  (The
+        proxy calls it; the state machine itself never needs it.)"""
+        if self.state in (TxState.CALLING, TxState.PROCEEDING):
+            return
+        self.request = None
+        if isinstance(self.ack, Request):
+            self.ack = Wire(self.ack.to_bytes())
+
     def mark_cancelled(self, now: float) -> list[Action]:
         """The TU sent a CANCEL for this INVITE.
 
@@ -261,6 +290,7 @@ class ClientInviteTransaction:
                 return _nothing()
             # RFC 3261 17.1.1.2: INVITE retransmissions double without a T2 cap.
             self._a_interval *= 2
+            assert self.request is not None  # still 'calling': not finished
             return [Send(self.request), Arm("A", self._a_interval)]
         if name == "B":
             if state == TxState.CALLING or (state == TxState.PROCEEDING and self.cancelled):
@@ -283,7 +313,8 @@ class ClientNonInviteTransaction:
     __slots__ = ("_e_interval", "key", "reliable", "request", "state", "timers")
 
     def __init__(self, request: Request, reliable: bool, timers: TimerSettings) -> None:
-        self.request = request
+        # None once finished (finish()): only 'trying'/'proceeding' send it again.
+        self.request: Request | None = request
         self.reliable = reliable
         self.timers = timers
         self.state = TxState.TRYING
@@ -292,6 +323,7 @@ class ClientNonInviteTransaction:
 
     def start(self, now: float) -> list[Action]:
         t = self.timers
+        assert self.request is not None, "started after finish()"
         if self.reliable:
             return [Send(self.request), Arm("F", 64 * t.t1)]
         return [Send(self.request), Arm("E", t.t1), Arm("F", 64 * t.t1)]
@@ -322,6 +354,7 @@ class ClientNonInviteTransaction:
                 iv = self._e_interval = self.timers.t2
             else:
                 return _nothing()
+            assert self.request is not None  # not finished yet
             return [Send(self.request), Arm("E", iv)]
         if name == "F":
             if state == TxState.TRYING or state == TxState.PROCEEDING:
@@ -332,6 +365,12 @@ class ClientNonInviteTransaction:
             self.state = TxState.TERMINATED
             return [_TERMINATED]
         return _nothing()
+
+    def finish(self) -> None:
+        """Once the final answer came, timer K only absorbs retransmitted
+        finals: the request can go."""
+        if self.state != TxState.TRYING and self.state != TxState.PROCEEDING:
+            self.request = None
 
 
 # --- server transactions -------------------------------------------------------
@@ -354,12 +393,28 @@ class ServerInviteTransaction:
     )
 
     def __init__(self, request: Request, reliable: bool, timers: TimerSettings) -> None:
-        self.request = request
+        # None once finished (finish()): nothing here reads it; the TU may.
+        self.request: Request | None = request
         self.reliable = reliable
         self.timers = timers
         self.state = TxState.PROCEEDING
-        self.last_response: Response | None = None
+        self.last_response: Response | Wire | None = None
         self._g_interval = timers.t1
+
+    def finish(self, data: bytes | None = None) -> None:
+        """Once the final went out, keep in 'completed' the answer to repeat
+        (retransmitted INVITE, timer G) as bytes (``data``: as sent); in
+        'accepted' and later nothing (the 2xx is the TU's to repeat)."""
+        state = self.state
+        if state == TxState.PROCEEDING:
+            return
+        self.request = None
+        last = self.last_response
+        if state == TxState.COMPLETED and last is not None:
+            if not isinstance(last, Wire):
+                self.last_response = Wire(data if data is not None else last.to_bytes())
+        else:
+            self.last_response = None
 
     def receive(self, request: Request, now: float) -> list[Action]:
         state = self.state
@@ -429,11 +484,22 @@ class ServerNonInviteTransaction:
     __slots__ = ("last_response", "reliable", "request", "state", "timers")
 
     def __init__(self, request: Request, reliable: bool, timers: TimerSettings) -> None:
-        self.request = request
+        # None once finished (finish()): nothing here reads it; the TU may.
+        self.request: Request | None = request
         self.reliable = reliable
         self.timers = timers
         self.state = TxState.TRYING
-        self.last_response: Response | None = None
+        self.last_response: Response | Wire | None = None
+
+    def finish(self, data: bytes | None = None) -> None:
+        """Once the final answer went out, timer J only repeats it: keep it
+        as bytes (``data``: as it was sent) and let the messages go."""
+        if self.state != TxState.COMPLETED:
+            return
+        self.request = None
+        last = self.last_response
+        if last is not None and not isinstance(last, Wire):
+            self.last_response = Wire(data if data is not None else last.to_bytes())
 
     def receive(self, request: Request, now: float) -> list[Action]:
         # In 'trying' there is nothing to repeat yet: the retransmission is

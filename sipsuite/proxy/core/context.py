@@ -136,6 +136,7 @@ class ResponseContext:
         if self.failure_async:
             self.failure_async = False
             self.check_complete()
+        self.core.settle(self)  # the call may have been decided meanwhile
 
     def _reply_routed(self) -> None:
         current, self.reply_current = self.reply_current, None
@@ -147,7 +148,9 @@ class ResponseContext:
                 self._forward(resp)
         queue = self.reply_queue
         if not queue:
-            self.reply_queue = None
+            if queue is not None:
+                self.reply_queue = None
+                self.core.settle(self)  # an async reply_route held the decision back
             return
         self._reply_route(*queue.pop(0))
 

@@ -21,7 +21,7 @@ from sipsuite.log import get_logger
 from sipsuite.proxy.core.checks import BRANCH_TAG
 from sipsuite.proxy.core.context import Branch, ResponseContext
 from sipsuite.proxy.core.hookrun import run_hooks
-from sipsuite.proxy.core.txlayer import ClientTx, ServerTx
+from sipsuite.proxy.core.txlayer import _PENDING, ClientTx, ServerTx
 from sipsuite.proxy.net.addresses import (
     is_unicast,
     record_route_value,
@@ -73,6 +73,8 @@ class Forwarding:
     _loop_hash: Callable[[Request], str]
     _run: Callable[[Any, list[Any]], None]
     _terminate: Callable[[Any], None]
+    _server_answered: Callable[[ServerTx], None]
+    _client_answered: Callable[[ClientTx], None]
     _reply_tx: Callable[[ServerTx, Request, int, str | None, list[tuple[str, str]]], None]
 
     # -- branches -------------------------------------------------------------------
@@ -240,7 +242,10 @@ class Forwarding:
         if holder is None:
             self._forward_response_stateless(resp)
             return
-        self._run(holder, holder.tx.receive(resp, self.clock.seconds()))
+        tx = holder.tx
+        self._run(holder, tx.receive(resp, self.clock.seconds()))
+        if resp.status >= 200 and not holder.finished and tx.state not in _PENDING:
+            self._client_answered(holder)
 
     def _forward_response_stateless(self, resp: Response) -> None:
         """16.11 / 18.1.2: answers to nothing we know are sent on only when
@@ -293,28 +298,39 @@ class Forwarding:
 
     # -- sending upstream -----------------------------------------------------------
     def send_upstream(self, holder: ServerTx, resp: Response) -> None:
-        if not holder.alive:
+        if not holder.alive or holder.finished:
+            # Finished: the call was decided and its context released; a
+            # repeated 2xx goes up through _relay_2xx_again instead.
             return
+        req = holder.tx.request  # gone from the holder once the final is out
         self._send_response(holder, resp)
         if resp.status >= 200:
-            req = holder.tx.request
             log.info("{m} {u} from {s} -> {st} {r} (call-id {c})", m=req.method, u=req.uri,
                      s=holder.source, st=resp.status, r=resp.reason, c=req.call_id)
 
     def _send_response(self, holder: ServerTx, resp: Response) -> None:
         self.reply_classes[resp.status // 100 % 7] += 1
-        self._run(holder, holder.tx.send(resp, self.clock.seconds()))
+        tx = holder.tx
+        self._run(holder, tx.send(resp, self.clock.seconds()))
+        if holder.finished:
+            return  # its request and CallState are gone: no hook to show them to
+        status = resp.status
+        if status >= 200 and tx.state == TxState.ACCEPTED and status < 300:
+            # Kept for the callee's repeats of this 2xx (_relay_2xx_again).
+            answers = holder.answers
+            if answers is None:
+                answers = holder.answers = {}
+            answers[resp.to_tag] = holder.sent
         hooks = self.hooks.response_out
         if hooks:
-            run_hooks("response_out", hooks, holder.tx.request, holder.source, holder, resp)
+            run_hooks("response_out", hooks, tx.request, holder.source, holder, resp)
+        if status >= 200 and tx.state not in _PENDING:
+            self._server_answered(holder)
 
     def _wire_response(self, holder: ServerTx, data: bytes) -> None:
         src = holder.source
-        via = holder.via
+        host, port = holder.dest  # txlayer.response_dest
         if src.transport == "udp":
-            port = src.port if via.rport is not None else (via.port or 5060)
-            maddr = via.maddr
-            host = maddr if maddr and is_ip(maddr) else src.host
             self.transport.send(data, "udp", host, port, src.listener)
             return
         conn = src.connection
@@ -322,8 +338,7 @@ class Forwarding:
             self.transport.send_on(data, conn)
             return
         # 18.2.2: the connection is gone; open one to the sent-by.
-        port = via.port or (5061 if src.transport == "tls" else 5060)
-        self.transport.send(data, src.transport, via.received or src.host, port, src.listener)
+        self.transport.send(data, src.transport, host, port, src.listener)
 
     def _timeout(self, holder: Any, timer: str) -> None:
         if isinstance(holder, ServerTx):

@@ -424,8 +424,8 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
                     self._forward_stateless(ctx, target)
             return
         holder = self._server_tx(ctx)
-        if holder is None:
-            return
+        if holder is None or holder.finished:
+            return  # finished: answered and decided, nothing to relay to
         rsp = holder.response_ctx
         if rsp is None:
             rsp = holder.response_ctx = ResponseContext(self, ctx, holder)

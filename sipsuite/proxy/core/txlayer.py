@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 
+from sipsuite.hosts import is_ip
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.sip.headers import Via
@@ -28,31 +29,49 @@ _PENDING = (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING)
 class _TxHolder:
     """Timers and table entry around one sans-IO transaction."""
 
-    __slots__ = ("tx", "key", "timers", "alive")
+    __slots__ = ("tx", "key", "timers", "alive", "finished")
 
     def __init__(self, tx: Any, key: tuple) -> None:
         self.tx = tx
         self.key = key
         self.timers: dict[str, Any] = {}
         self.alive = True
+        # finish() ran: only what the RFC timers still need is left.
+        self.finished = False
 
 
 class ServerTx(_TxHolder):
-    __slots__ = ("source", "response_ctx", "request_ctx", "via", "call")
+    __slots__ = ("source", "dest", "response_ctx", "request_ctx", "_call", "sent", "answers")
 
     def __init__(self, tx: Any, key: tuple, source: Source, via: Via) -> None:
         super().__init__(tx, key)
         self.source = source
-        self.via = via
+        # Where answers go (RFC 3261 18.2.2, RFC 3581), worked out now from
+        # the top Via so the holder need not keep it.
+        self.dest = response_dest(source, via)
         self.response_ctx: ResponseContext | None = None
         self.request_ctx: RequestContext | None = None
         # The modules' per-call state (api.CallState), there from the 100 Trying on.
-        self.call = CallState()
+        self._call: CallState | None = CallState()
+        # The bytes last sent (TransactionDriver._run): a finished
+        # transaction keeps those instead of the parsed answer.
+        self.sent = b""
+        # The 2xx sent upstream, by To tag: an INVITE in RFC 6026's
+        # Accepted state repeats them when a branch's 2xx comes again.
+        self.answers: dict[str | None, bytes] | None = None
 
     @property
     def request(self) -> Any:
-        """The request that made the transaction (api.ServerTxView)."""
+        """The request that made the transaction (api.ServerTxView); None
+        once finished (hooks run before)."""
         return self.tx.request
+
+    @property
+    def call(self) -> CallState:
+        call = self._call
+        if call is None:
+            raise RuntimeError("the transaction has finished: its CallState is gone")
+        return call
 
     def pass_up(self, core: TransactionDriver, msg: Any) -> None:
         # An ACK matching an accepted INVITE (RFC 2543 peer): route it.
@@ -60,6 +79,19 @@ class ServerTx(_TxHolder):
 
     def time_out(self, core: TransactionDriver, timer: str) -> None:
         pass  # H: no ACK came; nothing to tell anybody.
+
+    def finish(self) -> None:
+        """The final answer went out and the call is decided: keep the key,
+        the timers, where answers go and the bytes the RFC timers may still
+        send; the request, its RequestContext, the response context and the
+        modules' CallState go now (by reference count: nothing else points
+        at them once the context's own links are cut)."""
+        self.finished = True
+        self.tx.finish(self.sent or None)
+        self.sent = b""
+        self.response_ctx = None
+        self.request_ctx = None
+        self._call = None
 
     def detach(self) -> ResponseContext | None:
         rsp = self.response_ctx
@@ -69,25 +101,41 @@ class ServerTx(_TxHolder):
 
 
 class ClientTx(_TxHolder):
-    __slots__ = ("branch", "target", "listener", "is_cancel")
+    __slots__ = ("branch", "target", "listener", "is_cancel", "upstream")
 
     def __init__(self, tx: Any, key: tuple, branch: Branch | None, target: Target,
                  listener: Listener) -> None:
         super().__init__(tx, key)
-        self.branch = branch  # None: a request of the proxy's own (LocalTx)
+        self.branch = branch  # None: a request of the proxy's own (LocalTx), or finished
         self.target = target
         self.listener = listener
         self.is_cancel = False
+        # Finished in RFC 6026's Accepted state: the server transaction that
+        # sent its 2xx upstream, which repeats it when it comes again.
+        self.upstream: ServerTx | None = None
 
     def pass_up(self, core: TransactionDriver, msg: Any) -> None:
         branch = self.branch
         if not self.is_cancel and branch is not None:
             branch.response_ctx.on_response(branch, msg)
+        elif self.upstream is not None:
+            core._relay_2xx_again(self.upstream, msg)
 
     def time_out(self, core: TransactionDriver, timer: str) -> None:
         core._timeout(self, timer)
 
+    def finish(self, upstream: ServerTx | None) -> None:
+        """The final answer came and the call is decided: keep what absorbs
+        retransmitted finals (the ACK as bytes) and, in Accepted, the server
+        transaction a repeated 2xx goes up on; the branch goes now."""
+        self.finished = True
+        self.tx.finish()
+        self.branch = None
+        if self.tx.state == TxState.ACCEPTED:
+            self.upstream = upstream
+
     def detach(self) -> ResponseContext | None:
+        self.upstream = None
         branch = self.branch
         if branch is None:
             return None
@@ -120,10 +168,26 @@ class LocalTx(ClientTx):
     def time_out(self, core: TransactionDriver, timer: str) -> None:
         self.settle(None)
 
+    def finish(self, upstream: ServerTx | None) -> None:
+        self.finished = True
+        self.tx.finish()
+
     def detach(self) -> ResponseContext | None:
         # Ended without an answer (transport error, the UAC's own timeout).
         self.settle(None)
         return None
+
+
+def response_dest(source: Source, via: Via) -> tuple[str, int]:
+    """Where a server transaction's answers go (RFC 3261 18.2.2, RFC 3581):
+    over UDP the source port with rport (else the Via's) at maddr or the
+    source address; over TCP/TLS the Via's sent-by, used only when the
+    request's connection is gone."""
+    if source.transport == "udp":
+        port = source.port if via.rport is not None else (via.port or 5060)
+        maddr = via.maddr
+        return (maddr if maddr and is_ip(maddr) else source.host), port
+    return via.received or source.host, via.port or (5061 if source.transport == "tls" else 5060)
 
 
 class TransactionDriver:
@@ -155,6 +219,7 @@ class TransactionDriver:
             if kind is Send:
                 data = action.msg.to_bytes()
                 if isinstance(holder, ServerTx):
+                    holder.sent = data
                     self._wire_response(holder, data)
                 else:
                     t = holder.target
@@ -202,7 +267,67 @@ class TransactionDriver:
         if table.get(key) is holder:
             del table[key]
 
+    # -- finished transactions keep little ------------------------------------
+    def settle(self, rsp: ResponseContext) -> None:
+        """Once the call ``rsp`` forwards is decided (_decided), its
+        transactions keep only what the RFC timers still need and the
+        context's cycles are cut, so the messages, the RequestContext, the
+        branches and the context itself are freed now, by reference count,
+        not 32 s later with the transactions."""
+        if not _decided(rsp):
+            return
+        server = rsp.server
+        for branch in rsp.branches:
+            client = branch.client
+            if client is not None and client.alive and not client.finished:
+                client.finish(server)
+        if server.alive and not server.finished:
+            server.finish()
+        _release(rsp)
+
+    def _server_answered(self, holder: ServerTx) -> None:
+        """``holder`` has just sent its final answer (and the response_out
+        hooks have seen it)."""
+        if holder.finished or not holder.alive:
+            return
+        rsp = holder.response_ctx
+        if rsp is None:
+            holder.finish()  # answered here: no branch to wait for
+        else:
+            self.settle(rsp)
+
+    def _client_answered(self, holder: ClientTx) -> None:
+        """``holder`` has just received its final answer (and passed it up)."""
+        if holder.finished or not holder.alive:
+            return
+        branch = holder.branch
+        if branch is None or holder.is_cancel:
+            holder.finish(None)  # a LocalTx or a CANCEL: nothing upstream
+        else:
+            self.settle(branch.response_ctx)
+
+    def _relay_2xx_again(self, server: ServerTx, resp: Response) -> None:
+        """A 2xx on a finished INVITE branch (RFC 6026 Accepted): the callee
+        repeats its 2xx until the ACK comes, and the proxy forwards each one
+        (RFC 3261 16.7 step 10).  It is the 2xx already forwarded, which
+        the server transaction kept as sent (after reply_route); one with
+        another To tag (a fork downstream) goes up as 16.11 says."""
+        if not server.alive:
+            return
+        answers = server.answers
+        data = answers.get(resp.to_tag) if answers else None
+        if data is None:
+            self._forward_response_stateless(resp)
+            return
+        self.reply_classes[2] += 1
+        self._wire_response(server, data)
+
     # Provided by ProxyCore.
+    reply_classes: list[int]
+
+    def _forward_response_stateless(self, resp: Response) -> None:
+        raise NotImplementedError
+
     def _wire_response(self, holder: ServerTx, data: bytes) -> None:
         raise NotImplementedError
 
@@ -223,5 +348,27 @@ def _release_if_done(rsp: ResponseContext) -> None:
     garbage collection, whose pause grows with every call still alive."""
     if rsp.server.alive or any(b.client is not None for b in rsp.branches):
         return
+    _release(rsp)
+
+
+def _release(rsp: ResponseContext) -> None:
     rsp.branches = []
     rsp.request_ctx.response = None
+
+
+def _decided(rsp: ResponseContext) -> bool:
+    """The server transaction has sent its final answer, every branch has
+    its own (or ended without a transaction) and no hook of this context is
+    still running: nothing will use the context again."""
+    if rsp.server.tx.state in _PENDING or rsp.pending_routing:
+        return False
+    if rsp.reply_queue is not None or rsp.reply_current is not None:
+        return False
+    for branch in rsp.branches:
+        client = branch.client
+        if client is None:
+            if not branch.done:
+                return False  # still resolving its next hop
+        elif client.alive and client.tx.state in _PENDING:
+            return False
+    return True
