@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -65,7 +66,16 @@ def main(argv: list[str] | None = None) -> int:
             logger.warn("supervisor gone: stopping")
             reactor.stop()
 
+    def stopping() -> None:
+        # The supervisor's SIGTERM may follow the process group's: once
+        # stopping, a second one must not cut the stop short (the reactor
+        # puts the default handlers back before the process exits).  A hung
+        # worker still gets the supervisor's SIGKILL.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     checker = task.LoopingCall(orphaned)
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
     reactor.callWhenRunning(top.startService)
     reactor.callWhenRunning(checker.start, ORPHAN_CHECK, False)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
