@@ -5,30 +5,22 @@ Started by the supervisor (sipsuite.proxy.workers), never by hand.  It loads
 the same configuration with the same command-line overrides, runs the proxy
 core with its listeners bound with SO_REUSEPORT (net/reuseport.py), and
 writes its log as JSON lines to stdout, which the supervisor logs with the
-worker's number.  Worker 0 alone serves [management] listen (this step:
-live operations do not yet reach the other workers).  A worker whose
+worker's number.  Its management interface is on a loopback port the
+supervisor chose (passed as the --management override), which serves
+[management] listen for all (sipsuite.proxy.workerops).  A worker whose
 supervisor has gone stops by itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
 import sys
-from typing import Any
 
 #: How often a worker checks that its supervisor is still there (s).
 ORPHAN_CHECK = 1.0
-
-
-def worker_config(config: Any, index: int) -> Any:
-    """The config worker ``index`` runs: management on worker 0 only."""
-    if index == 0:
-        return config
-    return dataclasses.replace(config, management=dataclasses.replace(config.management, listen=""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         from sipsuite.proxy.service import make_proxy_service
 
         raise_nofile_limit()
-        top = make_proxy_service(worker_config(config, args.index))
+        top = make_proxy_service(config)
         top.privilegedStartService()
     except (ConfigError, StartupError) as e:
         sys.stderr.write(f"worker {args.index}: {e}\n")

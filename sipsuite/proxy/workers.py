@@ -125,6 +125,10 @@ class Supervisor(service.Service):
         self.restarts: dict[int, Any] = {}
         self.stopping = False
         self._previous_hup: Any = None
+        # Chosen once: a restarted worker serves on the same port.
+        self.management_ports: dict[int, int] = (
+            {i: _free_loopback_port() for i in range(config.proxy.workers)}
+            if config.management.listen else {})
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -142,8 +146,17 @@ class Supervisor(service.Service):
         log.info("supervising {n} proxy worker processes", n=self.config.proxy.workers)
 
     def command(self, index: int) -> list[str]:
+        overrides = dict(self.overrides)
+        if index in self.management_ports:
+            # Its own loopback port: the supervisor serves [management] listen.
+            overrides["management"] = f"tcp:127.0.0.1:{self.management_ports[index]}"
         return [sys.executable, "-m", "sipsuite.proxy.worker", "--index", str(index),
-                "--config", self.config.path or "", "--overrides", json.dumps(self.overrides)]
+                "--config", self.config.path or "", "--overrides", json.dumps(overrides)]
+
+    def live_management_ports(self) -> dict[int, int]:
+        """index -> management port of the workers running now."""
+        return {i: self.management_ports[i] for i in sorted(self.workers)
+                if i in self.management_ports}
 
     def spawn(self, index: int) -> None:
         self.restarts.pop(index, None)
@@ -211,7 +224,24 @@ def _signal_name(sig: int) -> str:
         return str(sig)
 
 
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def make_supervisor_service(config: Any, overrides: Mapping[str, Any]) -> service.MultiService:
+    """The supervisor, and the management interface it serves for all the
+    workers (sipsuite.proxy.workerops)."""
     top = service.MultiService()
-    Supervisor(config, overrides).setServiceParent(top)
+    supervisor = Supervisor(config, overrides)
+    supervisor.setServiceParent(top)
+    if config.management.listen:
+        from sipsuite.ops.server import ManagementService
+        from sipsuite.proxy.workerops import WorkersMetrics, WorkersRegistry
+
+        registry = WorkersRegistry(supervisor.live_management_ports, config.proxy.workers,
+                                   supervisor.reactor)
+        ManagementService(config.management.listen, registry,
+                          children={b"metrics": WorkersMetrics(registry)}).setServiceParent(top)
     return top

@@ -5,6 +5,8 @@ raw UDP peers on loopback ports chosen at run time.
 - sipp 200 calls over UDP through the two workers, 0 failed; both workers
   forward (the callee sees both private Via ports), Record-Route names the
   shared port;
+- the supervisor's ``stats`` adds the workers' counters up and shows each
+  worker's (both carry load); ``routing reload`` and ``debug`` reach both;
 - a retransmitted INVITE is absorbed (one INVITE downstream);
 - CANCEL: every caller gets 200 for it and 487 for its INVITE;
 - SIGKILL one worker: the other keeps answering, the supervisor logs why
@@ -14,10 +16,12 @@ raw UDP peers on loopback ports chosen at run time.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +142,35 @@ def test_two_workers_serve_200_udp_calls(sipp_bin: str, setup: Setup, tmp_path: 
         assert any(shared in v and ";lr" in v for v in rr), f"Record-Route {rr}" + diag
     for n in (0, 1):  # and each logs as itself
         assert re.search(rf"worker {n}: ", setup.proxy.log_text()), diag
+
+
+def test_stats_add_up_both_workers(setup: Setup) -> None:
+    """After the calls: the supervisor's ``stats`` counts every INVITE once,
+    and shows each worker's share (both carried load)."""
+    res = setup.proxy.ctl("--json", "stats")
+    assert res.returncode == 0, res.stderr + setup.diag()
+    stats = json.loads(res.stdout)
+    workers = stats["workers"]
+    assert sorted(workers) == ["0", "1"], workers
+    shares = [w["requests_by_method"].get("INVITE", 0) for w in workers.values()]
+    assert all(n > 0 for n in shares), f"INVITEs per worker: {shares}"
+    assert stats["requests_by_method"]["INVITE"] == sum(shares) >= CALLS, stats
+    table = setup.proxy.ctl("stats")
+    assert table.returncode == 0 and "workers.1.requests " in table.stdout, table.stdout
+    metrics = urllib.request.urlopen(setup.proxy.management_url + "metrics", timeout=10).read()
+    assert f'sipsuite_requests_total{{method="INVITE"}} {sum(shares)}.0'.encode() in metrics, metrics
+
+
+def test_live_operations_reach_every_worker(setup: Setup) -> None:
+    proxy = setup.proxy
+    res = proxy.ctl("routing", "reload")
+    assert res.returncode == 0, res.stderr + setup.diag()
+    for n in (0, 1):
+        assert wait_log(proxy, rf"worker {n}: routing reloaded", 1, 5.0), setup.diag()
+    res = proxy.ctl("debug", "info")
+    assert res.returncode == 0, res.stderr + setup.diag()
+    for n in (0, 1):
+        assert wait_log(proxy, rf"worker {n}: log level set to info", 1, 5.0), setup.diag()
 
 
 def test_retransmitted_invite_is_absorbed(setup: Setup) -> None:

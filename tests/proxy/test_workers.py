@@ -20,7 +20,7 @@ from sipsuite.log import relay_worker_line
 from sipsuite.proxy.net.addresses import record_route_value
 from sipsuite.proxy.net.listener import Listener
 from sipsuite.proxy.net.transport import TransportLayer
-from sipsuite.proxy.worker import worker_config
+from sipsuite.proxy.workerops import add_up
 from sipsuite.proxy.workers import (
     BACKOFF_FIRST,
     BACKOFF_MAX,
@@ -73,10 +73,37 @@ def test_suite_with_workers_is_refused_for_now() -> None:
         refuse_suite("sipsuite", config)
 
 
-def test_management_on_worker_zero_only() -> None:
+def test_each_worker_gets_a_management_port_of_its_own() -> None:
+    import json
+
     config = load_config(None, workers="2", redis="redis://127.0.0.1:6379")
-    assert worker_config(config, 0).management.listen == config.management.listen != ""
-    assert worker_config(config, 1).management.listen == ""
+    sup = Supervisor(config, {"workers": "2"}, task.Clock())
+    ports = sup.management_ports
+    assert sorted(ports) == [0, 1] and ports[0] != ports[1]
+    for i in (0, 1):
+        overrides = json.loads(sup.command(i)[-1])
+        assert overrides == {"workers": "2", "management": f"tcp:127.0.0.1:{ports[i]}"}
+    off = load_config(None, workers="2", redis="redis://127.0.0.1:6379", management="")
+    assert Supervisor(off, {}, task.Clock()).management_ports == {}
+
+
+def test_stats_add_up_the_counters_and_keep_shared_figures_once() -> None:
+    w0 = {"requests": 3, "requests_by_method": {"INVITE": 2, "BYE": 1},
+          "transactions": {"server": 1, "client": 0}, "drops": {}, "uptime": 5.0,
+          "registrations": {"aors": 7, "bindings": 9}, "retransmissions": 0,
+          "responses_received": 2, "replies_sent_by_class": {"2xx": 2}}
+    w1 = {"requests": 4, "requests_by_method": {"INVITE": 4},
+          "transactions": {"server": 2, "client": 3}, "drops": {"parse": 1}, "uptime": 6.0,
+          "registrations": {"aors": 7, "bindings": 9}, "retransmissions": 1,
+          "responses_received": 0, "replies_sent_by_class": {"2xx": 1, "4xx": 1}}
+    total = add_up([w0, w1])
+    assert total["requests"] == 7
+    assert total["requests_by_method"] == {"BYE": 1, "INVITE": 6}
+    assert total["transactions"] == {"client": 3, "server": 3}
+    assert total["drops"] == {"parse": 1}
+    assert total["replies_sent_by_class"] == {"2xx": 3, "4xx": 1}
+    assert total["registrations"] == {"aors": 7, "bindings": 9}  # one Redis: not doubled
+    assert total["uptime"] == 6.0
 
 
 def test_twistd_sip_proxy_with_workers_without_redis_is_one_line(tmp_path: Path) -> None:
