@@ -167,6 +167,10 @@ def test_live_operations_reach_every_worker(setup: Setup) -> None:
     assert res.returncode == 0, res.stderr + setup.diag()
     for n in (0, 1):
         assert wait_log(proxy, rf"worker {n}: routing reloaded", 1, 5.0), setup.diag()
+    assert proxy.proc is not None
+    proxy.proc.send_signal(signal.SIGHUP)  # to the supervisor, which passes it on
+    for n in (0, 1):
+        assert wait_log(proxy, rf"worker {n}: SIGHUP: reloading the routing", 1, 5.0), setup.diag()
     res = proxy.ctl("debug", "info")
     assert res.returncode == 0, res.stderr + setup.diag()
     for n in (0, 1):

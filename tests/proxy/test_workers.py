@@ -255,3 +255,16 @@ def test_supervisor_stop_signals_the_workers_and_does_not_restart() -> None:
     assert fired and not sup.workers
     clock.advance(60)
     assert len(clock.spawned) == 2  # nothing restarted
+
+
+def test_a_port_another_program_holds_is_one_line() -> None:
+    from sipsuite.proxy.workers import check_ports_free
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:
+        held.bind(("127.0.0.1", 0))  # no SO_REUSEPORT: the workers could not share it
+        port = held.getsockname()[1]
+        config = load_config(None, workers="2", redis="redis://127.0.0.1:6379",
+                             listen=[f"udp:127.0.0.1:{port}"])
+        with pytest.raises(StartupError, match=rf"^cannot listen on udp 127\.0\.0\.1:{port}: "):
+            check_ports_free(config)
+    check_ports_free(config)  # released: fine
