@@ -149,8 +149,9 @@ def test_requests_leave_from_the_private_socket_answers_from_the_shared_one() ->
     layer.private[listener] = private  # type: ignore[assignment]
     layer.send(b"INVITE sip:a@b SIP/2.0\r\n\r\n", "udp", "127.0.0.1", 5070, listener)
     layer.send(b"SIP/2.0 200 OK\r\n\r\n", "udp", "127.0.0.1", 5070, listener)
+    layer.send(b"\r\n\r\n", "udp", "127.0.0.1", 5070, listener)  # natping's CRLF keep-alive
     assert private.sent == [b"INVITE sip:a@b SIP/2.0\r\n\r\n"]
-    assert shared.sent == [b"SIP/2.0 200 OK\r\n\r\n"]
+    assert shared.sent == [b"SIP/2.0 200 OK\r\n\r\n", b"\r\n\r\n"]
 
 
 def test_workers_bind_the_same_udp_and_tcp_port_and_a_private_one() -> None:

@@ -264,9 +264,10 @@ class TransportLayer(WildcardListeners):
         host = unbracket(host)
         if transport == "udp":
             # A worker's requests leave from its own port (the one its Via
-            # names); answers from the shared one the request came to.
+            # names); answers, and CRLF keep-alives (a NAT binding is to the
+            # shared port), from the shared one.
             proto = None
-            if self.private and not data.startswith(b"SIP/2.0 "):
+            if self.private and len(data) > 4 and not data.startswith(b"SIP/2.0 "):
                 proto = self.private.get(listener.root)
             proto = proto or self.udp.get(listener.root)
             if proto is None:
