@@ -392,10 +392,13 @@ def workers_main(args: argparse.Namespace, settings: Settings, began: float) -> 
     print(f"{'proxy':<9} {'workers':>7} {'highest clean rate':>19} {'CPU ms/call there':>18}"
           f" {'x 1 worker':>10}")
     for which, n, highest, all_clean, best in rows:
-        one = next((h for w, m, h, _, _ in rows if w == which and m == 1), 0)
+        one, one_bounded = next(((h, not c) for w, m, h, c, _ in rows if w == which and m == 1),
+                                (0, False))
         shown = f"{highest}{'+' if all_clean else ''} calls/s" if highest else "none"
         cpu = fmt(best.cpu_ms_per_call, ".3f") if best is not None else "n/a"
-        ratio = fmt(highest / one, ".2f") if one and highest else "n/a"
+        # A ratio needs the one-worker limit found; an unbounded N gives a floor.
+        ratio = ("n/a" if not (one and highest and one_bounded)
+                 else (">=" if all_clean else "") + fmt(highest / one, ".2f"))
         print(f"{which:<9} {n:>7} {shown:>19} {cpu:>18} {ratio:>10}")
     print("(+: the highest rate tried was clean; the proxy may go further)")
     print(f"total time {time.monotonic() - began:.0f} s")
