@@ -1,6 +1,7 @@
 """Worker processes ([proxy] workers, issue 15): the key, the refusal
 without Redis, the supervisor's restarts, the sockets and the log prefix.
-The processes themselves: tests/integration/test_workers.py."""
+The processes themselves: tests/integration/test_workers.py (a different basename:
+pytest imports test files by name)."""
 
 from __future__ import annotations
 
