@@ -5,6 +5,7 @@ raw UDP peers on loopback ports chosen at run time.
 - sipp 200 calls over UDP through the two workers, 0 failed; both workers
   forward (the callee sees both private Via ports), Record-Route names the
   shared port;
+- 50 calls from a TCP caller;
 - the supervisor's ``stats`` adds the workers' counters up and shows each
   worker's (both carry load); ``routing reload`` and ``debug`` reach both;
 - a retransmitted INVITE is absorbed (one INVITE downstream);
@@ -142,6 +143,24 @@ def test_two_workers_serve_200_udp_calls(sipp_bin: str, setup: Setup, tmp_path: 
         assert any(shared in v and ";lr" in v for v in rr), f"Record-Route {rr}" + diag
     for n in (0, 1):  # and each logs as itself
         assert re.search(rf"worker {n}: ", setup.proxy.log_text()), diag
+
+
+def test_calls_over_tcp(sipp_bin: str, setup: Setup, tmp_path: Path) -> None:
+    """A caller on TCP: its connection, and so its whole call, stays with the
+    worker that accepted it; the callee is reached over UDP from that
+    worker's own port. (Not yet: a request for a phone whose connection
+    another worker holds.)"""
+    calls = 50
+    uas = SippProcess(sipp_dir() / "uas_answer.xml", name="uas", workdir=tmp_path,
+                      local_port=setup.uas_port, calls=calls, timeout_s=30, service="bob")
+    uas.wait_bound()
+    uac = run_sipp(sipp_dir() / "call_uac.xml", name="uac", workdir=tmp_path,
+                   remote=setup.proxy.address, local_port=procs.free_port(), calls=calls,
+                   rate=25, duration_ms=100, timeout_s=30, service="bob", transport="tcp")
+    res = uas.wait()
+    diag = f"\n{uac.summary()}\n{res.summary()}\n{setup.diag()}"
+    assert (uac.rc, uac.successful, uac.failed) == (0, calls, 0), "caller side failed" + diag
+    assert (res.rc, res.successful, res.failed) == (0, calls, 0), "callee side failed" + diag
 
 
 def test_stats_add_up_both_workers(setup: Setup) -> None:
