@@ -97,6 +97,8 @@ def relay_worker_line(line: bytes, worker: int) -> None:
     try:
         event = eventFromJSON(text)
     except ValueError:
+        event = None
+    if not isinstance(event, dict):  # not a log event: a line some library printed
         event = {"log_format": "{line}", "line": text, "log_level": LogLevel.info,
                  "log_namespace": "sipsuite.worker"}
     fmt = event.get("log_format")

@@ -186,11 +186,13 @@ def test_worker_log_lines_carry_the_worker_number() -> None:
                  "log_level": LogLevel.info, "log_namespace": "sipsuite.proxy.core", "log_time": 1.0}
         relay_worker_line(b"\x1e" + eventAsJSON(event).encode() + b"\n", 3)
         relay_worker_line(b"not json\n", 1)
+        relay_worker_line(b"42\n", 1)
     finally:
         globalLogPublisher.removeObserver(seen.append)
     assert formatEvent(seen[0]) == "worker 3: listening on udp:127.0.0.1:5060"
     assert seen[0]["log_worker"] == 3 and seen[0]["log_namespace"] == "sipsuite.proxy.core"
     assert formatEvent(seen[1]) == "worker 1: not json"
+    assert formatEvent(seen[2]) == "worker 1: 42"
 
 
 class FakeTransport:
