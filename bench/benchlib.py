@@ -403,11 +403,15 @@ def start_twistd(workdir: Path, conf_text: str, port: int) -> subprocess.Popen[b
 
 
 @contextmanager
-def sipsuite_proxy(workdir: Path, uas_port: int) -> Iterator[Proxy]:
+def sipsuite_proxy(workdir: Path, uas_port: int, workers: int = 1,
+                   redis_url: str = "") -> Iterator[Proxy]:
+    """``workers`` > 1 needs ``redis_url`` (start_redis); the CPU meter covers
+    the supervisor's process group, its workers included."""
     port = free_udp_port()
     proc = start_twistd(workdir, (
         "[proxy]\n"
         f'listen = ["udp:{HOST}:{port}"]\n'
+        f"workers = {workers}\n"
         'domains = ["bench.test"]\n'
         "[location.static]\n"
         f'bob = ["sip:bob@{HOST}:{uas_port}"]\n'
@@ -416,7 +420,12 @@ def sipsuite_proxy(workdir: Path, uas_port: int) -> Iterator[Proxy]:
         "[log]\n"
         # warn: a log line per message would be part of the measured CPU otherwise.
         'level = "warn"\n'
+        "[redis]\n"
+        f'url = "{redis_url}"\n'
     ), port)
+    if workers > 1:
+        # The first OPTIONS answer says one worker is up, not all of them.
+        time.sleep(2.0)
     try:
         yield Proxy("sipsuite", proc, port, workdir / "proxy.log", CpuMeter(proc.pid))
     finally:
@@ -424,7 +433,7 @@ def sipsuite_proxy(workdir: Path, uas_port: int) -> Iterator[Proxy]:
 
 
 @contextmanager
-def kamailio_proxy(workdir: Path, uas_port: int) -> Iterator[Proxy]:
+def kamailio_proxy(workdir: Path, uas_port: int, children: int = 1) -> Iterator[Proxy]:
     port = free_udp_port()
     rundir = workdir / "kamrun"
     rundir.mkdir(exist_ok=True)
@@ -434,6 +443,7 @@ def kamailio_proxy(workdir: Path, uas_port: int) -> Iterator[Proxy]:
         "-Y", str(rundir),
         "-A", f"LISTEN=udp:{HOST}:{port}",
         "-A", f'UAS_URI="sip:{HOST}:{uas_port}"',
+        "-A", f"CHILDREN={children}",
     ]  # fmt: skip
     out = open(log, "wb")
     # Own session: Kamailio's main process becomes a group leader, its forked workers
@@ -449,6 +459,31 @@ def kamailio_proxy(workdir: Path, uas_port: int) -> Iterator[Proxy]:
         # 483 itself, which proves that the worker reads the socket.
         wait_ready(proc, port, any_answer, 0, 30.0, log)
         yield Proxy("kamailio", proc, port, log, CpuMeter(proc.pid))
+    finally:
+        kill_group(proc)
+
+
+@contextmanager
+def start_redis(workdir: Path) -> Iterator[str]:
+    """A throw-away redis-server on a free loopback port (no persistence);
+    yields its URL."""
+    port = free_udp_port()
+    out = open(workdir / "redis.out", "wb")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+        cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    out.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((HOST, port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    try:
+        yield f"redis://{HOST}:{port}"
     finally:
         kill_group(proc)
 

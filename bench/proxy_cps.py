@@ -2,6 +2,7 @@
 """Calls-per-second benchmark of sipsuite's proxy, with Kamailio as the reference.
 
     python bench/proxy_cps.py [--rates 100,200,300,...] [--duration 20] [--quick]
+    python bench/proxy_cps.py --workers 1,2 [--rates ...]   (scaling with processes)
 
 Topology (everything on 127.0.0.1, every port picked at run time by binding port 0):
 
@@ -38,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from benchlib import (
@@ -52,6 +53,7 @@ from benchlib import (
     kill_group,
     read_uac,
     sipsuite_proxy,
+    start_redis,
     start_sipp,
     stat_int,
     stat_ms,
@@ -134,12 +136,18 @@ class Settings:
     duration: float
     tail: float
     workroot: Path
+    # --workers: sipsuite's [proxy] workers / Kamailio's children, the Redis
+    # sipsuite needs for workers > 1, and sipp UAC options (a socket per call).
+    workers: int = 1
+    redis_url: str = ""
+    uac_extra: tuple[str, ...] = ()
 
 
 def run_rate(settings: Settings, which: str, rate: int, *, with_tail: bool) -> RunResult:
     """One fresh UAS + one fresh proxy, `rate` calls/s for `duration` seconds."""
     calls = max(1, round(rate * settings.duration))
-    workdir = settings.workroot / f"{which}-{rate}"
+    workdir = settings.workroot / (f"{which}-{rate}" if settings.workers == 1 and not settings.uac_extra
+                                   else f"{which}-w{settings.workers}-{rate}")
     workdir.mkdir()
     result = RunResult(which, rate, calls)
     # sipp gives up on a call after its retransmissions (about 32 s for an INVITE);
@@ -159,8 +167,9 @@ def run_rate(settings: Settings, which: str, rate: int, *, with_tail: bool) -> R
         time.sleep(0.3)  # sipp binds its socket at start-up; nothing to poll for
         if uas.proc.poll() is not None:
             raise RuntimeError(f"sipp uas exited at start:\n{tail(workdir / 'uas.out')}")
-        start = sipsuite_proxy if which == "sipsuite" else kamailio_proxy
-        with start(workdir, uas_port) as proxy:
+        proxy_cm = (sipsuite_proxy(workdir, uas_port, settings.workers, settings.redis_url)
+                    if which == "sipsuite" else kamailio_proxy(workdir, uas_port, settings.workers))
+        with proxy_cm as proxy:
             uac_port = free_udp_port()
             uas_meter = CpuMeter(uas.proc.pid)
             before, uas_before = proxy.meter.sample(), uas_meter.sample()
@@ -173,6 +182,7 @@ def run_rate(settings: Settings, which: str, rate: int, *, with_tail: bool) -> R
                     "-i", HOST, "-p", str(uac_port),
                     "-r", str(rate), "-m", str(calls), "-d", str(CALL_MS),
                     "-timeout", f"{sipp_limit:.0f}s", "-timeout_error",
+                    *settings.uac_extra,
                 ],
             )  # fmt: skip
             uac_meter = CpuMeter(uac.proc.pid)
@@ -314,6 +324,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sipp-dir", type=Path, default=DEFAULT_SIPP_DIR,
                    help="folder with call_uac.xml and uas_answer.xml (default: examples/sipp)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--workers", default=None,
+                   help="worker counts to compare, e.g. 1,2: sipsuite [proxy] workers and"
+                   " Kamailio children; prints the highest clean rate of each (the UAC then"
+                   " opens a socket per call, so the calls come from many sources)")
     args = p.parse_args(argv)
     if args.quick:
         args.rates = args.rates or "100,300"
@@ -326,6 +340,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--rates: expected numbers separated by commas, got {args.rates!r}")
     if not args.rate_list or min(args.rate_list) <= 0:
         p.error("--rates: need positive rates")
+    try:
+        args.workers_list = sorted({int(x) for x in (args.workers or "").split(",") if x.strip()})
+    except ValueError:
+        p.error(f"--workers: expected numbers separated by commas, got {args.workers!r}")
+    if args.workers_list and not 1 <= min(args.workers_list) <= max(args.workers_list) <= 64:
+        p.error("--workers: counts from 1 to 64")
     return args
 
 
@@ -338,12 +358,67 @@ def check_tools(sipp_dir: Path) -> None:
         sys.exit(f"missing: {', '.join(missing)}")
 
 
+def workers_main(args: argparse.Namespace, settings: Settings, began: float) -> int:
+    """--workers 1,2: for each count, the rising sweep of each proxy up to its
+    first unclean rate; a table of the highest clean rates.
+
+    Every run's UAC opens a socket per call (sipp -t un): sipsuite's workers
+    share the port with SO_REUSEPORT, which spreads sources, so one UAC
+    socket would put every call on one worker (Kamailio's UDP children
+    read one socket and do not care)."""
+    uac_extra = ("-t", "un", "-max_socket", "4096")
+    proxies = [p for p, skip in (("sipsuite", args.no_sipsuite), ("kamailio", args.no_kamailio))
+               if not skip]
+    rows: list[tuple[str, int, int, bool, RunResult | None]] = []
+    all_results: list[RunResult] = []
+    with start_redis(settings.workroot) as redis_url:
+        for n in args.workers_list:
+            for which in proxies:
+                run_settings = replace(settings, workers=n, redis_url=redis_url, uac_extra=uac_extra)
+                highest, best, broke = 0, None, False
+                for rate in args.rate_list:
+                    r = run_rate(run_settings, which, rate, with_tail=False)
+                    r.proxy = f"{which}/{n}"  # the table's rows: proxy/workers
+                    report_run(r)
+                    all_results.append(r)
+                    if not r.clean:
+                        broke = True
+                        break
+                    highest, best = rate, r
+                rows.append((which, n, highest, not broke, best))
+    print()
+    print_table(all_results)
+    print()
+    print(f"{'proxy':<9} {'workers':>7} {'highest clean rate':>19} {'CPU ms/call there':>18}"
+          f" {'x 1 worker':>10}")
+    for which, n, highest, all_clean, best in rows:
+        one, one_bounded = next(((h, not c) for w, m, h, c, _ in rows if w == which and m == 1),
+                                (0, False))
+        shown = f"{highest}{'+' if all_clean else ''} calls/s" if highest else "none"
+        cpu = fmt(best.cpu_ms_per_call, ".3f") if best is not None else "n/a"
+        # A ratio needs the one-worker limit found; an unbounded N gives a floor.
+        ratio = ("n/a" if not (one and highest and one_bounded)
+                 else (">=" if all_clean else "") + fmt(highest / one, ".2f"))
+        print(f"{which:<9} {n:>7} {shown:>19} {cpu:>18} {ratio:>10}")
+    print("(+: the highest rate tried was clean; the proxy may go further)")
+    print(f"total time {time.monotonic() - began:.0f} s")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_tools(args.sipp_dir)
     began = time.monotonic()
     workroot = Path(tempfile.mkdtemp(prefix="proxy_cps."))
     settings = Settings(args.sipp_dir, args.duration, args.tail, workroot)
+    if args.workers_list:
+        try:
+            return workers_main(args, settings, began)
+        finally:
+            if args.keep:
+                print(f"work files kept in {workroot}")
+            else:
+                shutil.rmtree(workroot, ignore_errors=True)
     # Rough cost of one run, for the time budget: start-up, sipp, UAS drain, kill; a run
     # with failed calls lasts ~35 s longer (sipp waits out its retransmissions and the
     # proxy's 408 after timer B), and the sweep stops after such a run.

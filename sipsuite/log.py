@@ -26,7 +26,7 @@ from twisted.logger import (
     globalLogPublisher,
 )
 
-__all__ = ["LEVELS", "PREDICATE", "enabled", "get_logger", "get_level", "set_level"]
+__all__ = ["LEVELS", "PREDICATE", "enabled", "get_logger", "get_level", "relay_worker_line", "set_level"]
 
 #: The names [log] level accepts, lowest first, and their twisted levels.
 LEVELS: dict[str, LogLevel] = {
@@ -80,3 +80,34 @@ def get_level() -> str:
 def enabled(level: LogLevel) -> bool:
     """Whether an event at *level* would be logged (guard costly log arguments)."""
     return _PRIORITY[level] >= _threshold
+
+
+def relay_worker_line(line: bytes, worker: int) -> None:
+    """Log one event a worker process wrote as JSON (sipsuite.proxy.worker)
+    in this, the supervisor's, log, its text prefixed ``worker N: ``.
+
+    The worker filtered it by its own level already (``debug`` may raise
+    one worker's), so it goes to the global publisher unfiltered; its own
+    time, namespace and level are kept."""
+    from twisted.logger import eventFromJSON
+
+    text = line.strip(b"\x1e\r\n \t").decode("utf-8", "replace")
+    if not text:
+        return
+    try:
+        event = eventFromJSON(text)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict):  # not a log event: a line some library printed
+        event = {"log_format": "{line}", "line": text, "log_level": LogLevel.info,
+                 "log_namespace": "sipsuite.worker"}
+    fmt = event.get("log_format")
+    event["log_worker"] = worker
+    # Literal text before the format needs no field: flattened events
+    # (JSON keeps only those) still format.
+    event["log_format"] = f"worker {worker}: " + (fmt if fmt is not None else "")
+    if "log_time" not in event:
+        import time
+
+        event["log_time"] = time.time()
+    globalLogPublisher(event)

@@ -28,6 +28,7 @@ from sipsuite.config.specs import (
 )
 from sipsuite.config.values import (
     Invalid,
+    int_range,
     redis_url,
     show_value,
 )
@@ -77,6 +78,7 @@ def load_config(
     relays: list[str] | None = None,
     management: str | None = None,
     relay_management: str | None = None,
+    workers: str | int | None = None,
 ) -> Config:
     """Read and validate *path* (None: the built-in defaults).
 
@@ -86,7 +88,7 @@ def load_config(
     (``--media-address``), *ports* ``relay.ports`` (``--ports``) and
     *relays* ``media.relays`` (``--relay``); *management* ``management.listen``
     and *relay_management* ``management.relay_listen`` (``--management`` of
-    the proxy and of the relay).
+    the proxy and of the relay); *workers* ``proxy.workers`` (``--workers``).
     Raises ConfigError with a one-line message on any problem.
     """
     doc: dict[str, Any] = {}
@@ -121,6 +123,7 @@ def load_config(
         ("--relay", "media", "relays", relays, relay_list),
         ("--management", "management", "listen", management, tcp_listen_or_off),
         ("--management", "management", "relay_listen", relay_management, tcp_listen_or_off),
+        ("--workers", "proxy", "workers", workers, _workers_option),
     )
     overrides: dict[str, dict[str, Any]] = {}
     for option, section_name, key, raw_value, check in options:
@@ -137,6 +140,15 @@ def load_config(
     config = Config(**values, path=path)
     check_consistency(config, where)
     return config
+
+
+def _workers_option(value: Any) -> int:
+    """--workers N: the command line gives text, [proxy] workers' validator wants an int."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise Invalid("a whole number from 1 to 64", value) from None
+    return int(int_range(1, 64)(number))
 
 
 def _check_unknown_sections(doc: Mapping[str, Any], where: str) -> None:

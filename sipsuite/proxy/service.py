@@ -57,6 +57,8 @@ class ProxyService(service.Service):
         self.config = config
         self.reactor = reactor
         self.core = build_core(config, reactor)
+        # A worker process (proxy/worker.py): SO_REUSEPORT and a private port.
+        self.core.transport.workers = config.proxy.workers > 1
         self.tls = self.core.transport.tls
         self.gc = GCPolicy(reactor)
 

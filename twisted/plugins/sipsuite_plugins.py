@@ -52,6 +52,13 @@ class Options(ConfigOptions):
             "Keep registrations and subscribers in Redis: redis://[:PASSWORD@]HOST[:PORT][/DB]"
             " (overrides [redis] url)",
         ],
+        [
+            "workers",
+            None,
+            None,
+            "Run N proxy worker processes sharing the SIP ports (overrides [proxy] workers;"
+            " N > 1 needs [redis] url)",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -123,25 +130,33 @@ class SipsuiteServiceMaker:
 
         path = options["config"] or default_config_path()
         management = options.get("management")
+        overrides = dict(
+            listen=options.get("listen") or None,
+            redis=options.get("redis"),
+            control=options.get("control") or None,
+            media_addresses=options.get("media-address") or None,
+            ports=options.get("ports"),
+            relays=options.get("relay") or None,
+            management=management if self.tapname != "rtp-relay" else None,
+            relay_management=management if self.tapname == "rtp-relay" else None,
+            workers=options.get("workers"),
+        )
         try:
-            config = load_config(
-                path,
-                listen=options.get("listen") or None,
-                redis=options.get("redis"),
-                control=options.get("control") or None,
-                media_addresses=options.get("media-address") or None,
-                ports=options.get("ports"),
-                relays=options.get("relay") or None,
-                management=management if self.tapname != "rtp-relay" else None,
-                relay_management=management if self.tapname == "rtp-relay" else None,
-            )
+            config = load_config(path, **overrides)
             log.set_level(config.log.level)
             log.get_logger("sipsuite").info(
                 "{tapname}: configuration {path}",
                 tapname=self.tapname,
                 path=path or "<built-in defaults>",
             )
-            built = self._build(config)
+            if config.proxy.workers > 1 and self.tapname != "rtp-relay":
+                # A supervisor of worker processes, no SIP core of its own.
+                from sipsuite.proxy.workers import make_supervisor_service, refuse_suite
+
+                refuse_suite(self.tapname, config)
+                built: IService = make_supervisor_service(config, overrides)
+            else:
+                built = self._build(config)
             twistd = options.parent
             if twistd is not None:
                 check_twistd_files(twistd)

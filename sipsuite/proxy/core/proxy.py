@@ -244,6 +244,8 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
                 raise cannot_listen(show_address(spec.transport, spec.host, spec.port),
                                     exc) from None
             self.ports.add(listener.port)
+            if listener.via_port:  # a worker's private port (net/reuseport.py)
+                self.ports.add(listener.via_port)
             if adv_port:
                 self.ports.add(adv_port)
             self.addresses.add(advertise.lower())

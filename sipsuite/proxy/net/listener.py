@@ -41,7 +41,7 @@ class Listener:
     and answers sent from it."""
 
     __slots__ = ("transport", "host", "port", "advertise", "advertise_port", "family", "port_obj",
-                 "pinned", "parent")
+                 "pinned", "parent", "via_port")
 
     def __init__(self, transport: str, host: str, port: int, advertise: str,
                  advertise_port: int | None = None, pinned: bool = False) -> None:
@@ -55,6 +55,9 @@ class Listener:
         self.port_obj: Any = None
         self.pinned = pinned
         self.parent: Listener | None = None
+        # A worker process's private port (net/reuseport.py): in the Via of
+        # the requests it sends, never in Record-Route.
+        self.via_port: int | None = None
 
     @property
     def root(self) -> Listener:
@@ -70,6 +73,7 @@ class Listener:
         child.family = self.family  # the socket's: a [::] socket reaches v4-mapped peers too
         child.parent = self
         child.port_obj = self.port_obj
+        child.via_port = self.via_port
         return child
 
     def sent_by(self) -> str:
@@ -78,7 +82,8 @@ class Listener:
     def via(self, branch: str, *, rport: bool = False) -> str:
         """The value of the Via this listener puts on a request it sends;
         ``rport`` asks the peer to answer where the request came from (RFC 3581)."""
-        return (f"SIP/2.0/{self.transport.upper()} {self.sent_by()};branch={branch}"
+        sent_by = self.sent_by() if self.via_port is None else host_port(self.advertise, self.via_port)
+        return (f"SIP/2.0/{self.transport.upper()} {sent_by};branch={branch}"
                 + (";rport" if rport else ""))
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ from twisted.logger import LogLevel
 
 from sipsuite.hosts import unbracket
 from sipsuite.log import enabled, get_logger
+from sipsuite.proxy.net import reuseport
 from sipsuite.proxy.net.listener import Handler, Listener, Source, log_wire
 from sipsuite.proxy.net.localaddr import (
     PKTINFO,
@@ -145,6 +146,11 @@ class TransportLayer(WildcardListeners):
         self.limits = ConnectionLimits()
         self.listeners: list[Listener] = []
         self.udp: dict[Listener, SIPDatagramProtocol] = {}
+        # Worker processes ([proxy] workers > 1): listeners bound with
+        # SO_REUSEPORT, and each UDP one's private socket (reuseport.py).
+        self.workers = False
+        self.private: dict[Listener, SIPDatagramProtocol] = {}
+        self.private_ports: list[Any] = []
         # (host, port) -> connection; inbound and outbound alike, so responses
         # and in-dialog requests go back over the connection the peer opened.
         self.connections: dict[tuple[str, int], SIPStreamProtocol] = {}
@@ -164,39 +170,65 @@ class TransportLayer(WildcardListeners):
     def listen(self, listener: Listener) -> None:
         if listener.transport == "udp":
             proto = SIPDatagramProtocol(self, listener)
-            if is_wildcard(listener.host) and PKTINFO and hasattr(self.reactor, "addReader"):
-                listener.port_obj = listen_pktinfo(self.reactor, listener.port, proto,
-                                                   listener.host, MAX_UDP)
-                proto.pktinfo = True
-            else:
-                listener.port_obj = self.reactor.listenUDP(
-                    listener.port, proto, interface=listener.host, maxPacketSize=MAX_UDP
-                )
+            listener.port_obj = self._listen_udp(listener.port, proto, listener.host, self.workers)
             if listener.port == 0:
                 listener.port = listener.port_obj.getHost().port
             _grow_buffers(listener.port_obj.getHandle(), self.udp_buffer)
             self.udp[listener] = proto
+            if self.workers:
+                self._listen_private(listener)
         elif listener.transport == "tcp":
-            listener.port_obj = self.reactor.listenTCP(
-                listener.port, Admission(self, InboundFactory(self, listener)),
-                interface=listener.host
-            )
+            factory = Admission(self, InboundFactory(self, listener))
+            if self.workers:
+                listener.port_obj = reuseport.start(
+                    reuseport.ReuseTCPPort(listener.port, factory, 50, listener.host, self.reactor))
+            else:
+                listener.port_obj = self.reactor.listenTCP(listener.port, factory,
+                                                           interface=listener.host)
             if listener.port == 0:
                 listener.port = listener.port_obj.getHost().port
         elif listener.transport == "tls" and self.tls is not None:
             configured = repr(listener)
             factory = self.tls.server_factory(
                 InboundFactory(self, listener), lambda: configured in self.require_client_cert())
-            listener.port_obj = self.reactor.listenTCP(listener.port, Admission(self, factory),
-                                                       interface=listener.host)
+            if self.workers:
+                listener.port_obj = reuseport.start(reuseport.ReuseTCPPort(
+                    listener.port, Admission(self, factory), 50, listener.host, self.reactor))
+            else:
+                listener.port_obj = self.reactor.listenTCP(listener.port, Admission(self, factory),
+                                                           interface=listener.host)
             if listener.port == 0:
                 listener.port = listener.port_obj.getHost().port
         else:
             raise ValueError(f"unsupported transport {listener.transport}")
         self.listeners.append(listener)
 
+    def _listen_udp(self, port: int, proto: SIPDatagramProtocol, host: str, reuse: bool) -> Any:
+        """Bind a UDP socket (with SO_REUSEPORT when ``reuse``: worker processes)."""
+        if is_wildcard(host) and PKTINFO and hasattr(self.reactor, "addReader"):
+            proto.pktinfo = True
+            if reuse:
+                return reuseport.start(reuseport.ReusePktinfoPort(port, proto, host, MAX_UDP,
+                                                                  self.reactor))
+            return listen_pktinfo(self.reactor, port, proto, host, MAX_UDP)
+        if reuse:
+            return reuseport.start(reuseport.ReuseUDPPort(port, proto, host, MAX_UDP, self.reactor))
+        return self.reactor.listenUDP(port, proto, interface=host, maxPacketSize=MAX_UDP)
+
+    def _listen_private(self, listener: Listener) -> None:
+        """A worker's own UDP socket beside a shared listener: requests it
+        forwards leave from it and its Via names its port, so their answers
+        come back to this worker, not to whichever the kernel picks for the
+        shared port (net/reuseport.py)."""
+        proto = SIPDatagramProtocol(self, listener)
+        port_obj = self._listen_udp(0, proto, listener.host, False)
+        _grow_buffers(port_obj.getHandle(), self.udp_buffer)
+        listener.via_port = port_obj.getHost().port
+        self.private[listener] = proto
+        self.private_ports.append(port_obj)
+
     def stop(self) -> list[Any]:
-        results = []
+        results = [p.stopListening() for p in self.private_ports]
         for listener in self.listeners:
             if listener.port_obj is not None:
                 results.append(listener.port_obj.stopListening())
@@ -231,7 +263,13 @@ class TransportLayer(WildcardListeners):
         ``host``). ``connect=False``: over an existing connection only (a flow)."""
         host = unbracket(host)
         if transport == "udp":
-            proto = self.udp.get(listener.root)
+            # A worker's requests leave from its own port (the one its Via
+            # names); answers, and CRLF keep-alives (a NAT binding is to the
+            # shared port), from the shared one.
+            proto = None
+            if self.private and len(data) > 4 and not data.startswith(b"SIP/2.0 "):
+                proto = self.private.get(listener.root)
+            proto = proto or self.udp.get(listener.root)
             if proto is None:
                 return False
             return proto.send(data, host, port, listener.host if listener.parent is not None else None)
