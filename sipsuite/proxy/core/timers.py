@@ -6,6 +6,12 @@ timer costs a DelayedCall and a heap operation in the reactor each time; a
 heap of our own with lazy cancellation, served by a single DelayedCall for
 the earliest deadline, is several times cheaper. SIP timers are at least
 tens of milliseconds, so deadlines are coalesced to ``resolution``.
+
+Most timers are cancelled long before their deadline (B, F, C: up to
+minutes), so the heap counts its cancelled entries and rebuilds itself
+without them once they are more than half of it (and more than
+``COMPACT_MIN``): each rebuild is O(n) after at least n/2 cancellations, so
+amortised O(1) per cancel, and the shells never outnumber the live timers.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from typing import Any
+
+# Below this many cancelled entries a rebuild is not worth its pass.
+COMPACT_MIN = 256
 
 
 def _noop(*args: Any) -> None:
@@ -24,17 +33,34 @@ class Timer:
     the two methods of a DelayedCall the transaction code uses, ``cancel()``
     and ``active()``."""
 
-    __slots__ = ("deadline", "func", "args", "cancelled")
+    __slots__ = ("deadline", "func", "args", "cancelled", "owner")
 
-    def __init__(self, deadline: float, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(self, deadline: float, func: Callable[..., Any], args: tuple[Any, ...],
+                 owner: TimerHeap | None = None) -> None:
         self.deadline = deadline
         self.func = func
         self.args = args
         self.cancelled = False
+        # The heap this timer still sits in, told of the cancellation so it
+        # can compact; None once fired, popped or the heap stopped.
+        self.owner = owner
 
     def cancel(self) -> None:
-        # The heap keeps this shell until its deadline (B, C: up to minutes);
-        # let go of the transaction it would have called now.
+        if self.cancelled:
+            return
+        # The heap keeps this shell until its deadline or a compaction; let
+        # go of the transaction it would have called now.
+        self.cancelled = True
+        self.func = _noop
+        self.args = ()
+        owner = self.owner
+        if owner is not None:
+            self.owner = None
+            owner._cancelled_one()
+
+    def _fired(self) -> None:
+        # Popped to run: it is out of the heap, so not counted as a shell.
+        self.owner = None
         self.cancelled = True
         self.func = _noop
         self.args = ()
@@ -47,7 +73,7 @@ class TimerHeap:
     """The proxy core's timers (api.CoreAPI.call_later and every transaction
     timer): a heap of Timers ordered by deadline, served by one reactor
     DelayedCall for the earliest; cancelled ones stay as shells until popped
-    or compacted."""
+    or compacted (when they are more than half of the heap)."""
 
     def __init__(self, clock: Any, resolution: float = 0.01) -> None:
         self.clock = clock
@@ -56,15 +82,13 @@ class TimerHeap:
         self._seq = 0
         self._call: Any = None
         self._call_at = 0.0
+        self._dead = 0  # cancelled entries still in _heap
 
     def call_later(self, delay: float, func: Callable[..., Any], *args: Any) -> Timer:
         deadline = self.clock.seconds() + delay
-        timer = Timer(deadline, func, args)
+        timer = Timer(deadline, func, args, self)
         self._seq += 1
-        heap = self._heap
-        heapq.heappush(heap, (deadline, self._seq, timer))
-        if len(heap) > 4096 and self._seq % 4096 == 0:
-            self._compact()
+        heapq.heappush(self._heap, (deadline, self._seq, timer))
         if self._call is None:
             self._schedule(deadline)
         elif deadline + self.resolution < self._call_at:
@@ -84,12 +108,14 @@ class TimerHeap:
         while heap and heap[0][0] <= limit:
             _, _, timer = heapq.heappop(heap)
             if timer.cancelled:
+                self._dead -= 1
                 continue
             func, args = timer.func, timer.args
-            timer.cancel()
+            timer._fired()
             func(*args)
         while heap and heap[0][2].cancelled:
             heapq.heappop(heap)
+            self._dead -= 1
         if heap:
             # A timer armed by a callback above may have scheduled the call
             # for itself, later than an older entry still waiting.
@@ -99,19 +125,34 @@ class TimerHeap:
                 self._call.cancel()
                 self._schedule(heap[0][0])
 
+    def _cancelled_one(self) -> None:
+        self._dead += 1
+        if self._dead > COMPACT_MIN and self._dead * 2 > len(self._heap):
+            self._compact()
+
     def _compact(self) -> None:
-        """Drop cancelled shells once they outnumber the live timers: most
-        timers are cancelled long before their deadline (B, F, C)."""
-        live = [entry for entry in self._heap if not entry[2].cancelled]
-        if len(live) * 2 < len(self._heap):
-            heapq.heapify(live)
-            self._heap = live
+        """Drop the cancelled shells.  In place: _run holds the list while
+        its callbacks may cancel timers.  The earliest deadline can only move
+        later, so the one DelayedCall stays valid (it finds nothing due, or
+        reschedules, in _run)."""
+        heap = self._heap
+        heap[:] = [entry for entry in heap if not entry[2].cancelled]
+        heapq.heapify(heap)
+        self._dead = 0
 
     def stop(self) -> None:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        for _, _, timer in self._heap:
+            timer.owner = None
         self._heap.clear()
+        self._dead = 0
 
     def __len__(self) -> int:
-        return sum(1 for _, _, t in self._heap if not t.cancelled)
+        """Live (armed, not cancelled) timers."""
+        return len(self._heap) - self._dead
+
+    def entries(self) -> int:
+        """Entries held, cancelled shells included (what the memory costs)."""
+        return len(self._heap)
