@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Memory benchmark: the proxy's RSS and PSS under a call load, with Kamailio as the reference.
 
-    python bench/memory.py [--rate 300] [--duration 40] [--hold-ms 500]
+    python bench/memory.py [--parts calls,registrations]
+                           [--rate 300] [--duration 40] [--hold-ms 500]
+                           [--phones 10000] [--reg-rate 500] [--settle 35]
                            [--tree DIR] [--no-kamailio] [--no-sipsuite]
 
+Two parts, each for sipsuite and Kamailio in the same run.
+
+calls:
 Topology as bench/proxy_cps.py (sipp uac call_uac.xml -> proxy -> sipp uas
 uas_answer.xml, everything on 127.0.0.1, ports picked at run time), with one
 fresh UAS and one fresh proxy per proxy measured, one after the other in the
@@ -29,8 +34,18 @@ working directory), e.g. an older commit in a worktree:
     git worktree add --detach /tmp/mem-old f3704e2
     python bench/memory.py --tree /tmp/mem-old --no-kamailio
 
-The load is bounded in count (sipp -m rate x duration) and in time (an outer
-`timeout` on sipp).  Needs sipp and kamailio on PATH.  Linux only (/proc).
+registrations: --phones phones (users from an injection file, one each, as
+bench/register_rate.py's) registered once each for an hour with sipp
+(bench/register_inf_uac.xml: no authentication) at --reg-rate per second,
+into ``twistd sip-proxy`` with auth off and the in-memory location store (no
+Redis: the twin of Kamailio's usrloc) and into Kamailio
+(bench/kamailio-registrar.cfg -A NO_AUTH, usrloc db_mode 0).  Memory is read
+idle and --settle seconds after the last registration (sipsuite keeps each
+REGISTER transaction for timer J, 32 s; Kamailio answers statelessly), and
+the growth divided by the phones registered is the bytes per phone.
+
+The load is bounded in count (sipp -m) and in time (an outer `timeout` on
+sipp).  Needs sipp and kamailio on PATH.  Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -38,6 +53,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import benchlib
+import register_rate
 from benchlib import (
     HOST,
     free_udp_port,
@@ -60,6 +77,7 @@ from benchlib import (
 )
 
 DEFAULT_SIPP_DIR = benchlib.REPO / "examples" / "sipp"
+REG_SCENARIO = benchlib.BENCH / "register_inf_uac.xml"
 MB = 1024 * 1024
 # Seconds each proxy keeps a finished transaction (see the docstring), per call:
 # sipsuite: INVITE server (L) + INVITE client (M) + BYE server (J) + BYE client (K).
@@ -160,6 +178,69 @@ def measure(which: str, args: argparse.Namespace, workroot: Path) -> MemResult:
     return result
 
 
+@dataclass
+class RegResult:
+    proxy: str
+    phones: int
+    ok: int = 0  # read_uac sets these five
+    failed: int = 0
+    retrans: int = 0
+    sipp_rc: int | None = None
+    timed_out: bool = False
+    idle: tuple[int, int] = (0, 0)
+    held: tuple[int, int] = (0, 0)
+    notes: list[str] = field(default_factory=list)
+
+
+def measure_registrations(which: str, args: argparse.Namespace, workroot: Path) -> RegResult:
+    """One fresh registrar; ``args.phones`` phones registered once each."""
+    result = RegResult(which, args.phones)
+    workdir = workroot / f"reg-{which}"
+    workdir.mkdir()
+    width = len(str(args.phones))
+    # register_rate.py's user names; no password: no authentication here.
+    (workdir / "users.csv").write_text("SEQUENTIAL\n" + "".join(
+        register_rate.user_name(i, width) + "\n" for i in range(1, args.phones + 1)))
+    limit = args.phones / args.reg_rate + register_rate.SIPP_GRACE
+    if which == "sipsuite":
+        server = register_rate.sipsuite_registrar(workdir, "", auth=False)
+    else:
+        server = register_rate.kamailio_registrar(workdir, workdir / "unused-db", "none")
+    with server as srv:
+        time.sleep(1.0)  # settled after the readiness pings
+        result.idle = group_memory(srv.proc.pid)
+        uac = start_sipp(workdir, "uac", limit + 15, [
+            f"{HOST}:{srv.port}",
+            "-sf", str(REG_SCENARIO), "-inf", str(workdir / "users.csv"),
+            "-i", HOST, "-p", str(free_udp_port()),
+            "-r", str(args.reg_rate), "-m", str(args.phones),
+            "-timeout", f"{limit:.0f}s", "-timeout_error",
+        ])  # fmt: skip
+        try:
+            uac.proc.wait(timeout=limit + 20)
+        except subprocess.TimeoutExpired:
+            result.notes.append("sipp outlived its timeout; killed")
+        kill_group(uac.proc)
+        read_uac(result, uac)
+        # Let the finished REGISTER transactions go (timer J), then read.
+        time.sleep(args.settle)
+        result.held = group_memory(srv.proc.pid)
+        if srv.proc.poll() is not None:
+            result.notes.append(f"registrar died (status {srv.proc.returncode})")
+    return result
+
+
+def report_registrations(r: RegResult) -> None:
+    grown = r.held[1] - r.idle[1]
+    print(f"  {r.proxy}: {r.ok}/{r.phones} phones registered, {r.failed} failed;"
+          f" idle RSS {r.idle[0] / MB:.1f} MB PSS {r.idle[1] / MB:.1f} MB;"
+          f" with the phones RSS {r.held[0] / MB:.1f} MB PSS {r.held[1] / MB:.1f} MB;"
+          f" {grown / max(1, r.ok):,.0f} B of PSS per phone"
+          f" ({(r.held[0] - r.idle[0]) / max(1, r.ok):,.0f} B of RSS)", flush=True)
+    for note in r.notes:
+        print("    " + note.replace("\n", "\n    "), flush=True)
+
+
 def report(r: MemResult, args: argparse.Namespace) -> None:
     idle_rss, idle_pss = r.idle
     top_rss, top_pss = r.plateau
@@ -184,6 +265,15 @@ def report(r: MemResult, args: argparse.Namespace) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--parts", default="calls,registrations",
+                   help="comma-separated: calls, registrations (default both)")
+    p.add_argument("--phones", type=int, default=10000,
+                   help="phones registered in the registrations part (default 10000)")
+    p.add_argument("--reg-rate", type=int, default=500,
+                   help="registrations per second (default 500)")
+    p.add_argument("--settle", type=float, default=35.0,
+                   help="seconds after the last registration before reading memory"
+                        " (default 35: sipsuite's timer J is 32 s)")
     p.add_argument("--rate", type=int, default=300, help="calls per second (default 300)")
     p.add_argument("--duration", type=float, default=40.0, help="seconds of load (default 40)")
     p.add_argument("--hold-ms", type=int, default=500, help="call length, sipp -d (default 500)")
@@ -200,6 +290,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0 or args.hold_ms < 0:
         p.error("--rate and --duration must be positive")
+    args.parts = {x.strip() for x in args.parts.split(",") if x.strip()}
+    if not args.parts or args.parts - {"calls", "registrations"}:
+        p.error("--parts: calls and/or registrations")
+    if args.phones <= 0 or args.reg_rate <= 0 or args.settle < 0:
+        p.error("--phones and --reg-rate must be positive")
     return args
 
 
@@ -212,15 +307,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         # benchlib.start_twistd puts REPO first on PYTHONPATH and runs there.
         benchlib.REPO = args.tree.resolve()
     workroot = Path(tempfile.mkdtemp(prefix="memory."))
-    print(f"{args.rate} calls/s of {args.hold_ms} ms calls for {args.duration:g} s"
-          f" ({round(args.rate * args.duration)} calls per proxy),"
-          f" sipsuite from {benchlib.REPO}, work files in {workroot}", flush=True)
+    print(f"sipsuite from {benchlib.REPO}, work files in {workroot}", flush=True)
     results: list[MemResult] = []
     keep = args.keep
+    which_ones = [w for w in ("sipsuite", "kamailio")
+                  if not (w == "sipsuite" and args.no_sipsuite)
+                  and not (w == "kamailio" and args.no_kamailio)]
     try:
-        for which in ("sipsuite", "kamailio"):
-            if (which == "sipsuite" and args.no_sipsuite) or (which == "kamailio" and args.no_kamailio):
-                continue
+        if "registrations" in args.parts:
+            print(f"registrations: {args.phones} phones at {args.reg_rate}/s, read"
+                  f" {args.settle:g} s after the last", flush=True)
+            regs = []
+            for which in which_ones:
+                reg = measure_registrations(which, args, workroot)
+                report_registrations(reg)
+                regs.append(reg)
+                keep = keep or bool(reg.failed or reg.notes)
+            if len(regs) == 2 and regs[1].ok and regs[0].ok:
+                per_ours, per_kam = ((g.held[1] - g.idle[1]) / g.ok for g in regs)
+                if per_kam > 0:
+                    print(f"  per phone sipsuite / Kamailio: {per_ours / per_kam:.1f}x", flush=True)
+        if "calls" not in args.parts:
+            return 0
+        print(f"calls: {args.rate} calls/s of {args.hold_ms} ms calls for {args.duration:g} s"
+              f" ({round(args.rate * args.duration)} calls per proxy)", flush=True)
+        for which in which_ones:
             r = measure(which, args, workroot)
             report(r, args)
             results.append(r)

@@ -296,7 +296,9 @@ def provision(mgmt_port: int, pop: Population, numbers: Sequence[int]) -> tuple[
 
 
 @contextmanager
-def sipsuite_registrar(workdir: Path, redis_url: str) -> Iterator[Server]:
+def sipsuite_registrar(workdir: Path, redis_url: str, auth: bool = True) -> Iterator[Server]:
+    """``redis_url`` "" is the in-memory store; ``auth`` False (bench/memory.py)
+    saves every REGISTER unchallenged."""
     port = free_udp_port()
     mgmt = free_tcp_port()
     proc = start_twistd(workdir, (
@@ -304,7 +306,7 @@ def sipsuite_registrar(workdir: Path, redis_url: str) -> Iterator[Server]:
         f'listen = ["udp:{HOST}:{port}"]\n'
         f'domains = ["{HOST}"]\n'
         "[features]\n"
-        "auth = true\n"
+        f"auth = {'true' if auth else 'false'}\n"
         "[auth]\n"
         f'realm = "{REALM}"\n'
         "[redis]\n"
@@ -347,6 +349,8 @@ def write_kamailio_db(dbdir: Path, pop: Population) -> None:
 
 @contextmanager
 def kamailio_registrar(workdir: Path, dbdir: Path, auth: str) -> Iterator[Server]:
+    """``auth``: "htable", "db_text" (auth_db) or "none" (no
+    authentication, the db directory unused: bench/memory.py)."""
     port = free_udp_port()
     rundir = workdir / "kamrun"
     rundir.mkdir()
@@ -358,6 +362,7 @@ def kamailio_registrar(workdir: Path, dbdir: Path, auth: str) -> Iterator[Server
         "-A", f'DBURL="text://{dbdir}"',
         "-A", f'REALM="{REALM}"',
         *(["-A", "WITH_HTABLE"] if auth == "htable" else []),
+        *(["-A", "NO_AUTH"] if auth == "none" else []),
     ]  # fmt: skip
     proc = popen_logged(cmd, log, workdir)
     try:

@@ -18,6 +18,7 @@ records flows through FLOWS when the outbound module is there.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -190,9 +191,13 @@ def parse_register(req: Request, source: Source | None, cfg: RegistrarConfig) ->
     _outbound(req, reg, cfg)
     if source is not None:
         reg.received = str(source)
-        reg.socket = repr(source.listener)
+        # Interned: every binding keeps these, and a registrar has a handful
+        # of listeners and of phone models, not one per phone (issue 19:
+        # ~60 bytes each per binding).  Mortal in CPython: dropped with the
+        # last binding that uses them.
+        reg.socket = sys.intern(repr(source.listener))
         reg.nat = behind_nat(req, source)
-    reg.user_agent = (req.header("user-agent") or "")[:200]
+    reg.user_agent = sys.intern((req.header("user-agent") or "")[:200])
     return reg
 
 
