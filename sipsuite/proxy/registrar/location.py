@@ -76,6 +76,10 @@ class LocationStore(Protocol):
         ...
 
 
+# Stale expiry entries tolerated beyond one per AOR before a rebuild.
+EXPIRY_SLACK = 1024
+
+
 class MemoryLocationStore:
     """Bindings in this process's memory; lost when it stops."""
 
@@ -83,6 +87,10 @@ class MemoryLocationStore:
         self.clock = clock
         self._aors: dict[str, list[Binding]] = {}
         # (expiry, aor): lets purge() find expired AORs without a full scan.
+        # Every REGISTER pushes one and the stale ones (a refreshed AOR's
+        # earlier expiries) stay until popped, so a phone refreshing every
+        # minute for an hour's expiry would leave 60; _store rebuilds the heap
+        # (one entry per AOR) when it outgrows the AORs, which bounds it.
         self._expiry: list[tuple[float, str]] = []
 
     def _purge(self, now: float) -> None:
@@ -103,6 +111,17 @@ class MemoryLocationStore:
         ends = [b.expires for b in bindings if b.expires is not None]
         if ends:
             heapq.heappush(self._expiry, (min(ends), aor))
+            if len(self._expiry) > 2 * len(self._aors) + EXPIRY_SLACK:
+                self._rebuild_expiry()
+
+    def _rebuild_expiry(self) -> None:
+        """One entry per AOR, its earliest expiry.  In place: _purge holds the
+        list while it calls _store.  O(AORs) after at least AORs + slack
+        pushes: amortised O(1) per REGISTER."""
+        heap = self._expiry
+        heap[:] = [(min(ends), aor) for aor, bindings in self._aors.items()
+                   if (ends := [b.expires for b in bindings if b.expires is not None])]
+        heapq.heapify(heap)
 
     async def lookup(self, aor: str) -> list[Binding]:
         now = self.clock()
