@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Memory benchmark: the proxy's RSS and PSS under a call load, with Kamailio as the reference.
+"""Memory benchmark: the proxy's RSS and PSS per call and per phone, against Kamailio.
 
     python bench/memory.py [--parts calls,registrations]
                            [--rate 300] [--duration 40] [--hold-ms 500]
