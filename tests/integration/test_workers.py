@@ -4,7 +4,8 @@ raw UDP peers on loopback ports chosen at run time.
 
 - sipp 200 calls over UDP through the two workers, 0 failed; both workers
   forward (the callee sees both private Via ports), Record-Route names the
-  shared port;
+  shared port; the requests leave from the shared port and the callee's
+  answers to it reach the worker holding the call;
 - 50 calls from a TCP caller;
 - the supervisor's ``stats`` adds the workers' counters up and shows each
   worker's (both carry load); ``routing reload`` and ``debug`` reach both;
@@ -136,7 +137,9 @@ def test_two_workers_serve_200_udp_calls(sipp_bin: str, setup: Setup, tmp_path: 
     invites = [t.msg for t in parse_sipp_messages(res.messages_path)
                if t.direction == "received" and not t.msg.is_response and t.msg.method == "INVITE"]
     senders = {via_sent_by(m.vias[0]) for m in invites}
-    # Each worker forwards from its own port, named in its Via: two workers, two ports.
+    # Each worker names its own port in its Via (and sends from the shared
+    # one; sipp answers to the source: see test_retransmitted_invite_is_absorbed):
+    # two workers, two ports.
     assert len(senders) == 2 and shared not in senders, f"proxy Vias seen: {senders}" + diag
     for m in invites:
         rr = m.header_values("record-route")
@@ -213,6 +216,14 @@ def test_retransmitted_invite_is_absorbed(setup: Setup) -> None:
     acks = setup.busy.wait_for("ACK", 1, timeout=1.0)
     assert len(setup.busy.messages("INVITE")) == 1, "the retransmissions reached the callee" + diag
     assert acks, "the worker holding the INVITE did not ACK the 486" + diag
+    # NAT-safe: the INVITE left from the shared port (a phone behind a
+    # port-restricted NAT lets only that through) with the worker's private
+    # port in its Via; the callee answered to the source, the shared port,
+    # and the worker there passed the answers to the one holding the call.
+    invite = setup.busy.messages("INVITE")[0]
+    shared = (LOCALHOST, setup.proxy.port)
+    assert tuple(invite.addr[:2]) == shared, f"INVITE came from {invite.addr}" + diag
+    assert via_sent_by(invite.msg.vias[0]) != f"{LOCALHOST}:{setup.proxy.port}", diag
 
 
 def test_cancel_gets_487(sipp_bin: str, setup: Setup, tmp_path: Path) -> None:
