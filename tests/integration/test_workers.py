@@ -13,7 +13,8 @@ raw UDP peers on loopback ports chosen at run time.
 - CANCEL: every caller gets 200 for it and 487 for its INVITE;
 - SIGKILL one worker: the other keeps answering, the supervisor logs why
   the worker died and starts it again;
-- SIGTERM to the supervisor stops every worker, and it exits.
+- SIGTERM to the supervisor stops every worker, and it exits;
+- a REGISTER's Authorization replayed to the other worker is challenged.
 """
 
 from __future__ import annotations
@@ -272,3 +273,76 @@ def test_sigterm_stops_every_worker(setup: Setup) -> None:
     for pid in workers.values():
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert wait_log(proxy, r"stopping 2 worker\(s\)", 1, 1.0), setup.diag()
+
+
+# --------------------------------------------------------------------------- nonce-count replays
+
+
+@pytest.fixture(scope="module")
+def auth_proxy(proxy_factory: ProxyFactory) -> Iterator[procs.ProxyProcess]:
+    """Two workers with digest auth, sharing [auth] secret (so a nonce one
+    worker issued is good at the other) and Redis."""
+    import redisproc
+
+    redis = redisproc.RedisServer()
+    redis.start()
+    try:
+        proxy = proxy_factory("workers-auth", plugin="sip-proxy", extra_proxy={"workers": 2},
+                              tables={"redis": {"url": redis.url(6)}, "features": {"auth": True},
+                                      "auth": {"realm": DOMAIN, "secret": "shared-by-workers",
+                                               "algorithms": ["MD5"]}})
+        ready = wait_log(proxy, r"worker [01]: sip proxy ready", 2)
+        assert ready, "both workers did not come up\n" + proxy.diagnostics(120)
+        yield proxy
+    finally:
+        redis.close()
+
+
+def registers_per_worker(proxy: procs.ProxyProcess) -> dict[str, int]:
+    res = proxy.ctl("--json", "stats")
+    assert res.returncode == 0, res.stderr
+    return {n: w["requests_by_method"].get("REGISTER", 0)
+            for n, w in json.loads(res.stdout)["workers"].items()}
+
+
+def test_nonce_replay_to_the_other_worker_is_refused(auth_proxy: procs.ProxyProcess) -> None:
+    """A REGISTER's Authorization sent again from other sources (the kernel
+    gives some of them to the other worker) is challenged every time, as a
+    replay to the same worker is: the nonce-count check is in Redis."""
+    from digestclient import challenges, credentials
+
+    proxy = auth_proxy
+    assert proxy.ctl("user", "add", "erin", "pw-erin").returncode == 0, proxy.diagnostics()
+
+    def register(ep: UdpEndpoint, cseq: int, auth: str | None = None) -> procs.SipMessage:
+        msg = procs.build_request(
+            "REGISTER", f"sip:{DOMAIN}", sent_by=ep.sent_by, from_uri=f"sip:erin@{DOMAIN}",
+            to_uri=f"sip:erin@{DOMAIN}", cseq=cseq, call_id="replay-1",
+            contact=f"sip:erin@{ep.sent_by}",
+            extra=[("Expires", "60")] + ([("Authorization", auth)] if auth else []))
+        ep.send(msg, proxy.address)
+        got = ep.recv_until(is_final, 5.0)
+        assert got is not None, "no answer\n" + proxy.diagnostics()
+        return got.msg
+
+    with UdpEndpoint() as phone:
+        first = register(phone, 1)
+        assert first.status == 401, first.start_line
+        auth = credentials(challenges(first, "www-authenticate")[0], "erin", "pw-erin",
+                           "REGISTER", f"sip:{DOMAIN}")
+        ok = register(phone, 2, auth)
+        assert ok.status == 200, ok.start_line
+    before = registers_per_worker(proxy)
+    home = max(before, key=lambda n: before[n])  # the worker that took the phone's two
+    elsewhere = 0
+    for cseq in range(3, 19):
+        with UdpEndpoint() as thief:
+            replay = register(thief, cseq, auth)
+        assert replay.status == 401, f"replayed nonce-count accepted: {replay.start_line}"
+        assert "stale" not in (replay.header_values("www-authenticate") or [""])[0].lower()
+        now = registers_per_worker(proxy)
+        elsewhere = sum(v for n, v in now.items() if n != home) - sum(
+            v for n, v in before.items() if n != home)
+        if elsewhere >= 2:
+            break
+    assert elsewhere >= 1, f"no replay reached the other worker: {registers_per_worker(proxy)}"
