@@ -4,7 +4,8 @@ raw UDP peers on loopback ports chosen at run time.
 
 - sipp 200 calls over UDP through the two workers, 0 failed; both workers
   forward (the callee sees both private Via ports), Record-Route names the
-  shared port;
+  shared port; the requests leave from the shared port and the callee's
+  answers to it reach the worker holding the call;
 - 50 calls from a TCP caller;
 - the supervisor's ``stats`` adds the workers' counters up and shows each
   worker's (both carry load); ``routing reload`` and ``debug`` reach both;
@@ -12,7 +13,8 @@ raw UDP peers on loopback ports chosen at run time.
 - CANCEL: every caller gets 200 for it and 487 for its INVITE;
 - SIGKILL one worker: the other keeps answering, the supervisor logs why
   the worker died and starts it again;
-- SIGTERM to the supervisor stops every worker, and it exits.
+- SIGTERM to the supervisor stops every worker, and it exits;
+- a REGISTER's Authorization replayed to the other worker is challenged.
 """
 
 from __future__ import annotations
@@ -136,7 +138,9 @@ def test_two_workers_serve_200_udp_calls(sipp_bin: str, setup: Setup, tmp_path: 
     invites = [t.msg for t in parse_sipp_messages(res.messages_path)
                if t.direction == "received" and not t.msg.is_response and t.msg.method == "INVITE"]
     senders = {via_sent_by(m.vias[0]) for m in invites}
-    # Each worker forwards from its own port, named in its Via: two workers, two ports.
+    # Each worker names its own port in its Via (and sends from the shared
+    # one; sipp answers to the source: see test_retransmitted_invite_is_absorbed):
+    # two workers, two ports.
     assert len(senders) == 2 and shared not in senders, f"proxy Vias seen: {senders}" + diag
     for m in invites:
         rr = m.header_values("record-route")
@@ -213,6 +217,14 @@ def test_retransmitted_invite_is_absorbed(setup: Setup) -> None:
     acks = setup.busy.wait_for("ACK", 1, timeout=1.0)
     assert len(setup.busy.messages("INVITE")) == 1, "the retransmissions reached the callee" + diag
     assert acks, "the worker holding the INVITE did not ACK the 486" + diag
+    # NAT-safe: the INVITE left from the shared port (a phone behind a
+    # port-restricted NAT lets only that through) with the worker's private
+    # port in its Via; the callee answered to the source, the shared port,
+    # and the worker there passed the answers to the one holding the call.
+    invite = setup.busy.messages("INVITE")[0]
+    shared = (LOCALHOST, setup.proxy.port)
+    assert tuple(invite.addr[:2]) == shared, f"INVITE came from {invite.addr}" + diag
+    assert via_sent_by(invite.msg.vias[0]) != f"{LOCALHOST}:{setup.proxy.port}", diag
 
 
 def test_cancel_gets_487(sipp_bin: str, setup: Setup, tmp_path: Path) -> None:
@@ -261,3 +273,76 @@ def test_sigterm_stops_every_worker(setup: Setup) -> None:
     for pid in workers.values():
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert wait_log(proxy, r"stopping 2 worker\(s\)", 1, 1.0), setup.diag()
+
+
+# --------------------------------------------------------------------------- nonce-count replays
+
+
+@pytest.fixture(scope="module")
+def auth_proxy(proxy_factory: ProxyFactory) -> Iterator[procs.ProxyProcess]:
+    """Two workers with digest auth, sharing [auth] secret (so a nonce one
+    worker issued is good at the other) and Redis."""
+    import redisproc
+
+    redis = redisproc.RedisServer()
+    redis.start()
+    try:
+        proxy = proxy_factory("workers-auth", plugin="sip-proxy", extra_proxy={"workers": 2},
+                              tables={"redis": {"url": redis.url(6)}, "features": {"auth": True},
+                                      "auth": {"realm": DOMAIN, "secret": "shared-by-workers",
+                                               "algorithms": ["MD5"]}})
+        ready = wait_log(proxy, r"worker [01]: sip proxy ready", 2)
+        assert ready, "both workers did not come up\n" + proxy.diagnostics(120)
+        yield proxy
+    finally:
+        redis.close()
+
+
+def registers_per_worker(proxy: procs.ProxyProcess) -> dict[str, int]:
+    res = proxy.ctl("--json", "stats")
+    assert res.returncode == 0, res.stderr
+    return {n: w["requests_by_method"].get("REGISTER", 0)
+            for n, w in json.loads(res.stdout)["workers"].items()}
+
+
+def test_nonce_replay_to_the_other_worker_is_refused(auth_proxy: procs.ProxyProcess) -> None:
+    """A REGISTER's Authorization sent again from other sources (the kernel
+    gives some of them to the other worker) is challenged every time, as a
+    replay to the same worker is: the nonce-count check is in Redis."""
+    from digestclient import challenges, credentials
+
+    proxy = auth_proxy
+    assert proxy.ctl("user", "add", "erin", "pw-erin").returncode == 0, proxy.diagnostics()
+
+    def register(ep: UdpEndpoint, cseq: int, auth: str | None = None) -> procs.SipMessage:
+        msg = procs.build_request(
+            "REGISTER", f"sip:{DOMAIN}", sent_by=ep.sent_by, from_uri=f"sip:erin@{DOMAIN}",
+            to_uri=f"sip:erin@{DOMAIN}", cseq=cseq, call_id="replay-1",
+            contact=f"sip:erin@{ep.sent_by}",
+            extra=[("Expires", "60")] + ([("Authorization", auth)] if auth else []))
+        ep.send(msg, proxy.address)
+        got = ep.recv_until(is_final, 5.0)
+        assert got is not None, "no answer\n" + proxy.diagnostics()
+        return got.msg
+
+    with UdpEndpoint() as phone:
+        first = register(phone, 1)
+        assert first.status == 401, first.start_line
+        auth = credentials(challenges(first, "www-authenticate")[0], "erin", "pw-erin",
+                           "REGISTER", f"sip:{DOMAIN}")
+        ok = register(phone, 2, auth)
+        assert ok.status == 200, ok.start_line
+    before = registers_per_worker(proxy)
+    home = max(before, key=lambda n: before[n])  # the worker that took the phone's two
+    elsewhere = 0
+    for cseq in range(3, 19):
+        with UdpEndpoint() as thief:
+            replay = register(thief, cseq, auth)
+        assert replay.status == 401, f"replayed nonce-count accepted: {replay.start_line}"
+        assert "stale" not in (replay.header_values("www-authenticate") or [""])[0].lower()
+        now = registers_per_worker(proxy)
+        elsewhere = sum(v for n, v in now.items() if n != home) - sum(
+            v for n, v in before.items() if n != home)
+        if elsewhere >= 2:
+            break
+    assert elsewhere >= 1, f"no replay reached the other worker: {registers_per_worker(proxy)}"

@@ -142,17 +142,118 @@ class Sent:
         return True
 
 
-def test_requests_leave_from_the_private_socket_answers_from_the_shared_one() -> None:
+INVITE = (b"INVITE sip:a@192.0.2.9 SIP/2.0\r\n"
+          b"Via: SIP/2.0/UDP 127.0.0.1:40001;branch=z9hG4bKx\r\nContent-Length: 0\r\n\r\n")
+PROBE = (b"OPTIONS sip:192.0.2.9 SIP/2.0\r\n"
+         b"Via: SIP/2.0/UDP 127.0.0.1:40001;branch=z9hG4bKy;rport\r\n"
+         b"Via: SIP/2.0/UDP 192.0.2.8;branch=z9hG4bKz;rport\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_requests_leave_from_the_shared_socket_rport_probes_from_the_private_one() -> None:
+    """A phone behind a port-restricted NAT lets through only what comes
+    from the port it registered to: a worker's requests leave from the
+    shared socket (their Via names the private port, where the answer
+    goes without rport); only a request asking for rport (a dispatcher
+    probe) leaves from the private one, since it is answered to its source."""
     layer = TransportLayer(task.Clock(), lambda *_: None)
     listener = Listener("udp", "127.0.0.1", 5060, "127.0.0.1")
     shared, private = Sent(), Sent()
     layer.udp[listener] = shared  # type: ignore[assignment]
     layer.private[listener] = private  # type: ignore[assignment]
-    layer.send(b"INVITE sip:a@b SIP/2.0\r\n\r\n", "udp", "127.0.0.1", 5070, listener)
-    layer.send(b"SIP/2.0 200 OK\r\n\r\n", "udp", "127.0.0.1", 5070, listener)
+    layer.send(INVITE, "udp", "127.0.0.1", 5070, listener)
+    layer.send(PROBE, "udp", "127.0.0.1", 5070, listener)
+    layer.send(b"SIP/2.0 200 OK\r\nVia: x;rport\r\n\r\n", "udp", "127.0.0.1", 5070, listener)
     layer.send(b"\r\n\r\n", "udp", "127.0.0.1", 5070, listener)  # natping's CRLF keep-alive
-    assert private.sent == [b"INVITE sip:a@b SIP/2.0\r\n\r\n"]
-    assert shared.sent == [b"SIP/2.0 200 OK\r\n\r\n", b"\r\n\r\n"]
+    assert private.sent == [PROBE]
+    assert shared.sent == [INVITE, b"SIP/2.0 200 OK\r\nVia: x;rport\r\n\r\n", b"\r\n\r\n"]
+
+
+def test_a_forwarded_request_leaves_from_the_shared_port_naming_the_private_one(
+        tmp_path: Path) -> None:
+    """Through a core (ProxyKit, its transport's own send): the forwarded
+    INVITE and natping's OPTIONS (core.uac without rport) leave from the
+    shared socket with the private port in their Via; a dispatcher probe
+    (rport=True) from the private socket."""
+    from proxykit import ProxyKit, request
+
+    kit = ProxyKit(tmp_path, static={"bob": "sip:bob@192.0.2.9:5080"})
+    layer = kit.core.transport
+    del layer.send  # ProxyKit's recorder: the real TransportLayer.send again
+    kit.listener.via_port = 40001
+    shared, private = Sent(), Sent()
+    layer.udp[kit.listener] = shared  # type: ignore[assignment]
+    layer.private[kit.listener] = private  # type: ignore[assignment]
+    kit.feed(request("INVITE", "sip:bob@sipsuite.test"), "127.0.0.2")
+    invites = [d for d in shared.sent if d.startswith(b"INVITE ")]
+    assert len(invites) == 1 and private.sent == []
+    via = next(line for line in invites[0].split(b"\r\n") if line.startswith(b"Via: "))
+    assert via.startswith(b"Via: SIP/2.0/UDP 127.0.0.1:40001;branch=") and b"rport" not in via
+    shared.sent.clear()
+    kit.core.uac.request("OPTIONS", "sip:192.0.2.9:5080", _target(), rport=True)
+    kit.core.uac.request("OPTIONS", "sip:192.0.2.9:5080", _target())  # natping's keep-alive
+    assert len(private.sent) == 1 and len(shared.sent) == 1
+    probe, ping = private.sent[0].decode(), shared.sent[0].decode()
+    assert ":40001;branch=" in probe and probe.split("\r\n")[1].endswith(";rport")
+    assert ":40001;branch=" in ping and ";rport" not in ping
+
+
+def _target() -> Any:
+    from sipsuite.proxy.net.resolver import Target
+
+    return Target("udp", "192.0.2.9", 5080)
+
+
+def test_a_response_for_another_worker_is_passed_to_its_private_port() -> None:
+    """A next hop that answers to the source port (sipp does) sends the
+    answer to the shared port, where the kernel may pick another worker: it
+    passes the answer to the private port the Via names, with the source."""
+    from twisted.internet import reactor
+
+    got: list[tuple[Any, Any]] = []
+    layers = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        for _ in range(2):
+            layer = TransportLayer(reactor, lambda m, s: got.append((m, s)))
+            layer.workers = True
+            layer.listen(Listener("udp", "127.0.0.1", port, "127.0.0.1"))
+            layers.append(layer)
+        a, b = (layer.listeners[0] for layer in layers)
+        resp = (f"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 127.0.0.1:{b.via_port};branch=z9hG4bKq\r\n"
+                "From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c@x\r\n"
+                "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode()
+        # Worker a's shared socket got it: nothing reaches a's core...
+        layers[0].udp[a].datagramReceived(resp, ("192.0.2.50", 5099))
+        assert got == []
+        # ...b's private socket gets it, with the source it came from.
+        data = _drain(layers[1].private[b])
+        assert data.startswith(b"\x7fsipsuite-relay 192.0.2.50 5099\n")
+        layers[1].private[b].datagramReceived(data, ("127.0.0.1", port))
+        assert len(got) == 1
+        msg, source = got[0]
+        assert msg.status == 180 and (source.host, source.port) == ("192.0.2.50", 5099)
+        # From anyone but a shared socket of ours, a relay mark is dropped.
+        layers[1].private[b].datagramReceived(data, ("127.0.0.1", port + 1))
+        assert len(got) == 1 and layers[1].drops["relay"] == 1
+        # An answer to our own private port or one for nobody of ours stays.
+        own = resp.replace(str(b.via_port).encode(), str(a.via_port).encode())
+        layers[0].udp[a].datagramReceived(own, ("192.0.2.50", 5099))
+        assert len(got) == 2
+    finally:
+        for layer in layers:
+            layer.stop()
+
+
+def _drain(proto: Any) -> bytes:
+    """The datagram waiting on ``proto``'s socket (the reactor is not run)."""
+    sock = proto.transport.socket
+    sock.settimeout(2)
+    try:
+        return sock.recv(65535)
+    finally:
+        sock.setblocking(False)
 
 
 def test_workers_bind_the_same_udp_and_tcp_port_and_a_private_one() -> None:

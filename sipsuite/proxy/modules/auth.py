@@ -5,7 +5,11 @@ Nonces are stateless (an HMAC over their issue time with ``[auth] secret``),
 so any proxy node sharing the secret accepts a nonce another one issued. The
 nonce-count check against replays is kept per node, as Kamailio keeps it per
 instance: a replay sent to another node is caught there only by the nonce's
-short lifetime.
+short lifetime. With worker processes (``[proxy] workers > 1``, which needs
+``[redis] url``) the node is several processes, so the check is in Redis
+(registrar/redis/noncecount.py): a replay sent to another worker is refused
+as one sent to the same process is. One worker keeps it in memory, without
+a Redis round trip.
 
 A module (issue 13): ``SPEC`` sets it up always, whatever ``[features]
 auth`` says: that switch is the default script's (kamailio.cfg's
@@ -22,13 +26,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sipsuite.log import get_logger
 from sipsuite.proxy.registrar.bindings import StoreUnavailable
-from sipsuite.proxy.services import AUTH, SUBSCRIBERS
+from sipsuite.proxy.services import AUTH, REDIS, SUBSCRIBERS
 from sipsuite.sip import digest
 
 if TYPE_CHECKING:
     from sipsuite.config import AuthConfig, Config
     from sipsuite.proxy.api import CoreAPI, ServiceKey
     from sipsuite.proxy.registrar.location import SubscriberStore
+    from sipsuite.proxy.registrar.redis.noncecount import RedisNonceCounter
     from sipsuite.proxy.routing.base import RequestContext
 
 log = get_logger("sipsuite.proxy.auth")
@@ -48,6 +53,8 @@ class Authenticator:
         key = secret.encode() if secret else secrets.token_bytes(32)
         self.nonces = digest.NonceFactory(key, nonce_expires)
         self.counter = digest.NonceCounter()
+        # Worker processes: the per-host check in Redis (AuthSpec.setup).
+        self.shared_counter: RedisNonceCounter | None = None
 
     # Read at use: cfg set replaces the config whole.
     @property
@@ -121,9 +128,15 @@ class Authenticator:
             # without asking its user (RFC 2617 3.2.1 stale).
             self.challenge(ctx, proxy, stale=True)
             return False
-        if creds.qop is not None and not self.counter.accept(
-            creds.nonce, creds.nc or "", now + self.cfg.nonce_expires, now
-        ):
+        if creds.qop is None:
+            accepted: bool | None = True
+        elif self.shared_counter is None:
+            accepted = self.counter.accept(creds.nonce, creds.nc or "", now + self.cfg.nonce_expires, now)
+        else:
+            accepted = await self._accept_shared_nc(self.shared_counter, ctx, creds, now)
+        if accepted is None:
+            return False  # answered 500
+        if not accepted:
             log.info("{m} from {s}: replayed nonce-count for {u}", m=ctx.request.method,
                      s=ctx.source, u=creds.username)
             self.challenge(ctx, proxy)
@@ -132,6 +145,21 @@ class Authenticator:
             ctx.reply(403, "Forbidden auth ID")
             return False
         return True
+
+    async def _accept_shared_nc(self, shared: RedisNonceCounter, ctx: RequestContext,
+                                creds: digest.Credentials, now: float) -> bool | None:
+        """The nonce-count check of worker processes, in Redis: whether nc is
+        above every one accepted for the nonce (then it is the highest);
+        None when Redis did not answer (the request has been answered 500,
+        as for the subscriber store)."""
+        # The key lives as long as the nonce does (its issue time is in it).
+        expires = self.nonces.expires_at(creds.nonce, self.realm)
+        try:
+            return expires is not None and await shared.accept(creds.nonce, creds.nc or "", expires, now)
+        except StoreUnavailable as e:
+            log.warn("auth of {u}: nonce-count store unavailable: {e}", u=creds.username, e=e)
+            ctx.reply(500, "Subscriber Store Unavailable", [("Retry-After", self.retry_after)])
+            return None
 
     def consume(self, ctx: RequestContext, *, proxy: bool) -> None:
         """Remove our credentials before forwarding (consume_credentials):
@@ -178,6 +206,11 @@ class AuthSpec:
 
     def setup(self, core: CoreAPI, config: Config) -> Authenticator:
         auth = Authenticator(core, config.auth.secret, config.auth.nonce_expires)
+        redis = core.modules.get(REDIS)
+        if config.proxy.workers > 1 and redis is not None:
+            from sipsuite.proxy.registrar.redis.noncecount import RedisNonceCounter
+
+            auth.shared_counter = RedisNonceCounter(redis, config.redis.prefix)
         core.modules.provide(AUTH, auth)
         return auth
 

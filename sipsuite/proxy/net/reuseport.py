@@ -10,8 +10,11 @@ option in between, which listenUDP/listenTCP cannot.
 
 Answers from downstream must reach the worker that sent the request: each
 worker also binds a private UDP socket on the listener's address and its
-own port, sends the requests it forwards from it and names that port in its
-Via (``Listener.via_port``).
+own port and names that port in its Via (``Listener.via_port``). Its
+requests leave from the shared port (a NAT'ed phone lets only that through)
+unless their Via asks for rport; an answer that reaches the shared port
+anyway is passed to the private port its Via names (transport.py,
+``TransportLayer.steer``).
 """
 
 from __future__ import annotations

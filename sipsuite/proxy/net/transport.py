@@ -35,7 +35,7 @@ from sipsuite.proxy.net.stream import (
 )
 from sipsuite.proxy.net.stun import stun_reply
 from sipsuite.proxy.net.tcplimits import ConnectionLimits
-from sipsuite.sip.message import ParseError
+from sipsuite.sip.message import ParseError, Response
 from sipsuite.sip.parser import parse_datagram
 
 log = get_logger("sipsuite.proxy.transport")
@@ -62,6 +62,27 @@ def _grow_buffers(sock: socket.socket, size: int) -> None:
                 log.warn("could not set UDP socket buffers to {n} bytes", n=size)
 
 
+def _asks_rport(data: bytes) -> bool:
+    """Whether ``data`` is a request whose top Via carries ``rport``. The
+    proxy writes its own Via as ``Via: `` above every other Via
+    (add_header(top=True), make_request; only a Record-Route may go above
+    it), so the first such line is ours: two bounded finds, no parse."""
+    if data.startswith(b"SIP/2.0 "):
+        return False
+    start = data.find(b"\r\nVia: ")
+    if start < 0:
+        return False
+    return data.find(b";rport", start, data.find(b"\r\n", start + 2)) >= 0
+
+
+# A response a worker got on the shared port for another worker's request
+# (a next hop that answers to the source port although the Via asks for no
+# rport, as sipp does): passed to the worker whose private port the Via
+# names, with the original source before the message: MARK host port LF.
+RELAY_MARK = b"\x7fsipsuite-relay "
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
+
 class SIPDatagramProtocol(protocol.DatagramProtocol):
     # listenUDP's (or listen_pktinfo's) port, whose socket send() writes to
     # directly; None until it listens.
@@ -72,6 +93,10 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
         self.listener = listener
         # Set when the socket reports each datagram's local address (localaddr).
         self.pktinfo = False
+        # Worker processes: a shared socket steers other workers' responses
+        # to them, a private one takes those relayed to it (RELAY_MARK).
+        self.shared = False
+        self.private = False
 
     def datagramReceived(self, data: bytes, addr: tuple[Any, ...], local: str | None = None) -> None:
         host, port = addr[0], addr[1]
@@ -80,6 +105,11 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
         if len(data) <= 4 and not data.strip():
             # CRLF keep-alives from phones behind NAT (RFC 5626 allows them on UDP too).
             return
+        if self.private and data.startswith(RELAY_MARK):
+            relayed = self.layer.unwrap_relay(data, host, port, self.listener)
+            if relayed is None:
+                return
+            data, host, port = relayed
         listener = self.listener if local is None else self.layer.local_listener(self.listener, local)
         origin = listener.host if listener.parent is not None else None
         if data[0] < 2 and self.layer.stun():
@@ -93,6 +123,8 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
         except ParseError as err:
             self.layer.stats_drop("parse")
             self.layer.answer_parse_error(err, data, host, port, self, origin)
+            return
+        if self.shared and type(msg) is Response and self.layer.steer(msg, data, host, port, listener):
             return
         source = Source("udp", host, port, listener)
         try:
@@ -176,6 +208,7 @@ class TransportLayer(WildcardListeners):
             _grow_buffers(listener.port_obj.getHandle(), self.udp_buffer)
             self.udp[listener] = proto
             if self.workers:
+                proto.shared = True
                 self._listen_private(listener)
         elif listener.transport == "tcp":
             factory = Admission(self, InboundFactory(self, listener))
@@ -221,11 +254,46 @@ class TransportLayer(WildcardListeners):
         come back to this worker, not to whichever the kernel picks for the
         shared port (net/reuseport.py)."""
         proto = SIPDatagramProtocol(self, listener)
+        proto.private = True
         port_obj = self._listen_udp(0, proto, listener.host, False)
         _grow_buffers(port_obj.getHandle(), self.udp_buffer)
         listener.via_port = port_obj.getHost().port
         self.private[listener] = proto
         self.private_ports.append(port_obj)
+
+    def steer(self, msg: Response, data: bytes, host: str, port: int, listener: Listener) -> bool:
+        """A response that reached this worker's shared socket while its top
+        Via names another worker's private port (its next hop answered to
+        the source port of a request sent from the shared one): passed to
+        that port with its source before it (RELAY_MARK). True if passed."""
+        try:
+            via = msg.top_via
+        except ValueError:
+            return False
+        root = listener.root
+        if via.port is None or via.port in (listener.via_port, root.port):
+            return False
+        if unbracket(via.host) not in (listener.advertise, root.advertise, listener.host):
+            return False
+        proto = self.udp.get(root)
+        if proto is None:
+            return False
+        dest = root.host if not is_wildcard(root.host) else (
+            "::1" if root.family == socket.AF_INET6 else "127.0.0.1")
+        return proto.send(RELAY_MARK + f"{host} {port}\n".encode() + data, dest, via.port)
+
+    def unwrap_relay(self, data: bytes, host: str, port: int,
+                     listener: Listener) -> tuple[bytes, str, int] | None:
+        """The message and original source of a response another worker
+        passed on (steer), if it came from a shared socket of ours."""
+        root = listener.root
+        ours = host == root.host or host in _LOOPBACK
+        nl = data.find(b"\n")
+        fields = data[len(RELAY_MARK):nl].split() if nl > 0 else []
+        if port != root.port or not ours or len(fields) != 2 or not fields[1].isdigit():
+            self.stats_drop("relay")
+            return None
+        return data[nl + 1:], fields[0].decode("ascii", "replace"), int(fields[1])
 
     def stop(self) -> list[Any]:
         results = [p.stopListening() for p in self.private_ports]
@@ -263,11 +331,15 @@ class TransportLayer(WildcardListeners):
         ``host``). ``connect=False``: over an existing connection only (a flow)."""
         host = unbracket(host)
         if transport == "udp":
-            # A worker's requests leave from its own port (the one its Via
-            # names); answers, and CRLF keep-alives (a NAT binding is to the
-            # shared port), from the shared one.
             proto = None
-            if self.private and len(data) > 4 and not data.startswith(b"SIP/2.0 "):
+            if self.private and _asks_rport(data):
+                # A worker's request whose Via asks for rport (a dispatcher
+                # probe) is answered at its source port: it leaves from the
+                # worker's private port. Every other request leaves from the
+                # shared port, the one a phone behind a port-restricted NAT
+                # registered to and lets through, while its Via names the
+                # private port, where RFC 3261 18.2.2 sends the answer; the
+                # answers and CRLF keep-alives leave from the shared port too.
                 proto = self.private.get(listener.root)
             proto = proto or self.udp.get(listener.root)
             if proto is None:
