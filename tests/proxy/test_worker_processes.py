@@ -241,6 +241,12 @@ def test_a_response_for_another_worker_is_passed_to_its_private_port() -> None:
         own = resp.replace(str(b.via_port).encode(), str(a.via_port).encode())
         layers[0].udp[a].datagramReceived(own, ("192.0.2.50", 5099))
         assert len(got) == 2
+        # A Via naming another service's port on our address (below the
+        # kernel's ephemeral range, where no private port can be) is not
+        # steered there: the core gets it and drops it as not ours.
+        forged = resp.replace(str(b.via_port).encode(), b"22")
+        layers[0].udp[a].datagramReceived(forged, ("192.0.2.50", 5099))
+        assert len(got) == 3
     finally:
         for layer in layers:
             layer.stop()

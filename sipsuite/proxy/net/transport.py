@@ -80,6 +80,21 @@ def _asks_rport(data: bytes) -> bool:
 # rport, as sipp does): passed to the worker whose private port the Via
 # names, with the original source before the message: MARK host port LF.
 RELAY_MARK = b"\x7fsipsuite-relay "
+
+
+def _ephemeral_ports() -> range:
+    """The kernel's range for ports bound to 0, where every worker's private
+    port is: a response is only ever steered into it, so a forged Via cannot
+    make a worker send datagrams to another service on our own address."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(n) for n in f.read().split())
+        return range(low, high + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+
+
+_EPHEMERAL = _ephemeral_ports()
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
@@ -271,7 +286,8 @@ class TransportLayer(WildcardListeners):
         except ValueError:
             return False
         root = listener.root
-        if via.port is None or via.port in (listener.via_port, root.port):
+        if (via.port is None or via.port in (listener.via_port, root.port)
+                or via.port not in _EPHEMERAL):
             return False
         if unbracket(via.host) not in (listener.advertise, root.advertise, listener.host):
             return False
