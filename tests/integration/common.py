@@ -64,36 +64,45 @@ _port_lock = threading.Lock()
 
 def free_port(kind: Literal["udp", "tcp", "both"] = "both", host: str = LOCALHOST) -> int:
     """A port the OS calls free on ``host`` (for UDP and TCP alike with "both");
-    ``host`` may be an IPv6 address (``LOCALHOST6``).
+    ``host`` may be an IPv6 address (``LOCALHOST6``) or a wildcard.
 
-    Ports are never handed out twice by one test process, so two fixtures asking
-    in a row cannot get the same number before either has bound it.
+    Taken below the kernel's ephemeral range (32768+), where the client
+    sockets of the run (redis, management, sipp's own) get their ports: one of
+    those could otherwise take the number between this check and the bind of
+    the process under test (a [::] listener conflicts with any address's).
+    Ports are never handed out twice by one test process, so two fixtures
+    asking in a row cannot get the same number before either has bound it.
     """
+    kinds = [socket.SOCK_STREAM] if kind == "tcp" else (
+        [socket.SOCK_DGRAM] if kind == "udp" else [socket.SOCK_DGRAM, socket.SOCK_STREAM])
     with _port_lock:
-        for _ in range(200):
-            first_type = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
-            with socket.socket(family(host), first_type) as s:
-                s.bind((host, 0))
-                port = s.getsockname()[1]
-                if port in _handed_out:
-                    continue
-                if kind == "both":
-                    try:
-                        with socket.socket(family(host), socket.SOCK_STREAM) as t:
-                            t.bind((host, port))
-                    except OSError:
-                        continue
+        for _ in range(500):
+            port = random.randrange(*_REGION)
+            if port in _handed_out:
+                continue
+            try:
+                for sock_type in kinds:
+                    with socket.socket(family(host), sock_type) as s:
+                        s.bind((host, port))
+            except OSError:
+                continue
             _handed_out.add(port)
             return port
     raise RuntimeError(f"no free {kind} port found on {host}")
 
 
-def free_port_range(count: int, region: tuple[int, int] = (20000, 32000)) -> tuple[int, int]:
+#: Where test ports are taken: below the ephemeral range (see free_port).
+_REGION = (20000, 32000)
+
+
+def free_port_range(count: int, region: tuple[int, int] = _REGION) -> tuple[int, int]:
     """``count`` consecutive free UDP ports starting at an even one, below the
     ephemeral range (32768+) where every client socket of the run lands."""
     for _ in range(200):
         low = random.randrange(*region) & ~1
         socks = []
+        if any(p in _handed_out for p in range(low, low + count)):
+            continue
         try:
             for port in range(low, low + count):
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -104,6 +113,8 @@ def free_port_range(count: int, region: tuple[int, int] = (20000, 32000)) -> tup
         finally:
             for s in socks:
                 s.close()
+        with _port_lock:
+            _handed_out.update(range(low, low + count))
         return low, low + count - 1
     raise RuntimeError("no free port range")
 
