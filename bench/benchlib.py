@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -279,7 +278,19 @@ def stat_ms(stat: dict[str, str], key: str) -> float:
     return ((h * 60 + m) * 60 + s) * 1000.0 + us / 1000.0
 
 
-def read_uac(result: Any, uac: Sipp) -> dict[str, str]:
+@dataclass(kw_only=True)
+class UacOutcome:
+    """What every benchmark's result reports of its sipp uac run (set by
+    read_uac); a result dataclass derives from it."""
+
+    ok: int = 0
+    failed: int = 0
+    retrans: int = 0
+    sipp_rc: int | None = None
+    timed_out: bool = False
+
+
+def read_uac(result: UacOutcome, uac: Sipp) -> dict[str, str]:
     """After a finished sipp uac run, set what every benchmark's result
     reports of it: ``sipp_rc``, ``timed_out``, ``ok``, ``failed`` and
     ``retrans``; return its statistics row for the rest."""

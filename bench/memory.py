@@ -65,6 +65,7 @@ import benchlib
 import register_rate
 from benchlib import (
     HOST,
+    UacOutcome,
     free_udp_port,
     group_ticks,
     kamailio_proxy,
@@ -103,15 +104,10 @@ def group_memory(pgid: int) -> tuple[int, int]:
 
 
 @dataclass
-class MemResult:
+class MemResult(UacOutcome):
     proxy: str
     rate: int
     calls: int
-    ok: int = 0  # read_uac sets these five
-    failed: int = 0
-    retrans: int = 0
-    sipp_rc: int | None = None
-    timed_out: bool = False
     idle: tuple[int, int] = (0, 0)
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, rss, pss)
     plateau: tuple[float, float] = (0.0, 0.0)
@@ -179,14 +175,9 @@ def measure(which: str, args: argparse.Namespace, workroot: Path) -> MemResult:
 
 
 @dataclass
-class RegResult:
+class RegResult(UacOutcome):
     proxy: str
     phones: int
-    ok: int = 0  # read_uac sets these five
-    failed: int = 0
-    retrans: int = 0
-    sipp_rc: int | None = None
-    timed_out: bool = False
     idle: tuple[int, int] = (0, 0)
     held: tuple[int, int] = (0, 0)
     notes: list[str] = field(default_factory=list)

@@ -47,6 +47,7 @@ from benchlib import (
     HOST,
     REPO,
     CpuMeter,
+    UacOutcome,
     describe_failure,
     free_udp_port,
     kamailio_proxy,
@@ -76,16 +77,11 @@ DEFAULT_RATES = "100,200,300,400,500,600,800,1000"
 
 
 @dataclass
-class RunResult:
+class RunResult(UacOutcome):
     proxy: str
     rate: int
     calls: int  # calls asked for (-m)
-    ok: int = 0
-    failed: int = 0
     created: int = 0
-    retrans: int = 0
-    sipp_rc: int | None = None
-    timed_out: bool = False
     window_s: float = 0.0
     cpu_ticks: int = 0
     load_s: float = 0.0  # seconds of the run in which calls were placed

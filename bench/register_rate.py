@@ -75,6 +75,7 @@ from benchlib import (
     FAIL_KEYS,
     HOST,
     CpuMeter,
+    UacOutcome,
     free_udp_port,
     is_200,
     kill_group,
@@ -376,15 +377,10 @@ def kamailio_registrar(workdir: Path, dbdir: Path, auth: str) -> Iterator[Server
 
 
 @dataclass
-class RunResult:
+class RunResult(UacOutcome):
     server: str
     rate: int
     count: int  # registrations asked for (-m)
-    ok: int = 0
-    failed: int = 0
-    retrans: int = 0
-    sipp_rc: int | None = None
-    timed_out: bool = False
     window_s: float = 0.0
     cpu_ticks: int = 0  # the server (Kamailio: its process group)
     redis_ticks: int = 0  # redis-server's CPU
