@@ -182,6 +182,9 @@ class Supervisor(service.Service):
         args = self.command(index)
         self.reactor.spawnProcess(proc, args[0], args, env=env, childFDs={0: "w", 1: "r", 2: "r"})
         self.workers[index] = proc
+        # Waiting in its stdin when it starts reading, ahead of the datagrams
+        # its shared sockets take: the answers it must steer to the others.
+        self.send_siblings(index)
         log.info("worker {n} started (pid {pid})", n=index, pid=getattr(proc.transport, "pid", None))
 
     def ended(self, proc: WorkerProcess, code: int | None, sig: int | None) -> None:
@@ -214,8 +217,8 @@ class Supervisor(service.Service):
             except Exception:  # noqa: BLE001,S110 - it may be exiting just now
                 pass
 
-    def send_siblings(self) -> None:
-        for index in self.workers:
+    def send_siblings(self, only: int | None = None) -> None:
+        for index in self.workers if only is None else [only]:
             ports = sorted(p for i, ps in self.private_ports.items() if i != index for p in ps)
             self.send(index, "siblings", ports=ports)
 
