@@ -19,7 +19,9 @@ Supervisor to worker:
 
 - ``siblings``: ``ports``, the other workers' private ports, the only
   ones a response is steered to (net/transport.py ``steer``).
-- ``flood_ban``, ``ds``: host-wide bans and dispatcher states.
+- ``flood_ban``, ``ds``: host-wide bans and dispatcher states;
+  ``flood_unban`` to a worker still starting (the others got ``flood.unban``
+  through management).
 
 Modules reach the link as the ``WORKER_LINK`` service (None in a single
 process).

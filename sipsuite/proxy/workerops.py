@@ -74,12 +74,16 @@ class WorkersRegistry(RpcRegistry):
     ``ports()``: worker index -> its management port, for the workers up."""
 
     def __init__(self, ports: Callable[[], dict[int, int]], workers: int, reactor: Any,
-                 host: HostState | None = None) -> None:
+                 host: HostState | None = None,
+                 done: Callable[[str, Any, Any], None] | None = None) -> None:
         super().__init__()
         self.ports = ports
         self.workers = workers
         self.reactor = reactor
         self.host = host
+        # done(name, params, result) after a fanned-out call: the supervisor
+        # remembers it for the workers not up yet.
+        self.done = done
         self.agent = Agent(reactor)
         self.register("stats", self._stats,
                       "stats(): every worker's figures added up, and each worker's under 'workers'")
@@ -98,8 +102,8 @@ class WorkersRegistry(RpcRegistry):
                 [defer.ensureDeferred(self.ask(port, name, params)) for port in ports.values()],
                 consumeErrors=True).addErrback(lambda f: f.value.subFailure.raiseException())
             result = results[list(ports).index(first)]
-            if self.host is not None:
-                self.host.remember(name, params, result)
+            if self.done is not None:
+                self.done(name, params, result)
             return result
         return await self.ask(ports[first], name, params)
 

@@ -8,6 +8,13 @@ their lines with their number; restarts one that dies (its number and exit
 status or signal logged, after a backoff that grows while it keeps dying);
 forwards SIGHUP (routing reload) to all; and on stop sends them SIGTERM and
 waits until they have exited (SIGKILL after ``STOP_GRACE``).
+
+It also keeps what belongs to the host (hoststate.py), over a line to each
+worker on its stdin and stdout (workerlink.py): antiflood counts added up
+and bans sent to all, dispatcher states passed on, the live operations
+replayed to a worker started again before it counts in, its siblings'
+private ports, the requests a dead worker left unanswered, and one random
+auth secret when the file has none.
 """
 
 from __future__ import annotations
@@ -247,6 +254,16 @@ class Supervisor(service.Service):
                 if isinstance(ports, list) else []
             defer.ensureDeferred(self.bring_up(proc))
 
+    def live_operation(self, name: str, params: Any, result: Any) -> None:
+        """A live operation every worker up took (workerops): remembered
+        for a worker started again.  A worker starting now may hold a ban
+        sent before it counted in: an unban goes to it over the link."""
+        self.host.remember(name, params, result)
+        if name == "flood.unban" and isinstance(result, dict):
+            for index in self.workers:
+                if index not in self.ready:
+                    self.send(index, "flood_unban", address=result.get("address"))
+
     async def bring_up(self, proc: WorkerProcess) -> None:
         """A worker (re)started: give it the host's state, the live
         operations made since the file was read replayed in their order,
@@ -333,7 +350,7 @@ def make_supervisor_service(config: Any, overrides: Mapping[str, Any]) -> servic
         from sipsuite.proxy.workerops import WorkersMetrics, WorkersRegistry
 
         registry = WorkersRegistry(supervisor.live_management_ports, config.proxy.workers,
-                                   supervisor.reactor, supervisor.host)
+                                   supervisor.reactor, supervisor.host, supervisor.live_operation)
         supervisor.ask = registry.ask_worker(supervisor.management_ports)
         ManagementService(config.management.listen, registry,
                           children={b"metrics": WorkersMetrics(registry)}).setServiceParent(top)

@@ -270,12 +270,18 @@ class Antiflood:
                               self.core.config.antiflood.max_sources):
                 log.info("antiflood: {a} banned for {t:g} s for the host", a=addr, t=seconds)
 
+    def _host_unban(self, msg: dict[str, Any]) -> None:
+        addr = msg.get("address")
+        if isinstance(addr, str):
+            self.table.unban(addr)
+
     # -- the module's life -----------------------------------------------------------
     def start(self) -> None:
         if self.link is not None:
             from twisted.internet import task
 
             self.link.on("flood_ban", self._host_ban)
+            self.link.on("flood_unban", self._host_unban)
             self._batcher = task.LoopingCall(self._batch)
             self._batcher.clock = self._clock
             self._batcher.start(BATCH, now=False)
@@ -289,6 +295,7 @@ class Antiflood:
     def stop(self) -> None:
         if self.link is not None:
             self.link.off("flood_ban", self._host_ban)
+            self.link.off("flood_unban", self._host_unban)
         if self._batcher is not None and self._batcher.running:
             self._batcher.stop()
         self._batcher = None

@@ -191,4 +191,8 @@ def test_worker_batches_its_counts_and_takes_the_hosts_bans(tmp_path: Path) -> N
     assert burst(core, 1) == [False]
     core.clock.advance(31)
     assert burst(core, 1) == [True]
+    # An unban the supervisor passes to a worker still starting.
+    link.feed(encode("flood_ban", address="192.0.2.7", seconds=30.0))
+    link.feed(encode("flood_unban", address="192.0.2.7"))
+    assert burst(core, 1) == [True]
     core.modules.stop()
