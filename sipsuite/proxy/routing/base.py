@@ -21,6 +21,7 @@ from sipsuite.log import get_logger
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.bindings import Binding
+from sipsuite.proxy.routing.avp import Avps
 from sipsuite.proxy.services import AUTH, LOCATION, REGISTRAR
 from sipsuite.sip.headers import NameAddr
 from sipsuite.sip.message import Request, Response
@@ -68,6 +69,14 @@ class RequestContext:
         self.tx_key: tuple | None = None
         # [features] debug as it was when routing began: log every step.
         self.debug = False
+
+    @property
+    def avp(self) -> Avps:
+        """The transaction's AVPs (Kamailio's ``$avp``): set in request_route,
+        seen by branch_route, reply_route and failure_route of the same
+        transaction and by the branches failure_route starts
+        (``sipsuite/proxy/routing/avp.py`` has the ``$avp`` twins)."""
+        return self.call.get(Avps)
 
     @property
     def proxy_ctx(self) -> ResponseContext | None:
