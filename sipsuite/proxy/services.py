@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTH", "DISPATCHER", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS", "REGISTRAR",
-    "SUBSCRIBERS", "WORKER_LINK", "AuthService", "FlowService", "LoadBalancerService",
+    "SHV", "SUBSCRIBERS", "WORKER_LINK", "AuthService", "FlowService", "LoadBalancerService",
     "LocationService", "MediaService", "NatPingService", "NatService", "RegistrarService",
-    "WorkerLinkService",
+    "SharedVars", "WorkerLinkService",
 ]
 
 
@@ -143,6 +143,18 @@ class WorkerLinkService(Protocol):
     def off(self, kind: str, handler: Callable[[dict[str, Any]], None]) -> None: ...
 
 
+class SharedVars(Protocol):
+    """shv: Kamailio's $shv, variables every process of the proxy shares
+    (and every node, with Redis): ``Routing.shv``.  Values are int or str;
+    every call may raise StoreUnavailable."""
+
+    async def get(self, name: str, default: Any = None) -> Any: ...
+    async def set(self, name: str, value: int | str) -> None: ...
+    async def incr(self, name: str, by: int = 1) -> int: ...  # atomic; the new value
+    async def delete(self, name: str) -> bool: ...
+    async def items(self) -> dict[str, int | str]: ...
+
+
 #: The Redis connection the stores share (redis/client.py's RedisConnection).
 REDIS: ServiceKey[Any] = ServiceKey("redis")
 LOCATION: ServiceKey[LocationService] = ServiceKey("location")
@@ -154,5 +166,6 @@ NAT: ServiceKey[NatService] = ServiceKey("nat")
 NATPING: ServiceKey[NatPingService] = ServiceKey("natping")
 MEDIA: ServiceKey[MediaService] = ServiceKey("media")
 DISPATCHER: ServiceKey[LoadBalancerService] = ServiceKey("dispatcher")
+SHV: ServiceKey[SharedVars] = ServiceKey("shv")
 #: With worker processes only: None in a single process.
 WORKER_LINK: ServiceKey[WorkerLinkService] = ServiceKey("worker_link")

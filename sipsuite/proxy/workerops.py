@@ -13,8 +13,10 @@ every call on:
   ``routing.reload``, ``dispatcher.*``, ``flood.unban``, ``tls.reload``):
   to every worker up, answering the lowest-numbered one's result, or the
   first error; remembered for a worker started again (hoststate.py);
-- anything else (``ul.*``, ``user.*``, ``cfg.get``...): to the
-  lowest-numbered worker up (worker 0 unless it is being restarted).
+- anything else (``ul.*``, ``user.*``, ``cfg.get``, ``shv.*``...): to the
+  lowest-numbered worker up (worker 0 unless it is being restarted); what
+  these read and write is in Redis (workers need it), which every worker
+  shares, so one of them serves the call for all.
 
 A worker that is down (being restarted, or not yet given the live state)
 is left out of ``stats`` (listed as down) and of a fanned-out call; the
