@@ -13,6 +13,7 @@ from sipsuite.ops.liveops import LiveOpsService, register_liveops_methods
 from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.ops.stats import MetricsResource, register_stats_methods
 from sipsuite.ops.users import register_store_methods
+from sipsuite.proxy import workerlink
 from sipsuite.proxy.core.proxy import ProxyCore
 from sipsuite.proxy.modules import accounting, antiflood, auth, media, nat, natping, scanners, shv
 from sipsuite.proxy.modules.antiflood import register_flood_methods
@@ -21,7 +22,8 @@ from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_met
 from sipsuite.proxy.modules.shv import register_shv_methods
 from sipsuite.proxy.registrar import outbound, registrar, subscribers, usrloc
 from sipsuite.proxy.registrar.redis import module as redis
-from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
+from sipsuite.proxy.services import LOCATION, SUBSCRIBERS, WORKER_LINK, WorkerLinkService
+from sipsuite.proxy.workerlink import WorkerLink
 from sipsuite.tlsctx import attach_tls, register_tls_methods
 
 log = get_logger("sipsuite.proxy.service")
@@ -35,11 +37,15 @@ BUILTIN_MODULES = (
 )
 
 
-def build_core(config: Config, reactor: Any) -> ProxyCore:
+def build_core(config: Config, reactor: Any, link: WorkerLinkService | None = None) -> ProxyCore:
     """The proxy core with the built-in modules ``config`` enables set up, as
     ``twistd sip-proxy`` runs it, but nothing bound and nothing started: what
-    a test of a routing class feeds messages to (docs/routing.md)."""
+    a test of a routing class feeds messages to (docs/routing.md).  ``link``:
+    a worker process's line to its supervisor (proxy/workerlink.py)."""
     core = ProxyCore(config, reactor)
+    if link is not None:
+        # Before the modules: antiflood and the dispatcher look for it in setup.
+        core.modules.provide(WORKER_LINK, link)
     # Before the modules: the media module's tls: relays need the contexts.
     attach_tls(core)
     core.modules.setup_all(BUILTIN_MODULES, config)
@@ -50,14 +56,19 @@ class ProxyService(service.Service):
     """The proxy core under twistd: its listeners, its modules (the Redis
     connection among them) and the garbage-collector policy."""
 
-    def __init__(self, config: Config, reactor: Any | None = None) -> None:
+    def __init__(self, config: Config, reactor: Any | None = None,
+                 link: WorkerLink | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
-        self.core = build_core(config, reactor)
+        self.link = link
+        self.heartbeat: Any = None
+        self.core = build_core(config, reactor, link)
+        if link is not None:
+            workerlink.follow_siblings(self.core, link)
         # A worker process (proxy/worker.py): SO_REUSEPORT and a private port.
         self.core.transport.workers = config.proxy.workers > 1
         self.tls = self.core.transport.tls
@@ -79,19 +90,24 @@ class ProxyService(service.Service):
         # place): the moment the proxy really serves.
         self.reactor.callWhenRunning(
             lambda: log.info("sip proxy ready on {n} listener(s)", n=len(self.core.transport.listeners)))
+        if self.link is not None:
+            self.heartbeat = workerlink.start_heartbeat(self.core, self.link, self.reactor)
 
     def stopService(self) -> Any:
         super().stopService()
         self.gc.stop()
+        if self.heartbeat is not None and self.heartbeat.running:
+            self.heartbeat.stop()
         from twisted.internet import defer
 
         return defer.DeferredList(self.core.stop())
 
 
-def make_proxy_service(config: Config) -> service.MultiService:
-    """Build the proxy's services (transports, core, routing, management) from config."""
+def make_proxy_service(config: Config, link: WorkerLink | None = None) -> service.MultiService:
+    """Build the proxy's services (transports, core, routing, management) from
+    config; ``link``: a worker process's (proxy/worker.py)."""
     top = service.MultiService()
-    proxy = ProxyService(config)
+    proxy = ProxyService(config, link=link)
     proxy.setServiceParent(top)
     tls = proxy.tls
     if config.management.listen:
