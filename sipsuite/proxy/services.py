@@ -26,11 +26,12 @@ if TYPE_CHECKING:
     from sipsuite.proxy.registrar.location import LocationStore, SubscriberStore
     from sipsuite.proxy.routing.base import Destination, RequestContext
     from sipsuite.sip.message import Request, Response
+    from sipsuite.sip.uri import URI
 
 __all__ = [
     "AUTH", "DISPATCHER", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS", "REGISTRAR",
-    "SUBSCRIBERS", "AuthService", "FlowService", "LoadBalancerService", "LocationService",
-    "MediaService", "NatPingService", "NatService", "RegistrarService",
+    "SUBSCRIBERS", "UAC", "AuthService", "FlowService", "LoadBalancerService", "LocationService",
+    "MediaService", "NatPingService", "NatService", "RegistrarService", "UacService",
 ]
 
 
@@ -129,6 +130,15 @@ class LoadBalancerService(Protocol):
     def on_reply(self, ctx: RequestContext, response: Response) -> None: ...  # deprecated no-op
 
 
+class UacService(Protocol):
+    """uac: uac_replace_from / uac_replace_to with automatic restore
+    (ctx.replace_from, ctx.replace_to); ``which`` is "from" or "to"."""
+
+    def replace(self, ctx: RequestContext, which: str, uri: URI | str | None,
+                display: str | None) -> None: ...
+    # Raises ReplaceError (no [uac] secret, a bad URI or display name).
+
+
 #: The Redis connection the stores share (redis/client.py's RedisConnection).
 REDIS: ServiceKey[Any] = ServiceKey("redis")
 LOCATION: ServiceKey[LocationService] = ServiceKey("location")
@@ -140,3 +150,4 @@ NAT: ServiceKey[NatService] = ServiceKey("nat")
 NATPING: ServiceKey[NatPingService] = ServiceKey("natping")
 MEDIA: ServiceKey[MediaService] = ServiceKey("media")
 DISPATCHER: ServiceKey[LoadBalancerService] = ServiceKey("dispatcher")
+UAC: ServiceKey[UacService] = ServiceKey("uac")

@@ -21,7 +21,7 @@ from sipsuite.log import get_logger
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.bindings import Binding
-from sipsuite.proxy.services import AUTH, LOCATION, REGISTRAR
+from sipsuite.proxy.services import AUTH, LOCATION, REGISTRAR, UAC
 from sipsuite.sip.headers import NameAddr
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.uri import URI
@@ -139,6 +139,17 @@ class RequestContext:
     def record_route(self) -> None:
         """Kamailio's record_route(): this proxy stays on the dialog's path."""
         self.call.record_route = True
+
+    def replace_from(self, uri: URI | str | None = None, display: str | None = None) -> None:
+        """Kamailio's uac_replace_from with restore_mode "auto": the callee
+        sees this From (``display`` "" removes the display name, None keeps
+        it), the caller its own; record-routes a dialog-creating request.
+        Needs ``[uac] secret`` (docs/routing.md, "Caller-id")."""
+        self.core.modules.require(UAC).replace(self, "from", uri, display)
+
+    def replace_to(self, uri: URI | str | None = None, display: str | None = None) -> None:
+        """Kamailio's uac_replace_to, restored the same way as replace_from."""
+        self.core.modules.require(UAC).replace(self, "to", uri, display)
 
     def drop(self) -> None:
         """Neither answer nor forward (Kamailio's ``drop`` / ``exit``)."""
