@@ -15,7 +15,7 @@ changes in the translation:
   ``return True`` the caller turns into its own ``return``;
 - ``$avp(oexten)`` is ``ctx.avp["oexten"]``: set in request_route, read in
   failure_route of the same transaction;
-- ``$sel(cfg_get.voicemail.srv_ip)`` is ``self.config.voicemail.srv_ip``, the
+- ``$sel(cfg_get.voicemail.srv_ip)`` is ``self.cfg.voicemail.srv_ip``, the
   config as it is now: ``sipsuite-ctl cfg set voicemail.srv_ip ...`` changes
   it for the next call, no reload;
 - ``uac_replace_from()`` is ``ctx.replace_from()``: the gateway sees the
@@ -55,7 +55,7 @@ class SeedRouting(DefaultRouting):
     async def request_route(self, ctx: RequestContext) -> None:
         # #!ifdef WITH_DEBUG / debug=4: every routing step logged, for
         # everybody or only for the callers being debugged.
-        ctx.debug = self.config.features.debug or ctx.from_user in self.debug_callers
+        ctx.debug = self.cfg.features.debug or ctx.from_user in self.debug_callers
 
         # route(WITHINDLG)
         if ctx.in_dialog:
@@ -101,7 +101,7 @@ class SeedRouting(DefaultRouting):
 
     def pstn(self, ctx: RequestContext) -> bool:
         """route[PSTN]: True when the call went to the gateway or was refused."""
-        features, gw = self.config.features, self.config.pstn
+        features, gw = self.cfg.features, self.cfg.pstn
         # #!ifdef WITH_PSTN ... if (strempty($sel(cfg_get.pstn.gw_ip))) return;
         if not features.pstn or not gw.gw_ip:
             return False
@@ -141,9 +141,9 @@ class SeedRouting(DefaultRouting):
 
     def to_voicemail(self, ctx: RequestContext) -> bool:
         """route[TOVOICEMAIL], the $avp(oexten) way."""
-        vm = self.config.voicemail
+        vm = self.cfg.voicemail
         # #!ifdef WITH_VOICEMAIL; if (strempty($sel(cfg_get.voicemail.srv_ip))) return;
-        if not self.config.features.voicemail or not vm.srv_ip:
+        if not self.cfg.features.voicemail or not vm.srv_ip:
             return False
         extension = ctx.avp.get("oexten")
         if extension is None or ctx.avp.get("voicemail"):

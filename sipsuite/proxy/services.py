@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTH", "DISPATCHER", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS", "REGISTRAR",
-    "SUBSCRIBERS", "UAC", "AuthService", "FlowService", "LoadBalancerService", "LocationService",
-    "MediaService", "NatPingService", "NatService", "RegistrarService", "UacService",
+    "SHV", "SUBSCRIBERS", "UAC", "AuthService", "FlowService", "LoadBalancerService",
+    "LocationService", "MediaService", "NatPingService", "NatService", "RegistrarService",
+    "SharedVars", "UacService",
 ]
 
 
@@ -130,6 +131,18 @@ class LoadBalancerService(Protocol):
     def on_reply(self, ctx: RequestContext, response: Response) -> None: ...  # deprecated no-op
 
 
+class SharedVars(Protocol):
+    """shv: Kamailio's $shv, variables every process of the proxy shares
+    (and every node, with Redis): ``Routing.shv``.  Values are int or str;
+    every call may raise StoreUnavailable."""
+
+    async def get(self, name: str, default: Any = None) -> Any: ...
+    async def set(self, name: str, value: int | str) -> None: ...
+    async def incr(self, name: str, by: int = 1) -> int: ...  # atomic; the new value
+    async def delete(self, name: str) -> bool: ...
+    async def items(self) -> dict[str, int | str]: ...
+
+
 class UacService(Protocol):
     """uac: uac_replace_from / uac_replace_to with automatic restore
     (ctx.replace_from, ctx.replace_to); ``which`` is "from" or "to"."""
@@ -150,4 +163,5 @@ NAT: ServiceKey[NatService] = ServiceKey("nat")
 NATPING: ServiceKey[NatPingService] = ServiceKey("natping")
 MEDIA: ServiceKey[MediaService] = ServiceKey("media")
 DISPATCHER: ServiceKey[LoadBalancerService] = ServiceKey("dispatcher")
+SHV: ServiceKey[SharedVars] = ServiceKey("shv")
 UAC: ServiceKey[UacService] = ServiceKey("uac")

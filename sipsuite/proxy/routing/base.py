@@ -23,7 +23,7 @@ from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.bindings import Binding
 from sipsuite.proxy.routing.avp import Avps
 from sipsuite.proxy.routing.fields import MessageFields
-from sipsuite.proxy.services import AUTH, LOCATION, REGISTRAR, UAC
+from sipsuite.proxy.services import AUTH, LOCATION, REGISTRAR, SHV, UAC, SharedVars
 from sipsuite.sip.headers import NameAddr
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.uri import URI
@@ -229,10 +229,27 @@ class Routing:
         self.core = core
 
     @property
-    def config(self) -> Any:
-        """The core's current config: ``cfg set`` replaces it at run time,
-        so never keep a copy of it or of a section."""
+    def cfg(self) -> Any:
+        """The run-time settings, as they are now (Kamailio's
+        ``$sel(cfg_get.voicemail.srv_ip)`` is ``self.cfg.voicemail.srv_ip``):
+        ``sipsuite-ctl cfg set`` replaces the config whole, and the next
+        read here sees the new value; so read it where you use it, never keep
+        a copy of it or of a section."""
         return self.core.config
+
+    @property
+    def config(self) -> Any:
+        """Another name of :attr:`cfg` (the first one documented)."""
+        return self.core.config
+
+    @property
+    def shv(self) -> SharedVars:
+        """Kamailio's ``$shv``: variables shared by every process of the
+        proxy (the workers) and, with ``[redis] url``, every node on that
+        Redis: ``await self.shv.get(name)``, ``await self.shv.set(name, v)``,
+        ``await self.shv.incr(name)`` (atomic, the new value).  Unlike plain
+        attributes of ``self`` (``$var``: one copy per worker process)."""
+        return self.core.modules.require(SHV)
 
     def request_route(self, ctx: RequestContext) -> Any:
         ctx.reply(500, "No routing")
