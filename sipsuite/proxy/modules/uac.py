@@ -116,8 +116,7 @@ class Sealer:
 
     def seal(self, plaintext: bytes, ad: bytes) -> str:
         nonce = os.urandom(_NONCE)
-        stream = self._stream(nonce, len(plaintext))
-        ct = bytes(a ^ b for a, b in zip(plaintext, stream, strict=True))
+        ct = _xor(plaintext, self._stream(nonce, len(plaintext)))
         raw = nonce + ct + self._tag(ad, nonce, ct)
         return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
@@ -131,8 +130,13 @@ class Sealer:
         nonce, ct, tag = raw[:_NONCE], raw[_NONCE:-_MAC], raw[-_MAC:]
         if not hmac.compare_digest(tag, self._tag(ad, nonce, ct)):
             raise TokenError("MAC mismatch")
-        stream = self._stream(nonce, len(ct))
-        return bytes(a ^ b for a, b in zip(ct, stream, strict=True))
+        return _xor(ct, self._stream(nonce, len(ct)))
+
+
+def _xor(data: bytes, stream: bytes) -> bytes:
+    # As two big integers: one C operation instead of a loop per byte.
+    n = len(data)
+    return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
 
 
 def _ad(call_id: str, ftag: str) -> bytes:
