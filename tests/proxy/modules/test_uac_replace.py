@@ -4,6 +4,7 @@ forged and replayed restore parameters, and the secret's requirements."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from twisted.logger import formatEvent
 
 from sipsuite.config import ConfigError, load_config
+from sipsuite.ops.liveops import ReloadFailed, reload_routing
 from sipsuite.proxy import DefaultRouting, RequestContext
 from sipsuite.proxy.modules.uac import PARAM, Sealer, TokenError
 from sipsuite.proxy.routing.loader import RoutingError, check_requirements
@@ -337,3 +339,21 @@ def test_a_bad_uri_is_refused_not_sent(tmp_path: Path, value: str) -> None:
     kit.feed(invite(), ALICE)
     assert not kit.sent_to(GW)
     assert any(isinstance(m, Response) and m.status == 500 for m in kit.sent_to(ALICE))
+
+
+def test_start_up_refuses_the_seed_example_without_the_secret(tmp_path: Path) -> None:
+    with pytest.raises(RoutingError, match=r"^uac\.secret: .*SeedRouting, which calls replace_from$"):
+        ProxyKit(tmp_path, proxy={"routing": "examples.seed_routing:SeedRouting"})
+
+
+def test_reload_refuses_a_routing_that_needs_the_missing_secret(tmp_path: Path) -> None:
+    kit = ProxyKit(tmp_path, proxy={"routing": "examples.seed_routing:SeedRouting"},
+                   uac={"secret": SECRET})
+    running = kit.core.routing
+    # The secret is gone from the config the reload sees (a start-up key:
+    # only a test can change it under a running core).
+    c = kit.core.config
+    kit.core.config = dataclasses.replace(c, uac=dataclasses.replace(c.uac, secret=""))
+    with pytest.raises(ReloadFailed, match=r"uac\.secret"):
+        reload_routing(kit.core)
+    assert kit.core.routing is running
