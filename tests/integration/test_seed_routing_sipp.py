@@ -41,11 +41,10 @@ class Seed:
     bob_port: int
 
 
-@pytest.fixture(scope="module")
-def seed(proxy_factory: ProxyFactory) -> Iterator[Seed]:
-    gw_port, bob_port = procs.free_port(), procs.free_port()
-    proxy = proxy_factory(
-        "seed-routing", static={EXTENSION: [f"sip:bob@{LOCALHOST}:{bob_port}"]},
+def start_seed_proxy(proxy_factory: ProxyFactory, name: str, gw_port: int, bob_port: int,
+                     port: int | None = None) -> ProxyProcess:
+    return proxy_factory(
+        name, port=port, static={EXTENSION: [f"sip:bob@{LOCALHOST}:{bob_port}"]},
         extra_proxy={"routing": "examples.seed_routing:SeedRouting"},
         tables={
             "features": {"pstn": True, "voicemail": False},
@@ -54,7 +53,12 @@ def seed(proxy_factory: ProxyFactory) -> Iterator[Seed]:
             "voicemail": {"srv_ip": LOCALHOST, "srv_port": 9},
             "uac": {"secret": SECRET},
         })
-    yield Seed(proxy, gw_port, bob_port)
+
+
+@pytest.fixture(scope="module")
+def seed(proxy_factory: ProxyFactory) -> Iterator[Seed]:
+    gw_port, bob_port = procs.free_port(), procs.free_port()
+    yield Seed(start_seed_proxy(proxy_factory, "seed-routing", gw_port, bob_port), gw_port, bob_port)
 
 
 def uas(scenario: Path, workdir: Path, port: int, name: str) -> SippProcess:
@@ -136,29 +140,51 @@ def _record_route(seed: Seed, workdir: Path) -> tuple[str, str, str]:
     return invite.header("record-route") or "", invite.header("call-id") or "", ftag
 
 
+ACME = '"ACME" <sip:+4930123456@sipsuite.test>'
+
+
+def gateway_bye(proxy: ProxyProcess, route: str, call_id: str, ftag: str,
+                branch: str) -> procs.Received | None:
+    """A BYE from the gateway's side of the dialog (To: the caller-id it was
+    shown) to a phone standing in for alice: what reaches her."""
+    with UdpEndpoint() as alice_phone, UdpEndpoint() as gateway:
+        bye = "\r\n".join([
+            f"BYE sip:alice@{alice_phone.sent_by} SIP/2.0",
+            f"Via: SIP/2.0/UDP {gateway.sent_by};branch=z9hG4bK{branch};rport",
+            f"Route: {route}",
+            "Max-Forwards: 70",
+            f"From: <sip:{NUMBER}@sipsuite.test>;tag=gw1",
+            f"To: {ACME};tag={ftag}",
+            f"Call-ID: {call_id}",
+            "CSeq: 5 BYE",
+            "Content-Length: 0", "", ""]).encode()
+        gateway.send(bye, proxy.address)
+        return alice_phone.recv(5)
+
+
+def test_a_restarted_proxy_restores_from_the_record_route_alone(
+        proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    gw_port, port = procs.free_port(), procs.free_port()
+    first = start_seed_proxy(proxy_factory, "seed-before", gw_port, procs.free_port(), port)
+    route, call_id, ftag = _record_route(Seed(first, gw_port, 0), tmp_path)
+    first.stop()
+    again = start_seed_proxy(proxy_factory, "seed-after", gw_port, procs.free_port(), port)
+    got = gateway_bye(again, route, call_id, ftag, "restart1")
+    diag = "\n" + again.diagnostics()
+    assert got is not None and got.msg.start_line.startswith("BYE"), "the BYE was not relayed" + diag
+    assert got.msg.header("to") == f'"Alice" <sip:alice@sipsuite.test>;tag={ftag}', diag
+
+
 def test_a_forged_restore_parameter_is_ignored_and_logged(seed: Seed, tmp_path: Path) -> None:
     route, call_id, ftag = _record_route(seed, tmp_path)
     start = route.index(";uac=") + 5
     # One character of the sealed value changed: what a UA trying to make the
     # proxy "restore" a From of its choosing would have to do.
     forged = route[:start + 10] + ("B" if route[start + 10] != "B" else "C") + route[start + 11:]
-    acme = '"ACME" <sip:+4930123456@sipsuite.test>'
-    with UdpEndpoint() as alice_phone, UdpEndpoint() as gateway:
-        bye = "\r\n".join([
-            f"BYE sip:alice@{alice_phone.sent_by} SIP/2.0",
-            f"Via: SIP/2.0/UDP {gateway.sent_by};branch=z9hG4bKforged1;rport",
-            f"Route: {forged}",
-            "Max-Forwards: 70",
-            f"From: <sip:{NUMBER}@sipsuite.test>;tag=gw1",
-            f"To: {acme};tag={ftag}",
-            f"Call-ID: {call_id}",
-            "CSeq: 5 BYE",
-            "Content-Length: 0", "", ""]).encode()
-        gateway.send(bye, seed.proxy.address)
-        got = alice_phone.recv(5)
+    got = gateway_bye(seed.proxy, forged, call_id, ftag, "forged1")
     diag = "\n" + seed.proxy.diagnostics()
     assert got is not None and got.msg.start_line.startswith("BYE"), "the BYE was not relayed" + diag
-    assert got.msg.header("to") == f"{acme};tag={ftag}", "the To was changed" + diag
+    assert got.msg.header("to") == f"{ACME};tag={ftag}", "the To was changed" + diag
     deadline = time.monotonic() + 5
     while "restore parameter ignored" not in seed.proxy.log_text() and time.monotonic() < deadline:
         time.sleep(0.1)
