@@ -193,7 +193,13 @@ def register_shv_methods(registry: RpcRegistry, core: CoreAPI) -> None:
     """``shv.get([name])`` and ``shv.set(name, value)``: kamcmd's twins.
     With worker processes they go to worker 0 (workerops): the values are
     in Redis, so any one process reads and writes them for all."""
-    from sipsuite.ops.errors import INTERNAL_ERROR, INVALID_PARAMS, RpcError
+    from sipsuite.ops.errors import (
+        INTERNAL_ERROR,
+        INVALID_PARAMS,
+        NO_SUCH_ENTRY,
+        STORE_UNAVAILABLE,
+        RpcError,
+    )
 
     def store() -> SharedVars:
         found = core.modules.get(SHV)
@@ -209,9 +215,9 @@ def register_shv_methods(registry: RpcRegistry, core: CoreAPI) -> None:
         except ValueError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         except StoreUnavailable as exc:
-            raise RpcError(INTERNAL_ERROR, f"shv: {exc}") from None
+            raise RpcError(STORE_UNAVAILABLE, f"shv: {exc}") from None
         if value is None:
-            raise RpcError(INVALID_PARAMS, f"no shv named {name!r}")
+            raise RpcError(NO_SUCH_ENTRY, f"no shv named {name!r}")
         return {name: value}
 
     async def set_(name: str, value: Any, type: str | None = None) -> dict[str, Any]:
@@ -221,7 +227,7 @@ def register_shv_methods(registry: RpcRegistry, core: CoreAPI) -> None:
         except (TypeError, ValueError) as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         except StoreUnavailable as exc:
-            raise RpcError(INTERNAL_ERROR, f"shv: {exc}") from None
+            raise RpcError(STORE_UNAVAILABLE, f"shv: {exc}") from None
         log.info("shv {n} set to {v!r} by the operator", n=name, v=value)
         return {name: value}
 

@@ -105,9 +105,14 @@ class MessageFields:
 
     @ruri_host.setter
     def ruri_host(self, value: str) -> None:
+        # Parsed as a URI would be, so a bad host fails here, not on the wire;
+        # a port or a user in it would be lost, so they are refused.
+        parsed = URI.parse(f"sip:{value}") if isinstance(value, str) else None
+        if parsed is None or parsed.user is not None or parsed.port is not None or parsed.params \
+                or parsed.headers is not None:
+            raise ValueError(f"not a host: {value!r} (set the port with ctx.request.uri.port)")
         uri = self.request.uri.copy()
-        # Parsed as a URI would be, so a bad host fails here, not on the wire.
-        uri.host = URI.parse(f"sip:{value}").host
+        uri.host = parsed.host
         self.request.uri = uri
 
     # -- next hop ------------------------------------------------------------------
@@ -123,7 +128,10 @@ class MessageFields:
 
     @dst_uri.setter
     def dst_uri(self, value: str | URI | None) -> None:
-        self.call.get(DstUri).uri = None if value is None else _uri(value)
+        uri = None if value is None else _uri(value)
+        if uri is not None and uri.scheme not in ("sip", "sips"):
+            raise ValueError(f"dst_uri must be a sip: or sips: URI, not {value!r}")
+        self.call.get(DstUri).uri = uri
 
     @property
     def _dst_hop(self) -> URI | None:

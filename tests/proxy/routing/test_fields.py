@@ -73,6 +73,8 @@ def test_a_write_is_read_back_at_once_and_keeps_tags_and_parameters() -> None:
     ctx.ruri_user = "+4930123"
     ctx.ruri_host = "gw.example.net"
     assert ctx.ruri == "sip:+4930123@gw.example.net:5099"
+    ctx.ruri_host = "[2001:DB8::1]"
+    assert ctx.ruri == "sip:+4930123@[2001:db8::1]:5099" and ctx.ruri_host == "[2001:db8::1]"
     ctx.ruri = URI.parse("sip:carol@sipsuite.test")
     assert ctx.request.uri.user == "carol"
     ctx.ruri_user = None
@@ -102,8 +104,9 @@ def test_a_write_is_read_back_at_once_and_keeps_tags_and_parameters() -> None:
 
 def test_bad_values_are_refused_where_they_are_written() -> None:
     ctx = context(invite())
-    for name, value in (("ruri", "not a uri"), ("ruri_host", "bad host!"), ("from_uri", "alice"),
-                        ("to_uri", "sip:[::1"), ("dst_uri", "nowhere")):
+    for name, value in (("ruri", "not a uri"), ("ruri_host", "bad host!"), ("ruri_host", "h:5080"),
+                        ("ruri_host", "u@h"), ("ruri_host", "h;transport=tcp"), ("from_uri", "alice"),
+                        ("to_uri", "sip:[::1"), ("dst_uri", "nowhere"), ("dst_uri", "tel:+4930123")):
         with pytest.raises(ValueError):
             setattr(ctx, name, value)
     assert ctx.ruri == "sip:4711@sipsuite.test" and ctx.from_user == "alice" and ctx.dst_uri is None
