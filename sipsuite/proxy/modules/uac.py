@@ -181,6 +181,16 @@ def _with_params(bare: str, params: Mapping[str, str | None]) -> str:
     return str(addr)
 
 
+def _pair(value: object) -> tuple[str, str] | None:
+    """A token's (original, new) for one header; ValueError for anything else."""
+    if value is None:
+        return None
+    if (isinstance(value, list) and len(value) == 2
+            and isinstance(value[0], str) and isinstance(value[1], str)):
+        return (value[0], value[1])
+    raise ValueError(f"not a pair of name-addrs: {value!r}")
+
+
 def _quote_display(display: str) -> str:
     escaped = display.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
@@ -323,11 +333,12 @@ class Uac:
                 return
         try:
             payload = json.loads(plain)
-            from_pair = payload.get("f")
-            to_pair = payload.get("t")
+            from_pair = _pair(payload.get("f"))
+            to_pair = _pair(payload.get("t"))
         except (ValueError, AttributeError):
-            # Authentic but unreadable: only a bug of ours makes that.
-            log.warn("uac: unreadable token in {m} (call-id {c})", m=req.method, c=call_id)
+            # Authentic but unreadable: a token of another version, or a
+            # bug of ours; never a UA's doing (it could not seal one).
+            log.warn("uac: unreadable restore token in {m} (call-id {c})", m=req.method, c=call_id)
             return
         state = ctx.call.get(UacState)
         # Caller to callee: the new values again.  Callee to caller: the To

@@ -357,3 +357,18 @@ def test_reload_refuses_a_routing_that_needs_the_missing_secret(tmp_path: Path) 
     with pytest.raises(ReloadFailed, match=r"uac\.secret"):
         reload_routing(kit.core)
     assert kit.core.routing is running
+
+
+def test_an_authentic_but_unreadable_token_changes_nothing(
+        tmp_path: Path, events: list[dict[str, object]]) -> None:
+    """A token sealed with our secret whose content is not ours (another
+    version's layout): the request goes on as sent, with a warning."""
+    kit = kit_for(tmp_path)
+    token = Sealer(SECRET.encode()).seal(b'{"f":["only one"]}', b"uac-9\x00callee")
+    bye = message(f"BYE sip:alice@{ALICE}:5070 SIP/2.0", via=f"{GW}:5099",
+                  from_=GW_TO + ";tag=callee", to=NEW_FROM + ";tag=caller", cseq="9 BYE",
+                  route=f"<sip:127.0.0.1:5060;lr;{PARAM}={token}>", call_id="uac-9")
+    kit.feed(bye, GW, 5099)
+    fwd = only(kit.sent_to(ALICE), Request)
+    assert fwd.header("To") == NEW_FROM + ";tag=caller"
+    assert any("unreadable restore token" in formatEvent(e) for e in events)
