@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sipsuite.proxy import DefaultRouting, RequestContext
+from sipsuite.proxy import DefaultRouting, RequestContext, RouteState
 from sipsuite.sip.message import Response
 
 
@@ -74,10 +74,15 @@ class SeedRouting(DefaultRouting):
         if ctx.method in ("INVITE", "SUBSCRIBE"):
             ctx.record_route()
 
-        # route(SIPOUT): not for our domains
+        # route(SIPOUT): not for our domains; only for callers we know,
+        # or the proxy is an open relay
         if not local_ruri:
-            ctx.trace("sipout: {host} -> relay", host=uri.host)
-            ctx.relay()
+            state = ctx.call.peek(RouteState)
+            if ctx.source_trusted() or (state is not None and state.authenticated):
+                ctx.trace("sipout: {host} -> relay", host=uri.host)
+                ctx.relay()
+            else:
+                ctx.reply(403, "Not relaying")
             return
 
         # route(REGISTRAR)

@@ -122,3 +122,10 @@ def test_the_debug_switch_traces_only_the_callers_being_debugged(
     lines = [formatEvent(e) for e in events if "484" in formatEvent(e) and "route" in formatEvent(e)]
     assert any("cid=traced" in ln for ln in lines)
     assert not any("cid=quiet" in ln for ln in lines)
+
+
+def test_a_foreign_domain_is_not_relayed_for_an_unknown_caller(tmp_path: Path) -> None:
+    kit = seed_kit(tmp_path)
+    kit.feed(invite("sip:someone@example.org"), ALICE)
+    assert [r.status for r in finals(kit)] == [403]
+    assert not [m for m, h, _ in kit.sent if isinstance(m, Request)]
