@@ -389,15 +389,16 @@ class Uac:
 
 
 class UacSpec:
-    """Always set up: cheap (one look at the Route entries we removed), and
-    a routing class may call replace_from whatever the features say."""
+    """Set up when ``[uac] secret`` is set (a start-up key): without it no
+    token can be made or read, and its request_received hook would cost
+    every request of a proxy that never rewrites a From."""
 
     name = "uac"
     requires: tuple[ServiceKey[Any], ...] = ()
     runtime_switch = False
 
     def enabled(self, config: Config) -> bool:
-        return True
+        return bool(config.uac.secret)
 
     def setup(self, core: CoreAPI, config: Config) -> Uac:
         module = Uac(core)

@@ -162,11 +162,17 @@ class RequestContext(MessageFields):
         sees this From (``display`` "" removes the display name, None keeps
         it), the caller its own; record-routes a dialog-creating request.
         Needs ``[uac] secret`` (docs/routing.md, "Caller-id")."""
-        self.core.modules.require(UAC).replace(self, "from", uri, display)
+        uac = self.core.modules.get(UAC)
+        if uac is None:
+            raise LookupError("replace_from needs [uac] secret (it is empty)")
+        uac.replace(self, "from", uri, display)
 
     def replace_to(self, uri: URI | str | None = None, display: str | None = None) -> None:
         """Kamailio's uac_replace_to, restored the same way as replace_from."""
-        self.core.modules.require(UAC).replace(self, "to", uri, display)
+        uac = self.core.modules.get(UAC)
+        if uac is None:
+            raise LookupError("replace_to needs [uac] secret (it is empty)")
+        uac.replace(self, "to", uri, display)
 
     def drop(self) -> None:
         """Neither answer nor forward (Kamailio's ``drop`` / ``exit``)."""
