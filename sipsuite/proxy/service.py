@@ -15,7 +15,17 @@ from sipsuite.ops.stats import MetricsResource, register_stats_methods
 from sipsuite.ops.users import register_store_methods
 from sipsuite.proxy import workerlink
 from sipsuite.proxy.core.proxy import ProxyCore
-from sipsuite.proxy.modules import accounting, antiflood, auth, media, nat, natping, scanners, shv
+from sipsuite.proxy.modules import (
+    accounting,
+    antiflood,
+    auth,
+    media,
+    nat,
+    natping,
+    scanners,
+    shv,
+    uac,
+)
 from sipsuite.proxy.modules.antiflood import register_flood_methods
 from sipsuite.proxy.modules.dispatcher import dispatcher
 from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_methods
@@ -31,7 +41,8 @@ log = get_logger("sipsuite.proxy.service")
 #: The feature modules converted to the module interface (issue 13), in
 #: set-up order; the core's registry stops them in reverse.
 BUILTIN_MODULES = (
-    redis.SPEC, shv.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC, scanners.SPEC, outbound.SPEC,
+    redis.SPEC, shv.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC, scanners.SPEC, uac.SPEC,
+    outbound.SPEC,
     registrar.SPEC, auth.SPEC, nat.SPEC, natping.SPEC, media.SPEC, dispatcher.SPEC,
     accounting.SPEC,
 )

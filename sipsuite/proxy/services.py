@@ -26,12 +26,13 @@ if TYPE_CHECKING:
     from sipsuite.proxy.registrar.location import LocationStore, SubscriberStore
     from sipsuite.proxy.routing.base import Destination, RequestContext
     from sipsuite.sip.message import Request, Response
+    from sipsuite.sip.uri import URI
 
 __all__ = [
     "AUTH", "DISPATCHER", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS", "REGISTRAR",
-    "SHV", "SUBSCRIBERS", "WORKER_LINK", "AuthService", "FlowService", "LoadBalancerService",
-    "LocationService", "MediaService", "NatPingService", "NatService", "RegistrarService",
-    "SharedVars", "WorkerLinkService",
+    "SHV", "SUBSCRIBERS", "UAC", "WORKER_LINK", "AuthService", "FlowService",
+    "LoadBalancerService", "LocationService", "MediaService", "NatPingService", "NatService",
+    "RegistrarService", "SharedVars", "UacService", "WorkerLinkService",
 ]
 
 
@@ -155,6 +156,15 @@ class SharedVars(Protocol):
     async def items(self) -> dict[str, int | str]: ...
 
 
+class UacService(Protocol):
+    """uac: uac_replace_from / uac_replace_to with automatic restore
+    (ctx.replace_from, ctx.replace_to); ``which`` is "from" or "to"."""
+
+    def replace(self, ctx: RequestContext, which: str, uri: URI | str | None,
+                display: str | None) -> None: ...
+    # Raises ReplaceError (no [uac] secret, a bad URI or display name).
+
+
 #: The Redis connection the stores share (redis/client.py's RedisConnection).
 REDIS: ServiceKey[Any] = ServiceKey("redis")
 LOCATION: ServiceKey[LocationService] = ServiceKey("location")
@@ -169,3 +179,4 @@ DISPATCHER: ServiceKey[LoadBalancerService] = ServiceKey("dispatcher")
 SHV: ServiceKey[SharedVars] = ServiceKey("shv")
 #: With worker processes only: None in a single process.
 WORKER_LINK: ServiceKey[WorkerLinkService] = ServiceKey("worker_link")
+UAC: ServiceKey[UacService] = ServiceKey("uac")
