@@ -107,6 +107,9 @@ def load_config(
     for f in _sections():
         name = f.metadata["section"]
         raw = _lookup(doc, name, where)
+        if "subtables" in f.metadata:
+            values[f.metadata["subtables"]] = {k: v for k, v in raw.items() if isinstance(v, dict)}
+            raw = {k: v for k, v in raw.items() if not isinstance(v, dict)}
         if "cls" in f.metadata:
             values[f.name] = _build_section(f.metadata["cls"], name, raw, where)
         else:

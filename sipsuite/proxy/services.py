@@ -13,12 +13,13 @@ meet on an interface and never import each other.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sipsuite.proxy.api import ServiceKey
 
 if TYPE_CHECKING:
+    from sipsuite.eventbus import EventBus
     from sipsuite.proxy.modules.dispatcher.dispatcher import Attempt
     from sipsuite.proxy.net.listener import Source
     from sipsuite.proxy.net.resolver import Target
@@ -28,9 +29,9 @@ if TYPE_CHECKING:
     from sipsuite.sip.message import Request, Response
 
 __all__ = [
-    "AUTH", "DISPATCHER", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS", "REGISTRAR",
+    "AUTH", "DISPATCHER", "EVENTS", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS", "REGISTRAR",
     "SUBSCRIBERS", "AuthService", "FlowService", "LoadBalancerService", "LocationService",
-    "MediaService", "NatPingService", "NatService", "RegistrarService",
+    "EventsService", "MediaService", "NatPingService", "NatService", "RegistrarService",
 ]
 
 
@@ -129,6 +130,18 @@ class LoadBalancerService(Protocol):
     def on_reply(self, ctx: RequestContext, response: Response) -> None: ...  # deprecated no-op
 
 
+class EventsService(Protocol):
+    """events: the bus user services subscribe to (sipsuite.api); modules
+    raise their events on it.  ``bus.wants(name)`` is cheap: check it before
+    building an event's fields."""
+
+    @property
+    def bus(self) -> EventBus: ...
+    registrations: bool  # someone wants registration.*: report binding changes
+    def bindings_changed(self, aor: str, before: Mapping[str, float | None],
+                         after: list[Binding]) -> None: ...
+
+
 #: The Redis connection the stores share (redis/client.py's RedisConnection).
 REDIS: ServiceKey[Any] = ServiceKey("redis")
 LOCATION: ServiceKey[LocationService] = ServiceKey("location")
@@ -140,3 +153,4 @@ NAT: ServiceKey[NatService] = ServiceKey("nat")
 NATPING: ServiceKey[NatPingService] = ServiceKey("natping")
 MEDIA: ServiceKey[MediaService] = ServiceKey("media")
 DISPATCHER: ServiceKey[LoadBalancerService] = ServiceKey("dispatcher")
+EVENTS: ServiceKey[EventsService] = ServiceKey("events")
