@@ -85,6 +85,7 @@ async def collect_stats(core: ProxyCore, registry: RpcRegistry | None = None) ->
                                               {"aors": None, "bindings": None}),
         "subscriber_cache": await _module_figure(core, "subscribers", "subscriber_cache", None),
         "relay": await _relay(core, registry),
+        "events": await _module_figure(core, "events", "events", None),
         "drops": dict(f.drops),
         "uptime": round(f.uptime, 3),
     }

@@ -258,9 +258,9 @@ class Events:
         self.bus.emit("config.changed", changed=changed)
 
     def stats(self) -> Mapping[str, object]:
-        s = self.bus.stats()
-        return {"subscribers": s["subscribers"], "queued": s["queued"],
-                "delivered": s["delivered"], "dropped": s["dropped"], "calls": len(self.calls)}
+        # Under "events" of the stats RPC; per subscriber, so the one that
+        # drops is named.
+        return {"events": {**self.bus.stats(), "calls_tracked": len(self.calls)}}
 
     def stop(self) -> None:
         if self._expiry_timer is not None and self._expiry_timer.active():
