@@ -9,10 +9,13 @@ it, and it is stopped before the proxy.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from common import REPO, free_port
@@ -171,3 +174,73 @@ def test_ctl_services_with_none_loaded(tmp_path: Path) -> None:
         assert shown.stdout.strip() == "no user services ([services] load is empty)"
     finally:
         proxy.stop()
+
+
+HANDLE_USER = '''
+import json
+
+from twisted.application import service
+from twisted.internet import defer
+
+from sipsuite.api import service_factory
+
+
+class Exercise(service.Service):
+    def __init__(self, handle, out, target, dead):
+        self.handle, self.out, self.target, self.dead = handle, out, target, dead
+
+    def startService(self):
+        super().startService()
+        self.handle.reactor.callLater(0.2, lambda: defer.ensureDeferred(self.run()))
+
+    async def run(self):
+        h = self.handle
+        r = {"api": h.api_version}
+        r["user_add"] = await h.users.add("dave", "secret")
+        r["user_again"] = await h.users.add("dave", "other")
+        r["users"] = await h.users.list()
+        r["replaced"] = await h.bindings.add("dave", "sip:dave@127.0.0.1:5999", expires=60)
+        r["lookup"] = [(b["contact"], b["expires"]) for b in await h.bindings.lookup("dave")]
+        options = await h.send_request("OPTIONS", self.target, timeout=2)
+        r["options"] = None if options is None else options.status
+        dead = await h.send_request("OPTIONS", self.dead, timeout=1)
+        r["dead"] = dead
+        r["removed"] = await h.bindings.remove("dave")
+        r["relay_sessions"] = h.relay_sessions()
+        stats = await h.stats()
+        r["stats_requests"] = stats["requests_by_method"].get("OPTIONS", 0)
+        with open(self.out, "w") as f:
+            json.dump(r, f)
+
+
+@service_factory("exercise")
+def make(handle, settings):
+    import os
+    return Exercise(handle, os.environ["EXERCISE_OUT"], os.environ["EXERCISE_TARGET"],
+                    os.environ["EXERCISE_DEAD"])
+'''
+
+
+def test_the_handle_reaches_stores_uac_and_stats(tmp_path: Path, monkeypatch: Any) -> None:
+    (tmp_path / "svc_exercise.py").write_text(HANDLE_USER)
+    out = tmp_path / "exercise.json"
+    port = free_port()
+    monkeypatch.setenv("EXERCISE_OUT", str(out))
+    monkeypatch.setenv("EXERCISE_TARGET", f"sip:127.0.0.1:{port}")
+    monkeypatch.setenv("EXERCISE_DEAD", f"sip:127.0.0.1:{free_port('udp')}")
+    conf = write_config(tmp_path / "sipsuite.toml", port=port,
+                        tables={"services": {"load": ["svc_exercise:make"]}})
+    proxy = start_proxy(tmp_path / "run", conf, port, plugin="sipsuite")
+    try:
+        deadline = time.monotonic() + 10
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert out.exists(), proxy.diagnostics()
+        r = json.loads(out.read_text())
+    finally:
+        proxy.stop()
+    assert r == {
+        "api": 1, "user_add": True, "user_again": False, "users": ["dave"], "replaced": False,
+        "lookup": [["sip:dave@127.0.0.1:5999", 60]], "options": 200, "dead": None,
+        "removed": 1, "relay_sessions": [], "stats_requests": r["stats_requests"]}
+    assert r["stats_requests"] >= 2  # the start-up ping and the handle's own OPTIONS
