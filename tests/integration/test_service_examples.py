@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import urllib.request
@@ -205,7 +206,10 @@ def _load(tmp: Path, name: str, slow: bool) -> tuple[float, Any, Any]:
         uas.wait()
         stats = json.loads(proxy.ctl("--json", "stats").stdout) if slow else None
     finally:
-        proxy.stop()
+        rc = proxy.stop()
+    # Stopped by the SIGTERM (twistd re-raises it), not the SIGKILL after
+    # the grace time: no subscriber thread kept the process alive.
+    assert rc == -signal.SIGTERM, proxy.diagnostics()
     row = read_sipp_stats(uac.file(".stat.csv"))
     return _ms(row.get("ResponseTimesetup(C)", "")), uac, stats
 

@@ -244,3 +244,70 @@ def test_the_handle_reaches_stores_uac_and_stats(tmp_path: Path, monkeypatch: An
         "lookup": [["sip:dave@127.0.0.1:5999", 60]], "options": 200, "dead": None,
         "removed": 1, "relay_sessions": [], "stats_requests": r["stats_requests"]}
     assert r["stats_requests"] >= 2  # the start-up ping and the handle's own OPTIONS
+
+
+TAP = '''
+import json
+import os
+
+from twisted.application import service
+
+from sipsuite.api import service_factory
+
+
+class Tap(service.Service):
+    def __init__(self, handle):
+        self.handle = handle
+
+    def startService(self):
+        super().startService()
+        self.handle.events.subscribe("registration.*", self.write)
+
+    def write(self, event):
+        with open(os.environ["TAP_OUT"], "a") as f:
+            f.write(json.dumps(event.to_dict()) + "\\n")
+
+
+@service_factory("tap")
+def make(handle, settings):
+    return Tap(handle)
+'''
+
+
+def test_a_registration_that_runs_out_is_an_expired_event(tmp_path: Path, monkeypatch: Any) -> None:
+    import socket
+
+    (tmp_path / "svc_tap.py").write_text(TAP)
+    out = tmp_path / "tap.jsonl"
+    monkeypatch.setenv("TAP_OUT", str(out))
+    port = free_port()
+    conf = write_config(tmp_path / "sipsuite.toml", port=port, tables={
+        "services": {"load": ["svc_tap:make"]}, "registrar": {"min_expires": 1}})
+    proxy = start_proxy(tmp_path / "run", conf, port, plugin="sip-proxy")
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        phone.bind(("127.0.0.1", 0))
+        phone.settimeout(5)
+        me = phone.getsockname()[1]
+        phone.sendto((
+            f"REGISTER sip:127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKtap1;rport\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:erin@127.0.0.1:{port}>;tag=t1\r\nTo: <sip:erin@127.0.0.1:{port}>\r\n"
+            "Call-ID: tap-reg-1\r\nCSeq: 1 REGISTER\r\n"
+            f"Contact: <sip:erin@127.0.0.1:{me}>;expires=1\r\nContent-Length: 0\r\n\r\n"
+        ).encode(), ("127.0.0.1", port))
+        answers = []
+        while not answers or answers[-1].startswith("SIP/2.0 1"):
+            answers.append(phone.recv(65535).decode())
+        assert answers[-1].startswith("SIP/2.0 200"), answers
+        deadline = time.monotonic() + 6
+        names: list[str] = []
+        while time.monotonic() < deadline and "registration.expired" not in names:
+            time.sleep(0.1)
+            names = [json.loads(ln)["event"] for ln in
+                     (out.read_text().splitlines() if out.exists() else [])]
+    finally:
+        phone.close()
+        proxy.stop()
+    assert names == ["registration.added", "registration.expired"], names

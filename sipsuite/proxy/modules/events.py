@@ -266,6 +266,10 @@ class Events:
         if self._expiry_timer is not None and self._expiry_timer.active():
             self._expiry_timer.cancel()
         self._expiry_timer = None
+        # The user services stopped first; what they left subscribed goes
+        # now, with the threads of blocking subscribers (a thread left
+        # waiting would keep the process from exiting).
+        self.bus.close()
 
 
 class EventsSpec:

@@ -197,3 +197,34 @@ def test_unknown_event_name_is_refused(tmp_path: Path) -> None:
         assert "unknown event 'call.hangup'" in str(e)
     else:
         raise AssertionError("subscribe accepted an unknown event")
+
+
+def test_dispatcher_destination_down_and_up(tmp_path: Path) -> None:
+    """The prober's verdicts (FakeCore: the test answers its OPTIONS)."""
+    from fakecore import FakeCore
+
+    from sipsuite.config import load_config
+    from sipsuite.proxy.modules.dispatcher.dispatcher import SPEC as DISPATCHER_SPEC
+    from sipsuite.proxy.modules.events import SPEC as EVENTS_SPEC
+    from sipsuite.proxy.net.listener import Listener
+    from sipsuite.sip.message import make_response
+    from sipsuite.sip.parser import parse_datagram
+
+    gw = "sip:127.0.0.11:5060"
+    path = tmp_path / "c.toml"
+    path.write_text('[management]\nlisten = ""\n[dispatcher]\nprobe_interval = 10.0\n'
+                    f'probe_failures = 1\n[dispatcher.sets]\n1 = ["{gw}"]\n')
+    core = FakeCore(load_config(str(path)))
+    core.net.listeners.append(Listener("udp", "127.0.0.1", 5060, "127.0.0.1"))
+    core.modules.setup_all([EVENTS_SPEC, DISPATCHER_SPEC], core.config)
+    core.modules.start()
+    got: list[Event] = []
+    core.modules.require(EVENTS).bus.subscribe("dispatcher.*", got.append)
+    core.clock.advance(10.0)
+    core.uac.requests[-1].result.callback(None)  # no answer: down
+    core.clock.advance(10.0)
+    ok = make_response(parse_datagram(request("OPTIONS", gw)), 200, "OK")
+    core.uac.requests[-1].result.callback(ok)  # answered: up again
+    core.clock.advance(0)
+    assert [(e.name, e["setid"], e["uri"]) for e in got] == [
+        ("dispatcher.down", 1, gw), ("dispatcher.up", 1, gw)]
