@@ -182,7 +182,12 @@ class Events:
         kept = set()
         for b in after:
             kept.add(b.contact)
-            name = "registration.refreshed" if b.contact in before else "registration.added"
+            if b.contact in before:
+                if before[b.contact] == b.expires:
+                    continue  # another contact of the AOR, not in this REGISTER
+                name = "registration.refreshed"
+            else:
+                name = "registration.added"
             expires = None if b.expires is None else max(0, round(b.expires - now))
             bus.emit(name, aor=aor, contact=b.contact, expires=expires, received=b.received,
                      user_agent=b.user_agent)

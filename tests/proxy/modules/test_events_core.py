@@ -162,23 +162,27 @@ def test_registration_events(tmp_path: Path) -> None:
     kit = ProxyKit(tmp_path)
     got = collect(kit, "registration.*")
 
-    def register(expires: int, cseq: int) -> None:
-        data = request("REGISTER", "sip:sipsuite.test", call_id="reg-1", branch=f"r{cseq}",
-                       cseq=cseq).decode()
+    def register(expires: int, cseq: int, phone: str = "127.0.0.2") -> None:
+        data = request("REGISTER", "sip:sipsuite.test", call_id=f"reg-{phone}",
+                       branch=f"r{cseq}{phone}", cseq=cseq, host=phone).decode()
         data = data.replace("To: <sip:bob@sipsuite.test>", "To: <sip:alice@sipsuite.test>")
-        data = data.replace("Contact: <sip:alice@127.0.0.2:5070>",
-                            f"Contact: <sip:alice@127.0.0.2:5070>;expires={expires}")
-        kit.feed(data.encode(), CALLER)
+        data = data.replace(f"Contact: <sip:alice@{phone}:5070>",
+                            f"Contact: <sip:alice@{phone}:5070>;expires={expires}")
+        kit.feed(data.encode(), phone)
 
     register(300, 1)
-    register(300, 2)
+    register(300, 1, phone="127.0.0.3")  # alice's second phone
+    kit.clock.advance(0)
+    assert [(e.name, e["aor"], e["contact"], e["expires"]) for e in got] == [
+        ("registration.added", "alice", "sip:alice@127.0.0.2:5070", 300),
+        ("registration.added", "alice", "sip:alice@127.0.0.3:5070", 300)]
+    del got[:]
+    register(300, 2)  # refreshes the first phone only
     register(0, 3)
     kit.clock.advance(0)
     assert [(e.name, e["aor"], e["contact"]) for e in got] == [
-        ("registration.added", "alice", "sip:alice@127.0.0.2:5070"),
         ("registration.refreshed", "alice", "sip:alice@127.0.0.2:5070"),
         ("registration.removed", "alice", "sip:alice@127.0.0.2:5070")]
-    assert got[0]["expires"] == 300
 
 
 def test_config_changed(tmp_path: Path) -> None:
