@@ -205,6 +205,9 @@ def _load(tmp: Path, name: str, slow: bool) -> tuple[float, Any, Any]:
                        timeout_s=40, service="bob", rate=RATE, duration_ms=100)
         uas.wait()
         stats = json.loads(proxy.ctl("--json", "stats").stdout) if slow else None
+        if slow:
+            with urllib.request.urlopen(proxy.management_url + "metrics", timeout=5) as r:
+                stats["metrics"] = r.read().decode()
     finally:
         rc = proxy.stop()
     # Stopped by the SIGTERM (twistd re-raises it), not the SIGKILL after
@@ -235,6 +238,8 @@ def test_slow_subscribers_do_not_delay_calls(sipp_bin: str, tmp_path: Path) -> N
     # 100 calls raise ~900 events; 0.2 s and 1 s each cannot keep up.
     assert sleeper["dropped"] > 0 and waiter["dropped"] > 0, subs
     assert stats["events"]["dropped"] == sleeper["dropped"] + waiter["dropped"]
+    assert f'sipsuite_events_dropped_total{{subscriber="0:sleeper"}} {float(sleeper["dropped"])}' \
+        in stats["metrics"], stats["metrics"]
     # The setup time (INVITE to 200, mean over the run) within noise of the baseline.
     assert slow_ms == slow_ms and base_ms == base_ms, (base_ms, slow_ms)
     assert slow_ms <= base_ms * 1.5 + 5, (base_ms, slow_ms)
