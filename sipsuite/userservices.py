@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from sipsuite.config import Config
     from sipsuite.ops.server import RpcRegistry
 
-__all__ = ["LoadedService", "load_factory", "load_services"]
+__all__ = ["LoadedService", "check_services", "load_factory", "load_services"]
 
 log = get_logger("sipsuite.services")
 
@@ -83,12 +83,12 @@ def _name(spec: str, factory: Any) -> str:
     return name if isinstance(name, str) and name else spec.partition(":")[0].rpartition(".")[2]
 
 
-def load_services(parent: service.MultiService, handle: Handle, config: Config,
-                  registry: RpcRegistry | None = None) -> list[LoadedService]:
-    """Build every ``[services] load`` entry into ``parent`` (after what it
-    holds already) and serve ``services`` on ``registry``."""
+def check_services(config: Config) -> list[tuple[str, str, Any, Any]]:
+    """Import every ``[services] load`` factory and check its section:
+    ``(name, spec, factory, settings)`` each, or StartupError.  The worker
+    supervisor runs this alone (its workers build the services), so an
+    import error or a wrong key is still one line at start."""
     where = config.path or "<defaults>"
-    loaded: list[LoadedService] = []
     factories: list[tuple[str, str, Any]] = []
     for spec in config.services.load:
         factory = load_factory(spec, config.path)
@@ -103,6 +103,7 @@ def load_services(parent: service.MultiService, handle: Handle, config: Config,
             known = ", ".join(sorted(names)) or "none loaded"
             raise StartupError(f"{where}: services.{section}: no service of services.load is"
                                f" named {section!r} ({known})")
+    checked = []
     for name, spec, factory in factories:
         raw = config.service_sections.get(name, {})
         try:
@@ -110,6 +111,16 @@ def load_services(parent: service.MultiService, handle: Handle, config: Config,
                                      f"services.{name}")
         except ValueError as e:
             raise StartupError(f"{where}: {e}") from None
+        checked.append((name, spec, factory, settings))
+    return checked
+
+
+def load_services(parent: service.MultiService, handle: Handle, config: Config,
+                  registry: RpcRegistry | None = None) -> list[LoadedService]:
+    """Build every ``[services] load`` entry into ``parent`` (after what it
+    holds already) and serve ``services`` on ``registry``."""
+    loaded: list[LoadedService] = []
+    for name, spec, factory, settings in check_services(config):
         try:
             built = factory(handle, settings)
         except Exception as exc:  # noqa: BLE001 - any error in user code

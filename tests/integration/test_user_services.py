@@ -311,3 +311,13 @@ def test_a_registration_that_runs_out_is_an_expired_event(tmp_path: Path, monkey
         phone.close()
         proxy.stop()
     assert names == ["registration.added", "registration.expired"], names
+
+
+def test_worker_supervisor_checks_the_services_first(tmp_path: Path) -> None:
+    """With [proxy] workers the workers build the services; the supervisor
+    still refuses an import error or a wrong key with one line, exit 2."""
+    for toml, expected in (BROKEN["import error"], BROKEN["unknown key"]):
+        toml = toml + '[proxy]\nworkers = 2\n[redis]\nurl = "redis://127.0.0.1:1"\n'
+        result = _run(tmp_path, "sip-proxy", toml)
+        want = "sip-proxy: " + expected.format(tmp=tmp_path, repo=REPO, line=0)
+        assert (result.returncode, result.stderr.splitlines()) == (2, [want]), result.stderr
