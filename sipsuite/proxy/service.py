@@ -14,11 +14,12 @@ from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.ops.stats import MetricsResource, register_stats_methods
 from sipsuite.ops.users import register_store_methods
 from sipsuite.proxy.core.proxy import ProxyCore
-from sipsuite.proxy.modules import accounting, antiflood, auth, media, nat, natping, scanners
+from sipsuite.proxy.modules import accounting, antiflood, auth, media, nat, natping, scanners, shv
 from sipsuite.proxy.modules.antiflood import register_flood_methods
 from sipsuite.proxy.modules.dispatcher import dispatcher
 from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_methods
 from sipsuite.proxy.modules.events import SPEC as EVENTS_SPEC
+from sipsuite.proxy.modules.shv import register_shv_methods
 from sipsuite.proxy.registrar import outbound, registrar, subscribers, usrloc
 from sipsuite.proxy.registrar.redis import module as redis
 from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
@@ -29,8 +30,8 @@ log = get_logger("sipsuite.proxy.service")
 #: The feature modules converted to the module interface (issue 13), in
 #: set-up order; the core's registry stops them in reverse.
 BUILTIN_MODULES = (
-    EVENTS_SPEC, redis.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC, scanners.SPEC, outbound.SPEC,
-    registrar.SPEC, auth.SPEC, nat.SPEC, natping.SPEC, media.SPEC, dispatcher.SPEC,
+    EVENTS_SPEC, redis.SPEC, shv.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC, scanners.SPEC,
+    outbound.SPEC, registrar.SPEC, auth.SPEC, nat.SPEC, natping.SPEC, media.SPEC, dispatcher.SPEC,
     accounting.SPEC,
 )
 
@@ -104,6 +105,7 @@ def make_proxy_service(config: Config, *, user_services: bool = True) -> service
                                core.modules.require(SUBSCRIBERS), config.auth.realm)
         register_dispatcher_methods(registry, core)
         register_flood_methods(registry, core)
+        register_shv_methods(registry, core)
         register_liveops_methods(registry, core)
         register_stats_methods(registry, core)
         register_tls_methods(registry, tls, core.transport)

@@ -29,9 +29,10 @@ if TYPE_CHECKING:
     from sipsuite.sip.message import Request, Response
 
 __all__ = [
-    "AUTH", "DISPATCHER", "EVENTS", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS", "REGISTRAR",
-    "SUBSCRIBERS", "AuthService", "FlowService", "LoadBalancerService", "LocationService",
-    "EventsService", "MediaService", "NatPingService", "NatService", "RegistrarService",
+    "AUTH", "DISPATCHER", "EVENTS", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS",
+    "REGISTRAR", "SHV", "SUBSCRIBERS", "AuthService", "EventsService", "FlowService",
+    "LoadBalancerService", "LocationService", "MediaService", "NatPingService", "NatService",
+    "RegistrarService", "SharedVars",
 ]
 
 
@@ -142,6 +143,18 @@ class EventsService(Protocol):
                          after: list[Binding]) -> None: ...
 
 
+class SharedVars(Protocol):
+    """shv: Kamailio's $shv, variables every process of the proxy shares
+    (and every node, with Redis): ``Routing.shv``.  Values are int or str;
+    every call may raise StoreUnavailable."""
+
+    async def get(self, name: str, default: Any = None) -> Any: ...
+    async def set(self, name: str, value: int | str) -> None: ...
+    async def incr(self, name: str, by: int = 1) -> int: ...  # atomic; the new value
+    async def delete(self, name: str) -> bool: ...
+    async def items(self) -> dict[str, int | str]: ...
+
+
 #: The Redis connection the stores share (redis/client.py's RedisConnection).
 REDIS: ServiceKey[Any] = ServiceKey("redis")
 LOCATION: ServiceKey[LocationService] = ServiceKey("location")
@@ -154,3 +167,4 @@ NATPING: ServiceKey[NatPingService] = ServiceKey("natping")
 MEDIA: ServiceKey[MediaService] = ServiceKey("media")
 DISPATCHER: ServiceKey[LoadBalancerService] = ServiceKey("dispatcher")
 EVENTS: ServiceKey[EventsService] = ServiceKey("events")
+SHV: ServiceKey[SharedVars] = ServiceKey("shv")
