@@ -144,13 +144,11 @@ class Subscription:
             if inspect.iscoroutine(result):
                 result = defer.ensureDeferred(result)
             if isinstance(result, defer.Deferred):
-                if result.called and not result.paused:
-                    result.addErrback(self._failed)
-                    self.delivered += 1
-                    continue
                 self.busy = True
                 result.addCallbacks(self._done, self._failed_async)
-                return
+                if self.busy:
+                    return  # resumed by _done / _failed_async
+                continue  # it had fired already: counted, go on
             self.delivered += 1
 
     def _in_thread(self, event: Event) -> None:

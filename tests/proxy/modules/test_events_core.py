@@ -232,3 +232,13 @@ def test_dispatcher_destination_down_and_up(tmp_path: Path) -> None:
     core.clock.advance(0)
     assert [(e.name, e["setid"], e["uri"]) for e in got] == [
         ("dispatcher.down", 1, gw), ("dispatcher.up", 1, gw)]
+
+
+def test_deferreds_already_fired_count_as_delivered_or_failed(tmp_path: Path) -> None:
+    kit = ProxyKit(tmp_path, static=STATIC)
+    results = [defer.succeed(None), defer.fail(RuntimeError("bad")), defer.succeed(None)]
+    sub = bus(kit).subscribe("call.started", lambda e: results.pop(0))
+    for i in range(3):
+        invite(kit, f"d{i}")
+    kit.clock.advance(0)
+    assert (sub.delivered, sub.failed, len(sub.queue)) == (2, 1, 0)
