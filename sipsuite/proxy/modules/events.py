@@ -15,7 +15,8 @@ nothing per request.
 - ``call.answered``: the first 2xx of a started call going upstream;
 - ``call.ended``: a started call's final answer >= 300 (cause ``cancelled``,
   ``busy``, ``no-answer``, ``declined`` or ``failed``), or the answer to the
-  BYE of an answered call (``caller-hangup`` / ``callee-hangup``), with
+  BYE of an answered call (``caller-hangup`` / ``callee-hangup``), or
+  ``timeout`` when no BYE passed within ``[accounting] max_duration``, with
   ``duration`` (answer to BYE, 0 unanswered) and ``setup_time``;
 - ``registration.*``: from the registrar (``bindings_changed``) and, for
   ``expired``, a timer per earliest expiry that checks the store;
@@ -81,6 +82,7 @@ class Events:
         self._expiry: list[tuple[float, str, str]] = []
         self._watched: dict[tuple[str, str], float] = {}
         self._expiry_timer: Timer | None = None
+        self._call_timer: Timer | None = None
         self.bus.on_change(self._wanted_changed)
 
     # -- installing hooks on demand ---------------------------------------------
@@ -150,6 +152,8 @@ class Events:
             calls[key] = call
             while len(calls) > MAX_CALLS:
                 calls.popitem(last=False)
+            if self._call_timer is None:
+                self._arm_calls(now)
             return
         if state.ended or state.answered:
             return
@@ -171,6 +175,33 @@ class Events:
         answer = call.pop("answer")
         self.bus.emit("call.ended", answered=True, cause=cause, reason="BYE", bye_code=status,
                       duration=round(now - answer, 3), **call)
+
+    # -- answered calls whose BYE never passes ----------------------------------------
+    def _arm_calls(self, now: float) -> None:
+        calls = self.calls
+        if not calls:
+            self._call_timer = None
+            return
+        oldest = calls[next(iter(calls))]
+        due = oldest["answer"] + self.core.config.accounting.max_duration
+        # At most a minute, so a max_duration lowered by cfg set applies soon.
+        self._call_timer = self.core.call_later(min(max(due - now, 0.0), 60.0), self._expire_calls)
+
+    def _expire_calls(self) -> None:
+        self._call_timer = None
+        now = self.core.clock.seconds()
+        limit = self.core.config.accounting.max_duration
+        calls = self.calls
+        while calls:
+            key = next(iter(calls))
+            call = calls[key]
+            if call["answer"] + limit > now:
+                break
+            del calls[key]
+            call.pop("answer")
+            self.bus.emit("call.ended", answered=True, cause="timeout", reason="max_duration",
+                          duration=round(limit, 3), **call)
+        self._arm_calls(now)
 
     # -- registrations -------------------------------------------------------------
     def bindings_changed(self, aor: str, before: Mapping[str, float | None],
@@ -271,6 +302,9 @@ class Events:
         if self._expiry_timer is not None and self._expiry_timer.active():
             self._expiry_timer.cancel()
         self._expiry_timer = None
+        if self._call_timer is not None and self._call_timer.active():
+            self._call_timer.cancel()
+        self._call_timer = None
         # The user services stopped first; what they left subscribed goes
         # now, with the threads of blocking subscribers (a thread left
         # waiting would keep the process from exiting).

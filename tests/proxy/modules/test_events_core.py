@@ -242,3 +242,15 @@ def test_deferreds_already_fired_count_as_delivered_or_failed(tmp_path: Path) ->
         invite(kit, f"d{i}")
     kit.clock.advance(0)
     assert (sub.delivered, sub.failed, len(sub.queue)) == (2, 1, 0)
+
+
+def test_an_answered_call_without_a_bye_ends_at_max_duration(tmp_path: Path) -> None:
+    kit = ProxyKit(tmp_path, static=STATIC, accounting={"max_duration": 100.0})
+    got = collect(kit, "call.ended")
+    callee_says(kit, invite(kit), 200)
+    kit.clock.advance(99)
+    assert got == []
+    kit.clock.advance(61)  # the timer wakes at least once a minute
+    [ended] = got
+    assert (ended["cause"], ended["duration"], ended["answered"]) == ("timeout", 100.0, True)
+    assert kit.core.modules.by_name("events").calls == {}
