@@ -84,9 +84,14 @@ def setting(default: Any, validator: Validator) -> Any:
     return field(metadata={"default": default, "validator": validator})
 
 
-def section(name: str, cls: type) -> Any:
-    """A [name] table whose keys are the fields of dataclass *cls*."""
-    return field(metadata={"section": name, "cls": cls})
+def section(name: str, cls: type, subtables: str | None = None) -> Any:
+    """A [name] table whose keys are the fields of dataclass *cls*; with
+    *subtables*, its [name.X] tables go, unchecked, into that field of
+    Config (their owner checks them: [services.NAME], its service's)."""
+    meta: dict[str, Any] = {"section": name, "cls": cls}
+    if subtables:
+        meta["subtables"] = subtables
+    return field(metadata=meta)
 
 
 def table(name: str, key: Callable[[str], str], value: Validator) -> Any:
@@ -276,6 +281,14 @@ class DispatcherConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServicesConfig:
+    """User services (sipsuite.api): each [services.NAME] table is checked
+    by its service's own schema when the service is built."""
+
+    load: list[str] = setting([], list_of(import_spec, unique=True))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: str = setting("info", one_of("debug", "info", "warn", "error"))
 
@@ -305,4 +318,7 @@ class Config:
     management: ManagementConfig = section("management", ManagementConfig)
     tls: TLSConfig = section("tls", TLSConfig)
     log: LogConfig = section("log", LogConfig)
+    services: ServicesConfig = section("services", ServicesConfig, subtables="service_sections")
+    # [services.NAME] tables as written: NAME -> its raw TOML table.
+    service_sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: str | None = None  # the file it came from; None for the built-in defaults

@@ -411,6 +411,7 @@ BAD_VALUES = [
     ("dispatcher", "call_timeout", "0", "a number of seconds above 0"),
     ("log", "level", '"trace"', "one of 'debug', 'info', 'warn', 'error'"),
     ("log", "level", "3", "one of 'debug', 'info', 'warn', 'error'"),
+    ("services", "load", '["nocolon"]', "'package.module:ClassName'"),
     ("tls", "certificate", "1", "'' or the path of a PEM file"),
     ("tls", "private_key", '"a\\nb"', "'' or the path of a PEM file"),
     ("tls", "ca_list", "[]", "'' or the path of a PEM file"),
