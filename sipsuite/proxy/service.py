@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import service
@@ -34,14 +35,18 @@ BUILTIN_MODULES = (
 )
 
 
-def build_core(config: Config, reactor: Any) -> ProxyCore:
+def build_core(config: Config, reactor: Any, *, modules: Sequence[Any] = BUILTIN_MODULES,
+               core_class: type[ProxyCore] = ProxyCore, **core_options: Any) -> ProxyCore:
     """The proxy core with the built-in modules ``config`` enables set up, as
     ``twistd sip-proxy`` runs it, but nothing bound and nothing started: what
-    a test of a routing class feeds messages to (docs/routing.md)."""
-    core = ProxyCore(config, reactor)
+    the routing test kit (sipsuite.testing) feeds messages to.  ``modules``,
+    ``core_class`` and ``core_options`` (ProxyCore's resolver,
+    transport_class) let it swap the stores, the clock and the network for
+    ones of its own."""
+    core = core_class(config, reactor, **core_options)
     # Before the modules: the media module's tls: relays need the contexts.
     attach_tls(core)
-    core.modules.setup_all(BUILTIN_MODULES, config)
+    core.modules.setup_all(modules, config)
     return core
 
 

@@ -107,7 +107,13 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
     surface only.  Made by the proxy service (proxy/service.py), which sets
     the modules up; ``start()`` binds the sockets and starts the modules."""
 
-    def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None) -> None:
+    #: What the routing hooks get as ``ctx``.  The routing test kit and
+    #: ``route explain`` (sipsuite/testing/) put a subclass here that records
+    #: each action with the line that made it; the proxy itself pays nothing.
+    context_class: type[RequestContext] = RequestContext
+
+    def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None,
+                 transport_class: type[TransportLayer] = TransportLayer) -> None:
         self.config = config
         self.clock = reactor
         # Feature modules plug in here (api.CoreAPI.hooks / .modules); the
@@ -120,7 +126,8 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             t1=config.timers.t1, t2=config.timers.t2, t4=config.timers.t4,
             timer_c=config.timers.timer_c,
         )
-        self.transport = TransportLayer(reactor, self.receive, p.tcp_idle_timeout)
+        # transport_class: the test kit's captures what would be sent instead.
+        self.transport = transport_class(reactor, self.receive, p.tcp_idle_timeout)
         self.transport.configure(p)
         self.transport.on_connection_failed = self._tcp_connect_failed
         if resolver is None:
@@ -364,7 +371,8 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             self._reply_tx(holder, req, 503, "Service Unavailable", [("Retry-After", str(wait))])
             return
         loose, removed = self._preprocess_routes(req)
-        ctx = RequestContext(self, req, source, loose, holder.call if holder is not None else None)
+        ctx = self.context_class(self, req, source, loose,
+                                 holder.call if holder is not None else None)
         ctx.removed_routes = removed
         if holder is not None:
             holder.request_ctx = ctx

@@ -1,0 +1,138 @@
+"""sipsuite.testing.OfflineProxy: a routing class in a real core, no sockets,
+a fake clock; each test asserts what the proxy does, as a routing test would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sipsuite.config import ConfigError
+from sipsuite.proxy import DefaultRouting, RequestContext
+from sipsuite.sip.digest import authorization, parse_challenge
+from sipsuite.testing import OfflineProxy, build_request
+
+DOMAIN = {"proxy": {"domains": ["example.com"]}}
+
+
+def test_a_call_to_a_registered_user_is_relayed_with_the_exact_bytes() -> None:
+    proxy = OfflineProxy(config=DOMAIN, bindings={"bob": ["sip:bob@192.0.2.20:5062"]})
+    out = proxy.receive(build_request("INVITE", "sip:bob@example.com", from_="sip:alice@example.com"),
+                        source="udp:198.51.100.7:5070")
+    assert out.decision == "relayed"
+    assert [r.status for r in out.replies] == [100]
+    branch = out.branch
+    assert branch.destination == "udp:192.0.2.20:5062"
+    assert branch.uri == "sip:bob@192.0.2.20:5062"
+    lines = branch.data.decode().split("\r\n")
+    assert lines[0] == "INVITE sip:bob@192.0.2.20:5062 SIP/2.0"
+    assert lines[1] == "Record-Route: <sip:127.0.0.1:5060;lr>"
+    assert lines[2].startswith("Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK")
+    assert "Max-Forwards: 69" in lines
+    # The default script's step log, recorded though [features] debug is off.
+    assert "location: 'bob': 1 binding(s) -> relay to sip:bob@192.0.2.20:5062" in out.trace
+
+
+def test_an_unknown_user_gets_404_and_a_foreign_caller_403() -> None:
+    proxy = OfflineProxy(config=DOMAIN)
+    out = proxy.receive(build_request("INVITE", "sip:nobody@example.com"))
+    assert (out.decision, out.status, out.reason) == ("replied", 404, "Not Found")
+    out = proxy.receive(build_request("INVITE", "sip:x@elsewhere.example", call_id="c2",
+                                      from_="sip:eve@evil.example"))
+    assert (out.status, out.reason) == (403, "Not relaying")
+    assert out.branches == []
+
+
+def test_users_are_challenged_and_then_let_through() -> None:
+    proxy = OfflineProxy(config={**DOMAIN, "features": {"auth": True}, "auth": {"realm": "example.com"}},
+                         users={"alice": "secret"}, bindings={"bob": ["sip:bob@192.0.2.20"]})
+    first = proxy.receive(build_request("INVITE", "sip:bob@example.com", from_="sip:alice@example.com"))
+    assert first.status == 407
+    nonce = parse_challenge(first.header("Proxy-Authenticate") or "")["nonce"]
+    creds = authorization("alice", "secret", "example.com", nonce, "INVITE", "sip:bob@example.com")
+    second = proxy.receive(build_request("INVITE", "sip:bob@example.com", from_="sip:alice@example.com",
+                                         cseq=2, headers=[("Proxy-Authorization", creds)]))
+    assert second.decision == "relayed"
+    # consume_credentials: the callee never sees them.
+    assert second.branch.header("Proxy-Authorization") is None
+    assert any(s.action == "auth_check" and "valid credentials" in s.detail for s in second.steps)
+
+
+def test_register_stores_a_binding_on_the_fake_clock() -> None:
+    proxy = OfflineProxy(config=DOMAIN)
+    out = proxy.receive(build_request("REGISTER", "sip:example.com", from_="sip:carol@example.com",
+                                      to="sip:carol@example.com", headers=[("Expires", "60")],
+                                      via="udp:203.0.113.5:5066"),
+                        source="udp:203.0.113.5:5066")
+    assert out.status == 200
+    [binding] = proxy.bindings("carol")
+    assert binding.contact == "sip:carol@203.0.113.5:5066"
+    proxy.advance(61)
+    assert proxy.bindings("carol") == []
+
+
+def test_a_busy_callee_goes_to_voicemail_from_failure_route() -> None:
+    proxy = OfflineProxy(config={**DOMAIN, "features": {"voicemail": True},
+                                 "voicemail": {"srv_ip": "192.0.2.99", "srv_port": 5080}},
+                         bindings={"bob": ["sip:bob@192.0.2.20"]})
+    out = proxy.receive(build_request("INVITE", "sip:bob@example.com", from_="sip:alice@example.com"))
+    busy = out.branch.answer(486)
+    assert busy.decision == "relayed" and busy.reply is None
+    assert busy.branch.destination == "udp:192.0.2.99:5080"
+    assert busy.branch.uri == "sip:bob@192.0.2.99:5080"
+    assert [s.hook for s in busy.steps if s.action == "relay"] == ["failure_route"]
+    ok = busy.branch.answer(200)
+    assert ok.status == 200 and ok.reply is not None and ok.reply.to_tag
+
+
+def test_no_answer_at_all_is_480_after_the_transaction_timeout() -> None:
+    proxy = OfflineProxy(config=DOMAIN, bindings={"bob": ["sip:bob@192.0.2.20"]})
+    out = proxy.receive(build_request("INVITE", "sip:bob@example.com", from_="sip:alice@example.com"))
+    assert out.branch.retransmissions == 0
+    later = proxy.advance(5)
+    assert later.reply is None and out.branch.retransmissions >= 3  # timer A, fired at its times
+    end = proxy.advance(40)  # timer B (32 s) on a branch that never answered
+    assert (end.status, end.reason) == (480, "Temporarily Unavailable")
+
+
+class Picky(DefaultRouting):
+    async def request_route(self, ctx: RequestContext) -> Any:
+        if ctx.request.header("User-Agent") == "friendly-scanner":
+            ctx.drop()
+            return
+        if ctx.request.uri.user == "gw":
+            ctx.vars["tried"] = 1
+            ctx.relay(["sip:gw@192.0.2.30", "sip:gw@192.0.2.31:5070"])
+            return
+        await super().request_route(ctx)
+
+    def failure_route(self, ctx: RequestContext, response: Any) -> Any:
+        if ctx.vars.get("tried") == 1:
+            ctx.vars["tried"] = 2
+            ctx.reply(503, "All Gateways Down")
+            return None
+        return super().failure_route(ctx, response)
+
+
+def test_a_routing_class_of_ones_own_its_decisions_and_their_lines() -> None:
+    proxy = OfflineProxy(Picky, config=DOMAIN)
+    out = proxy.receive(build_request("INVITE", "sip:gw@example.com"))
+    assert [b.destination for b in out.branches] == ["udp:192.0.2.30:5060", "udp:192.0.2.31:5070"]
+    [relay] = [s for s in out.steps if s.action == "relay"]
+    assert relay.hook == "request_route"
+    assert relay.where.endswith(f"test_offline_proxy.py:{Picky.request_route.__code__.co_firstlineno + 6}")
+    first = out.branches[0].answer(500)  # the other branch has not answered yet
+    assert first.decision == "pending" and first.replies == []
+    last = out.branches[1].answer(408)
+    assert (last.status, last.reason) == (503, "All Gateways Down")
+    assert last.vars == {"tried": 2}
+    dropped = proxy.receive(build_request("OPTIONS", "sip:x@example.com", call_id="c9",
+                                          headers=[("User-Agent", "friendly-scanner")]))
+    assert dropped.decision == "dropped" and dropped.replies == []
+
+
+def test_config_as_toml_text_and_a_bad_key_named() -> None:
+    proxy = OfflineProxy(config='[proxy]\ndomains = ["example.org"]\n')
+    assert proxy.config.proxy.domains == ["example.org"] or tuple(proxy.config.proxy.domains) == ("example.org",)
+    with pytest.raises(ConfigError, match="nosuchkey"):
+        OfflineProxy(config={"proxy": {"nosuchkey": 1}})
