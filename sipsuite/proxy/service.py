@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import service
@@ -11,44 +10,19 @@ from sipsuite.config import Config
 from sipsuite.gcpolicy import GCPolicy
 from sipsuite.log import get_logger
 from sipsuite.ops.liveops import LiveOpsService, register_liveops_methods
+from sipsuite.ops.routeexplain import register_route_methods
 from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.ops.stats import MetricsResource, register_stats_methods
 from sipsuite.ops.users import register_store_methods
-from sipsuite.proxy.core.proxy import ProxyCore
-from sipsuite.proxy.modules import accounting, antiflood, auth, media, nat, natping, scanners
+from sipsuite.proxy.build import BUILTIN_MODULES, build_core
 from sipsuite.proxy.modules.antiflood import register_flood_methods
-from sipsuite.proxy.modules.dispatcher import dispatcher
 from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_methods
-from sipsuite.proxy.registrar import outbound, registrar, subscribers, usrloc
-from sipsuite.proxy.registrar.redis import module as redis
 from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
-from sipsuite.tlsctx import attach_tls, register_tls_methods
+from sipsuite.tlsctx import register_tls_methods
 
 log = get_logger("sipsuite.proxy.service")
 
-#: The feature modules converted to the module interface (issue 13), in
-#: set-up order; the core's registry stops them in reverse.
-BUILTIN_MODULES = (
-    redis.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC, scanners.SPEC, outbound.SPEC,
-    registrar.SPEC, auth.SPEC, nat.SPEC, natping.SPEC, media.SPEC, dispatcher.SPEC,
-    accounting.SPEC,
-)
-
-
-def build_core(config: Config, reactor: Any, *, modules: Sequence[Any] = BUILTIN_MODULES,
-               core_class: type[ProxyCore] = ProxyCore, **core_options: Any) -> ProxyCore:
-    """The proxy core with the built-in modules ``config`` enables set up, as
-    ``twistd sip-proxy`` runs it, but nothing bound and nothing started: what
-    the routing test kit (sipsuite.testing) feeds messages to.  ``modules``,
-    ``core_class`` and ``core_options`` (ProxyCore's resolver,
-    transport_class) let it swap the stores, the clock and the network for
-    ones of its own."""
-    core = core_class(config, reactor, **core_options)
-    # Before the modules: the media module's tls: relays need the contexts.
-    attach_tls(core)
-    core.modules.setup_all(modules, config)
-    return core
-
+__all__ = ["BUILTIN_MODULES", "ProxyService", "build_core", "make_proxy_service"]
 
 class ProxyService(service.Service):
     """The proxy core under twistd: its listeners, its modules (the Redis
@@ -106,6 +80,7 @@ def make_proxy_service(config: Config) -> service.MultiService:
         register_dispatcher_methods(registry, core)
         register_flood_methods(registry, core)
         register_liveops_methods(registry, core)
+        register_route_methods(registry, core)
         register_stats_methods(registry, core)
         register_tls_methods(registry, tls, core.transport)
         ManagementService(config.management.listen, registry,

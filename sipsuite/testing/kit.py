@@ -24,12 +24,12 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from sipsuite.config import Config, load_config
+from sipsuite.proxy.build import build_core
 from sipsuite.proxy.core.proxy import ProxyCore
 from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.registrar.bindings import Binding
 from sipsuite.proxy.registrar.location import Subscriber
 from sipsuite.proxy.routing.base import Routing
-from sipsuite.proxy.service import build_core
 from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.parser import parse_datagram
@@ -323,13 +323,25 @@ class OfflineProxy:
     def step(self, action: Callable[[], object], ctx: RecordingContext | None = None) -> Outcome:
         """Run ``action`` and return what the proxy did meanwhile; ``ctx``:
         the transaction it concerns, when no new request makes one."""
-        sent_at, steps_at = len(self.sent), len(self.recorder.steps)
-        ctx_at = len(self.recorder.contexts)
-        self._new, self._stateless = [], []
+        marks = self.marks()
         action()
+        return self.outcome(marks, ctx)
+
+    def marks(self) -> tuple[int, int, int]:
+        """Where the records stand now (for :meth:`outcome`)."""
+        self._new, self._stateless = [], []
+        return len(self.sent), len(self.recorder.steps), len(self.recorder.contexts)
+
+    def outcome(self, marks: tuple[int, int, int], ctx: RecordingContext | None = None) -> Outcome:
+        """What the proxy did since ``marks``."""
+        sent_at, steps_at, ctx_at = marks
         contexts = self.recorder.contexts[ctx_at:]
         return Outcome(self.sent[sent_at:], self._new, self.recorder.steps[steps_at:],
                        contexts[0] if contexts else ctx, self._stateless)
+
+    def awaiting(self) -> bool:
+        """A routing hook is still running (awaiting something not answered yet)."""
+        return any(not c.handled and c.request.method != "ACK" for c in self.recorder.contexts)
 
     def _on_send(self, sent: Sent) -> None:
         self.sent.append(sent)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sipsuite.ops.ctl.liveops import render_explanation as render_data
+
 if TYPE_CHECKING:
     from sipsuite.testing.outcome import Outcome
 
@@ -23,26 +25,6 @@ def explanation(outcome: Outcome, wire: bool = False) -> dict[str, Any]:
         "avps": {k: repr(v) for k, v in outcome.avps.items()},
         "vars": {k: repr(v) for k, v in outcome.vars.items()},
     }
-
-
-def render_data(data: dict[str, Any]) -> str:
-    """The lines ``route explain`` prints for :func:`explanation`'s data."""
-    lines = []
-    for s in data["steps"]:
-        by = f" (by {s['by']})" if s.get("by") else ""
-        at = f"  [{s['where']}]" if s.get("where") else ""
-        detail = f" {s['detail']}" if s["detail"] else ""
-        lines.append(f"{s['hook']}: {s['action']}{detail}{by}{at}")
-    for s in data["sent"]:
-        lines.append(f"sent: {s['first_line']} -> {s['destination']}")
-        if "data" in s:
-            lines.extend("    " + ln for ln in s["data"].rstrip("\r\n").split("\r\n"))
-    if data.get("avps"):
-        lines.append("avps: " + ", ".join(f"{k}={v}" for k, v in data["avps"].items()))
-    if data.get("vars"):
-        lines.append("vars: " + ", ".join(f"{k}={v}" for k, v in data["vars"].items()))
-    lines.append(f"decision: {data['decision']}")
-    return "\n".join(lines)
 
 
 def render(outcome: Outcome, wire: bool = False) -> str:

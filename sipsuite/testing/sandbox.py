@@ -1,0 +1,263 @@
+"""Dry runs on a running proxy (``sipsuite-ctl route explain``): a sandbox
+core built from the live one's config and routing class, whose stores read
+the live ones and write to a throwaway overlay, and whose network captures.
+
+What the sandbox shares with the live core, read-only: the registered
+bindings and the subscribers (Redis or memory), the nonce key and the
+nonce-count table of the auth module (a replayed nc is refused as live, an
+accepted one is not written back), the flow-token key, the dispatcher's
+destination states and round-robin position (copied), the resolver.  What
+it has of its own, thrown away after the message: the transactions, the
+counters, the bindings a REGISTER stores, the accepted nonce counts, a new
+instance of the routing class.  Left out, so that nothing leaves: the Redis
+connection of its own, antiflood (a banned source is reported from the
+live table instead), NAT keep-alives, the media relay (its offers would
+create relay sessions) and accounting.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+
+from sipsuite.hosts import bracket, unbracket
+from sipsuite.proxy.core.proxy import ProxyCore
+from sipsuite.proxy.modules import auth, nat, scanners
+from sipsuite.proxy.modules.dispatcher import dispatcher
+from sipsuite.proxy.registrar import outbound, registrar
+from sipsuite.proxy.registrar.bindings import Binding, current
+from sipsuite.proxy.registrar.location import Subscriber
+from sipsuite.proxy.registrar.subscribers import SubscribersSpec
+from sipsuite.proxy.registrar.usrloc import LocationSpec
+from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
+from sipsuite.sip.digest import NonceCounter
+from sipsuite.sip.parser import parse_datagram
+from sipsuite.testing.kit import OfflineProxy, message_bytes
+from sipsuite.testing.network import parse_target
+from sipsuite.testing.outcome import Outcome
+from sipsuite.testing.recorder import Step
+from sipsuite.testing.report import explanation
+
+__all__ = ["OverlayLocationStore", "dry_run"]
+
+T = TypeVar("T")
+
+#: How long a dry run waits for a routing hook that awaits (a Redis lookup).
+WAIT = 5.0
+
+
+class OverlayLocationStore:
+    """Reads the live store; what is written stays here."""
+
+    def __init__(self, live: Any, clock: Callable[[], float]) -> None:
+        self.live = live
+        self.clock = clock
+        self.own: dict[str, list[Binding]] = {}
+
+    async def _held(self, aor: str) -> list[Binding]:
+        if aor in self.own:
+            return current(self.own[aor], self.clock())
+        return [Binding.from_dict(b.to_dict()) for b in await self.live.lookup(aor)]
+
+    async def lookup(self, aor: str) -> list[Binding]:
+        return await self._held(aor)
+
+    async def update(self, aor: str, change: Callable[[list[Binding], float], T]) -> T:
+        work = await self._held(aor)
+        now = self.clock()
+        result = change(work, now)
+        self.own[aor] = current(work, now)
+        return result
+
+    async def remove(self, aor: str, contact: str | None = None) -> int:
+        held = await self._held(aor)
+        keep = [] if contact is None else [b for b in held if b.contact != contact]
+        self.own[aor] = keep
+        return len(held) - len(keep)
+
+    async def aors(self) -> list[str]:
+        live = set(await self.live.aors())
+        return sorted((live | set(self.own)) - {a for a, b in self.own.items() if not b})
+
+    async def nat_aors(self) -> list[str]:
+        return list(await self.live.nat_aors())
+
+
+class ReadOnlySubscribers:
+    """The live subscriber store, for reading."""
+
+    def __init__(self, live: Any) -> None:
+        self.live = live
+
+    async def get(self, user: str) -> Subscriber | None:
+        return await self.live.get(user)
+
+    async def list(self) -> list[Subscriber]:
+        return await self.live.list()
+
+    async def add(self, sub: Subscriber) -> bool:
+        return False
+
+    async def replace(self, sub: Subscriber) -> bool:
+        return False
+
+    async def remove(self, user: str) -> bool:
+        return False
+
+
+class OverlayNonceCounter(NonceCounter):
+    """A nonce count the live table has seen is refused as it would be
+    there; an accepted one is remembered here only."""
+
+    __slots__ = ("live",)
+
+    def __init__(self, live: NonceCounter) -> None:
+        super().__init__()
+        self.live = live
+
+    def accept(self, nonce: str, nc: str, expires_at: float, now: float) -> bool:
+        seen = self.live._entries.get(nonce)
+        if seen is not None and nc.isalnum() and len(nc) == 8:
+            try:
+                if int(nc, 16) <= seen[0]:
+                    return False
+            except ValueError:
+                return False
+        return super().accept(nonce, nc, expires_at, now)
+
+
+class _Fixed:
+    """A module spec that sets up what a function makes."""
+
+    def __init__(self, spec: Any, after: Callable[[Any], None]) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.requires = spec.requires
+        self.runtime_switch = spec.runtime_switch
+        self.after = after
+
+    def enabled(self, config: Any) -> bool:
+        return bool(self.spec.enabled(config))
+
+    def setup(self, core: Any, config: Any) -> Any:
+        module = self.spec.setup(core, config)
+        self.after(module)
+        return module
+
+
+def sandbox_modules(live: ProxyCore) -> list[Any]:
+    """The module specs of a sandbox of ``live`` (see the module's docstring)."""
+    location = live.modules.require(LOCATION)
+    subscribers = live.modules.require(SUBSCRIBERS)
+    live_auth = live.modules.by_name("auth")
+    live_outbound = live.modules.by_name("outbound")
+    live_ds = live.modules.by_name("dispatcher")
+
+    def share_auth(module: Any) -> None:
+        if live_auth is not None:
+            module.nonces = live_auth.nonces  # type: ignore[attr-defined]
+            module.counter = OverlayNonceCounter(live_auth.counter)  # type: ignore[attr-defined]
+        module.shared_counter = None
+
+    def share_tokens(module: Any) -> None:
+        if live_outbound is not None:
+            module.tokens = live_outbound.tokens  # type: ignore[attr-defined]
+
+    def copy_dispatcher(module: Any) -> None:
+        if live_ds is not None:
+            module.sets = copy.deepcopy(live_ds.sets)  # type: ignore[attr-defined]
+            module.by_uri = {}
+            for dests in module.sets.values():
+                for d in dests:
+                    module.by_uri.setdefault(d.uri, []).append(d)
+            module.rr = dict(live_ds.rr)  # type: ignore[attr-defined]
+
+    return [
+        LocationSpec(OverlayLocationStore(location.store, live.wall)),
+        SubscribersSpec(ReadOnlySubscribers(subscribers)),
+        scanners.SPEC, _Fixed(outbound.SPEC, share_tokens), registrar.SPEC,
+        _Fixed(auth.SPEC, share_auth), nat.SPEC, _Fixed(dispatcher.SPEC, copy_dispatcher),
+    ]
+
+
+class Sandbox(OfflineProxy):
+    """An OfflineProxy over a live core's config, stores and routing class."""
+
+    def __init__(self, live: ProxyCore) -> None:  # built by _build, not by OfflineProxy.__init__
+        self.live = live
+        self.config = live.config
+        # A clock of its own that never moves: the sandbox's transactions
+        # never retransmit nor time out.  The wall clock is the live one
+        # (bindings' expiries, nonce ages).
+        self.clock = task.Clock()
+        self.clock.advance(live.clock.seconds())
+        self._dns = None
+        self.core = self._build(live.config, resolver=live.resolver,
+                                modules=sandbox_modules(live))
+        self.core.set_routing(type(live.routing)(self.core))
+        self.setup(None, None)
+
+    def _build(self, config: Any, resolver: Any = None, **options: Any) -> ProxyCore:
+        from sipsuite.proxy.build import build_core
+        from sipsuite.testing.network import CaptureNet
+
+        core = build_core(config, self.clock, resolver=resolver, transport_class=CaptureNet,
+                          **options)
+        self._wire(core)
+        return core
+
+    def close(self) -> None:
+        close = getattr(self.core.routing, "close", None)
+        if callable(close):
+            close()
+        self.core.stop()
+
+
+def _banned(live: ProxyCore, host: str) -> bool:
+    flood = live.modules.by_name("antiflood")
+    table = getattr(flood, "table", None)
+    if table is None:
+        return False
+    return any(addr == host for addr, _ in table.banned(live.clock.seconds()))
+
+
+def via_source(message: str) -> str:
+    """``transport:host:port`` of the message's top Via (where it says it
+    comes from)."""
+    via = parse_datagram(message_bytes(message)).top_via
+    host = via.received or unbracket(via.host)
+    return f"{via.transport.lower()}:{bracket(host)}:{via.port or 5060}"
+
+
+async def dry_run(live: ProxyCore, message: str, source: str | None, reactor: Any,
+                  wire: bool = False) -> Mapping[str, Any]:
+    """Route ``message`` from ``source`` (None: its top Via) through a
+    sandbox of ``live``; the explanation (report.explanation) of what the
+    live proxy would do."""
+    source = source or via_source(message)
+    host = parse_target(source).host
+    box = Sandbox(live)
+    try:
+        if _banned(live, host):
+            return {"decision": "dropped", "sent": [], "avps": {}, "vars": {},
+                    "steps": [{"hook": "request_in", "action": "drop",
+                               "detail": f"{host} is banned (antiflood)", "where": "", "by": ""}]}
+        marks = box.marks()
+        box.receive(message, source=source)
+        waited = 0.0
+        while box.awaiting() and waited < WAIT:
+            # A hook awaits a live store (Redis): let the reactor answer it.
+            d: Deferred[None] = task.deferLater(reactor, 0.02, lambda: None)
+            await d
+            waited += 0.02
+        outcome: Outcome = box.outcome(marks)
+        if box.awaiting():
+            outcome.steps.append(Step("request_route", "timeout",
+                                      f"still routing after {WAIT:.0f} s"))
+        return explanation(outcome, wire)
+    finally:
+        box.close()
