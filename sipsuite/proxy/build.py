@@ -10,7 +10,7 @@ from typing import Any
 
 from sipsuite.config import Config
 from sipsuite.proxy.core.proxy import ProxyCore
-from sipsuite.proxy.modules import accounting, antiflood, auth, media, nat, natping, scanners
+from sipsuite.proxy.modules import accounting, antiflood, auth, media, nat, natping, scanners, shv
 from sipsuite.proxy.modules.dispatcher import dispatcher
 from sipsuite.proxy.registrar import outbound, registrar, subscribers, usrloc
 from sipsuite.proxy.registrar.redis import module as redis
@@ -21,7 +21,7 @@ __all__ = ["BUILTIN_MODULES", "build_core"]
 #: The feature modules converted to the module interface (issue 13), in
 #: set-up order; the core's registry stops them in reverse.
 BUILTIN_MODULES = (
-    redis.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC, scanners.SPEC, outbound.SPEC,
+    redis.SPEC, shv.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC, scanners.SPEC, outbound.SPEC,
     registrar.SPEC, auth.SPEC, nat.SPEC, natping.SPEC, media.SPEC, dispatcher.SPEC,
     accounting.SPEC,
 )

@@ -17,6 +17,7 @@ from sipsuite.ops.users import register_store_methods
 from sipsuite.proxy.build import BUILTIN_MODULES, build_core
 from sipsuite.proxy.modules.antiflood import register_flood_methods
 from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_methods
+from sipsuite.proxy.modules.shv import register_shv_methods
 from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
 from sipsuite.tlsctx import register_tls_methods
 
@@ -79,6 +80,7 @@ def make_proxy_service(config: Config) -> service.MultiService:
                                core.modules.require(SUBSCRIBERS), config.auth.realm)
         register_dispatcher_methods(registry, core)
         register_flood_methods(registry, core)
+        register_shv_methods(registry, core)
         register_liveops_methods(registry, core)
         register_route_methods(registry, core)
         register_stats_methods(registry, core)

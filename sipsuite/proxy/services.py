@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTH", "DISPATCHER", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS", "REGISTRAR",
-    "SUBSCRIBERS", "AuthService", "FlowService", "LoadBalancerService", "LocationService",
-    "MediaService", "NatPingService", "NatService", "RegistrarService",
+    "SHV", "SUBSCRIBERS", "AuthService", "FlowService", "LoadBalancerService", "LocationService",
+    "MediaService", "NatPingService", "NatService", "RegistrarService", "SharedVars",
 ]
 
 
@@ -129,6 +129,18 @@ class LoadBalancerService(Protocol):
     def on_reply(self, ctx: RequestContext, response: Response) -> None: ...  # deprecated no-op
 
 
+class SharedVars(Protocol):
+    """shv: Kamailio's $shv, variables every process of the proxy shares
+    (and every node, with Redis): ``Routing.shv``.  Values are int or str;
+    every call may raise StoreUnavailable."""
+
+    async def get(self, name: str, default: Any = None) -> Any: ...
+    async def set(self, name: str, value: int | str) -> None: ...
+    async def incr(self, name: str, by: int = 1) -> int: ...  # atomic; the new value
+    async def delete(self, name: str) -> bool: ...
+    async def items(self) -> dict[str, int | str]: ...
+
+
 #: The Redis connection the stores share (redis/client.py's RedisConnection).
 REDIS: ServiceKey[Any] = ServiceKey("redis")
 LOCATION: ServiceKey[LocationService] = ServiceKey("location")
@@ -140,3 +152,4 @@ NAT: ServiceKey[NatService] = ServiceKey("nat")
 NATPING: ServiceKey[NatPingService] = ServiceKey("natping")
 MEDIA: ServiceKey[MediaService] = ServiceKey("media")
 DISPATCHER: ServiceKey[LoadBalancerService] = ServiceKey("dispatcher")
+SHV: ServiceKey[SharedVars] = ServiceKey("shv")

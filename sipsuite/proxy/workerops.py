@@ -12,7 +12,9 @@ every call on:
 - the live operations (:data:`FAN_OUT`: ``debug``, ``cfg.set``,
   ``routing.reload``, ``dispatcher.*``, ``flood.unban``, ``tls.reload``):
   to every worker, answering worker 0's result, or the first error;
-- anything else (``ul.*``, ``user.*``, ``cfg.get``...): to worker 0.
+- anything else (``ul.*``, ``user.*``, ``cfg.get``, ``shv.*``...): to worker 0;
+  what these read and write is in Redis (workers need it), which every
+  worker shares, so one of them serves the call for all.
 
 A worker that is down (being restarted) is left out of ``stats`` (listed
 as down) and makes a fanned-out call fail; a restarted worker starts from
