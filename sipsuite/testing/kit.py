@@ -30,12 +30,12 @@ from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.registrar.bindings import Binding
 from sipsuite.proxy.registrar.location import Subscriber
 from sipsuite.proxy.routing.base import Routing
-from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
+from sipsuite.proxy.services import LOCATION, SHV, SUBSCRIBERS
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.parser import parse_datagram
 from sipsuite.testing.network import CaptureNet, Sent, StaticResolver, parse_target
 from sipsuite.testing.outcome import Branch, Outcome
-from sipsuite.testing.recorder import Recorder, RecordingContext, note_routing
+from sipsuite.testing.recorder import Recorder, RecordingContext, RecordingShv, note_routing
 
 __all__ = ["START", "OfflineProxy", "build_request", "message_bytes"]
 
@@ -241,6 +241,9 @@ class OfflineProxy:
         self._branches: dict[tuple[str, str], Branch] = {}
         self._new: list[Branch] = []
         self._stateless: list[Sent] = []
+        shv = core.modules.get(SHV)
+        if shv is not None and not isinstance(shv, RecordingShv):
+            core.modules.provide(SHV, RecordingShv(shv, core))
         net = core.transport
         assert isinstance(net, CaptureNet)
         net.on_send = self._on_send

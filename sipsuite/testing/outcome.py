@@ -129,7 +129,8 @@ class Outcome:
     - ``sent``: everything that left, in order, as :class:`Sent`;
     - ``steps``: the routing's actions, each with its hook and file:line;
       ``trace``: its ``ctx.trace`` lines (recorded even with debug off);
-    - ``avps`` (``ctx.avp.as_dict()``) and ``vars`` (``ctx.vars``) of the
+    - ``avps`` (``ctx.avp.as_dict()``: each name's stack of values, newest
+      first) and ``vars`` (``ctx.vars``) of the
       transaction as they are after the step; ``ctx`` itself.
     """
 

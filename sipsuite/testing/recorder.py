@@ -28,7 +28,8 @@ from sipsuite.proxy.routing.base import RequestContext
 if TYPE_CHECKING:
     from sipsuite.proxy.registrar.bindings import Binding
 
-__all__ = ["HOOKS", "Recorder", "RecordingContext", "Step", "avps_of", "note_routing"]
+__all__ = ["HOOKS", "Recorder", "RecordingContext", "RecordingShv", "Step", "avps_of",
+           "note_routing"]
 
 #: The routing class's hooks, as the core calls them.
 HOOKS = ("request_route", "branch_route", "reply_route", "failure_route")
@@ -207,6 +208,40 @@ class _RecordingAvps:
         return getattr(self._avps, name)
 
 
+class RecordingShv:
+    """``self.shv`` as the kit and route explain hand it out: the shared
+    variables of the core, each write recorded with the line that made it."""
+
+    def __init__(self, inner: Any, core: Any) -> None:
+        self.inner = inner
+        self.core = core
+
+    def _record(self, detail: str) -> None:
+        # Called first thing in the coroutine: the frame above is the
+        # routing code awaiting it.
+        recorder: Recorder | None = getattr(self.core, "recorder", None)
+        if recorder is not None:
+            recorder.record("shv", detail, depth=3)
+
+    async def get(self, name: str, default: Any = None) -> Any:
+        return await self.inner.get(name, default)
+
+    async def set(self, name: str, value: Any) -> None:
+        self._record(f"{name} = {value!r}")
+        await self.inner.set(name, value)
+
+    async def incr(self, name: str, by: int = 1) -> int:
+        self._record(f"{name} += {by!r}")
+        return int(await self.inner.incr(name, by))
+
+    async def delete(self, name: str) -> bool:
+        self._record(f"{name} deleted")
+        return bool(await self.inner.delete(name))
+
+    async def items(self) -> dict[str, Any]:
+        return dict(await self.inner.items())
+
+
 class RecordingContext(RequestContext):
     """A RequestContext that records each action in its core's ``recorder``
     (see the module's docstring)."""
@@ -283,3 +318,18 @@ class RecordingContext(RequestContext):
         @property
         def avp(self) -> Any:
             return _RecordingAvps(super().avp, self.recorder)  # type: ignore[misc,unused-ignore]
+
+    # uac_replace_from / uac_replace_to (issue 14), where the context has them.
+    if hasattr(RequestContext, "replace_from"):
+        def replace_from(self, *args: Any, **kwargs: Any) -> Any:
+            self.recorder.record("replace_from", _call_text(args, kwargs))
+            return super().replace_from(*args, **kwargs)  # type: ignore[misc,unused-ignore]
+
+    if hasattr(RequestContext, "replace_to"):
+        def replace_to(self, *args: Any, **kwargs: Any) -> Any:
+            self.recorder.record("replace_to", _call_text(args, kwargs))
+            return super().replace_to(*args, **kwargs)  # type: ignore[misc,unused-ignore]
+
+
+def _call_text(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])

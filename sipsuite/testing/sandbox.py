@@ -6,9 +6,10 @@ What the sandbox shares with the live core, read-only: the registered
 bindings and the subscribers (Redis or memory), the nonce key and the
 nonce-count table of the auth module (a replayed nc is refused as live, an
 accepted one is not written back), the flow-token key, the dispatcher's
-destination states and round-robin position (copied), the resolver.  What
-it has of its own, thrown away after the message: the transactions, the
-counters, the bindings a REGISTER stores, the accepted nonce counts, a new
+destination states and round-robin position (copied), the shared variables
+(``self.shv``), the resolver, the wall clock.  What it has of its own,
+thrown away after the message: the transactions, the counters, the bindings
+a REGISTER stores, the accepted nonce counts, the shv writes, a new
 instance of the routing class.  Left out, so that nothing leaves: the Redis
 connection of its own, antiflood (a banned source is reported from the
 live table instead), NAT keep-alives, the media relay (its offers would
@@ -33,7 +34,7 @@ from sipsuite.proxy.registrar.bindings import Binding, current
 from sipsuite.proxy.registrar.location import Subscriber
 from sipsuite.proxy.registrar.subscribers import SubscribersSpec
 from sipsuite.proxy.registrar.usrloc import LocationSpec
-from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
+from sipsuite.proxy.services import LOCATION, SHV, SUBSCRIBERS
 from sipsuite.sip.digest import NonceCounter
 from sipsuite.sip.parser import parse_datagram
 from sipsuite.testing.kit import OfflineProxy, message_bytes
@@ -109,6 +110,77 @@ class ReadOnlySubscribers:
         return False
 
 
+class OverlayShv:
+    """The live shared variables, for reading; a write stays here (an
+    incr counts from the live value)."""
+
+    def __init__(self, live: Any) -> None:
+        self.live = live
+        self.own: dict[str, Any] = {}
+        self.gone: set[str] = set()
+
+    async def get(self, name: str, default: Any = None) -> Any:
+        if name in self.own:
+            return self.own[name]
+        if name in self.gone:
+            return default
+        return await self.live.get(name, default)
+
+    async def set(self, name: str, value: Any) -> None:
+        self.own[name] = value
+        self.gone.discard(name)
+
+    async def incr(self, name: str, by: int = 1) -> int:
+        value = int(await self.get(name, 0)) + by
+        self.own[name] = value
+        return value
+
+    async def delete(self, name: str) -> bool:
+        had = await self.get(name) is not None
+        self.own.pop(name, None)
+        self.gone.add(name)
+        return had
+
+    async def items(self) -> dict[str, Any]:
+        merged = {k: v for k, v in (await self.live.items()).items() if k not in self.gone}
+        merged.update(self.own)
+        return merged
+
+
+class _Provide:
+    """A module spec that only provides a service (no module of its own)."""
+
+    requires: tuple[Any, ...] = ()
+    runtime_switch = False
+
+    def __init__(self, name: str, key: Any, impl: Any) -> None:
+        self.name, self.key, self.impl = name, key, impl
+
+    def enabled(self, config: Any) -> bool:
+        return True
+
+    def setup(self, core: Any, config: Any) -> Any:
+        core.modules.provide(self.key, self.impl)
+        return _NoModule(self.name)
+
+
+class _NoModule:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start(self) -> None:
+        pass
+
+    def reconfigure(self, old: Any, new: Any) -> None:
+        pass
+
+    def stats(self) -> Mapping[str, object]:
+        return {}
+
+    def stop(self) -> None:
+        pass
+
+
 class OverlayNonceCounter(NonceCounter):
     """A nonce count the live table has seen is refused as it would be
     there; an accepted one is remembered here only."""
@@ -176,12 +248,27 @@ def sandbox_modules(live: ProxyCore) -> list[Any]:
                     module.by_uri.setdefault(d.uri, []).append(d)
             module.rr = dict(live_ds.rr)  # type: ignore[attr-defined]
 
+    live_shv = live.modules.get(SHV)
+    shv = getattr(live_shv, "inner", live_shv)  # the kit's recording wrapper, if any
     return [
+        *([_Provide("shv", SHV, OverlayShv(shv))] if shv is not None else []),
         LocationSpec(OverlayLocationStore(location.store, live.wall)),
         SubscribersSpec(ReadOnlySubscribers(subscribers)),
         scanners.SPEC, _Fixed(outbound.SPEC, share_tokens), registrar.SPEC,
         _Fixed(auth.SPEC, share_auth), nat.SPEC, _Fixed(dispatcher.SPEC, copy_dispatcher),
     ]
+
+
+def _on_wall_of(live: ProxyCore) -> type[ProxyCore]:
+    """A ProxyCore class whose wall clock is ``live``'s (nonce ages and
+    binding expiries are judged as the live proxy judges them)."""
+    wall = live.wall
+
+    class SandboxCore(ProxyCore):
+        def wall(self) -> float:
+            return wall()
+
+    return SandboxCore
 
 
 class Sandbox(OfflineProxy):
@@ -197,7 +284,7 @@ class Sandbox(OfflineProxy):
         self.clock.advance(live.clock.seconds())
         self._dns = None
         self.core = self._build(live.config, resolver=live.resolver,
-                                modules=sandbox_modules(live))
+                                modules=sandbox_modules(live), core_class=_on_wall_of(live))
         self.core.set_routing(type(live.routing)(self.core))
         self.setup(None, None)
 

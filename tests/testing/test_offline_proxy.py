@@ -136,3 +136,32 @@ def test_config_as_toml_text_and_a_bad_key_named() -> None:
     assert proxy.config.proxy.domains == ["example.org"] or tuple(proxy.config.proxy.domains) == ("example.org",)
     with pytest.raises(ConfigError, match="nosuchkey"):
         OfflineProxy(config={"proxy": {"nosuchkey": 1}})
+
+
+class Vocabulary(DefaultRouting):
+    async def request_route(self, ctx: RequestContext) -> Any:
+        ctx.avp["oexten"] = ctx.ruri_user
+        ctx.ruri_user = "bob"
+        await self.shv.incr("calls")
+        await super().request_route(ctx)
+
+    def failure_route(self, ctx: RequestContext, response: Any) -> Any:
+        ctx.avp.add("failed", response.status)
+        return super().failure_route(ctx, response)
+
+
+def test_avp_field_and_shv_writes_are_steps_and_avps_last_the_transaction() -> None:
+    proxy = OfflineProxy(Vocabulary, config=DOMAIN, bindings={"bob": ["sip:bob@192.0.2.20"]})
+    out = proxy.receive(build_request("INVITE", "sip:1000@example.com"))
+    first = Vocabulary.request_route.__code__.co_firstlineno
+    where = {s.action: s.where for s in out.steps}
+    assert where["avp"].endswith(f"test_offline_proxy.py:{first + 1}")
+    assert where["set"].endswith(f"test_offline_proxy.py:{first + 2}")
+    assert where["shv"].endswith(f"test_offline_proxy.py:{first + 3}")
+    assert [str(s).split("  [")[0] for s in out.steps[:3]] == [
+        "request_route: avp oexten = '1000'", "request_route: set ruri_user = 'bob'",
+        "request_route: shv calls += 1"]
+    assert out.branch.uri == "sip:bob@192.0.2.20"
+    after = out.branch.answer(486)
+    assert after.avps == {"oexten": ["1000"], "failed": [486]}  # each a stack, newest first
+    assert [s.hook for s in after.steps if s.action == "avp"] == ["failure_route"]
