@@ -5,6 +5,7 @@ failure_route."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ class Branch:
         self.sent = sent
         self.ctx = ctx
         self.retransmissions = 0
-        self._tags = 0
+        self._tag: str | None = None
 
     @property
     def request(self) -> Request:
@@ -73,12 +74,15 @@ class Branch:
                  headers: Sequence[tuple[str, str]] = (), body: bytes | str = b"",
                  to_tag: str | None = None) -> Response:
         """The answer the next hop would send: the request's Vias, From, To
-        (tagged ``to_tag``, made up when None), Call-ID and CSeq, plus
-        ``headers``; a 2xx to an INVITE gets a Contact unless given one."""
+        (tagged ``to_tag``; when None, one tag made up for the branch, the
+        same for its 180 and its 200), Call-ID and CSeq, plus ``headers``;
+        a 2xx to an INVITE gets a Contact unless given one."""
         req = self.request
         if to_tag is None and status > 100 and req.to_tag is None:
-            self._tags += 1
-            to_tag = f"{self.host.replace(':', '-')}-{self._tags}"
+            if self._tag is None:
+                seed = f"{self.destination} {req.top_via.branch}".encode()
+                self._tag = "kit" + hashlib.blake2s(seed, digest_size=4).hexdigest()
+            to_tag = self._tag
         resp = make_response(req, status, reason, to_tag=to_tag, headers=list(headers))
         if (200 <= status < 300 and req.method in ("INVITE", "SUBSCRIBE")
                 and not resp.has_header("contact")):

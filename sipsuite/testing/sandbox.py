@@ -34,6 +34,7 @@ from sipsuite.proxy.registrar.bindings import Binding, current
 from sipsuite.proxy.registrar.location import Subscriber
 from sipsuite.proxy.registrar.subscribers import SubscribersSpec
 from sipsuite.proxy.registrar.usrloc import LocationSpec
+from sipsuite.proxy.routing.base import Routing
 from sipsuite.proxy.services import LOCATION, SHV, SUBSCRIBERS
 from sipsuite.sip.digest import NonceCounter
 from sipsuite.sip.parser import parse_datagram
@@ -48,7 +49,7 @@ __all__ = ["OverlayLocationStore", "dry_run"]
 T = TypeVar("T")
 
 #: How long a dry run waits for a routing hook that awaits (a Redis lookup).
-WAIT = 5.0
+WAIT = 3.0  # under sipsuite-ctl's default timeout (5 s)
 
 
 class OverlayLocationStore:
@@ -259,14 +260,20 @@ def sandbox_modules(live: ProxyCore) -> list[Any]:
     ]
 
 
-def _on_wall_of(live: ProxyCore) -> type[ProxyCore]:
+def _core_of(live: ProxyCore) -> type[ProxyCore]:
     """A ProxyCore class whose wall clock is ``live``'s (nonce ages and
-    binding expiries are judged as the live proxy judges them)."""
+    binding expiries are judged as the live proxy judges them) and whose
+    routing is a new instance of ``live``'s routing class (the one running,
+    reloaded or not; its module is not imported again)."""
     wall = live.wall
+    routing_class = type(live.routing)
 
     class SandboxCore(ProxyCore):
         def wall(self) -> float:
             return wall()
+
+        def make_routing(self) -> Routing:
+            return routing_class(self)
 
     return SandboxCore
 
@@ -284,8 +291,7 @@ class Sandbox(OfflineProxy):
         self.clock.advance(live.clock.seconds())
         self._dns = None
         self.core = self._build(live.config, resolver=live.resolver,
-                                modules=sandbox_modules(live), core_class=_on_wall_of(live))
-        self.core.set_routing(type(live.routing)(self.core))
+                                modules=sandbox_modules(live), core_class=_core_of(live))
         self.setup(None, None)
 
     def _build(self, config: Any, resolver: Any = None, **options: Any) -> ProxyCore:

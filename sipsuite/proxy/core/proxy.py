@@ -158,9 +158,14 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         self.method_stats: dict[str, int] = {}
         self.reply_classes = [0] * 7  # index = status // 100, 1..6 used
         self.started_at = reactor.seconds()
-        self.routing: Routing = make_routing(self)
+        self.routing: Routing = self.make_routing()
         # Set while the suite drains (sipsuite.drain): when the drain ends at the latest.
         self.drain_deadline: float | None = None
+
+    def make_routing(self) -> Routing:
+        """The routing object ``[proxy] routing`` names (route explain's
+        sandbox core takes the live proxy's class instead)."""
+        return make_routing(self)
 
     # -- api.CoreAPI -------------------------------------------------------------------
     def wall(self) -> float:
