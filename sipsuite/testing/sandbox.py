@@ -32,6 +32,7 @@ from sipsuite.proxy.modules.dispatcher import dispatcher
 from sipsuite.proxy.registrar import outbound, registrar
 from sipsuite.proxy.registrar.bindings import Binding, current
 from sipsuite.proxy.registrar.location import Subscriber
+from sipsuite.proxy.registrar.redis.keys import to_bytes
 from sipsuite.proxy.registrar.subscribers import SubscribersSpec
 from sipsuite.proxy.registrar.usrloc import LocationSpec
 from sipsuite.proxy.routing.base import Routing
@@ -203,6 +204,24 @@ class OverlayNonceCounter(NonceCounter):
         return super().accept(nonce, nc, expires_at, now)
 
 
+class ReadOnlyRedisNonceCounter:
+    """Worker processes keep the nonce counts in Redis: a dry run reads the
+    highest accepted (GET) and never raises it."""
+
+    def __init__(self, live: Any) -> None:
+        self.conn = live.conn
+        self.prefix: bytes = live._prefix
+
+    async def accept(self, nonce: str, nc: str, expires_at: float, now: float) -> bool:
+        if len(nc) != 8 or not all(c in "0123456789abcdefABCDEF" for c in nc):
+            return False
+        count = int(nc, 16)
+        if count < 1 or expires_at <= now:
+            return False
+        seen = await self.conn.call("GET", self.prefix + to_bytes(nonce))
+        return seen is None or int(seen) < count
+
+
 class _Fixed:
     """A module spec that sets up what a function makes."""
 
@@ -231,10 +250,13 @@ def sandbox_modules(live: ProxyCore) -> list[Any]:
     live_ds = live.modules.by_name("dispatcher")
 
     def share_auth(module: Any) -> None:
+        module.shared_counter = None
         if live_auth is not None:
             module.nonces = live_auth.nonces  # type: ignore[attr-defined]
             module.counter = OverlayNonceCounter(live_auth.counter)  # type: ignore[attr-defined]
-        module.shared_counter = None
+            shared = getattr(live_auth, "shared_counter", None)
+            if shared is not None:
+                module.shared_counter = ReadOnlyRedisNonceCounter(shared)
 
     def share_tokens(module: Any) -> None:
         if live_outbound is not None:

@@ -1,11 +1,14 @@
-"""sipsuite-ctl route explain against a real twistd proxy: the decisions it
-prints are the ones the live proxy takes with the same message, and the
-dry run changes nothing (registrations, stats, nonce counts)."""
+"""sipsuite-ctl route explain against a real twistd proxy, alone and with
+two worker processes on Redis: the decisions it prints are the ones the
+live proxy takes with the same message, and the dry run changes nothing
+(registrations, stats, nonce counts)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,17 +19,42 @@ from common import LOCALHOST, free_port
 from endpoints import UdpEndpoint
 from proxyproc import ProxyProcess, start_proxy, write_config
 
+AUTH = {"features": {"auth": True}, "auth": {"realm": "example.com", "secret": "s3cret"}}
+
 
 @pytest.fixture
 def proxy(tmp_path: Path) -> Iterator[ProxyProcess]:
     port = free_port()
-    cfg = write_config(tmp_path / "sipsuite.toml", port=port, domains=["example.com"],
-                       tables={"features": {"auth": True}, "auth": {"realm": "example.com"}})
+    cfg = write_config(tmp_path / "sipsuite.toml", port=port, domains=["example.com"], tables=AUTH)
     p = start_proxy(tmp_path / "run", cfg, port, plugin="sip-proxy")
     try:
         yield p
     finally:
         p.stop()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[ProxyProcess]:
+    import redisproc
+
+    redis = redisproc.RedisServer()
+    redis.start()
+    port = free_port()
+    try:
+        cfg = write_config(tmp_path / "sipsuite.toml", port=port, domains=["example.com"],
+                           extra_proxy={"workers": 2},
+                           tables={**AUTH, "redis": {"url": redis.url(3)}})
+        p = start_proxy(tmp_path / "run", cfg, port, plugin="sip-proxy")
+        try:
+            deadline = time.monotonic() + 15
+            while len(re.findall(r"worker [01]: sip proxy ready", p.log_text())) < 2:
+                assert time.monotonic() < deadline, p.diagnostics(80)
+                time.sleep(0.1)
+            yield p
+        finally:
+            p.stop()
+    finally:
+        redis.close()
 
 
 def request(method: str, ruri: str, ep: UdpEndpoint, *, from_: str, to: str, call_id: str,
@@ -69,6 +97,17 @@ def exchange(ep: UdpEndpoint, data: bytes, dest: tuple[str, int]) -> list[Any]:
 
 def test_route_explain_shows_what_the_live_proxy_does_and_changes_nothing(
         proxy: ProxyProcess, tmp_path: Path) -> None:
+    same_decisions_and_nothing_changed(proxy, tmp_path)
+
+
+def test_with_workers_worker_0_explains_on_the_shared_state(
+        workers: ProxyProcess, tmp_path: Path) -> None:
+    """Bindings and nonce counts are in Redis: worker 0's dry run sees those
+    the other worker wrote, and writes none."""
+    same_decisions_and_nothing_changed(workers, tmp_path)
+
+
+def same_decisions_and_nothing_changed(proxy: ProxyProcess, tmp_path: Path) -> None:
     dest = (LOCALHOST, proxy.port)
     assert proxy.ctl("user", "add", "bob", "secret").returncode == 0
     with UdpEndpoint() as bob, UdpEndpoint() as carol:
