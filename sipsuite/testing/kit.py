@@ -24,15 +24,17 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from sipsuite.config import Config, load_config
-from sipsuite.proxy.build import build_core
+from sipsuite.proxy.build import BUILTIN_MODULES, build_core
 from sipsuite.proxy.core.proxy import ProxyCore
+from sipsuite.proxy.modules import media
 from sipsuite.proxy.net.listener import Listener, Source
 from sipsuite.proxy.registrar.bindings import Binding
 from sipsuite.proxy.registrar.location import Subscriber
 from sipsuite.proxy.routing.base import Routing
-from sipsuite.proxy.services import LOCATION, SHV, SUBSCRIBERS
+from sipsuite.proxy.services import LOCATION, MEDIA, SHV, SUBSCRIBERS
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.parser import parse_datagram
+from sipsuite.testing.media import OfflineMediaSpec, OfflineRelay
 from sipsuite.testing.network import CaptureNet, Sent, StaticResolver, parse_target
 from sipsuite.testing.outcome import Branch, Outcome
 from sipsuite.testing.recorder import Recorder, RecordingContext, RecordingShv, note_routing
@@ -162,6 +164,12 @@ def build_request(method: str, uri: str, *, from_: str = "sip:alice@127.0.0.1", 
     return "\r\n".join(lines) + "\r\n\r\n" + body
 
 
+def offline_modules() -> list[Any]:
+    """The built-in modules, the media relay replaced by one that asks no
+    relay (sipsuite/testing/media.py)."""
+    return [OfflineMediaSpec() if spec is media.SPEC else spec for spec in BUILTIN_MODULES]
+
+
 class OfflineCore(ProxyCore):
     """The proxy core on the kit's fake clock for the wall time too, so
     binding expiries and nonce ages move with ``advance``."""
@@ -228,7 +236,7 @@ class OfflineProxy:
     def _build(self, config: Config, resolver: Any = None, **options: Any) -> ProxyCore:
         core = build_core(config, self.clock, core_class=OfflineCore,
                           resolver=resolver or StaticResolver(self._dns),
-                          transport_class=CaptureNet, **options)
+                          transport_class=CaptureNet, modules=offline_modules(), **options)
         self._wire(core)
         return core
 
@@ -281,6 +289,13 @@ class OfflineProxy:
     def bindings(self, aor: str) -> list[Binding]:
         """The registered bindings of ``aor`` now (what ``ul show`` shows)."""
         return list(_now(self.core.modules.require(LOCATION).store.lookup(aor)))
+
+    @property
+    def relay(self) -> OfflineRelay | None:
+        """The media relay's stand-in ([features] nat): ``sessions``, ``commands``."""
+        module = self.core.modules.get(MEDIA)
+        client = getattr(module, "client", None)
+        return client if isinstance(client, OfflineRelay) else None
 
     @property
     def stats(self) -> dict[str, int]:

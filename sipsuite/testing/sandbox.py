@@ -10,10 +10,12 @@ destination states and round-robin position (copied), the shared variables
 (``self.shv``), the resolver, the wall clock.  What it has of its own,
 thrown away after the message: the transactions, the counters, the bindings
 a REGISTER stores, the accepted nonce counts, the shv writes, a new
-instance of the routing class.  Left out, so that nothing leaves: the Redis
-connection of its own, antiflood (a banned source is reported from the
-live table instead), NAT keep-alives, the media relay (its offers would
-create relay sessions) and accounting.
+instance of the routing class.  The media relay is not asked (its offers
+would create sessions): when the live proxy drives one, the sandbox's
+media module answers from sipsuite/testing/media.py (a TEST-NET address),
+so the steps show the offers the live proxy would make.  Left out, so that
+nothing leaves: a Redis connection of its own, antiflood (a banned source
+is reported from the live table instead), NAT keep-alives and accounting.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ from sipsuite.proxy.registrar.redis.keys import to_bytes
 from sipsuite.proxy.registrar.subscribers import SubscribersSpec
 from sipsuite.proxy.registrar.usrloc import LocationSpec
 from sipsuite.proxy.routing.base import Routing
-from sipsuite.proxy.services import LOCATION, SHV, SUBSCRIBERS
+from sipsuite.proxy.services import LOCATION, MEDIA, SHV, SUBSCRIBERS
 from sipsuite.sip.digest import NonceCounter
 from sipsuite.sip.parser import parse_datagram
 from sipsuite.testing.kit import OfflineProxy, message_bytes
+from sipsuite.testing.media import OfflineMediaSpec
 from sipsuite.testing.network import parse_target
 from sipsuite.testing.outcome import Outcome
 from sipsuite.testing.recorder import Step
@@ -278,7 +281,9 @@ def sandbox_modules(live: ProxyCore) -> list[Any]:
         LocationSpec(OverlayLocationStore(location.store, live.wall)),
         SubscribersSpec(ReadOnlySubscribers(subscribers)),
         scanners.SPEC, _Fixed(outbound.SPEC, share_tokens), registrar.SPEC,
-        _Fixed(auth.SPEC, share_auth), nat.SPEC, _Fixed(dispatcher.SPEC, copy_dispatcher),
+        _Fixed(auth.SPEC, share_auth), nat.SPEC,
+        OfflineMediaSpec(lambda config: live.modules.get(MEDIA) is not None),
+        _Fixed(dispatcher.SPEC, copy_dispatcher),
     ]
 
 

@@ -165,3 +165,20 @@ def test_avp_field_and_shv_writes_are_steps_and_avps_last_the_transaction() -> N
     after = out.branch.answer(486)
     assert after.avps == {"oexten": ["1000"], "failed": [486]}  # each a stack, newest first
     assert [s.hook for s in after.steps if s.action == "avp"] == ["failure_route"]
+
+
+SDP = ("v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n"
+       "m=audio 4000 RTP/AVP 0\r\n")
+
+
+def test_media_is_anchored_on_a_relay_that_is_not_asked() -> None:
+    proxy = OfflineProxy(config={**DOMAIN, "features": {"nat": True}, "media": {"relay": "always"}},
+                         bindings={"bob": ["sip:bob@192.0.2.20"]})
+    out = proxy.receive(build_request("INVITE", "sip:bob@example.com", body=SDP),
+                        source="udp:198.51.100.7:5070")
+    assert b"c=IN IP4 203.0.113.1\r\n" in out.branch.request.body
+    assert any(s.action == "media" and s.detail.startswith("offer (U) 198.51.100.7:4000 -> ")
+               for s in out.steps), out.steps
+    ok = out.branch.answer(200, body=SDP.replace("198.51.100.7", "192.0.2.20"))
+    assert ok.reply is not None and b"c=IN IP4 203.0.113.1\r\n" in ok.reply.body
+    assert proxy.relay is not None and [c for c, _ in proxy.relay.commands] == ["U", "L"]
