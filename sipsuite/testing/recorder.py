@@ -263,8 +263,27 @@ class RecordingContext(RequestContext):
 
     def reply(self, status: int, reason: str | None = None,
               headers: list[tuple[str, str]] | None = None) -> None:
+        caller = sys._getframe(1)
+        if caller.f_code.co_name == "_failed" and caller.f_code.co_filename.endswith("hookrun.py"):
+            self._raised(caller.f_locals.get("hook"), caller.f_locals.get("failure"))
         self.recorder.record("reply", f"{status} {reason or ''}".rstrip())
         super().reply(status, reason, headers)
+
+    def _raised(self, hook: Any, failure: Any) -> None:
+        """A hook raised and the core answers for it: the exception, and
+        the line of routing code it came from, as a step of its own."""
+        exc = getattr(failure, "value", None)
+        if exc is None:
+            return
+        where = ""
+        for frame in reversed(getattr(failure, "frames", None) or []):
+            name, filename, line = frame[0], frame[1], frame[2]
+            if _is_script(filename):
+                where = _where(filename, line)
+                break
+        text = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+        self.recorder.steps.append(Step(str(hook or "module"), "raised", detail, where))
 
     def relay(self, targets: list[Any] | None = None) -> None:
         self.recorder.record("relay", _targets(targets, self))

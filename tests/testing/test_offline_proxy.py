@@ -182,3 +182,19 @@ def test_media_is_anchored_on_a_relay_that_is_not_asked() -> None:
     ok = out.branch.answer(200, body=SDP.replace("198.51.100.7", "192.0.2.20"))
     assert ok.reply is not None and b"c=IN IP4 203.0.113.1\r\n" in ok.reply.body
     assert proxy.relay is not None and [c for c, _ in proxy.relay.commands] == ["U", "L"]
+
+
+class Buggy(DefaultRouting):
+    async def request_route(self, ctx: RequestContext) -> Any:
+        if ctx.ruri_user == "oops":
+            raise KeyError("no such gateway")
+        await super().request_route(ctx)
+
+
+def test_a_hook_that_raises_is_a_step_with_the_line_that_raised() -> None:
+    proxy = OfflineProxy(Buggy, config=DOMAIN)
+    out = proxy.receive(build_request("INVITE", "sip:oops@example.com"))
+    assert out.status == 500
+    [raised] = [s for s in out.steps if s.action == "raised"]
+    assert (raised.hook, raised.detail) == ("request_route", "KeyError: 'no such gateway'")
+    assert raised.where.endswith(f"test_offline_proxy.py:{Buggy.request_route.__code__.co_firstlineno + 2}")
