@@ -277,7 +277,7 @@ class RecordingContext(RequestContext):
             return
         where = ""
         for frame in reversed(getattr(failure, "frames", None) or []):
-            name, filename, line = frame[0], frame[1], frame[2]
+            filename, line = frame[1], frame[2]
             if _is_script(filename):
                 where = _where(filename, line)
                 break
