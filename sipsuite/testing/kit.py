@@ -249,6 +249,8 @@ class OfflineProxy:
         self._branches: dict[tuple[str, str], Branch] = {}
         self._new: list[Branch] = []
         self._stateless: list[Sent] = []
+        # Each request received, as sent (bytes) and from where, by its context.
+        self.received: dict[RecordingContext, tuple[bytes, str]] = {}
         shv = core.modules.get(SHV)
         if shv is not None and not isinstance(shv, RecordingShv):
             core.modules.provide(SHV, RecordingShv(shv, core))
@@ -314,10 +316,27 @@ class OfflineProxy:
         """Feed a message as if it came from ``source`` (``udp:HOST:PORT``;
         ``tcp:`` or ``tls:`` too) and route it; the Outcome is what the
         proxy did with it."""
-        parsed = msg if isinstance(msg, Request | Response) else parse_datagram(message_bytes(msg))
+        data = msg.to_bytes() if isinstance(msg, Request | Response) else message_bytes(msg)
+        parsed = msg if isinstance(msg, Request | Response) else parse_datagram(data)
         at = parse_target(source)
         src = Source(at.transport, at.host, at.port, self.listener(at.transport))
-        return self.step(lambda: self.core.receive(parsed, src))
+        ctx_at = len(self.recorder.contexts)
+        out = self.step(lambda: self.core.receive(parsed, src))
+        for ctx in self.recorder.contexts[ctx_at:]:
+            # As the UA sent it (routing edits the parsed one): for ack() and cancel().
+            self.received[ctx] = (data, source)
+        return out
+
+    def _resend(self, ctx: RecordingContext | None, build: Callable[[Request], Request]) -> Outcome:
+        """What the caller of ``ctx``'s request sends in the same transaction
+        (its ACK or CANCEL), from where it sent the request."""
+        found = self.received.get(ctx) if ctx is not None else None
+        if found is None:
+            raise ValueError("no request this proxy received belongs to that outcome")
+        data, source = found
+        original = parse_datagram(data)
+        assert isinstance(original, Request)
+        return self.receive(build(original), source)
 
     def answer(self, branch: Branch, status: int, reason: str | None = None, **kw: Any) -> Outcome:
         return branch.answer(status, reason, **kw)
@@ -355,7 +374,7 @@ class OfflineProxy:
         sent_at, steps_at, ctx_at = marks
         contexts = self.recorder.contexts[ctx_at:]
         return Outcome(self.sent[sent_at:], self._new, self.recorder.steps[steps_at:],
-                       contexts[0] if contexts else ctx, self._stateless)
+                       contexts[0] if contexts else ctx, self._stateless, self)
 
     def awaiting(self) -> bool:
         """A routing hook is still running (awaiting something not answered yet)."""

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sipsuite.proxy.net.listener import Source
+from sipsuite.sip.builders import make_ack, make_cancel
 from sipsuite.sip.message import Request, Response, make_response
 from sipsuite.testing.network import Sent
 from sipsuite.testing.recorder import RecordingContext, Step, avps_of
@@ -133,13 +134,17 @@ class Outcome:
     - ``sent``: everything that left, in order, as :class:`Sent`;
     - ``steps``: the routing's actions, each with its hook and file:line;
       ``trace``: its ``ctx.trace`` lines (recorded even with debug off);
+    - ``ack()`` and ``cancel()``: the caller's ACK of a final non-2xx
+      answer, its CANCEL, each fed in as received and its Outcome returned;
     - ``avps`` (``ctx.avp.as_dict()``: each name's stack of values, newest
       first) and ``vars`` (``ctx.vars``) of the
       transaction as they are after the step; ``ctx`` itself.
     """
 
     def __init__(self, sent: list[Sent], branches: list[Branch], steps: list[Step],
-                 ctx: RecordingContext | None, stateless: list[Sent] | None = None) -> None:
+                 ctx: RecordingContext | None, stateless: list[Sent] | None = None,
+                 kit: OfflineProxy | None = None) -> None:
+        self.kit = kit
         self.sent = sent
         self.stateless = stateless or []
         self.branches = branches
@@ -236,6 +241,25 @@ class Outcome:
     def vars(self) -> dict[str, Any]:
         ctx = self.ctx
         return dict(ctx.vars) if ctx is not None else {}
+
+    # -- what the caller does next ---------------------------------------------------
+    def ack(self) -> Outcome:
+        """The caller ACKs this outcome's final non-2xx answer to its INVITE
+        (RFC 3261 17.1.1.3: the INVITE's transaction absorbs it)."""
+        reply = self.reply
+        if reply is None or reply.status < 300:
+            raise ValueError("ack(): no final non-2xx answer here (a 2xx's ACK is a request of"
+                             " its own: receive() it)")
+        return self._kit()._resend(self.ctx, lambda invite: make_ack(invite, reply))
+
+    def cancel(self) -> Outcome:
+        """The caller CANCELs the request of this outcome (RFC 3261 9.1)."""
+        return self._kit()._resend(self.ctx, make_cancel)
+
+    def _kit(self) -> OfflineProxy:
+        if self.kit is None:
+            raise ValueError("this outcome does not come from an OfflineProxy")
+        return self.kit
 
     def explain(self) -> str:
         """The steps and what left, one per line (what ``route explain`` prints)."""

@@ -198,3 +198,22 @@ def test_a_hook_that_raises_is_a_step_with_the_line_that_raised() -> None:
     [raised] = [s for s in out.steps if s.action == "raised"]
     assert (raised.hook, raised.detail) == ("request_route", "KeyError: 'no such gateway'")
     assert raised.where.endswith(f"test_offline_proxy.py:{Buggy.request_route.__code__.co_firstlineno + 2}")
+
+
+def test_the_caller_acks_a_failure_and_cancels_a_call() -> None:
+    proxy = OfflineProxy(config=DOMAIN, bindings={"bob": ["sip:bob@192.0.2.20"]})
+    out = proxy.receive(build_request("INVITE", "sip:bob@example.com"))
+    busy = out.branch.answer(486)
+    assert busy.status == 486
+    acked = busy.ack()  # absorbed by the INVITE's transaction: nothing sent, nothing routed
+    assert acked.sent == [] and acked.steps == []
+    assert proxy.advance(40).sent == []  # no 486 again (timer G stopped by the ACK)
+
+    ringing = proxy.receive(build_request("INVITE", "sip:bob@example.com", call_id="c2"))
+    assert ringing.branch.answer(180).replies[0].status == 180
+    cancelled = ringing.cancel()
+    assert [r.status for r in cancelled.replies] == [200]  # the CANCEL's own answer
+    [cancel] = [s.message for s in cancelled.forwarded]
+    assert cancel.method == "CANCEL" and cancel.top_via.branch == ringing.branch.request.top_via.branch
+    terminated = ringing.branch.answer(487)
+    assert terminated.status == 487
