@@ -28,10 +28,11 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from sipsuite.hosts import bracket, unbracket
+from sipsuite.proxy.build import BUILTIN_MODULES
 from sipsuite.proxy.core.proxy import ProxyCore
-from sipsuite.proxy.modules import auth, nat, scanners
+from sipsuite.proxy.modules import auth
 from sipsuite.proxy.modules.dispatcher import dispatcher
-from sipsuite.proxy.registrar import outbound, registrar
+from sipsuite.proxy.registrar import outbound
 from sipsuite.proxy.registrar.bindings import Binding, current
 from sipsuite.proxy.registrar.location import Subscriber
 from sipsuite.proxy.registrar.redis.keys import to_bytes
@@ -276,15 +277,21 @@ def sandbox_modules(live: ProxyCore) -> list[Any]:
 
     live_shv = live.modules.get(SHV)
     shv = getattr(live_shv, "inner", live_shv)  # the kit's recording wrapper, if any
-    return [
-        *([_Provide("shv", SHV, OverlayShv(shv))] if shv is not None else []),
-        LocationSpec(OverlayLocationStore(location.store, live.wall)),
-        SubscribersSpec(ReadOnlySubscribers(subscribers)),
-        scanners.SPEC, _Fixed(outbound.SPEC, share_tokens), registrar.SPEC,
-        _Fixed(auth.SPEC, share_auth), nat.SPEC,
-        OfflineMediaSpec(lambda config: live.modules.get(MEDIA) is not None),
-        _Fixed(dispatcher.SPEC, copy_dispatcher),
-    ]
+    instead: dict[str, Any] = {
+        # Left out: they reach the network or count what they see.
+        "redis": None, "antiflood": None, "natping": None, "accounting": None,
+        "shv": _Provide("shv", SHV, OverlayShv(shv)) if shv is not None else None,
+        "location": LocationSpec(OverlayLocationStore(location.store, live.wall)),
+        "subscribers": SubscribersSpec(ReadOnlySubscribers(subscribers)),
+        "outbound": _Fixed(outbound.SPEC, share_tokens),
+        "auth": _Fixed(auth.SPEC, share_auth),
+        "media": OfflineMediaSpec(lambda config: live.modules.get(MEDIA) is not None),
+        "dispatcher": _Fixed(dispatcher.SPEC, copy_dispatcher),
+    }
+    # In the proxy's own order; a module not named above (scanners,
+    # registrar, nat, and any added later) is set up as the live proxy has it.
+    specs = [instead[spec.name] if spec.name in instead else spec for spec in BUILTIN_MODULES]
+    return [spec for spec in specs if spec is not None]
 
 
 def _core_of(live: ProxyCore) -> type[ProxyCore]:
