@@ -217,3 +217,19 @@ def test_the_caller_acks_a_failure_and_cancels_a_call() -> None:
     assert cancel.method == "CANCEL" and cancel.top_via.branch == ringing.branch.request.top_via.branch
     terminated = ringing.branch.answer(487)
     assert terminated.status == 487
+
+
+def test_timer_c_cancels_a_branch_that_rings_too_long() -> None:
+    proxy = OfflineProxy(config={**DOMAIN, "timers": {"timer_c": 10.0}},
+                         bindings={"bob": ["sip:bob@192.0.2.20"]})
+    out = proxy.receive(build_request("INVITE", "sip:bob@example.com"))
+    assert out.branch.answer(180).replies[0].status == 180
+    assert proxy.advance(9).forwarded == []
+    fired = proxy.advance(1.2)
+    [cancel] = [s.message for s in fired.forwarded]
+    assert cancel.method == "CANCEL" and cancel.top_via.branch == out.branch.request.top_via.branch
+    # A phone that rang keeps its 408 (failure_route's 480 is for no answer at all).
+    assert (fired.status, fired.steps[-1].hook) == (408, "failure_route")
+    assert proxy.stats.get("timer_c") == 1
+    late = out.branch.answer(487)  # the callee confirms the CANCEL: only ACKed
+    assert late.replies == [] and [s.message.method for s in late.forwarded] == ["ACK"]
