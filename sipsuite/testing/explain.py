@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                     " print each decision with the hook and line that made it.")
     parser.add_argument("--config", required=True, metavar="FILE", help="the proxy's config file")
     parser.add_argument("message", metavar="MESSAGE", help="a file with the SIP message, or -")
-    parser.add_argument("--source", default="udp:127.0.0.2:5070", metavar="TRANSPORT:HOST:PORT",
-                        help="where the message comes from (default: udp:127.0.0.2:5070)")
+    parser.add_argument("--source", metavar="TRANSPORT:HOST:PORT",
+                        help="where the message comes from (default: its top Via)")
     parser.add_argument("--user", action="append", default=[], type=lambda t: _pair(t, ":"),
                         metavar="NAME:PASSWORD", help="a subscriber (repeatable)")
     parser.add_argument("--binding", action="append", default=[], type=lambda t: _pair(t, "="),
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sipsuite.config import load_config
     from sipsuite.sip.message import ParseError
     from sipsuite.startup import StartupError
-    from sipsuite.testing.kit import OfflineProxy
+    from sipsuite.testing.kit import OfflineProxy, via_source
 
     try:
         text = sys.stdin.buffer.read() if args.message == "-" else open(args.message, "rb").read()
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         proxy = OfflineProxy(config=load_config(args.config), users=dict(args.user),
                              bindings=bindings, dns=dns)
-        outcome = proxy.receive(text, source=args.source)
+        outcome = proxy.receive(text, source=args.source or via_source(text))
     except (StartupError, ParseError, ValueError) as exc:
         print(f"explain: {exc}", file=sys.stderr)
         return 2

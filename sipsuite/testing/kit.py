@@ -24,6 +24,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from sipsuite.config import Config, load_config
+from sipsuite.hosts import bracket, unbracket
 from sipsuite.proxy.build import BUILTIN_MODULES, build_core
 from sipsuite.proxy.core.proxy import ProxyCore
 from sipsuite.proxy.modules import media
@@ -39,7 +40,7 @@ from sipsuite.testing.network import CaptureNet, Sent, StaticResolver, parse_tar
 from sipsuite.testing.outcome import Branch, Outcome
 from sipsuite.testing.recorder import Recorder, RecordingContext, RecordingShv, note_routing
 
-__all__ = ["START", "OfflineProxy", "build_request", "message_bytes"]
+__all__ = ["START", "OfflineProxy", "build_request", "message_bytes", "via_source"]
 
 #: Where the fake clock starts: a wall-clock-like epoch, so expiries and
 #: nonce times look like real ones.
@@ -132,6 +133,15 @@ def message_bytes(msg: str | bytes) -> bytes:
     lines = [ln for ln in head.split(b"\r\n") if not re.match(rb"(?i)(content-length|l)\s*:", ln)]
     lines.append(b"Content-Length: %d" % len(body))
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def via_source(message: str | bytes) -> str:
+    """``transport:host:port`` of the message's top Via (where it says it
+    comes from); ParseError or ValueError when it has none."""
+    via = parse_datagram(message_bytes(message)).top_via
+    host = via.received or unbracket(via.host)
+    transport = via.transport.lower()
+    return f"{transport}:{bracket(host)}:{via.port or (5061 if transport == 'tls' else 5060)}"
 
 
 def build_request(method: str, uri: str, *, from_: str = "sip:alice@127.0.0.1", to: str | None = None,

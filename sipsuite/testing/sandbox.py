@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
-from sipsuite.hosts import bracket, unbracket
 from sipsuite.proxy.build import BUILTIN_MODULES
 from sipsuite.proxy.core.proxy import ProxyCore
 from sipsuite.proxy.modules import auth
@@ -41,8 +40,7 @@ from sipsuite.proxy.registrar.usrloc import LocationSpec
 from sipsuite.proxy.routing.base import Routing
 from sipsuite.proxy.services import LOCATION, MEDIA, SHV, SUBSCRIBERS
 from sipsuite.sip.digest import NonceCounter
-from sipsuite.sip.parser import parse_datagram
-from sipsuite.testing.kit import OfflineProxy, message_bytes
+from sipsuite.testing.kit import OfflineProxy, via_source
 from sipsuite.testing.media import OfflineMediaSpec
 from sipsuite.testing.network import parse_target
 from sipsuite.testing.outcome import Outcome
@@ -350,14 +348,6 @@ def _banned(live: ProxyCore, host: str) -> bool:
     if table is None:
         return False
     return any(addr == host for addr, _ in table.banned(live.clock.seconds()))
-
-
-def via_source(message: str) -> str:
-    """``transport:host:port`` of the message's top Via (where it says it
-    comes from)."""
-    via = parse_datagram(message_bytes(message)).top_via
-    host = via.received or unbracket(via.host)
-    return f"{via.transport.lower()}:{bracket(host)}:{via.port or 5060}"
 
 
 async def dry_run(live: ProxyCore, message: str, source: str | None, reactor: Any,

@@ -51,7 +51,7 @@ def test_a_reply_of_ones_own_routing_names_its_line(tmp_path: Path) -> None:
     lines = run.stdout.splitlines()
     assert "request_route: trace closed line  [explained.py:8]" in lines
     assert "request_route: reply 403 Closed  [explained.py:9]" in lines
-    assert "sent: 403 Closed -> udp:127.0.0.2:5070" in lines  # the source (--source)
+    assert "sent: 403 Closed -> udp:192.0.2.7:5070" in lines  # from its Via (no --source)
     assert lines[-1] == "decision: replied"
 
 
