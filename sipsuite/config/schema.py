@@ -63,6 +63,7 @@ from sipsuite.config.values import (
     realm,
     redis_url,
     regex,
+    secret_key,
     sip_uri,
     sip_user,
     text_needle,
@@ -201,6 +202,13 @@ class VoicemailConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UacConfig:
+    """Kamailio's uac module: the key of ctx.replace_from's restore token."""
+
+    secret: str = setting("", secret_key)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RedisConfig:
     url: str = setting("", redis_url)
     timeout: float = setting(1.0, positive_float)
@@ -289,6 +297,7 @@ class Config:
     nat: NatConfig = section("nat", NatConfig)
     pstn: PstnConfig = section("pstn", PstnConfig)
     voicemail: VoicemailConfig = section("voicemail", VoicemailConfig)
+    uac: UacConfig = section("uac", UacConfig)
     redis: RedisConfig = section("redis", RedisConfig)
     relay: RelayConfig = section("relay", RelayConfig)
     media: MediaConfig = section("media", MediaConfig)

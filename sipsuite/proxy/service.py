@@ -14,11 +14,13 @@ from sipsuite.ops.routeexplain import register_route_methods
 from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.ops.stats import MetricsResource, register_stats_methods
 from sipsuite.ops.users import register_store_methods
+from sipsuite.proxy import workerlink
 from sipsuite.proxy.build import BUILTIN_MODULES, build_core
 from sipsuite.proxy.modules.antiflood import register_flood_methods
 from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_methods
 from sipsuite.proxy.modules.shv import register_shv_methods
 from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
+from sipsuite.proxy.workerlink import WorkerLink
 from sipsuite.tlsctx import register_tls_methods
 
 log = get_logger("sipsuite.proxy.service")
@@ -29,14 +31,19 @@ class ProxyService(service.Service):
     """The proxy core under twistd: its listeners, its modules (the Redis
     connection among them) and the garbage-collector policy."""
 
-    def __init__(self, config: Config, reactor: Any | None = None) -> None:
+    def __init__(self, config: Config, reactor: Any | None = None,
+                 link: WorkerLink | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
-        self.core = build_core(config, reactor)
+        self.link = link
+        self.heartbeat: Any = None
+        self.core = build_core(config, reactor, link)
+        if link is not None:
+            workerlink.follow_siblings(self.core, link)
         # A worker process (proxy/worker.py): SO_REUSEPORT and a private port.
         self.core.transport.workers = config.proxy.workers > 1
         self.tls = self.core.transport.tls
@@ -58,19 +65,24 @@ class ProxyService(service.Service):
         # place): the moment the proxy really serves.
         self.reactor.callWhenRunning(
             lambda: log.info("sip proxy ready on {n} listener(s)", n=len(self.core.transport.listeners)))
+        if self.link is not None:
+            self.heartbeat = workerlink.start_heartbeat(self.core, self.link, self.reactor)
 
     def stopService(self) -> Any:
         super().stopService()
         self.gc.stop()
+        if self.heartbeat is not None and self.heartbeat.running:
+            self.heartbeat.stop()
         from twisted.internet import defer
 
         return defer.DeferredList(self.core.stop())
 
 
-def make_proxy_service(config: Config) -> service.MultiService:
-    """Build the proxy's services (transports, core, routing, management) from config."""
+def make_proxy_service(config: Config, link: WorkerLink | None = None) -> service.MultiService:
+    """Build the proxy's services (transports, core, routing, management) from
+    config; ``link``: a worker process's (proxy/worker.py)."""
     top = service.MultiService()
-    proxy = ProxyService(config)
+    proxy = ProxyService(config, link=link)
     proxy.setServiceParent(top)
     tls = proxy.tls
     if config.management.listen:

@@ -26,11 +26,13 @@ if TYPE_CHECKING:
     from sipsuite.proxy.registrar.location import LocationStore, SubscriberStore
     from sipsuite.proxy.routing.base import Destination, RequestContext
     from sipsuite.sip.message import Request, Response
+    from sipsuite.sip.uri import URI
 
 __all__ = [
     "AUTH", "DISPATCHER", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS", "REGISTRAR",
-    "SHV", "SUBSCRIBERS", "AuthService", "FlowService", "LoadBalancerService", "LocationService",
-    "MediaService", "NatPingService", "NatService", "RegistrarService", "SharedVars",
+    "SHV", "SUBSCRIBERS", "UAC", "WORKER_LINK", "AuthService", "FlowService",
+    "LoadBalancerService", "LocationService", "MediaService", "NatPingService", "NatService",
+    "RegistrarService", "SharedVars", "UacService", "WorkerLinkService",
 ]
 
 
@@ -129,6 +131,19 @@ class LoadBalancerService(Protocol):
     def on_reply(self, ctx: RequestContext, response: Response) -> None: ...  # deprecated no-op
 
 
+class WorkerLinkService(Protocol):
+    """A worker process's line to its supervisor (proxy/workerlink.py),
+    provided only with ``[proxy] workers > 1``: what modules keep for the
+    whole host (antiflood counts, dispatcher states) goes through it."""
+
+    @property
+    def index(self) -> int: ...  # this worker's number, 0 to workers - 1
+    def send(self, kind: str, **fields: Any) -> None: ...  # to the supervisor
+    def on(self, kind: str, handler: Callable[[dict[str, Any]], None]) -> None: ...
+    # handler(message) for each message of that kind from the supervisor
+    def off(self, kind: str, handler: Callable[[dict[str, Any]], None]) -> None: ...
+
+
 class SharedVars(Protocol):
     """shv: Kamailio's $shv, variables every process of the proxy shares
     (and every node, with Redis): ``Routing.shv``.  Values are int or str;
@@ -139,6 +154,15 @@ class SharedVars(Protocol):
     async def incr(self, name: str, by: int = 1) -> int: ...  # atomic; the new value
     async def delete(self, name: str) -> bool: ...
     async def items(self) -> dict[str, int | str]: ...
+
+
+class UacService(Protocol):
+    """uac: uac_replace_from / uac_replace_to with automatic restore
+    (ctx.replace_from, ctx.replace_to); ``which`` is "from" or "to"."""
+
+    def replace(self, ctx: RequestContext, which: str, uri: URI | str | None,
+                display: str | None) -> None: ...
+    # Raises ReplaceError (no [uac] secret, a bad URI or display name).
 
 
 #: The Redis connection the stores share (redis/client.py's RedisConnection).
@@ -153,3 +177,6 @@ NATPING: ServiceKey[NatPingService] = ServiceKey("natping")
 MEDIA: ServiceKey[MediaService] = ServiceKey("media")
 DISPATCHER: ServiceKey[LoadBalancerService] = ServiceKey("dispatcher")
 SHV: ServiceKey[SharedVars] = ServiceKey("shv")
+#: With worker processes only: None in a single process.
+WORKER_LINK: ServiceKey[WorkerLinkService] = ServiceKey("worker_link")
+UAC: ServiceKey[UacService] = ServiceKey("uac")

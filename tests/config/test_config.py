@@ -338,6 +338,7 @@ BAD_VALUES = [
     ("pstn", "pattern", "5", "a regular expression"),
     ("voicemail", "srv_ip", '"sip:vm@example.com"', "'' or an IP address or host name"),
     ("voicemail", "srv_port", '"5060"', "a whole number from 1 to 65535"),
+    ("uac", "secret", '"short"', "\"\" or a secret of 16 characters or more"),
     ("auth", "realm", '"my realm"', "a non-empty realm"),
     ("auth", "realm", '""', "a non-empty realm"),
     ("auth", "secret", '"a\\nb"', "printable ASCII text on one line"),

@@ -224,6 +224,11 @@ def test_a_response_for_another_worker_is_passed_to_its_private_port() -> None:
         resp = (f"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 127.0.0.1:{b.via_port};branch=z9hG4bKq\r\n"
                 "From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c@x\r\n"
                 "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode()
+        # Before the supervisor named the siblings' ports, nothing is steered.
+        layers[0].udp[a].datagramReceived(resp, ("192.0.2.50", 5099))
+        assert len(got) == 1
+        got.clear()
+        layers[0].sibling_ports = frozenset({b.via_port})
         # Worker a's shared socket got it: nothing reaches a's core...
         layers[0].udp[a].datagramReceived(resp, ("192.0.2.50", 5099))
         assert got == []
@@ -241,12 +246,13 @@ def test_a_response_for_another_worker_is_passed_to_its_private_port() -> None:
         own = resp.replace(str(b.via_port).encode(), str(a.via_port).encode())
         layers[0].udp[a].datagramReceived(own, ("192.0.2.50", 5099))
         assert len(got) == 2
-        # A Via naming another service's port on our address (below the
-        # kernel's ephemeral range, where no private port can be) is not
-        # steered there: the core gets it and drops it as not ours.
-        forged = resp.replace(str(b.via_port).encode(), b"22")
-        layers[0].udp[a].datagramReceived(forged, ("192.0.2.50", 5099))
-        assert len(got) == 3
+        # A Via naming another port on our address that is no sibling's
+        # private port (another service's, even in the ephemeral range) is
+        # not steered there: the core gets it and drops it as not ours.
+        for other in (22, b.via_port + 1 if b.via_port + 1 != a.via_port else b.via_port + 2):
+            forged = resp.replace(str(b.via_port).encode(), str(other).encode())
+            layers[0].udp[a].datagramReceived(forged, ("192.0.2.50", 5099))
+        assert len(got) == 4
     finally:
         for layer in layers:
             layer.stop()
