@@ -233,3 +233,22 @@ def test_timer_c_cancels_a_branch_that_rings_too_long() -> None:
     assert proxy.stats.get("timer_c") == 1
     late = out.branch.answer(487)  # the callee confirms the CANCEL: only ACKed
     assert late.replies == [] and [s.message.method for s in late.forwarded] == ["ACK"]
+
+
+class CallerId(DefaultRouting):
+    async def request_route(self, ctx: RequestContext) -> Any:
+        if not ctx.in_dialog and ctx.ruri_user == "bob":
+            ctx.replace_from(uri="sip:+4930123@example.com", display="Office")
+        await super().request_route(ctx)
+
+
+def test_replace_from_is_a_step_and_the_caller_gets_its_own_from_back() -> None:
+    proxy = OfflineProxy(CallerId, config={**DOMAIN, "uac": {"secret": "k" * 32}},
+                         bindings={"bob": ["sip:bob@192.0.2.20"]})
+    out = proxy.receive(build_request("INVITE", "sip:bob@example.com", from_="sip:alice@example.com"))
+    [step] = [s for s in out.steps if s.action == "replace_from"]
+    assert step.detail == "uri='sip:+4930123@example.com', display='Office'"
+    assert step.where.endswith(f"test_offline_proxy.py:{CallerId.request_route.__code__.co_firstlineno + 2}")
+    assert b'\r\nFrom: "Office" <sip:+4930123@example.com>;tag=kitfrom\r\n' in out.branch.data
+    ok = out.branch.answer(200)
+    assert ok.header("From") == "<sip:alice@example.com>;tag=kitfrom"
