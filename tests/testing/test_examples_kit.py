@@ -3,7 +3,7 @@ with sipsuite.testing, as a user would test his own routing class."""
 
 from __future__ import annotations
 
-from sipsuite.testing import OfflineProxy, build_request
+from sipsuite.testing import OfflineProxy, build_request, kit_config
 
 GW = ["sip:192.0.2.11:5060", "sip:192.0.2.12:5060"]
 DOMAIN = {"proxy": {"domains": ["sipsuite.test"]}}
@@ -48,3 +48,40 @@ def test_failover_routing_tries_the_backup_gateway_and_marks_branches() -> None:
     # 6xx is the callee's answer: no further gateway, it goes upstream.
     assert backup.branch.answer(603).status == 603
     assert proxy.routing.replies == 2  # type: ignore[attr-defined]
+
+
+def seed(**features: bool) -> OfflineProxy:
+    return OfflineProxy("examples.seed_routing:SeedRouting", config={
+        **DOMAIN, "features": {"pstn": True, "voicemail": True, **features},
+        "pstn": {"gw_ip": "192.0.2.40", "gw_port": 5090},
+        "voicemail": {"srv_ip": "192.0.2.50", "srv_port": 5092},
+        "uac": {"secret": "seed-kit-secret-" * 2}},
+        bindings={"1001": ["sip:bob@192.0.2.20:5062"]})
+
+
+def test_seed_routing_pstn_call_with_the_company_caller_id() -> None:
+    proxy = seed()
+    assert proxy.receive(build_request("INVITE", "sip:sipsuite.test")).status == 484
+    out = proxy.receive(build_request("INVITE", "sip:004930999@sipsuite.test", call_id="c2",
+                                      from_="sip:alice@sipsuite.test"))
+    assert out.branch.destination == "udp:192.0.2.40:5090"
+    assert out.branch.uri == "sip:+4930999@192.0.2.40:5090"
+    assert out.branch.header("From") == '"ACME" <sip:+4930123456@sipsuite.test>;tag=kitfrom'
+    # replace_from record-routes (the original From rides in our Record-Route).
+    assert [s.action for s in out.steps][-5:] == [
+        "replace_from", "record_route", "set", "trace", "relay"]
+    assert out.steps[-4].by == "uac.replace"
+    assert out.branch.answer(200).header("From") == "<sip:alice@sipsuite.test>;tag=kitfrom"
+
+
+def test_seed_routing_busy_goes_to_voicemail_by_the_avp() -> None:
+    proxy = seed()
+    out = proxy.receive(build_request("INVITE", "sip:1001@sipsuite.test"))
+    assert out.avps == {"oexten": ["1001"]}
+    proxy.core.reconfigure(kit_config({**DOMAIN, "features": {"pstn": True, "voicemail": True},
+                                       "pstn": {"gw_ip": "192.0.2.40"},
+                                       "voicemail": {"srv_ip": "192.0.2.51", "srv_port": 5094},
+                                       "uac": {"secret": "seed-kit-secret-" * 2}}))  # cfg set
+    busy = out.branch.answer(486)
+    assert busy.branch.uri == "sip:1001@192.0.2.51:5094"
+    assert busy.avps == {"oexten": ["1001"], "voicemail": [True]}
