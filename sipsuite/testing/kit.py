@@ -234,11 +234,11 @@ class OfflineProxy:
             over["proxy"] = {"routing": routing}
         if dispatcher:
             over["dispatcher"] = {"sets": {str(k): list(v) for k, v in dispatcher.items()}}
-        self.config = kit_config(config, **over)
+        loaded = kit_config(config, **over)
         self.clock = task.Clock()
         self.clock.advance(start)
         self._dns = dns
-        self.core = self._build(self.config)
+        self.core = self._build(loaded)
         if isinstance(routing, type):
             self.core.set_routing(routing(self.core))
         self.setup(users, bindings)
@@ -286,6 +286,19 @@ class OfflineProxy:
     @property
     def routing(self) -> Routing:
         return self.core.routing
+
+    @property
+    def config(self) -> Config:
+        """The config as it is now (``cfg_set`` replaces it)."""
+        return self.core.config
+
+    def cfg_set(self, name: str, value: Any) -> dict[str, Any]:
+        """``sipsuite-ctl cfg set NAME VALUE``: one run-time setting changed,
+        validated as the live one is (a str is the operator's TOML text,
+        ``"5"`` is 5); returns the name, the old and the new value."""
+        from sipsuite.ops.liveops import cfg_set
+
+        return cfg_set(self.core, name, value)
 
     def register(self, aor: str, *contacts: str | Binding, expires: float | None = 3600) -> None:
         """Store bindings of ``aor`` as a REGISTER would (``ul add``)."""

@@ -315,7 +315,6 @@ class Sandbox(OfflineProxy):
 
     def __init__(self, live: ProxyCore) -> None:  # built by _build, not by OfflineProxy.__init__
         self.live = live
-        self.config = live.config
         # A clock of its own that never moves: the sandbox's transactions
         # never retransmit nor time out.  The wall clock is the live one
         # (bindings' expiries, nonce ages).

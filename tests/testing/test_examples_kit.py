@@ -3,7 +3,7 @@ with sipsuite.testing, as a user would test his own routing class."""
 
 from __future__ import annotations
 
-from sipsuite.testing import OfflineProxy, build_request, kit_config
+from sipsuite.testing import OfflineProxy, build_request
 
 GW = ["sip:192.0.2.11:5060", "sip:192.0.2.12:5060"]
 DOMAIN = {"proxy": {"domains": ["sipsuite.test"]}}
@@ -78,10 +78,8 @@ def test_seed_routing_busy_goes_to_voicemail_by_the_avp() -> None:
     proxy = seed()
     out = proxy.receive(build_request("INVITE", "sip:1001@sipsuite.test"))
     assert out.avps == {"oexten": ["1001"]}
-    proxy.core.reconfigure(kit_config({**DOMAIN, "features": {"pstn": True, "voicemail": True},
-                                       "pstn": {"gw_ip": "192.0.2.40"},
-                                       "voicemail": {"srv_ip": "192.0.2.51", "srv_port": 5094},
-                                       "uac": {"secret": "seed-kit-secret-" * 2}}))  # cfg set
+    assert proxy.cfg_set("voicemail.srv_ip", "192.0.2.51")["old"] == "192.0.2.50"
+    proxy.cfg_set("voicemail.srv_port", "5094")
     busy = out.branch.answer(486)
     assert busy.branch.uri == "sip:1001@192.0.2.51:5094"
     assert busy.avps == {"oexten": ["1001"], "voicemail": [True]}
