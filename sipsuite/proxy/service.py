@@ -10,59 +10,22 @@ from sipsuite.config import Config
 from sipsuite.gcpolicy import GCPolicy
 from sipsuite.log import get_logger
 from sipsuite.ops.liveops import LiveOpsService, register_liveops_methods
+from sipsuite.ops.routeexplain import register_route_methods
 from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.ops.stats import MetricsResource, register_stats_methods
 from sipsuite.ops.users import register_store_methods
 from sipsuite.proxy import workerlink
-from sipsuite.proxy.core.proxy import ProxyCore
-from sipsuite.proxy.modules import (
-    accounting,
-    antiflood,
-    auth,
-    media,
-    nat,
-    natping,
-    scanners,
-    shv,
-    uac,
-)
+from sipsuite.proxy.build import BUILTIN_MODULES, build_core
 from sipsuite.proxy.modules.antiflood import register_flood_methods
-from sipsuite.proxy.modules.dispatcher import dispatcher
 from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_methods
-from sipsuite.proxy.modules.events import SPEC as EVENTS_SPEC
 from sipsuite.proxy.modules.shv import register_shv_methods
-from sipsuite.proxy.registrar import outbound, registrar, subscribers, usrloc
-from sipsuite.proxy.registrar.redis import module as redis
-from sipsuite.proxy.services import LOCATION, SUBSCRIBERS, WORKER_LINK, WorkerLinkService
+from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
 from sipsuite.proxy.workerlink import WorkerLink
-from sipsuite.tlsctx import attach_tls, register_tls_methods
+from sipsuite.tlsctx import register_tls_methods
 
 log = get_logger("sipsuite.proxy.service")
 
-#: The feature modules converted to the module interface (issue 13), in
-#: set-up order; the core's registry stops them in reverse.
-BUILTIN_MODULES = (
-    EVENTS_SPEC, redis.SPEC, shv.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC,
-    scanners.SPEC, uac.SPEC, outbound.SPEC, registrar.SPEC, auth.SPEC, nat.SPEC, natping.SPEC,
-    media.SPEC, dispatcher.SPEC,
-    accounting.SPEC,
-)
-
-
-def build_core(config: Config, reactor: Any, link: WorkerLinkService | None = None) -> ProxyCore:
-    """The proxy core with the built-in modules ``config`` enables set up, as
-    ``twistd sip-proxy`` runs it, but nothing bound and nothing started: what
-    a test of a routing class feeds messages to (docs/routing.md).  ``link``:
-    a worker process's line to its supervisor (proxy/workerlink.py)."""
-    core = ProxyCore(config, reactor)
-    if link is not None:
-        # Before the modules: antiflood and the dispatcher look for it in setup.
-        core.modules.provide(WORKER_LINK, link)
-    # Before the modules: the media module's tls: relays need the contexts.
-    attach_tls(core)
-    core.modules.setup_all(BUILTIN_MODULES, config)
-    return core
-
+__all__ = ["BUILTIN_MODULES", "ProxyService", "build_core", "make_proxy_service"]
 
 class ProxyService(service.Service):
     """The proxy core under twistd: its listeners, its modules (the Redis
@@ -135,6 +98,7 @@ def make_proxy_service(config: Config, link: WorkerLink | None = None, *,
         register_flood_methods(registry, core)
         register_shv_methods(registry, core)
         register_liveops_methods(registry, core)
+        register_route_methods(registry, core)
         register_stats_methods(registry, core)
         register_tls_methods(registry, tls, core.transport)
         ManagementService(config.management.listen, registry,

@@ -310,6 +310,12 @@ COMMANDS: list[Command] = [
     Command(("routing", "reload"), "routing.reload",
             "re-import the [proxy] routing module and swap it in (as SIGHUP does)",
             show=live.show_reload, group_help="the routing class"),
+    Command(("route", "explain"), "route.explain",
+            "route a SIP message in dry-run mode (nothing sent, nothing stored) and print each"
+            " decision with the hook and line that made it",
+            (Arg("file", "the SIP message as text, or - for stdin", metavar="FILE"),),
+            show=live.show_explain, params=live.explain_params, extra=live.explain_options,
+            group_help="the routing class's decisions"),
     Command(("stats",), "stats",
             "requests per method, replies per class, transactions, registrations, drops",
             show=live.show_stats),
@@ -416,7 +422,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
 
     method = args.rpc_method if command.words == ("rpc",) else command.method
-    params = command.params(args) if command.params else _params_from_args(command, args)
+    try:
+        params = command.params(args) if command.params else _params_from_args(command, args)
+    except argparse.ArgumentTypeError as exc:  # a FILE argument that cannot be read
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
     try:
         try:
             result = RpcClient(url, args.timeout).call(method, params)

@@ -14,7 +14,8 @@ from typing import Any
 
 from sipsuite.ops.ctl.output import table
 
-__all__ = ["debug_level", "show_cfg_get", "show_cfg_set", "show_debug", "show_reload",
+__all__ = ["debug_level", "explain_options", "explain_params", "render_explanation",
+           "show_cfg_get", "show_cfg_set", "show_debug", "show_explain", "show_reload",
            "show_stats", "show_uptime"]
 
 _LEVEL_NAMES = ("debug", "info", "notice", "warn", "warning", "error", "err")
@@ -81,3 +82,52 @@ def show_uptime(result: Any, args: argparse.Namespace) -> str:
     minutes, secs = divmod(rest, 60)
     span = (f"{days}d " if days else "") + f"{hours:02d}:{minutes:02d}:{secs:02d}"
     return f"up {span} ({result['uptime']:.0f} s) since {result['started_utc']}"
+
+
+def render_explanation(data: dict[str, Any]) -> str:
+    """The lines ``route explain`` prints for the ``route.explain`` result
+    (sipsuite.testing.report.explanation); the offline explainer prints the same."""
+    lines = []
+    for s in data["steps"]:
+        by = f" (by {s['by']})" if s.get("by") else ""
+        at = f"  [{s['where']}]" if s.get("where") else ""
+        detail = f" {s['detail']}" if s["detail"] else ""
+        lines.append(f"{s['hook']}: {s['action']}{detail}{by}{at}")
+    for s in data["sent"]:
+        lines.append(f"sent: {s['first_line']} -> {s['destination']}")
+        if "data" in s:
+            lines.extend("    " + ln for ln in s["data"].rstrip("\r\n").split("\r\n"))
+    if data.get("avps"):
+        lines.append("avps: " + ", ".join(f"{k}={v}" for k, v in data["avps"].items()))
+    if data.get("vars"):
+        lines.append("vars: " + ", ".join(f"{k}={v}" for k, v in data["vars"].items()))
+    lines.append(f"decision: {data['decision']}")
+    return "\n".join(lines)
+
+
+def show_explain(result: Any, args: argparse.Namespace) -> str:
+    return render_explanation(result)
+
+
+def explain_params(args: argparse.Namespace) -> dict[str, Any]:
+    """``route explain FILE``: the message read from FILE (``-``: stdin)."""
+    import sys
+
+    if args.file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            with open(args.file, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"{args.file}: {exc.strerror or exc}") from None
+    params: dict[str, Any] = {"message": text, "wire": bool(args.wire)}
+    if args.source:
+        params["source"] = args.source
+    return params
+
+
+def explain_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", metavar="TRANSPORT:HOST:PORT",
+                        help="where the message comes from (default: its top Via)")
+    parser.add_argument("--wire", action="store_true", help="print every message sent in full")

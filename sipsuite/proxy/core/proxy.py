@@ -108,7 +108,13 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
     surface only.  Made by the proxy service (proxy/service.py), which sets
     the modules up; ``start()`` binds the sockets and starts the modules."""
 
-    def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None) -> None:
+    #: What the routing hooks get as ``ctx``.  The routing test kit and
+    #: ``route explain`` (sipsuite/testing/) put a subclass here that records
+    #: each action with the line that made it; the proxy itself pays nothing.
+    context_class: type[RequestContext] = RequestContext
+
+    def __init__(self, config: Any, reactor: Any, resolver: Resolver | None = None,
+                 transport_class: type[TransportLayer] = TransportLayer) -> None:
         self.config = config
         self.clock = reactor
         # Feature modules plug in here (api.CoreAPI.hooks / .modules); the
@@ -121,7 +127,8 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             t1=config.timers.t1, t2=config.timers.t2, t4=config.timers.t4,
             timer_c=config.timers.timer_c,
         )
-        self.transport = TransportLayer(reactor, self.receive, p.tcp_idle_timeout)
+        # transport_class: the test kit's captures what would be sent instead.
+        self.transport = transport_class(reactor, self.receive, p.tcp_idle_timeout)
         self.transport.configure(p)
         self.transport.on_connection_failed = self._tcp_connect_failed
         if resolver is None:
@@ -152,9 +159,14 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
         self.method_stats: dict[str, int] = {}
         self.reply_classes = [0] * 7  # index = status // 100, 1..6 used
         self.started_at = reactor.seconds()
-        self.routing: Routing = make_routing(self)
+        self.routing: Routing = self.make_routing()
         # Set while the suite drains (sipsuite.drain): when the drain ends at the latest.
         self.drain_deadline: float | None = None
+
+    def make_routing(self) -> Routing:
+        """The routing object ``[proxy] routing`` names (route explain's
+        sandbox core takes the live proxy's class instead)."""
+        return make_routing(self)
 
     # -- api.CoreAPI -------------------------------------------------------------------
     def wall(self) -> float:
@@ -367,7 +379,8 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             self._reply_tx(holder, req, 503, "Service Unavailable", [("Retry-After", str(wait))])
             return
         loose, removed = self._preprocess_routes(req)
-        ctx = RequestContext(self, req, source, loose, holder.call if holder is not None else None)
+        ctx = self.context_class(self, req, source, loose,
+                                 holder.call if holder is not None else None)
         ctx.removed_routes = removed
         if holder is not None:
             holder.request_ctx = ctx

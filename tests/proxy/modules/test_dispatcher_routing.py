@@ -1,19 +1,18 @@
 """examples/dispatcher_routing.py with media relaying and callers it must
-refuse: the relay session follows the call through failover and is not
-left behind when no gateway is usable; strangers do not reach the gateways."""
+refuse, tested with sipsuite.testing (a fake relay added to its core): the
+relay session follows the call through failover and is not left behind
+when no gateway is usable; strangers do not reach the gateways."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from proxykit import ProxyKit, answer
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import formatEvent, globalLogPublisher
 
 from sipsuite.proxy.media.client import RelayError
-from sipsuite.proxy.modules.dispatcher.dispatcher import LoadBalancer
 from sipsuite.proxy.modules.media import add_media
+from sipsuite.testing import OfflineProxy
 
 GW = ["sip:127.0.0.11:5060", "sip:127.0.0.12:5060"]
 ROUTING = "examples.dispatcher_routing:DispatcherRouting"
@@ -59,72 +58,59 @@ def invite(from_uri: str = "sip:alice@sipsuite.test") -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n" + SDP).encode()
 
 
-def kit_with(tmp_path: Path, sets: dict[str, list[str]],
-             **tables: dict[str, Any]) -> tuple[ProxyKit, Relay]:
-    kit = ProxyKit(tmp_path, proxy={"routing": ROUTING}, dispatcher={"probe_interval": 0.0},
-                   media={"relay": "always"}, **{"dispatcher.sets": sets}, **tables)
-    ds = kit.core.modules.by_name("dispatcher")  # set up by its SPEC
-    assert isinstance(ds, LoadBalancer)
-    ds.start()
+def kit_with(sets: dict[str, list[str]], **tables: dict[str, Any]) -> tuple[OfflineProxy, Relay]:
+    proxy = OfflineProxy(ROUTING, config={"proxy": {"domains": ["sipsuite.test"]},
+                                          "media": {"relay": "always"}, **tables},
+                         dispatcher=sets)
     relay = Relay()
-    add_media(kit.core, relay)
-    return kit, relay
+    add_media(proxy.core, relay)
+    return proxy, relay
 
 
-def invites(sent: list[tuple[Any, str, int]]) -> list[Any]:
-    return [m for m, _, _ in sent if getattr(m, "method", None) == "INVITE"]
-
-
-def test_the_relay_session_follows_the_call_to_the_next_gateway(tmp_path: Path) -> None:
-    kit, relay = kit_with(tmp_path, {"1": GW})
-    kit.feed(invite(), "127.0.0.2")
-    [first] = invites(kit.take())
-    kit.feed(answer(first, 503, to_tag="gw1"), "127.0.0.11", 5060)
-    [second] = invites(kit.take())
-    assert b"203.0.113.7" in second.body
-    ok = answer(second, 200, to_tag="gw2")
-    ok.body = SDP.replace("127.0.0.2", "127.0.0.12").encode()
-    ok.add_header("Content-Type", "application/sdp")
-    kit.feed(ok, "127.0.0.12", 5060)
+def test_the_relay_session_follows_the_call_to_the_next_gateway() -> None:
+    proxy, relay = kit_with({"1": GW})
+    first = proxy.receive(invite(), "udp:127.0.0.2:5070").branch
+    second = first.answer(503).branch
+    assert second.destination == "udp:127.0.0.12:5060"
+    assert b"203.0.113.7" in second.request.body
+    ok = second.answer(200, body=SDP.replace("127.0.0.2", "127.0.0.12"))
     assert relay.calls == ["U", "L"], "the session was deleted before the failover"
-    [to_caller] = [m for m, h, _ in kit.take() if h == "127.0.0.2" and m.status == 200]
-    assert b"203.0.113.7" in to_caller.body
+    assert ok.status == 200 and ok.reply is not None and b"203.0.113.7" in ok.reply.body
 
 
-def test_no_usable_gateway_releases_the_offer(tmp_path: Path) -> None:
-    kit, relay = kit_with(tmp_path, {"1": [GW[0] + " 4"]})  # flag 4: disabled
-    kit.feed(invite(), "127.0.0.2")
-    assert [m.status for m, h, _ in kit.take() if h == "127.0.0.2"] == [100, 503]
+def test_no_usable_gateway_releases_the_offer() -> None:
+    proxy, relay = kit_with({"1": [GW[0] + " 4"]})  # flag 4: disabled
+    out = proxy.receive(invite(), "udp:127.0.0.2:5070")
+    assert [r.status for r in out.replies] == [100, 503]
     assert relay.calls == ["U", "D"] and relay.sessions == set()
 
 
-def test_a_stranger_does_not_reach_the_gateways(tmp_path: Path) -> None:
+def test_a_stranger_does_not_reach_the_gateways() -> None:
     """[features] auth off (the default): a From of another domain from an
     untrusted address is refused, as route[PSTN] refuses it."""
-    kit, relay = kit_with(tmp_path, {"1": GW[:1]})
-    kit.feed(invite("sip:mallory@evil.example"), "198.51.100.66")
-    sent = kit.take()
-    assert invites(sent) == []
-    assert [m.status for m, h, _ in sent if h == "198.51.100.66"] == [100, 403]
+    proxy, relay = kit_with({"1": GW[:1]})
+    out = proxy.receive(invite("sip:mallory@evil.example"), "udp:198.51.100.66:5070")
+    assert out.branches == []
+    assert [(r.status, s.host) for r, s in zip(out.replies, out.sent, strict=True)] == [
+        (100, "198.51.100.66"), (403, "198.51.100.66")]
     assert relay.calls == []
 
 
-def test_the_example_traces_its_steps_with_debug(tmp_path: Path) -> None:
+def test_the_example_traces_its_steps_with_debug() -> None:
     """[features] debug: the example's own steps are on the routing-step log
     (ctx.trace), as the default script's are."""
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     try:
-        kit, _ = kit_with(tmp_path, {"1": GW[:1], "2": [GW[1] + " 4"]},
-                          features={"debug": True})
+        proxy, _ = kit_with({"1": GW[:1], "2": [GW[1] + " 4"]}, features={"debug": True})
         for n, (caller, source) in enumerate([("sip:alice@sipsuite.test", "127.0.0.2"),
                                               ("sip:mallory@evil.example", "198.51.100.66"),
                                               ("sip:alice@sipsuite.test", "127.0.0.2")]):
             if n == 2:
-                kit.core.routing.setid = 2  # type: ignore[attr-defined]  # its gateway disabled
-            kit.feed(invite(caller).replace(b"ds1", b"ds%d" % n).replace(b"Call-ID: c1",
-                                                                         b"Call-ID: c%d" % n),
-                     source)
+                proxy.routing.setid = 2  # type: ignore[attr-defined]  # its gateway disabled
+            proxy.receive(invite(caller).replace(b"ds1", b"ds%d" % n).replace(b"Call-ID: c1",
+                                                                              b"Call-ID: c%d" % n),
+                          f"udp:{source}:5070")
     finally:
         globalLogPublisher.removeObserver(events.append)
     lines = [formatEvent(e) for e in events if e.get("log_namespace") == "sipsuite.proxy.routing"]
