@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application import service
@@ -18,6 +19,7 @@ from sipsuite.proxy.modules import accounting, antiflood, auth, media, nat, natp
 from sipsuite.proxy.modules.antiflood import register_flood_methods
 from sipsuite.proxy.modules.dispatcher import dispatcher
 from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_methods
+from sipsuite.proxy.net.siblings import Siblings
 from sipsuite.proxy.registrar import outbound, registrar, subscribers, usrloc
 from sipsuite.proxy.registrar.redis import module as redis
 from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
@@ -34,11 +36,26 @@ BUILTIN_MODULES = (
 )
 
 
-def build_core(config: Config, reactor: Any) -> ProxyCore:
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker process (proxy/worker.py) gets from its supervisor: its
+    index, the directory of the workers' channel sockets and the secret the
+    workers share (net/siblings.py)."""
+
+    index: int
+    channel: str
+    secret: str
+
+
+def build_core(config: Config, reactor: Any, worker: WorkerSetup | None = None) -> ProxyCore:
     """The proxy core with the built-in modules ``config`` enables set up, as
     ``twistd sip-proxy`` runs it, but nothing bound and nothing started: what
     a test of a routing class feeds messages to (docs/routing.md)."""
     core = ProxyCore(config, reactor)
+    if worker is not None:
+        # Before the modules: the outbound module's flow tokens take the shared secret.
+        core.transport.siblings = Siblings(core.transport, worker.index, config.proxy.workers,
+                                           worker.channel, reactor, worker.secret)
     # Before the modules: the media module's tls: relays need the contexts.
     attach_tls(core)
     core.modules.setup_all(BUILTIN_MODULES, config)
@@ -49,14 +66,15 @@ class ProxyService(service.Service):
     """The proxy core under twistd: its listeners, its modules (the Redis
     connection among them) and the garbage-collector policy."""
 
-    def __init__(self, config: Config, reactor: Any | None = None) -> None:
+    def __init__(self, config: Config, reactor: Any | None = None,
+                 worker: WorkerSetup | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
-        self.core = build_core(config, reactor)
+        self.core = build_core(config, reactor, worker)
         # A worker process (proxy/worker.py): SO_REUSEPORT and a private port.
         self.core.transport.workers = config.proxy.workers > 1
         self.tls = self.core.transport.tls
@@ -73,6 +91,8 @@ class ProxyService(service.Service):
     def startService(self) -> None:
         super().startService()
         self.core.start()  # binds the listeners unless privilegedStartService did
+        if self.core.transport.siblings is not None:
+            self.core.transport.siblings.start()
         self.gc.start()
         # Logged once the reactor runs (and twistd's signal handlers are in
         # place): the moment the proxy really serves.
@@ -87,10 +107,11 @@ class ProxyService(service.Service):
         return defer.DeferredList(self.core.stop())
 
 
-def make_proxy_service(config: Config) -> service.MultiService:
-    """Build the proxy's services (transports, core, routing, management) from config."""
+def make_proxy_service(config: Config, worker: WorkerSetup | None = None) -> service.MultiService:
+    """Build the proxy's services (transports, core, routing, management) from
+    config; ``worker``: as one of a supervisor's worker processes."""
     top = service.MultiService()
-    proxy = ProxyService(config)
+    proxy = ProxyService(config, worker=worker)
     proxy.setServiceParent(top)
     tls = proxy.tls
     if config.management.listen:

@@ -7,7 +7,9 @@ core with its listeners bound with SO_REUSEPORT (net/reuseport.py), and
 writes its log as JSON lines to stdout, which the supervisor logs with the
 worker's number.  Its management interface is on a loopback port the
 supervisor chose (passed as the --management override), which serves
-[management] listen for all (sipsuite.proxy.workerops).  A worker whose
+[management] listen for all (sipsuite.proxy.workerops).  ``--channel DIR``:
+where the workers' channel sockets are (net/siblings.py: a request for a
+phone whose TCP/TLS connection another worker holds goes over it).  A worker whose
 supervisor has gone stops by itself.
 """
 
@@ -21,6 +23,8 @@ import sys
 
 #: How often a worker checks that its supervisor is still there (s).
 ORPHAN_CHECK = 1.0
+#: The environment variable with the secret the workers share (flow tokens).
+SECRET_VARIABLE = "SIPSUITE_WORKERS_SECRET"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--config", default="")
     parser.add_argument("--overrides", default="{}")
+    parser.add_argument("--channel", default="")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor, task
@@ -44,10 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config or None, **json.loads(args.overrides))
         log.set_level(config.log.level)
         from sipsuite.fdlimit import raise_nofile_limit
-        from sipsuite.proxy.service import make_proxy_service
+        from sipsuite.proxy.service import WorkerSetup, make_proxy_service
 
         raise_nofile_limit()
-        top = make_proxy_service(config)
+        # The secret comes in the environment: the command line is world-readable.
+        worker = (WorkerSetup(args.index, args.channel, os.environ.get(SECRET_VARIABLE, ""))
+                  if args.channel else None)
+        top = make_proxy_service(config, worker)
         top.privilegedStartService()
     except (ConfigError, StartupError) as e:
         sys.stderr.write(f"worker {args.index}: {e}\n")

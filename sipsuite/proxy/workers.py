@@ -7,16 +7,21 @@ command-line overrides, a worker index), in its own process group; logs
 their lines with their number; restarts one that dies (its number and exit
 status or signal logged, after a backoff that grows while it keeps dying);
 forwards SIGHUP (routing reload) to all; and on stop sends them SIGTERM and
-waits until they have exited (SIGKILL after ``STOP_GRACE``).
+waits until they have exited (SIGKILL after ``STOP_GRACE``).  It makes the
+directory of the workers' channel sockets (net/siblings.py) and the secret
+they share, and removes the directory once they have stopped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +30,7 @@ from twisted.internet import defer, protocol
 from twisted.python.failure import Failure
 
 from sipsuite.log import get_logger, relay_worker_line
+from sipsuite.proxy.worker import SECRET_VARIABLE
 from sipsuite.startup import StartupError, cannot_listen, show_address
 
 log = get_logger("sipsuite.proxy.workers")
@@ -125,6 +131,10 @@ class Supervisor(service.Service):
         self.restarts: dict[int, Any] = {}
         self.stopping = False
         self._previous_hup: Any = None
+        # The workers' channel (net/siblings.py): made at start, the same
+        # directory for a restarted worker; and the secret they share.
+        self.channel_dir = ""
+        self.secret = secrets.token_hex(32)
         # Chosen once: a restarted worker serves on the same port.
         self.management_ports: dict[int, int] = (
             {i: _free_loopback_port() for i in range(config.proxy.workers)}
@@ -137,6 +147,8 @@ class Supervisor(service.Service):
     def startService(self) -> None:
         super().startService()
         self.stopping = False
+        if not self.channel_dir:
+            self.channel_dir = _channel_dir()
         for index in range(self.config.proxy.workers):
             self.spawn(index)
         if hasattr(signal, "SIGHUP"):
@@ -151,7 +163,8 @@ class Supervisor(service.Service):
             # Its own loopback port: the supervisor serves [management] listen.
             overrides["management"] = f"tcp:127.0.0.1:{self.management_ports[index]}"
         return [sys.executable, "-m", "sipsuite.proxy.worker", "--index", str(index),
-                "--config", self.config.path or "", "--overrides", json.dumps(overrides)]
+                "--config", self.config.path or "", "--channel", self.channel_dir,
+                "--overrides", json.dumps(overrides)]
 
     def live_management_ports(self) -> dict[int, int]:
         """index -> management port of the workers running now."""
@@ -163,7 +176,7 @@ class Supervisor(service.Service):
         if self.stopping:
             return
         proc = WorkerProcess(self, index)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{SECRET_VARIABLE: self.secret})
         args = self.command(index)
         self.reactor.spawnProcess(proc, args[0], args, env=env, childFDs={0: "w", 1: "r", 2: "r"})
         self.workers[index] = proc
@@ -203,6 +216,7 @@ class Supervisor(service.Service):
             signal.signal(signal.SIGHUP, self._previous_hup)
         waits = [proc.ended for proc in self.workers.values()]
         if not waits:
+            self._remove_channel()
             return None
         log.info("stopping {n} worker(s)", n=len(waits))
         self.signal_all(signal.SIGTERM)
@@ -212,9 +226,26 @@ class Supervisor(service.Service):
         def finished(result: Any) -> Any:
             if killer.active():
                 killer.cancel()
+            self._remove_channel()
             return result
 
         return done.addBoth(finished)
+
+
+    def _remove_channel(self) -> None:
+        if self.channel_dir:
+            shutil.rmtree(self.channel_dir, ignore_errors=True)
+            self.channel_dir = ""
+
+
+def _channel_dir() -> str:
+    """A directory of our own (0700) for the workers' sockets; under /tmp
+    when TMPDIR would make a socket path longer than a UNIX address holds."""
+    path = tempfile.mkdtemp(prefix="sipsuite-workers-")
+    if len(path) > 90:
+        os.rmdir(path)
+        path = tempfile.mkdtemp(prefix="sipsuite-workers-", dir="/tmp")
+    return path
 
 
 def _signal_name(sig: int) -> str:

@@ -1,0 +1,183 @@
+"""Worker processes and TCP phones ([proxy] workers = 2, issue 15): a phone
+registered over TCP keeps its one connection, held by the worker that
+accepted it; calls landing on either worker reach the phone over that
+connection (net/siblings.py), and its answers reach the caller.
+
+The phone is a plain TCP client whose Contact names a port nobody listens
+on: a worker that tried to open a connection of its own to the phone (to
+its Contact or to its source port) would fail the call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import procs
+import pytest
+from procs import (
+    LOCALHOST,
+    ProxyFactory,
+    SipMessage,
+    TcpEndpoint,
+    UdpEndpoint,
+    build_invite,
+    build_request,
+    build_response,
+    is_final,
+    statuses,
+    via_sent_by,
+)
+from sipmsg import build_ack_for_2xx, new_tag
+
+DOMAIN = "sipsuite.test"
+#: Calls at most, and at least, before the test looks at which worker took them.
+MAX_CALLS = 24
+MIN_CALLS = 6
+
+
+@dataclass
+class Setup:
+    proxy: procs.ProxyProcess
+
+    def diag(self) -> str:
+        return self.proxy.diagnostics(150)
+
+
+def wait_log(proxy: procs.ProxyProcess, pattern: str, count: int = 1, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(re.findall(pattern, proxy.log_text())) >= count:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def per_worker(proxy: procs.ProxyProcess, method: str) -> dict[str, int]:
+    res = proxy.ctl("--json", "stats")
+    assert res.returncode == 0, res.stderr
+    return {n: w["requests_by_method"].get(method, 0)
+            for n, w in json.loads(res.stdout)["workers"].items()}
+
+
+def channel_drops(proxy: procs.ProxyProcess) -> dict[str, int]:
+    res = proxy.ctl("--json", "stats")
+    assert res.returncode == 0, res.stderr
+    return {k: v for k, v in json.loads(res.stdout)["drops"].items() if "channel" in k}
+
+
+@pytest.fixture(scope="module")
+def setup(proxy_factory: ProxyFactory) -> Iterator[Setup]:
+    import redisproc
+
+    redis = redisproc.RedisServer()
+    redis.start()
+    try:
+        proxy = proxy_factory("workers-tcp", plugin="sip-proxy", extra_proxy={"workers": 2},
+                              tables={"redis": {"url": redis.url(7)}})
+        ready = wait_log(proxy, r"worker [01]: sip proxy ready", 2)
+        assert ready, "both workers did not come up\n" + proxy.diagnostics(120)
+        yield Setup(proxy)
+    finally:
+        redis.close()
+
+
+class TcpPhone:
+    """A phone on one TCP connection to the proxy, registered as ``user``."""
+
+    def __init__(self, proxy: procs.ProxyProcess, user: str) -> None:
+        self.proxy = proxy
+        self.user = user
+        self.conn = TcpEndpoint(proxy.address)
+        # Where nobody listens: the proxy must use the connection.
+        self.contact = f"sip:{user}@{LOCALHOST}:{procs.free_port('tcp')};transport=tcp"
+        self.via = f"{LOCALHOST}:{self.conn.address[1]}"
+
+    def register(self) -> SipMessage:
+        req = build_request("REGISTER", f"sip:{DOMAIN}", sent_by=self.via, transport="TCP",
+                            from_uri=f"sip:{self.user}@{DOMAIN}", to_uri=f"sip:{self.user}@{DOMAIN}",
+                            contact=self.contact, extra=[("Expires", "300")])
+        self.conn.send(req)
+        got = self.conn.recv_until(is_final, 5.0)
+        assert got is not None, "no answer to REGISTER\n" + self.proxy.diagnostics()
+        return got.msg
+
+    def recv(self, method: str, timeout: float = 5.0) -> SipMessage | None:
+        got = self.conn.recv_until(lambda m: not m.is_response and m.method == method, timeout)
+        return None if got is None else got.msg
+
+
+def one_call(setup: Setup, phone: TcpPhone, n: int) -> None:
+    """A call from a fresh UDP socket (the kernel picks the worker by its
+    port) to the phone: ringing, answer, ACK, and the phone's BYE."""
+    diag = setup.diag
+    with UdpEndpoint() as caller:
+        invite = build_invite(f"sip:{phone.user}@{DOMAIN}", sent_by=caller.sent_by)
+        caller.send(invite, setup.proxy.address)
+        got = phone.recv("INVITE")
+        assert got is not None, f"call {n}: the phone got no INVITE on its connection\n{diag()}"
+        tag = new_tag()
+        routes = got.header_values("record-route")
+        phone.conn.send(build_response(got, 180, "Ringing", to_tag=tag))
+        # RFC 3261 12.1.1: the 2xx copies the Record-Route, so the ACK and BYE come our way.
+        phone.conn.send(build_response(
+            got, 200, "OK", to_tag=tag,
+            extra=[("Contact", f"<{phone.contact}>"), *(("Record-Route", r) for r in routes)]))
+        seen: list[procs.Received] = []
+        final = caller.recv_until(is_final, 5.0, seen)
+        codes = statuses(seen)
+        assert final is not None and final.msg.status == 200, f"call {n}: caller saw {codes}\n{diag()}"
+        assert 180 in codes, f"call {n}: no 180 reached the caller: {codes}\n{diag()}"
+        caller.send(build_ack_for_2xx(invite, final.msg, sent_by=caller.sent_by),
+                    setup.proxy.address)
+        assert phone.recv("ACK") is not None, f"call {n}: the ACK did not reach the phone\n{diag()}"
+        # The phone hangs up over its connection, on the route set of the INVITE.
+        bye = build_request(
+            "BYE", f"sip:alice@{caller.sent_by}", sent_by=phone.via, transport="TCP",
+            call_id=(got.call_id or "").removesuffix("@sipsuite.test"),
+            from_uri=f"sip:{phone.user}@{DOMAIN}", from_tag=tag,
+            to_uri="sip:alice@sipsuite.test",
+            to_tag=re.search(r";tag=([^;>\s]+)", got.header("from") or "").group(1),  # type: ignore[union-attr]
+            cseq=1, extra=[("Route", r) for r in routes])
+        # build_request adds "@sipsuite.test" to the Call-ID: the INVITE's has it already.
+        phone.conn.send(bye)
+        got_bye = caller.recv_until(lambda m: not m.is_response and m.method == "BYE", 5.0)
+        assert got_bye is not None, f"call {n}: the phone's BYE did not reach the caller\n{diag()}"
+        host, _, port = via_sent_by(got_bye.msg.vias[0]).rpartition(":")
+        caller.send(build_response(got_bye.msg, 200, "OK"), (host, int(port)))
+        ok = phone.conn.recv_until(lambda m: m.is_response and m.cseq[1] == "BYE", 5.0)
+        assert ok is not None and ok.msg.status == 200, f"call {n}: no 200 for the BYE\n{diag()}"
+
+
+def test_calls_on_either_worker_reach_a_tcp_phone_over_its_connection(setup: Setup) -> None:
+    proxy = setup.proxy
+    phone = TcpPhone(proxy, "dave")
+    try:
+        reg = phone.register()
+        assert reg.status == 200, f"REGISTER: {reg.start_line}\n{setup.diag()}"
+        registers = per_worker(proxy, "REGISTER")
+        holder = max(registers, key=lambda k: registers[k])
+        before = per_worker(proxy, "INVITE")
+        calls = 0
+        taken: dict[str, int] = {}
+        while calls < MAX_CALLS:
+            one_call(setup, phone, calls)
+            calls += 1
+            now = per_worker(proxy, "INVITE")
+            taken = {k: now[k] - before.get(k, 0) for k in now}
+            if calls >= MIN_CALLS and all(v >= 2 for v in taken.values()):
+                break
+        assert sum(taken.values()) == calls, taken
+        other = next(k for k in taken if k != holder)
+        assert taken[other] >= 1, (f"no call landed on worker {other}, the one without the"
+                                   f" phone's connection: {taken}")
+        assert taken[holder] >= 1, f"no call landed on worker {holder}: {taken}"
+        # Nothing was refused or garbled on the channel.
+        assert not channel_drops(proxy), channel_drops(proxy)
+        # The phone's only connection is the one it opened: no second one came.
+        assert phone.conn.closed_at is None
+    finally:
+        phone.conn.close()
