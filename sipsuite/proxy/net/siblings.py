@@ -119,7 +119,7 @@ def parse_keys(fields: list[str], width: int) -> list[tuple[Key, list[str]]]:
     rows = []
     for i in range(0, len(fields), width):
         transport, host, port, *extra = fields[i:i + width]
-        if transport not in _STREAMS or not is_ip(host) or not port.isdigit() or len(port) > 5:
+        if transport not in _STREAMS or not is_ip(host) or not _number(port, 5):
             raise FrameError(f"bad connection {transport} {host} {port}"[:80])
         number = int(port)
         if not 0 < number < 65536:
@@ -128,12 +128,17 @@ def parse_keys(fields: list[str], width: int) -> list[tuple[Key, list[str]]]:
     return rows
 
 
+def _number(text: str, digits: int) -> bool:
+    """ASCII digits only (str.isdigit() takes any script's), at most ``digits``."""
+    return 0 < len(text) <= digits and text.isascii() and text.isdigit()
+
+
 def owner_of(branch: str | None) -> int | None:
     """The worker index a Via branch names (``...w<index>``), if any."""
     if not branch:
         return None
     head, sep, tail = branch.rpartition(".w")
-    if not sep or not head or not tail.isdigit() or len(tail) > 3:
+    if not sep or not head or not _number(tail, 3):
         return None
     return int(tail)
 
@@ -187,6 +192,8 @@ class _Inbound(protocol.Protocol):
         if not self.siblings.trusted(self.transport):
             self.siblings.drop("peer")
             self.transport.abortConnection()
+            return
+        self.siblings.inbound.add(self)
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -282,6 +289,7 @@ class Siblings:
         # (transport, host, port) -> (sibling index, listener name, the inbound connection it came on)
         self.table: dict[Key, tuple[int, str, _Inbound]] = {}
         self.links: dict[int, _Link] = {}
+        self.inbound: set[_Inbound] = set()
         self.port: Any = None
         self.supervisor = os.getppid()
         self.handed = 0
@@ -296,7 +304,7 @@ class Siblings:
             pass
         old = os.umask(0o077)
         try:
-            self.port = self.reactor.listenUNIX(path, _InboundFactory(self))
+            self.port = self.reactor.listenUNIX(path, _InboundFactory(self), mode=0o600)
         finally:
             os.umask(old)
         for i in range(self.count):
@@ -312,6 +320,8 @@ class Siblings:
             if link.transport is not None:
                 link.transport.loseConnection()
         self.links.clear()
+        for conn in list(self.inbound):
+            conn.transport.loseConnection()
 
     def drop(self, cause: str) -> None:
         self.layer.stats_drop(f"channel_{cause}")
@@ -424,8 +434,7 @@ class Siblings:
         kind, fields, body = decode(payload)
         sender = conn.index
         if kind == "HELLO":
-            if (sender is not None or len(fields) != 1 or not fields[0].isdigit()
-                    or len(fields[0]) > 3):
+            if sender is not None or len(fields) != 1 or not _number(fields[0], 3):
                 raise FrameError(f"HELLO {fields[:2]}")
             index = int(fields[0])
             if index == self.index or not 0 <= index < self.count:
@@ -434,6 +443,9 @@ class Siblings:
             # A (re)started sibling: what its earlier life announced is gone.
             for key in [k for k, row in self.table.items() if row[0] == index and row[2] is not conn]:
                 del self.table[key]
+            # Our link to it (a new one starts with our HELLO, which makes it
+            # send us its table), then our table over it.
+            self.link(index)
             self._sync(index)
             return
         if sender is None:
@@ -476,6 +488,7 @@ class Siblings:
             self.layer.relayed_in(msg, transport, host, port, listener)
 
     def inbound_lost(self, conn: _Inbound) -> None:
+        self.inbound.discard(conn)
         if conn.index is None:
             return
         for key in [k for k, row in self.table.items() if row[2] is conn]:
