@@ -1,7 +1,8 @@
-"""Worker processes and TCP phones ([proxy] workers = 2, issue 15): a phone
-registered over TCP keeps its one connection, held by the worker that
-accepted it; calls landing on either worker reach the phone over that
-connection (net/siblings.py), and its answers reach the caller.
+"""Worker processes and TCP/TLS phones ([proxy] workers = 2, issue 15): a
+phone registered over TCP or TLS keeps its one connection, held by the
+worker that accepted it; calls landing on either worker reach the phone
+over that connection (net/siblings.py), its 180 and 200 reach the caller,
+the caller's ACK reaches it, and its BYE over the connection works.
 
 The phone is a plain TCP client whose Contact names a port nobody listens
 on: a worker that tried to open a connection of its own to the phone (to
@@ -13,11 +14,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import procs
 import pytest
+import tlscerts
 from procs import (
     LOCALHOST,
     ProxyFactory,
@@ -32,6 +34,7 @@ from procs import (
     via_sent_by,
 )
 from sipmsg import build_ack_for_2xx, new_tag
+from tlsendpoints import TlsClient, client_context
 
 DOMAIN = "sipsuite.test"
 #: Calls at most, and at least, before the test looks at which worker took them.
@@ -42,6 +45,8 @@ MIN_CALLS = 6
 @dataclass
 class Setup:
     proxy: procs.ProxyProcess
+    tls_port: int
+    pki: tlscerts.TestPKI
 
     def diag(self) -> str:
         return self.proxy.diagnostics(150)
@@ -70,47 +75,74 @@ def channel_drops(proxy: procs.ProxyProcess) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def setup(proxy_factory: ProxyFactory) -> Iterator[Setup]:
+def setup(proxy_factory: ProxyFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     import redisproc
 
+    pki = tlscerts.TestPKI(tmp_path_factory.mktemp("pki") / "ca")
+    cert = pki.issue("proxy", dns=["localhost"], ips=[LOCALHOST])
+    port, tls_port = procs.free_port(), procs.free_port("tcp")
     redis = redisproc.RedisServer()
     redis.start()
     try:
-        proxy = proxy_factory("workers-tcp", plugin="sip-proxy", extra_proxy={"workers": 2},
-                              tables={"redis": {"url": redis.url(7)}})
+        proxy = proxy_factory(
+            "workers-tcp", plugin="sip-proxy", port=port,
+            listen=[*procs.default_listen(port), f"tls:{LOCALHOST}:{tls_port}"],
+            extra_proxy={"workers": 2},
+            tables={"redis": {"url": redis.url(7)},
+                    "tls": {"certificate": str(cert.cert), "private_key": str(cert.key),
+                            "ca_list": str(pki.ca_file)}})
         ready = wait_log(proxy, r"worker [01]: sip proxy ready", 2)
         assert ready, "both workers did not come up\n" + proxy.diagnostics(120)
-        yield Setup(proxy)
+        yield Setup(proxy, tls_port, pki)
     finally:
         redis.close()
 
 
-class TcpPhone:
-    """A phone on one TCP connection to the proxy, registered as ``user``."""
+class StreamPhone:
+    """A phone on one TCP or TLS connection to the proxy, registered as ``user``."""
 
-    def __init__(self, proxy: procs.ProxyProcess, user: str) -> None:
-        self.proxy = proxy
+    def __init__(self, setup: Setup, user: str, transport: str) -> None:
+        self.proxy = setup.proxy
         self.user = user
-        self.conn = TcpEndpoint(proxy.address)
+        self.transport = transport
+        self.conn: TcpEndpoint | TlsClient
+        if transport == "tls":
+            self.conn = TlsClient((LOCALHOST, setup.tls_port), client_context(setup.pki.ca_file))
+            local = self.conn.local
+        else:
+            self.conn = TcpEndpoint(setup.proxy.address)
+            local = self.conn.address
         # Where nobody listens: the proxy must use the connection.
-        self.contact = f"sip:{user}@{LOCALHOST}:{procs.free_port('tcp')};transport=tcp"
-        self.via = f"{LOCALHOST}:{self.conn.address[1]}"
+        self.contact = f"sip:{user}@{LOCALHOST}:{procs.free_port('tcp')};transport={transport}"
+        self.via = f"{LOCALHOST}:{local[1]}"
+
+    def send(self, data: bytes) -> None:
+        self.conn.send(data)
+
+    def next(self, pred: Callable[[SipMessage], bool], timeout: float = 5.0) -> SipMessage | None:
+        got = self.conn.recv_until(pred, timeout)
+        return got.msg if isinstance(got, procs.Received) else got
 
     def register(self) -> SipMessage:
-        req = build_request("REGISTER", f"sip:{DOMAIN}", sent_by=self.via, transport="TCP",
-                            from_uri=f"sip:{self.user}@{DOMAIN}", to_uri=f"sip:{self.user}@{DOMAIN}",
-                            contact=self.contact, extra=[("Expires", "300")])
-        self.conn.send(req)
-        got = self.conn.recv_until(is_final, 5.0)
+        req = build_request("REGISTER", f"sip:{DOMAIN}", sent_by=self.via,
+                            transport=self.transport.upper(), from_uri=f"sip:{self.user}@{DOMAIN}",
+                            to_uri=f"sip:{self.user}@{DOMAIN}", contact=self.contact,
+                            extra=[("Expires", "300")])
+        self.send(req)
+        got = self.next(is_final)
         assert got is not None, "no answer to REGISTER\n" + self.proxy.diagnostics()
-        return got.msg
+        return got
 
     def recv(self, method: str, timeout: float = 5.0) -> SipMessage | None:
-        got = self.conn.recv_until(lambda m: not m.is_response and m.method == method, timeout)
-        return None if got is None else got.msg
+        return self.next(lambda m: not m.is_response and m.method == method, timeout)
+
+    @property
+    def open(self) -> bool:
+        conn = self.conn
+        return (conn.closed_at is None) if isinstance(conn, TcpEndpoint) else not conn.closed
 
 
-def one_call(setup: Setup, phone: TcpPhone, n: int) -> None:
+def one_call(setup: Setup, phone: StreamPhone, n: int) -> None:
     """A call from a fresh UDP socket (the kernel picks the worker by its
     port) to the phone: ringing, answer, ACK, and the phone's BYE."""
     diag = setup.diag
@@ -121,9 +153,9 @@ def one_call(setup: Setup, phone: TcpPhone, n: int) -> None:
         assert got is not None, f"call {n}: the phone got no INVITE on its connection\n{diag()}"
         tag = new_tag()
         routes = got.header_values("record-route")
-        phone.conn.send(build_response(got, 180, "Ringing", to_tag=tag))
+        phone.send(build_response(got, 180, "Ringing", to_tag=tag))
         # RFC 3261 12.1.1: the 2xx copies the Record-Route, so the ACK and BYE come our way.
-        phone.conn.send(build_response(
+        phone.send(build_response(
             got, 200, "OK", to_tag=tag,
             extra=[("Contact", f"<{phone.contact}>"), *(("Record-Route", r) for r in routes)]))
         seen: list[procs.Received] = []
@@ -136,25 +168,27 @@ def one_call(setup: Setup, phone: TcpPhone, n: int) -> None:
         assert phone.recv("ACK") is not None, f"call {n}: the ACK did not reach the phone\n{diag()}"
         # The phone hangs up over its connection, on the route set of the INVITE.
         bye = build_request(
-            "BYE", f"sip:alice@{caller.sent_by}", sent_by=phone.via, transport="TCP",
+            "BYE", f"sip:alice@{caller.sent_by}", sent_by=phone.via, transport=phone.transport.upper(),
             call_id=(got.call_id or "").removesuffix("@sipsuite.test"),
             from_uri=f"sip:{phone.user}@{DOMAIN}", from_tag=tag,
             to_uri="sip:alice@sipsuite.test",
             to_tag=re.search(r";tag=([^;>\s]+)", got.header("from") or "").group(1),  # type: ignore[union-attr]
             cseq=1, extra=[("Route", r) for r in routes])
         # build_request adds "@sipsuite.test" to the Call-ID: the INVITE's has it already.
-        phone.conn.send(bye)
+        phone.send(bye)
         got_bye = caller.recv_until(lambda m: not m.is_response and m.method == "BYE", 5.0)
         assert got_bye is not None, f"call {n}: the phone's BYE did not reach the caller\n{diag()}"
         host, _, port = via_sent_by(got_bye.msg.vias[0]).rpartition(":")
         caller.send(build_response(got_bye.msg, 200, "OK"), (host, int(port)))
-        ok = phone.conn.recv_until(lambda m: m.is_response and m.cseq[1] == "BYE", 5.0)
-        assert ok is not None and ok.msg.status == 200, f"call {n}: no 200 for the BYE\n{diag()}"
+        ok = phone.next(lambda m: m.is_response and m.cseq[1] == "BYE")
+        assert ok is not None and ok.status == 200, f"call {n}: no 200 for the BYE\n{diag()}"
 
 
-def test_calls_on_either_worker_reach_a_tcp_phone_over_its_connection(setup: Setup) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_calls_on_either_worker_reach_a_phone_over_its_connection(setup: Setup,
+                                                                   transport: str) -> None:
     proxy = setup.proxy
-    phone = TcpPhone(proxy, "dave")
+    phone = StreamPhone(setup, f"dave-{transport}", transport)
     try:
         reg = phone.register()
         assert reg.status == 200, f"REGISTER: {reg.start_line}\n{setup.diag()}"
@@ -177,7 +211,8 @@ def test_calls_on_either_worker_reach_a_tcp_phone_over_its_connection(setup: Set
         assert taken[holder] >= 1, f"no call landed on worker {holder}: {taken}"
         # Nothing was refused or garbled on the channel.
         assert not channel_drops(proxy), channel_drops(proxy)
-        # The phone's only connection is the one it opened: no second one came.
-        assert phone.conn.closed_at is None
+        # The phone's one connection is still up (the proxy used no other: its
+        # Contact's port has no listener, and nothing can connect to the phone).
+        assert phone.open
     finally:
         phone.conn.close()
