@@ -12,10 +12,13 @@ its Contact or to its source port) would fail the call.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import procs
 import pytest
@@ -213,6 +216,51 @@ def test_calls_on_either_worker_reach_a_phone_over_its_connection(setup: Setup,
         assert not channel_drops(proxy), channel_drops(proxy)
         # The phone's one connection is still up (the proxy used no other: its
         # Contact's port has no listener, and nothing can connect to the phone).
+        assert phone.open
+    finally:
+        phone.conn.close()
+
+
+def worker_pids(supervisor: int) -> dict[int, int]:
+    """index -> pid of the supervisor's worker processes (as test_workers.py finds them)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor and b"sipsuite.proxy.worker" in args:
+            found[int(args[args.index(b"--index") + 1])] = int(entry)
+    return found
+
+
+def test_a_restarted_worker_learns_the_connections_its_sibling_holds(setup: Setup) -> None:
+    """SIGKILL the worker that does not hold the phone's connection: once
+    restarted, it asks its sibling for its connections (HELLO), and calls
+    landing on it reach the phone over the sibling's connection again."""
+    proxy = setup.proxy
+    assert proxy.proc is not None
+    before = per_worker(proxy, "REGISTER")
+    phone = StreamPhone(setup, "erin", "tcp")
+    try:
+        reg = phone.register()
+        assert reg.status == 200, f"REGISTER: {reg.start_line}\n{setup.diag()}"
+        after = per_worker(proxy, "REGISTER")
+        holder = next(k for k in after if after[k] > before.get(k, 0))
+        other = next(k for k in after if k != holder)
+        ready = len(re.findall(rf"worker {other}: sip proxy ready", proxy.log_text()))
+        os.kill(worker_pids(proxy.proc.pid)[int(other)], signal.SIGKILL)
+        assert wait_log(proxy, rf"worker {other}: sip proxy ready", ready + 1), setup.diag()
+        calls = 0
+        while calls < MAX_CALLS and per_worker(proxy, "INVITE").get(other, 0) < 2:
+            one_call(setup, phone, calls)
+            calls += 1
+        taken = per_worker(proxy, "INVITE").get(other, 0)
+        assert taken >= 2, f"{calls} calls, none on the restarted worker {other}"
+        assert not channel_drops(proxy), channel_drops(proxy)
         assert phone.open
     finally:
         phone.conn.close()
