@@ -71,6 +71,13 @@ def per_worker(proxy: procs.ProxyProcess, method: str) -> dict[str, int]:
             for n, w in json.loads(res.stdout)["workers"].items()}
 
 
+def channel_figures(proxy: procs.ProxyProcess) -> dict[str, dict[str, int]]:
+    """Each worker's channel counters (handed_over, passed_back)."""
+    res = proxy.ctl("--json", "stats")
+    assert res.returncode == 0, res.stderr
+    return {n: w["channel"] for n, w in json.loads(res.stdout)["workers"].items()}
+
+
 def channel_drops(proxy: procs.ProxyProcess) -> dict[str, int]:
     res = proxy.ctl("--json", "stats")
     assert res.returncode == 0, res.stderr
@@ -198,6 +205,7 @@ def test_calls_on_either_worker_reach_a_phone_over_its_connection(setup: Setup,
         registers = per_worker(proxy, "REGISTER")
         holder = max(registers, key=lambda k: registers[k])
         before = per_worker(proxy, "INVITE")
+        channel_before = channel_figures(proxy)
         calls = 0
         taken: dict[str, int] = {}
         while calls < MAX_CALLS:
@@ -212,6 +220,13 @@ def test_calls_on_either_worker_reach_a_phone_over_its_connection(setup: Setup,
         assert taken[other] >= 1, (f"no call landed on worker {other}, the one without the"
                                    f" phone's connection: {taken}")
         assert taken[holder] >= 1, f"no call landed on worker {holder}: {taken}"
+        # The other worker handed its INVITEs and the callers' ACKs to the
+        # holder, which passed the phone's 180s and 200s back.
+        channel = channel_figures(proxy)
+        handed = channel[other]["handed_over"] - channel_before[other]["handed_over"]
+        passed = channel[holder]["passed_back"] - channel_before[holder]["passed_back"]
+        assert handed >= 2 * taken[other] and passed >= 2 * taken[other], (channel, taken)
+        assert channel[holder]["handed_over"] == channel_before[holder]["handed_over"], channel
         # Nothing was refused or garbled on the channel.
         assert not channel_drops(proxy), channel_drops(proxy)
         # The phone's one connection is still up (the proxy used no other: its
