@@ -187,15 +187,20 @@ class _Inbound(protocol.Protocol):
         self.siblings = siblings
         self.reader = FrameReader()
         self.index: int | None = None  # from its HELLO
+        self.accepted = False  # its peer passed the SO_PEERCRED check
 
     def connectionMade(self) -> None:
         if not self.siblings.trusted(self.transport):
             self.siblings.drop("peer")
+            log.warn("worker channel: refused a connection from a process that is no sibling")
             self.transport.abortConnection()
             return
+        self.accepted = True
         self.siblings.inbound.add(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if not self.accepted:
+            return
         try:
             frames = self.reader.feed(data)
         except FrameError as e:

@@ -158,6 +158,7 @@ class Recorder(Siblings):
 def inbound(sib: Siblings) -> _Inbound:
     conn = _Inbound(sib)
     conn.transport = FakeTransport()
+    conn.accepted = True  # as if SO_PEERCRED showed a sibling
     return conn
 
 
@@ -334,4 +335,32 @@ async def test_two_workers_over_a_unix_socket(reactor: Any, tmp_path: Path) -> N
     finally:
         w0.stop()
         w1.stop()
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_process_that_is_no_sibling_is_refused(reactor: Any, tmp_path: Path) -> None:
+    """Our own process passes SO_PEERCRED's check (a worker is its own
+    supervisor's child); a child process of ours is no sibling: refused,
+    whatever it sends."""
+    import subprocess
+    import sys
+
+    layer = FakeLayer()
+    w0 = Siblings(layer, 0, 2, str(tmp_path), reactor)
+    w0.start()
+    try:
+        script = ("import socket,struct,sys\n"
+                  "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+                  "p=b'HELLO 1\\n'; s.sendall(struct.pack('>I',len(p))+p)\n"
+                  "p=b'HAVE tcp 127.0.0.1 7000 tcp:127.0.0.1:5060\\n'; s.sendall(struct.pack('>I',len(p))+p)\n"
+                  "s.recv(1)\n")
+        proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "w0.sock")])
+        try:
+            await until(reactor, lambda: layer.drops.get("channel_peer"))
+        finally:
+            proc.wait(5)
+        assert not w0.table and not w0.inbound
+    finally:
+        w0.stop()
         await deferLater(reactor, 0.05, lambda: None)
