@@ -52,6 +52,8 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 from sipsuite.hosts import is_ip
 from sipsuite.log import get_logger
@@ -72,6 +74,9 @@ log = get_logger("sipsuite.proxy.siblings")
 MAX_FRAME = 256 * 1024
 #: Rows in one HAVE frame of a sync.
 SYNC_BATCH = 200
+#: Bytes a link buffers (beyond the kernel's socket buffers) before it
+#: refuses messages for a sibling that does not read.
+LINK_BUFFER = 1024 * 1024
 
 _LEN = struct.Struct(">I")
 _KINDS = frozenset({b"HELLO", b"HAVE", b"GONE", b"SEND", b"FAIL", b"RESP"})
@@ -222,8 +227,11 @@ class _Inbound(protocol.Protocol):
         self.siblings.inbound_lost(self)
 
 
+@implementer(IPushProducer)
 class _Link(protocol.Protocol):
-    """Our connection to one sibling's socket: frames out (its bytes in are ignored)."""
+    """Our connection to one sibling's socket: frames out (its bytes in are
+    ignored). The producer of its own transport: paused while more than
+    :data:`LINK_BUFFER` bytes wait for a sibling that does not read."""
 
     transport: Any
 
@@ -234,20 +242,38 @@ class _Link(protocol.Protocol):
         self.handed: list[Key] = []  # SENDs not yet written (connecting)
         self.up = False
         self.closed = False
+        self.paused = False
 
-    def write(self, frame: bytes, key: Key | None = None) -> None:
+    def write(self, frame: bytes, key: Key | None = None, messages: bool = False) -> bool:
+        """False, and nothing written, for a message (``messages``) while the
+        sibling is not reading: it is hung or far behind, and our memory
+        must not grow with what it does not take."""
         if self.up:
+            if messages and self.paused:
+                return False
             self.transport.write(frame)
         else:
             self.pending.append(frame)
             if key is not None:
                 self.handed.append(key)
+        return True
 
     def connectionMade(self) -> None:
         self.up = True
+        self.transport.bufferSize = LINK_BUFFER
+        self.transport.registerProducer(self, True)
         self.transport.write(b"".join(self.pending))
         self.pending = []
         self.handed = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.paused = True
 
     def dataReceived(self, data: bytes) -> None:
         pass
@@ -364,8 +390,9 @@ class Siblings:
             if self.layer.on_connection_failed is not None:
                 self.layer.on_connection_failed(key[1], key[2])
 
-    def _send(self, index: int, frame: bytes, key: Key | None = None) -> None:
-        self.link(index).write(frame, key)
+    def _send(self, index: int, frame: bytes, key: Key | None = None,
+              messages: bool = False) -> bool:
+        return self.link(index).write(frame, key, messages)
 
     def holder(self, transport: str, host: str, port: int) -> tuple[int, str] | None:
         """(sibling index, listener name) of the connection to host:port a
@@ -385,7 +412,9 @@ class Siblings:
         except FrameError:
             self.drop("size")
             return False
-        self._send(row[0], frame, key)
+        if not self._send(row[0], frame, key, messages=True):
+            self.drop("busy")  # the branch fails over now
+            return False
         self.handed += 1
         return True
 
@@ -401,7 +430,9 @@ class Siblings:
         except FrameError:
             self.drop("size")
             return False
-        self._send(owner, frame)
+        if not self._send(owner, frame, messages=True):
+            self.drop("busy")  # its owner is not reading: lost, as it would be with it
+            return True
         self.relayed += 1
         return True
 

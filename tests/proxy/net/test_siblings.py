@@ -148,8 +148,9 @@ class Recorder(Siblings):
         super().__init__(layer, index, count, "/nonexistent", reactor=None)
         self.out: list[tuple[int, bytes]] = []
 
-    def _send(self, index: int, frame: bytes, key: Any = None) -> None:
+    def _send(self, index: int, frame: bytes, key: Any = None, messages: bool = False) -> bool:
         self.out.append((index, frame))
+        return True
 
     def link(self, index: int) -> Any:
         self.out.append((index, encode("HELLO", (self.index,))))  # what a new link starts with
@@ -343,8 +344,10 @@ async def test_a_process_that_is_no_sibling_is_refused(reactor: Any, tmp_path: P
     """Our own process passes SO_PEERCRED's check (a worker is its own
     supervisor's child); a child process of ours is no sibling: refused,
     whatever it sends."""
-    import subprocess
+    import os
     import sys
+
+    from twisted.internet.utils import getProcessOutputAndValue
 
     layer = FakeLayer()
     w0 = Siblings(layer, 0, 2, str(tmp_path), reactor)
@@ -355,12 +358,46 @@ async def test_a_process_that_is_no_sibling_is_refused(reactor: Any, tmp_path: P
                   "p=b'HELLO 1\\n'; s.sendall(struct.pack('>I',len(p))+p)\n"
                   "p=b'HAVE tcp 127.0.0.1 7000 tcp:127.0.0.1:5060\\n'; s.sendall(struct.pack('>I',len(p))+p)\n"
                   "s.recv(1)\n")
-        proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "w0.sock")])
-        try:
-            await until(reactor, lambda: layer.drops.get("channel_peer"))
-        finally:
-            proc.wait(5)
+        # Spawned by the reactor, which reaps it (a Popen's wait races its SIGCHLD handling).
+        done = getProcessOutputAndValue(sys.executable, ["-c", script, str(tmp_path / "w0.sock")],
+                                        env=dict(os.environ), reactor=reactor)
+        await until(reactor, lambda: layer.drops.get("channel_peer"))
+        _, err, code = await done
+        # Cut off, not answered (reset while it reads, or a broken pipe while it writes).
+        assert code != 0 and (b"ConnectionResetError" in err or b"BrokenPipeError" in err), err
         assert not w0.table and not w0.inbound
     finally:
         w0.stop()
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sibling_that_does_not_read_gets_no_more_messages(reactor: Any,
+                                                                 tmp_path: Path) -> None:
+    """Worker 1's socket accepts but never reads (a hung worker): once the
+    kernel's buffers and LINK_BUFFER are full, hand_over says no (the branch
+    fails over) instead of buffering without end."""
+    import socket
+
+    layer = FakeLayer()
+    hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    hung.bind(str(tmp_path / "w1.sock"))
+    hung.listen(4)
+    w0 = Siblings(layer, 0, 2, str(tmp_path), reactor)
+    w0.start()
+    try:
+        w0.table[("tcp", "127.0.0.1", 6000)] = (1, "tcp:127.0.0.1:5060", inbound(w0))
+        body = b"x" * (200 * 1024)
+        refused_after = None
+        for n in range(200):
+            if not w0.hand_over("tcp", "127.0.0.1", 6000, body):
+                refused_after = n
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        assert refused_after is not None, "a hung sibling took 40 MB"
+        assert refused_after * len(body) < 32 * 1024 * 1024
+        assert layer.drops == {"channel_busy": 1}
+    finally:
+        w0.stop()
+        hung.close()
         await deferLater(reactor, 0.05, lambda: None)
