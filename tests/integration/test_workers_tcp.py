@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from procs import (
     build_request,
     build_response,
     is_final,
+    run_sipp,
+    sipp_dir,
     statuses,
     via_sent_by,
 )
@@ -278,4 +281,63 @@ def test_a_restarted_worker_learns_the_connections_its_sibling_holds(setup: Setu
         assert not channel_drops(proxy), channel_drops(proxy)
         assert phone.open
     finally:
+        phone.conn.close()
+
+
+class AutoAnswer(threading.Thread):
+    """The phone, answering by itself on its connection: 180 and 200 to
+    each INVITE, 200 to each BYE; counts what it got."""
+
+    def __init__(self, phone: StreamPhone) -> None:
+        super().__init__(daemon=True)
+        self.phone = phone
+        self.got: dict[str, int] = {}
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            msg = self.phone.next(lambda m: not m.is_response, 0.2)
+            if msg is None:
+                continue
+            self.got[msg.method] = self.got.get(msg.method, 0) + 1
+            if msg.method == "INVITE":
+                tag = new_tag()
+                routes = [("Record-Route", r) for r in msg.header_values("record-route")]
+                self.phone.send(build_response(msg, 180, "Ringing", to_tag=tag))
+                self.phone.send(build_response(msg, 200, "OK", to_tag=tag, extra=[
+                    ("Contact", f"<{self.phone.contact}>"), *routes]))
+            elif msg.method == "BYE":
+                self.phone.send(build_response(msg, 200, "OK"))
+
+
+def test_sipp_calls_from_many_sources_reach_the_tcp_phone(sipp_bin: str, setup: Setup,
+                                                         tmp_path: Path) -> None:
+    """sipp 200 calls over UDP, a socket per call so the kernel spreads them
+    over both workers, to a phone on one TCP connection: 0 failed, every
+    INVITE, ACK and BYE on the phone's connection."""
+    calls = 200
+    proxy = setup.proxy
+    phone = StreamPhone(setup, "frank", "tcp")
+    answer = AutoAnswer(phone)
+    try:
+        assert phone.register().status == 200, setup.diag()
+        before = per_worker(proxy, "INVITE")
+        answer.start()
+        uac = run_sipp(sipp_dir() / "call_uac.xml", name="uac", workdir=tmp_path,
+                       remote=proxy.address, local_port=procs.free_port(), calls=calls,
+                       rate=40, duration_ms=100, timeout_s=40, service="frank",
+                       extra=("-t", "un", "-max_socket", "1000"))
+        diag = f"\n{uac.summary()}\nphone got {answer.got}\n{setup.diag()}"
+        assert (uac.rc, uac.successful, uac.failed) == (0, calls, 0), "caller side failed" + diag
+        deadline = time.monotonic() + 5
+        while answer.got.get("BYE", 0) < calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert answer.got == {"INVITE": calls, "ACK": calls, "BYE": calls}, diag
+        now = per_worker(proxy, "INVITE")
+        taken = {k: now[k] - before.get(k, 0) for k in now}
+        assert all(n > 0 for n in taken.values()), f"INVITEs per worker: {taken}"
+        assert phone.open and not channel_drops(proxy), channel_drops(proxy)
+    finally:
+        answer.halt.set()
+        answer.join(5)
         phone.conn.close()
