@@ -325,6 +325,7 @@ class Siblings:
         self.supervisor = os.getppid()
         self.handed = 0
         self.relayed = 0
+        self.stopped = False
 
     # -- life ------------------------------------------------------------------------
     def start(self) -> None:
@@ -343,6 +344,9 @@ class Siblings:
                 self.link(i)
 
     def stop(self) -> None:
+        # Stopping closes our SIP connections too: their GONE must not open links again.
+        self.stopped = True
+        self.table.clear()
         if self.port is not None:
             self.port.stopListening()
             self.port = None
@@ -392,6 +396,8 @@ class Siblings:
 
     def _send(self, index: int, frame: bytes, key: Key | None = None,
               messages: bool = False) -> bool:
+        if self.stopped:
+            return False
         return self.link(index).write(frame, key, messages)
 
     def holder(self, transport: str, host: str, port: int) -> tuple[int, str] | None:

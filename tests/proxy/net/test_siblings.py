@@ -333,6 +333,10 @@ async def test_two_workers_over_a_unix_socket(reactor: Any, tmp_path: Path) -> N
         w1.start()
         await until(reactor, lambda: w0.holder("tcp", "127.0.0.1", 6000) is not None)
         assert not any(layers[i].drops for i in (0, 1)), [layer.drops for layer in layers]
+        # Once stopped, nothing opens a link again (its SIP connections closing say GONE).
+        w0.stop()
+        w0.gone(phone)  # type: ignore[arg-type]
+        assert not w0.links and not w0.hand_over("tcp", "127.0.0.1", 6000, b"x")
     finally:
         w0.stop()
         w1.stop()
