@@ -8,6 +8,7 @@ so sip-independent code (config, relay, TLS) can use this too.
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 __all__ = ["bracket", "host_port", "ip_literal", "is_ip", "unbracket"]
 
@@ -44,8 +45,19 @@ def ip_literal(text: str) -> str | None:
 def is_ip(text: str, version: int | None = None) -> bool:
     """Whether ``text`` is an IP address (brackets optional), of ``version``
     (4 or 6) if given."""
+    text = unbracket(text)
+    if version != 6 and "." in text and ":" not in text:
+        # The usual case, an IPv4 literal in a Via or a next hop, checked in
+        # C: ipaddress builds an object and parses each octet in Python.
+        # glibc's inet_pton takes what ipaddress takes (four decimal octets,
+        # no leading zeros); NUL or non-ASCII text is a ValueError.
+        try:
+            socket.inet_pton(socket.AF_INET, text)
+        except (OSError, ValueError):
+            return False
+        return True
     try:
-        ip = ipaddress.ip_address(unbracket(text))
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return False
     return version is None or ip.version == version

@@ -77,7 +77,6 @@ class FakeNet:
         self.stun: Callable[[], bool] | None = None
         # (transport, host, port) -> listener name: connections "another worker" holds.
         self.siblings: dict[tuple[str, str, int], str] = {}
-        self.workers_secret = ""
 
     def sibling_holds(self, transport: str, host: str, port: int) -> str | None:
         return self.siblings.get((transport, host, port))

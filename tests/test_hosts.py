@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import ipaddress
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,4 +72,24 @@ def test_imports_only_the_standard_library() -> None:
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"__future__", "ipaddress"}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+# is_ip's IPv4 fast path (inet_pton) must agree with ipaddress on every text,
+# the tricky ones included: leading zeros, short forms, signs, non-ASCII
+# digits, NUL, trailing whitespace, IPv4 inside IPv6, ports.
+@pytest.mark.parametrize("text", [
+    "1.2.3.4", "01.2.3.4", "1.2.3.04", "1.2.3", "1.2.3.4.5", "256.1.1.1", "1.2.3.4 ",
+    "a.b.c.d", "\u0661.2.3.4", "1.2.3.4\x00", "0.0.0.0", "255.255.255.255", "1..2.3",
+    "+1.2.3.4", "1.2.3.-4", "0x1.2.3.4", "1.2.3.4\n", "::1", "[::1]", "fe80::1%eth0",
+    "::ffff:1.2.3.4", "1.2.3.4:5060", "[1.2.3.4]", "example.com", "",
+])
+@pytest.mark.parametrize("version", [None, 4, 6])
+def test_is_ip_agrees_with_ipaddress(text: str, version: int | None) -> None:
+    text = text.encode().decode("unicode_escape")
+    try:
+        ip = ipaddress.ip_address(unbracket(text))
+        expected = version is None or ip.version == version
+    except ValueError:
+        expected = False
+    assert is_ip(text, version) is expected

@@ -14,6 +14,7 @@ A routing class reaches the modules' services by key:
 """
 
 from sipsuite.proxy.modules.nat import add_contact_alias, handle_ruri_alias, signalling_nat
+from sipsuite.proxy.registrar.bindings import StoreUnavailable
 from sipsuite.proxy.routing import DefaultRouting, Destination, RequestContext, RouteState, Routing
 from sipsuite.proxy.services import DISPATCHER, MEDIA, NAT
 
@@ -26,6 +27,7 @@ __all__ = [
     "RequestContext",
     "RouteState",
     "Routing",
+    "StoreUnavailable",
     "add_contact_alias",
     "handle_ruri_alias",
     "signalling_nat",

@@ -71,8 +71,6 @@ class Network(Protocol):
     # Worker processes: another worker's connection to host:port (its
     # listener's name), which send() reaches through that worker; else None.
     def sibling_holds(self, transport: str, host: str, port: int) -> str | None: ...
-    @property
-    def workers_secret(self) -> str: ...  # shared by a supervisor's workers; "" with one
     def set_stun(self, enabled: Callable[[], bool]) -> None: ...  # RFC 5626 8 answers
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.application import service
@@ -14,15 +13,18 @@ from sipsuite.ops.liveops import LiveOpsService, register_liveops_methods
 from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.ops.stats import MetricsResource, register_stats_methods
 from sipsuite.ops.users import register_store_methods
+from sipsuite.proxy import workerlink
 from sipsuite.proxy.core.proxy import ProxyCore
-from sipsuite.proxy.modules import accounting, antiflood, auth, media, nat, natping, scanners
+from sipsuite.proxy.modules import accounting, antiflood, auth, media, nat, natping, scanners, shv
 from sipsuite.proxy.modules.antiflood import register_flood_methods
 from sipsuite.proxy.modules.dispatcher import dispatcher
 from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_methods
+from sipsuite.proxy.modules.shv import register_shv_methods
 from sipsuite.proxy.net.siblings import Siblings
 from sipsuite.proxy.registrar import outbound, registrar, subscribers, usrloc
 from sipsuite.proxy.registrar.redis import module as redis
-from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
+from sipsuite.proxy.services import LOCATION, SUBSCRIBERS, WORKER_LINK, WorkerLinkService
+from sipsuite.proxy.workerlink import WorkerLink
 from sipsuite.tlsctx import attach_tls, register_tls_methods
 
 log = get_logger("sipsuite.proxy.service")
@@ -30,32 +32,27 @@ log = get_logger("sipsuite.proxy.service")
 #: The feature modules converted to the module interface (issue 13), in
 #: set-up order; the core's registry stops them in reverse.
 BUILTIN_MODULES = (
-    redis.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC, scanners.SPEC, outbound.SPEC,
+    redis.SPEC, shv.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC, scanners.SPEC, outbound.SPEC,
     registrar.SPEC, auth.SPEC, nat.SPEC, natping.SPEC, media.SPEC, dispatcher.SPEC,
     accounting.SPEC,
 )
 
 
-@dataclass(frozen=True)
-class WorkerSetup:
-    """What a worker process (proxy/worker.py) gets from its supervisor: its
-    index, the directory of the workers' channel sockets and the secret the
-    workers share (net/siblings.py)."""
-
-    index: int
-    channel: str
-    secret: str
-
-
-def build_core(config: Config, reactor: Any, worker: WorkerSetup | None = None) -> ProxyCore:
+def build_core(config: Config, reactor: Any, link: WorkerLinkService | None = None,
+               channel: str = "") -> ProxyCore:
     """The proxy core with the built-in modules ``config`` enables set up, as
     ``twistd sip-proxy`` runs it, but nothing bound and nothing started: what
-    a test of a routing class feeds messages to (docs/routing.md)."""
+    a test of a routing class feeds messages to (docs/routing.md).  ``link``:
+    a worker process's line to its supervisor (proxy/workerlink.py);
+    ``channel``: the directory of the workers' sockets to each other
+    (net/siblings.py)."""
     core = ProxyCore(config, reactor)
-    if worker is not None:
-        # Before the modules: the outbound module's flow tokens take the shared secret.
-        core.transport.siblings = Siblings(core.transport, worker.index, config.proxy.workers,
-                                           worker.channel, reactor, worker.secret)
+    if link is not None:
+        # Before the modules: antiflood and the dispatcher look for it in setup.
+        core.modules.provide(WORKER_LINK, link)
+        if channel:
+            core.transport.siblings = Siblings(core.transport, link.index, config.proxy.workers,
+                                               channel, reactor)
     # Before the modules: the media module's tls: relays need the contexts.
     attach_tls(core)
     core.modules.setup_all(BUILTIN_MODULES, config)
@@ -67,14 +64,18 @@ class ProxyService(service.Service):
     connection among them) and the garbage-collector policy."""
 
     def __init__(self, config: Config, reactor: Any | None = None,
-                 worker: WorkerSetup | None = None) -> None:
+                 link: WorkerLink | None = None, channel: str = "") -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
-        self.core = build_core(config, reactor, worker)
+        self.link = link
+        self.heartbeat: Any = None
+        self.core = build_core(config, reactor, link, channel)
+        if link is not None:
+            workerlink.follow_siblings(self.core, link)
         # A worker process (proxy/worker.py): SO_REUSEPORT and a private port.
         self.core.transport.workers = config.proxy.workers > 1
         self.tls = self.core.transport.tls
@@ -98,20 +99,26 @@ class ProxyService(service.Service):
         # place): the moment the proxy really serves.
         self.reactor.callWhenRunning(
             lambda: log.info("sip proxy ready on {n} listener(s)", n=len(self.core.transport.listeners)))
+        if self.link is not None:
+            self.heartbeat = workerlink.start_heartbeat(self.core, self.link, self.reactor)
 
     def stopService(self) -> Any:
         super().stopService()
         self.gc.stop()
+        if self.heartbeat is not None and self.heartbeat.running:
+            self.heartbeat.stop()
         from twisted.internet import defer
 
         return defer.DeferredList(self.core.stop())
 
 
-def make_proxy_service(config: Config, worker: WorkerSetup | None = None) -> service.MultiService:
+def make_proxy_service(config: Config, link: WorkerLink | None = None,
+                       channel: str = "") -> service.MultiService:
     """Build the proxy's services (transports, core, routing, management) from
-    config; ``worker``: as one of a supervisor's worker processes."""
+    config; ``link``: a worker process's (proxy/worker.py), ``channel`` the
+    directory of its sockets to its siblings."""
     top = service.MultiService()
-    proxy = ProxyService(config, worker=worker)
+    proxy = ProxyService(config, link=link, channel=channel)
     proxy.setServiceParent(top)
     tls = proxy.tls
     if config.management.listen:
@@ -121,6 +128,7 @@ def make_proxy_service(config: Config, worker: WorkerSetup | None = None) -> ser
                                core.modules.require(SUBSCRIBERS), config.auth.realm)
         register_dispatcher_methods(registry, core)
         register_flood_methods(registry, core)
+        register_shv_methods(registry, core)
         register_liveops_methods(registry, core)
         register_stats_methods(registry, core)
         register_tls_methods(registry, tls, core.transport)

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTH", "DISPATCHER", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS", "REGISTRAR",
-    "SUBSCRIBERS", "AuthService", "FlowService", "LoadBalancerService", "LocationService",
-    "MediaService", "NatPingService", "NatService", "RegistrarService",
+    "SHV", "SUBSCRIBERS", "WORKER_LINK", "AuthService", "FlowService", "LoadBalancerService",
+    "LocationService", "MediaService", "NatPingService", "NatService", "RegistrarService",
+    "SharedVars", "WorkerLinkService",
 ]
 
 
@@ -129,6 +130,31 @@ class LoadBalancerService(Protocol):
     def on_reply(self, ctx: RequestContext, response: Response) -> None: ...  # deprecated no-op
 
 
+class WorkerLinkService(Protocol):
+    """A worker process's line to its supervisor (proxy/workerlink.py),
+    provided only with ``[proxy] workers > 1``: what modules keep for the
+    whole host (antiflood counts, dispatcher states) goes through it."""
+
+    @property
+    def index(self) -> int: ...  # this worker's number, 0 to workers - 1
+    def send(self, kind: str, **fields: Any) -> None: ...  # to the supervisor
+    def on(self, kind: str, handler: Callable[[dict[str, Any]], None]) -> None: ...
+    # handler(message) for each message of that kind from the supervisor
+    def off(self, kind: str, handler: Callable[[dict[str, Any]], None]) -> None: ...
+
+
+class SharedVars(Protocol):
+    """shv: Kamailio's $shv, variables every process of the proxy shares
+    (and every node, with Redis): ``Routing.shv``.  Values are int or str;
+    every call may raise StoreUnavailable."""
+
+    async def get(self, name: str, default: Any = None) -> Any: ...
+    async def set(self, name: str, value: int | str) -> None: ...
+    async def incr(self, name: str, by: int = 1) -> int: ...  # atomic; the new value
+    async def delete(self, name: str) -> bool: ...
+    async def items(self) -> dict[str, int | str]: ...
+
+
 #: The Redis connection the stores share (redis/client.py's RedisConnection).
 REDIS: ServiceKey[Any] = ServiceKey("redis")
 LOCATION: ServiceKey[LocationService] = ServiceKey("location")
@@ -140,3 +166,6 @@ NAT: ServiceKey[NatService] = ServiceKey("nat")
 NATPING: ServiceKey[NatPingService] = ServiceKey("natping")
 MEDIA: ServiceKey[MediaService] = ServiceKey("media")
 DISPATCHER: ServiceKey[LoadBalancerService] = ServiceKey("dispatcher")
+SHV: ServiceKey[SharedVars] = ServiceKey("shv")
+#: With worker processes only: None in a single process.
+WORKER_LINK: ServiceKey[WorkerLinkService] = ServiceKey("worker_link")

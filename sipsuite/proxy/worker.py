@@ -16,15 +16,17 @@ supervisor has gone stops by itself.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
 import sys
+from typing import Any
 
+#: The environment variable the supervisor hands the host's auth secret in.
+SECRET_ENV = "SIPSUITE_WORKER_AUTH_SECRET"
 #: How often a worker checks that its supervisor is still there (s).
 ORPHAN_CHECK = 1.0
-#: The environment variable with the secret the workers share (flow tokens).
-SECRET_VARIABLE = "SIPSUITE_WORKERS_SECRET"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,16 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     logger = log.get_logger("sipsuite.proxy.worker")
     parent = os.getppid()
     try:
-        config = load_config(args.config or None, **json.loads(args.overrides))
+        config = host_secret(load_config(args.config or None, **json.loads(args.overrides)))
         log.set_level(config.log.level)
         from sipsuite.fdlimit import raise_nofile_limit
-        from sipsuite.proxy.service import WorkerSetup, make_proxy_service
+        from sipsuite.proxy import workerlink
+        from sipsuite.proxy.service import ProxyService, make_proxy_service
 
         raise_nofile_limit()
-        # The secret comes in the environment: the command line is world-readable.
-        worker = (WorkerSetup(args.index, args.channel, os.environ.get(SECRET_VARIABLE, ""))
-                  if args.channel else None)
-        top = make_proxy_service(config, worker)
+        link = workerlink.WorkerLink(args.index)
+        top = make_proxy_service(config, link, args.channel)
         top.privilegedStartService()
     except (ConfigError, StartupError) as e:
         sys.stderr.write(f"worker {args.index}: {e}\n")
@@ -77,10 +78,25 @@ def main(argv: list[str] | None = None) -> int:
     checker = task.LoopingCall(orphaned)
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
     reactor.callWhenRunning(top.startService)
+    reactor.callWhenRunning(link.listen, reactor)
+    proxy = next(s for s in top if isinstance(s, ProxyService))
+    # After startService (called in order): listening, management included.
+    reactor.callWhenRunning(workerlink.ready, proxy.core, link)
     reactor.callWhenRunning(checker.start, ORPHAN_CHECK, False)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()
     return 0
+
+
+def host_secret(config: Any) -> Any:
+    """An empty ``[auth] secret`` means one random secret per host: the
+    supervisor's, given in :data:`SECRET_ENV` (readable by our user only,
+    unlike the command line), so a nonce one worker issued is good at
+    another."""
+    secret = os.environ.pop(SECRET_ENV, "")
+    if config.auth.secret or not secret:
+        return config
+    return dataclasses.replace(config, auth=dataclasses.replace(config.auth, secret=secret))
 
 
 if __name__ == "__main__":

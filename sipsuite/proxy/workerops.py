@@ -11,18 +11,23 @@ every call on:
   cache, relay) are worker 0's;
 - the live operations (:data:`FAN_OUT`: ``debug``, ``cfg.set``,
   ``routing.reload``, ``dispatcher.*``, ``flood.unban``, ``tls.reload``):
-  to every worker, answering worker 0's result, or the first error;
-- anything else (``ul.*``, ``user.*``, ``cfg.get``...): to worker 0.
+  to every worker up, answering the lowest-numbered one's result, or the
+  first error; remembered for a worker started again (hoststate.py);
+- anything else (``ul.*``, ``user.*``, ``cfg.get``, ``shv.*``...): to the
+  lowest-numbered worker up (worker 0 unless it is being restarted); what
+  these read and write is in Redis (workers need it), which every worker
+  shares, so one of them serves the call for all.
 
-A worker that is down (being restarted) is left out of ``stats`` (listed
-as down) and makes a fanned-out call fail; a restarted worker starts from
-the configuration file, not from earlier ``cfg set`` or ``debug`` calls.
+A worker that is down (being restarted, or not yet given the live state)
+is left out of ``stats`` (listed as down) and of a fanned-out call; the
+supervisor remembers the changes made (proxy/hoststate.py) and gives them
+to a worker started again before it counts in.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from io import BytesIO
 from typing import Any
 
@@ -35,6 +40,7 @@ from sipsuite.log import get_logger
 from sipsuite.ops.errors import INTERNAL_ERROR, RpcError
 from sipsuite.ops.server import RpcRegistry
 from sipsuite.ops.stats import CONTENT_TYPE_LATEST, render_metrics
+from sipsuite.proxy.hoststate import HostState
 
 log = get_logger("sipsuite.proxy.workerops")
 
@@ -69,11 +75,17 @@ class WorkersRegistry(RpcRegistry):
     """Serves the supervisor's management interface by asking the workers.
     ``ports()``: worker index -> its management port, for the workers up."""
 
-    def __init__(self, ports: Callable[[], dict[int, int]], workers: int, reactor: Any) -> None:
+    def __init__(self, ports: Callable[[], dict[int, int]], workers: int, reactor: Any,
+                 host: HostState | None = None,
+                 done: Callable[[str, Any, Any], None] | None = None) -> None:
         super().__init__()
         self.ports = ports
         self.workers = workers
         self.reactor = reactor
+        self.host = host
+        # done(name, params, result) after a fanned-out call: the supervisor
+        # remembers it for the workers not up yet.
+        self.done = done
         self.agent = Agent(reactor)
         self.register("stats", self._stats,
                       "stats(): every worker's figures added up, and each worker's under 'workers'")
@@ -82,17 +94,28 @@ class WorkersRegistry(RpcRegistry):
         if name == "stats":
             return await super().call(name, params)
         ports = self.ports()
+        if not ports:
+            raise RpcError(INTERNAL_ERROR, f"{name}: no worker is up; try again")
+        first = min(ports)
         if name in FAN_OUT:
-            if len(ports) < self.workers:
-                raise RpcError(INTERNAL_ERROR, f"{name}: not every worker is up"
-                                               f" ({len(ports)} of {self.workers}); try again")
+            # The workers up now; one starting again gets the change from
+            # the supervisor's memory (hoststate.py) before it counts in.
             results = await defer.gatherResults(
                 [defer.ensureDeferred(self.ask(port, name, params)) for port in ports.values()],
                 consumeErrors=True).addErrback(lambda f: f.value.subFailure.raiseException())
-            return results[list(ports).index(0)]
-        if 0 not in ports:
-            raise RpcError(INTERNAL_ERROR, f"{name}: worker 0 is not up; try again")
-        return await self.ask(ports[0], name, params)
+            result = results[list(ports).index(first)]
+            if self.done is not None:
+                self.done(name, params, result)
+            return result
+        return await self.ask(ports[first], name, params)
+
+    def ask_worker(self, ports: dict[int, int]) -> Callable[[int, str, Any], Awaitable[Any]]:
+        """ask() by worker index (the supervisor's replay)."""
+
+        async def ask(index: int, name: str, params: Any) -> Any:
+            return await self.ask(ports[index], name, params)
+
+        return ask
 
     async def _stats(self) -> dict[str, Any]:
         ports = self.ports()
@@ -111,6 +134,12 @@ class WorkersRegistry(RpcRegistry):
             str(i): ({k: per_worker[i].get(k) for k in SUMMED} if i in per_worker
                      else {"down": True})
             for i in range(self.workers)}
+        if self.host is not None:
+            # lost_transactions: server transactions in progress in workers
+            # that died (their last heartbeat's count): their callers got no
+            # answer from us.
+            total["supervisor"] = {"worker_deaths": self.host.deaths,
+                                   "lost_transactions": self.host.lost_transactions}
         return total
 
     async def ask(self, port: int, name: str, params: Any) -> Any:

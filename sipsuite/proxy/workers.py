@@ -7,9 +7,17 @@ command-line overrides, a worker index), in its own process group; logs
 their lines with their number; restarts one that dies (its number and exit
 status or signal logged, after a backoff that grows while it keeps dying);
 forwards SIGHUP (routing reload) to all; and on stop sends them SIGTERM and
-waits until they have exited (SIGKILL after ``STOP_GRACE``).  It makes the
-directory of the workers' channel sockets (net/siblings.py) and the secret
-they share, and removes the directory once they have stopped.
+waits until they have exited (SIGKILL after ``STOP_GRACE``).
+
+It also keeps what belongs to the host (hoststate.py), over a line to each
+worker on its stdin and stdout (workerlink.py): antiflood counts added up
+and bans sent to all, dispatcher states passed on, the live operations
+replayed to a worker started again before it counts in, its siblings'
+private ports, the requests a dead worker left unanswered, and one random
+auth secret when the file has none.  And it makes the directory of the
+workers' sockets to each other (net/siblings.py: a request for a phone
+whose TCP/TLS connection another worker holds), removed once they have
+stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from twisted.application import service
@@ -30,7 +38,9 @@ from twisted.internet import defer, protocol
 from twisted.python.failure import Failure
 
 from sipsuite.log import get_logger, relay_worker_line
-from sipsuite.proxy.worker import SECRET_VARIABLE
+from sipsuite.proxy.hoststate import HostState
+from sipsuite.proxy.worker import SECRET_ENV
+from sipsuite.proxy.workerlink import LINK_KEY, LineSplitter, encode
 from sipsuite.startup import StartupError, cannot_listen, show_address
 
 log = get_logger("sipsuite.proxy.workers")
@@ -87,15 +97,14 @@ class WorkerProcess(protocol.ProcessProtocol):
     def __init__(self, supervisor: Supervisor, index: int) -> None:
         self.supervisor = supervisor
         self.index = index
-        self.buffer = b""
+        # Its stdout: link messages (workerlink.py) and log events.
+        self.lines = LineSplitter(lambda msg: supervisor.link_message(self, msg),
+                                  lambda line: relay_worker_line(line, index))
         self.started = supervisor.reactor.seconds()
         self.ended: defer.Deferred[None] = defer.Deferred()
 
     def outReceived(self, data: bytes) -> None:
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            relay_worker_line(line, self.index)
+        self.lines.feed(data)
 
     def errReceived(self, data: bytes) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
@@ -103,9 +112,7 @@ class WorkerProcess(protocol.ProcessProtocol):
                 log.warn("worker {n} stderr: {line}", n=self.index, line=line)
 
     def processEnded(self, reason: Failure) -> None:
-        if self.buffer:
-            relay_worker_line(self.buffer, self.index)
-            self.buffer = b""
+        self.lines.flush()
         value = reason.value
         code = getattr(value, "exitCode", None)
         sig = getattr(value, "signal", None)
@@ -132,9 +139,19 @@ class Supervisor(service.Service):
         self.stopping = False
         self._previous_hup: Any = None
         # The workers' channel (net/siblings.py): made at start, the same
-        # directory for a restarted worker; and the secret they share.
+        # directory for a restarted worker.
         self.channel_dir = ""
-        self.secret = secrets.token_hex(32)
+        # The workers that are serving, their live state replayed (workerops
+        # passes calls to these only), and their private UDP ports.
+        self.ready: set[int] = set()
+        self.private_ports: dict[int, list[int]] = {}
+        self.host = HostState()
+        # Set by make_supervisor_service with management: one JSON-RPC call
+        # to a worker (index, method, params), to replay live operations.
+        self.ask: Callable[[int, str, Any], Awaitable[Any]] | None = None
+        # One random [auth] secret for every worker when the file sets none:
+        # a nonce one worker issued must be good at the others.
+        self.secret = "" if config.auth.secret else secrets.token_hex(32)
         # Chosen once: a restarted worker serves on the same port.
         self.management_ports: dict[int, int] = (
             {i: _free_loopback_port() for i in range(config.proxy.workers)}
@@ -167,35 +184,125 @@ class Supervisor(service.Service):
                 "--overrides", json.dumps(overrides)]
 
     def live_management_ports(self) -> dict[int, int]:
-        """index -> management port of the workers running now."""
-        return {i: self.management_ports[i] for i in sorted(self.workers)
-                if i in self.management_ports}
+        """index -> management port of the workers serving now (started and
+        given the live state)."""
+        return {i: self.management_ports[i] for i in sorted(self.ready)
+                if i in self.management_ports and i in self.workers}
 
     def spawn(self, index: int) -> None:
         self.restarts.pop(index, None)
         if self.stopping:
             return
         proc = WorkerProcess(self, index)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **{SECRET_VARIABLE: self.secret})
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.secret:
+            env[SECRET_ENV] = self.secret
         args = self.command(index)
         self.reactor.spawnProcess(proc, args[0], args, env=env, childFDs={0: "w", 1: "r", 2: "r"})
         self.workers[index] = proc
+        # Waiting in its stdin when it starts reading, ahead of the datagrams
+        # its shared sockets take: the answers it must steer to the others.
+        self.send_siblings(index)
         log.info("worker {n} started (pid {pid})", n=index, pid=getattr(proc.transport, "pid", None))
 
     def ended(self, proc: WorkerProcess, code: int | None, sig: int | None) -> None:
         index = proc.index
         if self.workers.get(index) is proc:
             del self.workers[index]
+            self.ready.discard(index)
+            self.private_ports.pop(index, None)
         why = f"killed by signal {sig} ({_signal_name(sig)})" if sig else f"exited with status {code}"
         if self.stopping:
             log.info("worker {n} {why}", n=index, why=why)
             return
+        lost = self.host.died(index)
+        if lost:
+            log.warn("worker {n} had {k} transaction(s) in progress: lost with it", n=index, k=lost)
+        self.send_siblings()
         if self.reactor.seconds() - proc.started >= HEALTHY_AFTER:
             self.backoff[index] = BACKOFF_FIRST
         delay = self.backoff.get(index, BACKOFF_FIRST)
         self.backoff[index] = min(BACKOFF_MAX, delay * 2)
         log.warn("worker {n} {why}; restarting it in {d:g} s", n=index, why=why, d=delay)
         self.restarts[index] = self.reactor.callLater(delay, self.spawn, index)
+
+    # -- the link (workerlink.py) -------------------------------------------------------
+    def send(self, index: int, kind: str, **fields: Any) -> None:
+        proc = self.workers.get(index)
+        if proc is not None and proc.transport is not None:
+            try:
+                proc.transport.write(encode(kind, **fields))
+            except Exception:  # noqa: BLE001,S110 - it may be exiting just now
+                pass
+
+    def send_siblings(self, only: int | None = None) -> None:
+        for index in self.workers if only is None else [only]:
+            ports = sorted(p for i, ps in self.private_ports.items() if i != index for p in ps)
+            self.send(index, "siblings", ports=ports)
+
+    def link_message(self, proc: WorkerProcess, msg: dict[str, Any]) -> None:
+        index = proc.index
+        if self.workers.get(index) is not proc:
+            return  # a dead worker's last words
+        kind = msg[LINK_KEY]
+        if kind == "load":
+            server = msg.get("server")
+            if isinstance(server, int) and not isinstance(server, bool):
+                self.host.load[index] = server
+        elif kind == "flood":
+            for address, seconds in self.host.flood_batch(msg, self.reactor.seconds()):
+                for other in self.workers:
+                    self.send(other, "flood_ban", address=address, seconds=seconds)
+        elif kind == "ds":
+            if self.host.dispatcher_state(msg.get("setid"), msg.get("uri"), msg.get("state")):
+                for other in self.workers:
+                    if other != index:
+                        self.send(other, "ds", setid=msg["setid"], uri=msg["uri"],
+                                  state=msg["state"], by=index)
+        elif kind == "ready":
+            ports = msg.get("private_ports")
+            self.private_ports[index] = [p for p in ports if isinstance(p, int)] \
+                if isinstance(ports, list) else []
+            defer.ensureDeferred(self.bring_up(proc))
+
+    def live_operation(self, name: str, params: Any, result: Any) -> None:
+        """A live operation every worker up took (workerops): remembered
+        for a worker started again.  A worker starting now may hold a ban
+        sent before it counted in: an unban goes to it over the link."""
+        self.host.remember(name, params, result)
+        if name == "flood.unban" and isinstance(result, dict):
+            for index in self.workers:
+                if index not in self.ready:
+                    self.send(index, "flood_unban", address=result.get("address"))
+
+    async def bring_up(self, proc: WorkerProcess) -> None:
+        """A worker (re)started: give it the host's state, the live
+        operations made since the file was read replayed in their order,
+        then count it in (and tell every worker its siblings' ports)."""
+        index = proc.index
+        now = self.reactor.seconds()
+        for address, left in self.host.flood.banned(now):
+            self.send(index, "flood_ban", address=address, seconds=round(left, 3))
+        for (setid, uri), word in self.host.ds.items():
+            self.send(index, "ds", setid=setid, uri=uri, state=word, by=-1)
+        done, replayed = 0, 0
+        while self.ask is not None and self.workers.get(index) is proc:
+            pending = self.host.ops_after(done)
+            if not pending:
+                break
+            for seq, name, params in pending:
+                done = seq
+                try:
+                    await self.ask(index, name, params)
+                    replayed += 1
+                except Exception as exc:  # noqa: BLE001 - logged; the worker serves anyway
+                    log.warn("worker {n}: replaying {m} failed: {e}", n=index, m=name, e=exc)
+        if self.workers.get(index) is not proc:
+            return
+        self.ready.add(index)
+        self.send_siblings()
+        if replayed:
+            log.info("worker {n}: {k} live operation(s) replayed", n=index, k=replayed)
 
     def signal_all(self, sig: int) -> None:
         for proc in list(self.workers.values()):
@@ -272,7 +379,8 @@ def make_supervisor_service(config: Any, overrides: Mapping[str, Any]) -> servic
         from sipsuite.proxy.workerops import WorkersMetrics, WorkersRegistry
 
         registry = WorkersRegistry(supervisor.live_management_ports, config.proxy.workers,
-                                   supervisor.reactor)
+                                   supervisor.reactor, supervisor.host, supervisor.live_operation)
+        supervisor.ask = registry.ask_worker(supervisor.management_ports)
         ManagementService(config.management.listen, registry,
                           children={b"metrics": WorkersMetrics(registry)}).setServiceParent(top)
     return top

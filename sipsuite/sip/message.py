@@ -164,6 +164,11 @@ def _split_all(values: list[str], key: str) -> list[str]:
     return out
 
 
+# Typed views that are a list with one element per comma value (no empty
+# value allowed): pop_first_value can keep their tail.
+_LIST_TYPED = frozenset({"via", "route", "record-route"})
+
+
 def _split_lenient(value: str) -> list[str]:
     # For headers nobody validated: an unbalanced quote must not make a plain
     # read fail, so the whole value then counts as one element.
@@ -463,7 +468,12 @@ class Message:
                 headers[i] = (key, f"{_written_name(raw)}: {joined}", joined)
             else:
                 del headers[i]
-            self._cache.pop(key, None)
+            typed = self._cache.pop(key, None)
+            if typed and first and key in _LIST_TYPED:
+                # The typed list holds one element per value, in order, so
+                # dropping its head saves parsing the rest again (a proxy pops
+                # its own Route and, on a response, the top Via).
+                self._cache[key] = typed[1:]
             return first
         return None
 

@@ -561,6 +561,10 @@ def _server_key(req: Request, method: str) -> tuple:
     return (str(req.uri), req.from_tag, req.call_id, req.cseq.number, str(via), method)
 
 
+#: Every local_tag() starts with it: a To tag without it (a callee's) needs no hash.
+LOCAL_TAG_PREFIX = "sps"
+
+
 def local_tag(secret: bytes, key: tuple, req: Request) -> str:
     """The To tag of an answer we make ourselves to ``req`` (RFC 3261 8.2.6.2,
     19.3), ``key`` being its server_key() as received.
@@ -583,7 +587,7 @@ def local_tag(secret: bytes, key: tuple, req: Request) -> str:
         data = str(field).encode("utf-8", "surrogateescape")
         digest.update(len(data).to_bytes(4, "big"))  # length-prefixed: no ambiguity
         digest.update(data)
-    return "sps" + digest.hexdigest()
+    return LOCAL_TAG_PREFIX + digest.hexdigest()
 
 
 def client_key(resp: Response) -> tuple:

@@ -88,26 +88,22 @@ def test_each_worker_gets_a_management_port_of_its_own() -> None:
     assert Supervisor(off, {}, task.Clock()).management_ports == {}
 
 
-def test_the_workers_channel_directory_and_secret() -> None:
+def test_the_workers_channel_directory() -> None:
     """The supervisor makes a private directory for the workers' channel
-    sockets (net/siblings.py), names it on their command line, hands them a
-    secret in the environment only, and removes the directory at stop."""
+    sockets (net/siblings.py), names it on their command line, and removes
+    it at stop."""
     import stat
 
-    from sipsuite.proxy.worker import SECRET_VARIABLE
     from sipsuite.proxy.workers import _channel_dir
 
     config = load_config(None, workers="2", redis="redis://127.0.0.1:6379")
     sup = Supervisor(config, {}, task.Clock())
-    other = Supervisor(config, {}, task.Clock())
-    assert len(sup.secret) == 64 and sup.secret != other.secret
     sup.channel_dir = path = _channel_dir()
     try:
         mode = os.stat(sup.channel_dir).st_mode
         assert stat.S_ISDIR(mode) and stat.S_IMODE(mode) == 0o700
         args = sup.command(1)
         assert args[args.index("--channel") + 1] == sup.channel_dir
-        assert sup.secret not in " ".join(args) and SECRET_VARIABLE == "SIPSUITE_WORKERS_SECRET"
     finally:
         sup._remove_channel()
     assert not sup.channel_dir and not os.path.exists(path)
@@ -249,6 +245,11 @@ def test_a_response_for_another_worker_is_passed_to_its_private_port() -> None:
         resp = (f"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 127.0.0.1:{b.via_port};branch=z9hG4bKq\r\n"
                 "From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c@x\r\n"
                 "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode()
+        # Before the supervisor named the siblings' ports, nothing is steered.
+        layers[0].udp[a].datagramReceived(resp, ("192.0.2.50", 5099))
+        assert len(got) == 1
+        got.clear()
+        layers[0].sibling_ports = frozenset({b.via_port})
         # Worker a's shared socket got it: nothing reaches a's core...
         layers[0].udp[a].datagramReceived(resp, ("192.0.2.50", 5099))
         assert got == []
@@ -266,12 +267,13 @@ def test_a_response_for_another_worker_is_passed_to_its_private_port() -> None:
         own = resp.replace(str(b.via_port).encode(), str(a.via_port).encode())
         layers[0].udp[a].datagramReceived(own, ("192.0.2.50", 5099))
         assert len(got) == 2
-        # A Via naming another service's port on our address (below the
-        # kernel's ephemeral range, where no private port can be) is not
-        # steered there: the core gets it and drops it as not ours.
-        forged = resp.replace(str(b.via_port).encode(), b"22")
-        layers[0].udp[a].datagramReceived(forged, ("192.0.2.50", 5099))
-        assert len(got) == 3
+        # A Via naming another port on our address that is no sibling's
+        # private port (another service's, even in the ephemeral range) is
+        # not steered there: the core gets it and drops it as not ours.
+        for other in (22, b.via_port + 1 if b.via_port + 1 != a.via_port else b.via_port + 2):
+            forged = resp.replace(str(b.via_port).encode(), str(other).encode())
+            layers[0].udp[a].datagramReceived(forged, ("192.0.2.50", 5099))
+        assert len(got) == 4
     finally:
         for layer in layers:
             layer.stop()

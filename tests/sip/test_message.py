@@ -281,6 +281,26 @@ def test_pop_first_value() -> None:
     assert not req.has_header("Route")
 
 
+@pytest.mark.parametrize("name", ["Via", "Route", "Record-Route"])
+def test_pop_keeps_the_typed_tail_equal_to_a_fresh_parse(name: str) -> None:
+    # pop_first_value keeps the parsed list's tail instead of parsing the
+    # remaining values again: what it keeps must be what a parse would give.
+    value = ("SIP/2.0/UDP h{}.example.com;branch=z9hG4bK{}" if name == "Via"
+             else "<sip:h{}.example.com;lr;x={}>")
+    extra = [f"{name}: {value.format(1, 1)}, {value.format(2, 2)}", f"{name}: {value.format(3, 3)}"]
+    hs = [h for h in INVITE_HEADERS if not h.lower().startswith("via:")] if name == "Via" else INVITE_HEADERS
+    req = parse_request(invite(hs + extra))
+    attr = {"Via": "vias", "Route": "routes", "Record-Route": "record_routes"}[name]
+    while getattr(req, attr):
+        req.pop_first_value(name)
+        kept = [str(v) for v in getattr(req, attr)]
+        if not kept:
+            break  # a message without Via does not parse: nothing to compare
+        fresh = parse_request(req.to_bytes())
+        assert kept == [str(v) for v in getattr(fresh, attr)]
+    assert not req.has_header(name)
+
+
 def test_pop_and_push_top_via() -> None:
     req = parse_request(invite())
     via = req.top_via.copy()

@@ -30,6 +30,7 @@ from sipsuite.ops.ctl.output import (
     show_json,
     show_relay_sessions,
     show_relay_stats,
+    show_shv,
     show_tls,
     show_tls_list,
     show_ul_add,
@@ -213,6 +214,19 @@ def parse_rpc_params(words: Sequence[str]) -> list[Any] | dict[str, Any] | None:
     return [_word_value(w) for w in words]
 
 
+_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def shv_value(text: str) -> int | str:
+    """A shv value from the command line: digits are an int; anything else,
+    or digits in double quotes ('"42"'), a string."""
+    if _INT.fullmatch(text):
+        return int(text)
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return text[1:-1]
+    return text
+
+
 def _rpc_params(args: argparse.Namespace) -> Any:
     return args.rpc_params
 
@@ -284,6 +298,14 @@ COMMANDS: list[Command] = [
              Arg("value", "a TOML value (true, 5, 0.5, \"text\", [\"a\"]); a bare word is a string",
                  metavar="VALUE")),
             show=live.show_cfg_set),
+    Command(("shv", "get"), "shv.get", "show a shared variable ($shv), or all of them",
+            (Arg("name", optional=True, metavar="NAME"),), show=show_shv,
+            group_help="shared variables of the routing (kamcmd shv.get / shv.set)"),
+    Command(("shv", "set"), "shv.set", "set a shared variable: every worker and node sees it at once",
+            (Arg("name", metavar="NAME"),
+             Arg("value", 'digits are an int, anything else a string ("42" in double quotes:'
+                 " the string)", type=shv_value, metavar="VALUE")),
+            show=show_shv),
     Command(("routing", "reload"), "routing.reload",
             "re-import the [proxy] routing module and swap it in (as SIGHUP does)",
             show=live.show_reload, group_help="the routing class"),

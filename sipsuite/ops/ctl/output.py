@@ -156,3 +156,12 @@ def show_tls_list(result: Any, args: argparse.Namespace) -> str:
 
 # ---------------------------------------------------------------------------
 # The command table.
+
+
+def show_shv(result: Any, args: argparse.Namespace) -> str:
+    """``name = 42`` / ``name = "night"``: a string in quotes, so "42" the
+    string and 42 the number read apart (kamcmd shows their type)."""
+    if not result:
+        return "no shared variables"
+    return "\n".join(f"{name} = {json.dumps(value, ensure_ascii=False)}"
+                     for name, value in sorted(result.items()))

@@ -103,7 +103,7 @@ class Forwarding:
         return routes[0].uri if routes else req.uri
 
     def _start_branch(self, rsp: ResponseContext, uri: URI, route: list[str] | None = None,
-                      dst: Target | None = None) -> None:
+                      dst: Target | URI | None = None) -> None:
         req = self._build_forward(rsp.request, uri, route)
         branch = Branch(rsp, uri, req)
         rsp.branches.append(branch)
@@ -114,7 +114,12 @@ class Forwarding:
             run_hooks("branch_out", hooks, ctx.request, ctx.source, ctx, branch)
         self._resolve(branch.request, lambda targets: self._branch_targets(branch, targets), dst)
 
-    def _resolve(self, req: Request, then: Any, dst: Target | None = None) -> None:
+    def _resolve(self, req: Request, then: Any, dst: Target | URI | None = None) -> None:
+        if isinstance(dst, URI):
+            # A next hop named by URI (the script's ctx.dst_uri, Kamailio's
+            # $du): RFC 3263 for it instead of the Request-URI or Route.
+            self._resolve_hop(dst, then)
+            return
         if dst is not None:
             # A fixed destination (Kamailio's $du): a NAT'ed phone's source address.
             then([dst])
@@ -281,7 +286,7 @@ class Forwarding:
         self.transport.send(resp.to_bytes(), transport, host, port, listener)
 
     def _forward_stateless(self, ctx: RequestContext, uri: URI, route: list[str] | None = None,
-                           dst: Target | None = None) -> None:
+                           dst: Target | URI | None = None) -> None:
         """ACK for a 2xx (16.11): no transaction, a branch derived from the
         incoming one so retransmissions keep it."""
         req = self._build_forward(ctx.request, uri, route)

@@ -56,6 +56,7 @@ from sipsuite.proxy.services import (
 from sipsuite.sip.headers import Via
 from sipsuite.sip.message import REASONS, Request, Response, make_response
 from sipsuite.sip.transaction import (
+    LOCAL_TAG_PREFIX,
     ServerInviteTransaction,
     ServerNonInviteTransaction,
     TimerSettings,
@@ -302,7 +303,9 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             if holder is not None and holder.tx.state in _ABSORBS_ACK:
                 self._run(holder, holder.tx.receive(req, self.clock.seconds()))
                 return
-            if holder is None and req.to_tag == self.local_tag(key, req):
+            to_tag = req.to_tag
+            if (holder is None and to_tag is not None and to_tag.startswith(LOCAL_TAG_PREFIX)
+                    and to_tag == self.local_tag(key, req)):
                 # The ACK of an answer we made, come after its transaction
                 # ended: it is ours, never to be routed (Kamailio's sl filter).
                 return

@@ -209,9 +209,14 @@ class TransactionDriver:
         yet, forwarded ones waiting for their final answer."""
         # The proxy's own requests (LocalTx: keep-alives, probes) are no
         # work of anybody's: a drain must not wait for a dead phone's OPTIONS.
-        return (sum(1 for h in self.server_txs.values() if h.alive and h.tx.state in _PENDING)
+        return (self.unanswered()
                 + sum(1 for h in self.client_txs.values()
                       if h.alive and h.tx.state in _PENDING and h.branch is not None))
+
+    def unanswered(self) -> int:
+        """Received requests not answered finally yet (a worker process's
+        heartbeat: what its death leaves unanswered)."""
+        return sum(1 for h in self.server_txs.values() if h.alive and h.tx.state in _PENDING)
 
     def _run(self, holder: Any, actions: list[Any]) -> None:
         for action in actions:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from sipsuite.hosts import ip_literal
 from sipsuite.log import get_logger
 from sipsuite.ops.errors import INVALID_PARAMS, RpcError
+from sipsuite.proxy.services import WORKER_LINK
 
 if TYPE_CHECKING:
     from sipsuite.config import Config
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 
 log = get_logger("sipsuite.proxy.antiflood")
 
+#: How often a worker process sends its counts to the supervisor (s): at
+#: most this late, a ban the host's sum starts reaches every worker.
+BATCH = 0.1
+
 
 class FloodTable:
     """Request counts per source address in fixed windows, and bans.
@@ -44,7 +49,7 @@ class FloodTable:
     it is asked only when a source crosses the limit, not per request.
     """
 
-    __slots__ = ("windows", "bans", "exempt")
+    __slots__ = ("windows", "bans", "exempt", "on_ban")
 
     def __init__(self, exempt: Any = None) -> None:
         # addr -> [window start, count], in window start order; OrderedDict
@@ -54,6 +59,9 @@ class FloodTable:
         # addr -> ban end, in ban start order.
         self.bans: OrderedDict[str, float] = OrderedDict()
         self.exempt = exempt
+        # on_ban(addr, seconds) when hit() starts a ban (worker processes
+        # tell the others: Antiflood).
+        self.on_ban: Any = None
 
     def hit(self, addr: str, now: float, limit: int, window: float, ban_time: float,
             max_sources: int) -> bool:
@@ -91,7 +99,51 @@ class FloodTable:
         bans[addr] = now + ban_time
         log.warn("antiflood: banning {a} for {t:g} s ({n} requests in {w:g} s)",
                  a=addr, t=ban_time, n=int(entry[1]), w=window)
+        if self.on_ban is not None:
+            self.on_ban(addr, ban_time)
         return True
+
+    def add(self, addr: str, n: int, now: float, limit: int, window: float, ban_time: float,
+            max_sources: int) -> bool:
+        """``n`` requests from ``addr`` at once (a worker's batch, added up by
+        the supervisor); True when they start a ban."""
+        until = self.bans.get(addr)
+        if until is not None:
+            if now < until:
+                return False
+            del self.bans[addr]
+        windows = self.windows
+        entry = windows.get(addr)
+        if entry is None:
+            if len(windows) >= max_sources:
+                self._make_room(now, window, max_sources)
+            entry = windows[addr] = [now, 0.0]
+        elif now - entry[0] >= window:
+            entry[0], entry[1] = now, 0.0
+            windows.move_to_end(addr)
+        entry[1] += n
+        if entry[1] <= limit:
+            return False
+        del windows[addr]
+        if self.exempt is not None and self.exempt(addr):
+            return False
+        return self.ban(addr, now, ban_time, max_sources)
+
+    def ban(self, addr: str, now: float, seconds: float, max_sources: int) -> bool:
+        """Ban ``addr`` for ``seconds`` (a ban another table started; a
+        running one is only made longer); True if it was not banned."""
+        bans = self.bans
+        until = bans.get(addr)
+        if until is not None and until <= now:
+            del bans[addr]  # to the back: the order stays by ban start
+            until = None
+        fresh = until is None
+        if until is None and len(bans) >= max_sources:
+            self._prune_bans(now, max_sources)
+        if until is None or now + seconds > until:
+            bans[addr] = now + seconds
+        self.windows.pop(addr, None)
+        return fresh
 
     def _make_room(self, now: float, window: float, max_sources: int) -> None:
         windows = self.windows
@@ -134,26 +186,52 @@ class Antiflood:
     unanswered) while the source is banned or when this request starts a
     ban.  The limits are read from ``core.config`` on every request (they
     change at run time); the table lives as long as the module, so
-    switching antiflood off forgets every ban."""
+    switching antiflood off forgets every ban.
+
+    In a worker process (the ``WORKER_LINK`` service) the table still
+    counts and bans what this worker sees, and the counts also go to the
+    supervisor every :data:`BATCH` s, one line for all sources, where the
+    workers' are added up: a source over the limit for the whole host is
+    banned in every worker (docs/architecture.md "Host-wide state").  No
+    round trip per request: a dict increment."""
 
     name: ClassVar[str] = "antiflood"
 
-    __slots__ = ("core", "table", "_clock", "_stats")
+    __slots__ = ("core", "table", "link", "_clock", "_stats", "_pending", "_new_bans",
+                 "_exempt_seen", "_batcher")
 
     def __init__(self, core: CoreAPI) -> None:
         self.core = core
         self.table = FloodTable(self._exempt)
+        self.link = core.modules.get(WORKER_LINK)
         # Per packet: the reactor and the counters are the core's for its
         # whole life, so they are looked up once, not through the core each time.
         self._clock = core.clock
         self._stats = core.stats
+        # Worker processes: requests per source since the last batch (None
+        # in a single process: nothing to add up), the bans this worker
+        # started, and which sources may never be banned (asked once each).
+        self._pending: dict[str, int] | None = None if self.link is None else {}
+        self._new_bans: dict[str, float] = {}
+        self._exempt_seen: dict[str, bool] = {}
+        self._batcher: Any = None
+        if self.link is not None:
+            self.table.on_ban = self._new_bans.__setitem__
 
     def admit(self, req: Request, source: Source) -> bool:
         a = self.core.config.antiflood
-        if self.table.hit(source.host, self._clock.seconds(), a.requests, a.window,
+        host = source.host
+        if self.table.hit(host, self._clock.seconds(), a.requests, a.window,
                           a.ban_time, a.max_sources):
             self._stats.count("drop.flood")
             return False
+        pending = self._pending
+        if pending is not None:
+            n = pending.get(host)
+            if n is not None:
+                pending[host] = n + 1
+            elif len(pending) < a.max_sources:
+                pending[host] = 1
         return True
 
     def _exempt(self, addr: str) -> bool:
@@ -162,18 +240,65 @@ class Antiflood:
         identity = self.core.identity
         return identity.is_own_address(addr) or identity.is_trusted(addr)
 
+    # -- worker processes: the host's counts -------------------------------------------
+    def _batch(self) -> None:
+        pending, bans = self._pending, self._new_bans
+        if not pending and not bans or self.link is None or pending is None:
+            return
+        self._pending = {}
+        self._new_bans = {}
+        self.table.on_ban = self._new_bans.__setitem__
+        a = self.core.config.antiflood
+        seen = self._exempt_seen
+        if len(seen) > a.max_sources:
+            seen.clear()
+        counts = {}
+        for addr, n in pending.items():
+            exempt = seen.get(addr)
+            if exempt is None:
+                exempt = seen[addr] = self._exempt(addr)
+            if not exempt:
+                counts[addr] = n
+        self.link.send("flood", counts=counts, bans=bans, limit=a.requests, window=a.window,
+                       ban_time=a.ban_time, max_sources=a.max_sources)
+
+    def _host_ban(self, msg: dict[str, Any]) -> None:
+        addr, seconds = msg.get("address"), msg.get("seconds")
+        if (isinstance(addr, str) and isinstance(seconds, int | float)
+                and not isinstance(seconds, bool) and seconds > 0):
+            if self.table.ban(addr, self._clock.seconds(), float(seconds),
+                              self.core.config.antiflood.max_sources):
+                log.info("antiflood: {a} banned for {t:g} s for the host", a=addr, t=seconds)
+
+    def _host_unban(self, msg: dict[str, Any]) -> None:
+        addr = msg.get("address")
+        if isinstance(addr, str):
+            self.table.unban(addr)
+
     # -- the module's life -----------------------------------------------------------
     def start(self) -> None:
-        pass
+        if self.link is not None:
+            from twisted.internet import task
+
+            self.link.on("flood_ban", self._host_ban)
+            self.link.on("flood_unban", self._host_unban)
+            self._batcher = task.LoopingCall(self._batch)
+            self._batcher.clock = self._clock
+            self._batcher.start(BATCH, now=False)
 
     def reconfigure(self, old: Config, new: Config) -> None:
-        pass  # the limits are read at use
+        self._exempt_seen.clear()  # trusted networks may have changed; the limits are read at use
 
     def stats(self) -> Mapping[str, object]:
         return {"tracked": len(self.table.windows), "banned": len(self.table.bans)}
 
     def stop(self) -> None:
-        pass
+        if self.link is not None:
+            self.link.off("flood_ban", self._host_ban)
+            self.link.off("flood_unban", self._host_unban)
+        if self._batcher is not None and self._batcher.running:
+            self._batcher.stop()
+        self._batcher = None
 
 
 class AntifloodSpec:

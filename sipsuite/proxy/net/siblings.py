@@ -307,14 +307,12 @@ class Siblings:
     its siblings hold (see the module text)."""
 
     def __init__(self, layer: TransportLayer, index: int, count: int, directory: str,
-                 reactor: Any, secret: str = "") -> None:
+                 reactor: Any) -> None:
         self.layer = layer
         self.index = index
         self.count = count
         self.directory = directory
         self.reactor = reactor
-        #: Shared by the supervisor's workers (flow tokens one worker made are good at another).
-        self.secret = secret
         #: What our Via branches end with: responses come back to us.
         self.mark = f".w{index}"
         # (transport, host, port) -> (sibling index, listener name, the inbound connection it came on)

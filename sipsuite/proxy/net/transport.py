@@ -83,19 +83,6 @@ def _asks_rport(data: bytes) -> bool:
 RELAY_MARK = b"\x7fsipsuite-relay "
 
 
-def _ephemeral_ports() -> range:
-    """The kernel's range for ports bound to 0, where every worker's private
-    port is: a response is only ever steered into it, so a forged Via cannot
-    make a worker send datagrams to another service on our own address."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low, high = (int(n) for n in f.read().split())
-        return range(low, high + 1)
-    except (OSError, ValueError):
-        return range(32768, 61000)  # Linux's default
-
-
-_EPHEMERAL = _ephemeral_ports()
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
@@ -199,6 +186,10 @@ class TransportLayer(WildcardListeners):
         self.workers = False
         self.private: dict[Listener, SIPDatagramProtocol] = {}
         self.private_ports: list[Any] = []
+        # The other workers' private ports, the only ones steer() passes a
+        # response to; the supervisor sends them (proxy/workerlink.py).
+        # None until then: nothing is steered.
+        self.sibling_ports: frozenset[int] | None = None
         # A worker's channel to its siblings (net/siblings.py): connections
         # other workers hold, reached through them; None with one process.
         self.siblings: Siblings | None = None
@@ -290,8 +281,9 @@ class TransportLayer(WildcardListeners):
         except ValueError:
             return False
         root = listener.root
+        siblings = self.sibling_ports
         if (via.port is None or via.port in (listener.via_port, root.port)
-                or via.port not in _EPHEMERAL):
+                or siblings is None or via.port not in siblings):
             return False
         if unbracket(via.host) not in (listener.advertise, root.advertise, listener.host):
             return False
@@ -422,11 +414,6 @@ class TransportLayer(WildcardListeners):
             return None
         held = self.siblings.holder(transport, host, port)
         return None if held is None else held[1]
-
-    @property
-    def workers_secret(self) -> str:
-        """A secret the workers of one supervisor share (flow tokens); "" with one process."""
-        return self.siblings.secret if self.siblings is not None else ""
 
     def accepted_connections(self) -> list[SIPStreamProtocol]:
         """The live connections peers opened to us."""

@@ -286,9 +286,10 @@ class OutboundSpec:
         return True
 
     def setup(self, core: CoreAPI, config: Config) -> Flows:
-        # "" (a single node): a random key, see Flows; one the workers of a
-        # supervisor share, so a flow one worker recorded is good at another.
-        flows = Flows(core, config.auth.secret or core.net.workers_secret)
+        # "" (a single node): a random key, see Flows.  Worker processes get
+        # the supervisor's when the file has none (proxy/worker.py
+        # host_secret), so a flow one worker recorded is good at another.
+        flows = Flows(core, config.auth.secret)
         core.hooks.on_request_received(flows.request_received)
         core.modules.provide(FLOWS, flows)
         # RFC 5626 8: STUN keep-alives answered while outbound is on (read at

@@ -21,7 +21,9 @@ from sipsuite.log import get_logger
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.bindings import Binding
-from sipsuite.proxy.services import AUTH, LOCATION, REGISTRAR
+from sipsuite.proxy.routing.avp import Avps
+from sipsuite.proxy.routing.fields import MessageFields
+from sipsuite.proxy.services import AUTH, LOCATION, REGISTRAR, SHV, SharedVars
 from sipsuite.sip.headers import NameAddr
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.uri import URI
@@ -39,8 +41,11 @@ _route_log = get_logger("sipsuite.proxy.routing")
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 
 
-class RequestContext:
-    """What a routing hook sees of one incoming request and can do with it."""
+class RequestContext(MessageFields):
+    """What a routing hook sees of one incoming request and can do with it.
+
+    Its Kamailio pseudo-variables (``ctx.ruri``, ``ctx.from_user``...) come
+    from MessageFields (``sipsuite/proxy/routing/fields.py``)."""
 
     __slots__ = ("core", "request", "source", "response", "loose_routed", "removed_routes",
                  "handled", "vars", "tx_key", "debug", "call")
@@ -68,6 +73,14 @@ class RequestContext:
         self.tx_key: tuple | None = None
         # [features] debug as it was when routing began: log every step.
         self.debug = False
+
+    @property
+    def avp(self) -> Avps:
+        """The transaction's AVPs (Kamailio's ``$avp``): set in request_route,
+        seen by branch_route, reply_route and failure_route of the same
+        transaction and by the branches failure_route starts
+        (``sipsuite/proxy/routing/avp.py`` has the ``$avp`` twins)."""
+        return self.call.get(Avps)
 
     @property
     def proxy_ctx(self) -> ResponseContext | None:
@@ -129,10 +142,14 @@ class RequestContext:
 
     def relay(self, targets: list[URI | str | Destination] | None = None) -> None:
         """Forward to every target in parallel (one branch each); ``None``
-        forwards to the Request-URI (or the pre-loaded Route)."""
+        forwards to the Request-URI by way of ``dst_uri`` when it is set,
+        else of the pre-loaded Route or the Request-URI itself."""
         self.handled = True
         out: list[URI | Destination] = []
-        for target in targets or [self.request.uri]:
+        if not targets:
+            hop = self._dst_hop
+            targets = [self.request.uri if hop is None else Destination(self.request.uri, dst=hop)]
+        for target in targets:
             out.append(URI.parse(target) if isinstance(target, str) else target)
         self.core.relay(self, out)
 
@@ -160,11 +177,12 @@ class RequestContext:
 class Destination:
     """A branch target with more than a Request-URI: a route set to put in
     front (a registered Path) and a fixed next hop (Kamailio's ``$du``: the
-    address a NAT'ed phone registered from)."""
+    address a NAT'ed phone registered from; or a URI, resolved by RFC 3263
+    instead of the Request-URI: ``ctx.dst_uri``)."""
 
     __slots__ = ("uri", "route", "dst")
 
-    def __init__(self, uri: URI, route: list[str] | None = None, dst: Target | None = None) -> None:
+    def __init__(self, uri: URI, route: list[str] | None = None, dst: Target | URI | None = None) -> None:
         self.uri = uri
         self.route = route or []
         self.dst = dst
@@ -200,10 +218,27 @@ class Routing:
         self.core = core
 
     @property
-    def config(self) -> Any:
-        """The core's current config: ``cfg set`` replaces it at run time,
-        so never keep a copy of it or of a section."""
+    def cfg(self) -> Any:
+        """The run-time settings, as they are now (Kamailio's
+        ``$sel(cfg_get.voicemail.srv_ip)`` is ``self.cfg.voicemail.srv_ip``):
+        ``sipsuite-ctl cfg set`` replaces the config whole, and the next
+        read here sees the new value; so read it where you use it, never keep
+        a copy of it or of a section."""
         return self.core.config
+
+    @property
+    def config(self) -> Any:
+        """Another name of :attr:`cfg` (the first one documented)."""
+        return self.core.config
+
+    @property
+    def shv(self) -> SharedVars:
+        """Kamailio's ``$shv``: variables shared by every process of the
+        proxy (the workers) and, with ``[redis] url``, every node on that
+        Redis: ``await self.shv.get(name)``, ``await self.shv.set(name, v)``,
+        ``await self.shv.incr(name)`` (atomic, the new value).  Unlike plain
+        attributes of ``self`` (``$var``: one copy per worker process)."""
+        return self.core.modules.require(SHV)
 
     def request_route(self, ctx: RequestContext) -> Any:
         ctx.reply(500, "No routing")

@@ -149,3 +149,50 @@ async def test_flood_rpcs_follow_the_module(tmp_path: Path) -> None:
     assert await registry.call("flood.unban", ["192.0.2.7"]) == {
         "address": "192.0.2.7", "unbanned": True}
 
+
+
+def test_worker_batches_its_counts_and_takes_the_hosts_bans(tmp_path: Path) -> None:
+    """In a worker process (the WORKER_LINK service): each request is also
+    counted for the host, the counts go out in one batch line every BATCH s
+    (exempt sources left out), its own bans with them; a ban the
+    supervisor sends drops the source here though this worker saw little."""
+    import io
+    import json
+
+    from sipsuite.proxy.services import WORKER_LINK
+    from sipsuite.proxy.workerlink import WorkerLink, encode
+
+    text = ("[features]\nantiflood = true\n[antiflood]\nrequests = 4\nwindow = 2.0\n"
+            'ban_time = 60.0\n[management]\nlisten = ""\n')
+    (tmp_path / "c.toml").write_text(text)
+    core = FakeCore(load_config(str(tmp_path / "c.toml")))
+    out = io.StringIO()
+    link = WorkerLink(1, out)
+    core.modules.provide(WORKER_LINK, link)
+    core.modules.setup_all(SPECS, core.config)
+    core.modules.start()
+    core.own_addresses.add("192.0.2.1")
+    assert burst(core, 3) == [True] * 3
+    assert burst(core, 2, "192.0.2.1") == [True] * 2
+    assert burst(core, 6, "192.0.2.9") == [True] * 4 + [False] * 2  # its own ban
+    assert out.getvalue() == ""  # nothing per request
+    core.clock.advance(antiflood.BATCH)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 1
+    sent = lines[0]
+    assert sent["sipsuite_link"] == "flood"
+    assert sent["counts"] == {"192.0.2.7": 3, "192.0.2.9": 4}  # ourselves left out
+    assert sent["bans"] == {"192.0.2.9": 60.0}
+    assert (sent["limit"], sent["window"], sent["ban_time"]) == (4, 2.0, 60.0)
+    core.clock.advance(antiflood.BATCH)
+    assert len(out.getvalue().splitlines()) == 1  # nothing new: no line
+    # The host's ban, from the supervisor.
+    link.feed(encode("flood_ban", address="192.0.2.7", seconds=30.0))
+    assert burst(core, 1) == [False]
+    core.clock.advance(31)
+    assert burst(core, 1) == [True]
+    # An unban the supervisor passes to a worker still starting.
+    link.feed(encode("flood_ban", address="192.0.2.7", seconds=30.0))
+    link.feed(encode("flood_unban", address="192.0.2.7"))
+    assert burst(core, 1) == [True]
+    core.modules.stop()

@@ -83,3 +83,63 @@ def test_nothing_to_send_to(tmp_path: Path) -> None:
     assert core.uac.requests == []
     assert status(ds) == {GW[0]: ("inactive", "no address or no listener for it"),
                           GW[1]: ("inactive", "cannot resolve")}
+
+
+def make_worker(tmp_path: Path, index: int) -> tuple[FakeCore, LoadBalancer, list[dict[str, object]]]:
+    """The dispatcher of worker ``index`` of a host ([proxy] workers > 1):
+    what it sends the supervisor collected."""
+    import io
+    import json
+
+    from sipsuite.proxy.services import WORKER_LINK
+    from sipsuite.proxy.workerlink import WorkerLink
+
+    class Out(io.StringIO):
+        sent: list[dict[str, object]] = []
+
+        def write(self, text: str) -> int:
+            self.sent.extend(json.loads(line) for line in text.splitlines())
+            return len(text)
+
+    out = Out()
+    out.sent = []
+    path = tmp_path / f"w{index}.toml"
+    path.write_text('[management]\nlisten = ""\n[dispatcher]\nprobe_interval = 10.0\n'
+                    'probe_timeout = 2.0\nprobe_failures = 1\n'
+                    '[dispatcher.sets]\n1 = [' + ", ".join(f'"{u}"' for u in GW) + "]\n")
+    core = FakeCore(load_config(str(path)))
+    core.net.listeners.append(UDP)
+    core.dns["gw.example.org"] = [Target("udp", "127.0.0.12", 5070)]
+    core.modules.provide(WORKER_LINK, WorkerLink(index, out))
+    core.modules.setup_all([SPEC], core.config)
+    ds = core.modules.get(DISPATCHER)
+    assert isinstance(ds, LoadBalancer)
+    core.modules.start()
+    return core, ds, out.sent
+
+
+def test_worker_0_probes_for_the_host_and_tells_the_others(tmp_path: Path) -> None:
+    from sipsuite.proxy.workerlink import encode
+
+    core0, ds0, sent0 = make_worker(tmp_path, 0)
+    core1, ds1, sent1 = make_worker(tmp_path, 1)
+    core0.clock.advance(10.0)
+    core1.clock.advance(30.0)
+    assert len(core0.uac.requests) == 2 and core1.uac.requests == []  # worker 1 never probes
+    probe = {r.uri: r for r in core0.uac.requests}[GW[0]]
+    probe.result.callback(None)  # no answer: down
+    assert sent0 == [{"sipsuite_link": "ds", "setid": 1, "uri": GW[0], "state": "ip"}]
+    # The supervisor passes it on: worker 1 takes it, and tells nobody.
+    assert ds1.link is not None
+    ds1.link.feed(encode("ds", setid=1, uri=GW[0], state="ip", by=0))  # type: ignore[attr-defined]
+    assert status(ds1)[GW[0]] == ("inactive", None)
+    assert sent1 == []
+    # A call worker 1 saw unanswered marks the other one down: shared too.
+    ds1._result(ds1.find(1, GW[1]), False, "no answer to INVITE")  # type: ignore[arg-type]
+    assert sent1 == [{"sipsuite_link": "ds", "setid": 1, "uri": GW[1], "state": "ip"}]
+    # Unknown destinations and words are ignored.
+    ds1.link.feed(encode("ds", setid=9, uri=GW[0], state="a")  # type: ignore[attr-defined]
+                  + encode("ds", setid=1, uri=GW[0], state="bogus"))
+    assert status(ds1)[GW[0]] == ("inactive", None)
+    core0.modules.stop()
+    core1.modules.stop()

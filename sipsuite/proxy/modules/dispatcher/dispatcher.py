@@ -55,7 +55,7 @@ from sipsuite.proxy.modules.dispatcher.lists import (
 from sipsuite.proxy.modules.dispatcher.probe import PROBE_BRANCH, Prober, _Probe
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.routing.base import Destination, RequestContext
-from sipsuite.proxy.services import DISPATCHER
+from sipsuite.proxy.services import DISPATCHER, WORKER_LINK
 from sipsuite.sip.uri import URI
 from sipsuite.startup import StartupError
 
@@ -85,6 +85,9 @@ _STATE_WORDS: dict[str, tuple[DsState, bool | None]] = {
     "inactive": (_I, None), "i": (_I, False), "probing": (_I, True), "ip": (_I, True),
     "p": (_I, True), "disabled": (_D, None), "d": (_D, False), "dp": (_D, True),
 }
+# (state, probing) -> the kamcmd word a worker passes to the others.
+_WORDS_OF = {(_A, False): "a", (_A, True): "ap", (_I, False): "i", (_I, True): "ip",
+             (_D, False): "d", (_D, True): "dp"}
 
 
 class DsDestination:
@@ -174,6 +177,9 @@ class LoadBalancer(Prober):
         self.timer: Any = None
         # SPEC.setup registered response_in: on_reply has nothing left to do.
         self.hooked = False
+        # Worker processes: worker 0 probes for the host, and every state a
+        # worker finds goes to the others through the supervisor.
+        self.link = core.modules.get(WORKER_LINK)
         self.install(self.load())
 
     @property
@@ -182,6 +188,49 @@ class LoadBalancer(Prober):
         return self.core.config.dispatcher
 
     # -- the module's life (start and stop: the prober's) ------------------------------
+    @property
+    def prober(self) -> bool:
+        """This process probes: the only one, or worker 0 of the host."""
+        return self.link is None or self.link.index == 0
+
+    def start(self) -> None:
+        if self.link is not None:
+            self.link.on("ds", self._shared_state)
+        if self.prober:
+            super().start()
+
+    def stop(self) -> None:
+        if self.link is not None:
+            self.link.off("ds", self._shared_state)
+        super().stop()
+
+    def _share(self, d: DsDestination) -> None:
+        """A state this worker found (a probe, a call not answered): to the
+        other workers, through the supervisor."""
+        if self.link is not None:
+            word = _WORDS_OF.get((d.state, d.probing))
+            self.link.send("ds", setid=d.setid, uri=d.uri, state=word)
+
+    def _shared_state(self, msg: dict[str, Any]) -> None:
+        """A state another worker found, or one the supervisor remembers for
+        a worker started again."""
+        setid, uri, word = msg.get("setid"), msg.get("uri"), msg.get("state")
+        change = _STATE_WORDS.get(word) if isinstance(word, str) else None
+        if not isinstance(setid, int) or not isinstance(uri, str) or change is None:
+            return
+        d = self.find(setid, uri)
+        if d is None:
+            return  # not in this worker's sets (reloaded since)
+        state, probing = change
+        probing = d.probing if probing is None else probing
+        if (d.state, d.probing) == (state, probing):
+            return
+        d.state, d.probing = state, probing
+        d.failures = d.successes = 0
+        by = msg.get("by")
+        log.info("dispatcher: {u} in set {s} is {st} ({w})", u=d.uri, s=setid, st=state,
+                 w=f"found by worker {by}" if isinstance(by, int) and by >= 0 else "host state")
+
     def reconfigure(self, old: Config, new: Config) -> None:
         # Nothing to push: the prober reads cfg each round, selection at use;
         # the sets change with `dispatcher reload`, not with cfg set.
@@ -474,6 +523,7 @@ class LoadBalancer(Prober):
                     d.probing = False
                 log.info("dispatcher: {u} in set {s} is active again ({w})", u=d.uri, s=d.setid,
                          w=why)
+                self._share(d)
             return
         d.successes = 0
         if d.state != DsState.ACTIVE:
@@ -484,6 +534,7 @@ class LoadBalancer(Prober):
             d.probing = True
             log.warn("dispatcher: {u} in set {s} marked inactive after {n} failure(s) ({w})",
                      u=d.uri, s=d.setid, n=d.failures, w=why)
+            self._share(d)
 
 
 def _hash_key(alg: int, req: Any) -> str:
