@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from twisted.application import service
 
+from sipsuite.api import Handle
 from sipsuite.config import Config
 from sipsuite.drain import SuiteService
 from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.proxy.media.local import LocalRelayClient
 from sipsuite.proxy.modules.media import add_media
 from sipsuite.proxy.service import ProxyService, make_proxy_service
+from sipsuite.proxy.services import EVENTS
+from sipsuite.relayevents import RelayEvents
 from sipsuite.rtprelay.service import RelayService, make_relay_service
+from sipsuite.userservices import load_services
 
 
 def _management_registry(parent: service.MultiService) -> RpcRegistry | None:
@@ -30,7 +34,7 @@ def make_suite_service(config: Config) -> service.MultiService:
     inside, for the proxy to reach in-process.
     """
     top = SuiteService()  # stops in order: see sipsuite.drain
-    proxy = make_proxy_service(config)
+    proxy = make_proxy_service(config, user_services=False)
     proxy.setName("sip-proxy")
     proxy.setServiceParent(top)
     relay = make_relay_service(config, _management_registry(proxy), serve_management=False)
@@ -49,4 +53,8 @@ def make_suite_service(config: Config) -> service.MultiService:
                                   command_timeout=config.media.command_timeout,
                                   disable_time=config.media.disable_time)
         add_media(core, client)  # the media module, started and stopped with the core
+    RelayEvents(core.modules.require(EVENTS).bus, relay_service, top.reactor).setServiceParent(top)
+    # Last: Twisted starts them after the proxy and the relay, stops them before.
+    registry = _management_registry(proxy)
+    load_services(top, Handle(core, relay_service, registry), config, registry)
     return top

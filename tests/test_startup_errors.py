@@ -73,6 +73,11 @@ def _config(tmp: Path, text: str) -> str:
     return str(tmp / "c.toml")
 
 
+def _service_config(tmp: Path) -> str:
+    (tmp / "svc_boom.py").write_text("def make(handle, settings):\n    raise OSError('no database')\n")
+    return _config(tmp, '[services]\nload = ["svc_boom:make"]\n')
+
+
 def _tls_config(tmp: Path, port: int) -> list[str]:
     conf = _config(tmp, f'[proxy]\nlisten = ["tls:{LOCAL}:{port}"]\n'
                         f'[tls]\ncertificate = "{tmp}/gone.pem"\nprivate_key = "{tmp}/gone.key"\n')
@@ -102,6 +107,11 @@ CASES: dict[str, Case] = {
         lambda tmp, port: [*_quiet("sip-proxy"), "-c",
                            _config(tmp, '[proxy]\nrouting = "sipsuite.proxy.routing:SiteRoutng"\n')],
         lambda tmp, port: "sip-proxy: no class SiteRoutng in sipsuite.proxy.routing"),
+    "user service raises": Case(
+        "sipsuite", "",
+        lambda tmp, port: [*_quiet("sipsuite"), "-c", _service_config(tmp)],
+        lambda tmp, port: (f"sipsuite: services.svc_boom: svc_boom:make failed: OSError: no"
+                           f" database (at {tmp}/svc_boom.py:2)")),
     "TLS files missing": Case(
         "sip-proxy", "",
         lambda tmp, port: _tls_config(tmp, free_port("tcp")),

@@ -6,7 +6,12 @@
 imports are re-exported here: ``from sipsuite.config import Config, load_config``.
 """
 
-from sipsuite.config.loader import PACKAGED_CONFIG, default_config_path, load_config
+from sipsuite.config.loader import (
+    PACKAGED_CONFIG,
+    config_from_dict,
+    default_config_path,
+    load_config,
+)
 from sipsuite.config.schema import (
     AccountingConfig,
     AntifloodConfig,
@@ -54,6 +59,7 @@ __all__ = [
     "TLSConfig",
     "TimersConfig",
     "VoicemailConfig",
+    "config_from_dict",
     "default_config_path",
     "load_config",
     "parse_control",

@@ -102,15 +102,7 @@ def load_config(
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
-    _check_unknown_sections(doc, where)
-    values: dict[str, Any] = {}
-    for f in _sections():
-        name = f.metadata["section"]
-        raw = _lookup(doc, name, where)
-        if "cls" in f.metadata:
-            values[f.name] = _build_section(f.metadata["cls"], name, raw, where)
-        else:
-            values[f.name] = _build_table(f.metadata, name, raw, where)
+    values = _build_values(doc, where)
 
     # Command-line options replace one key each, checked by the key's own
     # validator; in this order, which error a bad command line reports.
@@ -140,6 +132,31 @@ def load_config(
     config = Config(**values, path=path)
     check_consistency(config, where)
     return config
+
+
+def config_from_dict(doc: Mapping[str, Any], where: str = "<python>") -> Config:
+    """A Config from tables as a TOML file would hold them (``{"proxy":
+    {"listen": [...]}}``), checked exactly as a file is: for a proxy built
+    from Python (sipsuite.embed) rather than from a config file."""
+    config = Config(**_build_values(doc, where), path=None)
+    check_consistency(config, where)
+    return config
+
+
+def _build_values(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
+    _check_unknown_sections(doc, where)
+    values: dict[str, Any] = {}
+    for f in _sections():
+        name = f.metadata["section"]
+        raw = _lookup(doc, name, where)
+        if "subtables" in f.metadata:
+            values[f.metadata["subtables"]] = {k: v for k, v in raw.items() if isinstance(v, dict)}
+            raw = {k: v for k, v in raw.items() if not isinstance(v, dict)}
+        if "cls" in f.metadata:
+            values[f.name] = _build_section(f.metadata["cls"], name, raw, where)
+        else:
+            values[f.name] = _build_table(f.metadata, name, raw, where)
+    return values
 
 
 def _workers_option(value: Any) -> int:

@@ -63,6 +63,7 @@ from sipsuite.config.values import (
     realm,
     redis_url,
     regex,
+    secret_key,
     sip_uri,
     sip_user,
     text_needle,
@@ -83,9 +84,14 @@ def setting(default: Any, validator: Validator) -> Any:
     return field(metadata={"default": default, "validator": validator})
 
 
-def section(name: str, cls: type) -> Any:
-    """A [name] table whose keys are the fields of dataclass *cls*."""
-    return field(metadata={"section": name, "cls": cls})
+def section(name: str, cls: type, subtables: str | None = None) -> Any:
+    """A [name] table whose keys are the fields of dataclass *cls*; with
+    *subtables*, its [name.X] tables go, unchecked, into that field of
+    Config (their owner checks them: [services.NAME], its service's)."""
+    meta: dict[str, Any] = {"section": name, "cls": cls}
+    if subtables:
+        meta["subtables"] = subtables
+    return field(metadata=meta)
 
 
 def table(name: str, key: Callable[[str], str], value: Validator) -> Any:
@@ -201,6 +207,13 @@ class VoicemailConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UacConfig:
+    """Kamailio's uac module: the key of ctx.replace_from's restore token."""
+
+    secret: str = setting("", secret_key)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RedisConfig:
     url: str = setting("", redis_url)
     timeout: float = setting(1.0, positive_float)
@@ -268,6 +281,14 @@ class DispatcherConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServicesConfig:
+    """User services (sipsuite.api): each [services.NAME] table is checked
+    by its service's own schema when the service is built."""
+
+    load: list[str] = setting([], list_of(import_spec, unique=True))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: str = setting("info", one_of("debug", "info", "warn", "error"))
 
@@ -289,6 +310,7 @@ class Config:
     nat: NatConfig = section("nat", NatConfig)
     pstn: PstnConfig = section("pstn", PstnConfig)
     voicemail: VoicemailConfig = section("voicemail", VoicemailConfig)
+    uac: UacConfig = section("uac", UacConfig)
     redis: RedisConfig = section("redis", RedisConfig)
     relay: RelayConfig = section("relay", RelayConfig)
     media: MediaConfig = section("media", MediaConfig)
@@ -296,4 +318,7 @@ class Config:
     management: ManagementConfig = section("management", ManagementConfig)
     tls: TLSConfig = section("tls", TLSConfig)
     log: LogConfig = section("log", LogConfig)
+    services: ServicesConfig = section("services", ServicesConfig, subtables="service_sections")
+    # [services.NAME] tables as written: NAME -> its raw TOML table.
+    service_sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: str | None = None  # the file it came from; None for the built-in defaults

@@ -268,6 +268,14 @@ def header_value(value: Any) -> str:
     return value.strip()
 
 
+def secret_key(value: Any) -> str:
+    """A shared secret: "" (none) or 16 printable ASCII characters or more."""
+    text = header_value(value)
+    if text and len(text) < 16:
+        raise Invalid('"" or a secret of 16 characters or more', value)
+    return text
+
+
 # sip:/sips: URIs as they may be written in a config file; the full parser
 # lives in sipsuite.sip.uri, which this module must not import (layering).
 _SIP_URI = re.compile(

@@ -36,6 +36,7 @@ from sipsuite.config.loader import check_consistency
 from sipsuite.config.values import Invalid, show_value
 from sipsuite.log import get_logger
 from sipsuite.proxy.routing.base import Routing
+from sipsuite.proxy.routing.loader import RoutingError, check_requirements
 from sipsuite.proxy.routing.loader import describe_error as _describe
 
 if TYPE_CHECKING:
@@ -360,6 +361,10 @@ def reload_routing(core: ProxyCore) -> dict[str, Any]:
         cls = getattr(module, class_name, None)
         if not isinstance(cls, type) or not issubclass(cls, Routing):
             raise ReloadFailed(f"{spec!r} is not a subclass of sipsuite.proxy.routing.Routing")
+        try:
+            check_requirements(cls, core.config)
+        except RoutingError as e:
+            raise ReloadFailed(str(e)) from None
         routing = cls(core)
     except ReloadFailed as exc:
         _restore(module_name, old_module)

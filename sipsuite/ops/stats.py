@@ -85,6 +85,7 @@ async def collect_stats(core: ProxyCore, registry: RpcRegistry | None = None) ->
                                               {"aors": None, "bindings": None}),
         "subscriber_cache": await _module_figure(core, "subscribers", "subscriber_cache", None),
         "relay": await _relay(core, registry),
+        "events": await _module_figure(core, "events", "events", None),
         "drops": dict(f.drops),
         "uptime": round(f.uptime, 3),
     }
@@ -168,6 +169,15 @@ class _Snapshot:
         if relay.get("calls_anchored") is not None:
             yield GaugeMetricFamily("sipsuite_relay_calls", "calls this proxy holds on media relays",
                                     value=relay["calls_anchored"])
+        events = f.get("events") or {}
+        if events.get("subscribers"):
+            # Per subscriber: a user service losing events is the one to name.
+            lost = CounterMetricFamily("sipsuite_events_dropped",
+                                       "events a user service's subscriber lost (backlog full)",
+                                       labels=["subscriber"])
+            for name, sub in events.get("by_subscriber", {}).items():
+                lost.add_metric([name], sub.get("dropped", 0))
+            yield lost
         drops = CounterMetricFamily("sipsuite_drops", "messages dropped, by cause", labels=["cause"])
         for cause, n in f["drops"].items():
             drops.add_metric([cause], n)

@@ -129,11 +129,15 @@ class CallState:
     transaction, so no module needs a table of its own keyed by transaction.
     """
 
-    __slots__ = ("record_route", "rr_params", "_ext")
+    __slots__ = ("record_route", "rr_params", "upstream_fix", "_ext")
 
     def __init__(self) -> None:
         self.record_route = False
         self.rr_params: list[str] = []
+        # Called with each answer of this transaction just before it goes
+        # upstream, local ones included (the uac module gives the caller
+        # its own From and To back); one per call, None for most.
+        self.upstream_fix: Callable[[Response], None] | None = None
         self._ext: dict[type, object] = {}
 
     def get(self, cls: type[T]) -> T:

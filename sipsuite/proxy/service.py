@@ -15,10 +15,21 @@ from sipsuite.ops.stats import MetricsResource, register_stats_methods
 from sipsuite.ops.users import register_store_methods
 from sipsuite.proxy import workerlink
 from sipsuite.proxy.core.proxy import ProxyCore
-from sipsuite.proxy.modules import accounting, antiflood, auth, media, nat, natping, scanners, shv
+from sipsuite.proxy.modules import (
+    accounting,
+    antiflood,
+    auth,
+    media,
+    nat,
+    natping,
+    scanners,
+    shv,
+    uac,
+)
 from sipsuite.proxy.modules.antiflood import register_flood_methods
 from sipsuite.proxy.modules.dispatcher import dispatcher
 from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_methods
+from sipsuite.proxy.modules.events import SPEC as EVENTS_SPEC
 from sipsuite.proxy.modules.shv import register_shv_methods
 from sipsuite.proxy.net.siblings import Siblings
 from sipsuite.proxy.registrar import outbound, registrar, subscribers, usrloc
@@ -32,8 +43,9 @@ log = get_logger("sipsuite.proxy.service")
 #: The feature modules converted to the module interface (issue 13), in
 #: set-up order; the core's registry stops them in reverse.
 BUILTIN_MODULES = (
-    redis.SPEC, shv.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC, scanners.SPEC, outbound.SPEC,
-    registrar.SPEC, auth.SPEC, nat.SPEC, natping.SPEC, media.SPEC, dispatcher.SPEC,
+    EVENTS_SPEC, redis.SPEC, shv.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC,
+    scanners.SPEC, uac.SPEC, outbound.SPEC, registrar.SPEC, auth.SPEC, nat.SPEC, natping.SPEC,
+    media.SPEC, dispatcher.SPEC,
     accounting.SPEC,
 )
 
@@ -112,15 +124,18 @@ class ProxyService(service.Service):
         return defer.DeferredList(self.core.stop())
 
 
-def make_proxy_service(config: Config, link: WorkerLink | None = None,
-                       channel: str = "") -> service.MultiService:
+def make_proxy_service(config: Config, link: WorkerLink | None = None, channel: str = "", *,
+                       user_services: bool = True) -> service.MultiService:
     """Build the proxy's services (transports, core, routing, management) from
     config; ``link``: a worker process's (proxy/worker.py), ``channel`` the
-    directory of its sockets to its siblings."""
+    directory of its sockets to its siblings; then, with ``user_services``,
+    those of ``[services] load`` (the suite loads them itself, once the
+    relay is there too)."""
     top = service.MultiService()
     proxy = ProxyService(config, link=link, channel=channel)
     proxy.setServiceParent(top)
     tls = proxy.tls
+    registry: RpcRegistry | None = None
     if config.management.listen:
         registry = RpcRegistry()
         core = proxy.core
@@ -135,4 +150,9 @@ def make_proxy_service(config: Config, link: WorkerLink | None = None,
         ManagementService(config.management.listen, registry,
                           children={b"metrics": MetricsResource(core, registry)}).setServiceParent(top)
     LiveOpsService(proxy.core).setServiceParent(top)  # SIGHUP: routing reload
+    if user_services:
+        from sipsuite.api import Handle
+        from sipsuite.userservices import load_services
+
+        load_services(top, Handle(proxy.core, registry=registry), config, registry)
     return top

@@ -13,12 +13,13 @@ meet on an interface and never import each other.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sipsuite.proxy.api import ServiceKey
 
 if TYPE_CHECKING:
+    from sipsuite.eventbus import EventBus
     from sipsuite.proxy.modules.dispatcher.dispatcher import Attempt
     from sipsuite.proxy.net.listener import Source
     from sipsuite.proxy.net.resolver import Target
@@ -26,12 +27,13 @@ if TYPE_CHECKING:
     from sipsuite.proxy.registrar.location import LocationStore, SubscriberStore
     from sipsuite.proxy.routing.base import Destination, RequestContext
     from sipsuite.sip.message import Request, Response
+    from sipsuite.sip.uri import URI
 
 __all__ = [
-    "AUTH", "DISPATCHER", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS", "REGISTRAR",
-    "SHV", "SUBSCRIBERS", "WORKER_LINK", "AuthService", "FlowService", "LoadBalancerService",
-    "LocationService", "MediaService", "NatPingService", "NatService", "RegistrarService",
-    "SharedVars", "WorkerLinkService",
+    "AUTH", "DISPATCHER", "EVENTS", "FLOWS", "LOCATION", "MEDIA", "NAT", "NATPING", "REDIS",
+    "REGISTRAR", "SHV", "SUBSCRIBERS", "UAC", "WORKER_LINK", "AuthService", "EventsService",
+    "FlowService", "LoadBalancerService", "LocationService", "MediaService", "NatPingService",
+    "NatService", "RegistrarService", "SharedVars", "UacService", "WorkerLinkService",
 ]
 
 
@@ -143,6 +145,18 @@ class WorkerLinkService(Protocol):
     def off(self, kind: str, handler: Callable[[dict[str, Any]], None]) -> None: ...
 
 
+class EventsService(Protocol):
+    """events: the bus user services subscribe to (sipsuite.api); modules
+    raise their events on it.  ``bus.wants(name)`` is cheap: check it before
+    building an event's fields."""
+
+    @property
+    def bus(self) -> EventBus: ...
+    registrations: bool  # someone wants registration.*: report binding changes
+    def bindings_changed(self, aor: str, before: Mapping[str, float | None],
+                         after: list[Binding]) -> None: ...
+
+
 class SharedVars(Protocol):
     """shv: Kamailio's $shv, variables every process of the proxy shares
     (and every node, with Redis): ``Routing.shv``.  Values are int or str;
@@ -153,6 +167,15 @@ class SharedVars(Protocol):
     async def incr(self, name: str, by: int = 1) -> int: ...  # atomic; the new value
     async def delete(self, name: str) -> bool: ...
     async def items(self) -> dict[str, int | str]: ...
+
+
+class UacService(Protocol):
+    """uac: uac_replace_from / uac_replace_to with automatic restore
+    (ctx.replace_from, ctx.replace_to); ``which`` is "from" or "to"."""
+
+    def replace(self, ctx: RequestContext, which: str, uri: URI | str | None,
+                display: str | None) -> None: ...
+    # Raises ReplaceError (no [uac] secret, a bad URI or display name).
 
 
 #: The Redis connection the stores share (redis/client.py's RedisConnection).
@@ -166,6 +189,8 @@ NAT: ServiceKey[NatService] = ServiceKey("nat")
 NATPING: ServiceKey[NatPingService] = ServiceKey("natping")
 MEDIA: ServiceKey[MediaService] = ServiceKey("media")
 DISPATCHER: ServiceKey[LoadBalancerService] = ServiceKey("dispatcher")
+EVENTS: ServiceKey[EventsService] = ServiceKey("events")
 SHV: ServiceKey[SharedVars] = ServiceKey("shv")
 #: With worker processes only: None in a single process.
 WORKER_LINK: ServiceKey[WorkerLinkService] = ServiceKey("worker_link")
+UAC: ServiceKey[UacService] = ServiceKey("uac")

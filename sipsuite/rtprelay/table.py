@@ -20,7 +20,7 @@ L) and rtpp_session.c (rtpp_session_ematch, compare_session_tags):
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sipsuite.rtprelay.ports import PortAllocator
@@ -160,6 +160,9 @@ class SessionTable:
         self._gone_packets = 0
         self._gone_bytes = 0
         self._gone_drops: dict[str, int] = {}
+        # observer(what, session, why): "created" / "ended" ("deleted",
+        # "timeout"); the suite's relay events (sipsuite/relayevents.py).
+        self.observer: Callable[[str, Session, str], None] | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -247,6 +250,8 @@ class SessionTable:
             self._by_call.setdefault(call_id, []).append(session)
             self._count += 1
             self.sessions_created += 1
+            if self.observer is not None:
+                self.observer("created", session, "")
             return session, session.callee
         session, idx = found
         if idx == 0:
@@ -351,7 +356,7 @@ class SessionTable:
             or (to_tag is not None and _compare_tags(s.from_tag, to_tag))
         ]
         for session in doomed:
-            self._remove(session)
+            self._remove(session, "deleted")
         self.sessions_deleted += len(doomed)
         return len(doomed)
 
@@ -359,11 +364,11 @@ class SessionTable:
         """Remove and return the sessions idle past their timeout."""
         gone = [s for s in self if s.expired(now, self.timeout, self.hold_timeout)]
         for session in gone:
-            self._remove(session)
+            self._remove(session, "timeout")
         self.sessions_expired += len(gone)
         return gone
 
-    def _remove(self, session: Session) -> None:
+    def _remove(self, session: Session, why: str = "") -> None:
         for leg in session.legs:
             if leg.port is not None:
                 self._by_port.pop(leg.port, None)
@@ -379,6 +384,8 @@ class SessionTable:
         if not sessions:
             del self._by_call[session.call_id]
         self._count -= 1
+        if self.observer is not None:
+            self.observer("ended", session, why)
 
     def stats(self) -> TableStats:
         """Totals across all sessions ever (I command); O(active sessions)."""

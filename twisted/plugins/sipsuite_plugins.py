@@ -154,6 +154,9 @@ class SipsuiteServiceMaker:
                 from sipsuite.proxy.workers import make_supervisor_service, refuse_suite
 
                 refuse_suite(self.tapname, config)
+                from sipsuite.userservices import check_services
+
+                check_services(config)  # the workers build them: check what can be checked here
                 built: IService = make_supervisor_service(config, overrides)
             else:
                 built = self._build(config)

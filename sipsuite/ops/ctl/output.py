@@ -158,6 +158,14 @@ def show_tls_list(result: Any, args: argparse.Namespace) -> str:
 # The command table.
 
 
+def show_services(result: Any, args: argparse.Namespace) -> str:
+    if not result:
+        return "no user services ([services] load is empty)"
+    return table(("NAME", "STATE", "LOAD", "SERVICE"),
+                 [(s["name"], "running" if s["running"] else "stopped", s["load"], s["service"])
+                  for s in result])
+
+
 def show_shv(result: Any, args: argparse.Namespace) -> str:
     """``name = 42`` / ``name = "night"``: a string in quotes, so "42" the
     string and 42 the number read apart (kamcmd shows their type)."""

@@ -324,6 +324,9 @@ class Forwarding:
 
     def _send_response(self, holder: ServerTx, resp: Response) -> None:
         self.reply_classes[resp.status // 100 % 7] += 1
+        call = holder._call
+        if call is not None and call.upstream_fix is not None:
+            call.upstream_fix(resp)
         tx = holder.tx
         self._run(holder, tx.send(resp, self.clock.seconds()))
         if holder.finished:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from sipsuite.hosts import unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.registrar.bindings import Binding, StoreUnavailable
-from sipsuite.proxy.services import FLOWS, LOCATION, REGISTRAR
+from sipsuite.proxy.services import EVENTS, FLOWS, LOCATION, REGISTRAR
 from sipsuite.sip.headers import split_values
 from sipsuite.sip.sdp import PRIVATE_NETWORKS
 from sipsuite.sip.uri import URI
@@ -360,8 +360,19 @@ class Registrar:
         cfg = self.cfg
         flows = self.flows
         reg.flow = first_hop_flow(flows, ctx.source, reg.outbound, reg.path)
+        events = self.core.modules.get(EVENTS)
+        before: dict[str, float | None] | None = None
+        if events is not None and events.registrations and (reg.contacts or reg.star):
+            before = {}
         try:
-            if reg.contacts or reg.star:
+            if before is not None:
+                def change(bs: list[Binding], now: float) -> list[Binding]:
+                    before.update((b.contact, b.expires) for b in bs
+                                  if b.expires is None or b.expires > now)
+                    return list(apply_register(bs, reg, now, cfg))
+
+                bindings = await self.store.update(reg.aor, change)
+            elif reg.contacts or reg.star:
                 bindings = await self.store.update(
                     reg.aor, lambda bs, now: list(apply_register(bs, reg, now, cfg))
                 )
@@ -374,6 +385,8 @@ class Registrar:
             log.warn("REGISTER for {aor}: location store unavailable: {e}", aor=reg.aor, e=e)
             ctx.reply(500, "Location Store Unavailable", [("Retry-After", str(cfg.retry_after))])
             return
+        if before is not None and events is not None:
+            events.bindings_changed(reg.aor, before, bindings)
         if reg.nat and reg.contacts:
             for fn in self._nat_listeners:
                 fn(reg.aor)

@@ -23,7 +23,7 @@ from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.bindings import Binding
 from sipsuite.proxy.routing.avp import Avps
 from sipsuite.proxy.routing.fields import MessageFields
-from sipsuite.proxy.services import AUTH, LOCATION, REGISTRAR, SHV, SharedVars
+from sipsuite.proxy.services import AUTH, LOCATION, REGISTRAR, SHV, UAC, SharedVars
 from sipsuite.sip.headers import NameAddr
 from sipsuite.sip.message import Request, Response
 from sipsuite.sip.uri import URI
@@ -156,6 +156,23 @@ class RequestContext(MessageFields):
     def record_route(self) -> None:
         """Kamailio's record_route(): this proxy stays on the dialog's path."""
         self.call.record_route = True
+
+    def replace_from(self, uri: URI | str | None = None, display: str | None = None) -> None:
+        """Kamailio's uac_replace_from with restore_mode "auto": the callee
+        sees this From (``display`` "" removes the display name, None keeps
+        it), the caller its own; record-routes a dialog-creating request.
+        Needs ``[uac] secret`` (docs/routing.md, "Caller-id")."""
+        uac = self.core.modules.get(UAC)
+        if uac is None:
+            raise LookupError("replace_from needs [uac] secret (it is empty)")
+        uac.replace(self, "from", uri, display)
+
+    def replace_to(self, uri: URI | str | None = None, display: str | None = None) -> None:
+        """Kamailio's uac_replace_to, restored the same way as replace_from."""
+        uac = self.core.modules.get(UAC)
+        if uac is None:
+            raise LookupError("replace_to needs [uac] secret (it is empty)")
+        uac.replace(self, "to", uri, display)
 
     def drop(self) -> None:
         """Neither answer nor forward (Kamailio's ``drop`` / ``exit``)."""

@@ -15,6 +15,7 @@ import importlib
 import os
 import sys
 import traceback
+from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 from sipsuite.log import get_logger
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 
 log = get_logger("sipsuite.proxy.routing")
 
-__all__ = ["RoutingError", "describe_error", "load_routing", "make_routing", "routing_dirs"]
+__all__ = ["RoutingError", "attributes_used", "check_requirements", "describe_error", "load_routing",
+           "make_routing", "routing_dirs"]
 
 
 class RoutingError(StartupError):
@@ -106,10 +108,53 @@ def load_routing(spec: str, config_path: str | None = None) -> type[Routing]:
     return found
 
 
+def _code_names(code: CodeType, seen: set[int]) -> set[str]:
+    if id(code) in seen:
+        return set()
+    seen.add(id(code))
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _code_names(const, seen)
+    return names
+
+
+def attributes_used(cls: type) -> set[str]:
+    """Every attribute name the methods of ``cls`` (and its bases) read or
+    call, found in their compiled code: what a start-up check may ask of
+    a routing class without running it."""
+    names: set[str] = set()
+    seen: set[int] = set()
+    for klass in cls.__mro__:
+        for value in vars(klass).values():
+            if isinstance(value, staticmethod | classmethod):
+                value = value.__func__
+            elif isinstance(value, property):
+                for fn in (value.fget, value.fset, value.fdel):
+                    code = getattr(fn, "__code__", None)
+                    if code is not None:
+                        names |= _code_names(code, seen)
+                continue
+            code = getattr(value, "__code__", None)
+            if isinstance(code, CodeType):
+                names |= _code_names(code, seen)
+    return names
+
+
+def check_requirements(cls: type, config: Any) -> None:
+    """Refuse a routing class that calls what the config cannot serve:
+    ``replace_from``/``replace_to`` without ``[uac] secret``."""
+    used = attributes_used(cls) & {"replace_from", "replace_to"}
+    if used and not config.uac.secret:
+        raise RoutingError(f"uac.secret: expected a secret of 16 characters or more, required by"
+                           f" {cls.__name__}, which calls {' and '.join(sorted(used))}")
+
+
 def make_routing(core: ProxyCore) -> Routing:
     """The routing object ``[proxy] routing`` names, built for ``core``."""
     spec = core.config.proxy.routing
     cls = load_routing(spec, core.config.path)
+    check_requirements(cls, core.config)
     try:
         routing = cls(core)
     except Exception as exc:  # noqa: BLE001 - any error in user code

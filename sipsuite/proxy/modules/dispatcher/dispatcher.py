@@ -55,7 +55,7 @@ from sipsuite.proxy.modules.dispatcher.lists import (
 from sipsuite.proxy.modules.dispatcher.probe import PROBE_BRANCH, Prober, _Probe
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.routing.base import Destination, RequestContext
-from sipsuite.proxy.services import DISPATCHER, WORKER_LINK
+from sipsuite.proxy.services import DISPATCHER, EVENTS, WORKER_LINK
 from sipsuite.sip.uri import URI
 from sipsuite.startup import StartupError
 
@@ -524,6 +524,7 @@ class LoadBalancer(Prober):
                 log.info("dispatcher: {u} in set {s} is active again ({w})", u=d.uri, s=d.setid,
                          w=why)
                 self._share(d)
+                self._event("dispatcher.up", d)
             return
         d.successes = 0
         if d.state != DsState.ACTIVE:
@@ -535,6 +536,12 @@ class LoadBalancer(Prober):
             log.warn("dispatcher: {u} in set {s} marked inactive after {n} failure(s) ({w})",
                      u=d.uri, s=d.setid, n=d.failures, w=why)
             self._share(d)
+            self._event("dispatcher.down", d)
+
+    def _event(self, name: str, d: DsDestination) -> None:
+        events = self.core.modules.get(EVENTS)
+        if events is not None:
+            events.bus.emit(name, setid=d.setid, uri=d.uri)
 
 
 def _hash_key(alg: int, req: Any) -> str:
