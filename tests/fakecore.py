@@ -75,6 +75,11 @@ class FakeNet:
         self.connections: dict[tuple[str, int], Any] = {}
         self.aliases: list[tuple[Any, str, int]] = []
         self.stun: Callable[[], bool] | None = None
+        # (transport, host, port) -> listener name: connections "another worker" holds.
+        self.siblings: dict[tuple[str, str, int], str] = {}
+
+    def sibling_holds(self, transport: str, host: str, port: int) -> str | None:
+        return self.siblings.get((transport, host, port))
 
     def listener_named(self, name: str) -> Any:
         return next((li for li in self.listeners if repr(li) == name), None)

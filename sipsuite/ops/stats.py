@@ -74,7 +74,7 @@ async def collect_stats(core: ProxyCore, registry: RpcRegistry | None = None) ->
     """Every figure, as ``stats`` returns it."""
     f = core.figures()
     server, client = f.transactions
-    return {
+    figures: dict[str, Any] = {
         "requests": f.requests,
         "requests_by_method": dict(f.requests_by_method),
         "responses_received": f.responses,
@@ -89,6 +89,13 @@ async def collect_stats(core: ProxyCore, registry: RpcRegistry | None = None) ->
         "drops": dict(f.drops),
         "uptime": round(f.uptime, 3),
     }
+    siblings = core.transport.siblings
+    if siblings is not None:
+        # A worker's channel (net/siblings.py): messages it handed to the
+        # worker holding a phone's connection, responses it passed back.
+        figures["channel"] = {"handed_over": siblings.handed, "passed_back": siblings.relayed,
+                              "connections_known": len(siblings.table)}
+    return figures
 
 
 def register_stats_methods(registry: RpcRegistry, core: ProxyCore) -> None:

@@ -68,6 +68,9 @@ class Network(Protocol):
              name: str = "", connect: bool = True) -> bool: ...
     def connection_to(self, host: str, port: int) -> Any: ...   # Connection | None; aliases too
     def alias(self, conn: Any, host: str, port: int) -> None: ...
+    # Worker processes: another worker's connection to host:port (its
+    # listener's name), which send() reaches through that worker; else None.
+    def sibling_holds(self, transport: str, host: str, port: int) -> str | None: ...
     def set_stun(self, enabled: Callable[[], bool]) -> None: ...  # RFC 5626 8 answers
 
 

@@ -23,6 +23,7 @@ from sipsuite.proxy.modules import (
 )
 from sipsuite.proxy.modules.dispatcher import dispatcher
 from sipsuite.proxy.modules.events import SPEC as EVENTS_SPEC
+from sipsuite.proxy.net.siblings import Siblings
 from sipsuite.proxy.registrar import outbound, registrar, subscribers, usrloc
 from sipsuite.proxy.registrar.redis import module as redis
 from sipsuite.proxy.services import WORKER_LINK, WorkerLinkService
@@ -40,7 +41,8 @@ BUILTIN_MODULES = (
 )
 
 
-def build_core(config: Config, reactor: Any, link: WorkerLinkService | None = None, *,
+def build_core(config: Config, reactor: Any, link: WorkerLinkService | None = None,
+               channel: str = "", *,
                modules: Sequence[Any] = BUILTIN_MODULES, core_class: type[ProxyCore] = ProxyCore,
                **core_options: Any) -> ProxyCore:
     """The proxy core with the built-in modules ``config`` enables set up, as
@@ -49,11 +51,15 @@ def build_core(config: Config, reactor: Any, link: WorkerLinkService | None = No
     ``core_class`` and ``core_options`` (ProxyCore's resolver,
     transport_class) let it swap the stores, the clock and the network for
     ones of its own.  ``link``: a worker process's line to its supervisor
-    (proxy/workerlink.py)."""
+    (proxy/workerlink.py); ``channel``: the directory of the workers'
+    sockets to each other (net/siblings.py)."""
     core = core_class(config, reactor, **core_options)
     if link is not None:
         # Before the modules: antiflood and the dispatcher look for it in setup.
         core.modules.provide(WORKER_LINK, link)
+        if channel:
+            core.transport.siblings = Siblings(core.transport, link.index, config.proxy.workers,
+                                               channel, reactor)
     # Before the modules: the media module's tls: relays need the contexts.
     attach_tls(core)
     core.modules.setup_all(modules, config)

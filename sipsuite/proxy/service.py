@@ -32,7 +32,7 @@ class ProxyService(service.Service):
     connection among them) and the garbage-collector policy."""
 
     def __init__(self, config: Config, reactor: Any | None = None,
-                 link: WorkerLink | None = None) -> None:
+                 link: WorkerLink | None = None, channel: str = "") -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -41,7 +41,7 @@ class ProxyService(service.Service):
         self.reactor = reactor
         self.link = link
         self.heartbeat: Any = None
-        self.core = build_core(config, reactor, link)
+        self.core = build_core(config, reactor, link, channel)
         if link is not None:
             workerlink.follow_siblings(self.core, link)
         # A worker process (proxy/worker.py): SO_REUSEPORT and a private port.
@@ -60,6 +60,8 @@ class ProxyService(service.Service):
     def startService(self) -> None:
         super().startService()
         self.core.start()  # binds the listeners unless privilegedStartService did
+        if self.core.transport.siblings is not None:
+            self.core.transport.siblings.start()
         self.gc.start()
         # Logged once the reactor runs (and twistd's signal handlers are in
         # place): the moment the proxy really serves.
@@ -78,14 +80,15 @@ class ProxyService(service.Service):
         return defer.DeferredList(self.core.stop())
 
 
-def make_proxy_service(config: Config, link: WorkerLink | None = None, *,
+def make_proxy_service(config: Config, link: WorkerLink | None = None, channel: str = "", *,
                        user_services: bool = True) -> service.MultiService:
     """Build the proxy's services (transports, core, routing, management) from
-    config; ``link``: a worker process's (proxy/worker.py); then, with
-    ``user_services``, those of ``[services] load`` (the suite loads them
-    itself, once the relay is there too)."""
+    config; ``link``: a worker process's (proxy/worker.py), ``channel`` the
+    directory of its sockets to its siblings; then, with ``user_services``,
+    those of ``[services] load`` (the suite loads them itself, once the
+    relay is there too)."""
     top = service.MultiService()
-    proxy = ProxyService(config, link=link)
+    proxy = ProxyService(config, link=link, channel=channel)
     proxy.setServiceParent(top)
     tls = proxy.tls
     registry: RpcRegistry | None = None

@@ -7,7 +7,9 @@ core with its listeners bound with SO_REUSEPORT (net/reuseport.py), and
 writes its log as JSON lines to stdout, which the supervisor logs with the
 worker's number.  Its management interface is on a loopback port the
 supervisor chose (passed as the --management override), which serves
-[management] listen for all (sipsuite.proxy.workerops).  A worker whose
+[management] listen for all (sipsuite.proxy.workerops).  ``--channel DIR``:
+where the workers' channel sockets are (net/siblings.py: a request for a
+phone whose TCP/TLS connection another worker holds goes over it).  A worker whose
 supervisor has gone stops by itself.
 """
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--config", default="")
     parser.add_argument("--overrides", default="{}")
+    parser.add_argument("--channel", default="")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor, task
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
         raise_nofile_limit()
         link = workerlink.WorkerLink(args.index)
-        top = make_proxy_service(config, link)
+        top = make_proxy_service(config, link, args.channel)
         top.privilegedStartService()
     except (ConfigError, StartupError) as e:
         sys.stderr.write(f"worker {args.index}: {e}\n")

@@ -14,7 +14,10 @@ worker on its stdin and stdout (workerlink.py): antiflood counts added up
 and bans sent to all, dispatcher states passed on, the live operations
 replayed to a worker started again before it counts in, its siblings'
 private ports, the requests a dead worker left unanswered, and one random
-auth secret when the file has none.
+auth secret when the file has none.  And it makes the directory of the
+workers' sockets to each other (net/siblings.py: a request for a phone
+whose TCP/TLS connection another worker holds), removed once they have
+stopped.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -133,6 +138,9 @@ class Supervisor(service.Service):
         self.restarts: dict[int, Any] = {}
         self.stopping = False
         self._previous_hup: Any = None
+        # The workers' channel (net/siblings.py): made at start, the same
+        # directory for a restarted worker.
+        self.channel_dir = ""
         # The workers that are serving, their live state replayed (workerops
         # passes calls to these only), and their private UDP ports.
         self.ready: set[int] = set()
@@ -156,6 +164,8 @@ class Supervisor(service.Service):
     def startService(self) -> None:
         super().startService()
         self.stopping = False
+        if not self.channel_dir:
+            self.channel_dir = _channel_dir()
         for index in range(self.config.proxy.workers):
             self.spawn(index)
         if hasattr(signal, "SIGHUP"):
@@ -170,7 +180,8 @@ class Supervisor(service.Service):
             # Its own loopback port: the supervisor serves [management] listen.
             overrides["management"] = f"tcp:127.0.0.1:{self.management_ports[index]}"
         return [sys.executable, "-m", "sipsuite.proxy.worker", "--index", str(index),
-                "--config", self.config.path or "", "--overrides", json.dumps(overrides)]
+                "--config", self.config.path or "", "--channel", self.channel_dir,
+                "--overrides", json.dumps(overrides)]
 
     def live_management_ports(self) -> dict[int, int]:
         """index -> management port of the workers serving now (started and
@@ -312,6 +323,7 @@ class Supervisor(service.Service):
             signal.signal(signal.SIGHUP, self._previous_hup)
         waits = [proc.ended for proc in self.workers.values()]
         if not waits:
+            self._remove_channel()
             return None
         log.info("stopping {n} worker(s)", n=len(waits))
         self.signal_all(signal.SIGTERM)
@@ -321,9 +333,26 @@ class Supervisor(service.Service):
         def finished(result: Any) -> Any:
             if killer.active():
                 killer.cancel()
+            self._remove_channel()
             return result
 
         return done.addBoth(finished)
+
+
+    def _remove_channel(self) -> None:
+        if self.channel_dir:
+            shutil.rmtree(self.channel_dir, ignore_errors=True)
+            self.channel_dir = ""
+
+
+def _channel_dir() -> str:
+    """A directory of our own (0700) for the workers' sockets; under /tmp
+    when TMPDIR would make a socket path longer than a UNIX address holds."""
+    path = tempfile.mkdtemp(prefix="sipsuite-workers-")
+    if len(path) > 90:
+        os.rmdir(path)
+        path = tempfile.mkdtemp(prefix="sipsuite-workers-", dir="/tmp")
+    return path
 
 
 def _signal_name(sig: int) -> str:

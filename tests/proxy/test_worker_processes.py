@@ -88,6 +88,27 @@ def test_each_worker_gets_a_management_port_of_its_own() -> None:
     assert Supervisor(off, {}, task.Clock()).management_ports == {}
 
 
+def test_the_workers_channel_directory() -> None:
+    """The supervisor makes a private directory for the workers' channel
+    sockets (net/siblings.py), names it on their command line, and removes
+    it at stop."""
+    import stat
+
+    from sipsuite.proxy.workers import _channel_dir
+
+    config = load_config(None, workers="2", redis="redis://127.0.0.1:6379")
+    sup = Supervisor(config, {}, task.Clock())
+    sup.channel_dir = path = _channel_dir()
+    try:
+        mode = os.stat(sup.channel_dir).st_mode
+        assert stat.S_ISDIR(mode) and stat.S_IMODE(mode) == 0o700
+        args = sup.command(1)
+        assert args[args.index("--channel") + 1] == sup.channel_dir
+    finally:
+        sup._remove_channel()
+    assert not sup.channel_dir and not os.path.exists(path)
+
+
 def test_stats_add_up_the_counters_and_keep_shared_figures_once() -> None:
     w0 = {"requests": 3, "requests_by_method": {"INVITE": 2, "BYE": 1},
           "transactions": {"server": 1, "client": 0}, "drops": {}, "uptime": 5.0,

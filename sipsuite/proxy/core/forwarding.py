@@ -191,6 +191,11 @@ class Forwarding:
                 req.add_header("Record-Route", record_route_value(inbound, params, sips), top=True)
             req.add_header("Record-Route", record_route_value(listener, params, sips), top=True)
         branch_id = f"{BRANCH_TAG}{self._loop_hash(rsp.request)}.{new_branch()[7:]}"
+        siblings = self.transport.siblings
+        if siblings is not None and target.transport != "udp":
+            # A worker's: a sibling holding the connection it goes over
+            # passes the answers back by this mark (net/siblings.py).
+            branch_id += siblings.mark
         req.add_header("Via", listener.via(branch_id), top=True)
         branch.sent = req
         reliable = target.transport != "udp"
@@ -245,6 +250,10 @@ class Forwarding:
         self.count("responses")
         holder = self.client_txs.get(client_key(resp))
         if holder is None:
+            siblings = self.transport.siblings
+            if (siblings is not None and source.transport != "udp"
+                    and siblings.pass_response(resp, source)):
+                return  # another worker's request went out on our connection
             self._forward_response_stateless(resp)
             return
         tx = holder.tx

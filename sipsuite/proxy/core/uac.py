@@ -70,6 +70,9 @@ class LocalUAC:
             d.callback(None)
             return d
         branch = UAC_BRANCH + secrets.token_hex(8)
+        siblings = core.transport.siblings
+        if siblings is not None and target.transport != "udp":
+            branch += siblings.mark  # answered on a sibling's connection: back to us
         sender = from_uri or f"sip:sipsuite@{listener.sent_by()}"
         req = make_request(
             method, ruri, via=listener.via(branch, rport=rport),

@@ -166,6 +166,12 @@ class NatPing:
                     conn.send(CRLF_PING)
             self.sent += 1
             return
+        if (dst.transport != "udp" and net.connection_to(dst.host, dst.port) is None
+                and net.sibling_holds(dst.transport, dst.host, dst.port) is not None):
+            # Worker processes: the worker holding the phone's connection pings
+            # it and hears the answers; another worker must not count them
+            # missing and remove the binding.
+            return
         if self.options_since is None:
             self.options_since = now
         key = (aor, b.contact)

@@ -27,6 +27,7 @@ from sipsuite.proxy.net.localaddr import (
     listen_pktinfo,
     source_ancillary,
 )
+from sipsuite.proxy.net.siblings import Siblings
 from sipsuite.proxy.net.stream import (
     Admission,
     InboundFactory,
@@ -189,6 +190,9 @@ class TransportLayer(WildcardListeners):
         # response to; the supervisor sends them (proxy/workerlink.py).
         # None until then: nothing is steered.
         self.sibling_ports: frozenset[int] | None = None
+        # A worker's channel to its siblings (net/siblings.py): connections
+        # other workers hold, reached through them; None with one process.
+        self.siblings: Siblings | None = None
         # (host, port) -> connection; inbound and outbound alike, so responses
         # and in-dialog requests go back over the connection the peer opened.
         self.connections: dict[tuple[str, int], SIPStreamProtocol] = {}
@@ -304,6 +308,8 @@ class TransportLayer(WildcardListeners):
         return data[nl + 1:], fields[0].decode("ascii", "replace"), int(fields[1])
 
     def stop(self) -> list[Any]:
+        if self.siblings is not None:
+            self.siblings.stop()
         results = [p.stopListening() for p in self.private_ports]
         for listener in self.listeners:
             if listener.port_obj is not None:
@@ -354,6 +360,12 @@ class TransportLayer(WildcardListeners):
                 return False
             return proto.send(data, host, port, listener.host if listener.parent is not None else None)
         conn = self.connection_to(host, port)
+        if (conn is None and self.siblings is not None and not (transport == "tls" and name)
+                and self.siblings.hand_over(transport, host, port, data)):
+            # Another worker holds the peer's connection: it writes the
+            # message there (never a new connection to a phone behind NAT).
+            # Not for a TLS host name: a connection the peer opened proves none.
+            return True
         if not connect and (conn is None or conn.kind != transport):
             return False
         if (conn is None or conn.closed or conn.kind != transport
@@ -391,6 +403,31 @@ class TransportLayer(WildcardListeners):
         if key not in self.connections and not conn.closed:
             self.aliases[key] = conn
             conn.aliases.add(key)
+            if self.siblings is not None and not conn.outbound:
+                self.siblings.have(conn, host, port)
+
+    def sibling_holds(self, transport: str, host: str, port: int) -> str | None:
+        """The listener name (repr) of another worker's connection to
+        host:port, which ``send`` reaches through that worker; None when no
+        sibling holds one (and always with one process)."""
+        if self.siblings is None:
+            return None
+        held = self.siblings.holder(transport, host, port)
+        return None if held is None else held[1]
+
+    def accepted_connections(self) -> list[SIPStreamProtocol]:
+        """The live connections peers opened to us."""
+        return [c for c in self.connections.values() if not c.outbound and not c.closed]
+
+    def relayed_in(self, msg: Response, transport: str, host: str, port: int,
+                   listener: Listener) -> None:
+        """A response a sibling passed on (net/siblings.py): handled as if
+        it had arrived from host:port on our own connection."""
+        source = Source(transport, host, port, listener)
+        try:
+            self.handler(msg, source)
+        except Exception:  # noqa: BLE001 - one bad message must never stop the channel
+            log.failure("unhandled error processing a message from {src}", src=source)
 
     def set_stun(self, enabled: Callable[[], bool]) -> None:
         """Answer STUN Binding requests on the UDP listeners while
@@ -427,10 +464,14 @@ class TransportLayer(WildcardListeners):
 
     def connection_up(self, conn: SIPStreamProtocol) -> None:
         self.connections[conn.peer] = conn
+        if self.siblings is not None and not conn.outbound:
+            self.siblings.have(conn, *conn.peer)
 
     def connection_down(self, conn: SIPStreamProtocol) -> None:
         if self.connections.get(conn.peer) is conn:
             del self.connections[conn.peer]
+            if self.siblings is not None and not conn.outbound:
+                self.siblings.gone(conn)
         for key in conn.aliases:
             if self.aliases.get(key) is conn:
                 del self.aliases[key]

@@ -149,7 +149,12 @@ class Flows:
             return None
         if transport in ("tcp", "tls"):
             conn = net.connection_to(host, port)
-            if conn is None or conn.listener is not listener:
+            if conn is None:
+                # Worker processes: the flow may be another worker's
+                # connection, which send() goes over (net/siblings.py).
+                if net.sibling_holds(transport, host, port) != listener_name:
+                    return None
+            elif conn.listener is not listener:
                 return None
         return Flow(transport, listener, host, port)
 
@@ -281,7 +286,9 @@ class OutboundSpec:
         return True
 
     def setup(self, core: CoreAPI, config: Config) -> Flows:
-        # "" (a single node): a random key, see Flows.
+        # "" (a single node): a random key, see Flows.  Worker processes get
+        # the supervisor's when the file has none (proxy/worker.py
+        # host_secret), so a flow one worker recorded is good at another.
         flows = Flows(core, config.auth.secret)
         core.hooks.on_request_received(flows.request_received)
         core.modules.provide(FLOWS, flows)

@@ -126,6 +126,24 @@ async def test_crlf_pings_udp_and_over_an_aliased_connection(tmp_path: Path) -> 
     assert core.uac.requests == [] and ping.tracked == {"alice", "bob", "carol"}
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_connection_another_worker_holds_is_left_to_that_worker(tmp_path: Path) -> None:
+    """Worker processes: a TCP binding whose connection a sibling holds is
+    pinged by that sibling only, and never removed here for want of answers
+    only the sibling hears; one whose connection nobody holds still goes."""
+    core = make(tmp_path, natsipping=True)
+    await register(core, "bob", "tcp:127.0.0.8:41000", TCP)
+    await register(core, "carol", "tcp:127.0.0.9:42000", TCP)
+    core.net.siblings[("tcp", "127.0.0.8", 41000)] = repr(TCP)
+    ping = NatPing(core)  # type: ignore[arg-type]
+    for _ in range(4):  # 30 s past the last REGISTER: over keepalive_timeout (25 s)
+        core.clock.advance(10.0)
+        await ping.round()
+    assert [b.contact for b in await core.location.lookup("bob")] == ["sip:bob@10.0.0.5:5060"]  # type: ignore[attr-defined]
+    assert await core.location.lookup("carol") == []  # type: ignore[attr-defined]
+    assert core.uac.requests == [] and ping.removed == 1
+
+
 def test_reconfigure_restarts_the_loop_on_a_new_interval(tmp_path: Path) -> None:
     core = make(tmp_path)
     ping = NatPing(core)  # type: ignore[arg-type]

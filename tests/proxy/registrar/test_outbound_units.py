@@ -204,3 +204,24 @@ def test_flow_token_edited_in_the_store_is_not_used(tmp_path: Path) -> None:
     b = _binding(flows, "sip:bob@203.0.113.9:5070", outbound=True)
     b.flow = (b.flow or "").replace("sip:", "sip:x", 1)
     assert flows.destination(b) is None
+
+
+def test_flow_whose_connection_another_worker_holds_is_alive(tmp_path: Path) -> None:
+    """Worker processes: the connection is a sibling's (net/siblings.py), so
+    the flow is alive here too and its requests go over it; a sibling's
+    connection on another listener is not this flow."""
+    from sipsuite.proxy.net.siblings import Siblings
+
+    flows, _ = _flows_with_connection(tmp_path)
+    layer = flows.core.net
+    del layer.connections[("203.0.113.9", 40001)]  # type: ignore[attr-defined]
+    b = _binding(flows, "sip:bob@203.0.113.9:5070", outbound=True)
+    assert flows.destination(b) is None  # nobody holds it
+    siblings = layer.siblings = Siblings(layer, 0, 2, str(tmp_path), None)  # type: ignore[attr-defined,arg-type]
+    siblings.table[("tcp", "203.0.113.9", 40001)] = (1, repr(LISTENER), None)  # type: ignore[assignment]
+    dst = flows.destination(b)
+    assert dst is not None and dst.dst is not None and dst.route == []
+    assert (dst.dst.transport, dst.dst.host, dst.dst.port, dst.dst.listener) == (
+        "tcp", "203.0.113.9", 40001, LISTENER)
+    siblings.table[("tcp", "203.0.113.9", 40001)] = (1, "tcp:127.0.0.1:5080", None)  # type: ignore[assignment]
+    assert flows.destination(b) is None
