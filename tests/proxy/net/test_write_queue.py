@@ -212,3 +212,32 @@ async def test_crlf_pings_from_a_peer_that_never_reads_are_bounded_too() -> None
     finally:
         peer.close()
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_timeout_aborts_a_connection_with_unsent_bytes() -> None:
+    """At the idle timeout a close would wait for the unsent bytes for as
+    long as the peer keeps its window shut: the connection is aborted."""
+    server = Server()
+    server.layer.tcp_write_queue_max = 64 * 1024 * 1024  # not the cap at work here
+    server.layer.tcp_idle_timeout = 0.5
+    peer = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        conn, peer = await server.connection_from(peer)
+        # Fill the kernel's buffers, then queue more than they could ever
+        # take (our send buffer grows, up to tcp_wmem's maximum, and would
+        # let a close finish with a smaller queue).
+        deadline = time.monotonic() + 10.0
+        while unsent_bytes(conn.transport) < kernel_buffers() and time.monotonic() < deadline:
+            assert conn.send(CHUNK * 8)
+            await deferLater(_reactor, 0.001, lambda: None)
+        assert unsent_bytes(conn.transport) >= kernel_buffers()
+        deadline = time.monotonic() + 5.0
+        while server.layer.connections and time.monotonic() < deadline:
+            await deferLater(_reactor, 0.05, lambda: None)
+        assert not server.layer.connections and server.layer.limits.total == 0
+        assert "tcp_write_queue" not in server.layer.drops
+    finally:
+        peer.close()
+        await server.stop()
