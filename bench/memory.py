@@ -570,7 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f" PSS {ours.plateau[1] / kam.plateau[1]:.1f}x", flush=True)
             for which in which_ones:
                 for rate in args.rates:
-                    runs = sorted((r for r in results if r.proxy == which
+                    # A run with failed calls held another mix than its load's.
+                    runs = sorted((r for r in results if r.proxy == which and not r.failed
                                    and r.load.rate == rate and r.plateau[1]),
                                   key=lambda r: r.load.hold_ms)
                     if len(runs) >= 2:
