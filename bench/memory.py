@@ -139,7 +139,9 @@ class Load:
 
     @property
     def in_progress(self) -> float:
-        return self.rate * self.hold_ms / 1000.0
+        """Calls in progress at the end of the load (fewer than rate x hold
+        time when the load is shorter than one call)."""
+        return self.rate * min(self.hold_ms / 1000.0, self.duration)
 
     def held_tx(self, proxy: str) -> float:
         """Finished transactions held at the plateau: an INVITE transaction ends at
