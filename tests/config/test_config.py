@@ -289,6 +289,8 @@ BAD_VALUES = [
     ("proxy", "tcp_max_connections", "2048.0", "a whole number from 1 to 1000000"),
     ("proxy", "tcp_max_per_source", "0", "a whole number from 1 to 1000000"),
     ("proxy", "tcp_max_per_source", '"64"', "a whole number from 1 to 1000000"),
+    ("proxy", "tcp_write_queue_max", "4095", "a whole number from 4096 to 1073741824"),
+    ("proxy", "tcp_write_queue_max", '"256k"', "a whole number from 4096 to 1073741824"),
     ("proxy", "workers", "0", "a whole number from 1 to 64"),
     ("proxy", "workers", "65", "a whole number from 1 to 64"),
     ("proxy", "workers", '"2"', "a whole number from 1 to 64"),
