@@ -378,3 +378,37 @@ def test_kernel_on_without_what_it_needs_is_a_startup_error(topology: Topology,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     assert done.returncode != 0
     assert '[relay] kernel = "on": needs root or CAP_NET_ADMIN' in done.stdout + done.stderr
+
+
+def test_counters_keep_a_kernel_session_alive_then_timeout_and_stop_remove_rules(
+        topology: Topology, tmp_path: Path) -> None:
+    hosts = Hosts(topology, tmp_path)
+    hosts.start_relay(media_timeout=2.0)
+    call = Call(hosts)
+    try:
+        call.latch()
+        userspace = hosts.stats()["packets_userspace"]
+        # 4 s of media, twice the timeout, none of it seen by the relay.
+        for _ in range(40):
+            call.send_a(1)
+            call.send_b(1)
+            time.sleep(0.1)
+        stats = hosts.stats()
+        assert stats["sessions_active"] == 1 and stats["sessions_expired"] == 0
+        assert stats["packets_userspace"] == userspace
+        (session,) = hosts.sessions()
+        assert session["idle"] < 1.5
+        # Silence: the session times out and its rules go with it.
+        wait_for(lambda: hosts.stats()["sessions_expired"] == 1, 6, "the media timeout")
+        assert hosts.chains() == {"pre", "post"}
+        # A second call, then stop (SIGTERM, drain_time 0): the table goes.
+        call.close()
+        call = Call(hosts, "kc2")
+        call.latch()
+        table = hosts.table()
+        assert hosts.proc is not None
+        hosts.proc.send_signal(signal.SIGTERM)
+        hosts.proc.wait(20)
+        assert table not in topology.tables(hosts.r)
+    finally:
+        call.close()
