@@ -72,11 +72,14 @@ from benchlib import (
     ticks_between,
     udp_drops,
 )
+from benchns import CALLEE_IP, CALLER_IP, RELAY_IP, Hosts, inside
 from rtpgen import PACKET, PTIME, Result, bdecode, bencode, percentile_ms
 
 RTPENGINE = "/usr/bin/rtpengine"
 DEFAULT_SESSIONS = "10,100,200,400,600,800,1000,1200,1400,1600"
 RELAYS = ("sipsuite", "rtpengine")
+# --netns: sipsuite with [relay] kernel = "on" first, then in userspace.
+NETNS_RELAYS = ("sipsuite-kernel", "sipsuite", "rtpengine")
 # A generator is "behind" when its 99th percentile lateness against the 20 ms
 # schedule exceeds this, or it used more than GEN_CPU_LIMIT of a core.
 LATE_LIMIT_MS = 10.0
@@ -128,8 +131,10 @@ class Relay:
     cmd: list[str]
 
 
-def rtpproxy_ping(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def rtpproxy_ping(port: int, ns: str = "") -> bool:
+    with inside(ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock as s:
         s.bind((HOST, 0))
         s.settimeout(0.3)
         s.sendto(b"ping1 V", (HOST, port))
@@ -139,8 +144,10 @@ def rtpproxy_ping(port: int) -> bool:
             return False
 
 
-def ng_ping(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def ng_ping(port: int, ns: str = "") -> bool:
+    with inside(ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock as s:
         s.bind((HOST, 0))
         s.settimeout(0.3)
         s.sendto(b"ping1 " + bencode({"command": "ping"}), (HOST, port))
@@ -164,27 +171,34 @@ def spawn(cmd: list[str], workdir: Path, name: str, env: dict[str, str] | None =
     return proc
 
 
-def wait_up(relay: Relay, ping: Callable[[int], bool], limit: float = 30.0) -> None:
+def wait_up(relay: Relay, ping: Callable[[int, str], bool], ns: str = "",
+            limit: float = 30.0) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if relay.proc.poll() is not None:
             raise RuntimeError(f"{relay.name} exited with status {relay.proc.returncode} at"
                                f" start; {relay.log}:\n{tail(relay.log)}")
-        if ping(relay.control_port):
+        if ping(relay.control_port, ns):
             return
         time.sleep(0.1)
     raise RuntimeError(f"{relay.name} did not answer on its control port within {limit:.0f} s;"
                        f" {relay.log}:\n{tail(relay.log)}")
 
 
+def in_ns(ns: str, cmd: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", ns, *cmd] if ns else cmd
+
+
 @contextmanager
-def sipsuite_relay(workdir: Path, low: int, high: int, threads: int) -> Iterator[Relay]:
+def sipsuite_relay(workdir: Path, low: int, high: int, threads: int, ns: str = "",
+                   kernel: bool = False) -> Iterator[Relay]:
     del threads  # one reactor thread
     port = free_udp_port()
     conf = workdir / "relay.toml"
     conf.write_text(
         "[relay]\n"
         "drain_time = 0.0\n"
+        f'kernel = "{"on" if kernel else "off"}"\n'
         "[management]\n"
         'relay_listen = ""\n'
         "[log]\n"
@@ -195,34 +209,40 @@ def sipsuite_relay(workdir: Path, low: int, high: int, threads: int) -> Iterator
     cmd = [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
         "--nodaemon", "--pidfile=", f"--logfile={log}",
-        "rtp-relay", "--control", f"udp:{HOST}:{port}", "--media-address", HOST,
+        "rtp-relay", "--control", f"udp:{HOST}:{port}",
+        "--media-address", RELAY_IP if ns else HOST,
         "--ports", f"{low}-{high}", "--config", str(conf),
     ]  # fmt: skip
+    cmd = in_ns(ns, cmd)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     proc = spawn(cmd, workdir, "relay", env)
-    relay = Relay("sipsuite", proc, port, log, CpuMeter(proc.pid), cmd)
+    name = "sipsuite-kernel" if kernel else "sipsuite"
+    relay = Relay(name, proc, port, log, CpuMeter(proc.pid), cmd)
     try:
-        wait_up(relay, rtpproxy_ping)
+        wait_up(relay, rtpproxy_ping, ns)
         yield relay
     finally:
         kill_group(proc)
 
 
 @contextmanager
-def rtpengine_relay(workdir: Path, low: int, high: int, threads: int) -> Iterator[Relay]:
+def rtpengine_relay(workdir: Path, low: int, high: int, threads: int, ns: str = "",
+                    kernel: bool = False) -> Iterator[Relay]:
+    del kernel  # never: Debian's kernel module is not built here
     port = free_udp_port()
     log = workdir / "relay.out"
     cmd = [
         RTPENGINE, "--config-file=none", "--foreground", "--log-stderr",
-        "--table=-1", f"--interface={HOST}", f"--listen-ng={HOST}:{port}",
+        "--table=-1", f"--interface={RELAY_IP if ns else HOST}", f"--listen-ng={HOST}:{port}",
         f"--port-min={low}", f"--port-max={high}", "--log-level=4",
         f"--num-threads={threads}",
     ]  # fmt: skip
+    cmd = in_ns(ns, cmd)
     proc = spawn(cmd, workdir, "relay")
     relay = Relay("rtpengine", proc, port, log, CpuMeter(proc.pid), cmd)
     try:
-        wait_up(relay, ng_ping)
+        wait_up(relay, ng_ping, ns)
         yield relay
     finally:
         kill_group(proc)
@@ -268,6 +288,10 @@ class StepResult:
     delay_max_ms: float = 0.0
     drops_relay: int = 0
     drops_gen: int = 0
+    # Every CPU of the machine (/proc/stat), busy ticks over the window: in
+    # kernel mode the forwarding is charged to no process (softirq).
+    machine_ticks: int = 0
+    softirq_ticks: int = 0
     setup_s: float = 0.0
     error: str = ""
     notes: list[str] = field(default_factory=list)
@@ -321,6 +345,24 @@ class StepResult:
         return used * 100.0 / (os.cpu_count() or 1)
 
     @property
+    def machine_us_per_packet(self) -> float:
+        """All CPUs' busy time (relay, generators, kernel, anything else) per packet."""
+        return self.machine_ticks / CLK_TCK / self.received * 1e6 if self.received else float("nan")
+
+    @property
+    def path_us_per_packet(self) -> float:
+        """The machine's CPU less the generators' processes, per packet: the relay
+        process plus the kernel's forwarding work (and any other load on the machine)."""
+        if not self.received:
+            return float("nan")
+        return max(0, self.machine_ticks - self.gen_ticks) / CLK_TCK / self.received * 1e6
+
+    @property
+    def path_pps_per_cpu(self) -> float:
+        us = self.path_us_per_packet
+        return 1e6 / us if us and us == us else float("nan")
+
+    @property
     def saturated(self) -> bool:
         return self.box_pct >= SATURATED_PCT
 
@@ -347,6 +389,7 @@ class Settings:
     rtpengine_threads: int
     max_loss: float
     max_delay: float
+    hosts: Hosts | None = None
 
 
 def read_line(gen: Generator, prefix: str, deadline: float) -> dict[str, Any]:
@@ -384,10 +427,17 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
     workdir.mkdir()
     # 4 ports per session (RTP+RTCP per leg), plus room for pairs another program holds.
     low, high = media_port_range(4 * n + 64)
-    start = sipsuite_relay if which == "sipsuite" else rtpengine_relay
+    start = rtpengine_relay if which == "rtpengine" else sipsuite_relay
+    hosts = settings.hosts
+    ns = hosts.relay if hosts is not None else ""
+    where: dict[str, str] = {} if hosts is None else {
+        "caller_ns": hosts.caller, "callee_ns": hosts.callee, "relay_ns": hosts.relay,
+        "caller_ip": CALLER_IP, "callee_ip": CALLEE_IP, "relay_ip": RELAY_IP,
+    }  # fmt: skip
     gens: list[Generator] = []
     try:
-        with start(workdir, low, high, settings.rtpengine_threads) as relay:
+        with start(workdir, low, high, settings.rtpengine_threads, ns,
+                   which == "sipsuite-kernel") as relay:
             result.notes.append("relay: " + " ".join(relay.cmd))
             first = 0
             tag = f"{which}{n}x{random.randrange(1 << 30):x}"
@@ -396,7 +446,7 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
                     "relay": which, "control_port": relay.control_port, "sessions": count,
                     "first": first, "phase_offset": g / n_gen,
                     "warmup_rounds": warm_rounds, "window_rounds": window_rounds,
-                    "drain_s": 0.5, "max_delay": settings.max_delay, "tag": tag,
+                    "drain_s": 0.5, "max_delay": settings.max_delay, "tag": tag, **where,
                 }  # fmt: skip
                 first += count
                 err = open(workdir / f"gen{g}.err", "wb")
@@ -421,13 +471,20 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
             w_start = t0 + warm_rounds * PTIME
             w_end = w_start + window_rounds * PTIME
             time.sleep(max(0.0, w_start - time.monotonic()))
+            # In namespaces the relay's sockets are in its /proc/PID/net/udp
+            # (the parties' in theirs, not counted).
+            udp = f"/proc/{relay.proc.pid}/net/udp" if hosts is not None else "/proc/net/udp"
             r0 = relay.meter.sample()
             g0 = [gen.meter.sample() for gen in gens]
-            d0 = udp_drops([*relay_ports, *party_ports])
+            m0 = machine_ticks()
+            d0 = udp_drops([*relay_ports, *party_ports], udp)
             time.sleep(max(0.0, w_end - time.monotonic()))
             r1 = relay.meter.sample()
             g1 = [gen.meter.sample() for gen in gens]
-            d1 = udp_drops([*relay_ports, *party_ports])
+            m1 = machine_ticks()
+            d1 = udp_drops([*relay_ports, *party_ports], udp)
+            result.machine_ticks = m1[0] - m0[0]
+            result.softirq_ticks = m1[1] - m0[1]
             result.relay_ticks = ticks_between(r0, r1)
             result.gen_ticks = sum(ticks_between(a, b) for a, b in zip(g0, g1, strict=True))
             rp = set(relay_ports)
@@ -471,6 +528,15 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
     return result
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, softirq) ticks of all CPUs so far (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy, fields[6]
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -495,7 +561,10 @@ def report_step(r: StepResult, max_loss: float) -> None:
         f" relay {fmt(r.relay_pct)} % CPU, {fmt(r.us_per_packet)} us/packet;"
         f" generators {fmt(r.gen_pct)} % CPU (busiest {r.gen_cpu_max * 100:.0f} %),"
         f" lateness p99 {r.late_p99_ms:.2f} ms max {r.late_max_ms:.1f} ms;"
-        f" machine {fmt(r.box_pct, '.0f')} %; drops relay/gen {r.drops_relay}/{r.drops_gen}; set-up {r.setup_s:.1f} s [{verdict}]",
+        f" machine {fmt(r.box_pct, '.0f')} %, all CPUs {fmt(r.machine_us_per_packet)} us/packet"
+        f" (less generators {fmt(r.path_us_per_packet)}, softirq"
+        f" {fmt(r.softirq_ticks / CLK_TCK / r.received * 1e6 if r.received else float('nan'))});"
+        f" drops relay/gen {r.drops_relay}/{r.drops_gen}; set-up {r.setup_s:.1f} s [{verdict}]",
         flush=True,
     )
     if r.misrouted or r.silent_parties or r.send_errors:
@@ -507,23 +576,24 @@ def report_step(r: StepResult, max_loss: float) -> None:
 
 def print_table(results: Sequence[StepResult], max_loss: float, max_delay: float) -> None:
     print(
-        f"{'relay':<9} {'N':>4} {'offered':>7} {'pps':>7} {'loss %':>6} {'dly %':>6}"
+        f"{'relay':<15} {'N':>4} {'offered':>7} {'pps':>7} {'loss %':>6} {'dly %':>6}"
         f" {'dly99':>6} {'relay %':>7} {'us/pkt':>6} {'pkt/CPU s':>9} {'gen %':>5}"
-        f" {'late99':>6} {'box %':>5} {'drops':>7} {'ok':>3}"
+        f" {'late99':>6} {'box %':>5} {'all us':>6} {'path us':>7} {'drops':>7} {'ok':>3}"
     )
     for r in results:
         if r.error:
-            print(f"{r.relay:<9} {r.sessions:>4} {100 * r.sessions:>7}  failed: "
+            print(f"{r.relay:<15} {r.sessions:>4} {100 * r.sessions:>7}  failed: "
                   f"{r.error.splitlines()[0][:60]}")
             continue
         ok = "yes" if r.clean(max_loss) and r.generator_ok else (
             "gen" if r.clean(max_loss) else "NO")
         print(
-            f"{r.relay:<9} {r.sessions:>4} {100 * r.sessions:>7} {fmt(r.pps, '.0f'):>7}"
+            f"{r.relay:<15} {r.sessions:>4} {100 * r.sessions:>7} {fmt(r.pps, '.0f'):>7}"
             f" {fmt(r.loss * 100, '.3f'):>6} {fmt(r.delayed_share * 100, '.3f'):>6}"
             f" {r.delay_ms(0.99):>6.1f} {fmt(r.relay_pct):>7} {fmt(r.us_per_packet):>6}"
             f" {fmt(r.pps_per_cpu, '.0f'):>9} {fmt(r.gen_pct, '.0f'):>5}"
             f" {r.late_p99_ms:>6.1f} {fmt(r.box_pct, '.0f'):>5}"
+            f" {fmt(r.machine_us_per_packet):>6} {fmt(r.path_us_per_packet):>7}"
             f" {f'{r.drops_relay}/{r.drops_gen}':>7} {ok:>3}"
         )
     print(
@@ -535,6 +605,9 @@ def print_table(results: Sequence[StepResult], max_loss: float, max_delay: float
         "CPU per forwarded packet; gen %: all generators' CPU; late99: the generators'\n"
         "99th percentile lateness against the 20 ms schedule (ms); box %: relay +\n"
         "generators, % of all CPUs (>= 90: saturated, the relay competes with its load);\n"
+        "all us: every CPU's busy time (/proc/stat) per forwarded packet; path us: the\n"
+        "same less the generators' processes: the relay process and the kernel's\n"
+        "forwarding work (charged to no process), plus whatever else ran (shared machine);\n"
         "drops: datagrams the kernel dropped on full relay/generator sockets;\n"
         f"ok: loss % + dly % <= {max_loss * 100:g} % and the generator kept up (gen: it did"
         " not)."
@@ -548,6 +621,25 @@ def highest(results: Sequence[StepResult], which: str, max_loss: float) -> StepR
             break
         best = r
     return best
+
+
+def compare_paths(results: Sequence[StepResult], max_loss: float) -> None:
+    """--netns: packets per second of machine CPU (less the generators) per relay,
+    at each N every relay handled cleanly."""
+    by: dict[str, dict[int, StepResult]] = {}
+    for r in results:
+        by.setdefault(r.relay, {})[r.sessions] = r
+    for n in sorted({r.sessions for r in results}):
+        row = {name: steps.get(n) for name, steps in by.items()}
+        if not all(x is not None and x.clean(max_loss) and x.generator_ok for x in row.values()):
+            continue
+        parts = [f"{name} {fmt(x.path_pps_per_cpu, '.0f')}" for name, x in row.items()
+                 if x is not None]
+        line = f"  N={n}: packets per CPU second (all CPUs less generators): " + ", ".join(parts)
+        k, e = row.get("sipsuite-kernel"), row.get("rtpengine")
+        if k is not None and e is not None:
+            line += f"; kernel/rtpengine {fmt(k.path_pps_per_cpu / e.path_pps_per_cpu, '.2f')}"
+        print(line)
 
 
 # --------------------------------------------------------------------------- main
@@ -573,7 +665,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-delay", type=float, default=0.1,
                    help="seconds after sending past which a received packet counts as lost too"
                    " (a jitter buffer would discard it; default 0.1; 0: no limit)")
-    p.add_argument("--only", choices=RELAYS, help="measure one relay only")
+    p.add_argument("--only", choices=NETNS_RELAYS, help="measure one relay only")
+    p.add_argument("--netns", action="store_true",
+                   help="relay and parties on three hosts (network namespaces, veth links;"
+                   " root): sipsuite with kernel forwarding, then in userspace, then rtpengine")
     p.add_argument("--budget", type=float, default=360.0,
                    help="do not start a step that could end later than this many seconds"
                    " after the start (default 360)")
@@ -601,7 +696,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    relays = [args.only] if args.only else list(RELAYS)
+    if args.only == "sipsuite-kernel" and not args.netns:
+        sys.exit("--only sipsuite-kernel needs --netns (on loopback every packet is local)")
+    relays = [args.only] if args.only else list(NETNS_RELAYS if args.netns else RELAYS)
     if "rtpengine" in relays and not os.access(RTPENGINE, os.X_OK):
         sys.exit(f"missing {RTPENGINE} (Debian package rtpengine-daemon); or use"
                  " --only sipsuite")
@@ -609,6 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     workroot = Path(tempfile.mkdtemp(prefix="relay_pps."))
     settings = Settings(args.seconds, args.warmup, workroot, args.generators,
                         args.rtpengine_threads, args.max_loss, args.max_delay)
+    if args.netns:
+        settings.hosts = Hosts()  # deleted in the finally below
     print(
         f"sessions {args.session_list} (100 packets/s each, {PACKET}-byte datagrams),"
         f" {args.warmup:g} s warm-up + {args.seconds:g} s counted per step,"
@@ -688,9 +787,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             else:
                 print("sipsuite/rtpengine: no N that both handled; no ratio")
+        if args.netns:
+            compare_paths(results, args.max_loss)
         print(f"total time {time.monotonic() - began:.0f} s")
         return 0 if all(not r.error for r in results) else 1
     finally:
+        if settings.hosts is not None:
+            settings.hosts.close()
         if keep:
             print(f"work files kept in {workroot}")
         else:
