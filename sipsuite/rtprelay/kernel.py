@@ -12,15 +12,20 @@ the flow.
 The rules are stateless, in a table of the relay's own
 (``inet sipsuite_relay_<id>``, the id a hash of the bound control addresses,
 so the next start of the same relay finds and removes a table its crashed
-predecessor left)::
+predecessor left).  Two fixed rules; a flow is only elements of a set and
+four maps, so that installing or removing one costs the same whatever the
+number of flows (libnftables lists a table's chains and objects before each
+batch: per-flow chains or named counters made that O(flows))::
 
-    chain pre   (filter, prerouting, priority raw):
-        ip daddr . udp dport vmap @pre4            # relay address . port
-    chain i<P>: ip saddr A udp sport a <RTP v2>
-                counter name "c<P>" notrack ip daddr set B udp dport set b
-    chain post  (filter, postrouting, priority srcnat):
-        ip saddr . udp sport . ip daddr . udp dport vmap @post4
-    chain o<P>: ip saddr set R' udp sport set P'  # the other leg's port
+    chain pre  (filter, prerouting, priority raw):
+        udp, RTP/RTCP v2, ip saddr . udp sport . ip daddr . udp dport @flows4
+        notrack  udp dport set (the four) map @dport4
+                 ip daddr set (the four, new port) map @dst4
+    chain post (filter, postrouting, priority srcnat):
+        udp sport set (the four) map @sport4
+        ip saddr set (the four, new port) map @src4
+
+``flows4`` counts per element: those are the flows' counters.
 
 The destination is rewritten before routing, the source after it: a packet
 whose source is one of the host's own addresses would be dropped as martian
@@ -54,7 +59,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sipsuite.log import get_logger
@@ -82,9 +87,9 @@ POST_PRIORITY = 100
 #: IP + UDP header bytes that nftables counts and the relay's byte counts
 #: (payloads, as recvfrom returns them) do not.
 _HEADER = {4: 28, 6: 48}
-#: A moved source with the leg's SSRC re-reads the flow's counter (an nft
-#: round trip) at most this often: only an on-path party knows the SSRC, but
-#: it must not be able to make the relay busy.
+#: A moved source with the leg's SSRC re-reads the counters (a dump of the
+#: flows) at most this often: only an on-path party knows the SSRC, but it
+#: must not be able to make the relay busy.
 REFRESH_INTERVAL = 0.05
 CAP_NET_ADMIN = 12
 _WARNINGS = 10
@@ -171,13 +176,11 @@ class _Installed:
     flow: Flow
     session: Session
     leg: Leg  # the sending party's leg: what the counter counts
-    packets: int = 0  # the counter as last read
+    packets: int = 0  # its element's counter as last read
     bytes: int = 0
-    # Sequence estimate: at counter value ``count_at`` the leg's last RTP
-    # sequence number was ``seq_at``.
-    count_at: int = 0
+    # The leg's last RTP sequence number when the element was added (counter
+    # 0): the estimate is seq_at + packets since.
     seq_at: int = 0
-    refreshed: float = field(default=float("-inf"))
 
 
 def _signature(session: Session) -> tuple[Any, ...]:
@@ -203,6 +206,7 @@ class KernelPlane:
         self._by_session: dict[Session, set[int]] = {}
         self._sigs: dict[Session, tuple[Any, ...]] = {}
         self._created = False
+        self.polled = float("-inf")
         # Totals for relay.stats.
         self.packets = 0  # forwarded by the kernel, all flows ever
         self.bytes = 0
@@ -228,34 +232,54 @@ class KernelPlane:
         return True
 
     def _create(self) -> list[dict[str, Any]]:
-        """Commands that make the table, its maps and base chains."""
+        """Commands that make the table, its sets, maps and the two chains."""
         cmds: list[dict[str, Any]] = [
             {"add": {"table": {"family": FAMILY, "name": self.table}}}]
         for fam in sorted(self.families):
-            t = _addr_type(fam)
-            cmds += [
-                {"add": {"map": self._t(name=f"pre{fam}", type=[t, "inet_service"],
-                                        map="verdict")}},
-                {"add": {"map": self._t(name=f"post{fam}",
-                                        type=[t, "inet_service", t, "inet_service"],
-                                        map="verdict")}},
-            ]
+            key = [_addr_type(fam), "inet_service", _addr_type(fam), "inet_service"]
+            cmds.append({"add": {"set": self._t(name=f"flows{fam}", type=key,
+                                                stmt=[{"counter": None}])}})
+            for name, data in (("dport", "inet_service"), ("dst", _addr_type(fam)),
+                               ("sport", "inet_service"), ("src", _addr_type(fam))):
+                cmds.append({"add": {"map": self._t(name=f"{name}{fam}", type=key, map=data)}})
         cmds += [
             {"add": {"chain": self._t(name="pre", type="filter", hook="prerouting",
                                       prio=PRE_PRIORITY, policy="accept")}},
             {"add": {"chain": self._t(name="post", type="filter", hook="postrouting",
                                       prio=POST_PRIORITY, policy="accept")}},
         ]
+        udp = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "udp"}}
+        # RTP and RTCP are version 2 (first two bits 10); STUN, DTLS, ZRTP on
+        # the same ports are not, and go to the relay as before.
+        v2 = {"match": {"op": "==", "left": {"payload": {"base": "th", "offset": 64, "len": 2}},
+                        "right": 2}}
         for fam in sorted(self.families):
             p = _proto(fam)
-            udp = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "udp"}}
-            cmds.append({"add": {"rule": self._t(chain="pre", expr=[udp, {"vmap": {
-                "key": {"concat": [_field(p, "daddr"), _field("udp", "dport")]},
-                "data": f"@pre{fam}"}}])}})
-            cmds.append({"add": {"rule": self._t(chain="post", expr=[udp, {"vmap": {
-                "key": {"concat": [_field(p, "saddr"), _field("udp", "sport"),
-                                   _field(p, "daddr"), _field("udp", "dport")]},
-                "data": f"@post{fam}"}}])}})
+            four = {"concat": [_field(p, "saddr"), _field("udp", "sport"),
+                               _field(p, "daddr"), _field("udp", "dport")]}
+
+            def lookup(name: str, fam: int = fam, four: dict[str, Any] = four
+                       ) -> dict[str, Any]:
+                return {"map": {"key": four, "data": f"@{name}{fam}"}}
+
+            # In: the latched source's packet to a relay port (a set lookup
+            # that counts per element), its destination rewritten: the port
+            # first, then the address looked up by the new port.
+            cmds.append({"add": {"rule": self._t(chain="pre", expr=[
+                udp, v2,
+                {"match": {"op": "==", "left": four, "right": f"@flows{fam}"}},
+                {"notrack": None},
+                {"mangle": {"key": _field("udp", "dport"), "value": lookup("dport")}},
+                {"mangle": {"key": _field(p, "daddr"), "value": lookup("dst")}},
+                {"accept": None},
+            ])}})
+            # Out, after routing: the source becomes the other leg's relay
+            # address and port.  A miss in the first map ends the rule.
+            cmds.append({"add": {"rule": self._t(chain="post", expr=[
+                udp,
+                {"mangle": {"key": _field("udp", "sport"), "value": lookup("sport")}},
+                {"mangle": {"key": _field(p, "saddr"), "value": lookup("src")}},
+            ])}})
         return cmds
 
     # -- flows of a session -----------------------------------------------------
@@ -309,16 +333,14 @@ class KernelPlane:
         cmds: list[dict[str, Any]] = []
         if not self._created:
             cmds += self._create()
+        if changed:
+            # The moved source's element is a new counter: the old one's
+            # last counts first.
+            self.poll()
         for port in changed:
-            inst = self.flows[port]
-            self._read(inst, update_seq=False)
-            cmds += self._unlink(inst.flow)
-        for port in new:
-            cmds.append({"add": {"counter": self._t(name=f"c{port}")}})
-            cmds.append({"add": {"chain": self._t(name=f"i{port}")}})
-            cmds.append({"add": {"chain": self._t(name=f"o{port}")}})
+            cmds += self._elements("delete", self.flows[port].flow)
         for port in [*changed, *new]:
-            cmds += self._link(want[port])
+            cmds += self._elements("add", want[port])
         try:
             self.nft.run(cmds)
         except NftError as exc:
@@ -333,56 +355,29 @@ class KernelPlane:
         for port in [*changed, *new]:
             inst = self.flows[port]
             inst.flow = want[port]
-            inst.count_at = inst.packets
+            inst.packets = inst.bytes = 0  # a new element counts from 0
             inst.seq_at = inst.leg.seq
         self.installs += 1
         self.install_time += time.perf_counter() - started
 
-    def _link(self, flow: Flow) -> list[dict[str, Any]]:
-        p = _proto(flow.family)
-        v2 = {"match": {"op": "==", "left": {"payload": {"base": "th", "offset": 64, "len": 2}},
-                        "right": 2}}
-        return [
-            {"add": {"rule": self._t(chain=f"i{flow.port}", expr=[
-                _match(_field(p, "saddr"), flow.src[0]),
-                _match(_field("udp", "sport"), flow.src[1]),
-                v2,
-                {"counter": f"c{flow.port}"},
-                {"notrack": None},
-                {"mangle": {"key": _field(p, "daddr"), "value": flow.dst[0]}},
-                {"mangle": {"key": _field("udp", "dport"), "value": flow.dst[1]}},
-                {"accept": None},
-            ])}},
-            {"add": {"rule": self._t(chain=f"o{flow.port}", expr=[
-                {"mangle": {"key": _field(p, "saddr"), "value": flow.out[0]}},
-                {"mangle": {"key": _field("udp", "sport"), "value": flow.out[1]}},
-                {"accept": None},
-            ])}},
-            {"add": {"element": self._t(name=f"pre{flow.family}", elem=[
-                [{"concat": [flow.relay, flow.port]}, {"jump": {"target": f"i{flow.port}"}}]])}},
-            {"add": {"element": self._t(name=f"post{flow.family}", elem=[
-                [{"concat": [flow.src[0], flow.src[1], flow.dst[0], flow.dst[1]]},
-                 {"jump": {"target": f"o{flow.port}"}}]])}},
+    def _elements(self, verb: str, flow: Flow) -> list[dict[str, Any]]:
+        """The flow's set and map elements, to ``add`` or ``delete``."""
+        fam = flow.family
+        (a, ap), (b, bp), (r, rp), (o, op) = flow.src, flow.dst, (flow.relay, flow.port), flow.out
+        entries: list[tuple[str, list[Any], Any]] = [
+            ("flows", [a, ap, r, rp], None),
+            ("dport", [a, ap, r, rp], bp),
+            ("dst", [a, ap, r, bp], b),
+            ("sport", [a, ap, b, bp], op),
+            ("src", [a, op, b, bp], o),
         ]
-
-    def _unlink(self, flow: Flow) -> list[dict[str, Any]]:
-        return [
-            {"delete": {"element": self._t(name=f"pre{flow.family}", elem=[
-                {"concat": [flow.relay, flow.port]}])}},
-            {"delete": {"element": self._t(name=f"post{flow.family}", elem=[
-                {"concat": [flow.src[0], flow.src[1], flow.dst[0], flow.dst[1]]}])}},
-            {"flush": {"chain": self._t(name=f"i{flow.port}")}},
-            {"flush": {"chain": self._t(name=f"o{flow.port}")}},
-        ]
-
-    def _delete(self, flow: Flow) -> list[dict[str, Any]]:
-        port = flow.port
-        return [
-            *self._unlink(flow),
-            {"delete": {"chain": self._t(name=f"i{port}")}},
-            {"delete": {"chain": self._t(name=f"o{port}")}},
-            {"delete": {"counter": self._t(name=f"c{port}")}},
-        ]
+        cmds = []
+        for name, key, value in entries:
+            elem: Any = {"concat": key}
+            if value is not None and verb == "add":
+                elem = [elem, value]
+            cmds.append({verb: {"element": self._t(name=f"{name}{fam}", elem=[elem])}})
+        return cmds
 
     def _failed(self, session: Session, exc: Exception) -> None:
         """A batch was refused (nothing of it applied): the session's packets
@@ -396,13 +391,13 @@ class KernelPlane:
             self._remove_ports(list(ports))
 
     def _remove_ports(self, ports: Iterable[int]) -> None:
+        """Delete flows.  Their counts since the last poll (at most a tick's)
+        are not read: reading one element costs a dump of the whole set."""
         started = time.perf_counter()
         doomed = [self.flows[p] for p in ports if p in self.flows]
         if not doomed:
             return
-        for inst in doomed:
-            self._read(inst)
-        cmds = [c for inst in doomed for c in self._delete(inst.flow)]
+        cmds = [c for inst in doomed for c in self._elements("delete", inst.flow)]
         try:
             self.nft.run(cmds)
         except NftError as exc:
@@ -411,7 +406,7 @@ class KernelPlane:
             log.warn("relay kernel flows: removal failed ({e}); removing one by one", e=exc)
             for inst in doomed:
                 try:
-                    self.nft.run(self._delete(inst.flow))
+                    self.nft.run(self._elements("delete", inst.flow))
                 except NftError:
                     pass
         for inst in doomed:
@@ -425,8 +420,7 @@ class KernelPlane:
         self.removal_time += time.perf_counter() - started
 
     def release(self, port: int, session: Session | None) -> None:
-        """A leg's port pair is closing (D, timeout, X, new port): its flows
-        go, their last packets counted first."""
+        """A leg's port pair is closing (D, timeout, X, new port): its flows go."""
         if self.flows:
             self._remove_ports([p for p in (port, port + 1) if p in self.flows])
         if session is not None:
@@ -438,8 +432,7 @@ class KernelPlane:
 
     # -- counters -----------------------------------------------------------------
 
-    def _account(self, inst: _Installed, packets: int, nbytes: int, now: float,
-                 update_seq: bool = True) -> None:
+    def _account(self, inst: _Installed, packets: int, nbytes: int, now: float) -> None:
         dp = packets - inst.packets
         if dp <= 0:
             return
@@ -454,8 +447,7 @@ class KernelPlane:
         else:
             stats.packets += dp
             stats.bytes += payload
-            if update_seq:
-                leg.seq = (inst.seq_at + packets - inst.count_at) & 0xFFFF
+            leg.seq = (inst.seq_at + packets) & 0xFFFF
         self.packets += dp
         self.bytes += payload
         leg.last_packet = now
@@ -463,49 +455,43 @@ class KernelPlane:
         if now > session.last_activity:
             session.last_activity = now
 
-    def _read(self, inst: _Installed, update_seq: bool = True) -> None:
-        name = f"c{inst.flow.port}"
-        try:
-            items = self.nft.run([{"list": {"counter": self._t(name=name)}}])
-        except NftError:
-            return
-        for item in items:
-            counter = item.get("counter")
-            if isinstance(counter, dict) and counter.get("name") == name:
-                self._account(inst, int(counter.get("packets", 0)),
-                              int(counter.get("bytes", 0)), self.clock(), update_seq)
-
     def poll(self) -> None:
-        """Every flow's counter into its leg's stats (one nft round trip)."""
+        """Every flow's counter into its leg's stats: one dump of each
+        family's set (O(flows))."""
         if not self.flows:
             return
-        try:
-            items = self.nft.run([{"list": {"counters": {"family": FAMILY,
-                                                         "table": self.table}}}])
-        except NftError as exc:
-            self.errors += 1
-            if self.errors <= _WARNINGS:
-                log.warn("relay kernel counters unreadable: {e}", e=exc)
-            return
         now = self.clock()
+        self.polled = now
         flows = self.flows
-        for item in items:
-            counter = item.get("counter")
-            if not isinstance(counter, dict):
-                continue
-            name = counter.get("name", "")
-            if not name.startswith("c") or not name[1:].isdigit():
-                continue
-            inst = flows.get(int(name[1:]))
-            if inst is not None:
-                self._account(inst, int(counter.get("packets", 0)),
-                              int(counter.get("bytes", 0)), now)
+        for fam in sorted(self.families):
+            try:
+                items = self.nft.run([{"list": {"set": self._t(name=f"flows{fam}")}}])
+            except NftError as exc:
+                self.errors += 1
+                if self.errors <= _WARNINGS:
+                    log.warn("relay kernel counters unreadable: {e}", e=exc)
+                return
+            for item in items:
+                elems = item.get("set", {}).get("elem", ()) if isinstance(item, dict) else ()
+                for entry in elems:
+                    elem = entry.get("elem") if isinstance(entry, dict) else None
+                    if not isinstance(elem, dict):
+                        continue
+                    key = elem.get("val", {}).get("concat")
+                    counter = elem.get("counter")
+                    if not isinstance(key, list) or len(key) != 4 or not isinstance(counter, dict):
+                        continue
+                    inst = flows.get(key[3]) if isinstance(key[3], int) else None
+                    if inst is None or (key[0], key[1]) != inst.flow.src:
+                        continue
+                    self._account(inst, int(counter.get("packets", 0)),
+                                  int(counter.get("bytes", 0)), now)
 
     def before_packet(self, leg: Leg, data: bytes, src: Addr) -> None:
         """An RTP packet reached userspace on a kernel-forwarded leg from
         another source: if it carries the leg's SSRC it may be the party
         moving, whose sequence number is checked against the leg's: bring
-        that up to date from the counter first."""
+        that up to date from the counters first."""
         port = leg.port
         if port is None:
             return
@@ -516,10 +502,9 @@ class KernelPlane:
         if header is None or header[4] != leg.ssrc:
             return
         now = self.clock()
-        if now - inst.refreshed < REFRESH_INTERVAL:
+        if now - self.polled < REFRESH_INTERVAL:
             return
-        inst.refreshed = now
-        self._read(inst)
+        self.poll()
 
     # -- end -------------------------------------------------------------------------
 
