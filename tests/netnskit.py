@@ -99,8 +99,13 @@ class Topology:
             _run(IP, "-n", ns, "link", "set", dev, "up")
         return dev1, dev2
 
+    def addr(self, ns: str, dev: str, addr: str) -> None:
+        """Another address on a device; IPv6 without duplicate address
+        detection, so it is usable at once."""
+        _run(IP, "-n", ns, "addr", "add", addr, "dev", dev, *(["nodad"] if ":" in addr else []))
+
     def route(self, ns: str, via: str, dest: str = "default") -> None:
-        _run(IP, "-n", ns, "route", "add", dest, "via", via)
+        _run(IP, "-n", ns, *(["-6"] if ":" in via else []), "route", "add", dest, "via", via)
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
         _run(IP, "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}")

@@ -49,17 +49,23 @@ class Hosts:
         self.a = topo.ns("a")
         self.b = topo.ns("b")
         self.s = topo.ns("s")
-        for ns, mine, theirs in ((self.a, A_IP, RELAY_IP), (self.b, B_IP, "198.18.2.1"),
-                                 (self.s, S_IP, "198.18.3.1")):
-            topo.link(ns, mine + "/24", self.r, theirs + "/24")
+        for i, (ns, mine, theirs) in enumerate(((self.a, A_IP, RELAY_IP),
+                                                (self.b, B_IP, "198.18.2.1"),
+                                                (self.s, S_IP, "198.18.3.1")), 1):
+            dev, rdev = topo.link(ns, mine + "/24", self.r, theirs + "/24")
             topo.route(ns, theirs)
+            # IPv6 on the same links (2001:db8::/32, documentation).
+            topo.addr(ns, dev, f"2001:db8:{i}::2/64")
+            topo.addr(self.r, rdev, f"2001:db8:{i}::1/64")
+            topo.route(ns, f"2001:db8:{i}::1")
         topo.sysctl(self.r, "net.ipv4.ip_forward", "1")
+        topo.sysctl(self.r, "net.ipv6.conf.all.forwarding", "1")
         self.control = str(tmp / "relay.sock")
         self.proc: subprocess.Popen[Any] | None = None
         self.log = tmp / "relay.log"
 
     def start_relay(self, kernel: str = "on", learn_window: float = 3.0,
-                    media_timeout: float = 60.0) -> None:
+                    media_timeout: float = 60.0, media: str = RELAY_IP) -> None:
         (self.tmp / "relay.toml").write_text(
             f'[management]\nrelay_listen = "tcp:127.0.0.1:{MGMT}"\n'
             f'[relay]\nkernel = "{kernel}"\nlearn_window = {learn_window}\n'
@@ -69,7 +75,7 @@ class Hosts:
             sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
             "-n", "--pidfile=", "rtp-relay", "--config", "relay.toml",
             "--control", f"unix:{self.control}", "--ports", "30000-30099",
-            "--media-address", RELAY_IP,
+            "--media-address", media,
         ], cwd=self.tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
         out.close()
@@ -105,7 +111,8 @@ class Hosts:
 
     def sock(self, ns: str, host: str, port: int) -> socket.socket:
         with inside(ns):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                              socket.SOCK_DGRAM)
         # Bursts of hundreds of datagrams: room for all of them (FORCE: root
         # may pass rmem_max).
         s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 4 << 20)
@@ -418,3 +425,37 @@ def test_counters_keep_a_kernel_session_alive_then_timeout_and_stop_remove_rules
         assert table not in topology.tables(hosts.r)
     finally:
         call.close()
+
+
+def test_kernel_forwards_ipv6(topology: Topology, tmp_path: Path) -> None:
+    hosts = Hosts(topology, tmp_path)
+    relay, a_ip, b_ip = "2001:db8:1::1", "2001:db8:1::2", "2001:db8:2::2"
+    hosts.start_relay(media=relay)
+    a, b = hosts.sock(hosts.a, a_ip, 4000), hosts.sock(hosts.b, b_ip, 5000)
+    try:
+        offer = hosts.command(f"U6 k6 {a_ip} 4000 ft;1").split()
+        answer = hosts.command(f"L6 k6 {b_ip} 5000 ft;1 tt;1").split()
+        to_b, to_a = int(offer[0]), int(answer[0])
+        assert offer[1] == answer[1] == relay
+        a.sendto(rtp(1, SSRC_A), (relay, to_a))
+        b.sendto(rtp(1, SSRC_B), (relay, to_b))
+        wait_for(lambda: hosts.stats()["kernel_flows"] == 2, 10, "two kernel flows")
+        recv_all(a, 0.2)
+        recv_all(b, 0.2)
+        before = hosts.stats()
+        for seq in range(2, 102):
+            a.sendto(rtp(seq, SSRC_A), (relay, to_a))
+            b.sendto(rtp(seq, SSRC_B), (relay, to_b))
+        got_b, got_a = recv_all(b), recv_all(a)
+        assert [d for d, _ in got_b] == [rtp(s, SSRC_A) for s in range(2, 102)]
+        assert {src[:2] for _, src in got_b} == {(relay, to_b)}
+        assert [d for d, _ in got_a] == [rtp(s, SSRC_B) for s in range(2, 102)]
+        assert {src[:2] for _, src in got_a} == {(relay, to_a)}
+        after = hosts.stats()
+        assert after["packets_userspace"] == before["packets_userspace"]
+        assert after["packets_kernel"] - before["packets_kernel"] == 200
+        (session,) = hosts.sessions()
+        assert session["caller"]["bytes"] == 101 * 172  # IPv6 + UDP headers not counted
+    finally:
+        a.close()
+        b.close()
