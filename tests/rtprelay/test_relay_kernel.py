@@ -14,6 +14,7 @@ its management port 127.0.0.1 inside the relay host.
 
 from __future__ import annotations
 
+import argparse
 import signal
 import socket
 import struct
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from netnskit import Topology, inside, rpc, topology, wait_for
+
+from sipsuite.ops.ctl.output import show_relay_sessions
 
 __all__ = ["topology"]  # the fixture, used by name
 
@@ -229,6 +232,9 @@ def test_kernel_forwards_latched_media_without_the_relay_process(
         assert after["packets_relayed"] - before["packets_relayed"] == 601
         (session,) = hosts.sessions()
         assert session["caller"]["kernel"] and session["callee"]["kernel_rtcp"]
+        # What sipsuite-ctl relay sessions prints.
+        shown = show_relay_sessions([session], argparse.Namespace())
+        assert f"{call.to_a} <- {A_IP}:4000 (kernel)" in shown
         assert session["caller"]["packets"] == 302 and session["callee"]["packets"] == 302
         assert session["caller"]["bytes"] == 302 * 172
         counters = hosts.flows()
