@@ -79,7 +79,7 @@ RTPENGINE = "/usr/bin/rtpengine"
 DEFAULT_SESSIONS = "10,100,200,400,600,800,1000,1200,1400,1600"
 RELAYS = ("sipsuite", "rtpengine")
 # --netns: sipsuite with [relay] kernel = "on" first, then in userspace.
-NETNS_RELAYS = ("sipsuite-kernel", "sipsuite", "rtpengine")
+NETNS_RELAYS = ("sipsuite-kernel", "sipsuite", "rtpengine", "direct")
 # A generator is "behind" when its 99th percentile lateness against the 20 ms
 # schedule exceeds this, or it used more than GEN_CPU_LIMIT of a core.
 LATE_LIMIT_MS = 10.0
@@ -245,6 +245,20 @@ def rtpengine_relay(workdir: Path, low: int, high: int, threads: int, ns: str = 
     try:
         wait_up(relay, ng_ping, ns)
         yield relay
+    finally:
+        kill_group(proc)
+
+
+@contextmanager
+def no_relay(workdir: Path, low: int, high: int, threads: int, ns: str = "",
+             kernel: bool = False) -> Iterator[Relay]:
+    """--netns "direct": the parties send to each other through the relay host's
+    plain IP routing; a process that does nothing stands in for the relay."""
+    del low, high, threads, kernel
+    cmd = in_ns(ns, ["sleep", "3600"])
+    proc = spawn(cmd, workdir, "relay")
+    try:
+        yield Relay("direct", proc, 0, workdir / "relay.out", CpuMeter(proc.pid), cmd)
     finally:
         kill_group(proc)
 
@@ -435,7 +449,7 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
     workdir.mkdir()
     # 4 ports per session (RTP+RTCP per leg), plus room for pairs another program holds.
     low, high = media_port_range(4 * n + 64)
-    start = rtpengine_relay if which == "rtpengine" else sipsuite_relay
+    start = {"rtpengine": rtpengine_relay, "direct": no_relay}.get(which, sipsuite_relay)
     hosts = settings.hosts
     ns = hosts.relay if hosts is not None else ""
     where: dict[str, str] = {} if hosts is None else {
@@ -660,8 +674,9 @@ def highest(results: Sequence[StepResult], which: str, max_loss: float) -> StepR
 
 
 def compare_paths(results: Sequence[StepResult], max_loss: float) -> None:
-    """--netns: packets per second of machine CPU (less the generators) per relay,
-    at each N every relay handled cleanly."""
+    """--netns: per N that every relay handled cleanly, the CPU per packet of
+    relay + generators + ksoftirqd, and that less the "direct" baseline (the
+    parties alone through plain IP routing): what relaying itself costs."""
     by: dict[str, dict[int, StepResult]] = {}
     for r in results:
         by.setdefault(r.relay, {})[r.sessions] = r
@@ -669,13 +684,20 @@ def compare_paths(results: Sequence[StepResult], max_loss: float) -> None:
         row = {name: steps.get(n) for name, steps in by.items()}
         if not all(x is not None and x.clean(max_loss) and x.generator_ok for x in row.values()):
             continue
-        parts = [f"{name} {fmt(x.path_pps_per_cpu, '.0f')}" for name, x in row.items()
+        parts = [f"{name} {fmt(x.path_us_per_packet)}" for name, x in row.items()
                  if x is not None]
-        line = (f"  N={n}: packets per CPU second (relay + generators + ksoftirqd): "
-                + ", ".join(parts))
-        k, e = row.get("sipsuite-kernel"), row.get("rtpengine")
-        if k is not None and e is not None:
-            line += f"; kernel/rtpengine {fmt(k.path_pps_per_cpu / e.path_pps_per_cpu, '.2f')}"
+        print(f"  N={n}: CPU per packet, relay + generators + ksoftirqd (us): "
+              + ", ".join(parts))
+        base = row.get("direct")
+        if base is None:
+            continue
+        extra = {name: x.path_us_per_packet - base.path_us_per_packet
+                 for name, x in row.items() if x is not None and name != "direct"}
+        line = "    over the direct baseline (us): " + ", ".join(
+            f"{name} {fmt(v, '+.1f')}" for name, v in extra.items())
+        k, e = extra.get("sipsuite-kernel"), extra.get("rtpengine")
+        if k is not None and e is not None and k > 0:
+            line += f"; rtpengine/kernel {fmt(e / k, '.1f')}x"
         print(line)
 
 
@@ -705,7 +727,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=NETNS_RELAYS, help="measure one relay only")
     p.add_argument("--netns", action="store_true",
                    help="relay and parties on three hosts (network namespaces, veth links;"
-                   " root): sipsuite with kernel forwarding, then in userspace, then rtpengine")
+                   " root): sipsuite with kernel forwarding, then in userspace, then rtpengine,"
+                   " then no relay (\"direct\": the parties through plain IP routing, the"
+                   " baseline)")
     p.add_argument("--budget", type=float, default=360.0,
                    help="do not start a step that could end later than this many seconds"
                    " after the start (default 360)")
@@ -738,8 +762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     global late_limit_ms
     late_limit_ms = args.late_limit
-    if args.only == "sipsuite-kernel" and not args.netns:
-        sys.exit("--only sipsuite-kernel needs --netns (on loopback every packet is local)")
+    if args.only in ("sipsuite-kernel", "direct") and not args.netns:
+        sys.exit(f"--only {args.only} needs --netns (on loopback every packet is local)")
     relays = [args.only] if args.only else list(NETNS_RELAYS if args.netns else RELAYS)
     if "rtpengine" in relays and not os.access(RTPENGINE, os.X_OK):
         sys.exit(f"missing {RTPENGINE} (Debian package rtpengine-daemon); or use"

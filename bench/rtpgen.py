@@ -220,7 +220,7 @@ def setup_sipsuite(sock: socket.socket, addr: tuple[str, int], call_id: str, cal
 
 @dataclass
 class Spec:
-    relay: str  # "sipsuite" or "rtpengine"
+    relay: str  # "sipsuite", "sipsuite-kernel", "rtpengine" or "direct" (no relay)
     control_port: int
     sessions: int
     first: int  # index of this generator's first session (call-ids, SSRCs)
@@ -300,6 +300,13 @@ def run(spec: Spec, emit: Callable[[str], None]) -> None:
             sid = spec.first + j
             call_id = f"{spec.tag}-{sid}"
             caller, callee = ports[2 * j], ports[2 * j + 1]
+            if spec.relay == "direct":
+                # No relay: each party sends straight to the other (through
+                # the relay host's plain IP routing with --netns), the
+                # baseline of what the parties and the network cost.
+                dests[2 * j] = (spec.callee_ip, callee)
+                dests[2 * j + 1] = (spec.caller_ip, caller)
+                continue
             if spec.relay == "rtpengine":
                 to_caller, to_callee = setup_rtpengine(ctl, addr, call_id, caller, callee, sid,
                                                        hosts)
