@@ -215,6 +215,7 @@ class KernelPlane:
         self.removals = 0
         self.removal_time = 0.0
         self.errors = 0
+        self.tables_lost = 0
 
     # -- the table ------------------------------------------------------------
 
@@ -337,6 +338,9 @@ class KernelPlane:
             # The moved source's element is a new counter: the old one's
             # last counts first.
             self.poll()
+            if not self._created:  # the poll found the table gone
+                self.sync(session)
+                return
         for port in changed:
             cmds += self._elements("delete", self.flows[port].flow)
         for port in [*changed, *new]:
@@ -344,7 +348,10 @@ class KernelPlane:
         try:
             self.nft.run(cmds)
         except NftError as exc:
-            self._failed(session, exc)
+            if self._table_lost():
+                self.sync(session)  # into a new table
+            else:
+                self._failed(session, exc)
             return
         self._created = True
         ports = self._by_session.setdefault(session, set())
@@ -378,6 +385,29 @@ class KernelPlane:
                 elem = [elem, value]
             cmds.append({verb: {"element": self._t(name=f"{name}{fam}", elem=[elem])}})
         return cmds
+
+    def _table_lost(self) -> bool:
+        """After a refused batch: if the table is gone (``nft flush ruleset``
+        by a firewall reload deletes every table), forget every flow.  Their
+        packets reach the relay's sockets again, where userspace relays them
+        and each session's next packet installs its flows in a new table."""
+        if not self._created:
+            return False
+        try:
+            listed = self.nft.run([{"list": {"tables": {"family": FAMILY}}}])
+        except NftError:
+            return False
+        if any(item.get("table", {}).get("name") == self.table for item in listed):
+            return False
+        log.warn("relay kernel table {t} was deleted by something else (nft flush ruleset?):"
+                 " its {n} flow(s) are relayed in userspace until they are installed again",
+                 t=self.table, n=len(self.flows))
+        self.flows.clear()
+        self._by_session.clear()
+        self._sigs.clear()
+        self._created = False
+        self.tables_lost += 1
+        return True
 
     def _failed(self, session: Session, exc: Exception) -> None:
         """A batch was refused (nothing of it applied): the session's packets
@@ -467,9 +497,10 @@ class KernelPlane:
             try:
                 items = self.nft.run([{"list": {"set": self._t(name=f"flows{fam}")}}])
             except NftError as exc:
-                self.errors += 1
-                if self.errors <= _WARNINGS:
-                    log.warn("relay kernel counters unreadable: {e}", e=exc)
+                if not self._table_lost():
+                    self.errors += 1
+                    if self.errors <= _WARNINGS:
+                        log.warn("relay kernel counters unreadable: {e}", e=exc)
                 return
             for item in items:
                 elems = item.get("set", {}).get("elem", ()) if isinstance(item, dict) else ()

@@ -378,6 +378,8 @@ class RelayService(BindsEarly):
             "packets_kernel": kernel.packets if kernel is not None else 0,
             "kernel_flows": len(kernel.flows) if kernel is not None else 0,
             "kernel_errors": kernel.errors if kernel is not None else 0,
+            # Times the table was deleted under the relay and re-made.
+            "kernel_tables_lost": kernel.tables_lost if kernel is not None else 0,
             # Mean cost of one session's rule batch (set-up, removal), in us.
             "kernel_install_us": _mean_us(kernel.install_time, kernel.installs)
             if kernel is not None else 0.0,

@@ -465,3 +465,32 @@ def test_kernel_forwards_ipv6(topology: Topology, tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_flushed_ruleset_falls_back_to_userspace_then_reinstalls(
+        topology: Topology, tmp_path: Path) -> None:
+    hosts = Hosts(topology, tmp_path)
+    hosts.start_relay()
+    call = Call(hosts)
+    try:
+        call.latch()
+        # A firewall reload on the relay host: every table goes, ours too.
+        subprocess.run(["ip", "netns", "exec", hosts.r, "nft", "flush", "ruleset"], check=True,
+                       timeout=20)
+        # The media does not stop: the relay's sockets get it and relay it,
+        # and the flows come back in a new table.
+        call.send_a(5)
+        call.send_b(5)
+        assert len(recv_all(call.b)) == 5 and len(recv_all(call.a)) == 5
+        wait_for(lambda: hosts.stats()["kernel_tables_lost"] == 1, 5, "the lost table noticed")
+        # RTCP's flows come back with its next packets.
+        call.a_rtcp.sendto(rtcp(SSRC_A), (RELAY_IP, call.to_a + 1))
+        call.b_rtcp.sendto(rtcp(SSRC_B), (RELAY_IP, call.to_b + 1))
+        wait_for(lambda: hosts.stats()["kernel_flows"] == 4, 5, "the flows reinstalled")
+        before = hosts.stats()["packets_userspace"]
+        call.send_a(20)
+        assert len(recv_all(call.b)) == 20
+        assert hosts.stats()["packets_userspace"] == before
+        assert set(hosts.flows()) == {call.to_a, call.to_a + 1, call.to_b, call.to_b + 1}
+    finally:
+        call.close()
