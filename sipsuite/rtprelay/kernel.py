@@ -53,6 +53,7 @@ works as in userspace.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import ipaddress
 import os
@@ -60,7 +61,9 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
+
+from twisted.python.failure import Failure
 
 from sipsuite.log import get_logger
 from sipsuite.rtprelay.nft import Nft, NftError, NftUnavailable
@@ -181,6 +184,26 @@ class _Installed:
     # The leg's last RTP sequence number when the element was added (counter
     # 0): the estimate is seq_at + packets since.
     seq_at: int = 0
+
+
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def _guarded(method: _F) -> _F:
+    """The packet path, the control commands and session removal call in
+    here: a bug in the kernel plane is logged and counted, and costs at most
+    the kernel path (packets keep reaching userspace), never the call."""
+
+    @functools.wraps(method)
+    def wrapper(self: KernelPlane, *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception:
+            self.errors += 1
+            if self.errors <= _WARNINGS:
+                log.failure("relay kernel plane: {m} failed", Failure(), m=method.__name__)
+
+    return cast(_F, wrapper)
 
 
 def _signature(session: Session) -> tuple[Any, ...]:
@@ -313,11 +336,13 @@ class KernelPlane:
                 out[port] = Flow(port, is_rtcp, fam, rx, src, dst, (ry, y.port + is_rtcp))
         return out
 
+    @_guarded
     def packet_seen(self, session: Session) -> None:
         """After userspace admitted a packet: follow a latch that changed."""
         if _signature(session) != self._sigs.get(session):
             self.sync(session)
 
+    @_guarded
     def sync(self, session: Session) -> None:
         """Make the kernel's flows of ``session`` what its latch state says."""
         self._sigs[session] = _signature(session)
@@ -449,6 +474,7 @@ class KernelPlane:
         self.removals += 1
         self.removal_time += time.perf_counter() - started
 
+    @_guarded
     def release(self, port: int, session: Session | None) -> None:
         """A leg's port pair is closing (D, timeout, X, new port): its flows go."""
         if self.flows:
@@ -485,6 +511,7 @@ class KernelPlane:
         if now > session.last_activity:
             session.last_activity = now
 
+    @_guarded
     def poll(self) -> None:
         """Every flow's counter into its leg's stats: one dump of each
         family's set (O(flows))."""
@@ -518,6 +545,7 @@ class KernelPlane:
                     self._account(inst, int(counter.get("packets", 0)),
                                   int(counter.get("bytes", 0)), now)
 
+    @_guarded
     def before_packet(self, leg: Leg, data: bytes, src: Addr) -> None:
         """An RTP packet reached userspace on a kernel-forwarded leg from
         another source: if it carries the leg's SSRC it may be the party
