@@ -205,10 +205,11 @@ class RelayService(BindsEarly):
 
     def _tick(self) -> None:
         now = self.clock()
-        if self.media.kernel is not None:
+        kernel = self.media.kernel
+        if kernel is not None and kernel.poll_due():
             # Before expiry: a session the kernel forwards is active while
             # its counters rise.
-            self.media.kernel.poll()
+            kernel.poll()
         gone = self.table.expire(now)
         for session in gone:
             log.info("relay session {c} ended: no media for {t:g} s", c=session.call_id,
