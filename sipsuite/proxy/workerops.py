@@ -137,9 +137,11 @@ class WorkersRegistry(RpcRegistry):
         if self.host is not None:
             # lost_transactions: server transactions in progress in workers
             # that died (their last heartbeat's count): their callers got no
-            # answer from us.
+            # answer from us.  lost_call_records: answered calls the dead
+            # workers held for accounting, never written.
             total["supervisor"] = {"worker_deaths": self.host.deaths,
-                                   "lost_transactions": self.host.lost_transactions}
+                                   "lost_transactions": self.host.lost_transactions,
+                                   "lost_call_records": self.host.lost_call_records}
         return total
 
     async def ask(self, port: int, name: str, params: Any) -> Any:
