@@ -135,6 +135,8 @@ class AccountingLog:
         self._fd = -1
         self._path: str | None = None
         self._last_error = -ERROR_LOG_INTERVAL
+        self.written = 0
+        self.failed = 0
 
     def write(self, record: dict[str, Any]) -> bool:
         # ASCII-only: a header byte that is not UTF-8 (kept as a lone
@@ -150,6 +152,7 @@ class AccountingLog:
                 raise OSError(f"short write ({written} of {len(line)} bytes)")
         except (OSError, ValueError) as e:
             self.core.stats.count("accounting.write_errors")
+            self.failed += 1
             self.close()
             now = self.core.clock.seconds()
             if now - self._last_error >= ERROR_LOG_INTERVAL:
@@ -157,6 +160,7 @@ class AccountingLog:
                 log.error("accounting: cannot write to {p}: {e}", p=path, e=e)
             return False
         self.core.stats.count("accounting.records")
+        self.written += 1
         return True
 
     @staticmethod
@@ -201,6 +205,9 @@ class Accounting:
         # line, for BYEs that end calls another worker holds.
         self.link: WorkerLinkService | None = core.modules.get(WORKER_LINK)
         self._held: Callable[[], int] = self.calls.__len__
+        self.byes_passed = 0  # BYEs of calls we do not hold, sent over the link
+        self.byes_taken = 0  # records written for another worker's BYE
+        self.bad_link_messages = 0
 
     # -- the module's life -----------------------------------------------------
     def start(self) -> None:
@@ -215,7 +222,12 @@ class Accounting:
             self._ended_by = "disabled"  # the registry stops us next
 
     def stats(self) -> Mapping[str, object]:
-        return {"calls": len(self.calls)}
+        figures = {"calls": len(self.calls), "records": self.log.written,
+                   "write_errors": self.log.failed}
+        if self.link is not None:
+            figures.update(byes_passed=self.byes_passed, byes_taken=self.byes_taken,
+                           bad_link_messages=self.bad_link_messages)
+        return figures
 
     # -- the hook ------------------------------------------------------------
     def response(self, tx: ServerTxView, resp: Response) -> None:
@@ -281,7 +293,7 @@ class Accounting:
         if self._end(cid, ftag, ttag, now, status) or self.link is None:
             return
         # Not ours: the worker that sent the call's 2xx holds it.
-        self.core.stats.count("accounting.bye_passed")
+        self.byes_passed += 1
         self.link.send(LINK_BYE, call_id=cid, from_tag=ftag, to_tag=ttag, end=now, code=status)
 
     def _end(self, cid: str, ftag: str, ttag: str, end: float, status: int) -> bool:
@@ -307,10 +319,10 @@ class Accounting:
         if (not isinstance(cid, str) or not isinstance(ftag, str) or not isinstance(ttag, str)
                 or isinstance(end, bool) or not isinstance(end, int | float)
                 or isinstance(code, bool) or not isinstance(code, int)):
-            self.core.stats.count("accounting.bad_link_messages")
+            self.bad_link_messages += 1
             return
         if self._end(cid, ftag, ttag, float(end), code):
-            self.core.stats.count("accounting.bye_taken")
+            self.byes_taken += 1
 
     def _write_answered(self, call: AnsweredCall, end: float, ended_by: str,
                         bye_code: int | None) -> None:
