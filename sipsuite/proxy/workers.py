@@ -13,8 +13,9 @@ It also keeps what belongs to the host (hoststate.py), over a line to each
 worker on its stdin and stdout (workerlink.py): antiflood counts added up
 and bans sent to all, dispatcher states passed on, the live operations
 replayed to a worker started again before it counts in, its siblings'
-private ports, the requests a dead worker left unanswered, and one random
-auth secret when the file has none.  And it makes the directory of the
+private ports, the requests a dead worker left unanswered and the answered
+calls it held for accounting, accounting's BYEs passed to the worker
+holding their call, and one random auth secret when the file has none.  And it makes the directory of the
 workers' sockets to each other (net/siblings.py: a request for a phone
 whose TCP/TLS connection another worker holds), removed once they have
 stopped.
