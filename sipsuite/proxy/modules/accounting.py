@@ -49,6 +49,7 @@ Calls still up when the module stops are written as they stand: with
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -318,7 +319,7 @@ class Accounting:
         end, code = msg.get("end"), msg.get("code")
         if (not isinstance(cid, str) or not isinstance(ftag, str) or not isinstance(ttag, str)
                 or isinstance(end, bool) or not isinstance(end, int | float)
-                or isinstance(code, bool) or not isinstance(code, int)):
+                or not math.isfinite(end) or isinstance(code, bool) or not isinstance(code, int)):
             self.bad_link_messages += 1
             return
         if self._end(cid, ftag, ttag, float(end), code):

@@ -175,11 +175,12 @@ def test_bad_acc_bye_messages_are_dropped(tmp_path: Path) -> None:
     t = tx()
     w0.response_out(t, answer(t.request, 200, to_tag="callee"))
     good = {"call_id": "call-1", "from_tag": "caller", "to_tag": "callee", "end": 1.0, "code": 200}
-    for bad in ({"end": "soon"}, {"code": True}, {"call_id": None}, {"to_tag": 5}):
+    for bad in ({"end": "soon"}, {"end": float("nan")}, {"code": True}, {"call_id": None},
+                {"to_tag": 5}):
         link0.feed(encode("acc_bye", **{**good, **bad}))
     link0.feed(b'{"sipsuite_link":"acc_bye"}\n')
     acc0: Any = w0.modules.by_name("accounting")
-    assert records(w0) == [] and acc0.bad_link_messages == 5
+    assert records(w0) == [] and acc0.bad_link_messages == 6
     assert len(acc0.calls) == 1
 
 
