@@ -251,13 +251,14 @@ class Supervisor(service.Service):
         kind = msg[LINK_KEY]
         if kind == "load":
             self.host.heartbeat(index, msg)
-        elif kind == "acc_bye":
-            # Whoever holds the call writes its record (modules/accounting.py);
-            # the worker checks the fields.
+        elif kind in ("acc_bye", "ev_bye"):
+            # Whoever holds the call writes its record (modules/accounting.py)
+            # or raises its call.ended (modules/events.py); the worker checks
+            # the fields.
             fields = {k: msg.get(k) for k in ("call_id", "from_tag", "to_tag", "end", "code")}
             for other in self.workers:
                 if other != index:
-                    self.send(other, "acc_bye", **fields, by=index)
+                    self.send(other, kind, **fields, by=index)
         elif kind == "flood":
             for address, seconds in self.host.flood_batch(msg, self.reactor.seconds()):
                 for other in self.workers:
