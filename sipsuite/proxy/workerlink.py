@@ -35,6 +35,7 @@ process).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -157,6 +158,19 @@ class WorkerLink:
                 handler(msg)
             except Exception:  # noqa: BLE001 - a bad message must not stop the link
                 log.failure("link message {k} failed", k=msg[LINK_KEY])
+
+
+def bye_fields(msg: dict[str, Any]) -> tuple[str, str, str, float, int] | None:
+    """(Call-ID, From tag, To tag, end time, status) of an ``acc_bye`` or
+    ``ev_bye`` message (a BYE that ended a call another worker holds), or
+    None when one of them is missing or of the wrong type."""
+    cid, ftag, ttag = msg.get("call_id"), msg.get("from_tag"), msg.get("to_tag")
+    end, code = msg.get("end"), msg.get("code")
+    if (not isinstance(cid, str) or not isinstance(ftag, str) or not isinstance(ttag, str)
+            or isinstance(end, bool) or not isinstance(end, int | float)
+            or not math.isfinite(end) or isinstance(code, bool) or not isinstance(code, int)):
+        return None
+    return cid, ftag, ttag, float(end), code
 
 
 def follow_siblings(core: Any, link: WorkerLink) -> None:

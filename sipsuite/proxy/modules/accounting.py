@@ -49,7 +49,6 @@ Calls still up when the module stops are written as they stand: with
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -59,6 +58,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sipsuite.log import get_logger
 from sipsuite.proxy.services import WORKER_LINK
+from sipsuite.proxy.workerlink import bye_fields
 
 if TYPE_CHECKING:
     from sipsuite.config import Config
@@ -315,14 +315,11 @@ class Accounting:
     def _sibling_bye(self, msg: dict[str, Any]) -> None:
         """``acc_bye`` from the supervisor: another worker's BYE ended a call
         it does not hold; every other worker gets it, the holder writes."""
-        cid, ftag, ttag = msg.get("call_id"), msg.get("from_tag"), msg.get("to_tag")
-        end, code = msg.get("end"), msg.get("code")
-        if (not isinstance(cid, str) or not isinstance(ftag, str) or not isinstance(ttag, str)
-                or isinstance(end, bool) or not isinstance(end, int | float)
-                or not math.isfinite(end) or isinstance(code, bool) or not isinstance(code, int)):
+        fields = bye_fields(msg)
+        if fields is None:
             self.bad_link_messages += 1
             return
-        if self._end(cid, ftag, ttag, float(end), code):
+        if self._end(*fields):
             self.byes_taken += 1
 
     def _write_answered(self, call: AnsweredCall, end: float, ended_by: str,

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from sipsuite.eventbus import EventBus
 from sipsuite.log import get_logger
 from sipsuite.proxy.services import EVENTS, LOCATION, WORKER_LINK
+from sipsuite.proxy.workerlink import bye_fields
 
 if TYPE_CHECKING:
     from sipsuite.config import Config
@@ -202,14 +202,11 @@ class Events:
     def _sibling_bye(self, msg: dict[str, Any]) -> None:
         """``ev_bye`` from the supervisor: another worker's BYE ended a call it
         does not hold; every other worker gets it, the holder raises the event."""
-        cid, ftag, ttag = msg.get("call_id"), msg.get("from_tag"), msg.get("to_tag")
-        end, code = msg.get("end"), msg.get("code")
-        if (not isinstance(cid, str) or not isinstance(ftag, str) or not isinstance(ttag, str)
-                or isinstance(end, bool) or not isinstance(end, int | float)
-                or not math.isfinite(end) or isinstance(code, bool) or not isinstance(code, int)):
+        fields = bye_fields(msg)
+        if fields is None:
             self.bad_link_messages += 1
             return
-        if self._end(cid, ftag, ttag, float(end), code):
+        if self._end(*fields):
             self.byes_taken += 1
 
     # -- answered calls whose BYE never passes ----------------------------------------
