@@ -102,8 +102,8 @@ class Topology:
     def switch(self, ns: str, name: str) -> str:
         """A Linux bridge ``name`` in ``ns``: a LAN segment several hosts
         join with :meth:`plug`."""
-        _run(IP, "-n", ns, "link", "add", name, "type", "bridge")
-        _run(IP, "-n", ns, "link", "set", name, "up")
+        _run(IP, "-n", ns, "link", "add", "name", name, "type", "bridge")
+        _run(IP, "-n", ns, "link", "set", "dev", name, "up")
         return name
 
     def plug(self, ns: str, addr: str, switch_ns: str, bridge: str) -> str:
@@ -118,7 +118,7 @@ class Topology:
         except RuntimeError:
             subprocess.run([IP, "link", "del", dev1], capture_output=True)
             raise
-        _run(IP, "-n", switch_ns, "link", "set", dev2, "master", bridge)
+        _run(IP, "-n", switch_ns, "link", "set", "dev", dev2, "master", bridge)
         _run(IP, "-n", switch_ns, "link", "set", dev2, "up")
         _run(IP, "-n", ns, "addr", "add", addr, "dev", dev1)
         _run(IP, "-n", ns, "link", "set", dev1, "up")
