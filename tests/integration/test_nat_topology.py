@@ -142,10 +142,14 @@ def test_keepalives_hold_the_nat_mapping_past_its_timeout(hosts: NatTopology,
     assert alice.options - options_before >= UDP_STREAM_TIMEOUT, alice.options
     invite = bob.call("alice")
     offer = alice.expect("INVITE")
-    alice.answer(offer, status=486)
+    alice.answer(offer)
     dialog = bob.outcome(invite)
-    assert 180 in dialog.provisional and dialog.final.status == 486, (
+    assert 180 in dialog.provisional and dialog.final.status == 200, (
         dialog.provisional, dialog.final, hosts.diagnostics())
+    # The dialog's requests follow the mapping too (her Contact aliased).
+    assert alice.expect("ACK").method == "ACK"
+    assert bob.hang_up(dialog).status == 200
+    assert alice.expect("BYE").method == "BYE"
 
 
 def test_incoming_call_reaches_nated_tcp_phone_over_its_connection(
@@ -159,14 +163,19 @@ def test_incoming_call_reaches_nated_tcp_phone_over_its_connection(
     offer = carol.expect("INVITE")  # on the TCP connection: carol has no other socket
     assert offer.request_uri.startswith("sip:carol@"), offer.request_uri
     assert offer.vias[0].upper().startswith("SIP/2.0/TCP"), offer.vias[0]
-    # Refused, not answered: an answered call would need the dialog's later
-    # requests (ACK, BYE) to reach her too, and the proxy does not yet alias
-    # a NAT'ed callee's Contact in its 2xx (Kamailio's set_contact_alias()
-    # on replies), so they go to her private address and fail.
-    carol.answer(offer, status=486)
+    carol.answer(offer)
     dialog = bob.outcome(invite)
-    assert 180 in dialog.provisional and dialog.final.status == 486, (
+    assert 180 in dialog.provisional and dialog.final.status == 200, (
         dialog.provisional, dialog.final, hosts.diagnostics())
+    # The proxy aliased her private Contact with the router's address and
+    # port of her connection (Kamailio's set_contact_alias on the reply), so
+    # the dialog's requests find the connection too.
+    contact = dialog.final.header("contact") or ""
+    assert f"alias={NAT_WAN}~" in contact and "~2" in contact, contact
+    assert carol.expect("ACK").method == "ACK"
+    bye = bob.hang_up(dialog)
+    assert bye.status == 200, (str(bye), hosts.diagnostics())
+    assert carol.expect("BYE").method == "BYE"
 
 
 def test_topology_cleans_up_after_itself(tmp_path: Path) -> None:
