@@ -99,6 +99,44 @@ class Topology:
             _run(IP, "-n", ns, "link", "set", dev, "up")
         return dev1, dev2
 
+    def switch(self, ns: str, name: str) -> str:
+        """A Linux bridge ``name`` in ``ns``: a LAN segment several hosts
+        join with :meth:`plug`."""
+        _run(IP, "-n", ns, "link", "add", "name", name, "type", "bridge")
+        _run(IP, "-n", ns, "link", "set", "dev", name, "up")
+        return name
+
+    def plug(self, ns: str, addr: str, switch_ns: str, bridge: str) -> str:
+        """A veth from ``ns`` ("ADDR/LEN" on its end) to a port of ``bridge``
+        in ``switch_ns``; returns the device name in ``ns``."""
+        self._links += 1
+        dev1, dev2 = f"{self.prefix}{self._links}a", f"{self.prefix}{self._links}b"
+        _run(IP, "link", "add", dev1, "type", "veth", "peer", "name", dev2)
+        try:
+            _run(IP, "link", "set", dev1, "netns", ns)
+            _run(IP, "link", "set", dev2, "netns", switch_ns)
+        except RuntimeError:
+            subprocess.run([IP, "link", "del", dev1], capture_output=True)
+            raise
+        _run(IP, "-n", switch_ns, "link", "set", "dev", dev2, "master", bridge)
+        _run(IP, "-n", switch_ns, "link", "set", dev2, "up")
+        _run(IP, "-n", ns, "addr", "add", addr, "dev", dev1)
+        _run(IP, "-n", ns, "link", "set", dev1, "up")
+        return dev1
+
+    def nft(self, ns: str, ruleset: str) -> None:
+        """Load nft ``ruleset`` text in ``ns`` (its tables go with the namespace)."""
+        done = subprocess.run([IP, "netns", "exec", ns, NFT, "-f", "-"], input=ruleset,
+                              capture_output=True, text=True, timeout=20)
+        if done.returncode != 0:
+            raise RuntimeError(f"nft -f in {ns}: {done.stderr.strip()}")
+
+    def leftovers(self) -> list[str]:
+        """Namespaces and (root namespace) links of this run still present:
+        empty after ``close()``."""
+        names = _run(IP, "netns", "list").split() + _run(IP, "-o", "link").split()
+        return sorted({n.split("@")[0].rstrip(":") for n in names if self.prefix in n})
+
     def addr(self, ns: str, dev: str, addr: str) -> None:
         """Another address on a device; IPv6 without duplicate address
         detection, so it is usable at once."""
