@@ -477,6 +477,18 @@ class Message:
             return first
         return None
 
+    def set_top_via(self, via: Via, text: str | None = None) -> None:
+        """Replace the top Via with ``via``, written as ``text`` (default
+        ``str(via)``), keeping the parsed list: ``via`` becomes its head and
+        the rest stays parsed (a proxy marks received/rport on every request
+        it takes)."""
+        _ = self.vias  # parsed before the pop, so the pop keeps the tail
+        self.pop_first_value("via")
+        rest = self._cache.get("via")
+        self.add_header("Via", str(via) if text is None else text, top=True)
+        if rest is not None:
+            self._cache["via"] = [via, *rest]
+
     def set_to_tag(self, tag: str) -> None:
         headers = self._headers
         for i, (k, raw, value) in enumerate(headers):
