@@ -460,14 +460,19 @@ class Message:
         for i, (k, raw, value) in enumerate(headers):
             if k != key:
                 continue
-            values = _split_lenient(value)
-            first = values[0]
-            rest = [v for v in values[1:] if v]
-            if rest:
-                joined = ", ".join(rest)
-                headers[i] = (key, f"{_written_name(raw)}: {joined}", joined)
-            else:
+            if "," not in value:
+                # One value on the line, the usual case: no split to make.
+                first = value
                 del headers[i]
+            else:
+                values = _split_lenient(value)
+                first = values[0]
+                rest = [v for v in values[1:] if v]
+                if rest:
+                    joined = ", ".join(rest)
+                    headers[i] = (key, f"{_written_name(raw)}: {joined}", joined)
+                else:
+                    del headers[i]
             typed = self._cache.pop(key, None)
             if typed and first and key in _LIST_TYPED:
                 # The typed list holds one element per value, in order, so
