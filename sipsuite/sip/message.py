@@ -411,7 +411,10 @@ class Message:
 
     def has_header(self, name: str) -> bool:
         key = canonical_name(name)
-        return any(e[0] == key for e in self._headers)
+        for entry in self._headers:  # a loop: any() over a generator costs more
+            if entry[0] == key:
+                return True
+        return False
 
     def header_items(self) -> list[tuple[str, str]]:
         """``(name as written, unfolded value)`` for every line, in order."""
