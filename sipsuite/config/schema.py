@@ -231,6 +231,7 @@ class RelayConfig:
     hold_timeout: float = setting(3600.0, positive_float)
     drain_time: float = setting(30.0, non_negative_float)
     max_sessions_per_call: int = setting(32, int_range(1, 100_000))
+    workers: int = setting(1, int_range(1, 64))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

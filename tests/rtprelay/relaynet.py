@@ -52,6 +52,7 @@ def relay_config(*, control: list[str] | None = None, addresses: list[str] | Non
         hold_timeout=kwargs.pop("hold_timeout", 3600.0),
         drain_time=kwargs.pop("drain_time", 30.0),
         max_sessions_per_call=kwargs.pop("max_sessions_per_call", 32),
+        workers=kwargs.pop("workers", 1),
         **kwargs,
     )
 
