@@ -1,0 +1,270 @@
+"""The relay supervisor's command handler ([relay] workers > 1): RTPProxy
+commands from the control sockets to the worker process that holds the call.
+
+Each worker is today's relay on a slice of the port range, with one control
+socket: a unix stream socket in the supervisor's private directory, spoken to
+exactly as Kamailio speaks to rtpproxy's ``unix:`` socket (one connection per
+command, no cookie, one reply).  So a worker is not a second implementation
+of the protocol, and the cookie, the reply cache and "the reply leaves from
+the address the command reached" stay with the supervisor's listeners
+(control.py), which never see a worker.
+
+Which worker: a hash of the Call-ID (:func:`worker_of`), the same for every
+command of a call, so the supervisor keeps no table that could disagree with
+the workers (a session that times out in a worker needs no message back).
+V and VF are answered here; I, G and X go to every worker and the answers
+are added up.  A worker that is not running (restarting after a crash) has
+no sessions: U for its calls is E81 (the proxy tries another relay or
+connects the call without one), L answers port 0, D/Q E50, as for a call the
+relay does not know.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.python.failure import Failure
+
+from sipsuite.log import get_logger
+from sipsuite.rtpproxy import protocol as rp
+from sipsuite.rtpproxy.protocol import Command, ErrorCode, ProtocolError
+from sipsuite.rtprelay.control import INTERNAL_FAILURE, SUPPORTED_CAPABILITIES
+
+__all__ = ["WorkerRouter", "worker_of"]
+
+log = get_logger("sipsuite.rtprelay.router")
+
+#: How long (s) a worker has to answer one command.  Kamailio's default
+#: rtpproxy_tout is 1 s and it retransmits: a late reply is still cached
+#: and goes to the retransmission.
+FORWARD_TIMEOUT = 5.0
+#: Verbs answered by every worker, their answers added up.
+FAN_OUT = frozenset({"I", "G", "X"})
+
+
+def worker_of(call_id: str, workers: int) -> int:
+    """The worker for a Call-ID: stable across restarts of the supervisor
+    and of workers (crc32, not Python's salted hash)."""
+    return zlib.crc32(call_id.encode("utf-8", "surrogateescape")) % workers
+
+
+class _Exchange(protocol.Protocol):
+    """One command to a worker's unix socket, its reply read to the close."""
+
+    def __init__(self, command: bytes) -> None:
+        self.command = command
+        self.reply = b""
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.command)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.reply += data
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if not self.done.called:
+            self.done.callback(self.reply)
+
+
+class _ExchangeFactory(protocol.ClientFactory):
+    noisy = False  # a line per command otherwise
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self.exchange = exchange
+
+    def buildProtocol(self, addr: Any) -> _Exchange:
+        return self.exchange
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.exchange.done.called:
+            self.exchange.done.errback(reason)
+
+
+class WorkerRouter:
+    """``handle(data)`` for the supervisor's control listeners (control.py's
+    CommandHandler): a Deferred reply from the worker(s), or bytes at once.
+
+    ``socket_of(index)``: the worker's control socket path, or None while
+    that worker is not running."""
+
+    def __init__(self, workers: int, socket_of: Callable[[int], str | None], reactor: Any,
+                 timeout: float = FORWARD_TIMEOUT) -> None:
+        self.workers = workers
+        self.socket_of = socket_of
+        self.reactor = reactor
+        self.timeout = timeout
+        self.commands = 0
+        self.errors = 0
+        # Commands each worker was sent, and those it did not answer.
+        self.forwarded = [0] * workers
+        self.failed = [0] * workers
+
+    def handle(self, data: bytes, *, datagram: bool = True) -> bytes | defer.Deferred[bytes]:
+        self.commands += 1
+        try:
+            command = rp.parse_command(data, datagram=datagram)
+            if not command.known:
+                raise ProtocolError(ErrorCode.CMDUNKN, f"unknown command {command.verb!r}",
+                                    command.cookie)
+        except ProtocolError as exc:
+            # Malformed: the worker would answer the same, so it is not asked.
+            self.errors += 1
+            return exc.reply()
+        except Exception:
+            self.errors += 1
+            log.failure("relay control command {c!r} failed", Failure(), c=data[:200])
+            return rp.format_error(command_cookie(data, datagram), INTERNAL_FAILURE)
+        cookie = command.cookie
+        verb = command.verb
+        if verb == "V":
+            return rp.format_version(cookie)
+        if verb == "VF":
+            return rp.format_capability(cookie, command.capability in SUPPORTED_CAPABILITIES)
+        body = strip_cookie(data, cookie)
+        if verb in FAN_OUT:
+            return self._fan_out(command, body)
+        assert command.call_id is not None
+        index = worker_of(command.call_id, self.workers)
+        d = self.forward(index, body)
+        return d.addCallback(lambda reply: self._with_cookie(cookie, reply)).addErrback(
+            self._unreachable, command, index)
+
+    # -- one worker -----------------------------------------------------------------
+
+    def forward(self, index: int, body: bytes) -> defer.Deferred[bytes]:
+        """``body`` (a command without cookie) to worker ``index``: its reply
+        (one line, no cookie).  Fails if the worker is not running, refuses
+        the connection, times out or closes without a word."""
+        path = self.socket_of(index)
+        if path is None:
+            return defer.fail(ConnectionError(f"worker {index} is not running"))
+        self.forwarded[index] += 1
+        exchange = _Exchange(body)
+        self.reactor.connectUNIX(path, _ExchangeFactory(exchange), timeout=self.timeout)
+        d = exchange.done
+        d.addTimeout(self.timeout, self.reactor,
+                     onTimeoutCancel=lambda result, t: _abort(exchange, result))
+
+        def check(reply: bytes) -> bytes:
+            if not reply.strip():
+                raise ConnectionError(f"worker {index} closed without a reply")
+            return reply
+
+        def failed(failure: Failure) -> Failure:
+            self.failed[index] += 1
+            return failure
+
+        return d.addCallback(check).addErrback(failed)
+
+    def _with_cookie(self, cookie: str, reply: bytes) -> bytes:
+        return (cookie.encode("latin-1") + b" " + reply) if cookie else reply
+
+    def _unreachable(self, failure: Failure, command: Command, index: int) -> bytes:
+        """The worker for this call is not there: the call has no session."""
+        self.errors += 1
+        log.warn("relay worker {n} did not answer {v} for call {c}: {e}", n=index,
+                 v=command.verb, c=command.call_id, e=failure.getErrorMessage())
+        cookie = command.cookie
+        if command.verb == "U":
+            return rp.format_error(cookie, INTERNAL_FAILURE)
+        if command.verb == "L":
+            return rp.format_port(cookie, 0)
+        return rp.format_error(cookie, ErrorCode.SESUNKN)
+
+    # -- every worker ----------------------------------------------------------------
+
+    def _fan_out(self, command: Command, body: bytes) -> defer.Deferred[bytes]:
+        """I, G, X to every worker running; the answers added up.  Workers
+        that are down count as empty (their sessions are gone)."""
+        asks = [self.forward(i, body).addErrback(lambda _f: None) for i in range(self.workers)]
+        gathered: defer.Deferred[list[bytes | None]] = defer.gatherResults(asks)
+
+        def combine(replies: list[bytes | None]) -> bytes:
+            answers = [r.decode("latin-1") for r in replies if r is not None]
+            if not answers:
+                return rp.format_error(command.cookie, INTERNAL_FAILURE)
+            return combine_replies(command, answers)
+
+        return gathered.addCallback(combine)
+
+
+def combine_replies(command: Command, answers: list[str]) -> bytes:
+    """The workers' answers to one I, G or X as one relay's answer."""
+    cookie = command.cookie
+    errors = [a.strip() for a in answers if a.startswith("E")]
+    if errors:
+        return rp.format_reply(cookie, errors[0])  # the same bad G in all: one answer
+    if command.verb == "X":
+        return rp.format_ok(cookie)
+    if command.verb == "I":
+        return _add_info(cookie, answers)
+    return _add_stats(cookie, answers)
+
+
+def _add_info(cookie: str, answers: list[str]) -> bytes:
+    totals: dict[str, float] = {}
+    loads: list[float] = []
+    for answer in answers:
+        for line in answer.splitlines():
+            name, colon, value = line.partition(":")
+            if not colon:
+                continue
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if name.strip() == "average load":
+                loads.append(number)
+            else:
+                totals[name.strip()] = totals.get(name.strip(), 0) + number
+    # Each worker's load is its share of one core: the relay's is their
+    # mean, the figure a weight can be taken from.
+    load = sum(loads) / len(loads) if loads else None
+    return rp.format_info(
+        cookie, int(totals.get("sessions created", 0)), int(totals.get("active sessions", 0)),
+        int(totals.get("active streams", 0)), int(totals.get("packets received", 0)),
+        int(totals.get("packets transmitted", 0)), average_load=load)
+
+
+def _add_stats(cookie: str, answers: list[str]) -> bytes:
+    """G: the same names in the same order from each worker; values added."""
+    rows = [answer.split() for answer in answers]
+    width = min(len(row) for row in rows)
+    items = []
+    for position in range(width):
+        name, equals, _ = rows[0][position].partition("=")
+        total = 0
+        for row in rows:
+            value = row[position].partition("=")[2] if equals else row[position]
+            try:
+                total += int(value)
+            except ValueError:
+                pass
+        items.append(f"{name}={total}" if equals else str(total))
+    return rp.format_reply(cookie, " ".join(items))
+
+
+def _abort(exchange: _Exchange, result: Any) -> Any:
+    if exchange.transport is not None:
+        exchange.transport.abortConnection()  # type: ignore[attr-defined]
+    return result
+
+
+def command_cookie(data: bytes, datagram: bool) -> str:
+    if not datagram:
+        return ""
+    head = data.split(None, 1)
+    return head[0].decode("latin-1") if head else ""
+
+
+def strip_cookie(data: bytes, cookie: str) -> bytes:
+    """The command as a unix-socket client sends it: without the cookie."""
+    if not cookie:
+        return data
+    rest = data.lstrip(b" \t\r\n")
+    return rest[len(cookie.encode("latin-1")):].lstrip(b" \t")

@@ -1,0 +1,91 @@
+"""One relay worker process ([relay] workers > 1): ``python -m
+sipsuite.rtprelay.worker --index I --config PATH --overrides JSON``.
+
+Started by the relay supervisor (sipsuite.rtprelay.workers), never by hand.
+It is today's relay (make_relay_service) with the supervisor's overrides:
+its slice of the port range, one unix control socket in the supervisor's
+private directory and a management port on loopback.  Like the proxy's
+workers (sipsuite.proxy.worker) it writes its log as JSON lines to stdout,
+which the supervisor logs with its number, tells the supervisor on the same
+stream how many sessions it holds (so a crash's loss is counted), drains on
+SIGTERM and stops by itself if the supervisor goes away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+#: How often (s) a worker checks that its supervisor is still there, and
+#: reports its session count when it changed.
+TICK = 1.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sipsuite.rtprelay.worker")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--config", default="")
+    parser.add_argument("--overrides", default="{}")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import reactor, task
+    from twisted.logger import globalLogBeginner, jsonFileLogObserver
+
+    from sipsuite import log
+    from sipsuite.config import ConfigError, load_config
+    from sipsuite.startup import StartupError
+
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    logger = log.get_logger("sipsuite.rtprelay.worker")
+    parent = os.getppid()
+    try:
+        config = load_config(args.config or None, **json.loads(args.overrides))
+        log.set_level(config.log.level)
+        from sipsuite.fdlimit import raise_nofile_limit
+        from sipsuite.proxy.workerlink import WorkerLink
+        from sipsuite.rtprelay.service import RelayService, make_relay_service
+
+        raise_nofile_limit()
+        top = make_relay_service(config)
+        top.privilegedStartService()
+    except (ConfigError, StartupError) as e:
+        sys.stderr.write(f"relay worker {args.index}: {e}\n")
+        return 2
+    relay = next(s for s in top if isinstance(s, RelayService))
+    link = WorkerLink(args.index)
+    reported = [-1]
+    orphan = [False]
+
+    def tick() -> None:
+        if os.getppid() != parent:
+            if not orphan[0]:
+                orphan[0] = True
+                logger.warn("supervisor gone: stopping")
+                reactor.stop()
+            return
+        active = len(relay.table)
+        if active != reported[0]:
+            reported[0] = active
+            link.send("sessions", active=active)
+
+    def stopping() -> None:
+        # The supervisor's SIGTERM may follow the process group's: once
+        # draining, another must not cut the drain short (the supervisor
+        # sends SIGKILL when its grace is over).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    checker = task.LoopingCall(tick)
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
+    reactor.callWhenRunning(top.startService)
+    reactor.callWhenRunning(checker.start, TICK, False)
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
