@@ -103,9 +103,31 @@ class WorkerRouter:
         # Commands each worker was sent, and those it did not answer.
         self.forwarded = [0] * workers
         self.failed = [0] * workers
+        # Until every worker has come up once, commands wait (up to the
+        # timeout) rather than fail: a V then means "ready", as for one relay.
+        self.up = False
+        self._waiting: list[defer.Deferred[None]] = []
+
+    def all_up(self) -> None:
+        """Every worker has started (once): serve, and answer what waited."""
+        self.up = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if not d.called:
+                d.callback(None)
 
     def handle(self, data: bytes, *, datagram: bool = True) -> bytes | defer.Deferred[bytes]:
         self.commands += 1
+        if not self.up:
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._waiting.append(waiter)
+            waiter.addTimeout(self.timeout, self.reactor)
+            # After the timeout the command is handled anyway: it fails as
+            # for a worker that is down.
+            return waiter.addBoth(lambda _: self._answer(data, datagram))
+        return self._answer(data, datagram)
+
+    def _answer(self, data: bytes, datagram: bool) -> bytes | defer.Deferred[bytes]:
         try:
             command = rp.parse_command(data, datagram=datagram)
             if not command.known:

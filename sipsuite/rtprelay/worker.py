@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     checker = task.LoopingCall(tick)
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
     reactor.callWhenRunning(top.startService)
+    # After startService: its control socket is bound and serving.
+    reactor.callWhenRunning(link.send, "ready")
     reactor.callWhenRunning(checker.start, TICK, False)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()

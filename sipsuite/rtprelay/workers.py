@@ -127,7 +127,8 @@ class RelaySupervisor(Supervisor):
                 raise cannot_listen(f"relay control {_show_control(spec)}", exc) from None
 
     def socket_of(self, index: int) -> str | None:
-        if index not in self.workers or not self.channel_dir:
+        """The control socket of worker ``index``, None unless it is serving."""
+        if index not in self.ready or index not in self.workers or not self.channel_dir:
             return None
         return os.path.join(self.channel_dir, f"relay-{index}.sock")
 
@@ -166,7 +167,13 @@ class RelaySupervisor(Supervisor):
     def link_message(self, proc: WorkerProcess, msg: dict[str, Any]) -> None:
         if self.workers.get(proc.index) is not proc:
             return
-        if msg.get("sipsuite_link") == "sessions":
+        kind = msg.get("sipsuite_link")
+        if kind == "ready":
+            self.ready.add(proc.index)
+            if len(self.ready) == self.count and not self.router.up:
+                log.info("relay: every worker is serving")
+                self.router.all_up()
+        elif kind == "sessions":
             active = msg.get("active")
             if isinstance(active, int) and not isinstance(active, bool):
                 self.sessions[proc.index] = active

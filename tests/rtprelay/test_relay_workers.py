@@ -223,6 +223,8 @@ def test_two_relay_workers_behind_one_control_address(tmp_path: Path) -> None:
         output, _ = proc.communicate(timeout=40)
         assert proc.returncode in (0, -signal.SIGTERM), output
         assert "relay worker 1 died with 1 session(s)" in output, output
+        # The call made after the restart drains in worker 1 (drain_time 1 s).
+        assert "worker 1: relay draining: 1 session(s)" in output, output
         assert "worker 1 killed by signal 9 (SIGKILL); restarting it" in output, output
         assert "Traceback" not in output, output
         for pid in workers.values():
