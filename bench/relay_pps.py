@@ -38,6 +38,10 @@ rtpengine: Debian's rtpengine-daemon (/usr/bin/rtpengine), userspace forwarding
 (--table=-1: no kernel module), in the foreground, --config-file=none so that
 /etc/rtpengine/rtpengine.conf is not read, one worker thread by default
 (--rtpengine-threads) like our single-threaded relay.  Linux only (/proc).
+
+--workers N runs sipsuite's relay as ``rtp-relay --workers N``: a supervisor
+and N worker processes in the relay's process group, whose CPU is all counted;
+compare with --rtpengine-threads N for the same number of cores.
 """
 
 from __future__ import annotations
@@ -179,7 +183,8 @@ def wait_up(relay: Relay, ping: Callable[[int], bool], limit: float = 30.0) -> N
 
 @contextmanager
 def sipsuite_relay(workdir: Path, low: int, high: int, threads: int) -> Iterator[Relay]:
-    del threads  # one reactor thread
+    # threads: --workers (rtp-relay --workers N: N processes of one reactor
+    # thread each, in the relay's process group, so their CPU is counted).
     port = free_udp_port()
     conf = workdir / "relay.toml"
     conf.write_text(
@@ -196,7 +201,7 @@ def sipsuite_relay(workdir: Path, low: int, high: int, threads: int) -> Iterator
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
         "--nodaemon", "--pidfile=", f"--logfile={log}",
         "rtp-relay", "--control", f"udp:{HOST}:{port}", "--media-address", HOST,
-        "--ports", f"{low}-{high}", "--config", str(conf),
+        "--ports", f"{low}-{high}", "--config", str(conf), "--workers", str(threads),
     ]  # fmt: skip
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -347,6 +352,7 @@ class Settings:
     rtpengine_threads: int
     max_loss: float
     max_delay: float
+    workers: int = 1  # sipsuite's rtp-relay --workers
 
 
 def read_line(gen: Generator, prefix: str, deadline: float) -> dict[str, Any]:
@@ -382,12 +388,16 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
     result = StepResult(which, n, n_gen, window_rounds * PTIME)
     workdir = settings.workroot / f"{which}-{n}"
     workdir.mkdir()
-    # 4 ports per session (RTP+RTCP per leg), plus room for pairs another program holds.
-    low, high = media_port_range(4 * n + 64)
+    # 4 ports per session (RTP+RTCP per leg), plus room for pairs another program
+    # holds; with workers, calls spread by a hash of their Call-ID, not evenly:
+    # a third more, so no worker's slice runs out.
+    workers = settings.workers if which == "sipsuite" else 1
+    low, high = media_port_range(4 * n + 64 if workers == 1 else int(4 * n * 1.34) + 64 * workers)
     start = sipsuite_relay if which == "sipsuite" else rtpengine_relay
     gens: list[Generator] = []
     try:
-        with start(workdir, low, high, settings.rtpengine_threads) as relay:
+        threads = settings.workers if which == "sipsuite" else settings.rtpengine_threads
+        with start(workdir, low, high, threads) as relay:
             result.notes.append("relay: " + " ".join(relay.cmd))
             first = 0
             tag = f"{which}{n}x{random.randrange(1 << 30):x}"
@@ -568,6 +578,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    " sessions)")
     p.add_argument("--rtpengine-threads", type=int, default=1,
                    help="rtpengine --num-threads (default 1, like our one reactor thread)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="sipsuite's rtp-relay --workers (default 1: one process)")
     p.add_argument("--max-loss", type=float, default=0.001,
                    help="highest loss that counts as handled (default 0.001 = 0.1 %%)")
     p.add_argument("--max-delay", type=float, default=0.1,
@@ -608,10 +620,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     workroot = Path(tempfile.mkdtemp(prefix="relay_pps."))
     settings = Settings(args.seconds, args.warmup, workroot, args.generators,
-                        args.rtpengine_threads, args.max_loss, args.max_delay)
+                        args.rtpengine_threads, args.max_loss, args.max_delay, args.workers)
     print(
         f"sessions {args.session_list} (100 packets/s each, {PACKET}-byte datagrams),"
         f" {args.warmup:g} s warm-up + {args.seconds:g} s counted per step,"
+        f" sipsuite relay workers {args.workers},"
         f" {os.cpu_count()} CPUs, work files in {workroot}",
         flush=True,
     )
