@@ -246,3 +246,77 @@ def _zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def unix_command(path: Path, text: str) -> str:
+    """One command over a unix stream socket, as Kamailio's ``unix:`` sends it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(text.encode())
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+    return reply.decode().rstrip("\n")
+
+
+def test_relay_workers_behind_a_unix_control_socket(tmp_path: Path) -> None:
+    """Kamailio's default, `rtpproxy_sock = "unix:..."`: no cookie; U, L, Q
+    and D reach the worker of the call, I adds both up."""
+    low, high = port_range(40)
+    slices = split_ports(low, high, 2)
+    path = tmp_path / "relay.sock"
+    (tmp_path / "relay.toml").write_text('[management]\nrelay_listen = ""\n[relay]\nworkers = 2\n')
+    proc = subprocess.Popen(
+        [*TWISTD, "-n", "--pidfile=", "rtp-relay", "--config", "relay.toml",
+         "--control", f"unix:{path}", "--ports", f"{low}-{high}", "--media-address", "127.0.0.1"],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not path.exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        # Answered once both workers serve (commands wait for them at start).
+        assert unix_command(path, "V") == "20040107"
+        ids = call_ids(2)
+        for index in (0, 1):
+            port, address = unix_command(path, f"U {ids[index]} 127.0.0.1 4000 f;1").split()
+            assert address == "127.0.0.1"
+            assert slices[index][0] <= int(port) <= slices[index][1]
+            assert unix_command(path, f"L {ids[index]} 127.0.0.1 4002 f;1 t;1").split()[0] != "0"
+            assert unix_command(path, f"Q {ids[index]} f;1 t;1").split()[1:] == ["0"] * 4
+        assert unix_command(path, "I").splitlines()[1] == "active sessions: 2"
+        assert unix_command(path, f"D {ids[1]} f") == "0"
+        assert unix_command(path, f"D {ids[1]} f") == "E50"  # no cookie, no cache: gone
+        assert unix_command(path, "I").splitlines()[1] == "active sessions: 1"
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+        assert proc.returncode in (0, -signal.SIGTERM), output
+        assert "Traceback" not in output, output
+        assert not path.exists()  # the supervisor's socket, removed on stop
+    finally:
+        if proc.poll() is None:
+            for pid in workers_of(proc.pid).values():
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+
+
+def test_relay_workers_refused_with_one_line(tmp_path: Path) -> None:
+    """Bad worker counts, too small a port range, and `twistd sipsuite`
+    (whose proxy drives its relay in-process): exit status 2, one line."""
+    (tmp_path / "two.toml").write_text("[relay]\nworkers = 2\n")
+    cases = [
+        (["rtp-relay", "--workers", "0"], "--workers: expected a whole number from 1 to 64"),
+        (["rtp-relay", "--workers", "3", "--ports", "20000-20003"],
+         "relay.workers = 3: relay.ports 20000-20003 holds 2 port pair(s)"),
+        (["sipsuite", "--config", "two.toml"], "relay.workers = 2: only for twistd rtp-relay"),
+    ]
+    for args, message in cases:
+        done = subprocess.run([*TWISTD, "-n", "--pidfile=", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
