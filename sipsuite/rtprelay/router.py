@@ -15,8 +15,9 @@ the workers (a session that times out in a worker needs no message back).
 V and VF are answered here; I, G and X go to every worker and the answers
 are added up.  A worker that is not running (restarting after a crash) has
 no sessions: U for its calls is E81 (the proxy tries another relay or
-connects the call without one), L answers port 0, D/Q E50, as for a call the
-relay does not know.
+connects the call without one; E99 while the relay stops, as draining
+workers answer), L answers port 0, D/Q E50, as for a call the relay does not
+know.
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ class WorkerRouter:
         # Until every worker has come up once, commands wait (up to the
         # timeout) rather than fail: a V then means "ready", as for one relay.
         self.up = False
+        # Set when the relay stops: a worker that has no calls left exits at
+        # once, and a U for it is "shutting down", not a failure.
+        self.draining = False
         self._waiting: list[defer.Deferred[None]] = []
 
     def all_up(self) -> None:
@@ -189,11 +193,13 @@ class WorkerRouter:
     def _unreachable(self, failure: Failure, command: Command, index: int) -> bytes:
         """The worker for this call is not there: the call has no session."""
         self.errors += 1
-        log.warn("relay worker {n} did not answer {v} for call {c}: {e}", n=index,
-                 v=command.verb, c=command.call_id, e=failure.getErrorMessage())
+        if not self.draining:
+            log.warn("relay worker {n} did not answer {v} for call {c}: {e}", n=index,
+                     v=command.verb, c=command.call_id, e=failure.getErrorMessage())
         cookie = command.cookie
         if command.verb == "U":
-            return rp.format_error(cookie, INTERNAL_FAILURE)
+            return rp.format_error(cookie, ErrorCode.SLOWSHTDN if self.draining
+                                   else INTERNAL_FAILURE)
         if command.verb == "L":
             return rp.format_port(cookie, 0)
         return rp.format_error(cookie, ErrorCode.SESUNKN)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -189,15 +190,29 @@ class RelaySupervisor(Supervisor):
         super().ended(proc, code, sig)
 
     def stopService(self) -> Any:
+        self.router.draining = True
         waited = super().stopService()
         d = defer.maybeDeferred(lambda: waited)
+        # The workers drain (up to drain_time); a second SIGTERM or ^C is the
+        # operator saying "now", as for the single relay: their calls are cut.
+        from sipsuite.rtprelay.service import _redirect_stop_signals
+
+        restore = _redirect_stop_signals(self.reactor, self._cut_drain) if self.workers \
+            else (lambda: None)
 
         def close(result: Any) -> Any:
+            restore()
             listeners, self.listeners = self.listeners, []
             closing = [defer.maybeDeferred(port.stopListening) for port in listeners]
             return defer.gatherResults(closing).addCallback(lambda _: result)
 
         return d.addBoth(close)
+
+    def _cut_drain(self) -> None:
+        if self.workers:
+            log.info("relay drain ended by a second signal: {n} worker(s) still draining"
+                     " stopped, their calls cut", n=len(self.workers))
+            self.signal_all(signal.SIGKILL)
 
     # -- management ---------------------------------------------------------------------
 

@@ -266,7 +266,8 @@ def test_relay_workers_behind_a_unix_control_socket(tmp_path: Path) -> None:
     low, high = port_range(40)
     slices = split_ports(low, high, 2)
     path = tmp_path / "relay.sock"
-    (tmp_path / "relay.toml").write_text('[management]\nrelay_listen = ""\n[relay]\nworkers = 2\n')
+    (tmp_path / "relay.toml").write_text(
+        '[management]\nrelay_listen = ""\n[relay]\nworkers = 2\ndrain_time = 60.0\n')
     proc = subprocess.Popen(
         [*TWISTD, "-n", "--pidfile=", "rtp-relay", "--config", "relay.toml",
          "--control", f"unix:{path}", "--ports", f"{low}-{high}", "--media-address", "127.0.0.1"],
@@ -291,10 +292,23 @@ def test_relay_workers_behind_a_unix_control_socket(tmp_path: Path) -> None:
         assert unix_command(path, f"D {ids[1]} f") == "0"
         assert unix_command(path, f"D {ids[1]} f") == "E50"  # no cookie, no cache: gone
         assert unix_command(path, "I").splitlines()[1] == "active sessions: 1"
+        # SIGTERM: the workers drain; the supervisor's socket still takes
+        # commands (new sessions are refused, E99, the old one stays) ...
         proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
+        deadline = time.monotonic() + 15
+        while unix_command(path, f"U {ids[1]}-new 127.0.0.1 4000 f;1") != "E99":
+            assert time.monotonic() < deadline, "the workers did not start draining"
+            time.sleep(0.1)
+        assert unix_command(path, f"Q {ids[0]} f;1 t;1").split()[1:] == ["0"] * 4
+        # ... until a second SIGTERM cuts the drain short.
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+        assert time.monotonic() - started < 15, output
         assert proc.returncode in (0, -signal.SIGTERM), output
-        assert "Traceback" not in output, output
+        assert "relay drain ended by a second signal: " in output, output
+        for sign in ("Traceback", "ReactorNotRunning", "Unhandled"):
+            assert sign not in output, output
         assert not path.exists()  # the supervisor's socket, removed on stop
     finally:
         if proc.poll() is None:
