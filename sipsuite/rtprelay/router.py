@@ -1,13 +1,16 @@
 """The relay supervisor's command handler ([relay] workers > 1): RTPProxy
 commands from the control sockets to the worker process that holds the call.
 
-Each worker is today's relay on a slice of the port range, with one control
-socket: a unix stream socket in the supervisor's private directory, spoken to
-exactly as Kamailio speaks to rtpproxy's ``unix:`` socket (one connection per
-command, no cookie, one reply).  So a worker is not a second implementation
-of the protocol, and the cookie, the reply cache and "the reply leaves from
-the address the command reached" stay with the supervisor's listeners
-(control.py), which never see a worker.
+Each worker is today's relay on a slice of the port range.  The supervisor
+speaks RTPProxy's datagram protocol to it over one unix stream connection
+per worker (a socket in its private 0700 directory), each command and reply
+a length-prefixed frame with a cookie of the supervisor's own; the worker's
+ControlHandler answers it as it answers a UDP client, so a worker is not a
+second implementation of the protocol.  The client's cookie, the reply cache
+and "the reply leaves from the address the command reached" stay with the
+supervisor's listeners (control.py).  One lasting connection rather than one
+per command (rtpproxy's ``unix:`` exchange: half the rate), and a stream
+rather than unix datagrams (whose queue of 10 drops commands under load).
 
 Which worker: a hash of the Call-ID (:func:`worker_of`), the same for every
 command of a call, so the supervisor keeps no table that could disagree with
@@ -23,10 +26,10 @@ know.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol
+from twisted.protocols import basic
 from twisted.python.failure import Failure
 
 from sipsuite.log import get_logger
@@ -38,10 +41,10 @@ __all__ = ["WorkerRouter", "worker_of"]
 
 log = get_logger("sipsuite.rtprelay.router")
 
-#: How long (s) a worker has to answer one command.  Kamailio's default
-#: rtpproxy_tout is 1 s and it retransmits: a late reply is still cached
-#: and goes to the retransmission.
-FORWARD_TIMEOUT = 5.0
+#: How long (s) a worker has to answer one command (it answers in well under
+#: a millisecond when healthy).  Kamailio's default rtpproxy_tout is 1 s and
+#: it retransmits 5 times: a late reply is still cached for the retransmission.
+FORWARD_TIMEOUT = 2.0
 #: Verbs answered by every worker, their answers added up.
 FAN_OUT = frozenset({"I", "G", "X"})
 
@@ -52,51 +55,49 @@ def worker_of(call_id: str, workers: int) -> int:
     return zlib.crc32(call_id.encode("utf-8", "surrogateescape")) % workers
 
 
-class _Exchange(protocol.Protocol):
-    """One command to a worker's unix socket, its reply read to the close."""
+class _Link(basic.Int32StringReceiver):
+    """The supervisor's connection to one worker: length-prefixed frames."""
 
-    def __init__(self, command: bytes) -> None:
-        self.command = command
-        self.reply = b""
-        self.done: defer.Deferred[bytes] = defer.Deferred()
+    MAX_LENGTH = 1 << 20
+
+    def __init__(self, router: WorkerRouter, index: int) -> None:
+        self.router = router
+        self.index = index
+        self.up: defer.Deferred[None] = defer.Deferred()
 
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.command)
+        self.up.callback(None)
 
-    def dataReceived(self, data: bytes) -> None:
-        self.reply += data
+    def stringReceived(self, data: bytes) -> None:
+        self.router.reply_from_worker(data)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        if not self.done.called:
-            self.done.callback(self.reply)
+        self.router.link_lost(self)
 
 
-class _ExchangeFactory(protocol.ClientFactory):
-    noisy = False  # a line per command otherwise
+class _LinkFactory(protocol.ClientFactory):
+    noisy = False
 
-    def __init__(self, exchange: _Exchange) -> None:
-        self.exchange = exchange
+    def __init__(self, link: _Link) -> None:
+        self.link = link
 
-    def buildProtocol(self, addr: Any) -> _Exchange:
-        return self.exchange
+    def buildProtocol(self, addr: Any) -> _Link:
+        return self.link
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if not self.exchange.done.called:
-            self.exchange.done.errback(reason)
+        if not self.link.up.called:
+            self.link.up.errback(reason)
 
 
 class WorkerRouter:
     """``handle(data)`` for the supervisor's control listeners (control.py's
     CommandHandler): a Deferred reply from the worker(s), or bytes at once.
 
-    ``socket_of(index)``: the worker's control socket path, or None while
-    that worker is not running."""
+    Commands go to the workers connected (:meth:`connect`); one that is not
+    is treated as down."""
 
-    def __init__(self, workers: int, socket_of: Callable[[int], str | None], reactor: Any,
-                 timeout: float = FORWARD_TIMEOUT) -> None:
+    def __init__(self, workers: int, reactor: Any, timeout: float = FORWARD_TIMEOUT) -> None:
         self.workers = workers
-        self.socket_of = socket_of
         self.reactor = reactor
         self.timeout = timeout
         self.commands = 0
@@ -110,6 +111,11 @@ class WorkerRouter:
         # Set when the relay stops: a worker that has no calls left exits at
         # once, and a U for it is "shutting down", not a failure.
         self.draining = False
+        # A connection per worker; commands in flight by our own cookie ->
+        # (worker, its reply).
+        self.links: dict[int, _Link] = {}
+        self._sequence = 0
+        self._pending: dict[bytes, tuple[int, defer.Deferred[bytes]]] = {}
         self._waiting: list[defer.Deferred[None]] = []
 
     def all_up(self) -> None:
@@ -162,30 +168,74 @@ class WorkerRouter:
 
     # -- one worker -----------------------------------------------------------------
 
+    def connect(self, index: int, path: str) -> defer.Deferred[None]:
+        """Connect to worker ``index``'s channel socket; fires once commands
+        can go to it."""
+        old = self.links.pop(index, None)
+        if old is not None and old.transport is not None:
+            old.transport.loseConnection()
+        link = _Link(self, index)
+        self.reactor.connectUNIX(path, _LinkFactory(link), timeout=self.timeout)
+
+        def connected(_: None) -> None:
+            self.links[index] = link
+
+        return link.up.addCallback(connected)
+
+    def link_lost(self, link: _Link) -> None:
+        if self.links.get(link.index) is link:
+            del self.links[link.index]
+            self.fail_pending(link.index, f"worker {link.index}: connection lost")
+
+    def drop(self, index: int, why: str) -> None:
+        """Worker ``index`` has ended: what waits for it fails now."""
+        link = self.links.pop(index, None)
+        if link is not None and link.transport is not None:
+            link.transport.loseConnection()
+        self.fail_pending(index, why)
+
+    def close(self) -> None:
+        for index in list(self.links):
+            self.drop(index, "the relay is stopping")
+        self.fail_pending(None, "the relay is stopping")
+
     def forward(self, index: int, body: bytes) -> defer.Deferred[bytes]:
         """``body`` (a command without cookie) to worker ``index``: its reply
-        (one line, no cookie).  Fails if the worker is not running, refuses
-        the connection, times out or closes without a word."""
-        path = self.socket_of(index)
-        if path is None:
+        (no cookie).  Fails if the worker is not running, dies before it
+        answers, or does not answer within the timeout."""
+        link = self.links.get(index)
+        if link is None:
             return defer.fail(ConnectionError(f"worker {index} is not running"))
+        self._sequence += 1
+        tag = b"%x" % self._sequence
+        d: defer.Deferred[bytes] = defer.Deferred()
+        self._pending[tag] = (index, d)
+        link.sendString(tag + b" " + body)
         self.forwarded[index] += 1
-        exchange = _Exchange(body)
-        self.reactor.connectUNIX(path, _ExchangeFactory(exchange), timeout=self.timeout)
-        d = exchange.done
-        d.addTimeout(self.timeout, self.reactor,
-                     onTimeoutCancel=lambda result, t: _abort(exchange, result))
 
-        def check(reply: bytes) -> bytes:
-            if not reply.strip():
-                raise ConnectionError(f"worker {index} closed without a reply")
-            return reply
+        def forget(result: Any) -> Any:
+            self._pending.pop(tag, None)
+            if isinstance(result, Failure):
+                self.failed[index] += 1
+            return result
 
-        def failed(failure: Failure) -> Failure:
-            self.failed[index] += 1
-            return failure
+        d.addTimeout(self.timeout, self.reactor)
+        return d.addBoth(forget)
 
-        return d.addCallback(check).addErrback(failed)
+    def reply_from_worker(self, data: bytes) -> None:
+        tag, _, reply = data.partition(b" ")
+        entry = self._pending.pop(tag, None)
+        if entry is not None and not entry[1].called:
+            entry[1].callback(reply)
+
+    def fail_pending(self, index: int | None, why: str) -> None:
+        """Commands waiting for worker ``index`` (None: any) fail now: it
+        died, and its reply will never come."""
+        for tag, (owner, d) in list(self._pending.items()):
+            if index is None or owner == index:
+                del self._pending[tag]
+                if not d.called:
+                    d.errback(ConnectionError(why))
 
     def _with_cookie(self, cookie: str, reply: bytes) -> bytes:
         return (cookie.encode("latin-1") + b" " + reply) if cookie else reply
@@ -275,12 +325,6 @@ def _add_stats(cookie: str, answers: list[str]) -> bytes:
                 pass
         items.append(f"{name}={total}" if equals else str(total))
     return rp.format_reply(cookie, " ".join(items))
-
-
-def _abort(exchange: _Exchange, result: Any) -> Any:
-    if exchange.transport is not None:
-        exchange.transport.abortConnection()  # type: ignore[attr-defined]
-    return result
 
 
 def command_cookie(data: bytes, datagram: bool) -> str:

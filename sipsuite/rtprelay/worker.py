@@ -4,7 +4,8 @@ sipsuite.rtprelay.worker --index I --config PATH --overrides JSON``.
 Started by the relay supervisor (sipsuite.rtprelay.workers), never by hand.
 It is today's relay (make_relay_service) with the supervisor's overrides:
 its slice of the port range, one unix control socket in the supervisor's
-private directory and a management port on loopback.  Like the proxy's
+private directory, the channel socket the supervisor sends it commands on
+(``--channel PATH``, router.py) and a management port on loopback.  Like the proxy's
 workers (sipsuite.proxy.worker) it writes its log as JSON lines to stdout,
 which the supervisor logs with its number, tells the supervisor on the same
 stream how many sessions it holds (so a crash's loss is counted), drains on
@@ -18,6 +19,10 @@ import json
 import os
 import signal
 import sys
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.protocols import basic
 
 #: How often (s) a worker checks that its supervisor is still there, and
 #: reports its session count when it changed.
@@ -29,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--config", default="")
     parser.add_argument("--overrides", default="{}")
+    parser.add_argument("--channel", required=True)
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor, task
@@ -51,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         raise_nofile_limit()
         top = make_relay_service(config)
         top.privilegedStartService()
-    except (ConfigError, StartupError) as e:
+        relay = next(s for s in top if isinstance(s, RelayService))
+        listen_channel(reactor, args.channel, relay)
+    except (ConfigError, StartupError, OSError) as e:
         sys.stderr.write(f"relay worker {args.index}: {e}\n")
         return 2
-    relay = next(s for s in top if isinstance(s, RelayService))
     link = WorkerLink(args.index)
     reported = [-1]
     orphan = [False]
@@ -87,6 +94,41 @@ def main(argv: list[str] | None = None) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()
     return 0
+
+
+class ChannelProtocol(basic.Int32StringReceiver):
+    """The worker's end of the supervisor's connection: each frame one
+    command with the supervisor's cookie, answered by the relay's own
+    command handler (the supervisor keeps the reply cache)."""
+
+    MAX_LENGTH = 1 << 20
+
+    def __init__(self, relay: Any) -> None:
+        self.relay = relay
+
+    def stringReceived(self, data: bytes) -> None:
+        self.sendString(self.relay.commands.handle(data, datagram=True))
+
+
+class _ChannelFactory(protocol.Factory):
+    noisy = False
+
+    def __init__(self, relay: Any) -> None:
+        self.relay = relay
+
+    def buildProtocol(self, addr: Any) -> ChannelProtocol:
+        return ChannelProtocol(self.relay)
+
+
+def listen_channel(reactor: Any, path: str, relay: Any) -> Any:
+    """Listen on the channel socket (a stale one from a killed worker
+    removed); it stays open while the relay drains, until the process exits."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    factory = _ChannelFactory(relay)
+    return reactor.listenUNIX(path, factory, mode=0o600)
 
 
 if __name__ == "__main__":

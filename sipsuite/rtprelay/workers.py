@@ -28,6 +28,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
+from twisted.python.failure import Failure
 
 from sipsuite.log import get_logger
 from sipsuite.ops.errors import INTERNAL_ERROR, INVALID_PARAMS, RpcError
@@ -88,7 +89,7 @@ class RelaySupervisor(Supervisor):
             {i: _free_loopback_port() for i in range(self.count)}
             if config.management.relay_listen else {})
         self.stop_grace = config.relay.drain_time + STOP_MARGIN
-        self.router = WorkerRouter(self.count, self.socket_of, self.reactor)
+        self.router = WorkerRouter(self.count, self.reactor)
         self.cache = ReplyCache()
         self.listeners: list[Any] = []
         self.tls: Any = None
@@ -127,11 +128,9 @@ class RelaySupervisor(Supervisor):
                 self.listeners = []
                 raise cannot_listen(f"relay control {_show_control(spec)}", exc) from None
 
-    def socket_of(self, index: int) -> str | None:
-        """The control socket of worker ``index``, None unless it is serving."""
-        if index not in self.ready or index not in self.workers or not self.channel_dir:
-            return None
-        return os.path.join(self.channel_dir, f"relay-{index}.sock")
+    def channel_of(self, index: int) -> str:
+        """Worker ``index``'s channel socket (router.py), in the private directory."""
+        return os.path.join(self.channel_dir, f"relay-{index}.chan")
 
     # -- workers ----------------------------------------------------------------------
 
@@ -160,7 +159,8 @@ class RelaySupervisor(Supervisor):
         # A file's workers = N must not make the worker a supervisor too.
         overrides["relay_workers"] = 1
         return [sys.executable, "-m", "sipsuite.rtprelay.worker", "--index", str(index),
-                "--config", self.config.path or "", "--overrides", json.dumps(overrides)]
+                "--config", self.config.path or "", "--overrides", json.dumps(overrides),
+                "--channel", self.channel_of(index)]
 
     def send_siblings(self, only: int | None = None) -> None:
         """Relay workers have no siblings to reach (and do not read stdin)."""
@@ -170,16 +170,30 @@ class RelaySupervisor(Supervisor):
             return
         kind = msg.get("sipsuite_link")
         if kind == "ready":
-            self.ready.add(proc.index)
-            if len(self.ready) == self.count and not self.router.up:
-                log.info("relay: every worker is serving")
-                self.router.all_up()
+            index = proc.index
+
+            def serving(_: None) -> None:
+                if self.workers.get(index) is not proc:
+                    self.router.drop(index, f"worker {index} ended")
+                    return
+                self.ready.add(index)
+                if len(self.ready) == self.count and not self.router.up:
+                    log.info("relay: every worker is serving")
+                    self.router.all_up()
+
+            def failed(failure: Failure) -> None:
+                log.warn("relay worker {n}: cannot reach its channel: {e}", n=index,
+                         e=failure.getErrorMessage())
+
+            self.router.connect(index, self.channel_of(index)).addCallbacks(serving, failed)
         elif kind == "sessions":
             active = msg.get("active")
             if isinstance(active, int) and not isinstance(active, bool):
                 self.sessions[proc.index] = active
 
     def ended(self, proc: WorkerProcess, code: int | None, sig: int | None) -> None:
+        if self.workers.get(proc.index) is proc:
+            self.router.drop(proc.index, f"worker {proc.index} ended")
         if self.workers.get(proc.index) is proc and not self.stopping:
             self.worker_deaths += 1
             lost = self.sessions.pop(proc.index, 0)
@@ -204,6 +218,7 @@ class RelaySupervisor(Supervisor):
             restore()
             listeners, self.listeners = self.listeners, []
             closing = [defer.maybeDeferred(port.stopListening) for port in listeners]
+            self.router.close()
             return defer.gatherResults(closing).addCallback(lambda _: result)
 
         return d.addBoth(close)
