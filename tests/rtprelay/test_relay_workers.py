@@ -60,6 +60,11 @@ def rpc(port: int, method: str, params: Any = None, check: bool = True) -> Any:
     return reply.get("result")
 
 
+def ctl(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sipsuite.ops.ctl.cli", "--url", url, *args],
+                          capture_output=True, text=True, timeout=20)
+
+
 def call_ids(workers: int) -> dict[int, str]:
     """A Call-ID for each worker (the supervisor routes by its hash)."""
     found: dict[int, str] = {}
@@ -177,6 +182,15 @@ def test_two_relay_workers_behind_one_control_address(tmp_path: Path) -> None:
         sessions = rpc(management_port, "relay.sessions")
         assert sorted((s["call_id"], s["worker"]) for s in sessions) == \
             sorted((ids[i], i) for i in (0, 1))
+        # sipsuite-ctl shows each worker's rows, and which worker holds a call.
+        url = f"http://127.0.0.1:{management_port}/"
+        shown = ctl(url, "relay", "stats")
+        assert ["workers.1.sessions_active", "1"] in [line.split() for line in
+                                                      shown.stdout.splitlines()], shown
+        shown = ctl(url, "relay", "sessions", ids[1])
+        lines = shown.stdout.splitlines()
+        assert lines[0].split()[-1] == "WORKER" and lines[1].split()[0] == ids[1], shown
+        assert lines[1].split()[-1] == "1" and len(lines) == 2, shown
 
         # SIGKILL worker 1 (after its once-a-second session report): it comes
         # back, its call is gone, worker 0's call keeps relaying meanwhile.
@@ -296,8 +310,12 @@ def test_relay_workers_behind_a_unix_control_socket(tmp_path: Path) -> None:
         # commands (new sessions are refused, E99, the old one stays) ...
         proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 15
-        while unix_command(path, f"U {ids[1]}-new 127.0.0.1 4000 f;1") != "E99":
+        probe = 0
+        # A new call each time: one set up before the SIGTERM arrived is an
+        # existing session, which a U updates even while draining.
+        while unix_command(path, f"U {ids[1]}-new{probe} 127.0.0.1 4000 f;1") != "E99":
             assert time.monotonic() < deadline, "the workers did not start draining"
+            probe += 1
             time.sleep(0.1)
         assert unix_command(path, f"Q {ids[0]} f;1 t;1").split()[1:] == ["0"] * 4
         # ... until a second SIGTERM cuts the drain short.
