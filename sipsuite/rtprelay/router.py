@@ -26,6 +26,7 @@ know.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol
@@ -168,16 +169,22 @@ class WorkerRouter:
 
     # -- one worker -----------------------------------------------------------------
 
-    def connect(self, index: int, path: str) -> defer.Deferred[None]:
+    def connect(self, index: int, path: str,
+                current: Callable[[], bool] = lambda: True) -> defer.Deferred[None]:
         """Connect to worker ``index``'s channel socket; fires once commands
-        can go to it."""
-        old = self.links.pop(index, None)
-        if old is not None and old.transport is not None:
-            old.transport.loseConnection()
+        can go to it.  ``current()`` False once connected: that worker
+        process has been replaced meanwhile, and the connection is dropped."""
         link = _Link(self, index)
         self.reactor.connectUNIX(path, _LinkFactory(link), timeout=self.timeout)
 
         def connected(_: None) -> None:
+            if not current():
+                assert link.transport is not None
+                link.transport.loseConnection()
+                raise ConnectionError(f"worker {index} was replaced meanwhile")
+            old = self.links.pop(index, None)
+            if old is not None and old.transport is not None:
+                old.transport.loseConnection()
             self.links[index] = link
 
         return link.up.addCallback(connected)

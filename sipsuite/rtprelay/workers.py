@@ -157,6 +157,9 @@ class RelaySupervisor(Supervisor):
                               if index in self.management_ports else ""),
         )
         # A file's workers = N must not make the worker a supervisor too.
+        # Its own control socket is rtpproxy's unix: one, which the
+        # supervisor does not use (it has the channel), but an operator may
+        # use to ask one worker: `echo -n I | socat - UNIX:.../relay-0.sock`.
         overrides["relay_workers"] = 1
         return [sys.executable, "-m", "sipsuite.rtprelay.worker", "--index", str(index),
                 "--config", self.config.path or "", "--overrides", json.dumps(overrides),
@@ -173,9 +176,6 @@ class RelaySupervisor(Supervisor):
             index = proc.index
 
             def serving(_: None) -> None:
-                if self.workers.get(index) is not proc:
-                    self.router.drop(index, f"worker {index} ended")
-                    return
                 self.ready.add(index)
                 if len(self.ready) == self.count and not self.router.up:
                     log.info("relay: every worker is serving")
@@ -185,7 +185,8 @@ class RelaySupervisor(Supervisor):
                 log.warn("relay worker {n}: cannot reach its channel: {e}", n=index,
                          e=failure.getErrorMessage())
 
-            self.router.connect(index, self.channel_of(index)).addCallbacks(serving, failed)
+            self.router.connect(index, self.channel_of(index),
+                                lambda: self.workers.get(index) is proc).addCallbacks(serving, failed)
         elif kind == "sessions":
             active = msg.get("active")
             if isinstance(active, int) and not isinstance(active, bool):
