@@ -46,6 +46,9 @@ log = get_logger("sipsuite.rtprelay.router")
 #: a millisecond when healthy).  Kamailio's default rtpproxy_tout is 1 s and
 #: it retransmits 5 times: a late reply is still cached for the retransmission.
 FORWARD_TIMEOUT = 2.0
+#: How long (s) a command waits at start for every worker to come up; then
+#: it is handled as usual (the workers not up count as down).
+START_WAIT = 10.0
 #: Verbs answered by every worker, their answers added up.
 FAN_OUT = frozenset({"I", "G", "X"})
 
@@ -106,8 +109,8 @@ class WorkerRouter:
         # Commands each worker was sent, and those it did not answer.
         self.forwarded = [0] * workers
         self.failed = [0] * workers
-        # Until every worker has come up once, commands wait (up to the
-        # timeout) rather than fail: a V then means "ready", as for one relay.
+        # Until every worker has come up once, commands wait (up to
+        # START_WAIT) rather than fail: a V then means "ready", as for one relay.
         self.up = False
         # Set when the relay stops: a worker that has no calls left exits at
         # once, and a U for it is "shutting down", not a failure.
@@ -132,7 +135,7 @@ class WorkerRouter:
         if not self.up:
             waiter: defer.Deferred[None] = defer.Deferred()
             self._waiting.append(waiter)
-            waiter.addTimeout(self.timeout, self.reactor)
+            waiter.addTimeout(START_WAIT, self.reactor)
             # After the timeout the command is handled anyway: it fails as
             # for a worker that is down.
             return waiter.addBoth(lambda _: self._answer(data, datagram))

@@ -352,3 +352,46 @@ def test_relay_workers_refused_with_one_line(tmp_path: Path) -> None:
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_relay_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the supervisor leaves no orphan relaying media: each
+    worker sees its parent gone and stops by itself."""
+    control_port = free_port()
+    low, high = port_range(40)
+    (tmp_path / "relay.toml").write_text('[management]\nrelay_listen = ""\n[relay]\ndrain_time = 0\n')
+    proc = subprocess.Popen(
+        [*TWISTD, "-n", "--pidfile=", "rtp-relay", "--config", "relay.toml", "--workers", "2",
+         "--control", f"udp:127.0.0.1:{control_port}", "--ports", f"{low}-{high}",
+         "--media-address", "127.0.0.1"],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    client = udp(0.5)
+    workers: dict[int, int] = {}
+    try:
+        # V is answered once both workers serve (tried until twistd listens).
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if command(client, ("127.0.0.1", control_port),
+                           f"v{time.monotonic()} V").endswith(" 20040107"):
+                    break
+            except TimeoutError:
+                assert time.monotonic() < deadline, "rtp-relay did not answer V"
+        workers = workers_of(proc.pid)
+        assert len(workers) == 2
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while any(os.path.exists(f"/proc/{pid}") and not _zombie(pid)
+                  for pid in workers.values()):
+            assert time.monotonic() < deadline, "relay workers outlived their supervisor"
+            time.sleep(0.1)
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in workers.values():
+            if os.path.exists(f"/proc/{pid}") and not _zombie(pid):
+                os.kill(pid, signal.SIGKILL)
