@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="")
     parser.add_argument("--overrides", default="{}")
     parser.add_argument("--channel", required=True)
+    parser.add_argument("--identity", default="[]")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor, task
@@ -56,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
 
         raise_nofile_limit()
         top = make_relay_service(config)
-        top.privilegedStartService()
         relay = next(s for s in top if isinstance(s, RelayService))
+        # Its nftables table (kernel forwarding) is named after this, not
+        # after its own control socket (see RelayService.kernel_identity).
+        relay.kernel_identity = json.loads(args.identity) or None
+        top.privilegedStartService()
         listen_channel(reactor, args.channel, relay)
     except (ConfigError, StartupError, OSError) as e:
         sys.stderr.write(f"relay worker {args.index}: {e}\n")

@@ -161,9 +161,15 @@ class RelaySupervisor(Supervisor):
         # supervisor does not use (it has the channel), but an operator may
         # use to ask one worker: `echo -n I | socat - UNIX:.../relay-0.sock`.
         overrides["relay_workers"] = 1
+        # Its kernel table's name: the supervisor's control sockets (held,
+        # so no live relay has them) and its number; the same after a restart
+        # of either, so the new worker removes what a killed one left.
+        from sipsuite.rtprelay.service import bound_controls
+
+        identity = [*bound_controls(self.config.relay.control, self.listeners), f"worker {index}"]
         return [sys.executable, "-m", "sipsuite.rtprelay.worker", "--index", str(index),
                 "--config", self.config.path or "", "--overrides", json.dumps(overrides),
-                "--channel", self.channel_of(index)]
+                "--channel", self.channel_of(index), "--identity", json.dumps(identity)]
 
     def send_siblings(self, only: int | None = None) -> None:
         """Relay workers have no siblings to reach (and do not read stdin)."""

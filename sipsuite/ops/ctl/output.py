@@ -74,6 +74,8 @@ def _leg_text(leg: dict[str, Any]) -> str:
         shown += f" <- {source}"
         if not leg.get("latched"):
             shown += " (sdp)"
+        elif leg.get("kernel"):
+            shown += " (kernel)"  # forwarded by the relay host's nftables rules
     return shown
 
 
