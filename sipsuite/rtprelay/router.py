@@ -121,6 +121,11 @@ class WorkerRouter:
         self._sequence = 0
         self._pending: dict[bytes, tuple[int, defer.Deferred[bytes]]] = {}
         self._waiting: list[defer.Deferred[None]] = []
+        self._started = reactor.seconds()
+
+    def start(self) -> None:
+        """The workers are starting now: commands wait START_WAIT at most."""
+        self._started = self.reactor.seconds()
 
     def all_up(self) -> None:
         """Every worker has started (once): serve, and answer what waited."""
@@ -133,12 +138,15 @@ class WorkerRouter:
     def handle(self, data: bytes, *, datagram: bool = True) -> bytes | defer.Deferred[bytes]:
         self.commands += 1
         if not self.up:
-            waiter: defer.Deferred[None] = defer.Deferred()
-            self._waiting.append(waiter)
-            waiter.addTimeout(START_WAIT, self.reactor)
-            # After the timeout the command is handled anyway: it fails as
-            # for a worker that is down.
-            return waiter.addBoth(lambda _: self._answer(data, datagram))
+            left = self._started + START_WAIT - self.reactor.seconds()
+            if left > 0:
+                waiter: defer.Deferred[None] = defer.Deferred()
+                self._waiting.append(waiter)
+                waiter.addTimeout(left, self.reactor)
+                # After the timeout the command is handled anyway: it fails
+                # as for a worker that is down.
+                return waiter.addBoth(lambda _: self._answer(data, datagram))
+            self._waiting.clear()  # timed out, all of them
         return self._answer(data, datagram)
 
     def _answer(self, data: bytes, datagram: bool) -> bytes | defer.Deferred[bytes]:

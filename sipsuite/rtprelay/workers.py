@@ -142,6 +142,7 @@ class RelaySupervisor(Supervisor):
             from sipsuite.proxy.workers import _channel_dir
 
             self.channel_dir = _channel_dir()
+        self.router.start()
         for index in range(self.count):
             self.spawn(index)
         log.info("relay: {n} worker processes, ports {s}", n=self.count,

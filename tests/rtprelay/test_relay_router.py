@@ -11,10 +11,17 @@ import pytest
 import pytest_twisted
 from relaynet import open_peer, settle
 from twisted.internet import defer
+from twisted.internet.task import Clock
 
 from sipsuite.rtpproxy import protocol as rp
 from sipsuite.rtprelay.control import ControlDatagramProtocol, ReplyCache
-from sipsuite.rtprelay.router import combine_replies, strip_cookie, worker_of
+from sipsuite.rtprelay.router import (
+    START_WAIT,
+    WorkerRouter,
+    combine_replies,
+    strip_cookie,
+    worker_of,
+)
 from sipsuite.rtprelay.workers import split_ports
 from sipsuite.startup import StartupError
 
@@ -105,3 +112,37 @@ async def test_retransmission_while_a_worker_answers_is_not_forwarded_again(
     finally:
         client.port_obj.stopListening()
         port.stopListening()
+
+
+def test_commands_wait_for_every_worker_at_start_then_no_longer() -> None:
+    """At start a command waits until every worker is up (a V answered
+    means ready), at most START_WAIT; afterwards nothing waits, and a
+    worker that is not connected counts as down (U: E81, L: port 0)."""
+    clock = Clock()
+    router = WorkerRouter(2, clock)
+    router.start()
+    early = router.handle(b"a V")
+    assert isinstance(early, defer.Deferred) and not early.called
+    router.all_up()
+    assert early.result == b"a 20040107\n"
+    # Up, but no worker connected (both down): answered at once.
+    assert _now(router.handle(b"b U c1 127.0.0.1 4000 f")) == b"b E81\n"
+    assert _now(router.handle(b"c L c1 127.0.0.1 4000 f t")) == b"c 0\n"
+    assert _now(router.handle(b"d D c1 f")) == b"d E50\n"
+    router.draining = True
+    assert _now(router.handle(b"e U c2 127.0.0.1 4000 f")) == b"e E99\n"
+
+    late = WorkerRouter(2, clock)
+    late.start()
+    waiting = late.handle(b"f V")
+    assert isinstance(waiting, defer.Deferred) and not waiting.called
+    clock.advance(START_WAIT + 0.1)  # a worker never came up: handled anyway
+    assert waiting.result == b"f 20040107\n"
+    assert late.handle(b"g V") == b"g 20040107\n"
+
+
+def _now(answer: bytes | defer.Deferred[bytes]) -> bytes:
+    assert isinstance(answer, defer.Deferred) and answer.called
+    result = answer.result
+    assert isinstance(result, bytes)
+    return result
