@@ -97,6 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     reactor.callWhenRunning(checker.start, TICK, False)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()
+    if orphan[0]:
+        # No supervisor to remove its private directory: the last worker out
+        # does (its own sockets first; rmdir fails while a sibling's remain).
+        for remove, path in ((os.unlink, args.channel),
+                             (os.rmdir, os.path.dirname(args.channel))):
+            try:
+                remove(path)
+            except OSError:
+                pass
     return 0
 
 

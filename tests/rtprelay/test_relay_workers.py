@@ -380,6 +380,10 @@ def test_relay_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> Non
                 assert time.monotonic() < deadline, "rtp-relay did not answer V"
         workers = workers_of(proc.pid)
         assert len(workers) == 2
+        with open(f"/proc/{workers[0]}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        private = Path(argv[argv.index(b"--channel") + 1].decode()).parent
+        assert private.is_dir()
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 15
@@ -387,6 +391,8 @@ def test_relay_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> Non
                   for pid in workers.values()):
             assert time.monotonic() < deadline, "relay workers outlived their supervisor"
             time.sleep(0.1)
+        # The last one out removed the supervisor's private directory.
+        assert not private.exists(), list(private.iterdir())
     finally:
         client.close()
         if proc.poll() is None:
