@@ -38,6 +38,10 @@ rtpengine: Debian's rtpengine-daemon (/usr/bin/rtpengine), userspace forwarding
 (--table=-1: no kernel module), in the foreground, --config-file=none so that
 /etc/rtpengine/rtpengine.conf is not read, one worker thread by default
 (--rtpengine-threads) like our single-threaded relay.  Linux only (/proc).
+
+--workers N runs sipsuite's relay as ``rtp-relay --workers N``: a supervisor
+and N worker processes in the relay's process group, whose CPU is all counted;
+compare with --rtpengine-threads N for the same number of cores.
 """
 
 from __future__ import annotations
@@ -193,7 +197,8 @@ def in_ns(ns: str, cmd: list[str]) -> list[str]:
 @contextmanager
 def sipsuite_relay(workdir: Path, low: int, high: int, threads: int, ns: str = "",
                    kernel: bool = False) -> Iterator[Relay]:
-    del threads  # one reactor thread
+    # threads: --workers (rtp-relay --workers N: N processes of one reactor
+    # thread each, in the relay's process group, so their CPU is counted).
     port = free_udp_port()
     conf = workdir / "relay.toml"
     conf.write_text(
@@ -212,7 +217,7 @@ def sipsuite_relay(workdir: Path, low: int, high: int, threads: int, ns: str = "
         "--nodaemon", "--pidfile=", f"--logfile={log}",
         "rtp-relay", "--control", f"udp:{HOST}:{port}",
         "--media-address", RELAY_IP if ns else HOST,
-        "--ports", f"{low}-{high}", "--config", str(conf),
+        "--ports", f"{low}-{high}", "--config", str(conf), "--workers", str(threads),
     ]  # fmt: skip
     cmd = in_ns(ns, cmd)
     env = dict(os.environ)
@@ -412,6 +417,7 @@ class Settings:
     max_loss: float
     max_delay: float
     hosts: Hosts | None = None
+    workers: int = 1  # sipsuite's rtp-relay --workers
 
 
 def read_line(gen: Generator, prefix: str, deadline: float) -> dict[str, Any]:
@@ -448,7 +454,10 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
     workdir = settings.workroot / f"{which}-{n}"
     workdir.mkdir()
     # 4 ports per session (RTP+RTCP per leg), plus room for pairs another program holds.
-    low, high = media_port_range(4 * n + 64)
+    # With workers, calls spread by a hash of their Call-ID, not evenly: a
+    # third more, so no worker's slice runs out.
+    workers = settings.workers if which.startswith("sipsuite") else 1
+    low, high = media_port_range(4 * n + 64 if workers == 1 else int(4 * n * 1.34) + 64 * workers)
     start = {"rtpengine": rtpengine_relay, "direct": no_relay}.get(which, sipsuite_relay)
     hosts = settings.hosts
     ns = hosts.relay if hosts is not None else ""
@@ -458,7 +467,8 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
     }  # fmt: skip
     gens: list[Generator] = []
     try:
-        with start(workdir, low, high, settings.rtpengine_threads, ns,
+        threads = workers if which.startswith("sipsuite") else settings.rtpengine_threads
+        with start(workdir, low, high, threads, ns,
                    which == "sipsuite-kernel") as relay:
             result.notes.append("relay: " + " ".join(relay.cmd))
             first = 0
@@ -719,6 +729,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    " sessions)")
     p.add_argument("--rtpengine-threads", type=int, default=1,
                    help="rtpengine --num-threads (default 1, like our one reactor thread)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="sipsuite's rtp-relay --workers (default 1: one process)")
     p.add_argument("--max-loss", type=float, default=0.001,
                    help="highest loss that counts as handled (default 0.001 = 0.1 %%)")
     p.add_argument("--max-delay", type=float, default=0.1,
@@ -771,12 +783,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     workroot = Path(tempfile.mkdtemp(prefix="relay_pps."))
     settings = Settings(args.seconds, args.warmup, workroot, args.generators,
-                        args.rtpengine_threads, args.max_loss, args.max_delay)
+                        args.rtpengine_threads, args.max_loss, args.max_delay,
+                        workers=args.workers)
     if args.netns:
         settings.hosts = Hosts()  # deleted in the finally below
     print(
         f"sessions {args.session_list} (100 packets/s each, {PACKET}-byte datagrams),"
         f" {args.warmup:g} s warm-up + {args.seconds:g} s counted per step,"
+        f" sipsuite relay workers {args.workers},"
         f" {os.cpu_count()} CPUs, work files in {workroot}",
         flush=True,
     )

@@ -233,6 +233,7 @@ class RelayConfig:
     drain_time: float = setting(30.0, non_negative_float)
     max_sessions_per_call: int = setting(32, int_range(1, 100_000))
     kernel: str = setting("auto", one_of("auto", "on", "off"))
+    workers: int = setting(1, int_range(1, 64))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -126,6 +126,10 @@ class Supervisor(service.Service):
     ``overrides``: load_config's keyword arguments from the command line,
     passed on so each worker loads the same configuration."""
 
+    #: Seconds stop waits after SIGTERM before SIGKILL (the relay's
+    #: supervisor, rtprelay/workers.py, waits out its workers' drain).
+    stop_grace = STOP_GRACE
+
     def __init__(self, config: Any, overrides: Mapping[str, Any], reactor: Any | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -337,7 +341,7 @@ class Supervisor(service.Service):
             return None
         log.info("stopping {n} worker(s)", n=len(waits))
         self.signal_all(signal.SIGTERM)
-        killer = self.reactor.callLater(STOP_GRACE, self.signal_all, signal.SIGKILL)
+        killer = self.reactor.callLater(self.stop_grace, self.signal_all, signal.SIGKILL)
         done = defer.DeferredList(waits)
 
         def finished(result: Any) -> Any:

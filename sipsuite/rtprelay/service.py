@@ -115,6 +115,11 @@ class RelayService(BindsEarly):
         # Which packet path the relay uses and why, for the log and relay.stats.
         self.forwarding = "userspace"
         self.forwarding_reason = ""
+        # What names this relay's nftables table, when not its own control
+        # sockets: a relay worker's (rtprelay/worker.py) are in a directory
+        # made afresh at each start, so it is named after its supervisor's
+        # control sockets and its number, which a restart finds again.
+        self.kernel_identity: list[str] | None = None
 
     # -- start ----------------------------------------------------------------
 
@@ -166,9 +171,7 @@ class RelayService(BindsEarly):
         if mode == "off":
             self.forwarding_reason = '[relay] kernel = "off"'
             return
-        controls = [_show_control(spec) if spec.transport == "unix"
-                    else f"{spec.transport}:{_bound(port)}"
-                    for spec, port in zip(self.config.control, self.listeners, strict=True)]
+        controls = self.kernel_identity or bound_controls(self.config.control, self.listeners)
         try:
             plane, note = open_kernel_plane(self.config.media_addresses, controls,
                                             self.media.address_of, self.clock)
@@ -393,6 +396,13 @@ def _show_control(spec: ControlSpec) -> str:
     if spec.transport == "unix":
         return f"unix {spec.path}"
     return show_address(spec.transport, spec.host, spec.port)
+
+
+def bound_controls(specs: list[ControlSpec], listeners: list[Any]) -> list[str]:
+    """The control sockets as bound (the OS's pick for port 0): what a
+    relay's nftables table is named after."""
+    return [_show_control(spec) if spec.transport == "unix" else f"{spec.transport}:{_bound(port)}"
+            for spec, port in zip(specs, listeners, strict=True)]
 
 
 def _bound(port: Any) -> str:

@@ -398,6 +398,7 @@ BAD_VALUES = [
     ("media", "max_streams", "0", "a whole number from 1 to 1000"),
     ("relay", "max_sessions_per_call", "0", "a whole number from 1 to 100000"),
     ("relay", "kernel", '"yes"', "one of 'auto', 'on', 'off'"),
+    ("relay", "workers", "0", "a whole number from 1 to 64"),
     ("media", "max_sessions_per_source", "-1", "a whole number from 0 to 10000000"),
     ("dispatcher", "list_file", "1", "'' or the path of a dispatcher list file"),
     ("dispatcher", "sets", '"1 sip:192.0.2.1"', "a table of SETID = [destinations]"),

@@ -55,6 +55,7 @@ def relay_config(*, control: list[str] | None = None, addresses: list[str] | Non
         # Loopback parties never take the kernel path; "off" keeps these
         # tests the same on a host that forwards IP.
         kernel=kwargs.pop("kernel", "off"),
+        workers=kwargs.pop("workers", 1),
         **kwargs,
     )
 
