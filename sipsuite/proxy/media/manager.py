@@ -201,16 +201,20 @@ class MediaManager:
 
     # -- the MEDIA service ----------------------------------------------------------
 
-    async def offer(self, ctx: RequestContext, towards: Sequence[str] | None = None) -> bool:
+    async def offer(self, ctx: RequestContext, towards: Sequence[str] | None = None, *,
+                    callee_nat: bool = False) -> bool:
         """An initial request's offer (route[NATMANAGE]): U for its SDP and
         rewrite it; True when the media is now relayed.  An INVITE without
         SDP that needs a relay is marked a late offer instead (its 2xx
         carries the offer, on_reply relays it).  Call before forwarding.
         ``towards``: the hosts the request goes to (a bridging relay's side
-        of the callee, bridge.py); None: its dst_uri's or Request-URI's."""
-        if await self.offer_request(ctx, towards):
+        of the callee, bridge.py); None: its dst_uri's or Request-URI's.
+        ``callee_nat``: a target is a binding registered from behind NAT
+        (Kamailio's FLB_NATB branch flag): in "nat" mode the call is
+        relayed for it as for a NAT'ed caller."""
+        if await self.offer_request(ctx, towards, callee_nat=callee_nat):
             return True
-        self.late_offer(ctx, towards)
+        self.late_offer(ctx, towards, callee_nat=callee_nat)
         return False
 
     async def in_dialog(self, ctx: RequestContext) -> None:
@@ -275,8 +279,8 @@ class MediaManager:
 
     # -- commands -----------------------------------------------------------------
 
-    async def offer_request(self, ctx: RequestContext,
-                            towards: Sequence[str] | None = None) -> bool:
+    async def offer_request(self, ctx: RequestContext, towards: Sequence[str] | None = None,
+                            *, callee_nat: bool = False) -> bool:
         """U for the request's SDP and rewrite it; True when the media is now
         relayed.  Call before the request is forwarded."""
         req = ctx.request
@@ -286,7 +290,7 @@ class MediaManager:
         if sd is None:
             return False
         signalling = self._behind_nat(ctx)
-        if not needs_relay(self.mode, signalling=signalling, media=media_nat(sd),
+        if not needs_relay(self.mode, signalling=signalling or callee_nat, media=media_nat(sd),
                            known=self.is_relayed(req.call_id)):
             return False
         refusal = self._refusal(ctx, req.call_id, sd)
@@ -317,13 +321,14 @@ class MediaManager:
         ctx.call.get(MediaState).relayed = True
         return True
 
-    def late_offer(self, ctx: RequestContext, towards: Sequence[str] | None = None) -> bool:
+    def late_offer(self, ctx: RequestContext, towards: Sequence[str] | None = None, *,
+                   callee_nat: bool = False) -> bool:
         """An INVITE without SDP whose call needs a relay: the offer will come
         in the 2xx and the answer in the ACK (RFC 3261 13.2.1's late offer).
         Marks the call; True when it is one."""
         req = ctx.request
         if req.method != "INVITE" or req.body or not needs_relay(
-                self.mode, signalling=self._behind_nat(ctx), media=False,
+                self.mode, signalling=self._behind_nat(ctx) or callee_nat, media=False,
                 known=self.is_relayed(req.call_id)):
             return False
         state = ctx.call.get(MediaState)

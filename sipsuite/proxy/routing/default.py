@@ -217,20 +217,23 @@ class DefaultRouting(FeatureRoutes, Routing):
         ctx.trace("location: {user!r}: {n} binding(s) -> relay to {targets}", user=user,
                   n=len(reached), targets=_Uris(reached))
         targets: list[URI | str | Destination] = [d for _, d in reached]
-        await self.media_offer(ctx, targets)
+        # kamailio.cfg's FLB_NATB: a NAT'ed callee's media needs the relay too.
+        await self.media_offer(ctx, targets, callee_nat=any(b.nat for b, _ in reached))
         ctx.relay(targets)
 
     # -- media (kamailio.cfg's WITH_NAT + rtpproxy_manage) -------------------------
 
     async def media_offer(self, ctx: RequestContext,
-                          targets: Sequence[URI | str | Destination] | None = None) -> None:
+                          targets: Sequence[URI | str | Destination] | None = None, *,
+                          callee_nat: bool = False) -> None:
         """Anchor an initial INVITE's media on a relay when [features] nat
         says so (the media module); a relay that fails leaves it as is.
         ``targets``: where the request goes (for a bridging relay, which
-        network the callee is on); None: its dst_uri or Request-URI."""
+        network the callee is on); None: its dst_uri or Request-URI.
+        ``callee_nat``: a target is a binding registered from behind NAT."""
         media = self.core.modules.get(MEDIA)
         towards = None if targets is None else [target_host(t) for t in targets]
-        if media is None or not await media.offer(ctx, towards):
+        if media is None or not await media.offer(ctx, towards, callee_nat=callee_nat):
             return
         rsp = ctx.response
         if rsp is not None and rsp.cancelled:

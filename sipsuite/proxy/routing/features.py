@@ -103,7 +103,8 @@ class FeatureRoutes:
     if TYPE_CHECKING:
         # DefaultRouting's: route[NATMANAGE] for the request sent on.
         async def media_offer(self, ctx: RequestContext,
-                              targets: Sequence[URI | str | Destination] | None = None) -> None: ...
+                              targets: Sequence[URI | str | Destination] | None = None, *,
+                              callee_nat: bool = False) -> None: ...
 
     # -- WITH_DEBUG ----------------------------------------------------------------
 

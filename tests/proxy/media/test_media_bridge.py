@@ -225,3 +225,35 @@ def _invite(host: str, *, to: str = "sip:bob@203.0.113.9", call_id: str = "call-
     assert isinstance(msg, Request)
     return msg
 
+
+
+def test_call_to_a_nated_binding_is_relayed_in_nat_mode(tmp_path: Path) -> None:
+    # kamailio.cfg's FLB_NATB: a public caller, a callee registered from
+    # behind NAT (private Contact, from the router's address): relayed, and
+    # on a bridging relay the callee's side is judged by where it is reached.
+    client = Recorder()
+    kit = ProxyKit(tmp_path, features={"nat": True},
+                   media={"relay": "nat", "internal_networks": ["192.168.0.0/16"]})
+    add_media(kit.core, client)
+    kit.feed(request("REGISTER", "sip:sipsuite.test", host="192.168.1.10", branch="r1"),
+             "203.0.113.50", 40000)
+    assert [m.status for m in kit.sent_to("203.0.113.50")] == [200]
+    kit.take()
+    kit.feed(with_sdp(request("INVITE", "sip:bob@sipsuite.test", host="198.51.100.2"),
+                      sdp("198.51.100.2")), "198.51.100.2")
+    (invite,) = [m for m in kit.sent_to("203.0.113.50") if isinstance(m, Request)]
+    assert f"c=IN IP4 {RELAY_OUT}".encode() in invite.body
+    assert client.sent == [("U", "EE")]  # reached at 203.0.113.50, not its private Contact
+
+
+def test_call_to_a_public_binding_is_not_relayed_in_nat_mode(tmp_path: Path) -> None:
+    client = Recorder()
+    kit = ProxyKit(tmp_path, features={"nat": True}, media={"relay": "nat"})
+    add_media(kit.core, client)
+    kit.feed(request("REGISTER", "sip:sipsuite.test", host="203.0.113.9", branch="r1"),
+             "203.0.113.9")
+    kit.take()
+    kit.feed(with_sdp(request("INVITE", "sip:bob@sipsuite.test", host="198.51.100.2"),
+                      sdp("198.51.100.2")), "198.51.100.2")
+    (invite,) = [m for m in kit.sent_to("203.0.113.9") if isinstance(m, Request)]
+    assert b"c=IN IP4 198.51.100.2" in invite.body and client.sent == []
