@@ -290,12 +290,6 @@ class MediaManager:
         if sd is None:
             return False
         signalling = self._behind_nat(ctx)
-        if not needs_relay(self.mode, signalling=signalling or callee_nat, media=media_nat(sd),
-                           known=self.is_relayed(req.call_id)):
-            return False
-        refusal = self._refusal(ctx, req.call_id, sd)
-        if refusal is not None:
-            raise refusal
         # Kamailio without its 'r' flag: a NAT'ed party's media comes from
         # where its signalling did, not from the private address it wrote.
         source_host = ctx.source.host if signalling and media_nat(sd) else None
@@ -304,6 +298,12 @@ class MediaManager:
             sides = self._in_dialog_sides(ctx, key)
         else:
             sides = self._sides_of(ctx, self._media_host(ctx, sd, source_host), towards)
+        if not (needs_relay(self.mode, signalling=signalling or callee_nat, media=media_nat(sd),
+                            known=self.is_relayed(req.call_id)) or _crossing(sides)):
+            return False
+        refusal = self._refusal(ctx, req.call_id, sd)
+        if refusal is not None:
+            raise refusal
         endpoints = await self._update(self.client.offer, req, req, sd, ctx, source_host,
                                        modifiers=sides.modifiers(req.from_tag) if sides else "")
         if endpoints is None:
@@ -327,15 +327,17 @@ class MediaManager:
         in the 2xx and the answer in the ACK (RFC 3261 13.2.1's late offer).
         Marks the call; True when it is one."""
         req = ctx.request
-        if req.method != "INVITE" or req.body or not needs_relay(
-                self.mode, signalling=self._behind_nat(ctx) or callee_nat, media=False,
-                known=self.is_relayed(req.call_id)):
+        if req.method != "INVITE" or req.body:
+            return False
+        # No SDP yet: the caller's media will come from where it is.
+        sides = self._sides_of(ctx, ctx.source.host, towards) if req.to_tag is None else None
+        if not (needs_relay(self.mode, signalling=self._behind_nat(ctx) or callee_nat,
+                            media=False, known=self.is_relayed(req.call_id))
+                or _crossing(sides)):
             return False
         state = ctx.call.get(MediaState)
         state.late_offer = True
-        if req.to_tag is None:
-            # No SDP yet: the caller's media will come from where it is.
-            state.sides = self._sides_of(ctx, ctx.source.host, towards)
+        state.sides = sides
         return True
 
     async def offer_in_reply(self, ctx: RequestContext, resp: Response) -> bool:
@@ -597,6 +599,13 @@ class MediaManager:
             self._per_source[host] = left
         else:
             self._per_source.pop(host, None)
+
+
+def _crossing(sides: CallSides | None) -> bool:
+    """The call's parties are on the two networks a bridging relay joins:
+    neither reaches the other but through the relay, so it is relayed
+    whatever ``[media] relay`` says."""
+    return sides is not None and sides.offerer != sides.other
 
 
 def _warn_agent(ctx: RequestContext) -> str:

@@ -257,3 +257,27 @@ def test_call_to_a_public_binding_is_not_relayed_in_nat_mode(tmp_path: Path) -> 
                       sdp("198.51.100.2")), "198.51.100.2")
     (invite,) = [m for m in kit.sent_to("203.0.113.9") if isinstance(m, Request)]
     assert b"c=IN IP4 198.51.100.2" in invite.body and client.sent == []
+
+
+@pytest.mark.parametrize(("caller", "callee", "sent"), [
+    ("198.51.100.2", "10.0.0.9", [("U", "EI"), ("L", "IE")]),  # across: relayed
+    ("192.0.2.10", "203.0.113.9", [("U", "IE"), ("L", "EI")]),  # across: relayed
+    ("198.51.100.2", "203.0.113.9", []),                        # one side, no NAT
+])
+def test_nat_mode_relays_calls_across_the_bridge(tmp_path: Path, caller: str, callee: str,
+                                                 sent: list[tuple[str, str]]) -> None:
+    # Neither party is behind NAT and no offer names a private address (an
+    # internal network may be a public range), but the two networks reach
+    # each other only through the relay.
+    client = Recorder()
+    kit = ProxyKit(tmp_path, static={"bob": f"sip:bob@{callee}:5099"}, features={"nat": True},
+                   media={"relay": "nat", "internal_networks": [INTERNAL_NET, "192.0.2.0/24"]})
+    add_media(kit.core, client)
+    kit.feed(with_sdp(request("INVITE", "sip:bob@sipsuite.test", host=caller),
+                      sdp(caller)), caller)
+    (invite,) = [m for m in kit.sent_to(callee) if isinstance(m, Request)]
+    ok = answer(invite, 200, to_tag="bobtag")
+    ok.body = sdp(callee)
+    ok.set_header("Content-Type", "application/sdp")
+    kit.feed(ok, callee, 5099)
+    assert client.sent == sent
