@@ -78,9 +78,10 @@ def _talk(hosts: NatTopology, dave: Phone, dave_sends_to: tuple[str, int], bob: 
     assert {h for h, _ in at_bob} == {RELAY_PUB}, set(at_bob)
     assert {h for h, _ in at_dave} == {RELAY_SVC}, set(at_dave)
     (session,) = sessions
-    # Both parties latched where they really are.
-    latched = {str(session[leg]["latched"]).rpartition(":")[0] for leg in ("caller", "callee")}
-    assert latched == {DAVE, BOB}, session
+    # Each party latched where it really is, on a socket of its own network.
+    legs = {str(session[leg]["latched"]).rpartition(":")[0]:
+            (session[leg]["interface"], session[leg]["address"]) for leg in ("caller", "callee")}
+    assert legs == {DAVE: ("internal", RELAY_SVC), BOB: ("external", RELAY_PUB)}, session
 
 
 def _relayed_on(target: tuple[str, int], address: str) -> bool:
