@@ -5,9 +5,10 @@ service network, a phone dave on it next to the proxy, and bob on the public
 side.  dave reaches no public host but the proxy's SIP address: media to him
 works only through the relay's internal address.
 
-Shown both ways (dave calls bob, bob calls dave): the SDP each phone gets
-names the relay's address on its own network, and RTP flows both ways
-through the relay's two interfaces.
+Shown both ways (dave calls bob, bob calls dave) and from alice behind her
+home router to dave: the SDP each phone gets names the relay's address on
+its own network, and RTP flows both ways through the relay's two
+interfaces.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from collections.abc import Iterator
 
 import pytest
 from nattopo import (
+    ALICE,
     BOB,
     DAVE,
     MEDIA_PORTS,
+    NAT_WAN,
     RELAY_PUB,
     RELAY_SVC,
     NatTopology,
@@ -62,17 +65,19 @@ def _from(got: list[tuple[bytes, tuple[str, int]]], ssrc: int) -> list[tuple[str
 
 
 def _talk(hosts: NatTopology, dave: Phone, dave_sends_to: tuple[str, int], bob: Phone,
-          bob_sends_to: tuple[str, int]) -> None:
+          bob_sends_to: tuple[str, int], bob_seen_at: str = BOB) -> None:
     """RTP both ways, each phone to the address its SDP named; each hears
-    the other only from the relay's address on its own network."""
+    the other only from the relay's address on its own network.  ``bob``
+    is the phone outside (speaking first: a NAT'ed one opens its router's
+    mapping so), seen by the relay at ``bob_seen_at``."""
     for seq in range(PACKETS):
-        dave.rtp.sendto(rtp(seq, SSRC_DAVE), dave_sends_to)
-        time.sleep(0.005)
         bob.rtp.sendto(rtp(seq, SSRC_BOB), bob_sends_to)
+        time.sleep(0.005)
+        dave.rtp.sendto(rtp(seq, SSRC_DAVE), dave_sends_to)
         time.sleep(0.015)
     sessions = hosts.relay_sessions()
     at_bob, at_dave = _from(bob.received_rtp(), SSRC_DAVE), _from(dave.received_rtp(), SSRC_BOB)
-    counts = {"dave->bob": len(at_bob), "bob->dave": len(at_dave)}
+    counts = {"dave->outside": len(at_bob), "outside->dave": len(at_dave)}
     assert all(n >= PACKETS - 2 for n in counts.values()), (counts, sessions,
                                                            hosts.diagnostics())
     assert {h for h, _ in at_bob} == {RELAY_PUB}, set(at_bob)
@@ -81,7 +86,8 @@ def _talk(hosts: NatTopology, dave: Phone, dave_sends_to: tuple[str, int], bob: 
     # Each party latched where it really is, on a socket of its own network.
     legs = {str(session[leg]["latched"]).rpartition(":")[0]:
             (session[leg]["interface"], session[leg]["address"]) for leg in ("caller", "callee")}
-    assert legs == {DAVE: ("internal", RELAY_SVC), BOB: ("external", RELAY_PUB)}, session
+    assert legs == {DAVE: ("internal", RELAY_SVC),
+                    bob_seen_at: ("external", RELAY_PUB)}, session
 
 
 def _relayed_on(target: tuple[str, int], address: str) -> bool:
@@ -130,4 +136,28 @@ def test_public_phone_calls_internal_phone_across_the_bridge(hosts: NatTopology,
 
     _talk(hosts, dave, dave_sends_to, bob, bob_sends_to)
     assert bob.hang_up(dialog).status == 200
+    wait_for(lambda: not hosts.relay_sessions(), 5, "the relay session to end at BYE")
+
+
+def test_nated_phone_calls_internal_phone_across_the_bridge(hosts: NatTopology,
+                                                            phones: list[Phone]) -> None:
+    # alice is behind her router: her SDP names 192.168.1.10, private but
+    # not internal; she is judged by where she is, the router's address.
+    alice = Phone(hosts.home, "alice", ALICE, rtp_port=4004)
+    dave = Phone(hosts.dave_ns, "dave", DAVE, rtp_port=4004)
+    phones += [alice, dave]
+    for phone in (alice, dave):
+        assert phone.register().status == 200, hosts.diagnostics()
+
+    invite = alice.call("dave")
+    offer = dave.expect("INVITE")
+    dave.answer(offer)
+    dialog = alice.outcome(invite)
+    assert dialog.final.status == 200, hosts.diagnostics()
+    alice_sends_to, dave_sends_to = sdp_target(dialog.final), sdp_target(offer)
+    assert _relayed_on(dave_sends_to, RELAY_SVC), (dave_sends_to, alice_sends_to)
+    assert _relayed_on(alice_sends_to, RELAY_PUB), (dave_sends_to, alice_sends_to)
+
+    _talk(hosts, dave, dave_sends_to, alice, alice_sends_to, bob_seen_at=NAT_WAN)
+    assert alice.hang_up(dialog).status == 200
     wait_for(lambda: not hosts.relay_sessions(), 5, "the relay session to end at BYE")
