@@ -281,3 +281,16 @@ def test_nat_mode_relays_calls_across_the_bridge(tmp_path: Path, caller: str, ca
     ok.set_header("Content-Type", "application/sdp")
     kit.feed(ok, callee, 5099)
     assert client.sent == sent
+
+
+def test_internal_networks_change_at_run_time(tmp_path: Path) -> None:
+    from sipsuite.ops.liveops import cfg_set
+
+    client = Recorder()
+    kit = kit_for(tmp_path, client, "203.0.113.9", [])
+    call_through(kit, "10.0.0.2", "203.0.113.9")
+    cfg_set(kit.core, "media.internal_networks", '["10.0.0.0/8"]')
+    kit.take()
+    kit.feed(with_sdp(request("INVITE", "sip:bob@sipsuite.test", host="10.0.0.2",
+                              call_id="call-2", branch="b2"), sdp("10.0.0.2")), "10.0.0.2")
+    assert client.sent == [("U", ""), ("L", ""), ("U", "IE")]
