@@ -38,9 +38,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sipsuite.hosts import unbracket
+from sipsuite.sip import sdp
 
-__all__ = ["EXTERNAL", "INTERNAL", "CallSides", "letters", "side_of", "sides_of_targets",
-           "validate_direction"]
+__all__ = ["EXTERNAL", "INTERNAL", "CallSides", "crossing", "letters", "media_host", "side_of",
+           "sides_of_targets", "validate_direction"]
 
 INTERNAL = "internal"
 EXTERNAL = "external"
@@ -60,6 +61,25 @@ def side_of(host: str | None, networks: Sequence[Network]) -> str:
     if address.is_unspecified:
         return EXTERNAL
     return INTERNAL if any(address in net for net in networks) else EXTERNAL
+
+
+def media_host(sd: sdp.SessionDescription, source: str, *, nat: bool) -> str:
+    """Where the offerer's media comes from, as the relay is told: its
+    signalling ``source`` when it is behind NAT, else its SDP's first live
+    address (``source`` when there is none)."""
+    if nat:
+        return source
+    for address, port in sdp.media_addresses(sd):
+        if port and address:
+            return address
+    return source
+
+
+def crossing(sides: CallSides | None) -> bool:
+    """The call's parties are on the two networks a bridging relay joins:
+    neither reaches the other but through the relay, so it is relayed
+    whatever ``[media] relay`` says."""
+    return sides is not None and sides.offerer != sides.other
 
 
 def sides_of_targets(hosts: Iterable[str | None], networks: Sequence[Network]) -> str:

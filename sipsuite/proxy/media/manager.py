@@ -15,6 +15,10 @@ commands and SDP rewrites:
 Tags are the message's own From and To tags, as Kamailio sends them: the
 relay tells the two parties apart by which tag comes first.
 
+On a relay bridging two networks, each U and L carries the I/E letters of
+the call's two sides (``[media] internal_networks`` or the script's
+``ctx.media_direction``; sipsuite.proxy.media.bridge).
+
 A relay that cannot be reached (:class:`RelayUnavailable`) or answers an
 error (:class:`RelayError`, e.g. no free ports) is logged and the message
 goes on unchanged: the call is connected without relaying, as Kamailio does.
@@ -63,6 +67,8 @@ from sipsuite.log import get_logger
 from sipsuite.proxy.core.hookerrors import RequestRejected
 from sipsuite.proxy.media.bridge import (
     CallSides,
+    crossing,
+    media_host,
     side_of,
     sides_of_targets,
     validate_direction,
@@ -297,9 +303,10 @@ class MediaManager:
         if req.to_tag is not None:
             sides = self._in_dialog_sides(ctx, key)
         else:
-            sides = self._sides_of(ctx, self._media_host(ctx, sd, source_host), towards)
+            sides = self._sides_of(ctx, media_host(sd, source_host or ctx.source.host,
+                                                   nat=source_host is not None), towards)
         if not (needs_relay(self.mode, signalling=signalling or callee_nat, media=media_nat(sd),
-                            known=self.is_relayed(req.call_id)) or _crossing(sides)):
+                            known=self.is_relayed(req.call_id)) or crossing(sides)):
             return False
         refusal = self._refusal(ctx, req.call_id, sd)
         if refusal is not None:
@@ -333,7 +340,7 @@ class MediaManager:
         sides = self._sides_of(ctx, ctx.source.host, towards) if req.to_tag is None else None
         if not (needs_relay(self.mode, signalling=self._behind_nat(ctx) or callee_nat,
                             media=False, known=self.is_relayed(req.call_id))
-                or _crossing(sides)):
+                or crossing(sides)):
             return False
         state = ctx.call.get(MediaState)
         state.late_offer = True
@@ -499,19 +506,6 @@ class MediaManager:
         # getattr: configs built by hand (tests' FakeCore) may predate the key.
         return getattr(self.core.config.media, "internal_networks", ())
 
-    @staticmethod
-    def _media_host(ctx: RequestContext, sd: sdp.SessionDescription,
-                    source_host: str | None) -> str:
-        """Where the offerer's media comes from, as the relay is told: its
-        signalling source when it is behind NAT, else its SDP's first live
-        address (the signalling source when there is none)."""
-        if source_host is not None:
-            return source_host
-        for address, port in sdp.media_addresses(sd):
-            if port and address:
-                return address
-        return ctx.source.host
-
     def _sides_of(self, ctx: RequestContext, offerer_host: str,
                   towards: Sequence[str] | None) -> CallSides | None:
         """The call's sides from its first request (None: no bridging)."""
@@ -599,13 +593,6 @@ class MediaManager:
             self._per_source[host] = left
         else:
             self._per_source.pop(host, None)
-
-
-def _crossing(sides: CallSides | None) -> bool:
-    """The call's parties are on the two networks a bridging relay joins:
-    neither reaches the other but through the relay, so it is relayed
-    whatever ``[media] relay`` says."""
-    return sides is not None and sides.offerer != sides.other
 
 
 def _warn_agent(ctx: RequestContext) -> str:
