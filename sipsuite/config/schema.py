@@ -246,6 +246,9 @@ class MediaConfig:
     disable_time: float = setting(60.0, positive_float)
     max_streams: int = setting(8, int_range(1, 1000))
     max_sessions_per_source: int = setting(200, int_range(0, 10_000_000))
+    # A bridging relay's internal side (sipsuite.proxy.media.bridge).
+    internal_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = setting(
+        [], list_of(ip_network))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -139,7 +139,7 @@ RUNTIME_KEYS: dict[str, tuple[str, ...] | str] = {
     "accounting": ("file", "max_duration", "max_calls"),
     "log": ("level",),
     # The media module reads them from the config at each offer.
-    "media": ("max_streams", "max_sessions_per_source"),
+    "media": ("max_streams", "max_sessions_per_source", "internal_networks"),
 }
 
 # A key named with one of these words holds something opened or bound once

@@ -13,7 +13,7 @@ meet on an interface and never import each other.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sipsuite.proxy.api import ServiceKey
@@ -110,7 +110,8 @@ class MediaService(Protocol):
     @property
     def mode(self) -> str: ...  # [media] relay: "nat" or "always"
 
-    async def offer(self, ctx: RequestContext) -> bool: ...
+    async def offer(self, ctx: RequestContext, towards: Sequence[str] | None = None, *,
+                    callee_nat: bool = False) -> bool: ...
     # An initial request's offer: True when relayed; an INVITE without SDP
     # that needs the relay becomes a late offer (on_reply relays the 2xx's).
     async def in_dialog(self, ctx: RequestContext) -> None: ...  # BYE/ACK/PRACK/re-INVITE/UPDATE

@@ -400,6 +400,8 @@ BAD_VALUES = [
     ("relay", "kernel", '"yes"', "one of 'auto', 'on', 'off'"),
     ("relay", "workers", "0", "a whole number from 1 to 64"),
     ("media", "max_sessions_per_source", "-1", "a whole number from 0 to 10000000"),
+    ("media", "internal_networks", '["10.0.0.0/33"]', "an IP address or network"),
+    ("media", "internal_networks", '"10.0.0.0/8"', "a list [...]"),
     ("dispatcher", "list_file", "1", "'' or the path of a dispatcher list file"),
     ("dispatcher", "sets", '"1 sip:192.0.2.1"', "a table of SETID = [destinations]"),
     ("dispatcher", "sets", '{ 1 = "sip:192.0.2.1" }', "a non-empty list of destinations"),

@@ -13,6 +13,12 @@ Hosts::
          |  192.168.1.0/24
     .1 --+-- home: alice 192.168.1.10 (UDP), carol 192.168.1.11 (TCP)
 
+With ``bridging=True`` the relay bridges its two networks (media addresses
+10.0.0.5 internal, 203.0.113.5 external; the proxy's ``[media]
+internal_networks = ["10.0.0.0/24"]``) and a phone dave sits on the service
+network next to the proxy (10.0.0.30, reaching the proxy's public SIP
+address through its service interface, and nothing public beyond it).
+
 The phones are :class:`Phone` objects of the test process: their sockets are
 made inside their host's namespace (netnskit.inside), a thread per phone
 reads its SIP socket and answers the proxy's OPTIONS keep-alives, as a phone
@@ -50,6 +56,8 @@ REDIS = "10.0.0.20"
 BOB = "203.0.113.100"
 NAT_WAN, NAT_LAN = "203.0.113.50", "192.168.1.1"
 ALICE, CAROL = "192.168.1.10", "192.168.1.11"
+DAVE = "10.0.0.30"  # bridging only: a phone on the service network
+SERVICE_NET = "10.0.0.0/24"
 SIP_PORT, RELAY_CONTROL, RELAY_MGMT, PROXY_MGMT = 5060, 7722, 7061, 7060
 MEDIA_PORTS = (35000, 35999)
 DOMAIN = "sipsuite.test"
@@ -318,8 +326,8 @@ class Phone:
 class NatTopology:
     """The hosts of the module docstring, their servers started and ready."""
 
-    def __init__(self, topo: Topology, tmp: Path) -> None:
-        self.topo, self.tmp = topo, tmp
+    def __init__(self, topo: Topology, tmp: Path, *, bridging: bool = False) -> None:
+        self.topo, self.tmp, self.bridging = topo, tmp, bridging
         sw = topo.ns("sw")
         pub, svc = topo.switch(sw, "pub"), topo.switch(sw, "svc")
         self.proxy, self.relay, self.redis = topo.ns("proxy"), topo.ns("relay"), topo.ns("redis")
@@ -328,6 +336,13 @@ class NatTopology:
             topo.plug(ns, addr + "/24", sw, pub)
         for ns, addr in ((self.proxy, PROXY_SVC), (self.relay, RELAY_SVC), (self.redis, REDIS)):
             topo.plug(ns, addr + "/24", sw, svc)
+        if bridging:
+            self.dave_ns = topo.ns("dave")
+            topo.plug(self.dave_ns, DAVE + "/24", sw, svc)
+            # The proxy host takes packets for its public address on any
+            # interface (Linux's weak host model); it forwards nothing, so
+            # dave reaches no other public host.
+            topo.route(self.dave_ns, PROXY_SVC)
         wan = topo.plug(self.nat, NAT_WAN + "/24", sw, pub)
         home_dev, lan = topo.link(self.home, ALICE + "/24", self.nat, NAT_LAN + "/24")
         topo.addr(self.home, home_dev, CAROL + "/24")
@@ -380,7 +395,7 @@ class NatTopology:
         (self.tmp / "relay").mkdir()
         (self.tmp / "relay" / "relay.toml").write_text(toml_dumps({
             "relay": {"control": [f"tls:{RELAY_SVC}:{RELAY_CONTROL}"],
-                      "media_addresses": [RELAY_PUB],
+                      "media_addresses": [RELAY_SVC, RELAY_PUB] if self.bridging else [RELAY_PUB],
                       "ports": f"{MEDIA_PORTS[0]}-{MEDIA_PORTS[1]}", "drain_time": 0.0},
             "tls": {"certificate": str(relay_cert.cert), "private_key": str(relay_cert.key),
                     "ca_list": str(self.pki.ca_file)},
@@ -398,7 +413,8 @@ class NatTopology:
                       "domains": [DOMAIN]},
             "features": {"nat": True, "natsipping": True},
             "nat": {"keepalive_interval": KEEPALIVE_INTERVAL},
-            "media": {"relay": "nat", "relays": [f"tls:{RELAY_SVC}:{RELAY_CONTROL}"]},
+            "media": {"relay": "nat", "relays": [f"tls:{RELAY_SVC}:{RELAY_CONTROL}"],
+                      "internal_networks": [SERVICE_NET] if self.bridging else []},
             "redis": {"url": f"redis://{REDIS}:6379/0"},
             "tls": {"certificate": str(proxy_cert.cert), "private_key": str(proxy_cert.key),
                     "ca_list": str(self.pki.ca_file)},

@@ -15,6 +15,10 @@ commands and SDP rewrites:
 Tags are the message's own From and To tags, as Kamailio sends them: the
 relay tells the two parties apart by which tag comes first.
 
+On a relay bridging two networks, each U and L carries the I/E letters of
+the call's two sides (``[media] internal_networks`` or the script's
+``ctx.media_direction``; sipsuite.proxy.media.bridge).
+
 A relay that cannot be reached (:class:`RelayUnavailable`) or answers an
 error (:class:`RelayError`, e.g. no free ports) is logged and the message
 goes on unchanged: the call is connected without relaying, as Kamailio does.
@@ -52,7 +56,7 @@ share, pick or secure, and no datagram per command.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -61,6 +65,14 @@ from twisted.internet.defer import Deferred
 from sipsuite.hosts import bracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.core.hookerrors import RequestRejected
+from sipsuite.proxy.media.bridge import (
+    CallSides,
+    crossing,
+    media_host,
+    side_of,
+    sides_of_targets,
+    validate_direction,
+)
 from sipsuite.proxy.media.client import (
     RelayClient,
     RelayError,
@@ -71,6 +83,7 @@ from sipsuite.proxy.modules.nat import media_nat, needs_relay, parse_sdp
 from sipsuite.proxy.services import EVENTS, NAT
 from sipsuite.sip import sdp
 from sipsuite.sip.message import Message, Request, Response
+from sipsuite.sip.uri import URI
 
 if TYPE_CHECKING:
     from sipsuite.config import Config
@@ -104,6 +117,7 @@ class MediaState:
     relayed: bool = False     # its offer went to the relay (U)
     late_offer: bool = False  # an INVITE without SDP whose call needs a relay
     deleted: bool = False     # end_call sent the call's D
+    sides: CallSides | None = None  # the call's networks on a bridging relay
 
 
 class MediaManager:
@@ -133,6 +147,8 @@ class MediaManager:
         # The sessions held on relays, for handle.relay_sessions() and the
         # relay.session.* events of the split deployment.
         self.sessions = RelaySessions(self._bus, core.wall)
+        # Each relayed call's networks (bridge.py), for its in-dialog offers.
+        self._sides: dict[str, CallSides] = {}
         client.forgotten = self._forgotten
 
     @property
@@ -157,6 +173,7 @@ class MediaManager:
 
     def _forgotten(self, key: str, why: str) -> None:
         self._release(key)
+        self._sides.pop(key, None)
         self.sessions.closed(key, why)
 
     def sessions_of(self, host: str) -> int:
@@ -190,14 +207,20 @@ class MediaManager:
 
     # -- the MEDIA service ----------------------------------------------------------
 
-    async def offer(self, ctx: RequestContext) -> bool:
+    async def offer(self, ctx: RequestContext, towards: Sequence[str] | None = None, *,
+                    callee_nat: bool = False) -> bool:
         """An initial request's offer (route[NATMANAGE]): U for its SDP and
         rewrite it; True when the media is now relayed.  An INVITE without
         SDP that needs a relay is marked a late offer instead (its 2xx
-        carries the offer, on_reply relays it).  Call before forwarding."""
-        if await self.offer_request(ctx):
+        carries the offer, on_reply relays it).  Call before forwarding.
+        ``towards``: the hosts the request goes to (a bridging relay's side
+        of the callee, bridge.py); None: its dst_uri's or Request-URI's.
+        ``callee_nat``: a target is a binding registered from behind NAT
+        (Kamailio's FLB_NATB branch flag): in "nat" mode the call is
+        relayed for it as for a NAT'ed caller."""
+        if await self.offer_request(ctx, towards, callee_nat=callee_nat):
             return True
-        self.late_offer(ctx)
+        self.late_offer(ctx, towards, callee_nat=callee_nat)
         return False
 
     async def in_dialog(self, ctx: RequestContext) -> None:
@@ -262,7 +285,8 @@ class MediaManager:
 
     # -- commands -----------------------------------------------------------------
 
-    async def offer_request(self, ctx: RequestContext) -> bool:
+    async def offer_request(self, ctx: RequestContext, towards: Sequence[str] | None = None,
+                            *, callee_nat: bool = False) -> bool:
         """U for the request's SDP and rewrite it; True when the media is now
         relayed.  Call before the request is forwarded."""
         req = ctx.request
@@ -272,18 +296,28 @@ class MediaManager:
         if sd is None:
             return False
         signalling = self._behind_nat(ctx)
-        if not needs_relay(self.mode, signalling=signalling, media=media_nat(sd),
-                           known=self.is_relayed(req.call_id)):
+        # Kamailio without its 'r' flag: a NAT'ed party's media comes from
+        # where its signalling did, not from the private address it wrote.
+        source_host = ctx.source.host if signalling and media_nat(sd) else None
+        key = RelayClient.key_of(req.call_id)
+        if req.to_tag is not None:
+            sides = self._in_dialog_sides(ctx, key)
+        else:
+            sides = self._sides_of(ctx, media_host(sd, source_host or ctx.source.host,
+                                                   nat=source_host is not None), towards)
+        if not (needs_relay(self.mode, signalling=signalling or callee_nat, media=media_nat(sd),
+                            known=self.is_relayed(req.call_id)) or crossing(sides)):
             return False
         refusal = self._refusal(ctx, req.call_id, sd)
         if refusal is not None:
             raise refusal
-        # Kamailio without its 'r' flag: a NAT'ed party's media comes from
-        # where its signalling did, not from the private address it wrote.
-        source_host = ctx.source.host if signalling and media_nat(sd) else None
-        endpoints = await self._update(self.client.offer, req, req, sd, ctx, source_host)
+        endpoints = await self._update(self.client.offer, req, req, sd, ctx, source_host,
+                                       modifiers=sides.modifiers(req.from_tag) if sides else "")
         if endpoints is None:
             return False
+        if sides is not None:
+            ctx.call.get(MediaState).sides = sides  # for this request's answer
+            self._sides.setdefault(key, sides)
         self._charge(req.call_id, ctx.source.host, endpoints)
         try:
             req.body = sdp.rewrite(sd, endpoints).to_bytes()
@@ -294,16 +328,23 @@ class MediaManager:
         ctx.call.get(MediaState).relayed = True
         return True
 
-    def late_offer(self, ctx: RequestContext) -> bool:
+    def late_offer(self, ctx: RequestContext, towards: Sequence[str] | None = None, *,
+                   callee_nat: bool = False) -> bool:
         """An INVITE without SDP whose call needs a relay: the offer will come
         in the 2xx and the answer in the ACK (RFC 3261 13.2.1's late offer).
         Marks the call; True when it is one."""
         req = ctx.request
-        if req.method != "INVITE" or req.body or not needs_relay(
-                self.mode, signalling=self._behind_nat(ctx), media=False,
-                known=self.is_relayed(req.call_id)):
+        if req.method != "INVITE" or req.body:
             return False
-        ctx.call.get(MediaState).late_offer = True
+        # No SDP yet: the caller's media will come from where it is.
+        sides = self._sides_of(ctx, ctx.source.host, towards) if req.to_tag is None else None
+        if not (needs_relay(self.mode, signalling=self._behind_nat(ctx) or callee_nat,
+                            media=False, known=self.is_relayed(req.call_id))
+                or crossing(sides)):
+            return False
+        state = ctx.call.get(MediaState)
+        state.late_offer = True
+        state.sides = sides
         return True
 
     async def offer_in_reply(self, ctx: RequestContext, resp: Response) -> bool:
@@ -319,10 +360,14 @@ class MediaManager:
             log.warn("call {c}: offer in a {s} not relayed: {e}", c=resp.call_id,
                      s=resp.status, e=refusal.detail)
             return False
+        sides = self._call_sides(ctx, resp.call_id)
         endpoints = await self._update(self.client.offer, ctx.request, resp, sd, ctx, None,
-                                       swap=True)
+                                       swap=True,
+                                       modifiers=sides.modifiers(resp.to_tag) if sides else "")
         if endpoints is None:
             return False
+        if sides is not None:
+            self._sides.setdefault(RelayClient.key_of(resp.call_id), sides)
         self._charge(resp.call_id, ctx.source.host, endpoints)
         if not self._rewrite(resp, sd, endpoints):
             return False
@@ -341,8 +386,10 @@ class MediaManager:
             return False
         signalling = self._behind_nat(ctx)
         source_host = ctx.source.host if signalling and media_nat(sd) else None
+        sides = self._call_sides(ctx, req.call_id)
         endpoints = await self._update(self.client.answer, req, req, sd, ctx, source_host,
-                                       swap=True)
+                                       swap=True,
+                                       modifiers=sides.modifiers(req.from_tag) if sides else "")
         if endpoints is None or not self._rewrite(req, sd, endpoints):
             return False
         self.answers += 1
@@ -366,7 +413,9 @@ class MediaManager:
         sd = parse_sdp(resp)
         if sd is None:
             return False
-        endpoints = await self._update(self.client.answer, ctx.request, resp, sd, ctx, None)
+        sides = self._call_sides(ctx, resp.call_id)
+        endpoints = await self._update(self.client.answer, ctx.request, resp, sd, ctx, None,
+                                       modifiers=sides.modifiers(resp.to_tag) if sides else "")
         if endpoints is None:
             return False
         try:
@@ -384,6 +433,7 @@ class MediaManager:
         # The client forgets the call whatever the D's outcome; a client
         # that does not say so (a test's) must not leave the charge behind.
         self._release(RelayClient.key_of(call_id))
+        self._sides.pop(RelayClient.key_of(call_id), None)
         try:
             deleted = await self.client.delete(call_id, from_tag, to_tag)
         except (RelayUnavailable, RelayError) as e:
@@ -395,11 +445,12 @@ class MediaManager:
 
     async def _update(self, command: UpdateCommand, req: Request, msg: Message,
                       sd: sdp.SessionDescription, ctx: RequestContext,
-                      source_host: str | None, *, swap: bool = False
+                      source_host: str | None, *, swap: bool = False, modifiers: str = ""
                       ) -> list[tuple[str, int]] | None:
         """One U/L per live m= section: the relay's (address, port) for each
         section in order, or None when the relay failed us (logged).
-        ``swap``: the SDP comes from the To side (late offer and its answer)."""
+        ``swap``: the SDP comes from the To side (late offer and its answer).
+        ``modifiers``: the I/E letters for a bridging relay (bridge.py)."""
         call_id = req.call_id
         from_tag, to_tag = msg.from_tag, msg.to_tag
         if swap:
@@ -423,8 +474,9 @@ class MediaManager:
                     results.append(None)  # rejected stream: no relay ports
                     continue
                 host = address if source_host is None or sdp.is_hold(sd, index) else source_host
+                extra = {"modifiers": modifiers} if modifiers else {}
                 relay_host, relay_port = await command(call_id, from_tag, to_tag, host, port,
-                                                       media_index=index + 1)
+                                                       media_index=index + 1, **extra)
                 if offering:
                     self.sessions.opened(RelayClient.key_of(call_id), call_id, from_tag,
                                          index + 1, self.client.relay_of(call_id))
@@ -445,6 +497,49 @@ class MediaManager:
             return None
         fallback = live[0][0]
         return [r if r is not None else (fallback, 0) for r in results]
+
+    # -- bridging (bridge.py) -----------------------------------------------------
+
+    @property
+    def internal_networks(self) -> Sequence[Any]:
+        """``[media] internal_networks``, read at use (``cfg set``)."""
+        # getattr: configs built by hand (tests' FakeCore) may predate the key.
+        return getattr(self.core.config.media, "internal_networks", ())
+
+    def _sides_of(self, ctx: RequestContext, offerer_host: str,
+                  towards: Sequence[str] | None) -> CallSides | None:
+        """The call's sides from its first request (None: no bridging)."""
+        tag = ctx.request.from_tag
+        if not tag:
+            return None
+        override = getattr(ctx, "media_direction", None)
+        if override is not None:
+            sender, receiver = validate_direction(override)
+            return CallSides(tag, sender, receiver)
+        networks = self.internal_networks
+        if not networks:
+            return None
+        if towards is None:
+            hop = getattr(ctx, "dst_uri", None)
+            towards = [URI.parse(hop).host if hop is not None else ctx.request.uri.host]
+        return CallSides(tag, side_of(offerer_host, networks),
+                         sides_of_targets(towards, networks))
+
+    def _call_sides(self, ctx: RequestContext, call_id: str) -> CallSides | None:
+        state = ctx.call.peek(MediaState)
+        if state is not None and state.sides is not None:
+            return state.sides
+        return self._sides.get(RelayClient.key_of(call_id))
+
+    def _in_dialog_sides(self, ctx: RequestContext, key: str) -> CallSides | None:
+        """The sides for a re-INVITE / UPDATE and its answer: the script's
+        override (this request's sender, receiver), else the ones the
+        call's first offer settled."""
+        override = getattr(ctx, "media_direction", None)
+        tag = ctx.request.from_tag
+        if override is not None and tag:
+            return CallSides(tag, *validate_direction(override))
+        return self._sides.get(key)
 
     # -- limits -------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ class RequestContext(MessageFields):
     from MessageFields (``sipsuite/proxy/routing/fields.py``)."""
 
     __slots__ = ("core", "request", "source", "response", "loose_routed", "removed_routes",
-                 "handled", "vars", "tx_key", "debug", "call")
+                 "handled", "vars", "tx_key", "debug", "call", "media_direction")
 
     def __init__(self, core: ProxyCore, request: Request, source: Any, loose_routed: bool,
                  call: CallState | None = None) -> None:
@@ -73,6 +73,10 @@ class RequestContext(MessageFields):
         self.tx_key: tuple | None = None
         # [features] debug as it was when routing began: log every step.
         self.debug = False
+        # A bridging relay's networks for this request's media, (sender,
+        # receiver), each "internal" or "external" (Kamailio's
+        # rtpproxy_manage("ie")); None: from [media] internal_networks.
+        self.media_direction: tuple[str, str] | None = None
 
     @property
     def avp(self) -> Avps:

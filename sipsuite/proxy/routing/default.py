@@ -6,6 +6,7 @@ Users subclass it and name their class in ``[proxy] routing``; its default,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sipsuite.log import get_logger
@@ -15,6 +16,7 @@ from sipsuite.proxy.routing.base import DIALOG_CREATING, Destination, RequestCon
 from sipsuite.proxy.routing.features import FeatureRoutes, RouteState
 from sipsuite.proxy.services import FLOWS, LOCATION, MEDIA, NAT, REGISTRAR
 from sipsuite.sip.message import Response
+from sipsuite.sip.uri import URI
 
 if TYPE_CHECKING:
     from sipsuite.proxy.core.context import Branch
@@ -214,16 +216,24 @@ class DefaultRouting(FeatureRoutes, Routing):
             reached = groups[0]
         ctx.trace("location: {user!r}: {n} binding(s) -> relay to {targets}", user=user,
                   n=len(reached), targets=_Uris(reached))
-        await self.media_offer(ctx)
-        ctx.relay([d for _, d in reached])
+        targets: list[URI | str | Destination] = [d for _, d in reached]
+        # kamailio.cfg's FLB_NATB: a NAT'ed callee's media needs the relay too.
+        await self.media_offer(ctx, targets, callee_nat=any(b.nat for b, _ in reached))
+        ctx.relay(targets)
 
     # -- media (kamailio.cfg's WITH_NAT + rtpproxy_manage) -------------------------
 
-    async def media_offer(self, ctx: RequestContext) -> None:
+    async def media_offer(self, ctx: RequestContext,
+                          targets: Sequence[URI | str | Destination] | None = None, *,
+                          callee_nat: bool = False) -> None:
         """Anchor an initial INVITE's media on a relay when [features] nat
-        says so (the media module); a relay that fails leaves it as is."""
+        says so (the media module); a relay that fails leaves it as is.
+        ``targets``: where the request goes (for a bridging relay, which
+        network the callee is on); None: its dst_uri or Request-URI.
+        ``callee_nat``: a target is a binding registered from behind NAT."""
         media = self.core.modules.get(MEDIA)
-        if media is None or not await media.offer(ctx):
+        towards = None if targets is None else [target_host(t) for t in targets]
+        if media is None or not await media.offer(ctx, towards, callee_nat=callee_nat):
             return
         rsp = ctx.response
         if rsp is not None and rsp.cancelled:
@@ -341,3 +351,16 @@ class DefaultRouting(FeatureRoutes, Routing):
             return
         ctx.trace("within dialog: not routed to us -> 404 Not here")
         ctx.reply(404, "Not here")
+
+
+def target_host(target: URI | str | Destination) -> str:
+    """The host a branch target is sent to: a NAT'ed binding's registered
+    source or a dst_uri's host, else its Request-URI's (what a bridging
+    relay judges the callee's network by)."""
+    if isinstance(target, Destination):
+        if isinstance(target.dst, Target):
+            return target.dst.host
+        if isinstance(target.dst, URI):
+            return target.dst.host
+        return target.uri.host
+    return (URI.parse(target) if isinstance(target, str) else target).host

@@ -15,6 +15,7 @@ user scripts.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -101,7 +102,9 @@ class FeatureRoutes:
 
     if TYPE_CHECKING:
         # DefaultRouting's: route[NATMANAGE] for the request sent on.
-        async def media_offer(self, ctx: RequestContext) -> None: ...
+        async def media_offer(self, ctx: RequestContext,
+                              targets: Sequence[URI | str | Destination] | None = None, *,
+                              callee_nat: bool = False) -> None: ...
 
     # -- WITH_DEBUG ----------------------------------------------------------------
 
@@ -136,7 +139,7 @@ class FeatureRoutes:
         target = target_uri(number, pstn.gw_ip, pstn.gw_port)
         ctx.trace("pstn: {user} -> {target}", user=user, target=target)
         ctx.call.get(RouteState).to_pstn = True
-        await self.media_offer(ctx)
+        await self.media_offer(ctx, [target])
         ctx.relay([target])
         return True
 
@@ -160,7 +163,7 @@ class FeatureRoutes:
         target = self.voicemail_target(ctx)
         if target is None:
             return False
-        await self.media_offer(ctx)
+        await self.media_offer(ctx, [target])
         ctx.relay([target])
         return True
 
