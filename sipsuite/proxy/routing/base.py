@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sipsuite.hosts import unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.api import CallState
+from sipsuite.proxy.core.hookerrors import hook_failed
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.bindings import Binding
 from sipsuite.proxy.routing.avp import Avps
@@ -115,12 +116,29 @@ class RequestContext(MessageFields):
         """The user's bindings: static ones from the config, then registered
         ones, highest q first. Raises StoreUnavailable when the store (Redis)
         cannot answer in time."""
-        return await self.core.modules.require(LOCATION).lookup(user)
+        found = await self.core.modules.require(LOCATION).lookup(user)
+        if self.core.hooks.routing_action:
+            self.note("lookup", f"{user!r}: {len(found)} binding(s)"
+                      + (": " + ", ".join(b.contact for b in found) if found else ""))
+        return found
+
+    def note(self, action: str, detail: str = "") -> None:
+        """Show a decision to the modules that watch the routing (the
+        routing_action hook: the flight recorder).  The actions below call
+        it; a module calls it for its own decisions (the dispatcher's
+        choice).  Nothing is built when nobody watches."""
+        for owner, fn in self.core.hooks.routing_action:
+            try:
+                fn(self, action, detail)
+            except Exception:  # noqa: BLE001 - a watcher must not cost the request
+                hook_failed(f"{owner}.routing_action", self.request, self.source)
 
     # -- actions ---------------------------------------------------------------
     async def register(self) -> None:
         """Store the REGISTER's bindings and answer it (Kamailio's save("location"))."""
         self.handled = True
+        if self.core.hooks.routing_action:
+            self.note("register", "save(location)")
         await self.core.modules.require(REGISTRAR).save(self)
 
     async def auth_check(self, user: str, *, proxy: bool) -> bool:
@@ -130,6 +148,9 @@ class RequestContext(MessageFields):
         ok = await self.core.modules.require(AUTH).check(self, user, proxy=proxy)
         if not ok:
             self.handled = True
+        if self.core.hooks.routing_action:
+            self.note("auth_check", f"{user!r} ({'proxy' if proxy else 'www'}): " + (
+                "valid credentials" if ok else "no valid credentials (challenged or refused)"))
         return ok
 
     def consume_credentials(self, *, proxy: bool) -> None:
@@ -138,6 +159,8 @@ class RequestContext(MessageFields):
     def reply(self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:
         """Answer the request from here (Kamailio's sl_send_reply / t_reply)."""
         self.handled = True
+        if self.core.hooks.routing_action:
+            self.note("reply", f"{status} {reason or ''}".rstrip())
         self.core.reply(self, status, reason, headers or [])
 
     def relay(self, targets: list[URI | str | Destination] | None = None) -> None:
@@ -151,11 +174,15 @@ class RequestContext(MessageFields):
             targets = [self.request.uri if hop is None else Destination(self.request.uri, dst=hop)]
         for target in targets:
             out.append(URI.parse(target) if isinstance(target, str) else target)
+        if self.core.hooks.routing_action:
+            self.note("relay", "to " + ", ".join(map(_target_text, out)))
         self.core.relay(self, out)
 
     def record_route(self) -> None:
         """Kamailio's record_route(): this proxy stays on the dialog's path."""
         self.call.record_route = True
+        if self.core.hooks.routing_action:
+            self.note("record_route")
 
     def replace_from(self, uri: URI | str | None = None, display: str | None = None) -> None:
         """Kamailio's uac_replace_from with restore_mode "auto": the callee
@@ -177,6 +204,8 @@ class RequestContext(MessageFields):
     def drop(self) -> None:
         """Neither answer nor forward (Kamailio's ``drop`` / ``exit``)."""
         self.handled = True
+        if self.core.hooks.routing_action:
+            self.note("drop")
 
     def trace(self, fmt: str, /, **fields: object) -> None:
         """One line of the routing-step log, only while ``ctx.debug`` is on
@@ -184,11 +213,27 @@ class RequestContext(MessageFields):
         WITH_DEBUG): ``ctx.trace("lookup: {n} binding(s)", n=len(found))``.
         The fields are formatted by the logger, and not at all when tracing
         is off, so a script needs no ``if ctx.debug:`` around the call."""
+        if self.core.hooks.routing_action:
+            try:
+                line = fmt.format(**fields)
+            except (KeyError, IndexError, ValueError, AttributeError):
+                line = fmt
+            self.note("trace", line)
         if not self.debug:
             return
         req = self.request
         _route_log.info("route {method} {uri} cid={cid}: " + fmt, method=req.method,
                         uri=req.uri, cid=req.call_id, **fields)
+
+
+def _target_text(target: URI | Destination) -> str:
+    if not isinstance(target, Destination):
+        return str(target)
+    dst = target.dst
+    if dst is None:
+        return str(target.uri)
+    hop = str(dst) if isinstance(dst, URI) else f"{dst.transport}:{dst.host}:{dst.port}"
+    return f"{target.uri} via {hop}"
 
 
 class Destination:
