@@ -52,7 +52,9 @@ def columns(events: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
         if key not in keys:
             keys.add(key)
             callees += 1
-            cols.append((key, f"callee {callees}" if e["dir"] == "out" else "peer"))
+            cols.append((key, f"callee-{callees}" if e["dir"] == "out" else "peer"))
+    if callees == 1:
+        cols = [(k, "callee" if t == "callee-1" else t) for k, t in cols]
     for e in events:
         if e["type"] == "relay":
             key = "relay:" + e["relay"]
