@@ -31,8 +31,8 @@ __all__ = ["CallTrace", "TraceStore", "call_id_of", "cost", "is_failure", "mask_
 
 # CPython's cost of an event beyond its payload: the tuple, its float, ints,
 # the list slot and the strings' headers (measured: tests/trace/test_trace_store.py).
-EVENT_OVERHEAD = 240
-CALL_OVERHEAD = 900
+EVENT_OVERHEAD = 160
+CALL_OVERHEAD = 700
 #: Events one call may hold; later ones are counted, not kept (a dialog
 #: that lives for hours with re-INVITEs every minute, a flood on one Call-ID).
 MAX_EVENTS = 2000
