@@ -19,8 +19,9 @@ from typing import Any
 import procs
 from common import free_port_range
 from procs import LOCALHOST, SippProcess, sipp_dir
-from sipsuite.trace.ladder import TIME, WIDTH
 from test_media_relay import media_tables, sipp_media
+
+from sipsuite.trace.ladder import TIME, WIDTH
 
 LADDER = ["INVITE", "100 Trying", "180 Ringing", "200 OK", "ACK", "BYE", "200 OK"]
 
@@ -154,3 +155,85 @@ def test_suite_call_with_rtp_shows_the_relay_commands(
     relay = [e for e in trace["events"] if e["type"] == "relay"]
     assert [e["command"].split()[0][0].upper() for e in relay] == ["U", "L", "D"], relay
     assert all(not e["reply"].startswith(("failed", "E")) for e in relay), relay
+
+
+def register_with_digest(proxy: procs.ProxyProcess, work: Path) -> dict[str, Any]:
+    added = proxy.ctl("user", "add", "alice", "secret")
+    assert added.returncode == 0, added.stderr
+    reg = procs.run_sipp(sipp_dir() / "register_auth_uac.xml", name="reg", workdir=work,
+                         remote=proxy.address, local_port=procs.free_port(), calls=1,
+                         timeout_s=10, service="alice", extra=["-au", "alice", "-ap", "secret"])
+    assert (reg.rc, reg.successful) == (0, 1), reg.summary() + proxy.diagnostics()
+    every = ctl_json(proxy, "calls", "--all", "--user", "alice")["calls"]
+    # (The harness's start-up OPTIONS ping is there too: --all lists every exchange.)
+    rows = [r for r in every if r["method"] != "OPTIONS"]
+    assert [(r["method"], r["result"]) for r in rows] == [("REGISTER", 200)], every
+    assert ctl_json(proxy, "calls")["calls"] == [], "a REGISTER listed as a call"
+    return ctl_json(proxy, "trace", rows[0]["call_id"])
+
+
+def test_authorization_is_masked_in_the_trace_unless_asked_for(
+        sipp_bin: str, proxy_factory: procs.ProxyFactory, tmp_path: Path) -> None:
+    proxy = proxy_factory("recorder-auth", plugin="sip-proxy",
+                          tables={"features": {"auth": True}})
+    trace = register_with_digest(proxy, tmp_path / "masked")
+    texts = [e["data"] for e in trace["events"] if e["type"] == "sip"]
+    assert [t.split(" ", 1)[0] for t in texts] == ["REGISTER", "SIP/2.0", "REGISTER", "SIP/2.0"]
+    auth = re.search(r"\r\nAuthorization:([^\r\n]*)", texts[2])
+    assert auth is not None, texts[2]
+    assert 'username="alice"' in auth.group(1) and 'response="***"' in auth.group(1), auth.group(1)
+    assert not re.search(r'response="[0-9a-f]{32}"', texts[2])
+    decisions = [(e["action"], e["detail"]) for e in trace["events"] if e["type"] == "route"]
+    assert ("auth_check", "'alice' (www): no valid credentials (challenged or refused)") in decisions
+    assert ("auth_check", "'alice' (www): valid credentials") in decisions
+    # The 401 made by the auth module for the script's auth_check: both named.
+    challenge = next(e for e in trace["events"] if e["type"] == "route" and e["action"] == "reply")
+    assert challenge["detail"].startswith("401") and "(by auth." in challenge["where"], challenge
+
+    shown = proxy_factory("recorder-creds", plugin="sip-proxy",
+                          tables={"features": {"auth": True}, "trace": {"show_credentials": True}})
+    trace = register_with_digest(shown, tmp_path / "shown")
+    texts = [e["data"] for e in trace["events"] if e["type"] == "sip"]
+    assert re.search(r'response="[0-9a-f]{32}"', texts[2]), texts[2]
+
+
+def test_many_calls_into_a_small_memory_keep_the_newest_and_the_failed_one(
+        sipp_bin: str, proxy_factory: procs.ProxyFactory, tmp_path: Path) -> None:
+    """[trace] memory = "48kB" holds a handful of calls: after a first call,
+    a failed one (404: nobody registered) and 60 more at 30 calls/s, the
+    store is within its bound, the first call is gone, the failed one is
+    still there, and what is left of the answered calls is the newest."""
+    uas_port = procs.free_port()
+    proxy = proxy_factory("recorder-bound", plugin="sip-proxy",
+                          static={"bob": [f"sip:bob@{LOCALHOST}:{uas_port}"]},
+                          tables={"trace": {"memory": "48kB"}})
+    one_call(proxy, uas_port, tmp_path / "first")
+    first = ctl_json(proxy, "calls")["calls"][0]["call_id"]
+    scenario = tmp_path / "expect_404.xml"
+    scenario.write_text((procs.SCENARIOS / "uac_expect_final.xml").read_text()
+                        .replace("EXPECTED_STATUS", "404"))
+    failed = procs.run_sipp(scenario, name="fail", workdir=tmp_path / "fail", remote=proxy.address,
+                            local_port=procs.free_port(), calls=1, timeout_s=10, service="nobody",
+                            extra=["-key", "from_host", "sipsuite.test"])
+    assert (failed.rc, failed.successful) == (0, 1), failed.summary() + proxy.diagnostics()
+    failed_id = ctl_json(proxy, "calls", "--result", "404")["calls"][0]["call_id"]
+
+    work = tmp_path / "many"
+    uas = SippProcess(sipp_dir() / "uas_answer.xml", name="uas", workdir=work,
+                      local_port=uas_port, calls=60, timeout_s=40, service="bob")
+    uas.wait_bound()
+    many = SippProcess(sipp_dir() / "call_uac.xml", name="uac", workdir=work,
+                       remote=proxy.address, local_port=procs.free_port(), calls=60,
+                       timeout_s=40, service="bob", rate=30, duration_ms=100)
+    uac, res = many.wait(), uas.wait()
+    assert (uac.successful, res.successful) == (60, 60), uac.summary() + proxy.diagnostics()
+
+    listed = ctl_json(proxy, "calls", "--limit", "1000")
+    stats, rows = listed["stats"], listed["calls"]
+    assert 0 < stats["bytes"] <= stats["memory"] == 48 * 1024, stats
+    ids = [r["call_id"] for r in rows]
+    assert first not in ids and failed_id in ids, ids
+    assert stats["evicted"] >= 50, stats
+    answered = [int(r["call_id"].split("-")[0]) for r in rows if r["result"] == 200]
+    # sipp numbers its calls 1..60: the newest are kept, without a gap.
+    assert answered and sorted(answered) == list(range(61 - len(answered), 61)), answered
