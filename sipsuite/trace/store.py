@@ -4,8 +4,10 @@ in a bounded amount of memory (sans-IO: bytes and times in, plain data out).
 Each call is a :class:`CallTrace` holding its events in order:
 
 - ``("sip", t, incoming, transport, local_host, local_port, remote_host, remote_port, data)``:
-  a SIP message as it crossed the wire (Authorization values masked unless
-  asked not to: :func:`mask_credentials`);
+  a SIP message as it crossed the wire (kept as it was: its Authorization
+  values are masked when the trace is read, :func:`mask_credentials`, unless
+  ``show_credentials``; so what leaves the process is masked, at no cost
+  per message);
 - ``("route", t, hook, action, detail, where)``: a routing decision, the
   hook it was made in and the file:line that made it (auth results and
   dispatcher choices are routing decisions too);
@@ -22,8 +24,9 @@ its time, and neither keepalives nor a flood of failures wipes the calls.
 from __future__ import annotations
 
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 __all__ = ["CallTrace", "TraceStore", "call_id_of", "cost", "is_failure", "mask_credentials",
@@ -50,6 +53,7 @@ _AUTH = re.compile(rb"(\r\n(?:proxy-)?authorization[ \t]*:[ \t]*)([^\r\n]*)", re
 _SECRET = re.compile(rb'((?:response|nonce|cnonce|opaque)[ \t]*=[ \t]*)("[^"]*"|[^,\s]*)',
                      re.IGNORECASE)
 _HEAD_END = b"\r\n\r\n"
+_FINALS = frozenset((b"2", b"3", b"4", b"5", b"6"))
 
 
 def call_id_of(data: bytes) -> str | None:
@@ -77,12 +81,14 @@ def is_failure(status: int | None) -> bool:
 
 
 def cost(event: tuple[Any, ...]) -> int:
-    """What one event takes in memory, roughly (bytes)."""
-    size = EVENT_OVERHEAD
-    for item in event[2:]:
-        if isinstance(item, bytes | str):
-            size += len(item)
-    return size
+    """What one event takes in memory, roughly (bytes): its overhead and
+    the text it holds (hook and action names are shared constants)."""
+    kind = event[0]
+    if kind == "sip":
+        return EVENT_OVERHEAD + len(event[8]) + len(event[4]) + len(event[6])
+    if kind == "route":
+        return EVENT_OVERHEAD + len(event[4]) + len(event[5])
+    return EVENT_OVERHEAD + len(event[2]) + len(event[3]) + len(event[4])
 
 
 def _uri(header: bytes | None) -> str:
@@ -121,8 +127,8 @@ class CallTrace:
         if not line.startswith(b"SIP/2.0 "):
             if not self.method:
                 self.method = line.split(b" ", 1)[0].decode("ascii", "replace")
-                self.caller = _uri(_match(_FROM, data))
-                self.callee = _uri(_match(_TO, data))
+                self.caller = _uri(_match(_FROM, data, b"\r\nFrom: "))
+                self.callee = _uri(_match(_TO, data, b"\r\nTo: "))
             return
         parts = line.split(b" ", 2)
         try:
@@ -131,8 +137,9 @@ class CallTrace:
             return
         if status < 200:
             return
-        cseq = _match(_CSEQ, data)
-        method = cseq.upper() if cseq else b""
+        cseq = _match(_CSEQ, data, b"\r\nCSeq: ")
+        words = cseq.split() if cseq else []
+        method = words[-1].upper() if words else b""
         if method == b"INVITE":
             if incoming:
                 return  # a branch's answer; what the caller got is what counts
@@ -166,23 +173,33 @@ class CallTrace:
                 "duration": self.duration(), "events": len(self.events),
                 "dropped": self.dropped, "bytes": self.size}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, show_credentials: bool = False) -> dict[str, Any]:
         """The summary and the events, JSON-ready (message bytes as latin-1
-        text: one character per byte, so the bytes come back exactly)."""
+        text: one character per byte, so the bytes come back exactly), the
+        Authorization values masked unless ``show_credentials``."""
         out = self.summary()
-        out["events"] = [event_dict(e) for e in self.events]
+        out["events"] = [event_dict(e, show_credentials) for e in self.events]
         return out
 
 
-def _match(pattern: re.Pattern[bytes], data: bytes) -> bytes | None:
+def _match(pattern: re.Pattern[bytes], data: bytes, usual: bytes) -> bytes | None:
+    """The value of a header: the usual spelling (``usual``, e.g. b"\\r\\nCSeq: ")
+    found by a plain search, which is fast; any other by ``pattern``, whose
+    case-blind scan costs some ten times more."""
+    start = data.find(usual)
+    if start >= 0:
+        start += len(usual)
+        return data[start:data.find(b"\r", start)]
     match = pattern.search(data, 0, data.find(_HEAD_END))
     return match.group(1) if match else None
 
 
-def event_dict(event: tuple[Any, ...]) -> dict[str, Any]:
+def event_dict(event: tuple[Any, ...], show_credentials: bool = False) -> dict[str, Any]:
     kind = event[0]
     if kind == "sip":
         _, t, incoming, transport, lhost, lport, rhost, rport, data = event
+        if not show_credentials:
+            data = mask_credentials(data)
         return {"type": "sip", "t": t, "dir": "in" if incoming else "out", "transport": transport,
                 "local": [lhost, lport], "remote": [rhost, rport],
                 "data": data.decode("latin-1")}
@@ -207,6 +224,13 @@ def summary_of(events: Iterable[dict[str, Any]], call_id: str = "") -> dict[str,
     return out
 
 
+class _Place:
+    __slots__ = ("host", "port")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+
 # Tiers, in the order their calls are dropped.
 OTHER, FAILED, CALLS = 0, 1, 2
 
@@ -215,7 +239,8 @@ class TraceStore:
     """Calls by Call-ID within ``memory`` bytes (see the module docstring)."""
 
     def __init__(self, memory: int, *, show_credentials: bool = False,
-                 max_events: int = MAX_EVENTS) -> None:
+                 max_events: int = MAX_EVENTS, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.memory = memory
         self.show_credentials = show_credentials
         self.max_events = max_events
@@ -239,28 +264,72 @@ class TraceStore:
         return trace
 
     def sip(self, t: float, incoming: bool, transport: str, local: tuple[str, int],
-            remote: tuple[str, int], data: bytes, call_id: str | None = None) -> None:
-        """A message crossed the wire (``call_id`` when the caller knows it)."""
-        if call_id is None:
-            call_id = call_id_of(data)
-            if call_id is None:
+            remote: tuple[str, int], data: bytes) -> None:
+        """A message crossed the wire."""
+        self.tap(incoming, data, transport, _Place(*local), remote[0], remote[1], t)
+
+    def tap(self, incoming: bool, data: bytes, transport: str, listener: Any, host: str,
+            port: int, t: float | None = None) -> None:
+        """The transport layer's wire tap itself (``listener``: anything with
+        ``host`` and ``port``; ``t`` None: now, from ``clock``).  The hot path:
+        one C-level search per message, a little more for a call's first
+        request and its final answers (what its summary is made of), no
+        further Python call.  Credentials are masked when the trace is read
+        (:meth:`CallTrace.to_dict`)."""
+        # The usual spelling found by a plain search (fast), any other
+        # (compact "i:", other case) by the regex.
+        start = data.find(b"\r\nCall-ID: ")
+        if start >= 0:
+            start += 11
+            call_id = data[start:data.find(b"\r", start)].strip().decode("utf-8", "replace")
+        else:
+            match = _CALL_ID.search(data)
+            if match is None:
                 return
-        if not self.show_credentials:
-            data = mask_credentials(data)
-        trace = self._call(call_id, t)
-        before = trace.method, trace.result
-        trace.note_sip(t, incoming, data)
-        if (trace.method, trace.result) != before:
-            self._retier(trace)
-        self._add(trace, ("sip", t, incoming, transport, local[0], local[1], remote[0],
-                          remote[1], data))
+            call_id = match.group(1).strip().decode("utf-8", "replace")
+        if t is None:
+            t = self.clock()
+        trace = self.calls.get(call_id)
+        if trace is None:
+            trace = self._call(call_id, t)
+        if not trace.method or (data[8:9] in _FINALS and data.startswith(b"SIP/2.0 ")):
+            method, result = trace.method, trace.result
+            trace.note_sip(t, incoming, data)
+            if trace.method != method or trace.result != result:
+                self._retier(trace)
+        events = trace.events
+        if len(events) >= self.max_events:
+            trace.dropped += 1
+            return
+        lhost = listener.host
+        events.append(("sip", t, incoming, transport, lhost, listener.port, host, port, data))
+        size = EVENT_OVERHEAD + len(data) + len(lhost) + len(host)
+        trace.size += size
+        self.tier_bytes[trace.tier] += size
+        self.total += size
+        if self.total > self.memory:
+            self._evict(trace)
 
     def route(self, call_id: str, t: float, hook: str, action: str, detail: str,
               where: str) -> None:
-        self._add(self._call(call_id, t), ("route", t, hook, action, detail, where))
+        trace = self.calls.get(call_id)
+        if trace is None:
+            trace = self._call(call_id, t)
+        events = trace.events
+        if len(events) >= self.max_events:
+            trace.dropped += 1
+            return
+        events.append(("route", t, hook, action, detail, where))
+        size = EVENT_OVERHEAD + len(detail) + len(where)
+        trace.size += size
+        self.tier_bytes[trace.tier] += size
+        self.total += size
+        if self.total > self.memory:
+            self._evict(trace)
 
     def relay(self, call_id: str, t: float, relay: str, command: str, reply: str) -> None:
-        self._add(self._call(call_id, t), ("relay", t, relay, command, reply))
+        event = ("relay", t, relay, command, reply)
+        self._add(self._call(call_id, t), event, cost(event))
 
     def _retier(self, trace: CallTrace) -> None:
         want = FAILED if is_failure(trace.result) else CALLS if trace.method == "INVITE" else OTHER
@@ -272,11 +341,11 @@ class TraceStore:
         self.tiers[want][trace.call_id] = trace
         self.tier_bytes[want] += trace.size
 
-    def _add(self, trace: CallTrace, event: tuple[Any, ...]) -> None:
+    def _add(self, trace: CallTrace, event: tuple[Any, ...], size: int) -> None:
+        """``size``: cost(event), worked out by the caller, which knows its shape."""
         if len(trace.events) >= self.max_events:
             trace.dropped += 1
             return
-        size = cost(event)
         trace.events.append(event)
         trace.size += size
         self.tier_bytes[trace.tier] += size

@@ -160,8 +160,7 @@ def test_credentials_are_masked_unless_asked_for() -> None:
     store.sip(1.0, True, "udp", PROXY, CALLER, data)
     trace = store.get("auth")
     assert trace is not None
-    assert b"6629fae49393a05397450978507c4ef1" not in trace.events[0][-1]
-    shown = TraceStore(1 << 20, show_credentials=True)
-    shown.sip(1.0, True, "udp", PROXY, CALLER, data)
-    trace = shown.get("auth")
-    assert trace is not None and trace.events[0][-1] == data
+    # Masked as it is read: the RPC's answer, the ladder and the pcap.
+    assert "6629fae49393a05397450978507c4ef1" not in trace.to_dict()["events"][0]["data"]
+    shown = trace.to_dict(show_credentials=True)["events"][0]["data"]
+    assert shown.encode("latin-1") == data

@@ -6,7 +6,7 @@ a store bounded by ``[trace] memory`` (sipsuite/trace/store.py).
 It plugs into the core at three places, none of which costs anything with
 the module off:
 
-- the transport layer's wire tap (``core.net.set_tap``): each message as it
+- the transport layer's wire tap (``core.net.set_tap``, TraceStore.tap): each message as it
   was received (after it parsed) or sent, with transport and addresses;
 - the ``routing_action`` hook: what ``ctx.reply``/``relay``/``drop``/
   ``record_route``/``register``/``lookup``/``auth_check``/``trace`` did and
@@ -41,15 +41,11 @@ if TYPE_CHECKING:
     from sipsuite.config import Config
     from sipsuite.ops.server import RpcRegistry
     from sipsuite.proxy.api import CoreAPI, ServiceKey
-    from sipsuite.proxy.net.listener import Listener
     from sipsuite.proxy.routing.base import RequestContext
 
 __all__ = ["SPEC", "FlightRecorder", "register_trace_methods"]
 
 log = get_logger("sipsuite.proxy.recorder")
-
-#: The routing class's hooks, as the core calls them.
-HOOKS = frozenset({"request_route", "branch_route", "reply_route", "failure_route"})
 
 _SIPSUITE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
 # sipsuite's own routing blocks are routing code (the default script).
@@ -87,37 +83,44 @@ def _kind(code: CodeType) -> int:
     return kind
 
 
+_ROOT = len(os.path.dirname(_SIPSUITE.rstrip(os.sep))) + 1
+# (file, line) -> "file:line": the same few lines are named for every call.
+_places: dict[tuple[str, int], str] = {}
+
+
 def _where(filename: str, line: int) -> str:
-    if filename.startswith(_SIPSUITE):
-        return f"{filename[len(os.path.dirname(_SIPSUITE.rstrip(os.sep))) + 1:]}:{line}"
-    return f"{filename}:{line}"
+    key = (filename, line)
+    place = _places.get(key)
+    if place is None:
+        shown = filename[_ROOT:] if filename.startswith(_SIPSUITE) else filename
+        place = _places[key] = f"{shown}:{line}"
+        if len(_places) > 10_000:  # routing reloaded many times over: start again
+            _places.clear()
+    return place
 
 
-def caller(depth: int) -> tuple[str, str]:
-    """(hook, where) of a routing action, ``depth`` frames above this call:
-    where is "file:line" of the routing code, with "(by module.function)"
-    when a sipsuite function in between made it."""
+def caller(depth: int) -> str:
+    """Where a routing action was made, ``depth`` frames above this call:
+    "file:line" of the routing code, with "(by module.function)" when a
+    sipsuite function in between made it (the auth module answering for
+    ``ctx.auth_check``).  Walks as few frames as it can: each one Python
+    has to make an object for."""
     frame: Any = sys._getframe(depth + 1)
-    where = by = ""
-    hook = ""
+    by = ""
     steps = 0
-    while frame is not None and steps < 40:
+    while frame is not None and steps < 12:
         steps += 1
         code = frame.f_code
         kind = _kind(code)
+        if kind == SCRIPT:
+            where = _where(code.co_filename, frame.f_lineno)
+            return f"{where} (by {by})" if by else where
         if kind == STOP:
             break
-        if kind == SCRIPT:
-            if not where:
-                where = _where(code.co_filename, frame.f_lineno)
-            if code.co_name in HOOKS:
-                hook = code.co_name  # the outermost one wins (super().request_route)
-        elif kind == SIPSUITE and not where and not by:
+        if kind == SIPSUITE and not by:
             by = f"{os.path.splitext(os.path.basename(code.co_filename))[0]}.{code.co_name}"
         frame = frame.f_back
-    if by:
-        where = f"{where} (by {by})" if where else f"(by {by})"
-    return hook or "module", where
+    return f"(by {by})" if by else ""
 
 
 class FlightRecorder:
@@ -130,22 +133,29 @@ class FlightRecorder:
         self.core = core
         self.store = TraceStore(t.memory, show_credentials=t.show_credentials)
         self.wall = time.time
-        core.net.set_tap(self.wire)
+        # The store's own method is the tap: no call in between, per message.
+        # (The transport layer catches what a tap raises: no message lost.)
+        core.net.set_tap(self.store.tap)
         core.hooks.on_routing_action(self.action)
         self._client: Any = None
 
     # -- the taps -------------------------------------------------------------------
-    def wire(self, incoming: bool, data: bytes, transport: str, listener: Listener, host: str,
-             port: int) -> None:
-        try:
-            self.store.sip(self.wall(), incoming, transport, (listener.host, listener.port),
-                           (host, port), data)
-        except Exception:  # noqa: BLE001 - the recorder must never cost a message
-            log.failure("flight recorder: a message could not be recorded")
-
     def action(self, ctx: RequestContext, action: str, detail: str) -> None:
-        hook, where = caller(2)
-        self.store.route(ctx.request.call_id, self.wall(), hook, action, detail, where)
+        # caller() inlined for its usual case, an action the routing code
+        # calls itself: the frame above the context's method (one or two
+        # frames up, past the test kit's recording subclass) is the script's.
+        frame: Any = sys._getframe(2)
+        code = frame.f_code
+        while _kinds.get(code, -1) == PASS:
+            frame = frame.f_back
+            code = frame.f_code
+        if _kinds.get(code) == SCRIPT:
+            where = _places.get((code.co_filename, frame.f_lineno)) or _where(
+                code.co_filename, frame.f_lineno)
+        else:
+            where = caller(2)
+        self.store.route(ctx.request.call_id, self.wall(), ctx.hook or "module", action, detail,
+                         where)
 
     def relay(self, relay: str, command: bytes, reply: str) -> None:
         text = command.decode("utf-8", "replace").strip()
@@ -215,12 +225,13 @@ def register_trace_methods(registry: RpcRegistry, core: Any) -> None:
         return {"calls": rows, "stats": store.stats()}
 
     def trace(call_id: str) -> dict[str, Any]:
-        found = recorder().store.get(call_id)
+        store = recorder().store
+        found = store.get(call_id)
         if found is None:
             from sipsuite.ops.errors import INVALID_PARAMS, RpcError
 
             raise RpcError(INVALID_PARAMS, f"no call {call_id!r} recorded (or it was dropped)")
-        return found.to_dict()
+        return found.to_dict(store.show_credentials)
 
     registry.register("calls.list", calls,
                       "calls.list(user, result, since, limit, all): the recent calls, newest first")

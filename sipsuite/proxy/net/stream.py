@@ -134,7 +134,8 @@ class SIPStreamProtocol(protocol.Protocol):
                 return
             tap = self.layer.tap
             if tap is not None:
-                tap(True, item.to_bytes(), self.kind, self.listener, self.peer[0], self.peer[1])
+                self.layer.tapped(tap, True, item.to_bytes(), self.kind, self.listener,
+                                  self.peer[0], self.peer[1])
             source = Source(self.kind, self.peer[0], self.peer[1], self.listener, self)
             try:
                 self.layer.handler(item, source)

@@ -135,7 +135,10 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
             return
         tap = self.layer.tap
         if tap is not None:
-            tap(True, data, "udp", listener, host, port)
+            try:
+                tap(True, data, "udp", listener, host, port)
+            except Exception:  # noqa: BLE001 - a broken tap must never cost a message
+                log.failure("the wire tap failed on a message from {h}:{p}", h=host, p=port)
         source = Source("udp", host, port, listener)
         try:
             self.layer.handler(msg, source)
@@ -355,7 +358,10 @@ class TransportLayer(WildcardListeners):
         host = unbracket(host)
         tap = self.tap
         if tap is not None:
-            tap(False, data, transport, listener, host, port)
+            try:
+                tap(False, data, transport, listener, host, port)
+            except Exception:  # noqa: BLE001 - a broken tap must never cost a message
+                log.failure("the wire tap failed on a message to {h}:{p}", h=host, p=port)
         if transport == "udp":
             proto = None
             if self.private and _asks_rport(data):
@@ -457,8 +463,16 @@ class TransportLayer(WildcardListeners):
     def send_on(self, data: bytes, conn: SIPStreamProtocol) -> bool:
         tap = self.tap
         if tap is not None:
-            tap(False, data, conn.kind, conn.listener, conn.peer[0], conn.peer[1])
+            self.tapped(tap, False, data, conn.kind, conn.listener, conn.peer[0], conn.peer[1])
         return conn.send(data)
+
+    @staticmethod
+    def tapped(tap: WireTap, incoming: bool, data: bytes, transport: str, listener: Listener,
+               host: str, port: int) -> None:
+        try:
+            tap(incoming, data, transport, listener, host, port)
+        except Exception:  # noqa: BLE001 - a broken tap must never cost a message
+            log.failure("the wire tap failed on a message to/from {h}:{p}", h=host, p=port)
 
     def set_tap(self, tap: WireTap | None) -> None:
         """Hand every SIP message received (after parsing) and every one

@@ -42,6 +42,13 @@ _route_log = get_logger("sipsuite.proxy.routing")
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 
 
+class _Nobody:
+    routing_action: tuple[Any, ...] = ()
+
+
+_NOBODY = _Nobody()
+
+
 class RequestContext(MessageFields):
     """What a routing hook sees of one incoming request and can do with it.
 
@@ -49,7 +56,7 @@ class RequestContext(MessageFields):
     from MessageFields (``sipsuite/proxy/routing/fields.py``)."""
 
     __slots__ = ("core", "request", "source", "response", "loose_routed", "removed_routes",
-                 "handled", "vars", "tx_key", "debug", "call")
+                 "handled", "vars", "tx_key", "debug", "call", "hook", "watch")
 
     def __init__(self, core: ProxyCore, request: Request, source: Any, loose_routed: bool,
                  call: CallState | None = None) -> None:
@@ -74,6 +81,12 @@ class RequestContext(MessageFields):
         self.tx_key: tuple | None = None
         # [features] debug as it was when routing began: log every step.
         self.debug = False
+        # The hook running now (request_route, branch_route...; a module's
+        # "owner.request_received"), set by the core's hook runner.
+        self.hook = ""
+        # The core's hook points, whose routing_action hooks see each action
+        # (a stand-in core of a test may have none).
+        self.watch: Any = getattr(core, "hooks", _NOBODY)
 
     @property
     def avp(self) -> Avps:
@@ -117,7 +130,7 @@ class RequestContext(MessageFields):
         ones, highest q first. Raises StoreUnavailable when the store (Redis)
         cannot answer in time."""
         found = await self.core.modules.require(LOCATION).lookup(user)
-        if self.core.hooks.routing_action:
+        if self.watch.routing_action:
             self.note("lookup", f"{user!r}: {len(found)} binding(s)"
                       + (": " + ", ".join(b.contact for b in found) if found else ""))
         return found
@@ -127,7 +140,7 @@ class RequestContext(MessageFields):
         routing_action hook: the flight recorder).  The actions below call
         it; a module calls it for its own decisions (the dispatcher's
         choice).  Nothing is built when nobody watches."""
-        for owner, fn in self.core.hooks.routing_action:
+        for owner, fn in self.watch.routing_action:
             try:
                 fn(self, action, detail)
             except Exception:  # noqa: BLE001 - a watcher must not cost the request
@@ -137,7 +150,7 @@ class RequestContext(MessageFields):
     async def register(self) -> None:
         """Store the REGISTER's bindings and answer it (Kamailio's save("location"))."""
         self.handled = True
-        if self.core.hooks.routing_action:
+        if self.watch.routing_action:
             self.note("register", "save(location)")
         await self.core.modules.require(REGISTRAR).save(self)
 
@@ -148,7 +161,7 @@ class RequestContext(MessageFields):
         ok = await self.core.modules.require(AUTH).check(self, user, proxy=proxy)
         if not ok:
             self.handled = True
-        if self.core.hooks.routing_action:
+        if self.watch.routing_action:
             self.note("auth_check", f"{user!r} ({'proxy' if proxy else 'www'}): " + (
                 "valid credentials" if ok else "no valid credentials (challenged or refused)"))
         return ok
@@ -159,7 +172,7 @@ class RequestContext(MessageFields):
     def reply(self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:
         """Answer the request from here (Kamailio's sl_send_reply / t_reply)."""
         self.handled = True
-        if self.core.hooks.routing_action:
+        if self.watch.routing_action:
             self.note("reply", f"{status} {reason or ''}".rstrip())
         self.core.reply(self, status, reason, headers or [])
 
@@ -174,14 +187,14 @@ class RequestContext(MessageFields):
             targets = [self.request.uri if hop is None else Destination(self.request.uri, dst=hop)]
         for target in targets:
             out.append(URI.parse(target) if isinstance(target, str) else target)
-        if self.core.hooks.routing_action:
+        if self.watch.routing_action:
             self.note("relay", "to " + ", ".join(map(_target_text, out)))
         self.core.relay(self, out)
 
     def record_route(self) -> None:
         """Kamailio's record_route(): this proxy stays on the dialog's path."""
         self.call.record_route = True
-        if self.core.hooks.routing_action:
+        if self.watch.routing_action:
             self.note("record_route")
 
     def replace_from(self, uri: URI | str | None = None, display: str | None = None) -> None:
@@ -204,7 +217,7 @@ class RequestContext(MessageFields):
     def drop(self) -> None:
         """Neither answer nor forward (Kamailio's ``drop`` / ``exit``)."""
         self.handled = True
-        if self.core.hooks.routing_action:
+        if self.watch.routing_action:
             self.note("drop")
 
     def trace(self, fmt: str, /, **fields: object) -> None:
@@ -213,14 +226,15 @@ class RequestContext(MessageFields):
         WITH_DEBUG): ``ctx.trace("lookup: {n} binding(s)", n=len(found))``.
         The fields are formatted by the logger, and not at all when tracing
         is off, so a script needs no ``if ctx.debug:`` around the call."""
-        if self.core.hooks.routing_action:
+        if not self.debug:
+            return
+        if self.watch.routing_action:
+            # With the routing-step log on, the flight recorder has its lines too.
             try:
                 line = fmt.format(**fields)
             except (KeyError, IndexError, ValueError, AttributeError):
                 line = fmt
             self.note("trace", line)
-        if not self.debug:
-            return
         req = self.request
         _route_log.info("route {method} {uri} cid={cid}: " + fmt, method=req.method,
                         uri=req.uri, cid=req.call_id, **fields)

@@ -355,7 +355,7 @@ class LoadBalancer(Prober):
         ctx.call.put(attempt)
         # Deprecated (one release): scripts read ctx.vars["dispatcher"].current.
         ctx.vars["dispatcher"] = attempt
-        if self.core.hooks.routing_action:  # type: ignore[attr-defined]
+        if getattr(getattr(ctx, "watch", None), "routing_action", None):  # the flight recorder
             ctx.note("dispatcher", f"set {setid} alg {number}: "
                      + (", ".join(d.uri for d in chosen) if chosen else "no usable destination"))
         return chosen
@@ -389,7 +389,7 @@ class LoadBalancer(Prober):
             if not d.usable:
                 continue
             attempt.current = d
-            if self.core.hooks.routing_action:  # type: ignore[attr-defined]
+            if getattr(getattr(ctx, "watch", None), "routing_action", None):
                 ctx.note("dispatcher", f"next destination of set {attempt.setid}: {d.uri}")
             req = ctx.request
             if req.method == "INVITE":
