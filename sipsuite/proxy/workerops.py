@@ -121,12 +121,13 @@ class WorkersRegistry(RpcRegistry):
     async def _merged(self, name: str, params: Any, ports: dict[int, int]) -> Any:
         """Ask every worker up; a worker's error (no such call there) is
         that worker having nothing, unless every worker says so."""
+        # An errback returning the Failure would go on failing: keep it in a list.
         answers = await defer.gatherResults(
-            [defer.ensureDeferred(self.ask(port, name, params)).addErrback(lambda f: f)
+            [defer.ensureDeferred(self.ask(port, name, params)).addErrback(lambda f: [f])
              for port in ports.values()])
-        good = [a for a in answers if not isinstance(a, Failure)]
+        good = [a for a in answers if not (isinstance(a, list) and a and isinstance(a[0], Failure))]
         if not good:
-            answers[0].raiseException()
+            answers[0][0].raiseException()
         if name == "calls.trace":
             call_id = params.get("call_id") if isinstance(params, dict) else (params or [""])[0]
             return merge_traces(good, str(call_id))

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +238,35 @@ def test_many_calls_into_a_small_memory_keep_the_newest_and_the_failed_one(
     answered = [int(r["call_id"].split("-")[0]) for r in rows if r["result"] == 200]
     # sipp numbers its calls 1..60: the newest are kept, without a gap.
     assert answered and sorted(answered) == list(range(61 - len(answered), 61)), answered
+
+
+def test_with_workers_the_supervisor_asks_every_worker(
+        sipp_bin: str, proxy_factory: procs.ProxyFactory, tmp_path: Path) -> None:
+    """[proxy] workers = 2: calls and trace through the supervisor's
+    management port find the call whichever worker carried it (the other
+    has no such call: not an error while one has it)."""
+    import redisproc
+
+    redis = redisproc.RedisServer()
+    redis.start()
+    try:
+        workers_call(proxy_factory, redis.url(3), tmp_path)
+    finally:
+        redis.close()
+
+
+def workers_call(proxy_factory: procs.ProxyFactory, redis_url: str, tmp_path: Path) -> None:
+    uas_port = procs.free_port()
+    proxy = proxy_factory("recorder-workers", plugin="sip-proxy",
+                          static={"bob": [f"sip:bob@{LOCALHOST}:{uas_port}"]},
+                          extra_proxy={"workers": 2}, tables={"redis": {"url": redis_url}})
+    deadline = time.monotonic() + 20
+    while len(re.findall(r"worker [01]: sip proxy ready", proxy.log_text())) < 2:
+        assert time.monotonic() < deadline, proxy.diagnostics(80)
+        time.sleep(0.1)
+    one_call(proxy, uas_port, tmp_path / "sipp")
+    listed = ctl_json(proxy, "calls")["calls"]
+    assert [(c["result"], c["to"].split("@")[0]) for c in listed] == [(200, "sip:bob")], listed
+    check_call_ladder(proxy, listed[0]["call_id"])
+    missing = proxy.ctl("trace", "no-such-call")
+    assert missing.returncode == 1 and "no call 'no-such-call' recorded" in missing.stderr
