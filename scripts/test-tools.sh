@@ -13,6 +13,7 @@ declare -A package=(
     [systemd-analyze]=systemd     # tests/test_docs.py verifies contrib/systemd units
     [unshare]=util-linux          # test_roles_side_by_side runs in its own namespaces
     [svmap]=sipvicious            # svmap, svwar, svcrack against the proxy (test_scanners.py)
+    [tshark]=tshark               # reads the flight recorder's pcap files (tests/trace, test_flight_recorder.py)
 )
 missing=()
 for cmd in "${!package[@]}"; do
