@@ -54,6 +54,7 @@ _SECRET = re.compile(rb'((?:response|nonce|cnonce|opaque)[ \t]*=[ \t]*)("[^"]*"|
                      re.IGNORECASE)
 _HEAD_END = b"\r\n\r\n"
 _FINALS = frozenset((b"2", b"3", b"4", b"5", b"6"))
+_FAILS = frozenset((b"3", b"4", b"5", b"6"))
 
 
 def call_id_of(data: bytes) -> str | None:
@@ -103,7 +104,7 @@ class CallTrace:
     """One call's events and what is known of it (see the module docstring)."""
 
     __slots__ = ("answered", "call_id", "caller", "callee", "dropped", "ended", "events",
-                 "method", "result", "reason", "size", "start", "tier")
+                 "method", "result", "reason", "seen", "size", "start", "suspect", "tier")
 
     def __init__(self, call_id: str, start: float) -> None:
         self.call_id = call_id
@@ -119,6 +120,21 @@ class CallTrace:
         self.ended: float | None = None
         self.dropped = 0          # events over MAX_EVENTS, not kept
         self.tier = 0
+        self.seen = 0             # events the summary has taken in (refresh)
+        self.suspect = False      # sent an answer >= 300: may have failed
+
+    def refresh(self) -> None:
+        """Bring the summary up to date with the events recorded since the
+        last time: worked out when it is read or its call is weighed for
+        eviction, not per message (the recorder's cost is per message)."""
+        events = self.events
+        for i in range(self.seen, len(events)):
+            e = events[i]
+            if e[0] == "sip":
+                data = e[8]
+                if not self.method or (data[8:9] in _FINALS and data.startswith(b"SIP/2.0 ")):
+                    self.note_sip(e[1], e[2], data)
+        self.seen = len(events)
 
     def note_sip(self, t: float, incoming: bool, data: bytes) -> None:
         """Update what is known of the call from one of its messages."""
@@ -167,6 +183,7 @@ class CallTrace:
         return max(0.0, self.ended - self.answered)
 
     def summary(self) -> dict[str, Any]:
+        self.refresh()
         return {"call_id": self.call_id, "start": self.start, "method": self.method,
                 "from": self.caller, "to": self.callee, "result": self.result,
                 "reason": self.reason, "answered": self.answered, "ended": self.ended,
@@ -253,13 +270,13 @@ class TraceStore:
         self.evicted = 0
 
     # -- recording -------------------------------------------------------------------
-    def _call(self, call_id: str, t: float) -> CallTrace:
+    def _call(self, call_id: str, t: float, tier: int = OTHER) -> CallTrace:
         trace = self.calls.get(call_id)
         if trace is None:
             trace = self.calls[call_id] = CallTrace(call_id, t)
-            trace.tier = OTHER
-            self.tiers[OTHER][call_id] = trace
-            self.tier_bytes[OTHER] += trace.size
+            trace.tier = tier
+            self.tiers[tier][call_id] = trace
+            self.tier_bytes[tier] += trace.size
             self.total += trace.size
         return trace
 
@@ -291,12 +308,12 @@ class TraceStore:
             t = self.clock()
         trace = self.calls.get(call_id)
         if trace is None:
-            trace = self._call(call_id, t)
-        if not trace.method or (data[8:9] in _FINALS and data.startswith(b"SIP/2.0 ")):
-            method, result = trace.method, trace.result
-            trace.note_sip(t, incoming, data)
-            if trace.method != method or trace.result != result:
-                self._retier(trace)
+            # An INVITE opens a call; anything else (REGISTER, OPTIONS...) is
+            # dropped before calls.  Whether it failed is looked at when it
+            # is weighed for eviction (_victim), not here.
+            trace = self._call(call_id, t, CALLS if data.startswith(b"INVITE ") else OTHER)
+        elif not incoming and data[8:9] in _FAILS and data.startswith(b"SIP/2.0 "):
+            trace.suspect = True
         events = trace.events
         if len(events) >= self.max_events:
             trace.dropped += 1
@@ -359,8 +376,11 @@ class TraceStore:
             victim = self._victim(keep)
             if victim is None:
                 # Only the call being recorded is left and it alone is over
-                # the bound: it loses its oldest events instead.
+                # the bound: it loses its oldest events instead (its summary
+                # has taken them in first).
+                keep.refresh()
                 while self.total > self.memory and len(keep.events) > 1:
+                    keep.seen -= 1
                     size = cost(keep.events.pop(0))
                     keep.size -= size
                     self.tier_bytes[keep.tier] -= size
@@ -372,13 +392,25 @@ class TraceStore:
 
     def _victim(self, keep: CallTrace) -> CallTrace | None:
         tiers = self.tiers
-        order = (OTHER, FAILED, CALLS, FAILED) if self.tier_bytes[FAILED] > self.memory // 2 \
-            else (OTHER, CALLS, FAILED)
-        for tier in order:
-            for trace in tiers[tier].values():
-                if trace is not keep:
+        while True:
+            order = (OTHER, FAILED, CALLS, FAILED) if self.tier_bytes[FAILED] > self.memory // 2 \
+                else (OTHER, CALLS, FAILED)
+            failed = None
+            for tier in order:
+                for trace in tiers[tier].values():
+                    if trace is keep:
+                        continue
+                    if tier == CALLS and trace.suspect:
+                        trace.refresh()
+                        if is_failure(trace.result):
+                            failed = trace  # kept longer: moved, then look again
+                            break
                     return trace
-        return None
+                if failed is not None:
+                    break
+            if failed is None:
+                return None
+            self._retier(failed)
 
     def forget(self, call_id: str) -> None:
         trace = self.calls.pop(call_id, None)
