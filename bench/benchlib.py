@@ -186,14 +186,14 @@ def any_answer(line: str) -> bool:
     return line.startswith("SIP/2.0 ")
 
 
-def udp_drops(ports: Iterable[int]) -> dict[int, int]:
+def udp_drops(ports: Iterable[int], path: str = "/proc/net/udp") -> dict[int, int]:
     """Datagrams the kernel dropped because a socket's receive queue was full, per local
     UDP port (last column of /proc/net/udp).  Lost datagrams, not slow code, are what
     turn a short stall of the proxy into failed calls, so they are counted per run."""
     want = {f"{port:04X}": port for port in ports}
     out: dict[int, int] = {}
     try:
-        with open("/proc/net/udp") as f:
+        with open(path) as f:
             next(f)
             for line in f:
                 cols = line.split()

@@ -385,17 +385,23 @@ def workers_main(args: argparse.Namespace, settings: Settings, began: float) -> 
     print()
     print_table(all_results)
     print()
+    # Where sipp shares the cores, the highest clean rate is sipp's limit as
+    # much as the proxy's: calls per CPU second (the proxy's CPU, every
+    # worker's) and the cores the proxy kept busy there tell the two apart.
     print(f"{'proxy':<9} {'workers':>7} {'highest clean rate':>19} {'CPU ms/call there':>18}"
-          f" {'x 1 worker':>10}")
+          f" {'calls/CPU s':>11} {'cores busy':>10} {'x 1 worker':>10}")
     for which, n, highest, all_clean, best in rows:
         one, one_bounded = next(((h, not c) for w, m, h, c, _ in rows if w == which and m == 1),
                                 (0, False))
         shown = f"{highest}{'+' if all_clean else ''} calls/s" if highest else "none"
-        cpu = fmt(best.cpu_ms_per_call, ".3f") if best is not None else "n/a"
+        cpu_ms = best.cpu_ms_per_call if best is not None else None
+        cpu = fmt(cpu_ms, ".3f") if cpu_ms is not None else "n/a"
+        per_cpu_s = fmt(1000.0 / cpu_ms, ".0f") if cpu_ms else "n/a"
+        busy = fmt(highest * cpu_ms / 1000.0, ".2f") if cpu_ms else "n/a"
         # A ratio needs the one-worker limit found; an unbounded N gives a floor.
         ratio = ("n/a" if not (one and highest and one_bounded)
                  else (">=" if all_clean else "") + fmt(highest / one, ".2f"))
-        print(f"{which:<9} {n:>7} {shown:>19} {cpu:>18} {ratio:>10}")
+        print(f"{which:<9} {n:>7} {shown:>19} {cpu:>18} {per_cpu_s:>11} {busy:>10} {ratio:>10}")
     print("(+: the highest rate tried was clean; the proxy may go further)")
     print(f"total time {time.monotonic() - began:.0f} s")
     return 0

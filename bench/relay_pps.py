@@ -38,6 +38,10 @@ rtpengine: Debian's rtpengine-daemon (/usr/bin/rtpengine), userspace forwarding
 (--table=-1: no kernel module), in the foreground, --config-file=none so that
 /etc/rtpengine/rtpengine.conf is not read, one worker thread by default
 (--rtpengine-threads) like our single-threaded relay.  Linux only (/proc).
+
+--workers N runs sipsuite's relay as ``rtp-relay --workers N``: a supervisor
+and N worker processes in the relay's process group, whose CPU is all counted;
+compare with --rtpengine-threads N for the same number of cores.
 """
 
 from __future__ import annotations
@@ -72,14 +76,18 @@ from benchlib import (
     ticks_between,
     udp_drops,
 )
+from benchns import CALLEE_IP, CALLER_IP, RELAY_IP, Hosts, inside
 from rtpgen import PACKET, PTIME, Result, bdecode, bencode, percentile_ms
 
 RTPENGINE = "/usr/bin/rtpengine"
 DEFAULT_SESSIONS = "10,100,200,400,600,800,1000,1200,1400,1600"
 RELAYS = ("sipsuite", "rtpengine")
+# --netns: sipsuite with [relay] kernel = "on" first, then in userspace.
+NETNS_RELAYS = ("sipsuite-kernel", "sipsuite", "rtpengine", "direct")
 # A generator is "behind" when its 99th percentile lateness against the 20 ms
 # schedule exceeds this, or it used more than GEN_CPU_LIMIT of a core.
 LATE_LIMIT_MS = 10.0
+late_limit_ms = LATE_LIMIT_MS  # --late-limit
 GEN_CPU_LIMIT = 0.90
 SESSIONS_PER_GENERATOR = 300
 # Relay + generators using this share of all CPUs: the relay competes with its own
@@ -128,8 +136,10 @@ class Relay:
     cmd: list[str]
 
 
-def rtpproxy_ping(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def rtpproxy_ping(port: int, ns: str = "") -> bool:
+    with inside(ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock as s:
         s.bind((HOST, 0))
         s.settimeout(0.3)
         s.sendto(b"ping1 V", (HOST, port))
@@ -139,8 +149,10 @@ def rtpproxy_ping(port: int) -> bool:
             return False
 
 
-def ng_ping(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def ng_ping(port: int, ns: str = "") -> bool:
+    with inside(ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock as s:
         s.bind((HOST, 0))
         s.settimeout(0.3)
         s.sendto(b"ping1 " + bencode({"command": "ping"}), (HOST, port))
@@ -164,27 +176,35 @@ def spawn(cmd: list[str], workdir: Path, name: str, env: dict[str, str] | None =
     return proc
 
 
-def wait_up(relay: Relay, ping: Callable[[int], bool], limit: float = 30.0) -> None:
+def wait_up(relay: Relay, ping: Callable[[int, str], bool], ns: str = "",
+            limit: float = 30.0) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if relay.proc.poll() is not None:
             raise RuntimeError(f"{relay.name} exited with status {relay.proc.returncode} at"
                                f" start; {relay.log}:\n{tail(relay.log)}")
-        if ping(relay.control_port):
+        if ping(relay.control_port, ns):
             return
         time.sleep(0.1)
     raise RuntimeError(f"{relay.name} did not answer on its control port within {limit:.0f} s;"
                        f" {relay.log}:\n{tail(relay.log)}")
 
 
+def in_ns(ns: str, cmd: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", ns, *cmd] if ns else cmd
+
+
 @contextmanager
-def sipsuite_relay(workdir: Path, low: int, high: int, threads: int) -> Iterator[Relay]:
-    del threads  # one reactor thread
+def sipsuite_relay(workdir: Path, low: int, high: int, threads: int, ns: str = "",
+                   kernel: bool = False) -> Iterator[Relay]:
+    # threads: --workers (rtp-relay --workers N: N processes of one reactor
+    # thread each, in the relay's process group, so their CPU is counted).
     port = free_udp_port()
     conf = workdir / "relay.toml"
     conf.write_text(
         "[relay]\n"
         "drain_time = 0.0\n"
+        f'kernel = "{"on" if kernel else "off"}"\n'
         "[management]\n"
         'relay_listen = ""\n'
         "[log]\n"
@@ -195,35 +215,55 @@ def sipsuite_relay(workdir: Path, low: int, high: int, threads: int) -> Iterator
     cmd = [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
         "--nodaemon", "--pidfile=", f"--logfile={log}",
-        "rtp-relay", "--control", f"udp:{HOST}:{port}", "--media-address", HOST,
-        "--ports", f"{low}-{high}", "--config", str(conf),
+        "rtp-relay", "--control", f"udp:{HOST}:{port}",
+        "--media-address", RELAY_IP if ns else HOST,
+        "--ports", f"{low}-{high}", "--config", str(conf), "--workers", str(threads),
     ]  # fmt: skip
+    cmd = in_ns(ns, cmd)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     proc = spawn(cmd, workdir, "relay", env)
-    relay = Relay("sipsuite", proc, port, log, CpuMeter(proc.pid), cmd)
+    name = "sipsuite-kernel" if kernel else "sipsuite"
+    relay = Relay(name, proc, port, log, CpuMeter(proc.pid), cmd)
     try:
-        wait_up(relay, rtpproxy_ping)
+        wait_up(relay, rtpproxy_ping, ns)
         yield relay
     finally:
         kill_group(proc)
 
 
 @contextmanager
-def rtpengine_relay(workdir: Path, low: int, high: int, threads: int) -> Iterator[Relay]:
+def rtpengine_relay(workdir: Path, low: int, high: int, threads: int, ns: str = "",
+                    kernel: bool = False) -> Iterator[Relay]:
+    del kernel  # never: Debian's kernel module is not built here
     port = free_udp_port()
     log = workdir / "relay.out"
     cmd = [
         RTPENGINE, "--config-file=none", "--foreground", "--log-stderr",
-        "--table=-1", f"--interface={HOST}", f"--listen-ng={HOST}:{port}",
+        "--table=-1", f"--interface={RELAY_IP if ns else HOST}", f"--listen-ng={HOST}:{port}",
         f"--port-min={low}", f"--port-max={high}", "--log-level=4",
         f"--num-threads={threads}",
     ]  # fmt: skip
+    cmd = in_ns(ns, cmd)
     proc = spawn(cmd, workdir, "relay")
     relay = Relay("rtpengine", proc, port, log, CpuMeter(proc.pid), cmd)
     try:
-        wait_up(relay, ng_ping)
+        wait_up(relay, ng_ping, ns)
         yield relay
+    finally:
+        kill_group(proc)
+
+
+@contextmanager
+def no_relay(workdir: Path, low: int, high: int, threads: int, ns: str = "",
+             kernel: bool = False) -> Iterator[Relay]:
+    """--netns "direct": the parties send to each other through the relay host's
+    plain IP routing; a process that does nothing stands in for the relay."""
+    del low, high, threads, kernel
+    cmd = in_ns(ns, ["sleep", "3600"])
+    proc = spawn(cmd, workdir, "relay")
+    try:
+        yield Relay("direct", proc, 0, workdir / "relay.out", CpuMeter(proc.pid), cmd)
     finally:
         kill_group(proc)
 
@@ -268,6 +308,12 @@ class StepResult:
     delay_max_ms: float = 0.0
     drops_relay: int = 0
     drops_gen: int = 0
+    # Every CPU of the machine (/proc/stat), busy ticks over the window: in
+    # kernel mode the forwarding is charged to no process (softirq).
+    machine_ticks: int = 0
+    softirq_ticks: int = 0
+    # The ksoftirqd threads': packet processing the kernel deferred to them.
+    ksoftirqd_ticks: int = 0
     setup_s: float = 0.0
     error: str = ""
     notes: list[str] = field(default_factory=list)
@@ -321,6 +367,29 @@ class StepResult:
         return used * 100.0 / (os.cpu_count() or 1)
 
     @property
+    def machine_us_per_packet(self) -> float:
+        """All CPUs' busy time (relay, generators, kernel, anything else) per packet."""
+        return self.machine_ticks / CLK_TCK / self.received * 1e6 if self.received else float("nan")
+
+    @property
+    def path_us_per_packet(self) -> float:
+        """Relay process + generators + ksoftirqd CPU per packet: every context the
+        packets' work is charged to.  The kernel forwards a packet in the softirq
+        that the sender's sendto raises on the veth, i.e. in the generator's
+        context (its stime), or in ksoftirqd when deferred; so with the same load
+        the difference between two relays is the difference of their paths.  Other
+        programs on a shared machine do not count here, unlike in machine_ticks."""
+        if not self.received:
+            return float("nan")
+        ticks = self.relay_ticks + self.gen_ticks + self.ksoftirqd_ticks
+        return ticks / CLK_TCK / self.received * 1e6
+
+    @property
+    def path_pps_per_cpu(self) -> float:
+        us = self.path_us_per_packet
+        return 1e6 / us if us and us == us else float("nan")
+
+    @property
     def saturated(self) -> bool:
         return self.box_pct >= SATURATED_PCT
 
@@ -328,7 +397,7 @@ class StepResult:
     def generator_ok(self) -> bool:
         return (
             not self.error
-            and self.late_p99_ms <= LATE_LIMIT_MS
+            and self.late_p99_ms <= late_limit_ms
             and self.gen_cpu_max <= GEN_CPU_LIMIT
             and self.drops_gen == 0
         )
@@ -347,6 +416,8 @@ class Settings:
     rtpengine_threads: int
     max_loss: float
     max_delay: float
+    hosts: Hosts | None = None
+    workers: int = 1  # sipsuite's rtp-relay --workers
 
 
 def read_line(gen: Generator, prefix: str, deadline: float) -> dict[str, Any]:
@@ -383,11 +454,22 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
     workdir = settings.workroot / f"{which}-{n}"
     workdir.mkdir()
     # 4 ports per session (RTP+RTCP per leg), plus room for pairs another program holds.
-    low, high = media_port_range(4 * n + 64)
-    start = sipsuite_relay if which == "sipsuite" else rtpengine_relay
+    # With workers, calls spread by a hash of their Call-ID, not evenly: a
+    # third more, so no worker's slice runs out.
+    workers = settings.workers if which.startswith("sipsuite") else 1
+    low, high = media_port_range(4 * n + 64 if workers == 1 else int(4 * n * 1.34) + 64 * workers)
+    start = {"rtpengine": rtpengine_relay, "direct": no_relay}.get(which, sipsuite_relay)
+    hosts = settings.hosts
+    ns = hosts.relay if hosts is not None else ""
+    where: dict[str, str] = {} if hosts is None else {
+        "caller_ns": hosts.caller, "callee_ns": hosts.callee, "relay_ns": hosts.relay,
+        "caller_ip": CALLER_IP, "callee_ip": CALLEE_IP, "relay_ip": RELAY_IP,
+    }  # fmt: skip
     gens: list[Generator] = []
     try:
-        with start(workdir, low, high, settings.rtpengine_threads) as relay:
+        threads = workers if which.startswith("sipsuite") else settings.rtpengine_threads
+        with start(workdir, low, high, threads, ns,
+                   which == "sipsuite-kernel") as relay:
             result.notes.append("relay: " + " ".join(relay.cmd))
             first = 0
             tag = f"{which}{n}x{random.randrange(1 << 30):x}"
@@ -396,7 +478,7 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
                     "relay": which, "control_port": relay.control_port, "sessions": count,
                     "first": first, "phase_offset": g / n_gen,
                     "warmup_rounds": warm_rounds, "window_rounds": window_rounds,
-                    "drain_s": 0.5, "max_delay": settings.max_delay, "tag": tag,
+                    "drain_s": 0.5, "max_delay": settings.max_delay, "tag": tag, **where,
                 }  # fmt: skip
                 first += count
                 err = open(workdir / f"gen{g}.err", "wb")
@@ -421,13 +503,23 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
             w_start = t0 + warm_rounds * PTIME
             w_end = w_start + window_rounds * PTIME
             time.sleep(max(0.0, w_start - time.monotonic()))
+            # In namespaces the relay's sockets are in its /proc/PID/net/udp
+            # (the parties' in theirs, not counted).
+            udp = f"/proc/{relay.proc.pid}/net/udp" if hosts is not None else "/proc/net/udp"
+            ksoftirqd = ksoftirqd_pids()
             r0 = relay.meter.sample()
             g0 = [gen.meter.sample() for gen in gens]
-            d0 = udp_drops([*relay_ports, *party_ports])
+            m0 = machine_ticks()
+            k0 = threads_ticks(ksoftirqd)
+            d0 = udp_drops([*relay_ports, *party_ports], udp)
             time.sleep(max(0.0, w_end - time.monotonic()))
             r1 = relay.meter.sample()
             g1 = [gen.meter.sample() for gen in gens]
-            d1 = udp_drops([*relay_ports, *party_ports])
+            m1 = machine_ticks()
+            result.ksoftirqd_ticks = threads_ticks(ksoftirqd) - k0
+            d1 = udp_drops([*relay_ports, *party_ports], udp)
+            result.machine_ticks = m1[0] - m0[0]
+            result.softirq_ticks = m1[1] - m0[1]
             result.relay_ticks = ticks_between(r0, r1)
             result.gen_ticks = sum(ticks_between(a, b) for a, b in zip(g0, g1, strict=True))
             rp = set(relay_ports)
@@ -471,6 +563,40 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
     return result
 
 
+def ksoftirqd_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().startswith("ksoftirqd/"):
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def threads_ticks(pids: Sequence[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, softirq) ticks of all CPUs so far (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy, fields[6]
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -495,7 +621,10 @@ def report_step(r: StepResult, max_loss: float) -> None:
         f" relay {fmt(r.relay_pct)} % CPU, {fmt(r.us_per_packet)} us/packet;"
         f" generators {fmt(r.gen_pct)} % CPU (busiest {r.gen_cpu_max * 100:.0f} %),"
         f" lateness p99 {r.late_p99_ms:.2f} ms max {r.late_max_ms:.1f} ms;"
-        f" machine {fmt(r.box_pct, '.0f')} %; drops relay/gen {r.drops_relay}/{r.drops_gen}; set-up {r.setup_s:.1f} s [{verdict}]",
+        f" machine {fmt(r.box_pct, '.0f')} %, all CPUs {fmt(r.machine_us_per_packet)} us/packet"
+        f" (softirq {fmt(r.softirq_ticks / CLK_TCK / r.received * 1e6 if r.received else float('nan'))});"
+        f" relay+generators+ksoftirqd {fmt(r.path_us_per_packet)} us/packet;"
+        f" drops relay/gen {r.drops_relay}/{r.drops_gen}; set-up {r.setup_s:.1f} s [{verdict}]",
         flush=True,
     )
     if r.misrouted or r.silent_parties or r.send_errors:
@@ -507,23 +636,24 @@ def report_step(r: StepResult, max_loss: float) -> None:
 
 def print_table(results: Sequence[StepResult], max_loss: float, max_delay: float) -> None:
     print(
-        f"{'relay':<9} {'N':>4} {'offered':>7} {'pps':>7} {'loss %':>6} {'dly %':>6}"
+        f"{'relay':<15} {'N':>4} {'offered':>7} {'pps':>7} {'loss %':>6} {'dly %':>6}"
         f" {'dly99':>6} {'relay %':>7} {'us/pkt':>6} {'pkt/CPU s':>9} {'gen %':>5}"
-        f" {'late99':>6} {'box %':>5} {'drops':>7} {'ok':>3}"
+        f" {'late99':>6} {'box %':>5} {'all us':>6} {'path us':>7} {'drops':>7} {'ok':>3}"
     )
     for r in results:
         if r.error:
-            print(f"{r.relay:<9} {r.sessions:>4} {100 * r.sessions:>7}  failed: "
+            print(f"{r.relay:<15} {r.sessions:>4} {100 * r.sessions:>7}  failed: "
                   f"{r.error.splitlines()[0][:60]}")
             continue
         ok = "yes" if r.clean(max_loss) and r.generator_ok else (
             "gen" if r.clean(max_loss) else "NO")
         print(
-            f"{r.relay:<9} {r.sessions:>4} {100 * r.sessions:>7} {fmt(r.pps, '.0f'):>7}"
+            f"{r.relay:<15} {r.sessions:>4} {100 * r.sessions:>7} {fmt(r.pps, '.0f'):>7}"
             f" {fmt(r.loss * 100, '.3f'):>6} {fmt(r.delayed_share * 100, '.3f'):>6}"
             f" {r.delay_ms(0.99):>6.1f} {fmt(r.relay_pct):>7} {fmt(r.us_per_packet):>6}"
             f" {fmt(r.pps_per_cpu, '.0f'):>9} {fmt(r.gen_pct, '.0f'):>5}"
             f" {r.late_p99_ms:>6.1f} {fmt(r.box_pct, '.0f'):>5}"
+            f" {fmt(r.machine_us_per_packet):>6} {fmt(r.path_us_per_packet):>7}"
             f" {f'{r.drops_relay}/{r.drops_gen}':>7} {ok:>3}"
         )
     print(
@@ -535,6 +665,9 @@ def print_table(results: Sequence[StepResult], max_loss: float, max_delay: float
         "CPU per forwarded packet; gen %: all generators' CPU; late99: the generators'\n"
         "99th percentile lateness against the 20 ms schedule (ms); box %: relay +\n"
         "generators, % of all CPUs (>= 90: saturated, the relay competes with its load);\n"
+        "all us: every CPU's busy time (/proc/stat) per forwarded packet, whatever ran;\n"
+        "path us: relay + generators + ksoftirqd CPU per packet: every context the\n"
+        "packets' work is charged to (the kernel forwards in the sender's softirq);\n"
         "drops: datagrams the kernel dropped on full relay/generator sockets;\n"
         f"ok: loss % + dly % <= {max_loss * 100:g} % and the generator kept up (gen: it did"
         " not)."
@@ -548,6 +681,34 @@ def highest(results: Sequence[StepResult], which: str, max_loss: float) -> StepR
             break
         best = r
     return best
+
+
+def compare_paths(results: Sequence[StepResult], max_loss: float) -> None:
+    """--netns: per N that every relay handled cleanly, the CPU per packet of
+    relay + generators + ksoftirqd, and that less the "direct" baseline (the
+    parties alone through plain IP routing): what relaying itself costs."""
+    by: dict[str, dict[int, StepResult]] = {}
+    for r in results:
+        by.setdefault(r.relay, {})[r.sessions] = r
+    for n in sorted({r.sessions for r in results}):
+        row = {name: steps.get(n) for name, steps in by.items()}
+        if not all(x is not None and x.clean(max_loss) and x.generator_ok for x in row.values()):
+            continue
+        parts = [f"{name} {fmt(x.path_us_per_packet)}" for name, x in row.items()
+                 if x is not None]
+        print(f"  N={n}: CPU per packet, relay + generators + ksoftirqd (us): "
+              + ", ".join(parts))
+        base = row.get("direct")
+        if base is None:
+            continue
+        extra = {name: x.path_us_per_packet - base.path_us_per_packet
+                 for name, x in row.items() if x is not None and name != "direct"}
+        line = "    over the direct baseline (us): " + ", ".join(
+            f"{name} {fmt(v, '+.1f')}" for name, v in extra.items())
+        k, e = extra.get("sipsuite-kernel"), extra.get("rtpengine")
+        if k is not None and e is not None and k > 0:
+            line += f"; rtpengine/kernel {fmt(e / k, '.1f')}x"
+        print(line)
 
 
 # --------------------------------------------------------------------------- main
@@ -568,16 +729,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    " sessions)")
     p.add_argument("--rtpengine-threads", type=int, default=1,
                    help="rtpengine --num-threads (default 1, like our one reactor thread)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="sipsuite's rtp-relay --workers (default 1: one process)")
     p.add_argument("--max-loss", type=float, default=0.001,
                    help="highest loss that counts as handled (default 0.001 = 0.1 %%)")
     p.add_argument("--max-delay", type=float, default=0.1,
                    help="seconds after sending past which a received packet counts as lost too"
                    " (a jitter buffer would discard it; default 0.1; 0: no limit)")
-    p.add_argument("--only", choices=RELAYS, help="measure one relay only")
+    p.add_argument("--only", choices=NETNS_RELAYS, help="measure one relay only")
+    p.add_argument("--netns", action="store_true",
+                   help="relay and parties on three hosts (network namespaces, veth links;"
+                   " root): sipsuite with kernel forwarding, then in userspace, then rtpengine,"
+                   " then no relay (\"direct\": the parties through plain IP routing, the"
+                   " baseline)")
     p.add_argument("--budget", type=float, default=360.0,
                    help="do not start a step that could end later than this many seconds"
                    " after the start (default 360)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--late-limit", type=float, default=LATE_LIMIT_MS,
+                   help="generator lateness p99 (ms) past which a step does not count"
+                   f" (default {LATE_LIMIT_MS:g}; raise it on a machine other programs load)")
     args = p.parse_args(argv)
     if args.quick:
         args.sessions = args.sessions or "10,100,400"
@@ -601,17 +772,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    relays = [args.only] if args.only else list(RELAYS)
+    global late_limit_ms
+    late_limit_ms = args.late_limit
+    if args.only in ("sipsuite-kernel", "direct") and not args.netns:
+        sys.exit(f"--only {args.only} needs --netns (on loopback every packet is local)")
+    relays = [args.only] if args.only else list(NETNS_RELAYS if args.netns else RELAYS)
     if "rtpengine" in relays and not os.access(RTPENGINE, os.X_OK):
         sys.exit(f"missing {RTPENGINE} (Debian package rtpengine-daemon); or use"
                  " --only sipsuite")
     began = time.monotonic()
     workroot = Path(tempfile.mkdtemp(prefix="relay_pps."))
     settings = Settings(args.seconds, args.warmup, workroot, args.generators,
-                        args.rtpengine_threads, args.max_loss, args.max_delay)
+                        args.rtpengine_threads, args.max_loss, args.max_delay,
+                        workers=args.workers)
+    if args.netns:
+        settings.hosts = Hosts()  # deleted in the finally below
     print(
         f"sessions {args.session_list} (100 packets/s each, {PACKET}-byte datagrams),"
         f" {args.warmup:g} s warm-up + {args.seconds:g} s counted per step,"
+        f" sipsuite relay workers {args.workers},"
         f" {os.cpu_count()} CPUs, work files in {workroot}",
         flush=True,
     )
@@ -688,9 +867,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             else:
                 print("sipsuite/rtpengine: no N that both handled; no ratio")
+        if args.netns:
+            compare_paths(results, args.max_loss)
         print(f"total time {time.monotonic() - began:.0f} s")
         return 0 if all(not r.error for r in results) else 1
     finally:
+        if settings.hosts is not None:
+            settings.hosts.close()
         if keep:
             print(f"work files kept in {workroot}")
         else:

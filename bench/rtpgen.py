@@ -45,6 +45,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchns import inside  # noqa: E402
+
 from sipsuite.rtpproxy.controller import build_lookup, build_update, parse_reply  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -150,12 +152,12 @@ def transact(sock: socket.socket, addr: tuple[str, int], cookie: bytes, payload:
     raise ControlError(f"no reply from {addr[0]}:{addr[1]} to {payload[:60]!r}")
 
 
-def sdp(port: int, session_id: int) -> str:
+def sdp(port: int, session_id: int, host: str = HOST) -> str:
     return (
         "v=0\r\n"
-        f"o=- {session_id} 1 IN IP4 {HOST}\r\n"
+        f"o=- {session_id} 1 IN IP4 {host}\r\n"
         "s=relay_pps\r\n"
-        f"c=IN IP4 {HOST}\r\n"
+        f"c=IN IP4 {host}\r\n"
         "t=0 0\r\n"
         f"m=audio {port} RTP/AVP 0\r\n"
         "a=rtpmap:0 PCMU/8000\r\n"
@@ -180,15 +182,17 @@ def ng(sock: socket.socket, addr: tuple[str, int], cookie: str, command: dict[st
 
 
 def setup_rtpengine(sock: socket.socket, addr: tuple[str, int], call_id: str, caller: int,
-                    callee: int, sid: int) -> tuple[int, int]:
+                    callee: int, sid: int, hosts: tuple[str, str] = (HOST, HOST)
+                    ) -> tuple[int, int]:
     """offer/answer; (port the caller sends to, port the callee sends to)."""
     offer = ng(sock, addr, f"{call_id}o", {
-        "command": "offer", "call-id": call_id, "from-tag": "ft", "sdp": sdp(caller, sid),
+        "command": "offer", "call-id": call_id, "from-tag": "ft",
+        "sdp": sdp(caller, sid, hosts[0]),
     })
     to_callee = sdp_media_port(str(offer.get("sdp", "")))
     answer = ng(sock, addr, f"{call_id}a", {
         "command": "answer", "call-id": call_id, "from-tag": "ft", "to-tag": "tt",
-        "sdp": sdp(callee, sid),
+        "sdp": sdp(callee, sid, hosts[1]),
     })
     return sdp_media_port(str(answer.get("sdp", ""))), to_callee
 
@@ -202,11 +206,11 @@ def rtpproxy_port(sock: socket.socket, addr: tuple[str, int], data: bytes) -> in
 
 
 def setup_sipsuite(sock: socket.socket, addr: tuple[str, int], call_id: str, caller: int,
-                   callee: int) -> tuple[int, int]:
+                   callee: int, hosts: tuple[str, str] = (HOST, HOST)) -> tuple[int, int]:
     """U then L, as Kamailio's rtpproxy_offer/rtpproxy_answer send them."""
-    to_callee = rtpproxy_port(sock, addr, build_update(f"{call_id}u", call_id, HOST, caller,
+    to_callee = rtpproxy_port(sock, addr, build_update(f"{call_id}u", call_id, hosts[0], caller,
                                                        "ft;1", modifiers="S"))
-    to_caller = rtpproxy_port(sock, addr, build_lookup(f"{call_id}l", call_id, HOST, callee,
+    to_caller = rtpproxy_port(sock, addr, build_lookup(f"{call_id}l", call_id, hosts[1], callee,
                                                        "ft;1", "tt;1", modifiers="S"))
     return to_caller, to_callee
 
@@ -216,7 +220,7 @@ def setup_sipsuite(sock: socket.socket, addr: tuple[str, int], call_id: str, cal
 
 @dataclass
 class Spec:
-    relay: str  # "sipsuite" or "rtpengine"
+    relay: str  # "sipsuite", "sipsuite-kernel", "rtpengine" or "direct" (no relay)
     control_port: int
     sessions: int
     first: int  # index of this generator's first session (call-ids, SSRCs)
@@ -226,6 +230,14 @@ class Spec:
     drain_s: float
     max_delay: float  # seconds: a packet received later than this after sending is "delayed"
     tag: str  # makes call-ids unique per run
+    # --netns (benchns.py): the caller's and callee's sockets in their hosts'
+    # namespaces, the control socket in the relay's; "" = this namespace.
+    caller_ns: str = ""
+    callee_ns: str = ""
+    relay_ns: str = ""
+    caller_ip: str = HOST
+    callee_ip: str = HOST
+    relay_ip: str = HOST
 
 
 @dataclass
@@ -269,27 +281,39 @@ def percentile_ms(hist: dict[str, int], q: float) -> float:
 def run(spec: Spec, emit: Callable[[str], None]) -> None:
     n_sess = spec.sessions
     socks: list[socket.socket] = []
-    for _ in range(2 * n_sess):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((HOST, 0))
+    for i in range(2 * n_sess):
+        with inside(spec.callee_ns if i & 1 else spec.caller_ns):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((spec.callee_ip if i & 1 else spec.caller_ip, 0))
         socks.append(s)
     ports = [s.getsockname()[1] for s in socks]
-    ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with inside(spec.relay_ns):
+        ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     ctl.bind((HOST, 0))
     addr = (HOST, spec.control_port)
-    dests: list[tuple[str, int]] = [(HOST, 0)] * (2 * n_sess)
+    hosts = (spec.caller_ip, spec.callee_ip)
+    relay_ip = spec.relay_ip
+    dests: list[tuple[str, int]] = [(relay_ip, 0)] * (2 * n_sess)
     t_setup = time.monotonic()
     try:
         for j in range(n_sess):
             sid = spec.first + j
             call_id = f"{spec.tag}-{sid}"
             caller, callee = ports[2 * j], ports[2 * j + 1]
+            if spec.relay == "direct":
+                # No relay: each party sends straight to the other (through
+                # the relay host's plain IP routing with --netns), the
+                # baseline of what the parties and the network cost.
+                dests[2 * j] = (spec.callee_ip, callee)
+                dests[2 * j + 1] = (spec.caller_ip, caller)
+                continue
             if spec.relay == "rtpengine":
-                to_caller, to_callee = setup_rtpengine(ctl, addr, call_id, caller, callee, sid)
+                to_caller, to_callee = setup_rtpengine(ctl, addr, call_id, caller, callee, sid,
+                                                       hosts)
             else:
-                to_caller, to_callee = setup_sipsuite(ctl, addr, call_id, caller, callee)
-            dests[2 * j] = (HOST, to_caller)
-            dests[2 * j + 1] = (HOST, to_callee)
+                to_caller, to_callee = setup_sipsuite(ctl, addr, call_id, caller, callee, hosts)
+            dests[2 * j] = (relay_ip, to_caller)
+            dests[2 * j + 1] = (relay_ip, to_callee)
     except (ControlError, OSError, ValueError) as e:
         emit(f"ERROR session set-up: {e}")
         return

@@ -13,6 +13,9 @@ declare -A package=(
     [systemd-analyze]=systemd     # tests/test_docs.py verifies contrib/systemd units
     [unshare]=util-linux          # test_roles_side_by_side runs in its own namespaces
     [svmap]=sipvicious            # svmap, svwar, svcrack against the proxy (test_scanners.py)
+    [nft]=nftables                # the relay's kernel data plane (libnftables1 with it), test_relay_kernel.py
+    [ip]=iproute2                 # network namespaces and veth links (tests/netnskit.py)
+    [sysctl]=procps               # per-namespace sysctls: forwarding, the NAT router's conntrack timeouts
     [tshark]=tshark               # reads the flight recorder's pcap files (tests/trace, test_flight_recorder.py)
 )
 missing=()

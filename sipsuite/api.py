@@ -11,7 +11,8 @@ caller raises the version; additions do not.
 - ``events``: ``handle.events.subscribe("call.ended", fn)`` (sipsuite.eventbus);
 - ``bindings`` and ``users``: the location and subscriber stores;
 - ``send_request``: a SIP request from the proxy's own UAC, and its final answer;
-- ``relay_sessions()``: the media relay's sessions (``twistd sipsuite``);
+- ``relay_sessions()``: the relay sessions: the in-process relay's
+  (``twistd sipsuite``) and those the proxy holds on relays elsewhere;
 - ``stats()``: what ``sipsuite-ctl stats`` shows.
 
 Every method that touches a store returns a Deferred (Redis may be behind
@@ -29,10 +30,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from twisted.internet import defer
 
 from sipsuite.eventbus import EVENTS, Event, EventBus, Subscription
+from sipsuite.proxy.media.manager import MediaManager
 from sipsuite.proxy.registrar.bindings import Binding, StoreUnavailable
 from sipsuite.proxy.registrar.location import Subscriber
 from sipsuite.proxy.services import EVENTS as EVENTS_KEY
-from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
+from sipsuite.proxy.services import LOCATION, MEDIA, SUBSCRIBERS
 
 if TYPE_CHECKING:
     from sipsuite.config import Config
@@ -189,19 +191,22 @@ class Handle:
         return defer.ensureDeferred(run())
 
     def relay_sessions(self) -> list[dict[str, Any]]:
-        """The in-process relay's sessions (``twistd sipsuite``); [] when the
-        relay is another process."""
+        """The relay sessions: the in-process relay's (``twistd sipsuite``),
+        with tags and legs, then those the proxy's media module holds on
+        relays in other processes (call_id, from_tag, relay, created)."""
+        out: list[dict[str, Any]] = []
         relay = self._relay
-        if relay is None:
-            return []
-        out = []
-        for s in relay.table:
-            out.append({
-                "call_id": s.call_id, "from_tag": s.from_tag, "to_tag": s.to_tag,
-                "created": s.created,
-                "legs": [{"port": leg.port, "latched": _addr(leg.latched),
-                          "packets": leg.stats.packets} for leg in (s.caller, s.callee)],
-            })
+        if relay is not None:
+            for s in relay.table:
+                out.append({
+                    "call_id": s.call_id, "from_tag": s.from_tag, "to_tag": s.to_tag,
+                    "created": s.created,
+                    "legs": [{"port": leg.port, "latched": _addr(leg.latched),
+                              "packets": leg.stats.packets} for leg in (s.caller, s.callee)],
+                })
+        media = self._core.modules.get(MEDIA)
+        if isinstance(media, MediaManager):
+            out += media.sessions.sessions()
         return out
 
     def stats(self) -> defer.Deferred[dict[str, Any]]:

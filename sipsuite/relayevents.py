@@ -2,6 +2,9 @@
 .latched and .ended on the proxy's event bus.
 
 Created and ended come from the session table's observer, as they happen.
+For this relay the table is the one source: the suite tells the proxy's
+media module to raise nothing for it (sipsuite.proxy.media.sessions, which
+reports the sessions on relays in other processes).
 Latching happens on the packet path, which must stay free of any per-packet
 work, so it is found by a scan of the table every LATCH_SCAN seconds, and
 only while someone subscribes to ``relay.session.latched``.

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from twisted.application import service
 
 from sipsuite.api import Handle
 from sipsuite.config import Config
+from sipsuite.config.specs import parse_relay_uri
 from sipsuite.drain import SuiteService
 from sipsuite.ops.server import ManagementService, RpcRegistry
-from sipsuite.proxy.media.local import LocalRelayClient
+from sipsuite.proxy.media.local import LOCAL_RELAY_URI, LocalRelayClient
+from sipsuite.proxy.media.manager import MediaManager
 from sipsuite.proxy.modules.media import add_media
 from sipsuite.proxy.service import ProxyService, make_proxy_service
-from sipsuite.proxy.services import EVENTS
+from sipsuite.proxy.services import EVENTS, MEDIA
 from sipsuite.relayevents import RelayEvents
 from sipsuite.rtprelay.service import RelayService, make_relay_service
 from sipsuite.userservices import load_services
@@ -23,6 +27,35 @@ def _management_registry(parent: service.MultiService) -> RpcRegistry | None:
         if isinstance(child, ManagementService):
             return child.registry
     return None
+
+
+def _own_relays(config: Config) -> frozenset[str]:
+    """The relays the proxy drives that are this process's relay: the
+    in-process client's, and any ``[media] relays`` entry naming one of the
+    ``[relay] control`` sockets."""
+    own = {LOCAL_RELAY_URI}
+    for spec in config.media.relays:
+        try:
+            address = parse_relay_uri(spec.uri)
+        except ValueError:
+            continue
+        for control in config.relay.control:
+            if address.scheme == "unix" or control.transport == "unix":
+                same = address.scheme == control.transport and address.path == control.path
+            else:
+                same = (address.scheme.rstrip("6") == control.transport
+                        and address.port == control.port
+                        and _same_ip(address.host, control.host))
+            if same:
+                own.add(spec.uri)
+    return frozenset(own)
+
+
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
 
 
 def make_suite_service(config: Config) -> service.MultiService:
@@ -53,6 +86,12 @@ def make_suite_service(config: Config) -> service.MultiService:
                                   command_timeout=config.media.command_timeout,
                                   disable_time=config.media.disable_time)
         add_media(core, client)  # the media module, started and stopped with the core
+    # One source per session: the relay's own table reports the sessions of
+    # the relay in this process (it knows latching and its timeouts); the
+    # media module reports only those on relays in other processes.
+    media = core.modules.get(MEDIA)
+    if isinstance(media, MediaManager):
+        media.sessions.in_process = _own_relays(config)
     RelayEvents(core.modules.require(EVENTS).bus, relay_service, top.reactor).setServiceParent(top)
     # Last: Twisted starts them after the proxy and the relay, stops them before.
     registry = _management_registry(proxy)

@@ -16,14 +16,13 @@ exit status 2, before twistd daemonises.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 
 from sipsuite.api import Handle, check_section
 from sipsuite.log import get_logger
-from sipsuite.proxy.routing.loader import _missing, _search, describe_error, routing_dirs
+from sipsuite.proxy.routing.loader import describe_error, import_user_module
 from sipsuite.startup import StartupError
 
 if TYPE_CHECKING:
@@ -54,20 +53,8 @@ def load_factory(spec: str, config_path: str | None) -> Any:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise StartupError(f"services.load: {spec!r}: expected 'package.module:factory'")
-    dirs = routing_dirs(config_path)
-    if module_name.partition(".")[0] != "sipsuite":
-        _search(dirs)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if _missing(module_name, exc):
-            raise StartupError(f"services.load: no module {module_name} (looked in"
-                               f" {', '.join(dirs)} and the Python path)") from None
-        raise StartupError(f"services.load: cannot import {module_name}:"
-                           f" {describe_error(exc)}") from None
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any error in user code
-        raise StartupError(f"services.load: cannot import {module_name}:"
-                           f" {describe_error(exc)}") from None
+    module = import_user_module(module_name, config_path,
+                                lambda text: StartupError(f"services.load: {text}"))
     found: Any = module
     for part in attr.split("."):
         found = getattr(found, part, None)

@@ -79,6 +79,7 @@ def load_config(
     management: str | None = None,
     relay_management: str | None = None,
     workers: str | int | None = None,
+    relay_workers: str | int | None = None,
 ) -> Config:
     """Read and validate *path* (None: the built-in defaults).
 
@@ -88,7 +89,8 @@ def load_config(
     (``--media-address``), *ports* ``relay.ports`` (``--ports``) and
     *relays* ``media.relays`` (``--relay``); *management* ``management.listen``
     and *relay_management* ``management.relay_listen`` (``--management`` of
-    the proxy and of the relay); *workers* ``proxy.workers`` (``--workers``).
+    the proxy and of the relay); *workers* ``proxy.workers`` and *relay_workers* ``relay.workers``
+    (``--workers`` of the proxy and of the relay).
     Raises ConfigError with a one-line message on any problem.
     """
     doc: dict[str, Any] = {}
@@ -116,6 +118,7 @@ def load_config(
         ("--management", "management", "listen", management, tcp_listen_or_off),
         ("--management", "management", "relay_listen", relay_management, tcp_listen_or_off),
         ("--workers", "proxy", "workers", workers, _workers_option),
+        ("--workers", "relay", "workers", relay_workers, _workers_option),
     )
     overrides: dict[str, dict[str, Any]] = {}
     for option, section_name, key, raw_value, check in options:
@@ -160,7 +163,7 @@ def _build_values(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _workers_option(value: Any) -> int:
-    """--workers N: the command line gives text, [proxy] workers' validator wants an int."""
+    """--workers N: the command line gives text, the workers keys' validator wants an int."""
     try:
         number = int(value)
     except (TypeError, ValueError):

@@ -112,6 +112,7 @@ class ProxyConfig:
     tcp_message_timeout: float = setting(20.0, positive_float)
     tcp_max_connections: int = setting(2048, int_range(1, 1_000_000))
     tcp_max_per_source: int = setting(64, int_range(1, 1_000_000))
+    tcp_write_queue_max: int = setting(262144, int_range(4096, 1 << 30))
     workers: int = setting(1, int_range(1, 64))
     dns_timeout: float = setting(3.0, positive_float)
     dns_servers: list[tuple[str, int]] = setting([], list_of(dns_server))
@@ -232,6 +233,8 @@ class RelayConfig:
     hold_timeout: float = setting(3600.0, positive_float)
     drain_time: float = setting(30.0, non_negative_float)
     max_sessions_per_call: int = setting(32, int_range(1, 100_000))
+    kernel: str = setting("auto", one_of("auto", "on", "off"))
+    workers: int = setting(1, int_range(1, 64))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -121,7 +121,8 @@ def set_debug(core: ProxyCore, level: Any) -> str:
 #: depend on it) and secret.
 RUNTIME_KEYS: dict[str, tuple[str, ...] | str] = {
     "proxy": ("domains", "trusted", "record_route", "server_header", "drop_user_agents",
-              "tcp_message_timeout", "tcp_max_connections", "tcp_max_per_source"),
+              "tcp_message_timeout", "tcp_max_connections", "tcp_max_per_source",
+              "tcp_write_queue_max"),
     "timers": "*",
     "features": "*",
     "auth": ("nonce_expires", "algorithms"),

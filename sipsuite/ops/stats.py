@@ -89,6 +89,12 @@ async def collect_stats(core: ProxyCore, registry: RpcRegistry | None = None) ->
         "drops": dict(f.drops),
         "uptime": round(f.uptime, 3),
     }
+    accounting = core.modules.by_name("accounting")
+    if accounting is not None:
+        # calls (answered, held for their BYE), records, write_errors; with
+        # workers, byes_passed / byes_taken (modules/accounting.py).
+        acc = accounting.stats()
+        figures["accounting"] = dict(await acc if isinstance(acc, defer.Deferred) else acc)
     siblings = core.transport.siblings
     if siblings is not None:
         # A worker's channel (net/siblings.py): messages it handed to the

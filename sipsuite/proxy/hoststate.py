@@ -54,6 +54,10 @@ class HostState:
         # Worker -> server transactions in progress at its last heartbeat.
         self.load: dict[int, int] = {}
         self.lost_transactions = 0
+        # Worker -> answered calls its accounting held at its last
+        # heartbeat: their records die with it.
+        self.held_calls: dict[int, int] = {}
+        self.lost_call_records = 0
         self.deaths = 0
 
     # -- live operations ---------------------------------------------------------------
@@ -115,13 +119,24 @@ class HostState:
         return out
 
     # -- workers' deaths -----------------------------------------------------------------
-    def died(self, index: int) -> int:
-        """A worker died: the server transactions it had at its last
-        heartbeat are counted lost; how many."""
+    def heartbeat(self, index: int, msg: dict[str, Any]) -> None:
+        """A worker's ``load``: what it would lose if it died now."""
+        server, calls = msg.get("server"), msg.get("acc_calls")
+        if isinstance(server, int) and not isinstance(server, bool) and server >= 0:
+            self.load[index] = server
+        if isinstance(calls, int) and not isinstance(calls, bool) and calls >= 0:
+            self.held_calls[index] = calls
+
+    def died(self, index: int) -> tuple[int, int]:
+        """A worker died: the server transactions it had and the answered
+        calls it held for accounting at its last heartbeat are counted
+        lost; how many of each."""
         lost = self.load.pop(index, 0)
+        calls = self.held_calls.pop(index, 0)
         self.deaths += 1
         self.lost_transactions += lost
-        return lost
+        self.lost_call_records += calls
+        return lost, calls
 
 
 def _setting(name: str, params: Any) -> str | None:

@@ -92,6 +92,8 @@ class NatService(Protocol):
     # alias and our Record-Route ";nat=yes" (ctx.call.rr_params).
     def behind_nat(self, ctx: RequestContext) -> bool: ...  # what detect() found
     def dialog_target(self, req: Request) -> Target | None: ...  # handle_ruri_alias
+    def reply_alias(self, resp: Response, sent_to: Target) -> bool: ...
+    # set_contact_alias on a NAT'ed callee's 1xx/2xx: where we reached it.
 
 
 class NatPingService(Protocol):
@@ -143,6 +145,8 @@ class WorkerLinkService(Protocol):
     def on(self, kind: str, handler: Callable[[dict[str, Any]], None]) -> None: ...
     # handler(message) for each message of that kind from the supervisor
     def off(self, kind: str, handler: Callable[[dict[str, Any]], None]) -> None: ...
+    def gauge(self, name: str, read: Callable[[], int] | None) -> None: ...
+    # read() sent in each heartbeat as ``name`` (None removes it)
 
 
 class EventsService(Protocol):

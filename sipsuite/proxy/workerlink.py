@@ -11,9 +11,13 @@ Worker to supervisor:
 
 - ``ready``: serving; ``private_ports``, the UDP ports its Vias name.
 - ``load``: every :data:`HEARTBEAT` s, ``server``: the received
-  requests not answered finally yet (what is lost if it dies now).
+  requests not answered finally yet (what is lost if it dies now), and
+  the modules' gauges (:meth:`WorkerLink.gauge`): ``acc_calls``, the
+  answered calls accounting holds.
 - ``flood``: the antiflood module's batch (modules/antiflood.py).
 - ``ds``: a dispatcher state it found (modules/dispatcher/dispatcher.py).
+- ``acc_bye``: a BYE ended a call this worker does not hold
+  (modules/accounting.py).
 
 Supervisor to worker:
 
@@ -22,6 +26,7 @@ Supervisor to worker:
 - ``flood_ban``, ``ds``: host-wide bans and dispatcher states;
   ``flood_unban`` to a worker still starting (the others got ``flood.unban``
   through management).
+- ``acc_bye``: another worker's, passed to all but that worker.
 
 Modules reach the link as the ``WORKER_LINK`` service (None in a single
 process).
@@ -30,6 +35,7 @@ process).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -100,6 +106,7 @@ class WorkerLink:
         self._handlers: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
         self._splitter = LineSplitter(self._dispatch)
         self._reader: Any = None
+        self._gauges: dict[str, Callable[[], int]] = {}
 
     def send(self, kind: str, **fields: Any) -> None:
         # The log observer writes to the same stream from the same thread:
@@ -117,6 +124,17 @@ class WorkerLink:
         handlers = self._handlers.get(kind, [])
         if handler in handlers:
             handlers.remove(handler)
+
+    def gauge(self, name: str, read: Callable[[], int] | None) -> None:
+        """``read()`` goes in every heartbeat as field ``name`` (None: no
+        more): what the supervisor counts lost if this worker dies."""
+        if read is None:
+            self._gauges.pop(name, None)
+        else:
+            self._gauges[name] = read
+
+    def gauges(self) -> dict[str, int]:
+        return {name: read() for name, read in self._gauges.items()}
 
     def listen(self, reactor: Any, fd: int = 0) -> None:
         """Read the supervisor's messages from ``fd`` (stdin)."""
@@ -142,6 +160,19 @@ class WorkerLink:
                 log.failure("link message {k} failed", k=msg[LINK_KEY])
 
 
+def bye_fields(msg: dict[str, Any]) -> tuple[str, str, str, float, int] | None:
+    """(Call-ID, From tag, To tag, end time, status) of an ``acc_bye`` or
+    ``ev_bye`` message (a BYE that ended a call another worker holds), or
+    None when one of them is missing or of the wrong type."""
+    cid, ftag, ttag = msg.get("call_id"), msg.get("from_tag"), msg.get("to_tag")
+    end, code = msg.get("end"), msg.get("code")
+    if (not isinstance(cid, str) or not isinstance(ftag, str) or not isinstance(ttag, str)
+            or isinstance(end, bool) or not isinstance(end, int | float)
+            or not math.isfinite(end) or isinstance(code, bool) or not isinstance(code, int)):
+        return None
+    return cid, ftag, ttag, float(end), code
+
+
 def follow_siblings(core: Any, link: WorkerLink) -> None:
     """The other workers' private ports, for steering (the supervisor sends
     them whenever a worker (re)starts)."""
@@ -160,7 +191,7 @@ def start_heartbeat(core: Any, link: WorkerLink, clock: Any) -> task.LoopingCall
     """The ``load`` heartbeat (the caller stops it)."""
 
     def heartbeat() -> None:
-        link.send("load", server=core.unanswered())
+        link.send("load", **link.gauges(), server=core.unanswered())
 
     beat = task.LoopingCall(heartbeat)
     beat.clock = clock

@@ -56,7 +56,7 @@ FAN_OUT = frozenset({"debug", "cfg.set", "routing.reload", "dispatcher.reload",
 MERGED = frozenset({"calls.list", "calls.trace"})
 #: Counters added up over the workers (the rest of ``stats`` is worker 0's).
 SUMMED = ("requests", "requests_by_method", "responses_received", "replies_sent_by_class",
-          "retransmissions", "transactions", "drops", "channel")
+          "retransmissions", "transactions", "drops", "channel", "accounting")
 #: How long a call to one worker may take (s).
 TIMEOUT = 10.0
 
@@ -162,9 +162,11 @@ class WorkersRegistry(RpcRegistry):
         if self.host is not None:
             # lost_transactions: server transactions in progress in workers
             # that died (their last heartbeat's count): their callers got no
-            # answer from us.
+            # answer from us.  lost_call_records: answered calls the dead
+            # workers held for accounting, never written.
             total["supervisor"] = {"worker_deaths": self.host.deaths,
-                                   "lost_transactions": self.host.lost_transactions}
+                                   "lost_transactions": self.host.lost_transactions,
+                                   "lost_call_records": self.host.lost_call_records}
         return total
 
     async def ask(self, port: int, name: str, params: Any) -> Any:

@@ -13,8 +13,9 @@ It also keeps what belongs to the host (hoststate.py), over a line to each
 worker on its stdin and stdout (workerlink.py): antiflood counts added up
 and bans sent to all, dispatcher states passed on, the live operations
 replayed to a worker started again before it counts in, its siblings'
-private ports, the requests a dead worker left unanswered, and one random
-auth secret when the file has none.  And it makes the directory of the
+private ports, the requests a dead worker left unanswered and the answered
+calls it held for accounting, accounting's BYEs passed to the worker
+holding their call, and one random auth secret when the file has none.  And it makes the directory of the
 workers' sockets to each other (net/siblings.py: a request for a phone
 whose TCP/TLS connection another worker holds), removed once they have
 stopped.
@@ -125,6 +126,10 @@ class Supervisor(service.Service):
     ``overrides``: load_config's keyword arguments from the command line,
     passed on so each worker loads the same configuration."""
 
+    #: Seconds stop waits after SIGTERM before SIGKILL (the relay's
+    #: supervisor, rtprelay/workers.py, waits out its workers' drain).
+    stop_grace = STOP_GRACE
+
     def __init__(self, config: Any, overrides: Mapping[str, Any], reactor: Any | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -215,9 +220,12 @@ class Supervisor(service.Service):
         if self.stopping:
             log.info("worker {n} {why}", n=index, why=why)
             return
-        lost = self.host.died(index)
+        lost, calls = self.host.died(index)
         if lost:
             log.warn("worker {n} had {k} transaction(s) in progress: lost with it", n=index, k=lost)
+        if calls:
+            log.warn("worker {n} held {k} answered call(s) for accounting: their records are"
+                     " lost with it", n=index, k=calls)
         self.send_siblings()
         if self.reactor.seconds() - proc.started >= HEALTHY_AFTER:
             self.backoff[index] = BACKOFF_FIRST
@@ -246,9 +254,15 @@ class Supervisor(service.Service):
             return  # a dead worker's last words
         kind = msg[LINK_KEY]
         if kind == "load":
-            server = msg.get("server")
-            if isinstance(server, int) and not isinstance(server, bool):
-                self.host.load[index] = server
+            self.host.heartbeat(index, msg)
+        elif kind in ("acc_bye", "ev_bye"):
+            # Whoever holds the call writes its record (modules/accounting.py)
+            # or raises its call.ended (modules/events.py); the worker checks
+            # the fields.
+            fields = {k: msg.get(k) for k in ("call_id", "from_tag", "to_tag", "end", "code")}
+            for other in self.workers:
+                if other != index:
+                    self.send(other, kind, **fields, by=index)
         elif kind == "flood":
             for address, seconds in self.host.flood_batch(msg, self.reactor.seconds()):
                 for other in self.workers:
@@ -327,7 +341,7 @@ class Supervisor(service.Service):
             return None
         log.info("stopping {n} worker(s)", n=len(waits))
         self.signal_all(signal.SIGTERM)
-        killer = self.reactor.callLater(STOP_GRACE, self.signal_all, signal.SIGKILL)
+        killer = self.reactor.callLater(self.stop_grace, self.signal_all, signal.SIGKILL)
         done = defer.DeferredList(waits)
 
         def finished(result: Any) -> Any:

@@ -28,9 +28,9 @@ import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.internet.interfaces import ITCPTransport, IUDPTransport
 from twisted.python.failure import Failure
 
@@ -52,6 +52,7 @@ from sipsuite.rtprelay.table import (
 
 __all__ = [
     "SUPPORTED_CAPABILITIES",
+    "CommandHandler",
     "ControlDatagramProtocol",
     "ControlHandler",
     "ControlStreamFactory",
@@ -85,6 +86,14 @@ INTERNAL_FAILURE = ErrorCode.NOMEM_1
 # Counters "G" answers (names as rtpproxy's).
 _GLOBAL_STATS = ("nsess_created", "nsess_destroyed", "nsess_timeout", "npkts_rcvd",
                  "npkts_relayed", "npkts_discard")
+
+
+class CommandHandler(Protocol):
+    """What the listeners hand commands to: a ControlHandler (the reply at
+    once), or the supervisor of relay workers (rtprelay.router: a Deferred
+    reply, once the worker holding the call has answered)."""
+
+    def handle(self, data: bytes, *, datagram: bool = True) -> bytes | defer.Deferred[bytes]: ...
 
 
 class ReplyCache:
@@ -385,21 +394,48 @@ class ControlDatagramProtocol(protocol.DatagramProtocol):
     noisy = False
     transport: IUDPTransport  # set by listenUDP before any datagram arrives
 
-    def __init__(self, handler: ControlHandler, cache: ReplyCache,
+    def __init__(self, handler: CommandHandler, cache: ReplyCache,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.handler = handler
         self.cache = cache
         self.clock = clock
+        # (cookie, source) -> command, for replies still to come (a relay
+        # worker's): a retransmission of one is dropped, its reply is on the way.
+        self.pending: dict[tuple[str, Any], bytes] = {}
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         source = tuple(addr[:2])
         now = self.clock()
         cookie = _cookie_of(data)
         reply = self.cache.get(cookie, source, data, now) if cookie else None
-        if reply is None:
-            reply = self.handler.handle(data, datagram=True)
-            if cookie:
-                self.cache.put(cookie, source, data, reply, now)
+        if reply is not None:
+            self._send(data, reply, source)
+            return
+        key = (cookie, source)
+        if cookie and self.pending.get(key) == data:
+            self.cache.hits += 1
+            return
+        answer = self.handler.handle(data, datagram=True)
+        if isinstance(answer, bytes):
+            self._answered(data, answer, cookie, source, now)
+            return
+        if cookie:
+            self.pending[key] = data
+
+        def done(result: bytes) -> None:
+            if self.pending.get(key) == data:
+                del self.pending[key]
+            self._answered(data, result, cookie, source, self.clock())
+
+        answer.addCallback(done).addErrback(
+            lambda f: log.failure("relay control {c!r} failed", f, c=data[:200]))
+
+    def _answered(self, data: bytes, reply: bytes, cookie: str, source: Any, now: float) -> None:
+        if cookie:
+            self.cache.put(cookie, source, data, reply, now)
+        self._send(data, reply, source)
+
+    def _send(self, data: bytes, reply: bytes, source: Any) -> None:
         log.debug("relay control {src}: {cmd!r} -> {reply!r}", src=source, cmd=data[:200],
                   reply=reply[:200])
         try:
@@ -419,11 +455,12 @@ class ControlStreamProtocol(protocol.Protocol):
     # interface that declares abortConnection.
     transport: ITCPTransport
 
-    def __init__(self, handler: ControlHandler, reactor: Any) -> None:
+    def __init__(self, handler: CommandHandler, reactor: Any) -> None:
         self.handler = handler
         self.reactor = reactor
         self.buffer = b""
         self.answered = False
+        self.closed = False
         self._idle: Any = None
 
     def connectionMade(self) -> None:
@@ -432,6 +469,7 @@ class ControlStreamProtocol(protocol.Protocol):
         self._idle = self.reactor.callLater(STREAM_IDLE_TIMEOUT, self.transport.abortConnection)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.closed = True
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
@@ -446,9 +484,18 @@ class ControlStreamProtocol(protocol.Protocol):
         # Kamailio writes the whole command in one writev and sends no newline;
         # a unix stream delivers that in one read.
         self.answered = True
-        reply = self.handler.handle(command, datagram=False)
+        answer = self.handler.handle(command, datagram=False)
+        if isinstance(answer, bytes):
+            self._reply(command, answer)
+        else:
+            answer.addCallback(lambda reply: self._reply(command, reply)).addErrback(
+                lambda f: log.failure("relay control {c!r} failed", f, c=command[:200]))
+
+    def _reply(self, command: bytes, reply: bytes) -> None:
         log.debug("relay control unix: {cmd!r} -> {reply!r}", cmd=command[:200],
                   reply=reply[:200])
+        if self.closed:
+            return  # the client gave up (or the idle timer cut it) meanwhile
         self.transport.write(reply)
         self.transport.loseConnection()
 
@@ -456,7 +503,7 @@ class ControlStreamProtocol(protocol.Protocol):
 class ControlStreamFactory(protocol.Factory):
     noisy = False
 
-    def __init__(self, handler: ControlHandler, reactor: Any) -> None:
+    def __init__(self, handler: CommandHandler, reactor: Any) -> None:
         self.handler = handler
         self.reactor = reactor
 
@@ -486,7 +533,7 @@ def _remove_stale_socket(path: str) -> None:
         probe.close()
 
 
-def listen_control(spec: ControlSpec, handler: ControlHandler, cache: ReplyCache,
+def listen_control(spec: ControlSpec, handler: CommandHandler, cache: ReplyCache,
                    reactor: Any, clock: Callable[[], float] = time.monotonic,
                    tls: Any = None) -> Any:
     """Listen on one control socket; returns the listening port.  Raises

@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipsuite.log import get_logger
+from sipsuite.rtprelay.kernel import KernelPlane
 from sipsuite.rtprelay.ports import PortAllocator, PortsExhausted
 from sipsuite.rtprelay.session import DROP_NO_DESTINATION, Leg, Session
 
@@ -94,11 +95,14 @@ def check_media_address(address: str) -> None:
 class _Counters:
     """Packet-path events that belong to no session."""
 
-    __slots__ = ("send_errors", "receive_errors")
+    __slots__ = ("send_errors", "receive_errors", "received")
 
     def __init__(self) -> None:
         self.send_errors = 0
         self.receive_errors = 0
+        # Datagrams the relay process read: with the kernel data plane on,
+        # what did not go the kernel's way.
+        self.received = 0
 
 
 @implementer(IReadDescriptor)
@@ -107,11 +111,12 @@ class MediaSocket:
 
     __slots__ = (
         "sock", "address", "port", "rtcp", "session", "leg", "peer", "clock", "counters",
-        "_fileno", "_v6", "_reading", "_reactor",
+        "kernel", "_fileno", "_v6", "_reading", "_reactor",
     )
 
     def __init__(self, sock: socket.socket, address: str, port: int, rtcp: bool,
-                 reactor: Any, clock: Callable[[], float], counters: _Counters) -> None:
+                 reactor: Any, clock: Callable[[], float], counters: _Counters,
+                 kernel: KernelPlane | None = None) -> None:
         self.sock = sock
         self.address = address
         self.port = port
@@ -123,6 +128,7 @@ class MediaSocket:
         self.peer: MediaSocket | None = None
         self.clock = clock
         self.counters = counters
+        self.kernel = kernel
         self._fileno = sock.fileno()
         self._v6 = sock.family == socket.AF_INET6
         self._reading = False
@@ -170,36 +176,49 @@ class MediaSocket:
         rtcp = self.rtcp
         v6 = self._v6
         on_packet = session.on_packet
+        kernel = self.kernel
         now = self.clock()  # one clock read per wake-up: the packets arrived together
-        for _ in range(READS_PER_WAKEUP):
-            try:
-                data, src = recvfrom(MAX_DATAGRAM)
-            except BlockingIOError:
-                return
-            except InterruptedError:
-                continue
-            except OSError:
-                # An ICMP error queued on the socket, or the socket is gone:
-                # nothing to relay either way.
-                self.counters.receive_errors += 1
-                if self._fileno < 0:
+        read = 0
+        try:
+            for _ in range(READS_PER_WAKEUP):
+                try:
+                    data, src = recvfrom(MAX_DATAGRAM)
+                except BlockingIOError:
                     return
-                continue
-            if v6:
-                src = src[:2]  # (host, port, flowinfo, scope_id) -> (host, port)
-            dest = on_packet(leg, data, src, now, rtcp)
-            if dest is None:
-                continue
-            peer = self.peer
-            if peer is None:
-                self._unsendable(leg, data)
-                continue
-            try:
-                peer.sock.sendto(data, dest)
-            except OSError:
-                # Socket buffer full (EAGAIN), unreachable network...: UDP may
-                # lose a packet; counted, never raised into the reactor.
-                self.counters.send_errors += 1
+                except InterruptedError:
+                    continue
+                except OSError:
+                    # An ICMP error queued on the socket, or the socket is gone:
+                    # nothing to relay either way.
+                    self.counters.receive_errors += 1
+                    if self._fileno < 0:
+                        return
+                    continue
+                read += 1
+                if v6:
+                    src = src[:2]  # (host, port, flowinfo, scope_id) -> (host, port)
+                if kernel is not None:
+                    if not rtcp:
+                        kernel.before_packet(leg, data, src)
+                    dest = on_packet(leg, data, src, now, rtcp)
+                    # A latch learnt or moved: the kernel's flows follow it.
+                    kernel.packet_seen(session)
+                else:
+                    dest = on_packet(leg, data, src, now, rtcp)
+                if dest is None:
+                    continue
+                peer = self.peer
+                if peer is None:
+                    self._unsendable(leg, data)
+                    continue
+                try:
+                    peer.sock.sendto(data, dest)
+                except OSError:
+                    # Socket buffer full (EAGAIN), unreachable network...: UDP may
+                    # lose a packet; counted, never raised into the reactor.
+                    self.counters.send_errors += 1
+        finally:
+            self.counters.received += read
 
     def _unsendable(self, leg: Leg, data: bytes) -> None:
         """on_packet counted the packet as relayed, but the other party has no
@@ -266,6 +285,8 @@ class MediaPorts(PortAllocator):
         # handed out, until the time here passes.
         self.held: dict[int, float] = {}
         self.bind_failures = 0
+        # The kernel data plane, when the relay uses one (service.py sets it).
+        self.kernel: KernelPlane | None = None
 
     def allocate(self) -> int:
         tries = 0
@@ -293,14 +314,18 @@ class MediaPorts(PortAllocator):
             raise
         self.pairs[port] = PortPair(
             port, address,
-            MediaSocket(rtp_sock, address, port, False, self.reactor, self.clock, self.counters),
+            MediaSocket(rtp_sock, address, port, False, self.reactor, self.clock, self.counters,
+                        self.kernel),
             MediaSocket(rtcp_sock, address, port + 1, True, self.reactor, self.clock,
-                        self.counters),
+                        self.counters, self.kernel),
         )
 
     def release(self, port: int) -> None:
         pair = self.pairs.pop(port, None)
         if pair is not None:
+            if self.kernel is not None:
+                # Before the sockets close: the flows' last counts go to the leg.
+                self.kernel.release(port, pair.session)
             pair.close()
         super().release(port)
 
@@ -330,6 +355,9 @@ class MediaPorts(PortAllocator):
         if callee is not None:
             callee.rtp.peer = caller.rtp if caller is not None else None
             callee.rtcp.peer = caller.rtcp if caller is not None else None
+        if self.kernel is not None:
+            # A U/L may have moved a port or forgotten a latch.
+            self.kernel.sync(session)
 
     def address_of(self, leg: Leg) -> str | None:
         """The address the leg's pair is bound on, None without a port."""
@@ -341,3 +369,6 @@ class MediaPorts(PortAllocator):
         for pair in list(self.pairs.values()):
             pair.close()
         self.pairs.clear()
+        if self.kernel is not None:
+            self.kernel.close()
+            self.kernel = None

@@ -33,6 +33,7 @@ from sipsuite.ops.errors import INVALID_PARAMS, RpcError
 from sipsuite.ops.server import ManagementService, RpcRegistry
 from sipsuite.rtpproxy.ids import encode_call_id
 from sipsuite.rtprelay.control import ControlHandler, ReplyCache, listen_control
+from sipsuite.rtprelay.kernel import KernelUnavailable, open_kernel_plane
 from sipsuite.rtprelay.media import MediaPorts, check_media_address
 from sipsuite.rtprelay.session import Addr, Leg, Session
 from sipsuite.rtprelay.table import SessionTable
@@ -111,6 +112,14 @@ class RelayService(BindsEarly):
         # The last drain was ended by a second signal (the suite stops at once then).
         self.drain_cut = False
         self.tls: Any = None  # sipsuite.tlsctx.TLSContexts, for tls: control sockets
+        # Which packet path the relay uses and why, for the log and relay.stats.
+        self.forwarding = "userspace"
+        self.forwarding_reason = ""
+        # What names this relay's nftables table, when not its own control
+        # sockets: a relay worker's (rtprelay/worker.py) are in a directory
+        # made afresh at each start, so it is named after its supervisor's
+        # control sockets and its number, which a restart finds again.
+        self.kernel_identity: list[str] | None = None
 
     # -- start ----------------------------------------------------------------
 
@@ -124,6 +133,8 @@ class RelayService(BindsEarly):
             c=", ".join(str(s) for s in self.config.control),
             m=", ".join(self.config.media_addresses), lo=self.config.ports[0],
             hi=self.config.ports[1]))
+        self.reactor.callWhenRunning(lambda: log.info(
+            "rtp relay forwarding: {f} ({r})", f=self.forwarding, r=self.forwarding_reason))
 
     def _bind(self) -> None:
         """Check the media addresses and bind the control sockets, once:
@@ -146,6 +157,32 @@ class RelayService(BindsEarly):
             except (CannotListenError, OSError) as exc:
                 self._close_listeners()
                 raise cannot_listen(f"relay control {_show_control(spec)}", exc) from None
+        try:
+            self._open_kernel()
+        except StartupError:
+            self._close_listeners()
+            raise
+
+    def _open_kernel(self) -> None:
+        """Pick the packet path ([relay] kernel), once the control sockets are
+        bound: holding them proves no live relay owns the table named after
+        them, so a table found by that name is a crashed one's, and goes."""
+        mode = self.config.kernel
+        if mode == "off":
+            self.forwarding_reason = '[relay] kernel = "off"'
+            return
+        controls = self.kernel_identity or bound_controls(self.config.control, self.listeners)
+        try:
+            plane, note = open_kernel_plane(self.config.media_addresses, controls,
+                                            self.media.address_of, self.clock)
+        except KernelUnavailable as exc:
+            if mode == "on":
+                raise StartupError(f'[relay] kernel = "on": {exc}') from None
+            self.forwarding_reason = f"kernel forwarding unavailable: {exc}"
+            return
+        self.media.kernel = plane
+        self.forwarding = "kernel"
+        self.forwarding_reason = f"nftables, {note}"
 
     @property
     def control_ports(self) -> list[int]:
@@ -171,6 +208,11 @@ class RelayService(BindsEarly):
 
     def _tick(self) -> None:
         now = self.clock()
+        kernel = self.media.kernel
+        if kernel is not None and kernel.poll_due():
+            # Before expiry: a session the kernel forwards is active while
+            # its counters rise.
+            kernel.poll()
         gone = self.table.expire(now)
         for session in gone:
             log.info("relay session {c} ended: no media for {t:g} s", c=session.call_id,
@@ -260,12 +302,16 @@ class RelayService(BindsEarly):
     def sessions_view(self, call_id: str | None = None) -> list[dict[str, Any]]:
         """Sessions (of one call: named by the token the relay holds, or by
         the SIP Call-ID a sipsuite proxy encoded into it, sipsuite.rtpproxy.ids)."""
+        if self.media.kernel is not None:
+            self.media.kernel.poll()
         now = self.clock()
         wanted = None if call_id is None else {call_id, encode_call_id(call_id)}
         return [self._session_info(s, now) for s in self.table
                 if wanted is None or s.call_id in wanted]
 
     def _session_info(self, session: Session, now: float) -> dict[str, Any]:
+        kernel = self.media.kernel
+        in_kernel = kernel.kernel_ports(session) if kernel is not None else set()
         return {
             "call_id": session.call_id,
             "from_tag": session.from_tag,
@@ -276,11 +322,11 @@ class RelayService(BindsEarly):
             "packets": session.packets_relayed,
             "bytes": session.bytes_relayed,
             "dropped": session.packets_dropped,
-            "caller": self._leg_info(session.caller),
-            "callee": self._leg_info(session.callee),
+            "caller": self._leg_info(session.caller, in_kernel),
+            "callee": self._leg_info(session.callee, in_kernel),
         }
 
-    def _leg_info(self, leg: Leg) -> dict[str, Any]:
+    def _leg_info(self, leg: Leg, in_kernel: set[int]) -> dict[str, Any]:
         s = leg.stats
         return {
             "port": leg.port,
@@ -298,11 +344,17 @@ class RelayService(BindsEarly):
             "rtcp_bytes": s.rtcp_bytes,
             "dropped": s.dropped,
             "drops": dict(s.drops),
+            # Whether the kernel forwards what this party sends (RTP, RTCP).
+            "kernel": leg.port is not None and leg.port in in_kernel,
+            "kernel_rtcp": leg.port is not None and leg.port + 1 in in_kernel,
         }
 
     def stats_view(self) -> dict[str, Any]:
-        s = self.table.stats()
         media = self.media
+        kernel = media.kernel
+        if kernel is not None:
+            kernel.poll()
+        s = self.table.stats()
         return {
             "sessions_active": s.sessions_active,
             "sessions_created": s.sessions_created,
@@ -322,6 +374,21 @@ class RelayService(BindsEarly):
             "retransmissions": self.cache.hits,
             "draining": self.table.draining,
             "load": round(self.commands.load, 3),
+            "forwarding": self.forwarding,
+            "forwarding_reason": self.forwarding_reason,
+            # Datagrams the relay process read itself; packets_relayed
+            # counts the kernel's too.
+            "packets_userspace": media.counters.received,
+            "packets_kernel": kernel.packets if kernel is not None else 0,
+            "kernel_flows": len(kernel.flows) if kernel is not None else 0,
+            "kernel_errors": kernel.errors if kernel is not None else 0,
+            # Times the table was deleted under the relay and re-made.
+            "kernel_tables_lost": kernel.tables_lost if kernel is not None else 0,
+            # Mean cost of one session's rule batch (set-up, removal), in us.
+            "kernel_install_us": _mean_us(kernel.install_time, kernel.installs)
+            if kernel is not None else 0.0,
+            "kernel_remove_us": _mean_us(kernel.removal_time, kernel.removals)
+            if kernel is not None else 0.0,
         }
 
 
@@ -329,6 +396,22 @@ def _show_control(spec: ControlSpec) -> str:
     if spec.transport == "unix":
         return f"unix {spec.path}"
     return show_address(spec.transport, spec.host, spec.port)
+
+
+def bound_controls(specs: list[ControlSpec], listeners: list[Any]) -> list[str]:
+    """The control sockets as bound (the OS's pick for port 0): what a
+    relay's nftables table is named after."""
+    return [_show_control(spec) if spec.transport == "unix" else f"{spec.transport}:{_bound(port)}"
+            for spec, port in zip(specs, listeners, strict=True)]
+
+
+def _bound(port: Any) -> str:
+    host = port.getHost()
+    return f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}"
+
+
+def _mean_us(total: float, count: int) -> float:
+    return round(total / count * 1e6, 1) if count else 0.0
 
 
 def _show_addr(addr: Addr | None) -> str | None:

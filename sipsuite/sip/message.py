@@ -411,7 +411,10 @@ class Message:
 
     def has_header(self, name: str) -> bool:
         key = canonical_name(name)
-        return any(e[0] == key for e in self._headers)
+        for entry in self._headers:  # a loop: any() over a generator costs more
+            if entry[0] == key:
+                return True
+        return False
 
     def header_items(self) -> list[tuple[str, str]]:
         """``(name as written, unfolded value)`` for every line, in order."""
@@ -460,14 +463,19 @@ class Message:
         for i, (k, raw, value) in enumerate(headers):
             if k != key:
                 continue
-            values = _split_lenient(value)
-            first = values[0]
-            rest = [v for v in values[1:] if v]
-            if rest:
-                joined = ", ".join(rest)
-                headers[i] = (key, f"{_written_name(raw)}: {joined}", joined)
-            else:
+            if "," not in value:
+                # One value on the line, the usual case: no split to make.
+                first = value
                 del headers[i]
+            else:
+                values = _split_lenient(value)
+                first = values[0]
+                rest = [v for v in values[1:] if v]
+                if rest:
+                    joined = ", ".join(rest)
+                    headers[i] = (key, f"{_written_name(raw)}: {joined}", joined)
+                else:
+                    del headers[i]
             typed = self._cache.pop(key, None)
             if typed and first and key in _LIST_TYPED:
                 # The typed list holds one element per value, in order, so
@@ -476,6 +484,18 @@ class Message:
                 self._cache[key] = typed[1:]
             return first
         return None
+
+    def set_top_via(self, via: Via, text: str | None = None) -> None:
+        """Replace the top Via with ``via``, written as ``text`` (default
+        ``str(via)``), keeping the parsed list: ``via`` becomes its head and
+        the rest stays parsed (a proxy marks received/rport on every request
+        it takes)."""
+        _ = self.vias  # parsed before the pop, so the pop keeps the tail
+        self.pop_first_value("via")
+        rest = self._cache.get("via")
+        self.add_header("Via", str(via) if text is None else text, top=True)
+        if rest is not None:
+            self._cache["via"] = [via, *rest]
 
     def set_to_tag(self, tag: str) -> None:
         headers = self._headers

@@ -175,7 +175,10 @@ class ClientInviteTransaction:
         reliable: bool,
         timers: TimerSettings,
         use_timer_c: bool = False,
+        branch: str | None = None,
     ) -> None:
+        """``branch``: the top Via's, when the caller just put it there (it
+        then need not be parsed back out of the request)."""
         # None once finished (finish()): only 'calling' sends it again.
         self.request: Request | None = request
         self.reliable = reliable
@@ -183,7 +186,7 @@ class ClientInviteTransaction:
         self.use_timer_c = use_timer_c
         self.state = TxState.CALLING
         self.cancelled = False
-        self.key: tuple[str | None, str] = (request.top_via.branch, request.method)
+        self.key: tuple[str | None, str] = (branch or request.top_via.branch, request.method)
         # Built once for the first non-2xx final; bytes after finish().
         self.ack: Request | Wire | None = None
         self._a_interval = timers.t1
@@ -312,13 +315,15 @@ class ClientNonInviteTransaction:
 
     __slots__ = ("_e_interval", "key", "reliable", "request", "state", "timers")
 
-    def __init__(self, request: Request, reliable: bool, timers: TimerSettings) -> None:
+    def __init__(self, request: Request, reliable: bool, timers: TimerSettings,
+                 branch: str | None = None) -> None:
+        """``branch``: as ClientInviteTransaction's."""
         # None once finished (finish()): only 'trying'/'proceeding' send it again.
         self.request: Request | None = request
         self.reliable = reliable
         self.timers = timers
         self.state = TxState.TRYING
-        self.key: tuple[str | None, str] = (request.top_via.branch, request.method)
+        self.key: tuple[str | None, str] = (branch or request.top_via.branch, request.method)
         self._e_interval = timers.t1
 
     def start(self, now: float) -> list[Action]:

@@ -45,7 +45,7 @@ class OfflineRelay:
         self.sessions: dict[str, dict[tuple[str, int | None], int]] = {}
         self.next_port = FIRST_PORT
         self.running = False
-        self.forgotten: Callable[[str], None] | None = None
+        self.forgotten: Callable[[str, str], None] | None = None
 
     def _record(self, detail: str) -> None:
         recorder = getattr(self.core, "recorder", None)
@@ -84,7 +84,7 @@ class OfflineRelay:
         had = self.sessions.pop(call_id, None) is not None
         self._record("delete (D)" + ("" if had else ": no session"))
         if had and self.forgotten is not None:
-            self.forgotten(RelayClient.key_of(call_id))
+            self.forgotten(RelayClient.key_of(call_id), "deleted")
         return succeed(had)
 
     def relay_of(self, call_id: str) -> str | None:

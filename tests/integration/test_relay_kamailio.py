@@ -41,10 +41,11 @@ class Relay:
 
 
 def start_relay(workdir: Path, *, control_transport: str = "udp",
-                tables: dict[str, dict[str, Any]] | None = None) -> Relay:
+                tables: dict[str, dict[str, Any]] | None = None, workers: int = 1) -> Relay:
     """A real `twistd -n rtp-relay` with its control socket on a free port
     (``udp`` or ``tls``, whose [tls] keys come in ``tables``), ready once its
-    management interface answers and the control port is bound."""
+    management interface answers and the control port is bound; ``workers``:
+    its ``--workers`` (a supervisor answers commands once all are up)."""
     workdir.mkdir(parents=True, exist_ok=True)
     kind: Literal["udp", "tcp"] = "udp" if control_transport == "udp" else "tcp"
     control, mgmt = procs.free_port(kind), procs.free_port("tcp")
@@ -56,7 +57,7 @@ def start_relay(workdir: Path, *, control_transport: str = "udp",
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
         "--nodaemon", "--pidfile=", f"--logfile={log}", "rtp-relay", "--config", str(conf),
         "--control", f"{control_transport}:{LOCALHOST}:{control}", "--media-address", LOCALHOST,
-        "--ports", f"{PORTS[0]}-{PORTS[1]}",
+        "--ports", f"{PORTS[0]}-{PORTS[1]}", "--workers", str(workers),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -80,9 +81,10 @@ class Setup:
     uas_port: int
 
 
-@pytest.fixture
-def setup(sipp_bin: str, tmp_path: Path) -> Iterator[Setup]:
-    relay = start_relay(tmp_path / "relay")
+@pytest.fixture(params=[1, 2], ids=["relay", "relay-2-workers"])
+def setup(sipp_bin: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Setup]:
+    # 2: the same call through `rtp-relay --workers 2`, one control address.
+    relay = start_relay(tmp_path / "relay", workers=request.param)
     uas_port = procs.free_port()
     kam = None
     try:

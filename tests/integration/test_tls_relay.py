@@ -31,18 +31,19 @@ class Setup:
     tmp: Path
 
 
-def _start_relay(workdir: Path, pki: tlscerts.TestPKI) -> Relay:
+def _start_relay(workdir: Path, pki: tlscerts.TestPKI, workers: int) -> Relay:
     cert = pki.issue("relay", ips=[LOCALHOST])
-    return start_relay(workdir, control_transport="tls", tables={
+    return start_relay(workdir, control_transport="tls", workers=workers, tables={
         "tls": {"certificate": str(cert.cert), "private_key": str(cert.key),
                 "ca_list": str(pki.ca_file)}})
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
+@pytest.fixture(params=[1, 2], ids=["relay", "relay-2-workers"])
+def setup(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Setup]:
+    # 2: `rtp-relay --workers 2`, whose supervisor holds the TLS socket.
     pki = tlscerts.TestPKI(tmp_path / "pki")
     rogue = tlscerts.TestPKI(tmp_path / "rogue", "rogue CA")
-    relay = _start_relay(tmp_path / "relay", pki)
+    relay = _start_relay(tmp_path / "relay", pki, request.param)
     try:
         yield Setup(relay, pki, rogue, tmp_path)
     finally:

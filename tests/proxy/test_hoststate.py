@@ -85,9 +85,26 @@ def test_dispatcher_states_remembered() -> None:
 
 def test_a_death_counts_the_transactions_of_the_last_heartbeat() -> None:
     host = HostState()
-    host.load[1] = 7
-    assert host.died(1) == 7 and host.died(1) == 0
-    assert (host.lost_transactions, host.deaths) == (7, 2)
+    host.heartbeat(1, {LINK_KEY: "load", "server": 7, "acc_calls": 3})
+    host.heartbeat(1, {LINK_KEY: "load", "server": 7, "acc_calls": 4})
+    host.heartbeat(0, {LINK_KEY: "load", "server": 2})
+    # Nonsense leaves the last good figure.
+    host.heartbeat(1, {LINK_KEY: "load", "server": True, "acc_calls": -1})
+    assert host.died(1) == (7, 4) and host.died(1) == (0, 0)
+    assert (host.lost_transactions, host.lost_call_records, host.deaths) == (7, 4, 2)
+    assert host.died(0) == (2, 0)
+
+
+def test_the_heartbeat_carries_the_gauges() -> None:
+    out = io.StringIO()
+    link = WorkerLink(1, out)
+    held = [5]
+    link.gauge("acc_calls", lambda: held[0])
+    assert link.gauges() == {"acc_calls": 5}
+    held[0] = 6
+    assert link.gauges() == {"acc_calls": 6}
+    link.gauge("acc_calls", None)
+    assert link.gauges() == {}
 
 
 def test_link_lines_and_log_lines_are_told_apart() -> None:

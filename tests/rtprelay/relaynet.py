@@ -52,6 +52,10 @@ def relay_config(*, control: list[str] | None = None, addresses: list[str] | Non
         hold_timeout=kwargs.pop("hold_timeout", 3600.0),
         drain_time=kwargs.pop("drain_time", 30.0),
         max_sessions_per_call=kwargs.pop("max_sessions_per_call", 32),
+        # Loopback parties never take the kernel path; "off" keeps these
+        # tests the same on a host that forwards IP.
+        kernel=kwargs.pop("kernel", "off"),
+        workers=kwargs.pop("workers", 1),
         **kwargs,
     )
 

@@ -301,6 +301,22 @@ def test_pop_keeps_the_typed_tail_equal_to_a_fresh_parse(name: str) -> None:
     assert not req.has_header(name)
 
 
+def test_set_top_via_keeps_the_rest_parsed_and_equal_to_a_fresh_parse() -> None:
+    hs = INVITE_HEADERS + ["Via: SIP/2.0/UDP h1.example.com;branch=z9hG4bK1, "
+                           "SIP/2.0/TCP h2.example.com:5070;branch=z9hG4bK2"]
+    req = parse_request(invite(hs))
+    via = req.top_via.copy()
+    via.params["received"] = "198.51.100.7"
+    req.set_top_via(via)
+    assert req.top_via is via
+    fresh = parse_request(req.to_bytes())
+    assert [str(v) for v in req.vias] == [str(v) for v in fresh.vias]
+    assert fresh.top_via.received == "198.51.100.7" and len(fresh.vias) == 3
+    # Written as given when a text is passed.
+    req.set_top_via(via, "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx")
+    assert parse_request(req.to_bytes()).top_via.host == "192.0.2.1"
+
+
 def test_pop_and_push_top_via() -> None:
     req = parse_request(invite())
     via = req.top_via.copy()

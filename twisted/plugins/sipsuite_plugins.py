@@ -89,6 +89,13 @@ class RelayOptions(ConfigOptions):
             None,
             "Relay media on UDP ports LOW-HIGH, e.g. 35000-65000 (overrides [relay] ports)",
         ],
+        [
+            "workers",
+            None,
+            None,
+            "Run N relay worker processes, each on its slice of the ports, behind the control"
+            " sockets (overrides [relay] workers)",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -139,7 +146,8 @@ class SipsuiteServiceMaker:
             relays=options.get("relay") or None,
             management=management if self.tapname != "rtp-relay" else None,
             relay_management=management if self.tapname == "rtp-relay" else None,
-            workers=options.get("workers"),
+            workers=options.get("workers") if self.tapname != "rtp-relay" else None,
+            relay_workers=options.get("workers") if self.tapname == "rtp-relay" else None,
         )
         try:
             config = load_config(path, **overrides)
@@ -158,6 +166,12 @@ class SipsuiteServiceMaker:
 
                 check_services(config)  # the workers build them: check what can be checked here
                 built: IService = make_supervisor_service(config, overrides)
+            elif config.relay.workers > 1 and self.tapname != "sip-proxy":
+                # The relay's supervisor: the control sockets, media in workers.
+                from sipsuite.rtprelay.workers import make_relay_supervisor_service, refuse_suite
+
+                refuse_suite(self.tapname, config)
+                built = make_relay_supervisor_service(config, overrides)
             else:
                 built = self._build(config)
             twistd = options.parent

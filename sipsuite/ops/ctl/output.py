@@ -74,32 +74,44 @@ def _leg_text(leg: dict[str, Any]) -> str:
         shown += f" <- {source}"
         if not leg.get("latched"):
             shown += " (sdp)"
+        elif leg.get("kernel"):
+            shown += " (kernel)"  # forwarded by the relay host's nftables rules
     return shown
 
 
 def show_relay_sessions(result: Any, args: argparse.Namespace) -> str:
     if not result:
         return "no relayed sessions"
-    rows = [
+    rows: list[tuple[Any, ...]] = [
         (s["call_id"], s["from_tag"], s.get("to_tag"), _leg_text(s["caller"]),
          _leg_text(s["callee"]), s["caller"]["packets"] + s["caller"]["rtcp_packets"],
          s["callee"]["packets"] + s["callee"]["rtcp_packets"], s["dropped"],
          f"{s['idle']:.0f}" + (" hold" if s.get("on_hold") else ""))
         for s in result
     ]
-    return table(("CALL-ID", "FROM-TAG", "TO-TAG", "CALLER", "CALLEE", "PKTS-A>B", "PKTS-B>A",
-                  "DROPPED", "IDLE-S"), rows)
+    heads: tuple[str, ...] = ("CALL-ID", "FROM-TAG", "TO-TAG", "CALLER", "CALLEE", "PKTS-A>B",
+                              "PKTS-B>A", "DROPPED", "IDLE-S")
+    if any("worker" in s for s in result):  # rtp-relay --workers N: which process holds it
+        rows = [(*row, s.get("worker", "-")) for row, s in zip(rows, result, strict=True)]
+        heads = (*heads, "WORKER")
+    return table(heads, rows)
 
 
 def show_relay_stats(result: Any, args: argparse.Namespace) -> str:
     rows: list[tuple[str, Any]] = []
-    for key, value in result.items():
+
+    def add(key: str, value: Any) -> None:
+        # Nested to any depth: a relay with workers has workers.N.counter.
         if isinstance(value, dict):
             if not value:
                 rows.append((key, 0))
-            rows.extend((f"{key}.{k}", v) for k, v in sorted(value.items()))
+            for k, v in sorted(value.items()):
+                add(f"{key}.{k}", v)
         else:
             rows.append((key, str(value).lower() if isinstance(value, bool) else value))
+
+    for key, value in result.items():
+        add(key, value)
     return table(("COUNTER", "VALUE"), rows)
 
 

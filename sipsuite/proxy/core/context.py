@@ -232,7 +232,8 @@ class ResponseContext:
     def _forward(self, resp: Response) -> None:
         # Our own Via is on top of every answer a branch gets (16.7 step 3).
         resp.pop_first_value("via")
-        if not resp.has_header("via"):
+        # The parsed list, which the pop kept: no scan of the lines.
+        if not resp.vias:
             # A broken UAS answered with only our Via (it built the answer
             # from the CANCEL, say). 16.7 would drop it, leaving the caller
             # without a final answer and this transaction pending forever;

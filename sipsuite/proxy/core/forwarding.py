@@ -200,9 +200,10 @@ class Forwarding:
         branch.sent = req
         reliable = target.transport != "udp"
         if req.method == "INVITE":
-            tx: Any = ClientInviteTransaction(req, reliable, self.timers, use_timer_c=True)
+            tx: Any = ClientInviteTransaction(req, reliable, self.timers, use_timer_c=True,
+                                              branch=branch_id)
         else:
-            tx = ClientNonInviteTransaction(req, reliable, self.timers)
+            tx = ClientNonInviteTransaction(req, reliable, self.timers, branch=branch_id)
         key = (branch_id, req.method)
         holder = ClientTx(tx, key, branch, target, listener)
         branch.client = holder

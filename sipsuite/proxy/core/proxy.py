@@ -359,8 +359,7 @@ class ProxyCore(RequestChecks, Forwarding, TransactionDriver):
             via.params["rport"] = str(source.port)
             changed = True
         if changed:
-            req.pop_first_value("via")
-            req.add_header("Via", via_text(via), top=True)
+            req.set_top_via(via, via_text(via))
         return via
 
     # -- 16.3 validation, 16.4 route preprocessing, then the routing class --------

@@ -179,9 +179,10 @@ class RelayClient(service.Service):
         # tap(relay uri, command without its cookie, reply text or what went
         # wrong): each command and its outcome (the flight recorder).
         self.tap: Callable[[str, bytes, str], None] | None = None
-        # Told the key of each call this client stops holding (D, idle,
-        # evicted): the media manager's per-source session counts end with it.
-        self.forgotten: Callable[[str], None] | None = None
+        # Told the key of each call this client stops holding and why
+        # (FORGET_REASONS): the media manager's per-source session counts
+        # and its relay sessions end with it.
+        self.forgotten: Callable[[str, str], None] | None = None
 
     # -- service ---------------------------------------------------------------------
 
@@ -344,16 +345,19 @@ class RelayClient(service.Service):
         def build(cookie: str) -> bytes:
             return rc.build_delete(cookie, call_id, from_tag, to_tag)
 
+        why = "failed"
         try:
             await self._for_call(call_id, "D", build)
+            why = "deleted"
         except RelayError as e:
             if e.code == rp.ErrorCode.SESUNKN:
+                why = "gone"
                 return False
             raise
         finally:
             # Whatever the outcome the proxy is done with the call; the relay
             # ends a session it still holds on its media timeout.
-            self._forget(call_key(call_id))
+            self._forget(call_key(call_id), why)
         return True
 
     async def _for_call(self, call_id: str, verb: str,
@@ -364,7 +368,7 @@ class RelayClient(service.Service):
         now = self.reactor.seconds()
         entry = self._calls.get(key)
         if entry is not None and now - entry[1] > self.call_idle_time:
-            self._forget(key)
+            self._forget(key, "idle")
             entry = None
         if entry is not None:
             relay = entry[0]
@@ -420,16 +424,16 @@ class RelayClient(service.Service):
                 gone, (evicted, _t) = self._calls.popitem(last=False)
                 evicted.calls -= 1
                 if self.forgotten is not None:
-                    self.forgotten(gone)
+                    self.forgotten(gone, "evicted")
         self._calls[key] = (relay, now)
         self._calls.move_to_end(key)
 
-    def _forget(self, key: str) -> None:
+    def _forget(self, key: str, why: str) -> None:
         entry = self._calls.pop(key, None)
         if entry is not None:
             entry[0].calls -= 1
             if self.forgotten is not None:
-                self.forgotten(key)
+                self.forgotten(key, why)
 
     def _purge_idle(self) -> None:
         limit = self.reactor.seconds() - self.call_idle_time
@@ -437,7 +441,7 @@ class RelayClient(service.Service):
             key, (_relay, last) = next(iter(self._calls.items()))
             if last >= limit:
                 break
-            self._forget(key)
+            self._forget(key, "idle")
 
     # -- one command to one relay ------------------------------------------------
 

@@ -66,8 +66,9 @@ from sipsuite.proxy.media.client import (
     RelayError,
     RelayUnavailable,
 )
+from sipsuite.proxy.media.sessions import RelaySessions
 from sipsuite.proxy.modules.nat import media_nat, needs_relay, parse_sdp
-from sipsuite.proxy.services import NAT
+from sipsuite.proxy.services import EVENTS, NAT
 from sipsuite.sip import sdp
 from sipsuite.sip.message import Message, Request, Response
 
@@ -129,7 +130,10 @@ class MediaManager:
         # client forgets the call, whichever way that happens.
         self._charges: dict[str, tuple[str, int]] = {}
         self._per_source: dict[str, int] = {}
-        client.forgotten = self._release
+        # The sessions held on relays, for handle.relay_sessions() and the
+        # relay.session.* events of the split deployment.
+        self.sessions = RelaySessions(self._bus, core.wall)
+        client.forgotten = self._forgotten
 
     @property
     def mode(self) -> str:
@@ -146,6 +150,14 @@ class MediaManager:
 
     def is_trusted(self, host: str) -> bool:
         return self.core.identity.is_trusted(host)
+
+    def _bus(self) -> Any:
+        events = self.core.modules.get(EVENTS)
+        return None if events is None else events.bus
+
+    def _forgotten(self, key: str, why: str) -> None:
+        self._release(key)
+        self.sessions.closed(key, why)
 
     def sessions_of(self, host: str) -> int:
         """Relay sessions charged to this source address now."""
@@ -404,6 +416,7 @@ class MediaManager:
             self.refused += 1
             return None
         results: list[tuple[str, int] | None] = []
+        offering = command == self.client.offer
         try:
             for index, (address, port) in enumerate(streams):
                 if port == 0 or not address:
@@ -412,6 +425,9 @@ class MediaManager:
                 host = address if source_host is None or sdp.is_hold(sd, index) else source_host
                 relay_host, relay_port = await command(call_id, from_tag, to_tag, host, port,
                                                        media_index=index + 1)
+                if offering:
+                    self.sessions.opened(RelayClient.key_of(call_id), call_id, from_tag,
+                                         index + 1, self.client.relay_of(call_id))
                 if relay_host is None:
                     # A relay bound on every address named none: the one the
                     # SIP message reached us on is the best guess a phone has.
@@ -420,7 +436,7 @@ class MediaManager:
         except (RelayUnavailable, RelayError) as e:
             self.failures += 1
             log.warn("call {c}: relay unusable, media not relayed: {e}", c=call_id, e=e)
-            if any(results) and command == self.client.offer:
+            if any(results) and offering:
                 # Streams already set up would wait for their media timeout.
                 self.client.delete(call_id, from_tag, to_tag).addErrback(lambda _f: None)
             return None

@@ -16,11 +16,30 @@ count alike:
   way) writes the "answered" record of its call, with who hung up.
 
 An INVITE's start time (its 100 Trying) lives in the transaction's
-CallState (:class:`AccState`) and goes with it.  Answered calls are held in a dict in the order they were answered (so the
-oldest is at the front), bounded by ``max_calls``; one timer, armed for the
-oldest call, ends calls that pass ``max_duration`` without a BYE. Writes are
-appended and flushed per record; a failure is logged (at most once a
-minute) and counted, never raised into SIP handling.
+CallState (:class:`AccState`) and goes with it.  Answered calls are held in
+a dict in the order they were answered (so the oldest is at the front),
+bounded by ``max_calls``; one timer, armed for the oldest call, ends calls
+that pass ``max_duration`` without a BYE.  Each record is one ``write()``
+of one whole line on a descriptor opened with ``O_APPEND``, so the kernel
+appends it in one piece: the records of several worker processes (or of
+several proxies) sharing one file never interleave within a line.  A
+failure is logged (at most once a minute) and counted, never raised into
+SIP handling.
+
+Worker processes (``[proxy] workers > 1``, the ``WORKER_LINK`` service):
+the call is held by the worker that sent its 2xx upstream, but its BYE is
+an in-dialog request, which may reach any worker.  A worker whose BYE ends
+a call it does not hold sends ``acc_bye`` (the dialog's Call-ID and tags,
+the time of the BYE's final answer, its status) over its link; the
+supervisor passes it to the other workers, and the one holding the call
+writes its record with that end time and side, exactly as if the BYE had
+come to it; the others hold no such call and drop it.  One line on the
+link per BYE that lands elsewhere, nothing per request, and no shared
+store.  A worker that dies (SIGKILL) loses the calls it held: their BYEs
+find no holder, so they get no record; each worker's heartbeat carries how
+many it holds, and the supervisor logs and counts them at its death
+(``supervisor.lost_call_records``).  With one process the link is None and
+the BYE path is what it always was.
 
 Calls still up when the module stops are written as they stand: with
 ``"ended_by": "shutdown"`` when the proxy stops, ``"disabled"`` when
@@ -32,16 +51,19 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sipsuite.log import get_logger
+from sipsuite.proxy.services import WORKER_LINK
+from sipsuite.proxy.workerlink import bye_fields
 
 if TYPE_CHECKING:
     from sipsuite.config import Config
     from sipsuite.proxy.api import CoreAPI, ServerTxView, ServiceKey, Timer
+    from sipsuite.proxy.services import WorkerLinkService
     from sipsuite.sip.message import Request, Response
 
 log = get_logger("sipsuite.proxy.accounting")
@@ -56,6 +78,10 @@ BYE_ENDS = frozenset({408, 481})
 # takes effect within this long.
 MAX_TIMER = 60.0
 ERROR_LOG_INTERVAL = 60.0
+#: The link message of a BYE that ended a call another worker holds.
+LINK_BYE = "acc_bye"
+#: The heartbeat field with the number of answered calls a worker holds.
+LINK_HELD = "acc_calls"
 
 
 def iso(t: float) -> str:
@@ -96,27 +122,38 @@ class AnsweredCall:
 
 class AccountingLog:
     """Appends JSON lines to the configured file, reopening it when the
-    path changes (``cfg set``) or the file was moved away (rotation)."""
+    path changes (``cfg set``) or the file was moved away (rotation).
+
+    A raw descriptor with ``O_APPEND`` and one ``os.write`` per record, no
+    Python buffering in between: the whole line goes to the kernel in one
+    system call, which appends it at the end of the file as one piece
+    (POSIX; Linux holds the file's lock for the write), so writers in other
+    processes cannot cut into it.  A short write (a full disk) is reported
+    as a failure."""
 
     def __init__(self, core: CoreAPI) -> None:
         self.core = core
-        self._file: Any = None
+        self._fd = -1
         self._path: str | None = None
         self._last_error = -ERROR_LOG_INTERVAL
+        self.written = 0
+        self.failed = 0
 
     def write(self, record: dict[str, Any]) -> bool:
         # ASCII-only: a header byte that is not UTF-8 (kept as a lone
         # surrogate) must not make the record unwritable; JSON escapes it.
-        line = json.dumps(record, separators=(",", ":")) + "\n"
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
         path = self.core.config.accounting.file
         try:
-            f = self._file
-            if f is None or path != self._path or self._moved(f, path):
-                f = self._open(path)
-            f.write(line)
-            f.flush()
+            fd = self._fd
+            if fd < 0 or path != self._path or self._moved(fd, path):
+                fd = self._open(path)
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(f"short write ({written} of {len(line)} bytes)")
         except (OSError, ValueError) as e:
             self.core.stats.count("accounting.write_errors")
+            self.failed += 1
             self.close()
             now = self.core.clock.seconds()
             if now - self._last_error >= ERROR_LOG_INTERVAL:
@@ -124,29 +161,30 @@ class AccountingLog:
                 log.error("accounting: cannot write to {p}: {e}", p=path, e=e)
             return False
         self.core.stats.count("accounting.records")
+        self.written += 1
         return True
 
     @staticmethod
-    def _moved(f: Any, path: str) -> bool:
+    def _moved(fd: int, path: str) -> bool:
         try:
-            return os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+            return os.stat(path).st_ino != os.fstat(fd).st_ino
         except OSError:
             return True
 
-    def _open(self, path: str) -> Any:
+    def _open(self, path: str) -> int:
         self.close()
         folder = os.path.dirname(path)
         if folder:
             os.makedirs(folder, exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open between records
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
         self._path = path
-        return self._file
+        return self._fd
 
     def close(self) -> None:
-        f, self._file, self._path = self._file, None, None
-        if f is not None:
+        fd, self._fd, self._path = self._fd, -1, None
+        if fd >= 0:
             try:
-                f.close()
+                os.close(fd)
             except OSError:
                 pass
 
@@ -164,10 +202,20 @@ class Accounting:
         self.calls: OrderedDict[tuple[str, str, str], AnsweredCall] = OrderedDict()
         self._timer: Timer | None = None
         self._ended_by = "shutdown"
+        # Worker processes only (None in a single process): the supervisor's
+        # line, for BYEs that end calls another worker holds.
+        self.link: WorkerLinkService | None = core.modules.get(WORKER_LINK)
+        self._held: Callable[[], int] = self.calls.__len__
+        self.byes_passed = 0  # BYEs of calls we do not hold, sent over the link
+        self.byes_taken = 0  # records written for another worker's BYE
+        self.bad_link_messages = 0
 
     # -- the module's life -----------------------------------------------------
     def start(self) -> None:
-        pass
+        link = self.link
+        if link is not None:
+            link.on(LINK_BYE, self._sibling_bye)
+            link.gauge(LINK_HELD, self._held)
 
     def reconfigure(self, old: Config, new: Config) -> None:
         # The writer reopens by itself on a new file; max_* are read at use.
@@ -175,7 +223,12 @@ class Accounting:
             self._ended_by = "disabled"  # the registry stops us next
 
     def stats(self) -> Mapping[str, object]:
-        return {"calls": len(self.calls)}
+        figures = {"calls": len(self.calls), "records": self.log.written,
+                   "write_errors": self.log.failed}
+        if self.link is not None:
+            figures.update(byes_passed=self.byes_passed, byes_taken=self.byes_taken,
+                           bad_link_messages=self.bad_link_messages)
+        return figures
 
     # -- the hook ------------------------------------------------------------
     def response(self, tx: ServerTxView, resp: Response) -> None:
@@ -234,19 +287,40 @@ class Accounting:
             self._arm(now)
 
     def _bye(self, bye: Request, status: int) -> None:
-        calls = self.calls
         cid = bye.call_id
         ftag = bye.from_tag or ""
         ttag = bye.to_tag or ""
+        now = self.core.clock.seconds()
+        if self._end(cid, ftag, ttag, now, status) or self.link is None:
+            return
+        # Not ours: the worker that sent the call's 2xx holds it.
+        self.byes_passed += 1
+        self.link.send(LINK_BYE, call_id=cid, from_tag=ftag, to_tag=ttag, end=now, code=status)
+
+    def _end(self, cid: str, ftag: str, ttag: str, end: float, status: int) -> bool:
+        """The call a BYE with these tags ends, written if we hold it: the
+        BYE's From tag is the caller's when the caller hung up."""
+        calls = self.calls
         call = calls.pop((cid, ftag, ttag), None)
         if call is not None:
             ended_by = "caller"
         else:
             call = calls.pop((cid, ttag, ftag), None)
             if call is None:
-                return
+                return False
             ended_by = "callee"
-        self._write_answered(call, self.core.clock.seconds(), ended_by, status)
+        self._write_answered(call, end, ended_by, status)
+        return True
+
+    def _sibling_bye(self, msg: dict[str, Any]) -> None:
+        """``acc_bye`` from the supervisor: another worker's BYE ended a call
+        it does not hold; every other worker gets it, the holder writes."""
+        fields = bye_fields(msg)
+        if fields is None:
+            self.bad_link_messages += 1
+            return
+        if self._end(*fields):
+            self.byes_taken += 1
 
     def _write_answered(self, call: AnsweredCall, end: float, ended_by: str,
                         bye_code: int | None) -> None:
@@ -293,6 +367,10 @@ class Accounting:
         written as they stand ("ended_by": "shutdown" or "disabled", the
         duration so far), so a restart loses no record; the BYE will pass
         another node or none."""
+        link = self.link
+        if link is not None:
+            link.off(LINK_BYE, self._sibling_bye)
+            link.gauge(LINK_HELD, None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

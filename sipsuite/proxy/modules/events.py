@@ -17,7 +17,11 @@ nothing per request.
   ``busy``, ``no-answer``, ``declined`` or ``failed``), or the answer to the
   BYE of an answered call (``caller-hangup`` / ``callee-hangup``), or
   ``timeout`` when no BYE passed within ``[accounting] max_duration``, with
-  ``duration`` (answer to BYE, 0 unanswered) and ``setup_time``;
+  ``duration`` (answer to BYE, 0 unanswered) and ``setup_time``.  With
+  worker processes the BYE may reach a worker other than the one that
+  answered the call: that worker passes it over the link (``ev_bye``, as
+  the accounting module's ``acc_bye``) and the holder raises the event, so
+  it comes once, with the right duration and side;
 - ``registration.*``: from the registrar (``bindings_changed``) and, for
   ``expired``, a timer per earliest expiry that checks the store;
 - ``config.changed``: ``cfg set`` (the module's ``reconfigure``).
@@ -33,7 +37,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sipsuite.eventbus import EventBus
 from sipsuite.log import get_logger
-from sipsuite.proxy.services import EVENTS, LOCATION
+from sipsuite.proxy.services import EVENTS, LOCATION, WORKER_LINK
+from sipsuite.proxy.workerlink import bye_fields
 
 if TYPE_CHECKING:
     from sipsuite.config import Config
@@ -50,6 +55,8 @@ MAX_CALLS = 100_000
 CAUSES = {487: "cancelled", 486: "busy", 600: "busy", 408: "no-answer", 480: "no-answer",
           603: "declined"}
 BYE_ENDS = frozenset({408, 481})
+#: The worker link's message for a BYE that ended a call another worker holds.
+LINK_BYE = "ev_bye"
 
 
 class CallEvents:
@@ -83,6 +90,11 @@ class Events:
         self._watched: dict[tuple[str, str], float] = {}
         self._expiry_timer: Timer | None = None
         self._call_timer: Timer | None = None
+        # Worker processes only (None in a single process).
+        self.link = core.modules.get(WORKER_LINK)
+        self.byes_passed = 0
+        self.byes_taken = 0
+        self.bad_link_messages = 0
         self.bus.on_change(self._wanted_changed)
 
     # -- installing hooks on demand ---------------------------------------------
@@ -164,17 +176,38 @@ class Events:
 
     def _bye(self, bye: Request, status: int) -> None:
         cid, ftag, ttag = bye.call_id, bye.from_tag or "", bye.to_tag or ""
+        now = self.core.clock.seconds()
+        if self._end(cid, ftag, ttag, now, status) or self.link is None:
+            return
+        if self.bus.wants("call.ended"):
+            # Not ours: the worker that sent the call's 2xx holds it.
+            self.byes_passed += 1
+            self.link.send(LINK_BYE, call_id=cid, from_tag=ftag, to_tag=ttag, end=now, code=status)
+
+    def _end(self, cid: str, ftag: str, ttag: str, end: float, status: int) -> bool:
+        """call.ended for the answered call a BYE with these tags ends, if we
+        hold it: the BYE's From tag is the caller's when the caller hung up."""
         call = self.calls.pop((cid, ftag, ttag), None)
         cause = "caller-hangup"
         if call is None:
             call = self.calls.pop((cid, ttag, ftag), None)
             cause = "callee-hangup"
             if call is None:
-                return
-        now = self.core.clock.seconds()
+                return False
         answer = call.pop("answer")
         self.bus.emit("call.ended", answered=True, cause=cause, reason="BYE", bye_code=status,
-                      duration=round(now - answer, 3), **call)
+                      duration=round(end - answer, 3), **call)
+        return True
+
+    def _sibling_bye(self, msg: dict[str, Any]) -> None:
+        """``ev_bye`` from the supervisor: another worker's BYE ended a call it
+        does not hold; every other worker gets it, the holder raises the event."""
+        fields = bye_fields(msg)
+        if fields is None:
+            self.bad_link_messages += 1
+            return
+        if self._end(*fields):
+            self.byes_taken += 1
 
     # -- answered calls whose BYE never passes ----------------------------------------
     def _arm_calls(self, now: float) -> None:
@@ -276,7 +309,8 @@ class Events:
 
     # -- the module's life -----------------------------------------------------------
     def start(self) -> None:
-        pass
+        if self.link is not None:
+            self.link.on(LINK_BYE, self._sibling_bye)
 
     def reconfigure(self, old: Config, new: Config) -> None:
         if not self.bus.wants("config.changed"):
@@ -296,9 +330,15 @@ class Events:
     def stats(self) -> Mapping[str, object]:
         # Under "events" of the stats RPC; per subscriber, so the one that
         # drops is named.
-        return {"events": {**self.bus.stats(), "calls_tracked": len(self.calls)}}
+        figures: dict[str, object] = {**self.bus.stats(), "calls_tracked": len(self.calls)}
+        if self.link is not None:
+            figures.update(byes_passed=self.byes_passed, byes_taken=self.byes_taken,
+                           bad_link_messages=self.bad_link_messages)
+        return {"events": figures}
 
     def stop(self) -> None:
+        if self.link is not None:
+            self.link.off(LINK_BYE, self._sibling_bye)
         if self._expiry_timer is not None and self._expiry_timer.active():
             self._expiry_timer.cancel()
         self._expiry_timer = None

@@ -25,7 +25,7 @@ from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.registrar import behind_nat
 from sipsuite.proxy.services import MEDIA, NAT
 from sipsuite.sip import sdp
-from sipsuite.sip.message import Message, Request
+from sipsuite.sip.message import Message, Request, Response
 
 if TYPE_CHECKING:
     from sipsuite.config import Config
@@ -58,7 +58,7 @@ _PROTO_NUMBER = {"udp": "1", "tcp": "2", "tls": "3"}
 _PROTO_NAME = {v: k for k, v in _PROTO_NUMBER.items()}
 
 
-def add_contact_alias(req: Request, source: Any) -> bool:
+def add_contact_alias(req: Message, source: Any) -> bool:
     """nathelper's add_contact_alias(): ``;alias=IP~PORT~PROTO`` (where the
     request really came from) on its one Contact URI, so requests sent back
     to that Contact in the dialog reach the NAT binding, not the private
@@ -173,6 +173,14 @@ class NatModule:
         """kamailio.cfg's route[DLGURI]: the address an ``;alias`` in the
         Request-URI names (the parameter removed), or None."""
         return handle_ruri_alias(req)
+
+    def reply_alias(self, resp: Response, sent_to: Target) -> bool:
+        """kamailio.cfg's route[NATMANAGE] on a reply of a branch to a
+        binding registered from behind NAT (FLB_NATB): set_contact_alias(),
+        so the dialog's requests to the callee (ACK, BYE, re-INVITE) reach
+        the NAT binding (for TCP, its connection) the request went to, not
+        the private address its Contact names."""
+        return add_contact_alias(resp, sent_to)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import protocol
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IHandshakeListener, ITCPTransport
 from twisted.logger import LogLevel
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from sipsuite.hosts import bracket
@@ -26,6 +28,30 @@ if TYPE_CHECKING:
 
 
 log = get_logger("sipsuite.proxy.transport")
+
+
+def unsent_bytes(transport: Any) -> int:
+    """Bytes written to a TCP or TLS transport that the kernel has not taken
+    yet: Twisted's write buffer (past its offset, plus the writes not yet
+    joined into it), and for TLS the small writes gathered for the next
+    reactor turn (BufferingTLSTransport, at most 64 kB), the cleartext
+    waiting for the handshake, and the encrypted bytes in the TCP connection
+    under it.  Private attributes:
+    Twisted has no public count, and its public signal (a streaming producer
+    paused at 64 kB) would keep loseConnection from ever closing a connection
+    whose peer does not read.  tests/proxy/net/test_write_queue.py checks
+    them against real sockets, so a Twisted that renames them fails there."""
+    total = 0
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        # Not through the wrapper's attributes: it forwards unknown ones to
+        # the transport under it, which would count the TCP buffer twice.
+        gathered = getattr(vars(transport).get("_aggregator"), "_buffer", None) or ()
+        total += sum(len(x) for x in gathered)
+        total += sum(len(x) for x in transport._appSendBuffer)
+        transport = transport.transport
+    if isinstance(transport, FileDescriptor):
+        total += len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return total
 
 
 @implementer(IHandshakeListener)
@@ -53,11 +79,16 @@ class SIPStreamProtocol(protocol.Protocol):
         self.counted = False
         self.source_key: str | None = None
         self.pending: list[bytes] = []
+        self.pending_bytes = 0
         self.connected_ok = False
         self.closed = False
         self.aliases: set[tuple[str, int]] = set()  # keys aliased to it (TransportLayer.alias)
 
     def connectionMade(self) -> None:
+        if self.closed:
+            # Given up while connecting (overflow): what it queued is gone.
+            self.transport.abortConnection()
+            return
         peer = self.transport.getPeer()
         self.peer = (peer.host, peer.port)
         if not self.outbound and is_wildcard(self.listener.host):
@@ -68,6 +99,7 @@ class SIPStreamProtocol(protocol.Protocol):
         for data in self.pending:
             self.transport.write(data)
         self.pending.clear()
+        self.pending_bytes = 0
         self.touch()
         if self.kind == "tls" and not self.secured:
             # The handshake is timed like a message: its bytes never reach
@@ -90,7 +122,12 @@ class SIPStreamProtocol(protocol.Protocol):
 
     def idle_timeout(self) -> None:
         log.debug("closing idle {k} connection to {p}", k=self.kind, p=self.peer)
-        self.transport.loseConnection()
+        if unsent_bytes(self.transport):
+            # Idle with bytes the peer has not taken: it does not read, and a
+            # close would wait for them for as long as it keeps the window shut.
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
 
     def message_timeout(self) -> None:
         """A message begun more than tcp_message_timeout ago is still not
@@ -120,8 +157,11 @@ class SIPStreamProtocol(protocol.Protocol):
                 self.message_call.cancel()
                 self.message_call = None
             if isinstance(item, KeepAlive):
-                # RFC 5626 3.5.1: a double-CRLF ping is answered with one CRLF.
-                self.transport.write(b"\r\n")
+                # RFC 5626 3.5.1: a double-CRLF ping is answered with one CRLF
+                # (through the cap: pings from a peer that never reads would
+                # queue pongs without end).
+                if not self.write(b"\r\n"):
+                    return
                 continue
             if isinstance(item, ParseError):
                 self.layer.stats_drop("parse")
@@ -148,11 +188,38 @@ class SIPStreamProtocol(protocol.Protocol):
         if enabled(LogLevel.debug):
             log_wire("sending to", self.kind, self.peer[0], self.peer[1], data)
         if not self.connected_ok:
+            self.pending_bytes += len(data)
+            if self.pending_bytes > self.layer.tcp_write_queue_max:
+                self.overflow(self.pending_bytes)
+                return False
             self.pending.append(data)
             return True
-        self.transport.write(data)
+        if not self.write(data):
+            return False
         self.touch()
         return True
+
+    def write(self, data: bytes) -> bool:
+        """Write unless the bytes the peer has not taken exceed [proxy]
+        tcp_write_queue_max: a peer that stops reading (hung, or on
+        purpose) would otherwise make us keep everything sent to it."""
+        self.transport.write(data)
+        queued = unsent_bytes(self.transport)
+        if queued > self.layer.tcp_write_queue_max:
+            self.overflow(queued)
+            return False
+        return True
+
+    def overflow(self, queued: int) -> None:
+        """Aborted, not closed: closing would wait to send what it will not read."""
+        self.closed = True
+        self.layer.stats_drop("tcp_write_queue")
+        log.warn("closing {k} connection with {h}:{p}: {n} bytes it has not read, over"
+                 " [proxy] tcp_write_queue_max ({m})", k=self.kind, h=bracket(self.peer[0]),
+                 p=self.peer[1], n=queued, m=self.layer.tcp_write_queue_max)
+        if self.connected_ok:
+            self.transport.abortConnection()
+        self.pending.clear()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closed = True

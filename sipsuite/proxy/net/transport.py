@@ -180,6 +180,7 @@ class TransportLayer(WildcardListeners):
         tcp_idle_timeout: float = 600.0,
         udp_buffer: int = 4 * 1024 * 1024,
         tcp_message_timeout: float = 20.0,
+        tcp_write_queue_max: int = 262144,
     ) -> None:
         super().__init__()
         self.udp_buffer = udp_buffer
@@ -188,6 +189,7 @@ class TransportLayer(WildcardListeners):
         self.handler = handler
         self.tcp_idle_timeout = tcp_idle_timeout
         self.tcp_message_timeout = tcp_message_timeout
+        self.tcp_write_queue_max = tcp_write_queue_max
         self.limits = ConnectionLimits()
         self.listeners: list[Listener] = []
         self.udp: dict[Listener, SIPDatagramProtocol] = {}
@@ -522,6 +524,7 @@ class TransportLayer(WildcardListeners):
         """Take the [proxy] TCP settings that may change at run time; open
         connections over a lowered limit stay, new ones are refused."""
         self.tcp_message_timeout = proxy.tcp_message_timeout
+        self.tcp_write_queue_max = proxy.tcp_write_queue_max
         self.limits.max_connections = proxy.tcp_max_connections
         self.limits.max_per_source = proxy.tcp_max_per_source
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sipsuite.log import get_logger
+from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.bindings import Binding, StoreUnavailable
 from sipsuite.proxy.routing.base import DIALOG_CREATING, Destination, RequestContext, Routing
 from sipsuite.proxy.routing.features import FeatureRoutes, RouteState
@@ -199,6 +200,8 @@ class DefaultRouting(FeatureRoutes, Routing):
             ctx.reply(404, "Not Found")
             return
         state.located = True
+        # Serial forking's later groups too: they are relayed from failure_route.
+        state.nat_branches = {str(d.uri) for b, d in reached if b.nat and isinstance(d.dst, Target)}
         ctx.vars["location"] = True  # deprecated (one release): RouteState.located
         if self.config.registrar.serial_forking:
             groups: list[list[tuple[Binding, Destination]]] = []
@@ -241,6 +244,12 @@ class DefaultRouting(FeatureRoutes, Routing):
         # ends the relay session in failure_route, which runs once every
         # branch has ended (CANCELed calls too), and knows whether the call
         # goes on to new branches (serial forking, voicemail, failover).
+        if 100 < response.status < 300 and branch.targets:
+            state = ctx.call.peek(RouteState)
+            nat_service = self.core.modules.get(NAT)
+            if state is not None and nat_service is not None and str(branch.uri) in state.nat_branches:
+                sent_to = branch.targets[min(branch.target_index, len(branch.targets) - 1)]
+                nat_service.reply_alias(response, sent_to)
         media = self.core.modules.get(MEDIA)
         if media is None:
             return None

@@ -64,6 +64,9 @@ class RouteState:
     to_pstn: bool = False
     # The call went to voicemail already: a busy voicemail is the caller's answer.
     to_voicemail: bool = False
+    # Request-URIs of the branches to bindings registered from behind NAT
+    # (Kamailio's FLB_NATB): reply_route aliases the Contact of their answers.
+    nat_branches: set[str] = field(default_factory=set)
 
 
 @lru_cache(maxsize=8)

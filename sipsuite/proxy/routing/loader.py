@@ -15,7 +15,8 @@ import importlib
 import os
 import sys
 import traceback
-from types import CodeType
+from collections.abc import Callable
+from types import CodeType, ModuleType
 from typing import TYPE_CHECKING, Any
 
 from sipsuite.log import get_logger
@@ -78,26 +79,33 @@ def _missing(module_name: str, exc: ModuleNotFoundError) -> bool:
     return bool(name) and (module_name == name or module_name.startswith(name + "."))
 
 
-def load_routing(spec: str, config_path: str | None = None) -> type[Routing]:
-    """``package.module:Class`` -> the class, or RoutingError."""
-    module_name, _, class_name = spec.partition(":")
-    if not module_name or not class_name:
-        raise RoutingError(f"routing {spec!r}: expected 'package.module:Class'")
+def import_user_module(module_name: str, config_path: str | None,
+                       fail: Callable[[str], StartupError]) -> ModuleType:
+    """The operator's module (a routing class's, a user service's), looked
+    for beside the config, in the working directory, then on the Python
+    path; what goes wrong is ``fail(one line)``."""
     dirs = routing_dirs(config_path)
     if module_name.partition(".")[0] != "sipsuite":
         # Only for the operator's own module: sipsuite's need no search, and
         # the working directory stays off sys.path for everything else.
         _search(dirs)
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if _missing(module_name, exc):
-            raise RoutingError(f"no module {module_name} (looked in {', '.join(dirs)}"
-                               " and the Python path)") from None
-        raise RoutingError(f"cannot import {module_name}: {describe_error(exc)}") from None
+            raise fail(f"no module {module_name} (looked in {', '.join(dirs)}"
+                       " and the Python path)") from None
+        raise fail(f"cannot import {module_name}: {describe_error(exc)}") from None
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any error in user code
-        raise RoutingError(f"cannot import {module_name}: {describe_error(exc)}") from None
-    found: Any = module
+        raise fail(f"cannot import {module_name}: {describe_error(exc)}") from None
+
+
+def load_routing(spec: str, config_path: str | None = None) -> type[Routing]:
+    """``package.module:Class`` -> the class, or RoutingError."""
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise RoutingError(f"routing {spec!r}: expected 'package.module:Class'")
+    found: Any = import_user_module(module_name, config_path, RoutingError)
     for part in class_name.split("."):
         found = getattr(found, part, None)
         if found is None:

@@ -254,3 +254,60 @@ def test_an_answered_call_without_a_bye_ends_at_max_duration(tmp_path: Path) -> 
     [ended] = got
     assert (ended["cause"], ended["duration"], ended["answered"]) == ("timeout", 100.0, True)
     assert kit.core.modules.by_name("events").calls == {}
+
+
+def worker_kit(tmp_path: Path, index: int) -> tuple[ProxyKit, Any]:
+    """A ProxyKit core as worker ``index`` of two: the link to its
+    supervisor provided before the modules are set up, as build_core does."""
+    import io
+
+    from sipsuite.proxy.build import BUILTIN_MODULES
+    from sipsuite.proxy.services import WORKER_LINK
+    from sipsuite.proxy.workerlink import WorkerLink
+
+    (tmp_path / f"w{index}").mkdir()
+    kit = ProxyKit(tmp_path / f"w{index}", static=STATIC, modules=())
+    link = WorkerLink(index, io.StringIO())
+    kit.core.modules.provide(WORKER_LINK, link)
+    kit.core.modules.setup_all(BUILTIN_MODULES, kit.core.config)
+    kit.core.modules.start()
+    return kit, link
+
+
+def test_a_bye_on_another_worker_ends_the_call_once_from_its_holder(tmp_path: Path) -> None:
+    """Worker 0 answered the call; the caller's BYE lands on worker 1, which
+    holds nothing: it sends ev_bye, the supervisor passes it to worker 0
+    (workers.py), and worker 0 raises call.ended with the BYE's time and
+    side, once.  Worker 1 raises none."""
+    import json
+
+    from sipsuite.proxy.workerlink import encode
+
+    w0, link0 = worker_kit(tmp_path, 0)
+    w1, link1 = worker_kit(tmp_path, 1)
+    got0, got1 = collect(w0, "call.ended"), collect(w1, "call.ended")
+    fwd = invite(w0)
+    callee_says(w0, fwd, 180, 200)
+    w0.clock.advance(4.0)
+    w1.clock.advance(4.0)  # one host, one clock
+    bye_from_caller(w1)
+    w1.clock.advance(0.1)
+    assert got1 == []
+    sent = [json.loads(line) for line in link1._out.getvalue().splitlines()]
+    [msg] = [m for m in sent if m["sipsuite_link"] == "ev_bye"]
+    assert (msg["call_id"], msg["from_tag"], msg["to_tag"], msg["code"]) == (
+        "call-1", "caller", "callee", 200)
+    w0.clock.advance(2.0)  # late on the link: the BYE's own time counts
+    relayed = encode("ev_bye", **{k: v for k, v in msg.items() if k != "sipsuite_link"}, by=1)
+    link0.feed(relayed)
+    link0.feed(relayed)  # passed twice: still one event
+    link1.feed(relayed)  # a worker that holds nothing raises nothing
+    w0.clock.advance(0.1)
+    w1.clock.advance(0.1)
+    [ended] = got0
+    assert (ended["cause"], ended["duration"], ended["code"]) == ("caller-hangup", 4.0, 200)
+    assert got1 == []
+    events0 = w0.core.modules.require(EVENTS)
+    assert (events0.byes_taken, events0.bad_link_messages) == (1, 0)
+    link0.feed(encode("ev_bye", call_id="call-1", from_tag="a", to_tag="b", end="soon", code=200))
+    assert events0.bad_link_messages == 1

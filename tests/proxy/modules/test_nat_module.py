@@ -14,8 +14,9 @@ from twisted.logger import globalLogPublisher
 from sipsuite.proxy.api import CallState
 from sipsuite.proxy.modules.nat import NAT_PARAM, SPEC, NatModule, NatState
 from sipsuite.proxy.net.listener import Source
+from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.services import MEDIA, NAT
-from sipsuite.sip.message import Request
+from sipsuite.sip.message import Request, Response
 from sipsuite.sip.parser import parse_datagram
 
 
@@ -109,3 +110,19 @@ def test_start_warns_when_no_media_module_relays(with_media: bool) -> None:
     warned = [e for e in events if "no media relay is configured" in e.get("log_format", "")]
     assert bool(warned) is not with_media
     assert nat.stats() == {} and nat.stop() is None
+
+
+def test_reply_alias_names_where_the_callee_was_reached() -> None:
+    """set_contact_alias on a NAT'ed callee's answer: the alias is the
+    binding's address (here its TCP connection's), the Contact otherwise kept."""
+    _, nat = make()
+    resp = parse_datagram(
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 198.51.100.1;branch=z9hG4bK1\r\n"
+        b"From: <sip:bob@sipsuite.test>;tag=ft\r\nTo: <sip:carol@sipsuite.test>;tag=tt\r\n"
+        b"Call-ID: c1\r\nCSeq: 1 INVITE\r\n"
+        b"Contact: <sip:carol@192.168.1.11:5060;transport=tcp>\r\nContent-Length: 0\r\n\r\n")
+    assert isinstance(resp, Response)
+    assert nat.reply_alias(resp, Target("tcp", "192.0.2.50", 38612))
+    assert resp.header("contact") == "<sip:carol@192.168.1.11:5060;transport=tcp;alias=192.0.2.50~38612~2>"
+    # An answer aliased already (a retransmission, a 2xx after a 183) stays as it is.
+    assert not nat.reply_alias(resp, Target("tcp", "192.0.2.50", 1))
