@@ -3,6 +3,7 @@
 
     python bench/proxy_inproc.py [-n CALLS] [--profile [--only METHOD]]
     python bench/proxy_inproc.py --instructions [--tree DIR] [-n CALLS]
+    python bench/proxy_inproc.py ... --trace-memory 0   (the flight recorder off)
 
 The core that ``twistd sip-proxy`` runs (build_core, the default routing, a
 static binding for bob) is fed the datagrams of bench/proxy_cps.py's call
@@ -57,7 +58,7 @@ def headers(data: bytes, names: tuple[bytes, ...]) -> list[bytes]:
 class Driver:
     """One proxy core and the two ends of its calls."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, trace_memory: str | None = None) -> None:
         from twisted.internet import reactor
 
         from sipsuite import log
@@ -68,7 +69,10 @@ class Driver:
         conf.write_text(
             '[proxy]\nlisten = ["udp:127.0.0.1:0"]\ndomains = ["bench.test"]\n'
             f'[location.static]\nbob = ["sip:bob@{UAS[0]}:{UAS[1]}"]\n'
-            '[management]\nlisten = ""\n')
+            '[management]\nlisten = ""\n'
+            # The flight recorder: on by default; "0" turns it off, a small
+            # size makes every call evict an old one (its steady state).
+            + (f'[trace]\nmemory = "{trace_memory}"\n' if trace_memory is not None else ""))
         # As twistd sip-proxy with bench/benchlib.py's [log] level: no line per call.
         log.set_level("warn")
         core = build_core(load_config(str(conf)), reactor)
@@ -166,8 +170,9 @@ class Driver:
             raise SystemExit(f"call {i}: the BYE's 200 did not reach the caller: {sent!r}")
 
 
-def run(calls: int, profile: bool, only: str | None, gc_threshold: int | None) -> None:
-    driver = Driver(Path(tempfile.mkdtemp(prefix="proxy_inproc.")))
+def run(calls: int, profile: bool, only: str | None, gc_threshold: int | None,
+        trace_memory: str | None = None) -> None:
+    driver = Driver(Path(tempfile.mkdtemp(prefix="proxy_inproc.")), trace_memory)
     if gc_threshold is not None:
         gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
     for i in range(WARMUP):
@@ -226,14 +231,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gc-threshold", type=int, metavar="N",
                    help="the collector's first threshold (default: CPython's, 700)")
     p.add_argument("--instructions", action="store_true", help="count instructions (valgrind)")
+    p.add_argument("--trace-memory", metavar="SIZE",
+                   help='[trace] memory: 0 = the flight recorder off (default: as configured, on)')
     p.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent,
                    help="the checkout whose sipsuite is measured (--instructions)")
     args = p.parse_args(argv)
     if args.instructions:
         extra = [] if args.gc_threshold is None else ["--gc-threshold", str(args.gc_threshold)]
+        if args.trace_memory is not None:
+            extra += ["--trace-memory", args.trace_memory]
         instructions(args.tree, min(args.calls, 600), extra)
     else:
-        run(args.calls, args.profile, args.only, args.gc_threshold)
+        run(args.calls, args.profile, args.only, args.gc_threshold, args.trace_memory)
 
 
 if __name__ == "__main__":

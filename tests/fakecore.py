@@ -75,6 +75,7 @@ class FakeNet:
         self.connections: dict[tuple[str, int], Any] = {}
         self.aliases: list[tuple[Any, str, int]] = []
         self.stun: Callable[[], bool] | None = None
+        self.tap: Any = None
         # (transport, host, port) -> listener name: connections "another worker" holds.
         self.siblings: dict[tuple[str, str, int], str] = {}
 
@@ -102,6 +103,9 @@ class FakeNet:
 
     def set_stun(self, enabled: Callable[[], bool]) -> None:
         self.stun = enabled
+
+    def set_tap(self, tap: Any) -> None:
+        self.tap = tap
 
 
 class FakeCore:

@@ -42,6 +42,7 @@ from sipsuite.config.values import (
     DispatcherEntry,
     Validator,
     boolean,
+    byte_size,
     digest_algorithm,
     dispatcher_sets,
     dns_server,
@@ -295,6 +296,15 @@ class ServicesConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TraceConfig:
+    """The flight recorder (sipsuite/trace/, proxy/modules/recorder.py)."""
+
+    enabled: bool = setting(True, boolean)
+    memory: int = setting("64MB", byte_size)
+    show_credentials: bool = setting(False, boolean)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: str = setting("info", one_of("debug", "info", "warn", "error"))
 
@@ -323,6 +333,7 @@ class Config:
     dispatcher: DispatcherConfig = section("dispatcher", DispatcherConfig)
     management: ManagementConfig = section("management", ManagementConfig)
     tls: TLSConfig = section("tls", TLSConfig)
+    trace: TraceConfig = section("trace", TraceConfig)
     log: LogConfig = section("log", LogConfig)
     services: ServicesConfig = section("services", ServicesConfig, subtables="service_sections")
     # [services.NAME] tables as written: NAME -> its raw TOML table.

@@ -72,6 +72,21 @@ def non_negative_float(value: Any) -> float:
     return float(value)
 
 
+_SIZE = re.compile(r"\s*([0-9]+)\s*([kKmMgG]?)(i?)[bB]?\s*")
+_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+
+def byte_size(value: Any) -> int:
+    """A size in bytes: a whole number, or text like "64MB", "512kB", "1GiB"
+    (binary multiples either way: memory is counted in them)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise Invalid('a size in bytes, e.g. 67108864 or "64MB"', value)
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
 def int_range(low: int, high: int) -> Validator:
     expected = f"a whole number from {low} to {high}"
 

@@ -140,6 +140,9 @@ RUNTIME_KEYS: dict[str, tuple[str, ...] | str] = {
     "log": ("level",),
     # The media module reads them from the config at each offer.
     "media": ("max_streams", "max_sessions_per_source", "internal_networks"),
+    # The flight recorder's store takes them over (a lower bound drops the
+    # oldest calls at the next message); [trace] enabled is read at start.
+    "trace": ("memory", "show_credentials"),
 }
 
 # A key named with one of these words holds something opened or bound once

@@ -72,6 +72,9 @@ class Network(Protocol):
     # listener's name), which send() reaches through that worker; else None.
     def sibling_holds(self, transport: str, host: str, port: int) -> str | None: ...
     def set_stun(self, enabled: Callable[[], bool]) -> None: ...  # RFC 5626 8 answers
+    # Every SIP message in (parsed) and out: tap(incoming, data, transport,
+    # listener, remote host, remote port); None removes it (the flight recorder).
+    def set_tap(self, tap: Callable[[bool, bytes, str, Listener, str, int], None] | None) -> None: ...
 
 
 #: Via branch prefix of the requests the local UAC sends (keep-alives,
@@ -170,6 +173,9 @@ RequestReceivedHook = Callable[["RequestContext"], None]
 BranchOutHook = Callable[["RequestContext", "Branch"], None]
 ResponseInHook = Callable[["RequestContext", "Branch", "Response"], None]
 ResponseOutHook = Callable[[ServerTxView, "Response"], None]
+# (ctx, action, detail): what the routing did (ctx.reply, relay, drop,
+# record_route, lookup, auth_check...) and what a module noted (ctx.note).
+RoutingActionHook = Callable[["RequestContext", str, str], None]
 
 
 class Hooks(Protocol):
@@ -181,6 +187,7 @@ class Hooks(Protocol):
     def on_branch_out(self, fn: BranchOutHook) -> None: ...
     def on_response_in(self, fn: ResponseInHook) -> None: ...
     def on_response_out(self, fn: ResponseOutHook) -> None: ...
+    def on_routing_action(self, fn: RoutingActionHook) -> None: ...
 
 
 class ServiceKey(Generic[T]):

@@ -17,6 +17,7 @@ from sipsuite.proxy.modules import (
     media,
     nat,
     natping,
+    recorder,
     scanners,
     shv,
     uac,
@@ -34,7 +35,7 @@ __all__ = ["BUILTIN_MODULES", "build_core"]
 #: The feature modules converted to the module interface (issue 13), in
 #: set-up order; the core's registry stops them in reverse.
 BUILTIN_MODULES = (
-    EVENTS_SPEC, redis.SPEC, shv.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC,
+    EVENTS_SPEC, recorder.SPEC, redis.SPEC, shv.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC,
     scanners.SPEC, uac.SPEC, outbound.SPEC, registrar.SPEC, auth.SPEC, nat.SPEC, natping.SPEC,
     media.SPEC, dispatcher.SPEC,
     accounting.SPEC,

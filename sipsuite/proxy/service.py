@@ -18,6 +18,7 @@ from sipsuite.proxy import workerlink
 from sipsuite.proxy.build import BUILTIN_MODULES, build_core
 from sipsuite.proxy.modules.antiflood import register_flood_methods
 from sipsuite.proxy.modules.dispatcher.dispatcher import register_dispatcher_methods
+from sipsuite.proxy.modules.recorder import register_trace_methods
 from sipsuite.proxy.modules.shv import register_shv_methods
 from sipsuite.proxy.services import LOCATION, SUBSCRIBERS
 from sipsuite.proxy.workerlink import WorkerLink
@@ -103,6 +104,7 @@ def make_proxy_service(config: Config, link: WorkerLink | None = None, channel: 
         register_liveops_methods(registry, core)
         register_route_methods(registry, core)
         register_stats_methods(registry, core)
+        register_trace_methods(registry, core)
         register_tls_methods(registry, tls, core.transport)
         ManagementService(config.management.listen, registry,
                           children={b"metrics": MetricsResource(core, registry)}).setServiceParent(top)

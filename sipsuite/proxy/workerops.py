@@ -13,6 +13,8 @@ every call on:
   ``routing.reload``, ``dispatcher.*``, ``flood.unban``, ``tls.reload``):
   to every worker up, answering the lowest-numbered one's result, or the
   first error; remembered for a worker started again (hoststate.py);
+- ``calls.list`` and ``calls.trace`` (:data:`MERGED`): to every worker up,
+  the answers merged (each worker's flight recorder has what it handled);
 - anything else (``ul.*``, ``user.*``, ``cfg.get``, ``shv.*``...): to the
   lowest-numbered worker up (worker 0 unless it is being restarted); what
   these read and write is in Redis (workers need it), which every worker
@@ -32,6 +34,7 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
@@ -41,12 +44,16 @@ from sipsuite.ops.errors import INTERNAL_ERROR, RpcError
 from sipsuite.ops.server import RpcRegistry
 from sipsuite.ops.stats import CONTENT_TYPE_LATEST, render_metrics
 from sipsuite.proxy.hoststate import HostState
+from sipsuite.trace.query import merge_lists, merge_traces
 
 log = get_logger("sipsuite.proxy.workerops")
 
 #: Calls that change a worker's state: every worker must get them.
 FAN_OUT = frozenset({"debug", "cfg.set", "routing.reload", "dispatcher.reload",
                      "dispatcher.set_state", "flood.unban", "tls.reload"})
+#: Calls every worker answers from its own data, merged (each worker's
+#: flight recorder holds the messages it handled).
+MERGED = frozenset({"calls.list", "calls.trace"})
 #: Counters added up over the workers (the rest of ``stats`` is worker 0's).
 SUMMED = ("requests", "requests_by_method", "responses_received", "replies_sent_by_class",
           "retransmissions", "transactions", "drops", "channel", "accounting")
@@ -97,6 +104,8 @@ class WorkersRegistry(RpcRegistry):
         if not ports:
             raise RpcError(INTERNAL_ERROR, f"{name}: no worker is up; try again")
         first = min(ports)
+        if name in MERGED:
+            return await self._merged(name, params, ports)
         if name in FAN_OUT:
             # The workers up now; one starting again gets the change from
             # the supervisor's memory (hoststate.py) before it counts in.
@@ -108,6 +117,22 @@ class WorkersRegistry(RpcRegistry):
                 self.done(name, params, result)
             return result
         return await self.ask(ports[first], name, params)
+
+    async def _merged(self, name: str, params: Any, ports: dict[int, int]) -> Any:
+        """Ask every worker up; a worker's error (no such call there) is
+        that worker having nothing, unless every worker says so."""
+        # An errback returning the Failure would go on failing: keep it in a list.
+        answers = await defer.gatherResults(
+            [defer.ensureDeferred(self.ask(port, name, params)).addErrback(lambda f: [f])
+             for port in ports.values()])
+        good = [a for a in answers if not (isinstance(a, list) and a and isinstance(a[0], Failure))]
+        if not good:
+            answers[0][0].raiseException()
+        if name == "calls.trace":
+            call_id = params.get("call_id") if isinstance(params, dict) else (params or [""])[0]
+            return merge_traces(good, str(call_id))
+        limit = params.get("limit", 100) if isinstance(params, dict) else 100
+        return merge_lists(good, limit)
 
     def ask_worker(self, ports: dict[int, int]) -> Callable[[int, str, Any], Awaitable[Any]]:
         """ask() by worker index (the supervisor's replay)."""

@@ -416,6 +416,10 @@ BAD_VALUES = [
     ("dispatcher", "probe_from", '"dispatcher@localhost"', "a 'sip:' or 'sips:' URI"),
     ("dispatcher", "call_timeout", "0", "a number of seconds above 0"),
     ("log", "level", '"trace"', "one of 'debug', 'info', 'warn', 'error'"),
+    ("trace", "enabled", '"yes"', "true or false"),
+    ("trace", "memory", '"64 parsecs"', 'a size in bytes, e.g. 67108864 or "64MB"'),
+    ("trace", "memory", "-1", 'a size in bytes, e.g. 67108864 or "64MB"'),
+    ("trace", "show_credentials", "1", "true or false"),
     ("log", "level", "3", "one of 'debug', 'info', 'warn', 'error'"),
     ("services", "load", '["nocolon"]', "'package.module:ClassName'"),
     ("tls", "certificate", "1", "'' or the path of a PEM file"),
@@ -626,3 +630,11 @@ def test_media_relays_and_override() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, relays=["udp:nowhere"])
     assert str(info.value).startswith("--relay: expected 'udp:HOST[:PORT]'")
+
+
+@pytest.mark.parametrize(("text", "size"), [('"64MB"', 64 * 1024 ** 2), ('"512kB"', 512 * 1024),
+                                            ('"1GiB"', 1024 ** 3), ("1000", 1000), ('"2 mb"', 2 * 1024 ** 2)])
+def test_trace_memory_sizes(tmp_path: Path, text: str, size: int) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(f"[trace]\nmemory = {text}\n")
+    assert load_config(str(path)).trace.memory == size

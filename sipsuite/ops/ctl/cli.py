@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sipsuite.ops.ctl import liveops as live
+from sipsuite.ops.ctl import trace as calltrace
 from sipsuite.ops.ctl.output import (
     message,
     show_bindings,
@@ -319,6 +320,16 @@ COMMANDS: list[Command] = [
     Command(("stats",), "stats",
             "requests per method, replies per class, transactions, registrations, drops",
             show=live.show_stats),
+    Command(("calls",), "calls.list",
+            "recent calls from the flight recorder: start, from, to, result, duration",
+            show=calltrace.show_calls, params=calltrace.calls_params,
+            extra=calltrace.calls_options),
+    Command(("trace",), "calls.trace",
+            "one call as a ladder diagram: caller, proxy, callees, relay; --full adds the"
+            " messages and routing decisions, --pcap FILE writes a pcap",
+            (Arg("call_id", "the call's Call-ID (sipsuite-ctl calls lists them)",
+                 metavar="CALL-ID"),),
+            show=calltrace.show_trace, extra=calltrace.trace_options),
     Command(("services",), "services",
             "the user services of [services] load and whether each runs", show=show_services),
     Command(("uptime",), "uptime", "when the proxy started and how long it has run",
@@ -445,8 +456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
-    else:
+        return 0
+    try:
         print(command.show(result, args))
+    except OSError as exc:  # trace --pcap FILE that cannot be written
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

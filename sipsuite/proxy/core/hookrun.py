@@ -39,12 +39,18 @@ def run_script(hook: str, ctx: RequestContext, fn: Callable[..., Any], *args: An
     it ended or failed.  A failure is logged (hook_failed); with ``answer``
     the request also gets :func:`answer_for`'s answer unless it was handled
     already or is an ACK.  Returns True while the hook still awaits."""
+    # ctx.hook names the hook running (the flight recorder's routing
+    # decisions say which); the one that called this one gets it back.
+    outer = ctx.hook
+    ctx.hook = hook
     try:
         result = fn(ctx, *args)
     except Exception:  # noqa: BLE001 - a script bug must not kill the proxy
+        ctx.hook = outer
         _failed(hook, ctx, Failure(), answer)
         done()
         return False
+    ctx.hook = outer
     if not inspect.iscoroutine(result):
         done()
         return False
@@ -150,6 +156,17 @@ class _ScriptDriver(_Driver):
                  answer: bool) -> None:
         super().__init__(coro, done, None)
         self.hook, self.ctx, self.answer = hook, ctx, answer
+
+    def step(self, error: BaseException | None) -> bool:
+        # Each stretch of the coroutine runs as its hook (ctx.hook), and
+        # gives the name back to whatever ran before it.
+        ctx = self.ctx
+        outer = ctx.hook
+        ctx.hook = self.hook
+        try:
+            return super().step(error)
+        finally:
+            ctx.hook = outer
 
     def finish(self, failure: Failure | None) -> None:
         if failure is not None:

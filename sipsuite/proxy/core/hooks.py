@@ -13,13 +13,14 @@ from typing import Any
 
 __all__ = ["POINTS", "HookPoints", "ScopedHooks"]
 
-POINTS = ("request_in", "request_received", "branch_out", "response_in", "response_out")
+POINTS = ("request_in", "request_received", "branch_out", "response_in", "response_out",
+          "routing_action")
 
 Entry = tuple[str, Callable[..., Any]]
 
 
 class HookPoints:
-    """The five hook lists; also :class:`~sipsuite.proxy.api.Hooks` for
+    """The hook lists; also :class:`~sipsuite.proxy.api.Hooks` for
     registrations made by hand (owner "core", after every module)."""
 
     def __init__(self) -> None:
@@ -28,6 +29,7 @@ class HookPoints:
         self.branch_out: tuple[Entry, ...] = ()
         self.response_in: tuple[Entry, ...] = ()
         self.response_out: tuple[Entry, ...] = ()
+        self.routing_action: tuple[Entry, ...] = ()
         self._ranked: dict[str, list[tuple[float, str, Callable[..., Any]]]] = {p: [] for p in POINTS}
 
     def add(self, point: str, owner: str, rank: float, fn: Callable[..., Any]) -> None:
@@ -61,6 +63,9 @@ class HookPoints:
     def on_response_out(self, fn: Callable[..., Any]) -> None:
         self.add("response_out", "core", float("inf"), fn)
 
+    def on_routing_action(self, fn: Callable[..., Any]) -> None:
+        self.add("routing_action", "core", float("inf"), fn)
+
 
 class ScopedHooks:
     """The Hooks one module registers through: each hook is recorded as its
@@ -88,3 +93,6 @@ class ScopedHooks:
 
     def on_response_out(self, fn: Callable[..., Any]) -> None:
         self._add("response_out", fn)
+
+    def on_routing_action(self, fn: Callable[..., Any]) -> None:
+        self._add("routing_action", fn)

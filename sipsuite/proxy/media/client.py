@@ -176,6 +176,9 @@ class RelayClient(service.Service):
         self._loop: Any = None
         self._stopped = False
         self.stray_replies = 0  # late, duplicate or foreign replies dropped
+        # tap(relay uri, command without its cookie, reply text or what went
+        # wrong): each command and its outcome (the flight recorder).
+        self.tap: Callable[[str, bytes, str], None] | None = None
         # Told the key of each call this client stops holding and why
         # (FORGET_REASONS): the media manager's per-source session counts
         # and its relay sessions end with it.
@@ -457,6 +460,19 @@ class RelayClient(service.Service):
             # on unrelayed, like any other refusal, instead of failing routing.
             raise RelayError(None, f"cannot build the command: {e}", relay.uri) from None
         relay.sent += 1
+        tap = self.tap
+        if tap is None:
+            return await self._exchange(relay, cookie, data)
+        command = data[len(cookie) + 1:] if cookie else data
+        try:
+            reply = await self._exchange(relay, cookie, data)
+        except (RelayUnavailable, RelayError) as e:
+            tap(relay.uri, command, f"failed: {e}")
+            raise
+        tap(relay.uri, command, reply.body)
+        return reply
+
+    async def _exchange(self, relay: RelayState, cookie: str, data: bytes) -> rc.Reply:
         try:
             if relay.stream:
                 reply = rc.parse_reply(await self._exchange_stream(relay, data), datagram=False)

@@ -172,6 +172,10 @@ class SIPStreamProtocol(protocol.Protocol):
                 # be resynchronised (RFC 4475 3.1.2.3).
                 self.transport.loseConnection()
                 return
+            tap = self.layer.tap
+            if tap is not None:
+                self.layer.tapped(tap, True, item.to_bytes(), self.kind, self.listener,
+                                  self.peer[0], self.peer[1])
             source = Source(self.kind, self.peer[0], self.peer[1], self.listener, self)
             try:
                 self.layer.handler(item, source)

@@ -83,6 +83,10 @@ def _asks_rport(data: bytes) -> bool:
 RELAY_MARK = b"\x7fsipsuite-relay "
 
 
+#: tap(incoming, data, transport, listener, remote host, remote port).
+WireTap = Callable[[bool, bytes, str, Listener, str, int], None]
+
+
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
@@ -129,6 +133,12 @@ class SIPDatagramProtocol(protocol.DatagramProtocol):
             return
         if self.shared and type(msg) is Response and self.layer.steer(msg, data, host, port, listener):
             return
+        tap = self.layer.tap
+        if tap is not None:
+            try:
+                tap(True, data, "udp", listener, host, port)
+            except Exception:  # noqa: BLE001 - a broken tap must never cost a message
+                log.failure("the wire tap failed on a message from {h}:{p}", h=host, p=port)
         source = Source("udp", host, port, listener)
         try:
             self.layer.handler(msg, source)
@@ -209,6 +219,8 @@ class TransportLayer(WildcardListeners):
         # The listeners (as configured) whose clients must show a certificate.
         self.require_client_cert: Callable[[], set[str]] = set
         self.on_connection_failed: Callable[[str, int], None] | None = None
+        # The flight recorder's wire tap (set_tap): every SIP message in and out.
+        self.tap: WireTap | None = None
 
     # -- set-up --------------------------------------------------------------
     def listen(self, listener: Listener) -> None:
@@ -346,6 +358,12 @@ class TransportLayer(WildcardListeners):
         """``name``: for TLS, the host the certificate must be for (default:
         ``host``). ``connect=False``: over an existing connection only (a flow)."""
         host = unbracket(host)
+        tap = self.tap
+        if tap is not None:
+            try:
+                tap(False, data, transport, listener, host, port)
+            except Exception:  # noqa: BLE001 - a broken tap must never cost a message
+                log.failure("the wire tap failed on a message to {h}:{p}", h=host, p=port)
         if transport == "udp":
             proto = None
             if self.private and _asks_rport(data):
@@ -445,7 +463,25 @@ class TransportLayer(WildcardListeners):
         self.require_client_cert = require_client_cert
 
     def send_on(self, data: bytes, conn: SIPStreamProtocol) -> bool:
+        tap = self.tap
+        if tap is not None:
+            self.tapped(tap, False, data, conn.kind, conn.listener, conn.peer[0], conn.peer[1])
         return conn.send(data)
+
+    @staticmethod
+    def tapped(tap: WireTap, incoming: bool, data: bytes, transport: str, listener: Listener,
+               host: str, port: int) -> None:
+        try:
+            tap(incoming, data, transport, listener, host, port)
+        except Exception:  # noqa: BLE001 - a broken tap must never cost a message
+            log.failure("the wire tap failed on a message to/from {h}:{p}", h=host, p=port)
+
+    def set_tap(self, tap: WireTap | None) -> None:
+        """Hand every SIP message received (after parsing) and every one
+        sent to ``tap(incoming, data, transport, listener, host, port)``
+        (the flight recorder); None stops it.  CRLF keep-alives and STUN
+        are not SIP messages and are not shown to it."""
+        self.tap = tap
 
     def connect(self, host: str, port: int, listener: Listener, name: str = "") -> SIPStreamProtocol:
         proto = SIPStreamProtocol(self, listener)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sipsuite.hosts import unbracket
 from sipsuite.log import get_logger
 from sipsuite.proxy.api import CallState
+from sipsuite.proxy.core.hookerrors import hook_failed
 from sipsuite.proxy.net.resolver import Target
 from sipsuite.proxy.registrar.bindings import Binding
 from sipsuite.proxy.routing.avp import Avps
@@ -41,6 +42,13 @@ _route_log = get_logger("sipsuite.proxy.routing")
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 
 
+class _Nobody:
+    routing_action: tuple[Any, ...] = ()
+
+
+_NOBODY = _Nobody()
+
+
 class RequestContext(MessageFields):
     """What a routing hook sees of one incoming request and can do with it.
 
@@ -48,7 +56,8 @@ class RequestContext(MessageFields):
     from MessageFields (``sipsuite/proxy/routing/fields.py``)."""
 
     __slots__ = ("core", "request", "source", "response", "loose_routed", "removed_routes",
-                 "handled", "vars", "tx_key", "debug", "call", "media_direction")
+                 "handled", "vars", "tx_key", "debug", "call", "media_direction", "hook",
+                 "watch")
 
     def __init__(self, core: ProxyCore, request: Request, source: Any, loose_routed: bool,
                  call: CallState | None = None) -> None:
@@ -77,6 +86,12 @@ class RequestContext(MessageFields):
         # receiver), each "internal" or "external" (Kamailio's
         # rtpproxy_manage("ie")); None: from [media] internal_networks.
         self.media_direction: tuple[str, str] | None = None
+        # The hook running now (request_route, branch_route...; a module's
+        # "owner.request_received"), set by the core's hook runner.
+        self.hook = ""
+        # The core's hook points, whose routing_action hooks see each action
+        # (a stand-in core of a test may have none).
+        self.watch: Any = getattr(core, "hooks", _NOBODY)
 
     @property
     def avp(self) -> Avps:
@@ -119,12 +134,29 @@ class RequestContext(MessageFields):
         """The user's bindings: static ones from the config, then registered
         ones, highest q first. Raises StoreUnavailable when the store (Redis)
         cannot answer in time."""
-        return await self.core.modules.require(LOCATION).lookup(user)
+        found = await self.core.modules.require(LOCATION).lookup(user)
+        if self.watch.routing_action:
+            self.note("lookup", f"{user!r}: {len(found)} binding(s)"
+                      + (": " + ", ".join(b.contact for b in found) if found else ""))
+        return found
+
+    def note(self, action: str, detail: str = "") -> None:
+        """Show a decision to the modules that watch the routing (the
+        routing_action hook: the flight recorder).  The actions below call
+        it; a module calls it for its own decisions (the dispatcher's
+        choice).  Nothing is built when nobody watches."""
+        for owner, fn in self.watch.routing_action:
+            try:
+                fn(self, action, detail)
+            except Exception:  # noqa: BLE001 - a watcher must not cost the request
+                hook_failed(f"{owner}.routing_action", self.request, self.source)
 
     # -- actions ---------------------------------------------------------------
     async def register(self) -> None:
         """Store the REGISTER's bindings and answer it (Kamailio's save("location"))."""
         self.handled = True
+        if self.watch.routing_action:
+            self.note("register", "save(location)")
         await self.core.modules.require(REGISTRAR).save(self)
 
     async def auth_check(self, user: str, *, proxy: bool) -> bool:
@@ -134,6 +166,9 @@ class RequestContext(MessageFields):
         ok = await self.core.modules.require(AUTH).check(self, user, proxy=proxy)
         if not ok:
             self.handled = True
+        if self.watch.routing_action:
+            self.note("auth_check", f"{user!r} ({'proxy' if proxy else 'www'}): " + (
+                "valid credentials" if ok else "no valid credentials (challenged or refused)"))
         return ok
 
     def consume_credentials(self, *, proxy: bool) -> None:
@@ -142,6 +177,8 @@ class RequestContext(MessageFields):
     def reply(self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:
         """Answer the request from here (Kamailio's sl_send_reply / t_reply)."""
         self.handled = True
+        if self.watch.routing_action:
+            self.note("reply", f"{status} {reason or ''}".rstrip())
         self.core.reply(self, status, reason, headers or [])
 
     def relay(self, targets: list[URI | str | Destination] | None = None) -> None:
@@ -155,11 +192,15 @@ class RequestContext(MessageFields):
             targets = [self.request.uri if hop is None else Destination(self.request.uri, dst=hop)]
         for target in targets:
             out.append(URI.parse(target) if isinstance(target, str) else target)
+        if self.watch.routing_action:
+            self.note("relay", "to " + ", ".join(map(_target_text, out)))
         self.core.relay(self, out)
 
     def record_route(self) -> None:
         """Kamailio's record_route(): this proxy stays on the dialog's path."""
         self.call.record_route = True
+        if self.watch.routing_action:
+            self.note("record_route")
 
     def replace_from(self, uri: URI | str | None = None, display: str | None = None) -> None:
         """Kamailio's uac_replace_from with restore_mode "auto": the callee
@@ -181,6 +222,8 @@ class RequestContext(MessageFields):
     def drop(self) -> None:
         """Neither answer nor forward (Kamailio's ``drop`` / ``exit``)."""
         self.handled = True
+        if self.watch.routing_action:
+            self.note("drop")
 
     def trace(self, fmt: str, /, **fields: object) -> None:
         """One line of the routing-step log, only while ``ctx.debug`` is on
@@ -190,9 +233,26 @@ class RequestContext(MessageFields):
         is off, so a script needs no ``if ctx.debug:`` around the call."""
         if not self.debug:
             return
+        if self.watch.routing_action:
+            # With the routing-step log on, the flight recorder has its lines too.
+            try:
+                line = fmt.format(**fields)
+            except (KeyError, IndexError, ValueError, AttributeError):
+                line = fmt
+            self.note("trace", line)
         req = self.request
         _route_log.info("route {method} {uri} cid={cid}: " + fmt, method=req.method,
                         uri=req.uri, cid=req.call_id, **fields)
+
+
+def _target_text(target: URI | Destination) -> str:
+    if not isinstance(target, Destination):
+        return str(target)
+    dst = target.dst
+    if dst is None:
+        return str(target.uri)
+    hop = str(dst) if isinstance(dst, URI) else f"{dst.transport}:{dst.host}:{dst.port}"
+    return f"{target.uri} via {hop}"
 
 
 class Destination:

@@ -250,7 +250,7 @@ def test_answers_wait_for_an_async_reply_route_and_keep_their_order() -> None:
         def _handle(self, branch: Any, resp: Response, local: bool) -> None:
             handled.append(resp.status)
 
-    rsp = Recording(core, SimpleNamespace(request=req), None)  # type: ignore[arg-type]
+    rsp = Recording(core, SimpleNamespace(request=req, hook=""), None)  # type: ignore[arg-type]
     branch = SimpleNamespace(done=False)
     for status in (183, 180, 200):
         rsp.on_response(branch, make_response(req, status, to_tag="tt"))  # type: ignore[arg-type]

@@ -355,6 +355,9 @@ class LoadBalancer(Prober):
         ctx.call.put(attempt)
         # Deprecated (one release): scripts read ctx.vars["dispatcher"].current.
         ctx.vars["dispatcher"] = attempt
+        if getattr(getattr(ctx, "watch", None), "routing_action", None):  # the flight recorder
+            ctx.note("dispatcher", f"set {setid} alg {number}: "
+                     + (", ".join(d.uri for d in chosen) if chosen else "no usable destination"))
         return chosen
 
     @staticmethod
@@ -386,6 +389,8 @@ class LoadBalancer(Prober):
             if not d.usable:
                 continue
             attempt.current = d
+            if getattr(getattr(ctx, "watch", None), "routing_action", None):
+                ctx.note("dispatcher", f"next destination of set {attempt.setid}: {d.uri}")
             req = ctx.request
             if req.method == "INVITE":
                 self._count_call(req.call_id, d)
