@@ -17,6 +17,7 @@ worker processes they show the merged data (proxy/workerops.py).
 from __future__ import annotations
 
 import argparse
+import hmac
 import html
 import time
 from typing import Any
@@ -30,9 +31,14 @@ from sipsuite.log import get_logger
 from sipsuite.ops.errors import RpcError
 from sipsuite.trace.ladder import columns, label
 
-__all__ = ["CallPages", "LoginPage", "call_page", "list_page", "list_rows"]
+__all__ = ["TOKEN_COOKIE", "CallPages", "LoginPage", "call_page", "list_page", "list_rows"]
 
 log = get_logger("sipsuite.management.pages")
+
+#: The cookie /login sets, so a browser can open the pages of a listener
+#: with a token (it sends no Authorization header of its own); the
+#: management server accepts it in place of the header.
+TOKEN_COOKIE = b"sipsuite-token"
 
 #: Seconds between two fetches of the list's rows.
 REFRESH = 3
@@ -49,7 +55,7 @@ table{border-collapse:collapse}td,th{padding:2px 10px;border-bottom:1px solid #d
 tr.failed td{color:#a00}code,pre{font:12px/1.3 ui-monospace,monospace}
 form input{width:9em}.grid{display:flex;gap:1.5em;align-items:flex-start}
 .side{position:sticky;top:0;max-width:46em;max-height:95vh;overflow:auto}
-.msg{display:none}.msg:target{display:block}
+.msg{display:none}.msg:target{display:block}.side:has(.msg:target) .hint{display:none}
 pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap;word-break:break-all}
 svg text{font:12px ui-monospace,monospace}svg .col{stroke:#999;stroke-dasharray:4 3}
 svg a.arrow line{stroke:#246;stroke-width:1.5}svg a.arrow.relay line{stroke:#692}
@@ -134,8 +140,9 @@ def _arrow(n: int, y: int, a: int, b: int, text: str, offset: str, kind: str) ->
             f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}"/>'
             f'<polyline points="{x2 + head},{y - 4} {x2},{y} {x2 + head},{y + 4}" fill="none"'
             f' stroke="#246"/>'
-            f'<text x="{mid}" y="{y - 4}" text-anchor="middle">{_e(text)}</text>'
-            f'<text x="4" y="{y + 4}" fill="#777">{_e(offset)}</text></a>')
+            f'<text x="{mid}" y="{y - 4}" text-anchor="middle">{_e(text)}</text></a>'
+            # The time outside the link: the arrow's box is where a click lands.
+            f'<text class="t" x="4" y="{y + 4}" fill="#777">{_e(offset)}</text>')
 
 
 def call_page(call: dict[str, Any]) -> bytes:
@@ -156,7 +163,7 @@ def call_page(call: dict[str, Any]) -> bytes:
                      f'{_e(shown[:28])}</text>')
     y = TOP
     n = 0
-    pending: list[str] | None = None  # the decisions list of the last message
+    pending: list[str] | None = None  # the decisions made on the last message in
     for e in events:
         offset = f"+{e['t'] - t0:.3f}"
         kind = e["type"]
@@ -168,13 +175,20 @@ def call_page(call: dict[str, Any]) -> bytes:
             parts.append(_arrow(n, y, a, b, text, offset, "sip"))
             y += ROW_H
             raw = e["data"].encode("latin-1").decode("utf-8", "replace")
-            pending = []
+            decided: list[str] = []
+            if e["dir"] == "in":
+                # Decisions are made on what was received (a 100 Trying may
+                # go out before the routing runs): they belong to the last
+                # message in.
+                pending = decided
             details.append(
                 f'<section class="msg" id="m{n}"><h3>{_e(text)} <small>{_e(offset)} s, '
                 f'{"received from" if e["dir"] == "in" else "sent to"} {_e(_addr(e["remote"]))}'
                 f' over {_e(e["transport"])}</small></h3><pre>{_e(raw)}</pre>'
                 f'<h4>routing decisions</h4><ul class="decisions">')
-            details.append(pending)  # filled by the route events that follow
+            if e["dir"] == "out":
+                decided.append("<li>(made on the message received before it)</li>")
+            details.append(decided)  # filled by the route events that follow
         elif kind == "relay":
             n += 1
             relay = index["relay:" + e["relay"]]
@@ -208,7 +222,7 @@ def call_page(call: dict[str, Any]) -> bytes:
             f"</code></h1><p>{_e(_when(call.get('start') or t0))}: {_e(call.get('from', ''))} → "
             f"{_e(call.get('to', ''))}: <b>{_e(_outcome(call))}</b>"
             f"{'' if duration is None else f', {duration:.1f} s'}</p>{dropped}")
-    hint = '<p class="msg" style="display:block">Click an arrow to see its message.</p>'
+    hint = '<p class="hint">Click an arrow to see its message.</p>'
     body = (f'{head}<div class="grid"><div>{svg}</div><div class="side">{hint}{side}'
             f"{media}</div></div>")
     return _page(f"call {call.get('call_id', '')}", body)
@@ -334,10 +348,6 @@ class LoginPage(resource.Resource):
                      '<input type="password" name="token"></label> <button>open</button></form>')
 
     def render_POST(self, request: server.Request) -> bytes:
-        import hmac
-
-        from sipsuite.ops.server import TOKEN_COOKIE
-
         form: dict[bytes, list[bytes]] = request.args or {}
         given = form.get(b"token", [b""])[0]
         if not hmac.compare_digest(given, self.token.encode("ascii")):

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from sipsuite.log import get_logger
+from sipsuite.ops.callpages import TOKEN_COOKIE, LoginPage
 from sipsuite.ops.errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -299,11 +300,6 @@ def authorized(request: server.Request, token: bytes) -> bool:
     return hmac.compare_digest(given, token)
 
 
-#: The cookie /login sets, so a browser can open the pages of a listener
-#: with a token (a browser sends no Authorization header of its own).
-TOKEN_COOKIE = b"sipsuite-token"
-
-
 class _Unauthorized(resource.Resource):
     isLeaf = True
 
@@ -360,8 +356,6 @@ def make_site(registry: RpcRegistry,
     rpc = RpcResource(registry)
     named = dict(children or {})
     if token:
-        from sipsuite.ops.callpages import LoginPage
-
         named[b"login"] = LoginPage(token)
     site = _Site(_Root(rpc, named) if named else rpc)
     site.token = token.encode("ascii")
