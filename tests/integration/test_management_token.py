@@ -170,3 +170,49 @@ def test_a_hostile_call_id_and_header_are_text_on_the_pages(
     # An unknown call is a 404 page that shows the asked-for id as text.
     status, body, _ = http(base + "calls/" + quote("<i>nope</i>", safe=""))
     assert status == 404 and b"&lt;i&gt;nope&lt;/i&gt;" in body and b"<i>" not in body
+
+
+def test_with_workers_the_token_reaches_the_workers_and_the_pages_merge(
+        sipp_bin: str, proxy_factory: procs.ProxyFactory, tmp_path: Path) -> None:
+    """[proxy] workers = 2 and a token: the supervisor sends the token to
+    its workers' listeners (which require it too), and the pages show the
+    call whichever worker carried it."""
+    import re
+    import time
+
+    import redisproc
+    from test_flight_recorder import one_call
+
+    redis = redisproc.RedisServer()
+    redis.start()
+    try:
+        uas_port = procs.free_port()
+        proxy = proxy_factory("token-workers", plugin="sip-proxy",
+                              static={"bob": [f"sip:bob@{LOCALHOST}:{uas_port}"]},
+                              extra_proxy={"workers": 2},
+                              tables={"redis": {"url": redis.url(4)}, "management": {"token": TOKEN}})
+        deadline = time.monotonic() + 20
+        while len(re.findall(r"worker [01]: sip proxy ready", proxy.log_text())) < 2:
+            assert time.monotonic() < deadline, proxy.diagnostics(80)
+            time.sleep(0.1)
+        one_call(proxy, uas_port, tmp_path / "sipp")
+    finally:
+        redis.close()
+    base = proxy.management_url
+    env = dict(os.environ, SIPSUITE_CTL_TOKEN=TOKEN)
+    shown = subprocess.run([*procs.ctl_command(), "--url", base, "--json", "calls"],
+                           capture_output=True, text=True, timeout=20, env=env)
+    assert shown.returncode == 0, shown.stderr
+    calls = json.loads(shown.stdout)["calls"]
+    assert [c["result"] for c in calls] == [200], calls
+    call_id = calls[0]["call_id"]
+    stats = subprocess.run([*procs.ctl_command(), "--url", base, "--json", "stats"],
+                           capture_output=True, text=True, timeout=20, env=env)
+    assert stats.returncode == 0 and set(json.loads(stats.stdout)["workers"]) == {"0", "1"}
+    assert http(base + "calls")[0] == 401
+    status, body, _ = http(base + "calls", token=TOKEN)
+    assert status == 200 and call_id.encode() in body, body
+    status, body, _ = http(base + "calls/" + quote(call_id, safe=""), token=TOKEN)
+    assert status == 200, body
+    assert body.count(b'class="arrow sip"') == 14, body
+    assert http(base + "metrics", token=TOKEN)[0] == 200
