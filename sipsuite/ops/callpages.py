@@ -225,7 +225,11 @@ def call_page(call: dict[str, Any]) -> bytes:
     hint = '<p class="hint">Click an arrow to see its message.</p>'
     body = (f'{head}<div class="grid"><div>{svg}</div><div class="side">{hint}{side}'
             f"{media}</div></div>")
-    return _page(f"call {call.get('call_id', '')}", body)
+    # A call still in progress is drawn again as it goes on (the URL keeps
+    # the #message shown); an ended one stays as it is.
+    live = (f'<meta http-equiv="refresh" content="{REFRESH}">'
+            if events and call.get("ended") is None else "")
+    return _page(f"call {call.get('call_id', '')}", body, live)
 
 
 def _media(events: list[dict[str, Any]]) -> str:

@@ -293,7 +293,9 @@ def authorized(request: server.Request, token: bytes) -> bool:
     scheme, _, value = header.strip().partition(b" ")
     if scheme.lower() == b"bearer":
         given = value.strip()
-    elif header == b"":
+    elif header == b"" and request.method in (b"GET", b"HEAD"):
+        # The cookie opens the pages, never a JSON-RPC call (a POST): a
+        # browser tricked into posting somewhere cannot change anything.
         given = request.getCookie(TOKEN_COOKIE) or b""
     # Compared in constant time: a byte-by-byte compare that stops at the
     # first difference tells a remote guesser how much of it was right.

@@ -122,6 +122,8 @@ def test_with_a_token_every_request_without_it_gets_401(
     pair = cookie.split(";", 1)[0]
     assert http(base + "calls", headers={"Cookie": pair})[0] == 200
     assert http(base + "calls", headers={"Cookie": "sipsuite-token=nope"})[0] == 401
+    # The cookie opens the pages only, not the JSON-RPC calls.
+    assert http(base, data=RPC, headers={"Cookie": pair})[0] == 401
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

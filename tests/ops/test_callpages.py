@@ -55,6 +55,9 @@ def test_call_page_draws_arrows_and_decisions_under_the_message_received() -> No
     assert "relay to &lt;script&gt;" in sections["1"] and "routing.py:7" in sections["1"]
     assert "relay to" not in sections["2"] and "relay to" not in sections["4"]
     assert "U c1 127.0.0.1 4002" in sections["3"] and "reply: 30000" in sections["3"]
+    assert 'http-equiv="refresh"' in page  # no end yet: drawn again as it goes on
+    ended = call_page({"call_id": "c1", "ended": 11.0, "events": events}).decode()
+    assert 'http-equiv="refresh"' not in ended
     # The columns: caller, proxy, callee, relay.
     titles = re.findall(r'font-weight="bold">([^<]*)</text>', page)
     assert titles == ["caller", "proxy", "callee", "relay"]
