@@ -39,6 +39,13 @@ rtpengine: Debian's rtpengine-daemon (/usr/bin/rtpengine), userspace forwarding
 /etc/rtpengine/rtpengine.conf is not read, one worker thread by default
 (--rtpengine-threads) like our single-threaded relay.  Linux only (/proc).
 
+--netns adds "cfwd": bench/cfwd.c, a C forwarder (recvmmsg/sendmmsg, one
+thread, epoll) with the sessions' peers fixed as the relay would have latched
+them, compiled with the machine's gcc into the work directory at run time: the
+userspace reference the kernel path's packet rate is set against.  Its
+sessions are given on its stdin once the generators have bound their sockets.
+--only a,b,... runs only those, alternating in that order at each N.
+
 --workers N runs sipsuite's relay as ``rtp-relay --workers N``: a supervisor
 and N worker processes in the relay's process group, whose CPU is all counted;
 compare with --rtpengine-threads N for the same number of cores.
