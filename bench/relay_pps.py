@@ -795,6 +795,9 @@ def compare_paths(results: Sequence[StepResult], max_loss: float) -> None:
         k, e = extra.get("sipsuite-kernel"), extra.get("rtpengine")
         if k is not None and e is not None and k > 0:
             line += f"; rtpengine/kernel {fmt(e / k, '.1f')}x"
+        c = extra.get("cfwd")
+        if k is not None and c is not None and k > 0:
+            line += f"; cfwd/kernel {fmt(c / k, '.1f')}x"
         print(line)
 
 
