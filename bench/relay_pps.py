@@ -39,6 +39,13 @@ rtpengine: Debian's rtpengine-daemon (/usr/bin/rtpengine), userspace forwarding
 /etc/rtpengine/rtpengine.conf is not read, one worker thread by default
 (--rtpengine-threads) like our single-threaded relay.  Linux only (/proc).
 
+--netns adds "cfwd": bench/cfwd.c, a C forwarder (recvmmsg/sendmmsg, one
+thread, epoll) with the sessions' peers fixed as the relay would have latched
+them, compiled with the machine's gcc into the work directory at run time: the
+userspace reference the kernel path's packet rate is set against.  Its
+sessions are given on its stdin once the generators have bound their sockets.
+--only a,b,... runs only those, alternating in that order at each N.
+
 --workers N runs sipsuite's relay as ``rtp-relay --workers N``: a supervisor
 and N worker processes in the relay's process group, whose CPU is all counted;
 compare with --rtpengine-threads N for the same number of cores.
@@ -47,6 +54,7 @@ compare with --rtpengine-threads N for the same number of cores.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -83,7 +91,10 @@ RTPENGINE = "/usr/bin/rtpengine"
 DEFAULT_SESSIONS = "10,100,200,400,600,800,1000,1200,1400,1600"
 RELAYS = ("sipsuite", "rtpengine")
 # --netns: sipsuite with [relay] kernel = "on" first, then in userspace.
-NETNS_RELAYS = ("sipsuite-kernel", "sipsuite", "rtpengine", "direct")
+# "cfwd": bench/cfwd.c, a C recvmmsg/sendmmsg forwarder with fixed peers, the
+# userspace reference the kernel path is measured against (issue 16).
+NETNS_RELAYS = ("sipsuite-kernel", "cfwd", "sipsuite", "rtpengine", "direct")
+CFWD_SOURCE = BENCH / "cfwd.c"
 # A generator is "behind" when its 99th percentile lateness against the 20 ms
 # schedule exceeds this, or it used more than GEN_CPU_LIMIT of a core.
 LATE_LIMIT_MS = 10.0
@@ -134,6 +145,9 @@ class Relay:
     log: Path
     meter: CpuMeter
     cmd: list[str]
+    # cfwd: hands it the sessions (its stdin) once the generators have bound
+    # their parties' sockets, and waits until it has bound its own.
+    feed: Callable[[str], None] | None = None
 
 
 def rtpproxy_ping(port: int, ns: str = "") -> bool:
@@ -264,6 +278,55 @@ def no_relay(workdir: Path, low: int, high: int, threads: int, ns: str = "",
     proc = spawn(cmd, workdir, "relay")
     try:
         yield Relay("direct", proc, 0, workdir / "relay.out", CpuMeter(proc.pid), cmd)
+    finally:
+        kill_group(proc)
+
+
+def build_cfwd(workroot: Path) -> Path:
+    """bench/cfwd.c compiled with this machine's gcc into the work directory."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        sys.exit("cfwd: gcc not found (Debian package gcc); it compiles bench/cfwd.c at run"
+                 " time. Or leave cfwd out (--only ...)")
+    binary = workroot / "cfwd"
+    done = subprocess.run([gcc, "-O2", "-Wall", "-o", str(binary), str(CFWD_SOURCE)],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        sys.exit(f"cfwd: gcc failed on {CFWD_SOURCE}:\n{done.stderr.strip()}")
+    return binary
+
+
+@contextmanager
+def cfwd_relay(workdir: Path, low: int, high: int, threads: int, ns: str = "",
+               kernel: bool = False, binary: Path | None = None) -> Iterator[Relay]:
+    """bench/cfwd.c in the relay's namespace; its sessions come later (feed)."""
+    del low, high, threads, kernel
+    assert binary is not None
+    log = workdir / "relay.out"
+    cmd = in_ns(ns, [str(binary), RELAY_IP if ns else HOST])
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.PIPE, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def feed(lines: str) -> None:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(lines.encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if log.read_bytes().startswith(b"ready "):
+                return
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"cfwd did not bind its sockets (status {proc.poll()});"
+                           f" {log}:\n{tail(log)}")
+
+    try:
+        yield Relay("cfwd", proc, 0, log, CpuMeter(proc.pid), cmd, feed)
     finally:
         kill_group(proc)
 
@@ -418,6 +481,7 @@ class Settings:
     max_delay: float
     hosts: Hosts | None = None
     workers: int = 1  # sipsuite's rtp-relay --workers
+    cfwd: Path | None = None  # the compiled bench/cfwd.c
 
 
 def read_line(gen: Generator, prefix: str, deadline: float) -> dict[str, Any]:
@@ -458,7 +522,11 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
     # third more, so no worker's slice runs out.
     workers = settings.workers if which.startswith("sipsuite") else 1
     low, high = media_port_range(4 * n + 64 if workers == 1 else int(4 * n * 1.34) + 64 * workers)
-    start = {"rtpengine": rtpengine_relay, "direct": no_relay}.get(which, sipsuite_relay)
+    starters: dict[str, Callable[..., Any]] = {
+        "rtpengine": rtpengine_relay, "direct": no_relay,
+        "cfwd": functools.partial(cfwd_relay, binary=settings.cfwd),
+    }  # fmt: skip
+    start = starters.get(which, sipsuite_relay)
     hosts = settings.hosts
     ns = hosts.relay if hosts is not None else ""
     where: dict[str, str] = {} if hosts is None else {
@@ -478,7 +546,8 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
                     "relay": which, "control_port": relay.control_port, "sessions": count,
                     "first": first, "phase_offset": g / n_gen,
                     "warmup_rounds": warm_rounds, "window_rounds": window_rounds,
-                    "drain_s": 0.5, "max_delay": settings.max_delay, "tag": tag, **where,
+                    "drain_s": 0.5, "max_delay": settings.max_delay, "tag": tag,
+                    "port_base": low, **where,
                 }  # fmt: skip
                 first += count
                 err = open(workdir / f"gen{g}.err", "wb")
@@ -492,6 +561,8 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
             # Set-up runs in parallel in the generators: ~2 control round trips a session.
             deadline = time.monotonic() + 30 + n * 0.05
             readies = [Ready(**read_line(gen, "READY", deadline)) for gen in gens]
+            if relay.feed is not None:
+                relay.feed(cfwd_sessions(readies, low, hosts is not None))
             relay_ports = sorted({p for r in readies for p in r.relay_ports})
             party_ports = sorted({p for r in readies for p in r.party_ports})
             result.setup_s = max(r.setup_s for r in readies)
@@ -561,6 +632,22 @@ def run_step(settings: Settings, which: str, n: int) -> StepResult:
         if r.load_s > 0:
             result.gen_cpu_max = max(result.gen_cpu_max, r.cpu_s / r.load_s)
     return result
+
+
+def cfwd_sessions(readies: Sequence[Ready], low: int, netns: bool) -> str:
+    """cfwd's stdin: session i (numbered across the generators, in order) on relay
+    ports low+4i (facing the caller) and low+4i+2 (facing the callee), as the
+    generators were told (rtpgen.py, port_base)."""
+    caller_ip, callee_ip = (CALLER_IP, CALLEE_IP) if netns else (HOST, HOST)
+    lines = []
+    sid = 0
+    for ready in readies:
+        ports = ready.party_ports
+        for j in range(len(ports) // 2):
+            lines.append(f"{low + 4 * sid} {caller_ip} {ports[2 * j]}"
+                         f" {low + 4 * sid + 2} {callee_ip} {ports[2 * j + 1]}\n")
+            sid += 1
+    return "".join(lines)
 
 
 def ksoftirqd_pids() -> list[int]:
@@ -708,6 +795,9 @@ def compare_paths(results: Sequence[StepResult], max_loss: float) -> None:
         k, e = extra.get("sipsuite-kernel"), extra.get("rtpengine")
         if k is not None and e is not None and k > 0:
             line += f"; rtpengine/kernel {fmt(e / k, '.1f')}x"
+        c = extra.get("cfwd")
+        if k is not None and c is not None and k > 0:
+            line += f"; cfwd/kernel {fmt(c / k, '.1f')}x"
         print(line)
 
 
@@ -736,7 +826,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-delay", type=float, default=0.1,
                    help="seconds after sending past which a received packet counts as lost too"
                    " (a jitter buffer would discard it; default 0.1; 0: no limit)")
-    p.add_argument("--only", choices=NETNS_RELAYS, help="measure one relay only")
+    p.add_argument("--only", default="",
+                   help="measure only these relays, in this order at each N (comma-separated:"
+                   f" {', '.join(NETNS_RELAYS)}), e.g. sipsuite-kernel,cfwd for paired runs")
     p.add_argument("--netns", action="store_true",
                    help="relay and parties on three hosts (network namespaces, veth links;"
                    " root): sipsuite with kernel forwarding, then in userspace, then rtpengine,"
@@ -763,6 +855,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--sessions: expected numbers separated by commas, got {args.sessions!r}")
     if not args.session_list or min(args.session_list) <= 0:
         p.error("--sessions: need positive numbers")
+    args.only_list = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = [x for x in args.only_list if x not in NETNS_RELAYS]
+    if unknown:
+        p.error(f"--only: unknown relay {unknown[0]!r} (one of {', '.join(NETNS_RELAYS)})")
     if args.max_delay <= 0:
         args.max_delay = float("inf")
     if args.seconds <= 0 or args.warmup < 0:
@@ -774,9 +870,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     global late_limit_ms
     late_limit_ms = args.late_limit
-    if args.only in ("sipsuite-kernel", "direct") and not args.netns:
-        sys.exit(f"--only {args.only} needs --netns (on loopback every packet is local)")
-    relays = [args.only] if args.only else list(NETNS_RELAYS if args.netns else RELAYS)
+    needs_ns = {"sipsuite-kernel", "direct"}.intersection(args.only_list)
+    if needs_ns and not args.netns:
+        sys.exit(f"--only {min(needs_ns)} needs --netns (on loopback every packet is local)")
+    relays = args.only_list or list(NETNS_RELAYS if args.netns else RELAYS)
     if "rtpengine" in relays and not os.access(RTPENGINE, os.X_OK):
         sys.exit(f"missing {RTPENGINE} (Debian package rtpengine-daemon); or use"
                  " --only sipsuite")
@@ -785,6 +882,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(args.seconds, args.warmup, workroot, args.generators,
                         args.rtpengine_threads, args.max_loss, args.max_delay,
                         workers=args.workers)
+    if "cfwd" in relays:
+        settings.cfwd = build_cfwd(workroot)
     if args.netns:
         settings.hosts = Hosts()  # deleted in the finally below
     print(
@@ -845,7 +944,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f" ({fmt(b.relay_pct, '.0f')} % of a core),"
                 f" {fmt(b.pps_per_cpu, '.0f')} packets per CPU second"
             )
-        if len(relays) == 2:
+        if sorted(relays) == ["rtpengine", "sipsuite"]:
             ours = {r.sessions: r for r in results if r.relay == "sipsuite"}
             theirs = {r.sessions: r for r in results if r.relay == "rtpengine"}
             both = [
@@ -869,6 +968,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("sipsuite/rtpengine: no N that both handled; no ratio")
         if args.netns:
             compare_paths(results, args.max_loss)
+        kern, cref = best.get("sipsuite-kernel"), best.get("cfwd")
+        if kern is not None and cref is not None:
+            print(f"sipsuite-kernel/cfwd highest clean packet rate: {kern.pps:.0f}/{cref.pps:.0f}"
+                  f" = {fmt(100 * kern.pps / cref.pps, '.0f')} % (target >= 90 %), relay"
+                  f" process {fmt(kern.relay_pct, '.1f')} % of one core at that rate"
+                  " (target < 5 %)")
         print(f"total time {time.monotonic() - began:.0f} s")
         return 0 if all(not r.error for r in results) else 1
     finally:

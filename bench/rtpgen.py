@@ -220,7 +220,7 @@ def setup_sipsuite(sock: socket.socket, addr: tuple[str, int], call_id: str, cal
 
 @dataclass
 class Spec:
-    relay: str  # "sipsuite", "sipsuite-kernel", "rtpengine" or "direct" (no relay)
+    relay: str  # "sipsuite", "sipsuite-kernel", "rtpengine", "cfwd" or "direct" (no relay)
     control_port: int
     sessions: int
     first: int  # index of this generator's first session (call-ids, SSRCs)
@@ -238,6 +238,10 @@ class Spec:
     caller_ip: str = HOST
     callee_ip: str = HOST
     relay_ip: str = HOST
+    # cfwd (bench/cfwd.c, no control protocol): session i's relay ports are
+    # port_base + 4i (facing the caller) and + 2 (facing the callee); the parent
+    # hands them with the parties' ports to cfwd after READY.
+    port_base: int = 0
 
 
 @dataclass
@@ -306,6 +310,10 @@ def run(spec: Spec, emit: Callable[[str], None]) -> None:
                 # baseline of what the parties and the network cost.
                 dests[2 * j] = (spec.callee_ip, callee)
                 dests[2 * j + 1] = (spec.caller_ip, caller)
+                continue
+            if spec.relay == "cfwd":
+                dests[2 * j] = (relay_ip, spec.port_base + 4 * sid)
+                dests[2 * j + 1] = (relay_ip, spec.port_base + 4 * sid + 2)
                 continue
             if spec.relay == "rtpengine":
                 to_caller, to_callee = setup_rtpengine(ctl, addr, call_id, caller, callee, sid,
