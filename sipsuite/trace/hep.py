@@ -1,0 +1,130 @@
+"""HEP version 3 (the Homer Encapsulation Protocol): one SIP message as
+Homer's capture server (heplify-server, Kamailio's sipcapture) takes it.
+
+A packet is the ASCII ``HEP3``, its total length (16 bits, header
+included) and then chunks, each a vendor id (0: the generic chunks), a
+type id and a length (16 bits each, the 6 bytes of this chunk header
+included) before its value; every number in network byte order.  The
+chunks written here are those Homer indexes a SIP message by:
+
+====== ================================ ============================
+type   what                             value
+====== ================================ ============================
+0x0001 IP family                        8 bits: 2 IPv4, 10 IPv6
+0x0002 IP protocol                      8 bits: 17 UDP, 6 TCP
+0x0003 IPv4 source / 0x0004 destination 4 bytes
+0x0005 IPv6 source / 0x0006 destination 16 bytes
+0x0007 source port / 0x0008 dest. port  16 bits
+0x0009 time, seconds                    32 bits, Unix time
+0x000a time, microseconds               32 bits
+0x000b payload type                     8 bits: 1 SIP
+0x000c capture agent id                 32 bits
+0x000e authentication key               the password's bytes
+0x000f the payload                      the SIP message as on the wire
+0x0011 correlation id                   the Call-ID
+====== ================================ ============================
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import struct
+
+__all__ = ["AF_INET", "AF_INET6", "PROTO_SIP", "decode", "encode"]
+
+AF_INET, AF_INET6 = 2, 10
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+PROTO_SIP = 1
+
+FAMILY, IP_PROTO, SRC_IP4, DST_IP4, SRC_IP6, DST_IP6 = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+SRC_PORT, DST_PORT, TIME_SEC, TIME_USEC, PROTO_TYPE, CAPTURE_ID = 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C
+AUTH_KEY, PAYLOAD, CORRELATION_ID = 0x0E, 0x0F, 0x11
+
+_U8, _U16, _U32, _HEAD = struct.Struct("!HHHB"), struct.Struct("!HHHH"), struct.Struct("!HHHI"), \
+    struct.Struct("!HHH")
+_CALL_ID = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+
+
+def _u8(kind: int, value: int) -> bytes:
+    return _U8.pack(0, kind, 7, value)
+
+
+def _u16(kind: int, value: int) -> bytes:
+    return _U16.pack(0, kind, 8, value & 0xFFFF)
+
+
+def _u32(kind: int, value: int) -> bytes:
+    return _U32.pack(0, kind, 10, value & 0xFFFFFFFF)
+
+
+def _raw(kind: int, value: bytes) -> bytes:
+    return _HEAD.pack(0, kind, 6 + len(value)) + value
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return ipaddress.IPv4Address("0.0.0.0")  # a name, not an address: nothing better to say
+
+
+def call_id(data: bytes) -> bytes:
+    """The Call-ID of a SIP message (compact form too), b"" if it has none."""
+    match = _CALL_ID.search(data)
+    return match.group(1).strip() if match else b""
+
+
+def encode(payload: bytes, src: tuple[str, int], dst: tuple[str, int], transport: str,
+           t: float, capture_id: int, password: bytes = b"", correlation: bytes = b"") -> bytes:
+    """The HEP3 packet of one SIP message ``payload`` sent from ``src`` to
+    ``dst`` (host, port) over ``transport`` ("udp", "tcp", "tls"; TLS is
+    sent as the TCP it rode, its plaintext being the payload) at Unix time
+    ``t``.  An IPv4 address beside an IPv6 one (an IPv6 socket's peer) is
+    written IPv4-mapped."""
+    s, d = _ip(src[0]), _ip(dst[0])
+    if s.version != d.version:
+        s = ipaddress.IPv6Address(f"::ffff:{s}") if s.version == 4 else s
+        d = ipaddress.IPv6Address(f"::ffff:{d}") if d.version == 4 else d
+    if s.version == 4:
+        family, addresses = AF_INET, _raw(SRC_IP4, s.packed) + _raw(DST_IP4, d.packed)
+    else:
+        family, addresses = AF_INET6, _raw(SRC_IP6, s.packed) + _raw(DST_IP6, d.packed)
+    sec = int(t)
+    usec = min(int(round((t - sec) * 1_000_000)), 999_999)
+    body = b"".join((
+        _u8(FAMILY, family),
+        _u8(IP_PROTO, IPPROTO_UDP if transport == "udp" else IPPROTO_TCP),
+        addresses,
+        _u16(SRC_PORT, src[1]), _u16(DST_PORT, dst[1]),
+        _u32(TIME_SEC, sec), _u32(TIME_USEC, usec),
+        _u8(PROTO_TYPE, PROTO_SIP),
+        _u32(CAPTURE_ID, capture_id),
+        _raw(AUTH_KEY, password) if password else b"",
+        _raw(CORRELATION_ID, correlation) if correlation else b"",
+        _raw(PAYLOAD, payload),
+    ))
+    return b"HEP3" + struct.pack("!H", 6 + len(body)) + body
+
+
+def decode(packet: bytes) -> dict[int, bytes]:
+    """The chunks of a HEP3 packet by type id (vendor 0 only): what a test
+    collector, or anyone checking what was sent, reads back.  Raises
+    ValueError on anything that is not one well-formed HEP3 packet."""
+    if packet[:4] != b"HEP3" or len(packet) < 6:
+        raise ValueError("not HEP3")
+    total = struct.unpack_from("!H", packet, 4)[0]
+    if total != len(packet):
+        raise ValueError(f"length {total}, packet {len(packet)}")
+    chunks: dict[int, bytes] = {}
+    at = 6
+    while at < total:
+        if at + 6 > total:
+            raise ValueError("truncated chunk header")
+        vendor, kind, length = _HEAD.unpack_from(packet, at)
+        if length < 6 or at + length > total:
+            raise ValueError(f"chunk {kind:#06x}: bad length {length}")
+        if vendor == 0:
+            chunks[kind] = packet[at + 6:at + length]
+        at += length
+    return chunks
