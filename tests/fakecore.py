@@ -111,7 +111,7 @@ class FakeNet:
         self.tap = tap
 
     def remove_tap(self, tap: Any) -> None:
-        if self.tap is tap:
+        if self.tap == tap:  # a bound method: a new object at each look-up
             self.tap = None
 
 

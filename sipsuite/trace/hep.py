@@ -36,6 +36,8 @@ __all__ = ["AF_INET", "AF_INET6", "PROTO_SIP", "decode", "encode"]
 AF_INET, AF_INET6 = 2, 10
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 PROTO_SIP = 1
+#: The length field has 16 bits: a bigger SIP message (over TCP) cannot be sent.
+MAX_PACKET = 0xFFFF
 
 FAMILY, IP_PROTO, SRC_IP4, DST_IP4, SRC_IP6, DST_IP6 = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 SRC_PORT, DST_PORT, TIME_SEC, TIME_USEC, PROTO_TYPE, CAPTURE_ID = 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C
@@ -81,7 +83,7 @@ def encode(payload: bytes, src: tuple[str, int], dst: tuple[str, int], transport
     ``dst`` (host, port) over ``transport`` ("udp", "tcp", "tls"; TLS is
     sent as the TCP it rode, its plaintext being the payload) at Unix time
     ``t``.  An IPv4 address beside an IPv6 one (an IPv6 socket's peer) is
-    written IPv4-mapped."""
+    written IPv4-mapped.  ValueError when it would be over 64 kB."""
     s, d = _ip(src[0]), _ip(dst[0])
     if s.version != d.version:
         s = ipaddress.IPv6Address(f"::ffff:{s}") if s.version == 4 else s
@@ -90,6 +92,12 @@ def encode(payload: bytes, src: tuple[str, int], dst: tuple[str, int], transport
         family, addresses = AF_INET, _raw(SRC_IP4, s.packed) + _raw(DST_IP4, d.packed)
     else:
         family, addresses = AF_INET6, _raw(SRC_IP6, s.packed) + _raw(DST_IP6, d.packed)
+    # Every chunk but the variable ones is of a fixed size: check the total
+    # before packing (a chunk's length would overflow its 16 bits too).
+    size = 6 + 7 + 7 + 2 * (6 + len(s.packed)) + 16 + 20 + 7 + 10 + 6 + len(payload)
+    size += (6 + len(password) if password else 0) + (6 + len(correlation) if correlation else 0)
+    if size > MAX_PACKET:
+        raise ValueError(f"a message of {len(payload)} bytes does not fit one HEP3 packet")
     sec = int(t)
     usec = min(int(round((t - sec) * 1_000_000)), 999_999)
     body = b"".join((
@@ -104,7 +112,8 @@ def encode(payload: bytes, src: tuple[str, int], dst: tuple[str, int], transport
         _raw(CORRELATION_ID, correlation) if correlation else b"",
         _raw(PAYLOAD, payload),
     ))
-    return b"HEP3" + struct.pack("!H", 6 + len(body)) + body
+    assert len(body) + 6 == size
+    return b"HEP3" + struct.pack("!H", size) + body
 
 
 def decode(packet: bytes) -> dict[int, bytes]:

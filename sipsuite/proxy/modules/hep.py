@@ -64,11 +64,11 @@ class HepExport:
         local = (listener.host, listener.port)
         remote = (host, port)
         now = self.wall()
-        packet = encode(data, remote if incoming else local, local if incoming else remote,
-                        transport, now, self.capture_id, self.password, call_id(data))
         try:
+            packet = encode(data, remote if incoming else local, local if incoming else remote,
+                            transport, now, self.capture_id, self.password, call_id(data))
             self.sock.sendto(packet, self.target)
-        except OSError as e:  # EAGAIN (buffer full), EMSGSIZE, unreachable...
+        except (OSError, ValueError) as e:  # EAGAIN (buffer full), EMSGSIZE, over 64 kB...
             self.errors += 1
             self.unlogged += 1
             if now - self.logged_at >= LOG_EVERY:
