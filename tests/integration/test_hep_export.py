@@ -1,0 +1,116 @@
+"""HEP export seen from outside: a sipp call through a real ``twistd
+sip-proxy`` with ``[trace] hep`` pointing at a UDP collector on loopback
+(this test's socket).  Each SIP message in and out arrives as one HEP3
+packet, in order, with its addresses; written into a pcap, tshark decodes
+them as HEP3 carrying the same SIP messages (tests/integration/hep/hep3.lua:
+Wireshark 4.0 has no HEP dissector of its own)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import procs
+import pytest
+from procs import LOCALHOST
+from test_flight_recorder import one_call
+
+from sipsuite.trace.hep import decode
+from sipsuite.trace.pcap import write_pcap
+
+LUA = Path(__file__).resolve().parent / "hep" / "hep3.lua"
+U16, U32 = struct.Struct("!H"), struct.Struct("!I")
+
+
+def label(sip: bytes) -> str:
+    first = sip.split(b"\r\n", 1)[0].decode()
+    return " ".join(first.split()[1:]) if first.startswith("SIP/2.0 ") else first.split()[0]
+
+
+def collect(sock: socket.socket, want: int, within: float = 10.0) -> list[tuple[float, bytes, int]]:
+    """(time received, datagram, source port) until ``want`` arrived and no
+    more for half a second (so an extra one is seen too), or ``within``."""
+    got: list[tuple[float, bytes, int]] = []
+    deadline = time.monotonic() + within
+    sock.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            data, source = sock.recvfrom(65535)
+        except TimeoutError:
+            if len(got) >= want:
+                break
+            continue
+        got.append((time.time(), data, source[1]))
+    return got
+
+
+@pytest.mark.parametrize("recorder", [True, False], ids=["recorder-on", "recorder-off"])
+def test_sipp_call_through_the_proxy_arrives_as_hep3(
+        sipp_bin: str, proxy_factory: procs.ProxyFactory, tmp_path: Path, recorder: bool) -> None:
+    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    collector.bind((LOCALHOST, 0))
+    hep_port = collector.getsockname()[1]
+    uas_port = procs.free_port()
+    proxy = proxy_factory(f"hep-{recorder}", plugin="sip-proxy",
+                          static={"bob": [f"sip:bob@{LOCALHOST}:{uas_port}"]},
+                          tables={"trace": {"enabled": recorder, "hep": f"udp:{LOCALHOST}:{hep_port}",
+                                            "hep_capture_id": 2001, "hep_password": "homer-pw"}})
+    try:
+        started = time.time()
+        one_call(proxy, uas_port, tmp_path / "sipp")
+        # 14: the ladder of test_flight_recorder (7 messages each side).
+        got = collect(collector, 14)
+    finally:
+        collector.close()
+    every = [decode(data) for _t, data, _port in got]
+    proxy_port = proxy.port
+    # The harness's readiness pings came first: OPTIONS in, its answer out.
+    first = next(i for i, p in enumerate(every) if p[0x0F].startswith(b"INVITE "))
+    pings = [(label(p[0x0F]), U16.unpack(p[0x08])[0] == proxy_port) for p in every[:first]]
+    assert first >= 2 and pings == [("OPTIONS", True), ("200 Keepalive", False)] * (first // 2), pings
+    got, packets = got[first:], every[first:]
+    msgs = [(label(p[0x0F]), U16.unpack(p[0x07])[0], U16.unpack(p[0x08])[0]) for p in packets]
+    caller = next(src for name, src, dst in msgs if name == "INVITE" and dst == proxy_port)
+    assert caller not in (proxy_port, uas_port)
+    c, p, b = caller, proxy_port, uas_port
+    assert msgs == [
+        ("INVITE", c, p), ("100 Trying", p, c), ("INVITE", p, b), ("100 Trying", b, p),
+        ("180 Ringing", b, p), ("180 Ringing", p, c), ("200 OK", b, p), ("200 OK", p, c),
+        ("ACK", c, p), ("ACK", p, b), ("BYE", c, p), ("BYE", p, b), ("200 OK", b, p),
+        ("200 OK", p, c)], msgs
+    call_ids = {p[0x11] for p in packets}
+    assert len(call_ids) == 1 and call_ids.pop() in packets[0][0x0F]
+    now = time.time()
+    for chunks in packets:
+        assert chunks[0x01] == b"\x02" and chunks[0x02] == b"\x11"          # IPv4, UDP
+        assert chunks[0x03] == chunks[0x04] == socket.inet_aton(LOCALHOST)
+        assert chunks[0x0B] == b"\x01" and chunks[0x0C] == U32.pack(2001)
+        assert chunks[0x0E] == b"homer-pw"
+        t = U32.unpack(chunks[0x09])[0] + U32.unpack(chunks[0x0A])[0] / 1e6
+        assert started - 1 <= t <= now
+    times = [U32.unpack(c[0x09])[0] + U32.unpack(c[0x0A])[0] / 1e6 for c in packets]
+    assert times == sorted(times)
+
+    # The datagrams as a capture of loopback, read back by tshark.
+    pcap = tmp_path / "hep.pcap"
+    with pcap.open("wb") as stream:
+        write_pcap(stream, [{"type": "sip", "data": data.decode("latin-1"), "t": t,
+                             "local": [LOCALHOST, hep_port], "remote": [LOCALHOST, sport],
+                             "dir": "in", "transport": "udp"} for t, data, sport in got])
+    out = subprocess.run(["tshark", "-X", f"lua_script:{LUA}", "-r", str(pcap),
+                          "-d", f"udp.port=={hep_port},hep3", "-Y", "sip", "-T", "fields",
+                          "-e", "sip.Method", "-e", "sip.Status-Code", "-e", "hep3.src_port",
+                          "-e", "hep3.dst_port", "-e", "hep3.capture_id", "-e", "hep3.auth_key",
+                          "-e", "sip.Call-ID", "-e", "hep3.correlation_id"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("\t") for line in out.stdout.splitlines()]
+    decoded = [(method or f"{status}", int(sport), int(dport))
+               for method, status, sport, dport, *_rest in rows]
+    assert decoded == [(name if name[0].isalpha() else name.split()[0], s, d)
+                       for name, s, d in msgs], out.stdout
+    assert {tuple(r[4:6]) for r in rows} == {("2001", "homer-pw")}
+    assert all(r[6] == r[7] != "" for r in rows), rows
