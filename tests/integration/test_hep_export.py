@@ -7,10 +7,12 @@ Wireshark 4.0 has no HEP dissector of its own)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import procs
@@ -114,3 +116,13 @@ def test_sipp_call_through_the_proxy_arrives_as_hep3(
                        for name, s, d in msgs], out.stdout
     assert {tuple(r[4:6]) for r in rows} == {("2001", "homer-pw")}
     assert all(r[6] == r[7] != "" for r in rows), rows
+
+    # Counted where operators look: sipsuite-ctl stats and /metrics.
+    shown = proxy.ctl("--json", "stats")
+    assert shown.returncode == 0, shown.stderr
+    figures = json.loads(shown.stdout)["hep"]
+    assert figures == {"target": f"{LOCALHOST}:{hep_port}", "sent": len(every), "errors": 0}
+    with urllib.request.urlopen(proxy.management_url + "metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert f'sipsuite_hep_packets_total{{result="sent"}} {float(len(every))}' in metrics, metrics
+    assert 'sipsuite_hep_packets_total{result="failed"} 0.0' in metrics, metrics

@@ -69,7 +69,7 @@ def test_each_message_in_and_out_is_one_hep_packet(tmp_path: Path,
         assert chunks[0x0E] == b"pw"
         assert chunks[0x11] == b"abc@10.0.0.9"
         assert chunks[0x0B] == b"\x01"
-    assert module.stats() == {"target": f"127.0.0.1:{port}", "sent": 2, "errors": 0}
+    assert module.stats() == {"hep": {"target": f"127.0.0.1:{port}", "sent": 2, "errors": 0}}
     module.stop()
     assert core.net.tap is None
 

@@ -87,8 +87,9 @@ class HepExport:
         pass  # the [trace] hep keys are read at start
 
     def stats(self) -> Mapping[str, object]:
-        return {"target": f"{self.target[0]}:{self.target[1]}", "sent": self.sent,
-                "errors": self.errors}
+        # Under "hep" of the stats RPC (ops/stats.py), added up over workers.
+        return {"hep": {"target": f"{self.target[0]}:{self.target[1]}", "sent": self.sent,
+                        "errors": self.errors}}
 
     def stop(self) -> None:
         self.core.net.remove_tap(self.tap)
