@@ -17,10 +17,11 @@ from pathlib import Path
 
 import procs
 import pytest
+from kamailioproc import CONFIGS, KamailioProcess, kamailio_binary
 from procs import LOCALHOST
 from test_flight_recorder import one_call
 
-from sipsuite.trace.hep import decode
+from sipsuite.trace.hep import decode, encode
 from sipsuite.trace.pcap import write_pcap
 
 LUA = Path(__file__).resolve().parent / "hep" / "hep3.lua"
@@ -126,3 +127,78 @@ def test_sipp_call_through_the_proxy_arrives_as_hep3(
         metrics = r.read().decode()
     assert f'sipsuite_hep_packets_total{{result="sent"}} {float(len(every))}' in metrics, metrics
     assert 'sipsuite_hep_packets_total{result="failed"} 0.0' in metrics, metrics
+
+
+def hep_lines(kam: KamailioProcess) -> list[list[str]]:
+    """The words after HEPMSG of each line logged: method or status,
+    source IP, source port, Call-ID."""
+    return [ln.split("HEPMSG ", 1)[1].split() for ln in
+            kam.log.read_text(errors="replace").splitlines() if "HEPMSG " in ln]
+
+
+def start_capture_node(workdir: Path, port: int) -> KamailioProcess:
+    """Kamailio with hep_collector.cfg on udp ``port``: ready once a HEP3
+    packet sent to it comes out as a HEPMSG line (with HEP capture on, the
+    socket takes HEP only: start_kamailio's plain SIP ping cannot be used)."""
+    (workdir / "db").mkdir(parents=True)
+    (workdir / "run").mkdir()
+    log = workdir / "kamailio.log"
+    cmd = [kamailio_binary(), "-f", str(CONFIGS / "hep_collector.cfg"), "-DD", "-E", "-n", "1",
+           "-m", "64", "-M", "8", "-Y", str(workdir / "run"),
+           "-A", f"LISTEN=udp:{LOCALHOST}:{port}", "-A", f'DBDIR="text://{workdir / "db"}"']
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    kam = KamailioProcess(port, log, cmd, proc)
+    ping = (b"OPTIONS sip:ready@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKr\r\n"
+            b"From: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:ready@127.0.0.1>\r\n"
+            b"Call-ID: ready-ping\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            b"Content-Length: 0\r\n\r\n")
+    packet = encode(ping, (LOCALHOST, 9), (LOCALHOST, port), "udp", time.time(), 1)
+    deadline = time.monotonic() + 20
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        while time.monotonic() < deadline:
+            if not kam.alive():
+                break
+            if any(words[-1] == "ready-ping" for words in hep_lines(kam)):
+                return kam
+            sock.sendto(packet, (LOCALHOST, port))
+            time.sleep(0.2)
+    kam.stop()
+    raise RuntimeError("kamailio never logged the HEP ping\n" + kam.diagnostics())
+
+
+def test_kamailio_sipcapture_takes_the_hep_of_a_call(
+        sipp_bin: str, proxy_factory: procs.ProxyFactory, tmp_path: Path) -> None:
+    """Kamailio's sipcapture (a Homer capture node) as the server: it reads
+    our HEP3 with its own decoder and sees each message of the call, from
+    the source the packet names."""
+    hep_port = procs.free_port()
+    kam = start_capture_node(tmp_path / "kamailio", hep_port)
+    try:
+        uas_port = procs.free_port()
+        proxy = proxy_factory("hep-kamailio", plugin="sip-proxy",
+                              static={"bob": [f"sip:bob@{LOCALHOST}:{uas_port}"]},
+                              tables={"trace": {"hep": f"udp:{LOCALHOST}:{hep_port}",
+                                                "hep_capture_id": 7}})
+        one_call(proxy, uas_port, tmp_path / "sipp")
+        deadline = time.monotonic() + 10
+        while True:
+            lines = hep_lines(kam)
+            invite = next((ln[3] for ln in lines if ln[0] == "INVITE"), None)
+            seen = [(ln[0], ln[1], int(ln[2])) for ln in lines if len(ln) > 3 and ln[3] == invite]
+            if len(seen) >= 14 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        p = proxy.port
+        c = next(sport for name, _ip, sport in seen if name == "INVITE")
+        b = uas_port
+        L = LOCALHOST
+        assert seen == [
+            ("INVITE", L, c), ("100", L, p), ("INVITE", L, p), ("100", L, b), ("180", L, b),
+            ("180", L, p), ("200", L, b), ("200", L, p), ("ACK", L, c), ("ACK", L, p),
+            ("BYE", L, c), ("BYE", L, p), ("200", L, b), ("200", L, p)], (
+            f"{seen}\n{kam.diagnostics()}")
+        assert kam.alive(), kam.diagnostics()
+    finally:
+        kam.stop()
