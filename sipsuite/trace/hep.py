@@ -43,32 +43,38 @@ FAMILY, IP_PROTO, SRC_IP4, DST_IP4, SRC_IP6, DST_IP6 = 0x01, 0x02, 0x03, 0x04, 0
 SRC_PORT, DST_PORT, TIME_SEC, TIME_USEC, PROTO_TYPE, CAPTURE_ID = 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C
 AUTH_KEY, PAYLOAD, CORRELATION_ID = 0x0E, 0x0F, 0x11
 
-_U8, _U16, _U32, _HEAD = struct.Struct("!HHHB"), struct.Struct("!HHHH"), struct.Struct("!HHHI"), \
-    struct.Struct("!HHH")
+_U8, _HEAD = struct.Struct("!HHHB"), struct.Struct("!HHH")
+_ADDR4, _ADDR6 = struct.Struct("!HHH4sHHH4s"), struct.Struct("!HHH16sHHH16s")
+# Ports, time, payload type and capture id: chunks of a fixed layout, packed at once.
+_PORTS_TIME = struct.Struct("!HHHH HHHH HHHI HHHI HHHB HHHI".replace(" ", ""))
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+_FAMILY_PROTO = {(family, udp): _U8.pack(0, FAMILY, 7, family)
+                 + _U8.pack(0, IP_PROTO, 7, IPPROTO_UDP if udp else IPPROTO_TCP)
+                 for family in (AF_INET, AF_INET6) for udp in (True, False)}
 _CALL_ID = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
-
-
-def _u8(kind: int, value: int) -> bytes:
-    return _U8.pack(0, kind, 7, value)
-
-
-def _u16(kind: int, value: int) -> bytes:
-    return _U16.pack(0, kind, 8, value & 0xFFFF)
-
-
-def _u32(kind: int, value: int) -> bytes:
-    return _U32.pack(0, kind, 10, value & 0xFFFFFFFF)
 
 
 def _raw(kind: int, value: bytes) -> bytes:
     return _HEAD.pack(0, kind, 6 + len(value)) + value
 
 
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return ipaddress.IPv4Address("0.0.0.0")  # a name, not an address: nothing better to say
+# host -> packed address: a proxy talks to the same few peers, and parsing
+# an address is most of what encoding a packet costs.
+_packed: dict[str, bytes] = {}
+
+
+def _address(host: str) -> bytes:
+    """The 4 or 16 bytes of an IP address ("[v6]" and "%zone" allowed)."""
+    packed = _packed.get(host)
+    if packed is None:
+        try:
+            packed = ipaddress.ip_address(host.strip("[]").split("%", 1)[0]).packed
+        except ValueError:
+            packed = bytes(4)  # a name, not an address: nothing better to say
+        if len(_packed) >= 4096:
+            _packed.clear()
+        _packed[host] = packed
+    return packed
 
 
 def call_id(data: bytes) -> bytes:
@@ -84,33 +90,33 @@ def encode(payload: bytes, src: tuple[str, int], dst: tuple[str, int], transport
     sent as the TCP it rode, its plaintext being the payload) at Unix time
     ``t``.  An IPv4 address beside an IPv6 one (an IPv6 socket's peer) is
     written IPv4-mapped.  ValueError when it would be over 64 kB."""
-    s, d = _ip(src[0]), _ip(dst[0])
-    if s.version != d.version:
-        s = ipaddress.IPv6Address(f"::ffff:{s}") if s.version == 4 else s
-        d = ipaddress.IPv6Address(f"::ffff:{d}") if d.version == 4 else d
-    if s.version == 4:
-        family, addresses = AF_INET, _raw(SRC_IP4, s.packed) + _raw(DST_IP4, d.packed)
+    s, d = _address(src[0]), _address(dst[0])
+    if len(s) != len(d):
+        s = s if len(s) == 16 else _V4_MAPPED + s
+        d = d if len(d) == 16 else _V4_MAPPED + d
+    if len(s) == 4:
+        family = AF_INET
+        addresses = _ADDR4.pack(0, SRC_IP4, 10, s, 0, DST_IP4, 10, d)
     else:
-        family, addresses = AF_INET6, _raw(SRC_IP6, s.packed) + _raw(DST_IP6, d.packed)
+        family = AF_INET6
+        addresses = _ADDR6.pack(0, SRC_IP6, 22, s, 0, DST_IP6, 22, d)
     # Every chunk but the variable ones is of a fixed size: check the total
     # before packing (a chunk's length would overflow its 16 bits too).
-    size = 6 + 7 + 7 + 2 * (6 + len(s.packed)) + 16 + 20 + 7 + 10 + 6 + len(payload)
+    size = 6 + 7 + 7 + 2 * (6 + len(s)) + 16 + 20 + 7 + 10 + 6 + len(payload)
     size += (6 + len(password) if password else 0) + (6 + len(correlation) if correlation else 0)
     if size > MAX_PACKET:
         raise ValueError(f"a message of {len(payload)} bytes does not fit one HEP3 packet")
     sec = int(t)
     usec = min(int(round((t - sec) * 1_000_000)), 999_999)
     body = b"".join((
-        _u8(FAMILY, family),
-        _u8(IP_PROTO, IPPROTO_UDP if transport == "udp" else IPPROTO_TCP),
+        _FAMILY_PROTO[family, transport == "udp"],
         addresses,
-        _u16(SRC_PORT, src[1]), _u16(DST_PORT, dst[1]),
-        _u32(TIME_SEC, sec), _u32(TIME_USEC, usec),
-        _u8(PROTO_TYPE, PROTO_SIP),
-        _u32(CAPTURE_ID, capture_id),
+        _PORTS_TIME.pack(0, SRC_PORT, 8, src[1] & 0xFFFF, 0, DST_PORT, 8, dst[1] & 0xFFFF,
+                         0, TIME_SEC, 10, sec & 0xFFFFFFFF, 0, TIME_USEC, 10, usec,
+                         0, PROTO_TYPE, 7, PROTO_SIP, 0, CAPTURE_ID, 10, capture_id & 0xFFFFFFFF),
         _raw(AUTH_KEY, password) if password else b"",
         _raw(CORRELATION_ID, correlation) if correlation else b"",
-        _raw(PAYLOAD, payload),
+        _HEAD.pack(0, PAYLOAD, 6 + len(payload)), payload,
     ))
     assert len(body) + 6 == size
     return b"HEP3" + struct.pack("!H", size) + body
