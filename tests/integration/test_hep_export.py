@@ -8,9 +8,11 @@ Wireshark 4.0 has no HEP dissector of its own)."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 import socket
 import struct
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -33,29 +35,53 @@ def label(sip: bytes) -> str:
     return " ".join(first.split()[1:]) if first.startswith("SIP/2.0 ") else first.split()[0]
 
 
-def collect(sock: socket.socket, want: int, within: float = 10.0) -> list[tuple[float, bytes, int]]:
-    """(time received, datagram, source port) until ``want`` arrived and no
-    more for half a second (so an extra one is seen too), or ``within``."""
-    got: list[tuple[float, bytes, int]] = []
-    deadline = time.monotonic() + within
-    sock.settimeout(0.5)
-    while time.monotonic() < deadline:
-        try:
-            data, source = sock.recvfrom(65535)
-        except TimeoutError:
-            if len(got) >= want:
+class Collector:
+    """A UDP socket on loopback read by a thread from the start (a socket
+    read only after the calls would drop what its buffer cannot hold):
+    ``got`` is (time received, datagram, source port) of each."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOCALHOST, 0))
+        self.sock.settimeout(0.2)
+        self.port: int = self.sock.getsockname()[1]
+        self.got: list[tuple[float, bytes, int]] = []
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self.running:
+            try:
+                data, source = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            self.got.append((time.time(), data, source[1]))
+
+    def wait(self, want: int, within: float = 10.0) -> list[tuple[float, bytes, int]]:
+        """What arrived once ``want`` did and no more for half a second (so an
+        extra one is seen too), or after ``within``."""
+        deadline = time.monotonic() + within
+        seen, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            if len(self.got) != seen:
+                seen, quiet_since = len(self.got), time.monotonic()
+            elif seen >= want and time.monotonic() - quiet_since >= 0.5:
                 break
-            continue
-        got.append((time.time(), data, source[1]))
-    return got
+            time.sleep(0.05)
+        return list(self.got)
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
 
 
 @pytest.mark.parametrize("recorder", [True, False], ids=["recorder-on", "recorder-off"])
 def test_sipp_call_through_the_proxy_arrives_as_hep3(
         sipp_bin: str, proxy_factory: procs.ProxyFactory, tmp_path: Path, recorder: bool) -> None:
-    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    collector.bind((LOCALHOST, 0))
-    hep_port = collector.getsockname()[1]
+    collector = Collector()
+    hep_port = collector.port
     uas_port = procs.free_port()
     proxy = proxy_factory(f"hep-{recorder}", plugin="sip-proxy",
                           static={"bob": [f"sip:bob@{LOCALHOST}:{uas_port}"]},
@@ -65,7 +91,7 @@ def test_sipp_call_through_the_proxy_arrives_as_hep3(
         started = time.time()
         one_call(proxy, uas_port, tmp_path / "sipp")
         # 14: the ladder of test_flight_recorder (7 messages each side).
-        got = collect(collector, 14)
+        got = collector.wait(16)
     finally:
         collector.close()
     every = [decode(data) for _t, data, _port in got]
@@ -202,3 +228,57 @@ def test_kamailio_sipcapture_takes_the_hep_of_a_call(
         assert kam.alive(), kam.diagnostics()
     finally:
         kam.stop()
+
+
+def test_each_worker_process_sends_the_hep_of_its_messages(
+        sipp_bin: str, proxy_factory: procs.ProxyFactory, tmp_path: Path) -> None:
+    """``[proxy] workers = 2``: each worker sends what it handled, from its
+    own socket; the calls' messages all arrive, the supervisor's ``stats``
+    adds the two counts up."""
+    import redisproc
+    from test_workers import PER_CALL_SOCKETS, wait_log
+
+    calls = 10
+    redis = redisproc.RedisServer()
+    redis.start()
+    collector = Collector()
+    hep_port = collector.port
+    try:
+        uas_port = procs.free_port()
+        proxy = proxy_factory("hep-workers", plugin="sip-proxy",
+                              static={"bob": [f"sip:bob@{LOCALHOST}:{uas_port}"]},
+                              extra_proxy={"workers": 2},
+                              tables={"redis": {"url": redis.url(5)},
+                                      "trace": {"hep": f"udp:{LOCALHOST}:{hep_port}"}})
+        assert wait_log(proxy, r"worker [01]: sip proxy ready", 2), proxy.diagnostics(120)
+        work = tmp_path / "sipp"
+        work.mkdir()
+        uas = procs.SippProcess(procs.sipp_dir() / "uas_answer.xml", name="uas", workdir=work,
+                                local_port=uas_port, calls=calls, timeout_s=30, service="bob")
+        uas.wait_bound()
+        uac = procs.run_sipp(procs.sipp_dir() / "call_uac.xml", name="uac", workdir=work,
+                             remote=proxy.address, local_port=procs.free_port(), calls=calls,
+                             rate=20, duration_ms=100, timeout_s=30, service="bob",
+                             extra=PER_CALL_SOCKETS)
+        res = uas.wait()
+        assert (uac.rc, uac.successful, res.successful) == (0, calls, calls), (
+            f"{uac.summary()}\n{res.summary()}\n{proxy.diagnostics(120)}")
+        got = collector.wait(14 * calls)
+        stats = json.loads(proxy.ctl("--json", "stats").stdout)
+    finally:
+        collector.close()
+        redis.close()
+    packets = [decode(data) for _t, data, _port in got]
+    by_call: dict[bytes, list[str]] = {}
+    for p in packets:
+        by_call.setdefault(p[0x11], []).append(label(p[0x0F]))
+    ladder = sorted(["INVITE", "100 Trying", "INVITE", "100 Trying", "180 Ringing", "180 Ringing",
+                     "200 OK", "200 OK", "ACK", "ACK", "BYE", "BYE", "200 OK", "200 OK"])
+    calls_seen = {cid: sorted(msgs) for cid, msgs in by_call.items() if "INVITE" in msgs}
+    odd = {cid: (Counter(m) - Counter(ladder), Counter(ladder) - Counter(m))
+           for cid, m in calls_seen.items() if m != ladder}
+    assert len(calls_seen) == calls and not odd, odd
+    senders = {sport for _t, _data, sport in got}
+    assert len(senders) == 2, senders  # one socket per worker
+    assert stats["hep"]["sent"] == len(got) and stats["hep"]["errors"] == 0, stats["hep"]
+    assert sum(w["hep"]["sent"] for w in stats["workers"].values()) == len(got), stats["workers"]
