@@ -8,13 +8,13 @@ Wireshark 4.0 has no HEP dissector of its own)."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 import socket
 import struct
 import subprocess
 import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import procs
