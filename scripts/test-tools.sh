@@ -17,6 +17,8 @@ declare -A package=(
     [ip]=iproute2                 # network namespaces and veth links (tests/netnskit.py)
     [sysctl]=procps               # per-namespace sysctls: forwarding, the NAT router's conntrack timeouts
     [tshark]=tshark               # reads the flight recorder's pcap files and the HEP3 export (test_hep_export.py, with tests/integration/hep/hep3.lua)
+    [chromium]=chromium           # the /calls pages in a real browser (test_call_pages_browser.py)
+    [chromedriver]=chromium-driver  # selenium drives that chromium
 )
 missing=()
 for cmd in "${!package[@]}"; do

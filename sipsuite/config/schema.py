@@ -42,6 +42,7 @@ from sipsuite.config.specs import (
 from sipsuite.config.values import (
     DispatcherEntry,
     Validator,
+    bearer_token,
     boolean,
     byte_size,
     digest_algorithm,
@@ -260,6 +261,8 @@ class ManagementConfig:
     # twistd rtp-relay's own: a port of its own, so a proxy and a relay run
     # side by side on their defaults.
     relay_listen: str = setting("tcp:127.0.0.1:7061", tcp_listen_or_off)
+    # Bearer token every request must carry; required for a non-loopback listener.
+    token: str = setting("", bearer_token)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

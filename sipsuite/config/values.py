@@ -50,6 +50,16 @@ def string(value: Any) -> str:
     return value
 
 
+def bearer_token(value: Any) -> str:
+    """'' (none) or a token to send as ``Authorization: Bearer TOKEN``: 16 or
+    more characters of RFC 6750's token68 alphabet (letters, digits, -._~+/=)."""
+    expected = "'' or 16+ characters of letters, digits and -._~+/= (e.g. `openssl rand -hex 32`)"
+    if not isinstance(value, str) or (
+            value and not re.fullmatch(r"[A-Za-z0-9\-._~+/]{16,}=*", value)):
+        raise Invalid(expected, value)
+    return value
+
+
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise Invalid("true or false", value)

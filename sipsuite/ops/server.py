@@ -8,11 +8,16 @@ POST at any path, and :class:`ManagementService` listens for it on the
 kamctl-like ``user.*`` and ``ul.*`` methods over the location and subscriber
 stores; later subsystems register their own methods on the same registry.
 
-The interface has no authentication: it listens on loopback by default.
+It listens on loopback by default. With ``[management] token`` set, every
+request (JSON-RPC, /metrics, the /calls pages) must carry
+``Authorization: Bearer TOKEN``, on any listener, loopback too (other users
+of the host reach loopback as well); a listener on any other address is
+refused at start without a token (:func:`check_exposure`).
 """
 
 from __future__ import annotations
 
+import hmac
 import inspect
 import ipaddress
 import json
@@ -27,6 +32,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from sipsuite.log import get_logger
+from sipsuite.ops.callpages import TOKEN_COOKIE, LoginPage
 from sipsuite.ops.errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -36,7 +42,7 @@ from sipsuite.ops.errors import (
     RpcError,
 )
 from sipsuite.ops.http import MAX_BATCH, MAX_BODY, MAX_DEPTH, BoundedRequest, too_deep
-from sipsuite.startup import BindsEarly, cannot_listen, show_address
+from sipsuite.startup import BindsEarly, StartupError, cannot_listen, show_address
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -47,6 +53,8 @@ __all__ = [
     "ManagementService",
     "RpcRegistry",
     "RpcResource",
+    "authorized",
+    "check_exposure",
     "make_site",
     "parse_management_listen",
 ]
@@ -277,7 +285,43 @@ class RpcResource(resource.Resource):
         return server.NOT_DONE_YET
 
 
+def authorized(request: server.Request, token: bytes) -> bool:
+    """True when ``request`` carries ``Authorization: Bearer TOKEN`` (the
+    scheme in any case), or the pages' cookie of that value."""
+    given = b""
+    header = request.getHeader(b"authorization") or b""
+    scheme, _, value = header.strip().partition(b" ")
+    if scheme.lower() == b"bearer":
+        given = value.strip()
+    elif header == b"" and request.method in (b"GET", b"HEAD"):
+        # The cookie opens the pages, never a JSON-RPC call (a POST): a
+        # browser tricked into posting somewhere cannot change anything.
+        given = request.getCookie(TOKEN_COOKIE) or b""
+    # Compared in constant time: a byte-by-byte compare that stops at the
+    # first difference tells a remote guesser how much of it was right.
+    return hmac.compare_digest(given, token)
+
+
+class _Unauthorized(resource.Resource):
+    isLeaf = True
+
+    def render(self, request: server.Request) -> bytes:
+        request.setResponseCode(401)
+        request.setHeader(b"www-authenticate", b'Bearer realm="sipsuite management"')
+        request.setHeader(b"content-type", b"application/json")
+        return _encode(_error_response(None, RpcError(
+            INVALID_REQUEST, "unauthorized: send 'Authorization: Bearer TOKEN'"
+                             " ([management] token)")))
+
+
 class _Site(server.Site):
+    token: bytes = b""
+
+    def getResourceFor(self, request: server.Request) -> resource.IResource:
+        if self.token and not authorized(request, self.token) and not _login_form(request):
+            return _Unauthorized()
+        return super().getResourceFor(request)
+
     def log(self, request: http.Request) -> None:
         # An access-log line per call, at info, would flood the proxy's log
         # during provisioning; the calls that change something log themselves.
@@ -295,19 +339,40 @@ class _Root(resource.Resource):
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
         child = self.named.get(path)
-        if child is not None and not request.postpath:
+        # A child with ``subpaths`` serves the paths under its own (/calls/ID).
+        if child is not None and (not request.postpath or getattr(child, "subpaths", False)):
             return child
         return self.rpc
 
 
+def _login_form(request: server.Request) -> bool:
+    """GET or POST /login: the one page served without the token."""
+    return request.path == b"/login" and request.method in (b"GET", b"POST")
+
+
 def make_site(registry: RpcRegistry,
-              children: dict[bytes, resource.Resource] | None = None) -> server.Site:
-    """JSON-RPC at any path; ``children`` (b"metrics": ...) at their own."""
+              children: dict[bytes, resource.Resource] | None = None,
+              token: str = "") -> server.Site:
+    """JSON-RPC at any path; ``children`` (b"metrics": ...) at their own;
+    with ``token``, every request without it is answered 401."""
     rpc = RpcResource(registry)
-    site = _Site(_Root(rpc, children) if children else rpc)
+    named = dict(children or {})
+    if token:
+        named[b"login"] = LoginPage(token)
+    site = _Site(_Root(rpc, named) if named else rpc)
+    site.token = token.encode("ascii")
     site.requestFactory = BoundedRequest
     site.displayTracebacks = False
     return site
+
+
+def check_exposure(host: str, token: str, key: str) -> None:
+    """A listener beyond loopback without a token: a StartupError naming ``key``.
+    The interface adds and removes users and registrations and reloads routing:
+    on a reachable address without a token, anyone who can connect could."""
+    if not token and not ipaddress.ip_address(host).is_loopback:
+        raise StartupError(f"{key} = {host!r} is not a loopback address: set [management] token"
+                           " (clients then send 'Authorization: Bearer TOKEN')")
 
 
 _LISTEN_RE = re.compile(r"tcp:(?:\[(?P<ip6>[^\]]*)\]|(?P<ip4>[^:\[\]]*)):(?P<port>[0-9]{1,5})")
@@ -334,13 +399,16 @@ class ManagementService(BindsEarly):
     bound port once started (the OS's pick when the address says port 0)."""
 
     def __init__(self, listen: str, registry: RpcRegistry, reactor: Any | None = None,
-                 children: dict[bytes, resource.Resource] | None = None) -> None:
+                 children: dict[bytes, resource.Resource] | None = None, *,
+                 token: str = "", key: str = "[management] listen") -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         # Parsed here, so a bad address fails when the service is built.
         self.host, self.wanted_port = parse_management_listen(listen)
+        self.token = token
+        self.key = key
         self.registry = registry
         self.http_children = children or {}
         self.reactor = reactor
@@ -352,12 +420,14 @@ class ManagementService(BindsEarly):
         or at start; a port that is taken is a StartupError naming the address."""
         if self._listener is not None:
             return
+        check_exposure(self.host, self.token, self.key)
         try:
             # (Twisted's Factory is invariant in its protocol type, so its own
             # Site is no plain ServerFactory to listenTCP's annotation.)
             self._listener = self.reactor.listenTCP(
                 self.wanted_port,
-                make_site(self.registry, self.http_children),  # type: ignore[arg-type]
+                make_site(self.registry, self.http_children,  # type: ignore[arg-type]
+                          self.token),
                 interface=self.host)
         except CannotListenError as exc:
             raise cannot_listen("management " + show_address("tcp", self.host, self.wanted_port),

@@ -9,6 +9,7 @@ from twisted.application import service
 from sipsuite.config import Config
 from sipsuite.gcpolicy import GCPolicy
 from sipsuite.log import get_logger
+from sipsuite.ops.callpages import CallPages
 from sipsuite.ops.liveops import LiveOpsService, register_liveops_methods
 from sipsuite.ops.routeexplain import register_route_methods
 from sipsuite.ops.server import ManagementService, RpcRegistry
@@ -107,7 +108,9 @@ def make_proxy_service(config: Config, link: WorkerLink | None = None, channel: 
         register_trace_methods(registry, core)
         register_tls_methods(registry, tls, core.transport)
         ManagementService(config.management.listen, registry,
-                          children={b"metrics": MetricsResource(core, registry)}).setServiceParent(top)
+                          children={b"metrics": MetricsResource(core, registry),
+                                    b"calls": CallPages(registry)},
+                          token=config.management.token).setServiceParent(top)
     LiveOpsService(proxy.core).setServiceParent(top)  # SIGHUP: routing reload
     if user_services:
         from sipsuite.api import Handle

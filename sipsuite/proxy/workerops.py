@@ -94,6 +94,7 @@ class WorkersRegistry(RpcRegistry):
         # remembers it for the workers not up yet.
         self.done = done
         self.agent = Agent(reactor)
+        self.token = ""  # [management] token: the workers' listeners require it too
         self.register("stats", self._stats,
                       "stats(): every worker's figures added up, and each worker's under 'workers'")
 
@@ -173,8 +174,10 @@ class WorkersRegistry(RpcRegistry):
         """One JSON-RPC call to the worker listening on 127.0.0.1:``port``."""
         body = json.dumps({"jsonrpc": "2.0", "method": name, "id": 1,
                            **({"params": params} if params is not None else {})}).encode()
-        d = self.agent.request(b"POST", f"http://127.0.0.1:{port}/".encode(),
-                               Headers({b"content-type": [b"application/json"]}),
+        headers = Headers({b"content-type": [b"application/json"]})
+        if self.token:
+            headers.addRawHeader(b"authorization", b"Bearer " + self.token.encode("ascii"))
+        d = self.agent.request(b"POST", f"http://127.0.0.1:{port}/".encode(), headers,
                                FileBodyProducer(BytesIO(body)))
         d.addTimeout(TIMEOUT, self.reactor)
         response = await d

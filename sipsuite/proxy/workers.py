@@ -394,7 +394,12 @@ def make_supervisor_service(config: Any, overrides: Mapping[str, Any]) -> servic
 
         registry = WorkersRegistry(supervisor.live_management_ports, config.proxy.workers,
                                    supervisor.reactor, supervisor.host, supervisor.live_operation)
+        registry.token = config.management.token  # the workers' listeners want it too
         supervisor.ask = registry.ask_worker(supervisor.management_ports)
+        from sipsuite.ops.callpages import CallPages
+
         ManagementService(config.management.listen, registry,
-                          children={b"metrics": WorkersMetrics(registry)}).setServiceParent(top)
+                          children={b"metrics": WorkersMetrics(registry),
+                                    b"calls": CallPages(registry)},
+                          token=config.management.token).setServiceParent(top)
     return top

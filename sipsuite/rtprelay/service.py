@@ -477,7 +477,9 @@ def make_relay_service(config: Config, registry: RpcRegistry | None = None, *,
         _GCService(reactor).setServiceParent(top)
     if registry is None and serve_management and config.management.relay_listen:
         registry = RpcRegistry()
-        ManagementService(config.management.relay_listen, registry, reactor).setServiceParent(top)
+        ManagementService(config.management.relay_listen, registry, reactor,
+                          token=config.management.token,
+                          key="[management] relay_listen").setServiceParent(top)
     if registry is not None:
         register_relay_methods(registry, relay)
         from sipsuite.tlsctx import register_tls_methods

@@ -320,5 +320,7 @@ def make_relay_supervisor_service(config: Any, overrides: Mapping[str, Any]
         from sipsuite.tlsctx import register_tls_methods
 
         register_tls_methods(registry, supervisor.tls)
-        ManagementService(config.management.relay_listen, registry).setServiceParent(top)
+        registry.asker.token = config.management.token  # the workers' listeners want it too
+        ManagementService(config.management.relay_listen, registry, token=config.management.token,
+                          key="[management] relay_listen").setServiceParent(top)
     return top

@@ -53,6 +53,9 @@ DEFAULT_URL = "http://127.0.0.1:7060/"
 # commands go when no URL was chosen and the proxy's address has no relay.
 DEFAULT_RELAY_URL = "http://127.0.0.1:7061/"
 URL_ENV = "SIPSUITE_CTL_URL"
+# [management] token, sent as "Authorization: Bearer TOKEN"; an environment
+# variable keeps it out of `ps` and the shell's history.
+TOKEN_ENV = "SIPSUITE_CTL_TOKEN"
 
 
 class CtlError(Exception):
@@ -82,9 +85,10 @@ def normalise_url(url: str) -> str:
 class RpcClient:
     """Makes JSON-RPC 2.0 calls over HTTP POST, one request per call."""
 
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, timeout: float = 5.0, token: str = "") -> None:
         self.url = url
         self.timeout = timeout
+        self.token = token
         # No proxies: the management interface is usually on loopback, and an
         # http_proxy set for other tools must not capture it.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -95,13 +99,19 @@ class RpcClient:
         self._next_id += 1
         if params is not None:
             request["params"] = params
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         http_request = urllib.request.Request(
-            self.url, data=json.dumps(request).encode("utf-8"), method="POST",
-            headers={"Content-Type": "application/json", "Accept": "application/json"})
+            self.url, data=json.dumps(request).encode("utf-8"), method="POST", headers=headers)
         try:
             with self._opener.open(http_request, timeout=self.timeout) as response:
                 body = response.read()
         except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                raise CtlError(f"{self.url}: HTTP 401 Unauthorized: "
+                               + ("wrong token" if self.token else
+                                  f"the server wants a token (--token or ${TOKEN_ENV})")) from None
             # A 4xx/5xx may still carry a JSON-RPC error (413 for a huge body does).
             body = exc.read() or b""
             reply = _json_or_none(body)
@@ -357,7 +367,7 @@ def _params_from_args(command: Command, args: argparse.Namespace) -> dict[str, A
 def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Manage a running sipsuite over its JSON-RPC interface.")
-    _global_options(parser, {"url": None, "json": False, "timeout": 5.0})
+    _global_options(parser, {"url": None, "json": False, "timeout": 5.0, "token": None})
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for command in commands:
@@ -397,6 +407,9 @@ def _global_options(parser: argparse.ArgumentParser, defaults: dict[str, Any] | 
         "--url", default=default("url"),
         help=f"the management interface (default: ${URL_ENV}, else {DEFAULT_URL}; relay"
              f" commands then try {DEFAULT_RELAY_URL}, rtp-relay's own, if that has no relay)")
+    parser.add_argument(
+        "--token", default=default("token"), metavar="TOKEN",
+        help=f"[management] token, sent as 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV})")
     parser.add_argument("--json", action="store_true", default=default("json"),
                         help="print the raw JSON result")
     parser.add_argument("--timeout", type=_positive_float, default=default("timeout"),
@@ -438,9 +451,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:  # a FILE argument that cannot be read
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+    token = args.token or os.environ.get(TOKEN_ENV, "")
     try:
         try:
-            result = RpcClient(url, args.timeout).call(method, params)
+            result = RpcClient(url, args.timeout, token).call(method, params)
         except CtlError as exc:
             if chosen or not method.startswith("relay.") or (
                     isinstance(exc, RpcFailure) and exc.code != METHOD_NOT_FOUND):
@@ -448,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A proxy alone (sip-proxy) has no relay methods, or nothing
             # serves the default address: a relay of its own may.
             try:
-                result = RpcClient(DEFAULT_RELAY_URL, args.timeout).call(method, params)
+                result = RpcClient(DEFAULT_RELAY_URL, args.timeout, token).call(method, params)
             except CtlError as relay_exc:
                 raise CtlError(f"{_at(url, exc)}; {_at(DEFAULT_RELAY_URL, relay_exc)}") from None
     except CtlError as exc:
