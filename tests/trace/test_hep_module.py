@@ -138,3 +138,19 @@ def test_off_by_default_and_a_bad_value_is_one_line_naming_the_key(tmp_path: Pat
         assert "\n" not in message and ": trace.hep: expected '' or 'udp:IP:PORT'" in message, message
     with pytest.raises(ConfigError, match="trace.hep_capture_id: expected a whole number"):
         config(tmp_path, "hep_capture_id = -1")
+
+
+def test_an_ipv6_capture_server_and_ipv6_peers(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as collector:
+        collector.bind(("::1", 0))
+        collector.settimeout(5)
+        port = collector.getsockname()[1]
+        cfg = config(tmp_path, f'hep = "udp:[::1]:{port}"')
+        module = SPEC.setup(FakeCore(cfg), cfg)
+        module.tap(True, MSG, "udp", Listener("2001:db8::5", 5060), "2001:db8::9", 5070)
+        chunks = decode(collector.recv(65535))
+        module.stop()
+    assert chunks[0x01] == b"\x0a"
+    assert chunks[0x05] == socket.inet_pton(socket.AF_INET6, "2001:db8::9")
+    assert chunks[0x06] == socket.inet_pton(socket.AF_INET6, "2001:db8::5")
+    assert chunks[0x0F] == MSG
