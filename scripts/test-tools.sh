@@ -16,7 +16,7 @@ declare -A package=(
     [nft]=nftables                # the relay's kernel data plane (libnftables1 with it), test_relay_kernel.py
     [ip]=iproute2                 # network namespaces and veth links (tests/netnskit.py)
     [sysctl]=procps               # per-namespace sysctls: forwarding, the NAT router's conntrack timeouts
-    [tshark]=tshark               # reads the flight recorder's pcap files (tests/trace, test_flight_recorder.py)
+    [tshark]=tshark               # reads the flight recorder's pcap files and the HEP3 export (test_hep_export.py, with tests/integration/hep/hep3.lua)
     [chromium]=chromium           # the /calls pages in a real browser (test_call_pages_browser.py)
     [chromedriver]=chromium-driver  # selenium drives that chromium
 )

@@ -107,6 +107,13 @@ class FakeNet:
     def set_tap(self, tap: Any) -> None:
         self.tap = tap
 
+    def add_tap(self, tap: Any) -> None:
+        self.tap = tap
+
+    def remove_tap(self, tap: Any) -> None:
+        if self.tap == tap:  # a bound method: a new object at each look-up
+            self.tap = None
+
 
 class FakeCore:
     def __init__(self, config: Any, start: float = 1_800_000_000.0) -> None:

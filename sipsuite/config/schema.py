@@ -33,6 +33,7 @@ from sipsuite.config.specs import (
     ControlSpec,
     ListenSpec,
     RelaySpec,
+    hep_target,
     media_address_list,
     port_range,
     relay_list,
@@ -68,6 +69,7 @@ from sipsuite.config.values import (
     secret_key,
     sip_uri,
     sip_user,
+    string,
     text_needle,
 )
 
@@ -305,6 +307,9 @@ class TraceConfig:
     enabled: bool = setting(True, boolean)
     memory: int = setting("64MB", byte_size)
     show_credentials: bool = setting(False, boolean)
+    hep: str = setting("", hep_target)
+    hep_capture_id: int = setting(0, int_range(0, 0xFFFFFFFF))
+    hep_password: str = setting("", string)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -300,3 +300,33 @@ def tcp_listen_or_off(value: Any) -> str:
         return value
     _listen_as("tcp", value, expected)
     return value
+
+
+_HEP = re.compile(r"udp:(\[[^\]]+\]|[^:\[\]]+):(\d{1,5})")
+
+
+def parse_hep(value: str) -> tuple[int, str, int]:
+    """(address family, IP address, port) of a valid ``[trace] hep``."""
+    m = _HEP.fullmatch(value)
+    if m is None:
+        raise ValueError(value)
+    host = m.group(1).strip("[]")
+    return (socket.AF_INET6 if ":" in host else socket.AF_INET), host, int(m.group(2))
+
+
+def hep_target(value: Any) -> str:
+    """'' (off) or 'udp:IP:PORT', where the HEP packets go: an IP address,
+    not a name, so no lookup ever stands in a message's way."""
+    expected = "'' or 'udp:IP:PORT' (IPv6 in brackets), e.g. 'udp:10.0.0.5:9060'"
+    if not isinstance(value, str):
+        raise Invalid(expected, value)
+    if value == "":
+        return value
+    m = _HEP.fullmatch(value)
+    if m is None:
+        raise Invalid(expected, value)
+    host = m.group(1)
+    bracketed = host.startswith("[")
+    if not (is_ip(host[1:-1], 6) if bracketed else is_ip(host, 4)) or not 0 < int(m.group(2)) < 65536:
+        raise Invalid(expected, value)
+    return value

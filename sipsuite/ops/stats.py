@@ -86,6 +86,7 @@ async def collect_stats(core: ProxyCore, registry: RpcRegistry | None = None) ->
         "subscriber_cache": await _module_figure(core, "subscribers", "subscriber_cache", None),
         "relay": await _relay(core, registry),
         "events": await _module_figure(core, "events", "events", None),
+        "hep": await _module_figure(core, "hep", "hep", None),
         "drops": dict(f.drops),
         "uptime": round(f.uptime, 3),
     }
@@ -184,6 +185,14 @@ class _Snapshot:
             for name, sub in events.get("by_subscriber", {}).items():
                 lost.add_metric([name], sub.get("dropped", 0))
             yield lost
+        hep = f.get("hep")
+        if hep is not None:
+            packets = CounterMetricFamily("sipsuite_hep_packets",
+                                          "HEP3 packets to the capture server, by result",
+                                          labels=["result"])
+            packets.add_metric(["sent"], hep["sent"])
+            packets.add_metric(["failed"], hep["errors"])
+            yield packets
         drops = CounterMetricFamily("sipsuite_drops", "messages dropped, by cause", labels=["cause"])
         for cause, n in f["drops"].items():
             drops.add_metric([cause], n)

@@ -14,6 +14,7 @@ from sipsuite.proxy.modules import (
     accounting,
     antiflood,
     auth,
+    hep,
     media,
     nat,
     natping,
@@ -35,8 +36,8 @@ __all__ = ["BUILTIN_MODULES", "build_core"]
 #: The feature modules converted to the module interface (issue 13), in
 #: set-up order; the core's registry stops them in reverse.
 BUILTIN_MODULES = (
-    EVENTS_SPEC, recorder.SPEC, redis.SPEC, shv.SPEC, usrloc.SPEC, subscribers.SPEC, antiflood.SPEC,
-    scanners.SPEC, uac.SPEC, outbound.SPEC, registrar.SPEC, auth.SPEC, nat.SPEC, natping.SPEC,
+    EVENTS_SPEC, recorder.SPEC, hep.SPEC, redis.SPEC, shv.SPEC, usrloc.SPEC, subscribers.SPEC,
+    antiflood.SPEC, scanners.SPEC, uac.SPEC, outbound.SPEC, registrar.SPEC, auth.SPEC, nat.SPEC, natping.SPEC,
     media.SPEC, dispatcher.SPEC,
     accounting.SPEC,
 )

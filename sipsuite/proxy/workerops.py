@@ -56,7 +56,7 @@ FAN_OUT = frozenset({"debug", "cfg.set", "routing.reload", "dispatcher.reload",
 MERGED = frozenset({"calls.list", "calls.trace"})
 #: Counters added up over the workers (the rest of ``stats`` is worker 0's).
 SUMMED = ("requests", "requests_by_method", "responses_received", "replies_sent_by_class",
-          "retransmissions", "transactions", "drops", "channel", "accounting")
+          "retransmissions", "transactions", "drops", "channel", "accounting", "hep")
 #: How long a call to one worker may take (s).
 TIMEOUT = 10.0
 

@@ -6,7 +6,7 @@ a store bounded by ``[trace] memory`` (sipsuite/trace/store.py).
 It plugs into the core at three places, none of which costs anything with
 the module off:
 
-- the transport layer's wire tap (``core.net.set_tap``, TraceStore.tap): each message as it
+- the transport layer's wire tap (``core.net.add_tap``, TraceStore.tap): each message as it
   was received (after it parsed) or sent, with transport and addresses;
 - the ``routing_action`` hook: what ``ctx.reply``/``relay``/``drop``/
   ``record_route``/``register``/``lookup``/``auth_check``/``trace`` did and
@@ -135,7 +135,7 @@ class FlightRecorder:
         self.wall = time.time
         # The store's own method is the tap: no call in between, per message.
         # (The transport layer catches what a tap raises: no message lost.)
-        core.net.set_tap(self.store.tap)
+        core.net.add_tap(self.store.tap)
         core.hooks.on_routing_action(self.action)
         self._client: Any = None
 
@@ -184,7 +184,7 @@ class FlightRecorder:
         return self.store.stats()
 
     def stop(self) -> None:
-        self.core.net.set_tap(None)
+        self.core.net.remove_tap(self.store.tap)
         if self._client is not None:
             self._client.tap = None
 

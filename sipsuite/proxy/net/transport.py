@@ -219,8 +219,11 @@ class TransportLayer(WildcardListeners):
         # The listeners (as configured) whose clients must show a certificate.
         self.require_client_cert: Callable[[], set[str]] = set
         self.on_connection_failed: Callable[[str, int], None] | None = None
-        # The flight recorder's wire tap (set_tap): every SIP message in and out.
+        # The wire taps (add_tap: the flight recorder, HEP export): every SIP
+        # message in and out.  ``tap`` is what the hot path calls: None, the
+        # one tap itself (no call in between), or a fan-out over several.
         self.tap: WireTap | None = None
+        self.taps: list[WireTap] = []
 
     # -- set-up --------------------------------------------------------------
     def listen(self, listener: Listener) -> None:
@@ -479,9 +482,38 @@ class TransportLayer(WildcardListeners):
     def set_tap(self, tap: WireTap | None) -> None:
         """Hand every SIP message received (after parsing) and every one
         sent to ``tap(incoming, data, transport, listener, host, port)``
-        (the flight recorder); None stops it.  CRLF keep-alives and STUN
-        are not SIP messages and are not shown to it."""
-        self.tap = tap
+        alone, instead of whatever taps there were; None removes them all.
+        CRLF keep-alives and STUN are not SIP messages and are not shown."""
+        self.taps = [] if tap is None else [tap]
+        self._retap()
+
+    def add_tap(self, tap: WireTap) -> None:
+        """One more tap beside the others (the flight recorder and the HEP
+        export each have theirs); each is called in the order added, and
+        one that raises costs the others nothing."""
+        self.taps.append(tap)
+        self._retap()
+
+    def remove_tap(self, tap: WireTap) -> None:
+        if tap in self.taps:
+            self.taps.remove(tap)
+        self._retap()
+
+    def _retap(self) -> None:
+        taps = tuple(self.taps)
+        if not taps:
+            self.tap = None
+        elif len(taps) == 1:
+            self.tap = taps[0]
+        else:
+            tapped = self.tapped
+
+            def fan_out(incoming: bool, data: bytes, transport: str, listener: Listener,
+                        host: str, port: int) -> None:
+                for tap in taps:
+                    tapped(tap, incoming, data, transport, listener, host, port)
+
+            self.tap = fan_out
 
     def connect(self, host: str, port: int, listener: Listener, name: str = "") -> SIPStreamProtocol:
         proto = SIPStreamProtocol(self, listener)
