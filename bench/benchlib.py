@@ -415,9 +415,11 @@ def start_twistd(workdir: Path, conf_text: str, port: int) -> subprocess.Popen[b
 
 @contextmanager
 def sipsuite_proxy(workdir: Path, uas_port: int, workers: int = 1,
-                   redis_url: str = "") -> Iterator[Proxy]:
+                   redis_url: str = "", extra_conf: str = "") -> Iterator[Proxy]:
     """``workers`` > 1 needs ``redis_url`` (start_redis); the CPU meter covers
-    the supervisor's process group, its workers included."""
+    the supervisor's process group, its workers included.  ``extra_conf``:
+    TOML tables appended to the config (a ``[trace]`` table that turns the
+    flight recorder off, say)."""
     port = free_udp_port()
     proc = start_twistd(workdir, (
         "[proxy]\n"
@@ -433,6 +435,7 @@ def sipsuite_proxy(workdir: Path, uas_port: int, workers: int = 1,
         'level = "warn"\n'
         "[redis]\n"
         f'url = "{redis_url}"\n'
+        + extra_conf
     ), port)
     if workers > 1:
         # The first OPTIONS answer says one worker is up, not all of them.

@@ -137,6 +137,8 @@ class Settings:
     workers: int = 1
     redis_url: str = ""
     uac_extra: tuple[str, ...] = ()
+    # --no-trace: sipsuite with its flight recorder off ([trace] enabled).
+    extra_conf: str = ""
 
 
 def run_rate(settings: Settings, which: str, rate: int, *, with_tail: bool) -> RunResult:
@@ -163,7 +165,8 @@ def run_rate(settings: Settings, which: str, rate: int, *, with_tail: bool) -> R
         time.sleep(0.3)  # sipp binds its socket at start-up; nothing to poll for
         if uas.proc.poll() is not None:
             raise RuntimeError(f"sipp uas exited at start:\n{tail(workdir / 'uas.out')}")
-        proxy_cm = (sipsuite_proxy(workdir, uas_port, settings.workers, settings.redis_url)
+        proxy_cm = (sipsuite_proxy(workdir, uas_port, settings.workers, settings.redis_url,
+                                   settings.extra_conf)
                     if which == "sipsuite" else kamailio_proxy(workdir, uas_port, settings.workers))
         with proxy_cm as proxy:
             uac_port = free_udp_port()
@@ -312,6 +315,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " transactions ending 64*T1 = 32 s after the call (0 = skip)",
     )  # fmt: skip
     p.add_argument("--no-kamailio", action="store_true", help="skip the Kamailio reference")
+    p.add_argument("--no-trace", action="store_true",
+                   help="sipsuite with its flight recorder off (what the recorder costs)")
     p.add_argument("--no-sipsuite", action="store_true", help="only measure Kamailio")
     p.add_argument("--budget", type=float, default=450.0,
                    help="stop raising the rate above the reference rate when the next run, even"
@@ -412,7 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_tools(args.sipp_dir)
     began = time.monotonic()
     workroot = Path(tempfile.mkdtemp(prefix="proxy_cps."))
-    settings = Settings(args.sipp_dir, args.duration, args.tail, workroot)
+    settings = Settings(args.sipp_dir, args.duration, args.tail, workroot,
+                        extra_conf="[trace]\nenabled = false\n" if args.no_trace else "")
     if args.workers_list:
         try:
             return workers_main(args, settings, began)
