@@ -32,33 +32,29 @@ class Embedded(service.MultiService):
     handle: Handle
 
 
-def _core(top: service.MultiService) -> Any:
+def _find(top: service.MultiService, kind: type) -> Any:
+    """The first service of ``kind`` in the tree under ``top``, or None."""
     for child in top:
-        if isinstance(child, ProxyService):
-            return child.core
+        if isinstance(child, kind):
+            return child
         if isinstance(child, service.MultiService):
-            core = _core(child)
-            if core is not None:
-                return core
-    return None
-
-
-def _registry(top: service.MultiService) -> Any:
-    for child in top:
-        if isinstance(child, ManagementService):
-            return child.registry
-        if isinstance(child, service.MultiService):
-            found = _registry(child)
+            found = _find(child, kind)
             if found is not None:
                 return found
     return None
+
+
+def _attr(top: service.MultiService, kind: type, name: str) -> Any:
+    found = _find(top, kind)
+    return None if found is None else getattr(found, name)
 
 
 def _wrap(built: service.MultiService, name: str, relay: Any = None) -> Embedded:
     embedded = Embedded()
     embedded.setName(name)
     built.setServiceParent(embedded)
-    embedded.handle = Handle(_core(built), relay, _registry(built))
+    embedded.handle = Handle(_attr(built, ProxyService, "core"), relay,
+                             _attr(built, ManagementService, "registry"))
     return embedded
 
 

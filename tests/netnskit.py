@@ -82,9 +82,9 @@ class Topology:
         _run(IP, "-n", name, "link", "set", "lo", "up")
         return name
 
-    def link(self, ns1: str, addr1: str, ns2: str, addr2: str) -> tuple[str, str]:
-        """A veth pair between two namespaces with "ADDR/LEN" on each end;
-        returns the two device names."""
+    def _veth(self, ns1: str, ns2: str) -> tuple[str, str]:
+        """A veth pair under a unique name, one end moved into each namespace
+        (the pair deleted again if a move fails); the two device names."""
         self._links += 1
         dev1, dev2 = f"{self.prefix}{self._links}a", f"{self.prefix}{self._links}b"
         _run(IP, "link", "add", dev1, "type", "veth", "peer", "name", dev2)
@@ -94,6 +94,12 @@ class Topology:
         except RuntimeError:
             subprocess.run([IP, "link", "del", dev1], capture_output=True)
             raise
+        return dev1, dev2
+
+    def link(self, ns1: str, addr1: str, ns2: str, addr2: str) -> tuple[str, str]:
+        """A veth pair between two namespaces with "ADDR/LEN" on each end;
+        returns the two device names."""
+        dev1, dev2 = self._veth(ns1, ns2)
         for ns, dev, addr in ((ns1, dev1, addr1), (ns2, dev2, addr2)):
             _run(IP, "-n", ns, "addr", "add", addr, "dev", dev)
             _run(IP, "-n", ns, "link", "set", dev, "up")
@@ -109,15 +115,7 @@ class Topology:
     def plug(self, ns: str, addr: str, switch_ns: str, bridge: str) -> str:
         """A veth from ``ns`` ("ADDR/LEN" on its end) to a port of ``bridge``
         in ``switch_ns``; returns the device name in ``ns``."""
-        self._links += 1
-        dev1, dev2 = f"{self.prefix}{self._links}a", f"{self.prefix}{self._links}b"
-        _run(IP, "link", "add", dev1, "type", "veth", "peer", "name", dev2)
-        try:
-            _run(IP, "link", "set", dev1, "netns", ns)
-            _run(IP, "link", "set", dev2, "netns", switch_ns)
-        except RuntimeError:
-            subprocess.run([IP, "link", "del", dev1], capture_output=True)
-            raise
+        dev1, dev2 = self._veth(ns, switch_ns)
         _run(IP, "-n", switch_ns, "link", "set", "dev", dev2, "master", bridge)
         _run(IP, "-n", switch_ns, "link", "set", dev2, "up")
         _run(IP, "-n", ns, "addr", "add", addr, "dev", dev1)
