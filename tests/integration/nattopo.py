@@ -39,10 +39,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import tlscerts
 from common import REPO
 from netnskit import Topology, inside, rpc, wait_for
@@ -488,3 +491,22 @@ class NatTopology:
         lines = data.split(b"\r\n")
         return [line.decode() for prev, line in zip(lines, lines[1:], strict=False)
                 if prev.startswith(b"$")]
+
+
+@contextmanager
+def running(workdir: Path, *, bridging: bool = False) -> Iterator[NatTopology]:
+    """The topology built and started under a fresh netnskit Topology, for a
+    module fixture; everything it made is removed on the way out, even when
+    the build fails half way, and that nothing is left is asserted."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.fail("the namespace topology needs root (CI and the dev machines run as root)")
+    topo = Topology()
+    try:
+        net = NatTopology(topo, workdir, bridging=bridging)
+        net.start()
+        yield net
+    finally:
+        topo.close()
+        assert topo.leftovers() == [], "namespaces or links left behind"

@@ -28,9 +28,10 @@ from nattopo import (
     NatTopology,
     Phone,
     rtp,
+    running,
     sdp_target,
 )
-from netnskit import Topology, wait_for
+from netnskit import wait_for
 
 PACKETS = 40
 SSRC_DAVE, SSRC_BOB = 0xDA7E0001, 0xB0B0B0B1
@@ -38,18 +39,8 @@ SSRC_DAVE, SSRC_BOB = 0xDA7E0001, 0xB0B0B0B1
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatTopology]:
-    import os
-
-    if os.geteuid() != 0:
-        pytest.fail("the namespace topology needs root (CI and the dev machines run as root)")
-    topo = Topology()
-    try:
-        net = NatTopology(topo, tmp_path_factory.mktemp("bridgetopo"), bridging=True)
-        net.start()
+    with running(tmp_path_factory.mktemp("bridgetopo"), bridging=True) as net:
         yield net
-    finally:
-        topo.close()
-        assert topo.leftovers() == [], "namespaces or links left behind"
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from nattopo import (
     NatTopology,
     Phone,
     rtp,
+    running,
     sdp_target,
 )
 from netnskit import Topology, inside, wait_for
@@ -40,18 +41,8 @@ SSRC_ALICE, SSRC_BOB = 0xA11CE000, 0xB0B0B0B0
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatTopology]:
-    import os
-
-    if os.geteuid() != 0:
-        pytest.fail("the namespace topology needs root (CI and the dev machines run as root)")
-    topo = Topology()
-    try:
-        net = NatTopology(topo, tmp_path_factory.mktemp("nattopo"))
-        net.start()
+    with running(tmp_path_factory.mktemp("nattopo")) as net:
         yield net
-    finally:
-        topo.close()
-        assert topo.leftovers() == [], "namespaces or links left behind"
 
 
 @pytest.fixture
