@@ -40,6 +40,7 @@ from procs import (
     via_sent_by,
 )
 from sipmsg import build_ack_for_2xx, new_tag
+from test_workers import worker_pids
 from tlsendpoints import TlsClient, client_context
 
 DOMAIN = "sipsuite.test"
@@ -239,22 +240,6 @@ def test_calls_on_either_worker_reach_a_phone_over_its_connection(setup: Setup,
         assert phone.open
     finally:
         phone.conn.close()
-
-
-def worker_pids(supervisor: int) -> dict[int, int]:
-    """index -> pid of the supervisor's worker processes (as test_workers.py finds them)."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor and b"sipsuite.proxy.worker" in args:
-            found[int(args[args.index(b"--index") + 1])] = int(entry)
-    return found
 
 
 def test_a_restarted_worker_learns_the_connections_its_sibling_holds(setup: Setup) -> None:
